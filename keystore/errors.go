@@ -1,0 +1,66 @@
+package keystore
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code classifies an error for clients. Transports map codes to GraphQL
+// extensions.code and HTTP statuses in one place each.
+type Code string
+
+// The codes a Store returns. Their strings are the ones clients see.
+const (
+	ENOTFOUND      Code = "NOT_FOUND"
+	ENOTBLOCKED    Code = "NOT_BLOCKED"
+	ELEASEMISMATCH Code = "LEASE_MISMATCH"
+	EINVALID       Code = "BAD_USER_INPUT"
+	EUNAVAILABLE   Code = "UNAVAILABLE"
+	ESLOWCONSUMER  Code = "SLOW_CONSUMER"
+	EINTERNAL      Code = "INTERNAL_SERVER_ERROR"
+)
+
+// Error is an error with a code and a message fit for clients.
+type Error struct {
+	Code    Code
+	Message string
+	// Err is the cause, for logs; never shown to clients.
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of err: its *Error's code, or EINTERNAL for any other
+// non-nil error, or "" for nil.
+func ErrorCode(err error) Code {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return EINTERNAL
+}
+
+// ErrorMessage returns the client-facing message of err; errors without a code hide
+// their text behind a generic message.
+func ErrorMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return "internal error"
+}

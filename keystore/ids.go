@@ -1,0 +1,97 @@
+package keystore
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+)
+
+// IDCodec turns counters into key ids and fences into lease tokens, and back.
+//
+// Each is AES-256 under a secret key applied to a block made of a domain tag and the
+// number. AES is a permutation, so distinct numbers give distinct strings: ids are
+// unique by construction for as long as the counter never repeats, with no tombstones
+// kept for deleted keys. Without the secret they are unpredictable. A string that does
+// not decrypt to the right domain tag is rejected, so a token is never taken for an id
+// nor garbage for either (a random string passes with probability 2^-64).
+type IDCodec struct {
+	block cipher.Block
+}
+
+// SecretSize is the size in bytes of an IDCodec secret.
+const SecretSize = 32
+
+// idEncoding is strict so that each id has exactly one spelling.
+var idEncoding = base64.RawURLEncoding.Strict()
+
+// IDLength is the length of every key id and lease token: 16 bytes in unpadded base64url.
+const IDLength = 22 // base64.RawURLEncoding.EncodedLen(aes.BlockSize)
+
+// Domain tags that keep the id and token spaces apart.
+const (
+	keyTag   uint64 = 0x6b6579706f6f6c4b // "keypoolK"
+	tokenTag uint64 = 0x6b6579706f6f6c54 // "keypoolT"
+)
+
+// NewIDCodec returns a codec keyed by secret, which must be SecretSize bytes from a
+// cryptographic source. Replicas that share a pool share the secret.
+func NewIDCodec(secret []byte) (*IDCodec, error) {
+	if len(secret) != SecretSize {
+		return nil, fmt.Errorf("id secret must be %d bytes, got %d", SecretSize, len(secret))
+	}
+	block, err := aes.NewCipher(secret)
+	if err != nil {
+		return nil, err
+	}
+	return &IDCodec{block: block}, nil
+}
+
+// NewSecret returns SecretSize bytes from crypto/rand.
+func NewSecret() []byte {
+	secret := make([]byte, SecretSize)
+	rand.Read(secret) // never returns an error; it crashes the program if the OS source fails
+	return secret
+}
+
+// KeyID returns the id of the key numbered n.
+func (c *IDCodec) KeyID(n uint64) string { return c.encode(keyTag, n) }
+
+// ParseKeyID returns the number behind id, or false if id is not a key id of this codec.
+func (c *IDCodec) ParseKeyID(id string) (uint64, bool) { return c.decode(keyTag, id) }
+
+// Token returns the token of the lease with the given fence.
+func (c *IDCodec) Token(fence int64) string { return c.encode(tokenTag, uint64(fence)) }
+
+// ParseToken returns the fence behind token, or false if it is not a token of this codec.
+func (c *IDCodec) ParseToken(token string) (int64, bool) {
+	n, ok := c.decode(tokenTag, token)
+	return int64(n), ok
+}
+
+func (c *IDCodec) encode(tag, n uint64) string {
+	var block [aes.BlockSize]byte
+	binary.BigEndian.PutUint64(block[:8], tag)
+	binary.BigEndian.PutUint64(block[8:], n)
+	c.block.Encrypt(block[:], block[:])
+	var text [IDLength]byte
+	idEncoding.Encode(text[:], block[:])
+	return string(text[:])
+}
+
+func (c *IDCodec) decode(tag uint64, s string) (uint64, bool) {
+	if len(s) != IDLength {
+		return 0, false
+	}
+	var block [aes.BlockSize]byte
+	if n, err := idEncoding.Decode(block[:], []byte(s)); err != nil || n != aes.BlockSize {
+		return 0, false
+	}
+	c.block.Decrypt(block[:], block[:])
+	if binary.BigEndian.Uint64(block[:8]) != tag {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(block[8:]), true
+}

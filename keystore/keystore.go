@@ -1,0 +1,206 @@
+// Package keystore is keypool's domain: a pool of API keys handed out under leases,
+// kept alive by their users, and expired on time from deadline heaps.
+//
+// It knows nothing of HTTP or GraphQL. Transports talk to a Store; every Store method is
+// one atomic step, so that an implementation backed by a distributed engine (one script
+// per method) behaves exactly like the in-memory one. The conformance suite in
+// keystore/storetest holds every implementation to the same rules.
+package keystore
+
+import (
+	"context"
+	"time"
+)
+
+// Status is the state of a key: AVAILABLE to be acquired, or BLOCKED under a lease.
+type Status string
+
+// The two states of a key.
+const (
+	Available Status = "AVAILABLE"
+	Blocked   Status = "BLOCKED"
+)
+
+// Key is a snapshot of one key of the pool.
+type Key struct {
+	ID     string
+	Status Status
+	// CreatedAt is when the key was generated.
+	CreatedAt time.Time
+	// ExpiresAt is the keep-alive deadline: the key is deleted for good at this instant
+	// unless KeepAlive moves it.
+	ExpiresAt time.Time
+	// Lease is the current lease; nil unless Status is Blocked.
+	Lease *Lease
+	// History tells how the key has been used, to spot keys whose leases keep running out.
+	History History
+}
+
+// Lease is the right, granted by Acquire, to use a key until ExpiresAt.
+type Lease struct {
+	KeyID string
+	// Token identifies this lease: Unblock and Renew with a token succeed only for the
+	// lease that holds the key now.
+	Token string
+	// Fence grows by one for every lease granted by the pool (a fencing token): a later
+	// lease always has a larger fence.
+	Fence int64
+	// AcquiredAt is when the lease was granted; renewals never move it.
+	AcquiredAt time.Time
+	// ExpiresAt is when the key returns to AVAILABLE unless unblocked or renewed first.
+	ExpiresAt time.Time
+}
+
+// History counts what happened to a key over its life.
+type History struct {
+	// TimesAcquired counts the leases granted on the key.
+	TimesAcquired int64
+	// LeasesExpired counts the leases that ran out without being unblocked.
+	LeasesExpired int64
+	// LastAcquiredAt is when the key was last acquired; zero if never.
+	LastAcquiredAt time.Time
+}
+
+// Stats counts the keys of the pool by state.
+type Stats struct {
+	Total     int
+	Available int
+	Blocked   int
+}
+
+// AcquireOptions tune one Acquire call. The zero value takes the pool's default lease
+// TTL and does not wait.
+type AcquireOptions struct {
+	// TTL is the lease's length; zero means the pool's default. It must lie within
+	// MinLeaseTTL..Options.MaxLeaseTTL.
+	TTL time.Duration
+	// Wait is how long to wait for a key when none is free, at most MaxWait; zero means
+	// answer NOT_FOUND at once. Waiters are served first come, first served.
+	Wait time.Duration
+}
+
+// Limits on per-request durations.
+const (
+	// MinLeaseTTL is the shortest lease a request may ask for.
+	MinLeaseTTL = time.Second
+	// MaxWait is the longest a request may wait for a free key.
+	MaxWait = 30 * time.Second
+)
+
+// SubscribeOptions select the events a subscription receives.
+type SubscribeOptions struct {
+	// Types keeps only events of these types; empty means all.
+	Types []EventType
+	// After, when set, first replays the retained events whose Seq is larger, then
+	// goes live. Nil means live events only.
+	After *int64
+}
+
+// Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)
+// in the number of keys. Errors carry a Code (see ErrorCode).
+type Store interface {
+	// Generate creates count new AVAILABLE keys, each kept alive until now plus the
+	// keep-alive TTL. A count outside 1..Options.MaxGenerate is EINVALID and creates nothing.
+	Generate(ctx context.Context, count int) ([]Key, error)
+	// Acquire blocks a uniformly random AVAILABLE key under a new lease and returns the
+	// key with its Lease set. ENOTFOUND when no key is free (after opts.Wait, if any).
+	Acquire(ctx context.Context, opts AcquireOptions) (Key, error)
+	// Unblock returns a BLOCKED key to AVAILABLE. With a non-empty token, only the
+	// current lease's token is accepted (ELEASEMISMATCH otherwise). ENOTBLOCKED if the
+	// key is AVAILABLE, ENOTFOUND if there is no such key.
+	Unblock(ctx context.Context, id, token string) (Key, error)
+	// Renew extends the live lease that token names to now plus ttl (zero: the default
+	// lease TTL), capped at the lease's AcquiredAt plus Options.MaxLeaseTTL. A lease that
+	// has run out is never renewed: ELEASEMISMATCH if another lease holds the key,
+	// ENOTBLOCKED if none does.
+	Renew(ctx context.Context, id, token string, ttl time.Duration) (Key, error)
+	// KeepAlive moves the key's keep-alive deadline to now plus the keep-alive TTL; the
+	// lease is untouched.
+	KeepAlive(ctx context.Context, id string) (Key, error)
+	// Delete removes the key at once.
+	Delete(ctx context.Context, id string) error
+	// Get returns the key, or ENOTFOUND.
+	Get(ctx context.Context, id string) (Key, error)
+	// Stats counts the keys by state.
+	Stats(ctx context.Context) (Stats, error)
+	// Subscribe streams events until ctx ends or the subscriber falls too far behind.
+	Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error)
+	// Ready reports whether the store can serve requests (EUNAVAILABLE when not).
+	Ready(ctx context.Context) error
+	// Close stops the store's background work and ends every subscription.
+	Close() error
+}
+
+// Options configure a pool. Zero fields take the defaults below.
+type Options struct {
+	// LeaseTTL is the default lease length (60 s).
+	LeaseTTL time.Duration
+	// KeepAliveTTL is how long a key lives without KeepAlive (5 min).
+	KeepAliveTTL time.Duration
+	// MaxLeaseTTL caps a lease, renewals included, counted from its AcquiredAt (1 h).
+	MaxLeaseTTL time.Duration
+	// MaxGenerate is the largest count one Generate accepts (10000).
+	MaxGenerate int
+	// EventRetention is how many recent events are kept for replay and for subscribers
+	// that lag (65536). A subscriber more than this many events behind is cut.
+	EventRetention int
+	// Observer, if set, is told of transitions for metrics. Its methods must be fast
+	// and must not call back into the store.
+	Observer Observer
+}
+
+// Defaults for Options.
+const (
+	DefaultLeaseTTL       = 60 * time.Second
+	DefaultKeepAliveTTL   = 5 * time.Minute
+	DefaultMaxLeaseTTL    = time.Hour
+	DefaultMaxGenerate    = 10000
+	DefaultEventRetention = 1 << 16
+)
+
+// WithDefaults returns o with every zero field set to its default.
+func (o Options) WithDefaults() Options {
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.KeepAliveTTL == 0 {
+		o.KeepAliveTTL = DefaultKeepAliveTTL
+	}
+	if o.MaxLeaseTTL == 0 {
+		o.MaxLeaseTTL = DefaultMaxLeaseTTL
+	}
+	if o.MaxGenerate == 0 {
+		o.MaxGenerate = DefaultMaxGenerate
+	}
+	if o.EventRetention == 0 {
+		o.EventRetention = DefaultEventRetention
+	}
+	if o.Observer == nil {
+		o.Observer = NopObserver{}
+	}
+	return o
+}
+
+// Observer hears of what the store does on its own, for metrics.
+type Observer interface {
+	// Expired is called once per automatic transition (EventReleased or EventExpired)
+	// with how late it was applied after its deadline.
+	Expired(t EventType, lateness time.Duration)
+	// Waited is called when an Acquire that waited ends, served or not.
+	Waited(d time.Duration, served bool)
+	// WaitersChanged is called with the change in the number of waiting Acquires.
+	WaitersChanged(delta int)
+	// SubscribersChanged is called with the change in the number of live subscriptions.
+	SubscribersChanged(delta int)
+	// SlowConsumerCut is called when a subscription is ended for falling behind.
+	SlowConsumerCut()
+}
+
+// NopObserver ignores everything.
+type NopObserver struct{}
+
+func (NopObserver) Expired(EventType, time.Duration) {}
+func (NopObserver) Waited(time.Duration, bool)       {}
+func (NopObserver) WaitersChanged(int)               {}
+func (NopObserver) SubscribersChanged(int)           {}
+func (NopObserver) SlowConsumerCut()                 {}
