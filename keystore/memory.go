@@ -53,7 +53,7 @@ func (e *entry) blocked() bool { return e.heapIndex[leaseDeadline] >= 0 }
 type waiter struct {
 	ctx  context.Context
 	ttl  int64
-	got  chan Key // buffered: the hand-off never blocks the store
+	got  chan Key // buffered: the hand-off never blocks the store; closed if skipped
 	elem *list.Element
 }
 
@@ -231,8 +231,13 @@ func (m *Memory) wait(ctx context.Context, w *waiter, d time.Duration) (Key, err
 		m.opts.Observer.Waited(m.clock.Since(start), false)
 		return Key{}, err
 	}
-	// A key was handed over while we were leaving.
-	k := <-w.got
+	// The store took w out of line while we were leaving: with a key, or with none
+	// because it saw that our client had gone.
+	k, handed := <-w.got
+	if !handed {
+		m.opts.Observer.Waited(m.clock.Since(start), false)
+		return Key{}, err
+	}
 	if ctx.Err() == nil && m.stopping() == nil {
 		m.opts.Observer.Waited(m.clock.Since(start), true)
 		return k, nil
@@ -480,7 +485,8 @@ func (m *Memory) makeAvailable(e *entry, id string, now int64) {
 		w := m.waiters.Front().Value.(*waiter)
 		m.dequeue(w)
 		if w.ctx.Err() != nil {
-			continue // its client left; it is about to notice
+			close(w.got) // its client left: no key for it
+			continue
 		}
 		m.lease(e, id, now, w.ttl)
 		w.got <- m.snapshot(e, id)
