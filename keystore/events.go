@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,12 +57,12 @@ func (s *Subscription) Err() error {
 // goroutine. Publishing costs O(1) whatever the number of subscribers; a subscriber
 // whose cursor falls out of the ring is cut with ESLOWCONSUMER.
 type Hub struct {
-	mu     sync.Mutex
-	ring   []Event // ring[seq % len(ring)] holds event seq, for seq in [first, next)
-	first  int64   // oldest retained seq
-	next   int64   // seq the next event gets
+	mu     sync.RWMutex // readers: subscribers copying out; writer: Publish
+	ring   []Event      // ring[seq % len(ring)] holds event seq, for seq in [first, next)
+	first  int64        // oldest retained seq
+	next   int64        // seq the next event gets
 	wake   chan struct{}
-	woken  bool // wake has waiters to close it for
+	woken  atomic.Bool // wake has waiters to close it for (set under the read lock)
 	closed chan struct{}
 	once   sync.Once
 	obs    Observer
@@ -105,18 +106,18 @@ func (h *Hub) Publish(ev Event) int64 {
 	if h.next-h.first > int64(len(h.ring)) {
 		h.first = h.next - int64(len(h.ring))
 	}
-	if h.woken {
+	if h.woken.Load() {
 		close(h.wake)
 		h.wake = make(chan struct{})
-		h.woken = false
+		h.woken.Store(false)
 	}
 	return ev.Seq
 }
 
 // LastSeq returns the seq of the newest event, 0 if none.
 func (h *Hub) LastSeq() int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	return h.next - 1
 }
 
@@ -154,9 +155,9 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 	}()
 	batch := make([]Event, 0, subscriberBatch)
 	for {
-		h.mu.Lock()
+		h.mu.RLock()
 		if cursor < h.first {
-			h.mu.Unlock()
+			h.mu.RUnlock()
 			s.err = Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), cursor-1)
 			h.obs.SlowConsumerCut()
 			return
@@ -170,9 +171,9 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 		wake := h.wake
 		caughtUp := cursor == h.next
 		if caughtUp {
-			h.woken = true
+			h.woken.Store(true)
 		}
-		h.mu.Unlock()
+		h.mu.RUnlock()
 
 		for _, ev := range batch {
 			select {
