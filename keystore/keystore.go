@@ -142,7 +142,9 @@ type Options struct {
 	// MaxGenerate is the largest count one Generate accepts (10000).
 	MaxGenerate int
 	// EventRetention is how many recent events are kept for replay and for subscribers
-	// that lag (65536). A subscriber more than this many events behind is cut.
+	// that lag (65536, or 4*MaxGenerate if larger: one Generate publishes up to two
+	// events a key in one step, and a smaller ring would cut subscribers that read
+	// promptly). A subscriber more than this many events behind is cut.
 	EventRetention int
 	// Observer, if set, is told of transitions for metrics. Its methods must be fast
 	// and must not call back into the store.
@@ -173,7 +175,7 @@ func (o Options) WithDefaults() Options {
 		o.MaxGenerate = DefaultMaxGenerate
 	}
 	if o.EventRetention == 0 {
-		o.EventRetention = DefaultEventRetention
+		o.EventRetention = max(DefaultEventRetention, 4*o.MaxGenerate)
 	}
 	if o.Observer == nil {
 		o.Observer = NopObserver{}

@@ -24,8 +24,8 @@ const (
 	// expiryBatch is how many due transitions the expirer applies before it lets
 	// requests in; a storm of a million deadlines is a thousand short holds.
 	expiryBatch = 1000
-	// requestBatch is how many due transitions a request applies on its way in, so that
-	// counts and picks reflect deadlines that passed since the expirer last ran.
+	// requestBatch is how many due transitions Acquire applies on its way in, so that
+	// its picks reflect deadlines that passed since the expirer last ran.
 	requestBatch = 32
 	// maxPicks bounds the random picks of one Acquire that land on keys whose
 	// keep-alive deadline has passed (each such pick deletes that key).
@@ -160,10 +160,11 @@ func (m *Memory) Generate(ctx context.Context, count int) ([]Key, error) {
 		m.heaps[keepAliveDeadline].push(e)
 		ids[i] = m.ids.KeyID(e.n)
 		m.emit(EventGenerated, ids[i], now)
-		m.makeAvailable(e, ids[i], now)
+		m.makeAvailable(e)
 		copies[i] = *e
 	}
 	m.noteDeadline(deadline)
+	m.serveWaiters(now)
 	m.mu.Unlock()
 
 	keys := make([]Key, count)
@@ -185,7 +186,16 @@ func (m *Memory) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) 
 	m.mu.Lock()
 	now := m.now()
 	m.applyDue(now, requestBatch)
-	if e := m.pickAvailable(now); e != nil {
+	e := m.pickAvailable(now)
+	if e == nil && m.anyDue(now) {
+		// The picks landed on dead keys, or a lease that ran out may free a key: help
+		// the expirer until nothing is due, so that NOT_FOUND is never said while a
+		// key is free.
+		m.mu.Unlock()
+		now = m.lockSettled()
+		e = m.pickAvailable(now)
+	}
+	if e != nil {
 		id := m.ids.KeyID(e.n)
 		m.lease(e, id, now, ttl)
 		e := *e
@@ -196,19 +206,21 @@ func (m *Memory) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) 
 		m.mu.Unlock()
 		return Key{}, Errorf(ENOTFOUND, "no key is available")
 	}
+	// The timer is armed before the waiter is counted, so that whoever sees the count
+	// (a test moving a fake clock) moves the clock after the timer exists.
+	start := m.clock.Now()
+	timer := m.clock.NewTimer(opts.Wait)
+	defer timer.Stop()
 	w := &waiter{ctx: ctx, ttl: ttl, got: make(chan Key, 1)}
 	w.elem = m.waiters.PushBack(w)
-	m.mu.Unlock()
 	m.opts.Observer.WaitersChanged(1)
-	return m.wait(ctx, w, opts.Wait)
+	m.mu.Unlock()
+	return m.wait(ctx, w, start, timer, opts.Wait)
 }
 
 // wait blocks until w is handed a key, its wait runs out, its client leaves or the
 // store closes.
-func (m *Memory) wait(ctx context.Context, w *waiter, d time.Duration) (Key, error) {
-	start := m.clock.Now()
-	timer := m.clock.NewTimer(d)
-	defer timer.Stop()
+func (m *Memory) wait(ctx context.Context, w *waiter, start time.Time, timer clockwork.Timer, d time.Duration) (Key, error) {
 	var err error
 	select {
 	case k := <-w.got:
@@ -285,7 +297,7 @@ func (m *Memory) Unblock(ctx context.Context, id, token string) (Key, error) {
 		}
 		m.heaps[leaseDeadline].remove(e)
 		m.emit(EventUnblocked, id, now)
-		m.makeAvailable(e, id, now)
+		m.makeAvailable(e)
 		return nil
 	})
 }
@@ -353,6 +365,7 @@ func (m *Memory) update(id string, change func(e *entry, now int64) error) (Key,
 		return Key{}, err
 	}
 	copied := *e
+	m.serveWaiters(now)
 	m.mu.Unlock()
 	return m.snapshot(&copied, id), nil
 }
@@ -377,9 +390,8 @@ func (m *Memory) holds(e *entry, token string) bool {
 
 // Stats implements Store.
 func (m *Memory) Stats(ctx context.Context) (Stats, error) {
-	m.mu.Lock()
+	m.lockSettled()
 	defer m.mu.Unlock()
-	m.applyDue(m.now(), requestBatch)
 	return Stats{
 		Total:     len(m.keys),
 		Available: len(m.available),
@@ -478,22 +490,32 @@ func (m *Memory) lease(e *entry, id string, now, ttl int64) {
 	m.emit(EventAcquired, id, now)
 }
 
-// makeAvailable hands e, no longer leased, to the longest waiting Acquire, or puts it
-// among the AVAILABLE keys.
-func (m *Memory) makeAvailable(e *entry, id string, now int64) {
-	for m.waiters.Len() > 0 {
+// makeAvailable puts e, no longer leased, among the AVAILABLE keys. Callers then
+// serveWaiters, after taking their own snapshot: whoever freed the key must not see
+// the next holder's token.
+func (m *Memory) makeAvailable(e *entry) {
+	e.availIndex = int32(len(m.available))
+	m.available = append(m.available, e)
+}
+
+// serveWaiters hands AVAILABLE keys to waiting Acquires, longest waiting first. There
+// are waiters only while no key is free, so this leases what was just freed.
+func (m *Memory) serveWaiters(now int64) {
+	for m.waiters.Len() > 0 && len(m.available) > 0 {
 		w := m.waiters.Front().Value.(*waiter)
 		m.dequeue(w)
 		if w.ctx.Err() != nil {
 			close(w.got) // its client left: no key for it
 			continue
 		}
+		e := m.pickAvailable(now)
+		if e == nil {
+			return
+		}
+		id := m.ids.KeyID(e.n)
 		m.lease(e, id, now, w.ttl)
 		w.got <- m.snapshot(e, id)
-		return
 	}
-	e.availIndex = int32(len(m.available))
-	m.available = append(m.available, e)
 }
 
 // takeAvailable removes e from the AVAILABLE slice: swap with the last, shrink.
@@ -538,7 +560,7 @@ func (m *Memory) releaseLease(e *entry, id string, now int64) {
 	e.leasesExpired++
 	m.hub.Publish(Event{Type: EventReleased, KeyID: id, At: m.at(deadline)})
 	m.opts.Observer.Expired(EventReleased, time.Duration(now-deadline))
-	m.makeAvailable(e, id, now)
+	m.makeAvailable(e)
 }
 
 // expireKey deletes e, which was not kept alive.
@@ -574,6 +596,7 @@ func (m *Memory) applyDue(now int64, limit int) int {
 		}
 		if which == leaseDeadline {
 			m.releaseLease(e, m.ids.KeyID(e.n), now)
+			m.serveWaiters(now)
 		} else {
 			m.expireKey(e, now)
 		}
@@ -597,6 +620,28 @@ func (m *Memory) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 			return timer, timer.Chan()
 		}
 		timer.Stop()
+	}
+}
+
+// anyDue reports whether a deadline has passed that is not applied yet.
+func (m *Memory) anyDue(now int64) bool {
+	e, which := m.nextDue()
+	return e != nil && e.deadline[which] <= now
+}
+
+// lockSettled takes the lock once no deadline is due, applying what is, and returns
+// the time it settled at. The work is done in expiry batches with the lock released
+// between them, so a storm of due deadlines holds up no other request for more than
+// one batch; it is work the expirer would otherwise do.
+func (m *Memory) lockSettled() int64 {
+	for {
+		m.mu.Lock()
+		now := m.now()
+		if m.applyDue(now, expiryBatch) < expiryBatch {
+			return now
+		}
+		m.mu.Unlock()
+		runtime.Gosched()
 	}
 }
 

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/middleware"
+)
+
+// config is the server's configuration, from flags, then environment variables, then
+// defaults (a flag beats its variable, which beats the default).
+type config struct {
+	Addr         string
+	LeaseTTL     time.Duration
+	KeepAliveTTL time.Duration
+	MaxLeaseTTL  time.Duration
+	MaxGenerate  int
+	Store        string
+	LogFormat    string
+	CORSOrigins  middleware.Origins
+	LogLevel     slog.Level
+}
+
+// envVars names the environment variable of each flag.
+var envVars = map[string]string{
+	"addr":          "KEYPOOL_ADDR",
+	"lease-ttl":     "KEYPOOL_LEASE_TTL",
+	"keepalive-ttl": "KEYPOOL_KEEPALIVE_TTL",
+	"max-lease-ttl": "KEYPOOL_MAX_LEASE_TTL",
+	"max-generate":  "KEYPOOL_MAX_GENERATE",
+	"store":         "KEYPOOL_STORE",
+	"log-format":    "KEYPOOL_LOG_FORMAT",
+	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
+	"log-level":     "KEYPOOL_LOG_LEVEL",
+}
+
+// parseConfig reads args (without the program name) and the environment through
+// getenv. Any bad value is a one-line error naming its flag. -h and -help return
+// flag.ErrHelp after printing the usage to stderr.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("keypool", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned as one line; usage only on -help
+	fs.StringVar(&cfg.Addr, "addr", ":8080", "address to listen on")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", keystore.DefaultLeaseTTL, "default lease length")
+	fs.DurationVar(&cfg.KeepAliveTTL, "keepalive-ttl", keystore.DefaultKeepAliveTTL, "how long a key lives without keepAlive")
+	fs.DurationVar(&cfg.MaxLeaseTTL, "max-lease-ttl", keystore.DefaultMaxLeaseTTL, "longest lease, renewals included")
+	fs.IntVar(&cfg.MaxGenerate, "max-generate", keystore.DefaultMaxGenerate, "most keys one generateKeys may create")
+	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
+	fs.Var(&cfg.CORSOrigins, "cors-origins", "comma-separated origins allowed to call from a browser (CORS and websocket), or *; same-origin always works")
+	fs.VisitAll(func(f *flag.Flag) {
+		if env, ok := envVars[f.Name]; ok {
+			f.Usage += " (env " + env + ")"
+		}
+	})
+
+	// Environment first, so that flags parsed next override it.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env, ok := envVars[f.Name]
+		if !ok || envErr != nil {
+			return
+		}
+		if v := getenv(env); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("-%s: bad value %q from %s: %v", f.Name, v, env, unwrapFlagError(err))
+			}
+		}
+	})
+	if envErr != nil {
+		return config{}, envErr
+	}
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: keypool [flags]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
+			return config{}, err
+		}
+		return config{}, errors.New(firstLine(err.Error()))
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return cfg, cfg.validate()
+}
+
+// validate checks values that parse but make no sense.
+func (c config) validate() error {
+	switch {
+	case c.Addr == "":
+		return errors.New("-addr: must not be empty")
+	case c.LeaseTTL <= 0:
+		return fmt.Errorf("-lease-ttl: must be positive, got %v", c.LeaseTTL)
+	case c.KeepAliveTTL <= 0:
+		return fmt.Errorf("-keepalive-ttl: must be positive, got %v", c.KeepAliveTTL)
+	case c.MaxLeaseTTL <= 0:
+		return fmt.Errorf("-max-lease-ttl: must be positive, got %v", c.MaxLeaseTTL)
+	case c.LeaseTTL > c.MaxLeaseTTL:
+		return fmt.Errorf("-lease-ttl: %v is longer than -max-lease-ttl %v", c.LeaseTTL, c.MaxLeaseTTL)
+	case c.MaxGenerate < 1:
+		return fmt.Errorf("-max-generate: must be at least 1, got %d", c.MaxGenerate)
+	case c.LogFormat != "text" && c.LogFormat != "json":
+		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
+	}
+	if c.Store != "memory" {
+		u, err := url.Parse(c.Store)
+		redisURL := (u != nil && (u.Scheme == "redis" || u.Scheme == "rediss") && u.Host != "") ||
+			(u != nil && u.Scheme == "unix" && u.Path != "")
+		if err != nil || !redisURL {
+			return fmt.Errorf("-store: must be memory, redis://host:port/db or unix:///path/to/socket?db=N, got %q", c.Store)
+		}
+	}
+	return nil
+}
+
+// storeOptions are the keystore options the configuration sets.
+func (c config) storeOptions() keystore.Options {
+	return keystore.Options{
+		LeaseTTL:     c.LeaseTTL,
+		KeepAliveTTL: c.KeepAliveTTL,
+		MaxLeaseTTL:  c.MaxLeaseTTL,
+		MaxGenerate:  c.MaxGenerate,
+	}
+}
+
+// unwrapFlagError drops the flag package's wrapping ("parse error") for a shorter line.
+func unwrapFlagError(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

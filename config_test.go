@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func envOf(vars map[string]string) func(string) string {
+	return func(name string) string { return vars[name] }
+}
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := parseConfig(nil, envOf(nil), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, config{
+		Addr:         ":8080",
+		LeaseTTL:     60 * time.Second,
+		KeepAliveTTL: 5 * time.Minute,
+		MaxLeaseTTL:  time.Hour,
+		MaxGenerate:  10000,
+		Store:        "memory",
+		LogFormat:    "text",
+	}, cfg)
+}
+
+func TestConfigFlagsAndEnv(t *testing.T) {
+	env := envOf(map[string]string{
+		"KEYPOOL_ADDR":          "127.0.0.1:9000",
+		"KEYPOOL_LEASE_TTL":     "30s",
+		"KEYPOOL_KEEPALIVE_TTL": "10m",
+		"KEYPOOL_MAX_LEASE_TTL": "2h",
+		"KEYPOOL_MAX_GENERATE":  "50",
+		"KEYPOOL_STORE":         "redis://localhost:6379/0",
+		"KEYPOOL_LOG_FORMAT":    "json",
+	})
+	t.Run("env", func(t *testing.T) {
+		cfg, err := parseConfig(nil, env, io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, config{
+			Addr:         "127.0.0.1:9000",
+			LeaseTTL:     30 * time.Second,
+			KeepAliveTTL: 10 * time.Minute,
+			MaxLeaseTTL:  2 * time.Hour,
+			MaxGenerate:  50,
+			Store:        "redis://localhost:6379/0",
+			LogFormat:    "json",
+		}, cfg)
+	})
+	t.Run("flags beat env", func(t *testing.T) {
+		cfg, err := parseConfig([]string{
+			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
+			"-max-generate", "7", "-store", "memory", "-log-format", "text",
+		}, env, io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, config{
+			Addr:         ":1234",
+			LeaseTTL:     90 * time.Second,
+			KeepAliveTTL: time.Hour,
+			MaxLeaseTTL:  3 * time.Hour,
+			MaxGenerate:  7,
+			Store:        "memory",
+			LogFormat:    "text",
+		}, cfg)
+	})
+	t.Run("flags alone", func(t *testing.T) {
+		cfg, err := parseConfig([]string{"-lease-ttl", "300ms"}, envOf(nil), io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, 300*time.Millisecond, cfg.LeaseTTL, "a default lease shorter than a request's minimum is allowed")
+	})
+}
+
+func TestConfigBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		flag string
+	}{
+		{"unparsable duration", []string{"-lease-ttl", "soon"}, nil, "-lease-ttl"},
+		{"unparsable duration from env", nil, map[string]string{"KEYPOOL_KEEPALIVE_TTL": "5 minutes"}, "-keepalive-ttl"},
+		{"zero lease ttl", []string{"-lease-ttl", "0s"}, nil, "-lease-ttl"},
+		{"negative keep-alive ttl", []string{"-keepalive-ttl", "-1m"}, nil, "-keepalive-ttl"},
+		{"non-positive max lease ttl", []string{"-max-lease-ttl", "0"}, nil, "-max-lease-ttl"},
+		{"lease ttl over max", []string{"-lease-ttl", "2h"}, nil, "-lease-ttl"},
+		{"lease ttl over max from env", nil, map[string]string{"KEYPOOL_MAX_LEASE_TTL": "30s"}, "-lease-ttl"},
+		{"max generate zero", []string{"-max-generate", "0"}, nil, "-max-generate"},
+		{"max generate not a number", nil, map[string]string{"KEYPOOL_MAX_GENERATE": "lots"}, "-max-generate"},
+		{"store scheme", []string{"-store", "postgres://db"}, nil, "-store"},
+		{"store without host", []string{"-store", "redis://"}, nil, "-store"},
+		{"log format", []string{"-log-format", "xml"}, nil, "-log-format"},
+		{"log format from env", nil, map[string]string{"KEYPOOL_LOG_FORMAT": "yaml"}, "-log-format"},
+		{"empty addr", []string{"-addr", ""}, nil, "-addr"},
+		{"unknown flag", []string{"-verbose"}, nil, "-verbose"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig(tc.args, envOf(tc.env), io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.flag)
+			assert.NotContains(t, err.Error(), "\n", "one line")
+		})
+	}
+}
+
+func TestConfigHelp(t *testing.T) {
+	var usage strings.Builder
+	_, err := parseConfig([]string{"-h"}, envOf(nil), &usage)
+	assert.True(t, errors.Is(err, flag.ErrHelp))
+	assert.Contains(t, usage.String(), "KEYPOOL_LEASE_TTL")
+}

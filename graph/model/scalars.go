@@ -1,0 +1,77 @@
+// Package model holds the GraphQL-side types that the domain does not have: the Time and
+// Duration scalars, and Lease, which carries the key it holds.
+package model
+
+import (
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/keypool/keypool/keystore"
+)
+
+// MarshalTime writes the GraphQL Time scalar: t as RFC 3339 with fractional seconds, in UTC.
+func MarshalTime(t time.Time) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = io.WriteString(w, strconv.Quote(t.UTC().Format(time.RFC3339Nano)))
+	})
+}
+
+// UnmarshalTime reads an RFC 3339 string.
+func UnmarshalTime(v any) (time.Time, error) {
+	s, ok := v.(string)
+	if !ok {
+		return time.Time{}, keystore.Errorf(keystore.EINVALID, "Time must be an RFC 3339 string, got %T", v)
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, keystore.Errorf(keystore.EINVALID, "Time must be RFC 3339, got %q", s)
+	}
+	return t.UTC(), nil
+}
+
+// MarshalDuration writes the GraphQL Duration scalar: in Go syntax.
+func MarshalDuration(d time.Duration) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = io.WriteString(w, strconv.Quote(d.String()))
+	})
+}
+
+// UnmarshalDuration parses a Go duration string with time.ParseDuration. Errors carry
+// BAD_USER_INPUT.
+func UnmarshalDuration(v any) (time.Duration, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be a string in Go syntax such as \"90s\", got %T", v)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be in Go syntax such as \"90s\" or \"1m30s\", got %q", s)
+	}
+	return d, nil
+}
+
+// Lease is a lease together with a snapshot of the key it holds, taken in the same
+// atomic step, so that Lease.key needs no second read of the store.
+type Lease struct {
+	Token      string
+	Fence      int64
+	AcquiredAt time.Time
+	ExpiresAt  time.Time
+	Key        *keystore.Key
+}
+
+// NewLease returns the lease held on k, or nil if k is not under a lease.
+func NewLease(k keystore.Key) *Lease {
+	if k.Lease == nil {
+		return nil
+	}
+	return &Lease{
+		Token:      k.Lease.Token,
+		Fence:      k.Lease.Fence,
+		AcquiredAt: k.Lease.AcquiredAt,
+		ExpiresAt:  k.Lease.ExpiresAt,
+		Key:        &k,
+	}
+}

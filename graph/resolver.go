@@ -1,0 +1,29 @@
+// Package graph is keypool's GraphQL API: gqlgen's generated executor (generated.go),
+// thin resolvers that translate between GraphQL and the keystore, and the one place
+// where errors become extensions.code.
+package graph
+
+import "github.com/keypool/keypool/keystore"
+
+// Resolver is the root resolver. It holds the store every request goes to.
+type Resolver struct {
+	Store keystore.Store
+}
+
+// orZero returns *p, or the zero value when p is nil: GraphQL's omitted arguments are
+// the keystore's zero options.
+func orZero[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// keyOrError adapts a Store method's (Key, error) to a resolver's (*Key, error).
+func keyOrError(key keystore.Key, err error) (*keystore.Key, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &key, nil
+}

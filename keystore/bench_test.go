@@ -1,0 +1,415 @@
+package keystore_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/keystore/storetest"
+)
+
+// The benchmarks run on the real clock with TTLs far longer than any run, so that
+// nothing expires behind them, except the expiry ones, which are about expiring.
+//
+// Run them, once each, with (the last three build a million keys per iteration):
+//
+//	go test -run '^$' -bench 'AcquireUnblock|KeepAlive|Generate|Delete' -benchtime 20000x -count 1 ./keystore/
+//	go test -run '^$' -bench 'HeapPerKey|ExpiryStorm|ExpiryLateness' -benchtime 1x -count 1 ./keystore/
+var benchOpts = keystore.Options{
+	LeaseTTL:     time.Hour,
+	KeepAliveTTL: 24 * time.Hour,
+	MaxLeaseTTL:  24 * time.Hour,
+}
+
+var poolSizes = []int{1_000, 100_000, 1_000_000}
+
+// benchPool is a pool kept across benchmark runs: building a million keys takes
+// longer than what is measured on it.
+type benchPool struct {
+	store *keystore.Memory
+	ids   []string
+}
+
+var (
+	benchPoolsMu sync.Mutex
+	benchPools   = map[int]*benchPool{}
+)
+
+// pool returns the cached pool of size keys, building it (timer stopped) on first use.
+// Benchmarks that change its size put it back as they found it.
+func pool(b *testing.B, size int) *benchPool {
+	b.Helper()
+	benchPoolsMu.Lock()
+	defer benchPoolsMu.Unlock()
+	if p := benchPools[size]; p != nil {
+		return p
+	}
+	b.StopTimer()
+	defer b.StartTimer()
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), benchOpts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &benchPool{store: store, ids: generate(b, store, size)}
+	benchPools[size] = p
+	return p
+}
+
+// closeBenchPools releases the cached pools, so that the leak check after the run
+// sees no expirer left.
+func closeBenchPools() {
+	benchPoolsMu.Lock()
+	defer benchPoolsMu.Unlock()
+	for size, p := range benchPools {
+		_ = p.store.Close()
+		delete(benchPools, size)
+	}
+}
+
+// generate adds n keys to store in batches of the largest size and returns their ids.
+func generate(tb testing.TB, store keystore.Store, n int) []string {
+	ids := make([]string, 0, n)
+	for len(ids) < n {
+		keys, err := store.Generate(context.Background(), min(n-len(ids), keystore.DefaultMaxGenerate))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, k := range keys {
+			ids = append(ids, k.ID)
+		}
+	}
+	return ids
+}
+
+func forEachSize(b *testing.B, bench func(b *testing.B, p *benchPool)) {
+	for _, size := range poolSizes {
+		b.Run(fmt.Sprintf("keys=%d", size), func(b *testing.B) {
+			p := pool(b, size)
+			b.ReportAllocs()
+			b.ResetTimer()
+			bench(b, p)
+		})
+	}
+}
+
+func rerun(b *testing.B, what string) {
+	b.Logf("%s; rerun: go test -run '^$' -bench '^%s$' -benchtime %s -count 1 ./keystore/",
+		what, b.Name(), benchtime())
+}
+
+// benchtime reads the -test.benchtime flag back, for the rerun line.
+func benchtime() string {
+	if f := flag.Lookup("test.benchtime"); f != nil {
+		return f.Value.String()
+	}
+	return "1s"
+}
+
+// BenchmarkAcquireUnblock measures one Acquire of a random free key plus the Unblock
+// that returns it, with the pool at each size.
+func BenchmarkAcquireUnblock(b *testing.B) {
+	forEachSize(b, func(b *testing.B, p *benchPool) {
+		ctx := context.Background()
+		for b.Loop() {
+			k, err := p.store.Acquire(ctx, keystore.AcquireOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := p.store.Unblock(ctx, k.ID, k.Lease.Token); err != nil {
+				b.Fatal(err)
+			}
+		}
+		rerun(b, "time per Acquire+Unblock cycle")
+	})
+}
+
+// BenchmarkKeepAlive measures KeepAlive of a random key, which moves it in the
+// keep-alive heap.
+func BenchmarkKeepAlive(b *testing.B) {
+	forEachSize(b, func(b *testing.B, p *benchPool) {
+		ctx := context.Background()
+		rng := rand.New(rand.NewPCG(1, 2))
+		for b.Loop() {
+			if _, err := p.store.KeepAlive(ctx, p.ids[rng.IntN(len(p.ids))]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		rerun(b, "time per KeepAlive")
+	})
+}
+
+// chunk is how many keys Generate and Delete add or remove between trips off the
+// clock that put the pool back to its size: the pool stays within chunk of it.
+const chunk = 1000
+
+// BenchmarkGenerate measures Generate per key, in batches of 100, into a pool of each
+// size; every chunk keys, the new keys are deleted off the clock.
+func BenchmarkGenerate(b *testing.B) {
+	const batch = 100
+	forEachSize(b, func(b *testing.B, p *benchPool) {
+		ctx := context.Background()
+		made := make([]string, 0, chunk)
+		var onClock time.Duration
+		start, n := time.Now(), 0
+		for b.Loop() {
+			keys, err := p.store.Generate(ctx, batch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, k := range keys {
+				made = append(made, k.ID)
+			}
+			n++
+			if len(made) >= chunk {
+				onClock += time.Since(start)
+				b.StopTimer()
+				for _, id := range made {
+					if err := p.store.Delete(ctx, id); err != nil {
+						b.Fatal(err)
+					}
+				}
+				made = made[:0]
+				b.StartTimer()
+				start = time.Now()
+			}
+		}
+		onClock += time.Since(start)
+		b.StopTimer()
+		for _, id := range made {
+			if err := p.store.Delete(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(onClock.Nanoseconds())/float64(n*batch), "ns/key")
+		rerun(b, fmt.Sprintf("time per Generate(%d) (ns/op) and per key (ns/key)", batch))
+	})
+}
+
+// BenchmarkDelete measures Delete of a random key of a pool of each size. The keys it
+// deletes are added beforehand, chunk by chunk off the clock, so the pool keeps its size.
+func BenchmarkDelete(b *testing.B) {
+	forEachSize(b, func(b *testing.B, p *benchPool) {
+		ctx := context.Background()
+		var extra []string
+		for b.Loop() {
+			if len(extra) == 0 {
+				b.StopTimer()
+				extra = generate(b, p.store, chunk)
+				rand.Shuffle(len(extra), func(i, j int) { extra[i], extra[j] = extra[j], extra[i] })
+				b.StartTimer()
+			}
+			if err := p.store.Delete(ctx, extra[len(extra)-1]); err != nil {
+				b.Fatal(err)
+			}
+			extra = extra[:len(extra)-1]
+		}
+		b.StopTimer()
+		for _, id := range extra {
+			if err := p.store.Delete(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		rerun(b, "time per Delete")
+	})
+}
+
+// BenchmarkHeapPerKey measures the live heap a pool of a million keys holds, per key:
+// HeapAlloc after a GC with the pool built, minus HeapAlloc after a GC before it.
+func BenchmarkHeapPerKey(b *testing.B) {
+	const n = 1_000_000
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		store, err := keystore.NewMemory(clockwork.NewRealClock(), benchOpts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for made := 0; made < n; made += keystore.DefaultMaxGenerate {
+			if _, err := store.Generate(context.Background(), keystore.DefaultMaxGenerate); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perKey := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
+		runtime.KeepAlive(store)
+		_ = store.Close()
+		b.ReportMetric(perKey, "B/key")
+	}
+	rerun(b, "live heap bytes per key of a pool of 1e6 AVAILABLE keys (target <= 160)")
+}
+
+// BenchmarkExpiryStorm lets a million keep-alive deadlines fall due at one instant (a
+// fake clock moved past them at once) while two goroutines loop Acquire/Unblock on a
+// thousand other keys. It reports the longest single Acquire (target < 5 ms), its p99,
+// and how long the expirer took to drain the storm.
+func BenchmarkExpiryStorm(b *testing.B) {
+	const storm, survivors, loopers = 1_000_000, 1_000, 2
+	for b.Loop() {
+		b.StopTimer()
+		ctx := context.Background()
+		clock := clockwork.NewFakeClockAt(storetest.Start)
+		store, err := keystore.NewMemory(clock, keystore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The storm keys are BLOCKED under leases that outlive them, so the loopers
+		// only ever acquire survivors: the storm is the expirer's alone.
+		generate(b, store, storm)
+		for range storm {
+			if _, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: 10 * time.Minute}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		clock.Advance(time.Minute)
+		generate(b, store, survivors) // alive until Start+6m
+
+		var (
+			stop      atomic.Bool
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			latencies []time.Duration
+			failures  atomic.Int64
+			failMu    sync.Mutex
+			failCodes = map[string]int{}
+		)
+		fail := func(what string, err error) {
+			failures.Add(1)
+			failMu.Lock()
+			failCodes[what+" "+string(keystore.ErrorCode(err))]++
+			failMu.Unlock()
+		}
+		for range loopers {
+			wg.Go(func() {
+				var mine []time.Duration
+				for !stop.Load() {
+					start := time.Now()
+					// An hour-long lease: the clock jumps four minutes in the storm.
+					k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: time.Hour})
+					mine = append(mine, time.Since(start))
+					if err != nil {
+						fail("Acquire", err)
+						continue
+					}
+					if _, err := store.Unblock(ctx, k.ID, k.Lease.Token); err != nil {
+						fail("Unblock", err)
+					}
+				}
+				mu.Lock()
+				latencies = append(latencies, mine...)
+				mu.Unlock()
+			})
+		}
+		time.Sleep(20 * time.Millisecond) // the loopers are running before the storm
+		b.StartTimer()
+		start := time.Now()
+		clock.Advance(4 * time.Minute) // Start+5m: every storm deadline passes at once
+		for {
+			s, err := store.Stats(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if s.Total == survivors {
+				break
+			}
+			if time.Since(start) > time.Minute {
+				b.Fatalf("the storm did not drain in a minute: %+v", s)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		drain := time.Since(start)
+		b.StopTimer()
+		time.Sleep(20 * time.Millisecond) // a little calm after the storm, for contrast
+		stop.Store(true)
+		wg.Wait()
+		_ = store.Close()
+		slices.Sort(latencies)
+		slow := len(latencies) - sort.Search(len(latencies), func(i int) bool { return latencies[i] >= 5*time.Millisecond })
+		if len(failCodes) > 0 {
+			b.Logf("failed requests during the storm: %v", failCodes)
+		}
+		b.ReportMetric(float64(slow), "acquires>=5ms")
+		b.ReportMetric(float64(drain.Milliseconds()), "drain-ms")
+		b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-acquire-ms")
+		b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds())/1000, "p99-acquire-ms")
+		b.ReportMetric(float64(len(latencies)), "acquires")
+		b.ReportMetric(float64(failures.Load()), "failed-acquires")
+		b.StartTimer()
+	}
+	rerun(b, "a storm of 1e6 keep-alive expiries: time to drain (drain-ms), longest and p99 Acquire meanwhile (target max < 5 ms)")
+}
+
+// BenchmarkExpiryLateness measures how late RELEASED events arrive on the real clock:
+// 2000 leases of 1 s to 2 s, so that their deadlines spread over a second, and a
+// subscriber that notes when each RELEASED arrives. Lateness is arrival minus the
+// lease's deadline; it must never be negative (early), and p99 should stay < 20 ms.
+func BenchmarkExpiryLateness(b *testing.B) {
+	const leases = 2000
+	for b.Loop() {
+		b.StopTimer()
+		ctx, cancel := context.WithCancel(context.Background())
+		store, err := keystore.NewMemory(clockwork.NewRealClock(), benchOpts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		generate(b, store, leases)
+		sub, err := store.Subscribe(ctx, keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		deadlines := map[string]time.Time{}
+		rng := rand.New(rand.NewPCG(3, 4))
+		for range leases {
+			ttl := time.Second + time.Duration(rng.Int64N(int64(time.Second)))
+			k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: ttl})
+			if err != nil {
+				b.Fatal(err)
+			}
+			deadlines[k.ID] = k.Lease.ExpiresAt
+		}
+		b.StartTimer()
+		var lateness []time.Duration
+		wrongAt := 0
+		timeout := time.After(30 * time.Second)
+		for len(lateness) < leases {
+			select {
+			case ev, ok := <-sub.C:
+				if !ok {
+					b.Fatalf("subscription ended: %v", sub.Err())
+				}
+				now := time.Now()
+				deadline := deadlines[ev.KeyID]
+				if !ev.At.Equal(deadline) {
+					wrongAt++
+				}
+				lateness = append(lateness, now.Sub(deadline))
+			case <-timeout:
+				b.Fatalf("only %d of %d RELEASED events arrived", len(lateness), leases)
+			}
+		}
+		b.StopTimer()
+		cancel()
+		_ = store.Close()
+		slices.Sort(lateness)
+		early := max(-lateness[0], 0)
+		b.ReportMetric(float64(early.Microseconds())/1000, "max-early-ms")
+		b.ReportMetric(float64(lateness[len(lateness)/2].Microseconds())/1000, "p50-late-ms")
+		b.ReportMetric(float64(lateness[len(lateness)*99/100].Microseconds())/1000, "p99-late-ms")
+		b.ReportMetric(float64(lateness[len(lateness)-1].Microseconds())/1000, "max-late-ms")
+		b.ReportMetric(float64(wrongAt), "wrong-At")
+		b.StartTimer()
+	}
+	rerun(b, "lateness of RELEASED events on the real clock (target: never early, p99 < 20 ms)")
+}

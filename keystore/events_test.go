@@ -1,0 +1,288 @@
+package keystore_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// hubObserver counts what a hub reports.
+type hubObserver struct {
+	keystore.NopObserver
+	subscribers atomic.Int64
+	cuts        atomic.Int64
+}
+
+func (o *hubObserver) SubscribersChanged(delta int) { o.subscribers.Add(int64(delta)) }
+func (o *hubObserver) SlowConsumerCut()             { o.cuts.Add(1) }
+
+var hubTypes = []keystore.EventType{keystore.EventGenerated, keystore.EventAcquired, keystore.EventUnblocked}
+
+// publish adds n events of rotating types and returns them as published.
+func publish(h *keystore.Hub, n int) []keystore.Event {
+	events := make([]keystore.Event, n)
+	for i := range events {
+		ev := keystore.Event{Type: hubTypes[i%len(hubTypes)], KeyID: fmt.Sprintf("key-%d", i), At: time.Unix(int64(i), 0)}
+		ev.Seq = h.Publish(ev)
+		events[i] = ev
+	}
+	return events
+}
+
+// receive reads n events from sub, failing if they do not come in time.
+func receive(t *testing.T, sub *keystore.Subscription, n int) []keystore.Event {
+	t.Helper()
+	var got []keystore.Event
+	timeout := time.After(10 * time.Second)
+	for len(got) < n {
+		select {
+		case ev, ok := <-sub.C:
+			if !ok {
+				t.Fatalf("stream ended after %d of %d events: %v", len(got), n, sub.Err())
+			}
+			got = append(got, ev)
+		case <-timeout:
+			t.Fatalf("got %d of %d events", len(got), n)
+		}
+	}
+	return got
+}
+
+// requireEnded waits for sub's channel to close, dropping what is left in it.
+func requireEnded(t *testing.T, sub *keystore.Subscription) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-sub.C:
+			if !ok {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the subscription did not end")
+		}
+	}
+}
+
+func requireSilent(t *testing.T, sub *keystore.Subscription) {
+	t.Helper()
+	select {
+	case ev, ok := <-sub.C:
+		t.Fatalf("unexpected event %+v (open %v)", ev, ok)
+	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+func TestHubOrdering(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(1024, nil)
+	defer h.Close()
+	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	want := publish(h, 600) // more than one batch of the subscriber's copy loop
+	for i, ev := range want {
+		require.EqualValues(t, i+1, ev.Seq, "seq grows by one from 1")
+	}
+	require.Equal(t, want, receive(t, sub, len(want)))
+	require.EqualValues(t, 600, h.LastSeq())
+}
+
+func TestHubConcurrentPublishers(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(1<<16, nil)
+	defer h.Close()
+	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { publish(h, 2000) })
+	}
+	got := receive(t, sub, 8000)
+	wg.Wait()
+	for i, ev := range got {
+		require.EqualValues(t, i+1, ev.Seq)
+	}
+}
+
+func TestHubReplay(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(8, nil)
+	defer h.Close()
+	history := publish(h, 6)
+	after := func(seq int64) keystore.SubscribeOptions { return keystore.SubscribeOptions{After: &seq} }
+
+	t.Run("from a retained seq, then live", func(t *testing.T) {
+		sub := h.Subscribe(t.Context(), after(3))
+		require.Equal(t, history[3:], receive(t, sub, 3))
+		requireSilent(t, sub)
+		next := publish(h, 1)
+		require.Equal(t, next, receive(t, sub, 1))
+		history = append(history, next...)
+	})
+	t.Run("from the newest: live only", func(t *testing.T) {
+		sub := h.Subscribe(t.Context(), after(h.LastSeq()))
+		requireSilent(t, sub)
+		next := publish(h, 1)
+		require.Equal(t, next, receive(t, sub, 1))
+		history = append(history, next...)
+	})
+	t.Run("nil After: live only", func(t *testing.T) {
+		sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+		requireSilent(t, sub)
+		next := publish(h, 1)
+		require.Equal(t, next, receive(t, sub, 1))
+		history = append(history, next...)
+	})
+	t.Run("from beyond the newest: live", func(t *testing.T) {
+		sub := h.Subscribe(t.Context(), after(h.LastSeq()+100))
+		requireSilent(t, sub)
+		next := publish(h, 1)
+		require.Equal(t, next, receive(t, sub, 1))
+		history = append(history, next...)
+	})
+	t.Run("from before the ring: the oldest retained", func(t *testing.T) {
+		require.Len(t, history, 10) // two more than the ring holds
+		sub := h.Subscribe(t.Context(), after(0))
+		require.Equal(t, history[2:], receive(t, sub, 8))
+		requireSilent(t, sub)
+	})
+}
+
+func TestHubTypes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(64, nil)
+	defer h.Close()
+	zero := int64(0)
+	replayed := h.Subscribe(t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired}, After: &zero})
+	live := h.Subscribe(t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired, keystore.EventUnblocked}})
+	all := publish(h, 30)
+	var acquired, both []keystore.Event
+	for _, ev := range all {
+		switch ev.Type {
+		case keystore.EventAcquired:
+			acquired = append(acquired, ev)
+			both = append(both, ev)
+		case keystore.EventUnblocked:
+			both = append(both, ev)
+		}
+	}
+	require.Equal(t, acquired, receive(t, replayed, len(acquired)))
+	require.Equal(t, both, receive(t, live, len(both)))
+	requireSilent(t, replayed)
+	requireSilent(t, live)
+}
+
+func TestHubOwnSeqs(t *testing.T) {
+	h := keystore.NewHub(16, nil)
+	defer h.Close()
+	// A store that numbers its events (a shared one) hands its seqs through; repeats
+	// from a second delivery are dropped.
+	require.EqualValues(t, 41, h.Publish(keystore.Event{Seq: 41, Type: keystore.EventGenerated}))
+	require.EqualValues(t, 42, h.Publish(keystore.Event{Seq: 42, Type: keystore.EventGenerated}))
+	require.EqualValues(t, 42, h.Publish(keystore.Event{Seq: 42, Type: keystore.EventDeleted}))
+	require.EqualValues(t, 42, h.LastSeq())
+	zero := int64(0)
+	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{After: &zero})
+	got := receive(t, sub, 2)
+	require.EqualValues(t, 41, got[0].Seq)
+	require.EqualValues(t, 42, got[1].Seq)
+	require.Equal(t, keystore.EventGenerated, got[1].Type, "the duplicate did not replace the original")
+	requireSilent(t, sub)
+}
+
+func TestHubSlowConsumer(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	const retention, bursts, burst = 64, 500, 10
+	obs := &hubObserver{}
+	h := keystore.NewHub(retention, obs)
+	defer h.Close()
+	slow := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	keeper := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	var kept atomic.Int64
+	done := make(chan struct{})
+	go func() { // keeps up: reads everything as it comes
+		defer close(done)
+		for range keeper.C {
+			kept.Add(1)
+		}
+	}()
+	start := time.Now()
+	for i := range bursts {
+		publish(h, burst)
+		// The keeper catches up before the next burst, so it is never more than a
+		// burst behind; the slow subscriber never reads.
+		want := int64((i + 1) * burst)
+		for kept.Load() < want && time.Since(start) < 10*time.Second {
+			runtime.Gosched()
+		}
+	}
+	require.EqualValues(t, bursts*burst, kept.Load(), "a subscriber that keeps up gets everything")
+
+	var got []keystore.Event
+	for ev := range slow.C {
+		got = append(got, ev)
+	}
+	require.Less(t, len(got), bursts*burst, "the slow subscriber was not cut")
+	for i := 1; i < len(got); i++ {
+		require.Equal(t, got[i-1].Seq+1, got[i].Seq)
+	}
+	err := slow.Err()
+	require.Equal(t, keystore.ESLOWCONSUMER, keystore.ErrorCode(err), "error: %v", err)
+	require.EqualValues(t, 1, obs.cuts.Load(), "only the slow subscriber is cut")
+
+	h.Close()
+	<-done
+	require.NoError(t, keeper.Err())
+	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+func TestHubClose(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(1<<10, obs)
+	idle := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	full := h.Subscribe(t.Context(), keystore.SubscribeOptions{}) // never read: its feeder blocks on send
+	publish(h, 1000)
+	_ = receive(t, idle, 1000)
+	h.Close()
+	requireEnded(t, idle)
+	requireEnded(t, full)
+	require.NoError(t, idle.Err())
+	require.NoError(t, full.Err())
+	h.Close() // twice is harmless
+	late := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	requireEnded(t, late)
+	require.NoError(t, late.Err())
+	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+func TestHubContextEndsSubscription(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(1<<14, nil) // holds every event below: nobody is cut
+	defer h.Close()
+	var subs []*keystore.Subscription
+	var cancels []context.CancelFunc
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(t.Context())
+		subs = append(subs, h.Subscribe(ctx, keystore.SubscribeOptions{}))
+		cancels = append(cancels, cancel)
+		if i%2 == 0 {
+			publish(h, 300) // some subscribers end with a full channel, some idle
+		}
+	}
+	for _, cancel := range cancels {
+		cancel()
+	}
+	for _, sub := range subs {
+		requireEnded(t, sub)
+		require.NoError(t, sub.Err())
+	}
+	// goleak, deferred above, checks that every feeder goroutine is gone.
+}

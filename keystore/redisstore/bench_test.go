@@ -1,0 +1,262 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// benchKeys is the size of the pool the benchmarks work on.
+const benchKeys = 100_000
+
+// benchPool starts a redis-server and fills a pool of benchKeys keys through a Store
+// on the real clock (scripts on Redis's TIME, as in production).
+func benchPool(b *testing.B) (*redisServer, *Store) {
+	b.Helper()
+	srv := startRedis(b)
+	s := openNamespace(b, srv, clockwork.NewRealClock(), keystore.Options{}, "bench")
+	for range benchKeys / keystore.DefaultMaxGenerate {
+		must(s.Generate(context.Background(), keystore.DefaultMaxGenerate))(b)
+	}
+	return srv, s
+}
+
+// BenchmarkAcquireUnblock measures one acquire+unblock cycle through the Store (two
+// script calls, one goroutine), on a pool of 1e5 keys.
+//
+//	go test -run '^$' -bench 'AcquireUnblock' -benchtime 20000x ./keystore/redisstore
+func BenchmarkAcquireUnblock(b *testing.B) {
+	srv, s := benchPool(b)
+	ctx := context.Background()
+	redis0, go0 := redisCPU(b, srv), processCPU()
+	b.ResetTimer()
+	for b.Loop() {
+		k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(b)
+		must(s.Unblock(ctx, k.ID, k.Lease.Token))(b)
+	}
+	b.StopTimer()
+	reportCPU(b, srv, redis0, go0)
+	logCommandStats(b, srv)
+}
+
+// redisCPU returns the CPU time redis-server's main thread has used.
+func redisCPU(b *testing.B, srv *redisServer) time.Duration {
+	var total float64
+	for _, field := range []string{"used_cpu_user_main_thread", "used_cpu_sys_main_thread"} {
+		v, err := strconv.ParseFloat(srv.info("cpu", field), 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		total += v
+	}
+	return time.Duration(total * float64(time.Second))
+}
+
+// processCPU returns the CPU time this process (the store, its client and the
+// benchmark loop) has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// logCommandStats logs what Redis spent on the scripts and on the stream readers.
+func logCommandStats(b *testing.B, srv *redisServer) {
+	rdb := srv.client()
+	defer rdb.Close()
+	text := must(rdb.Info(context.Background(), "commandstats").Result())(b)
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "cmdstat_evalsha:") || strings.HasPrefix(line, "cmdstat_xread:") {
+			b.Log(strings.TrimSpace(line))
+		}
+	}
+}
+
+// BenchmarkAcquireUnblockParallel is the same with GOMAXPROCS×16 goroutines (the
+// Redis client's pool holds 10 connections per GOMAXPROCS).
+//
+//	go test -run '^$' -bench 'AcquireUnblockParallel' -benchtime 40000x ./keystore/redisstore
+func BenchmarkAcquireUnblockParallel(b *testing.B) {
+	srv, s := benchPool(b)
+	ctx := context.Background()
+	b.SetParallelism(16)
+	redis0, go0 := redisCPU(b, srv), processCPU()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			k, err := s.Acquire(ctx, keystore.AcquireOptions{})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := s.Unblock(ctx, k.ID, k.Lease.Token); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	reportCPU(b, srv, redis0, go0)
+	logCommandStats(b, srv)
+}
+
+// reportCPU reports the cycles per second and the CPU that Redis and this process
+// spent per cycle since redis0 and go0 were read.
+func reportCPU(b *testing.B, srv *redisServer, redis0, go0 time.Duration) {
+	n := float64(b.N)
+	b.ReportMetric(n/b.Elapsed().Seconds(), "cycles/s")
+	b.ReportMetric(float64((redisCPU(b, srv)-redis0).Microseconds())/n, "redis-cpu-µs/cycle")
+	b.ReportMetric(float64((processCPU()-go0).Microseconds())/n, "go-cpu-µs/cycle")
+}
+
+// BenchmarkLuaDirect drives the same acquire and unblock scripts with redis-benchmark
+// (EVALSHA, no Go in the path) on a pool of 1e5 keys, and measures Redis's memory per
+// key. It runs once whatever -benchtime says; it logs every command it runs.
+//
+//	go test -run '^$' -bench 'LuaDirect' -benchtime 1x -v ./keystore/redisstore
+func BenchmarkLuaDirect(b *testing.B) {
+	if _, err := exec.LookPath("redis-benchmark"); err != nil {
+		b.Skip("redis-benchmark not installed: apt-get install redis-tools")
+	}
+	srv := startRedis(b)
+	ctx := context.Background()
+	rdb := srv.client()
+	defer rdb.Close()
+	used := func() int64 {
+		n, err := strconv.ParseInt(srv.info("memory", "used_memory"), 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+
+	// Memory per key: used_memory before and after 1e5 keys, with and without the
+	// event stream (it keeps the newest 65536 GENERATED events here).
+	before := used()
+	s := openNamespace(b, srv, clockwork.NewRealClock(), keystore.Options{}, "bench")
+	for range benchKeys / keystore.DefaultMaxGenerate {
+		must(s.Generate(ctx, keystore.DefaultMaxGenerate))(b)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	withStream := used()
+	streamLen := must(rdb.XLen(ctx, "{bench}:events").Result())(b)
+	must(rdb.Del(ctx, "{bench}:events").Result())(b)
+	withoutStream := used()
+	b.Logf("used_memory: %d before, %d with 1e5 keys and a stream of %d events, %d without the stream",
+		before, withStream, streamLen, withoutStream)
+	b.ReportMetric(float64(withStream-before)/benchKeys, "B/key+stream")
+	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
+
+	// The scripts' common arguments: prefix, "T" (Redis's TIME), stream length, replica,
+	// pool id.
+	common := []string{"{bench}:", "T", "65536", "redis-benchmark", must(rdb.Get(ctx, "{bench}:pool").Result())(b)}
+	run := func(name string, n, clients int, args ...string) (float64, float64) {
+		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
+			"EVALSHA", scripts[name].Hash(), "0"}, common...)
+		cmd = append(cmd, args...)
+		b.Logf("redis-benchmark %s", strings.Join(cmd, " "))
+		cpu0 := redisCPU(b, srv)
+		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
+		cpu := redisCPU(b, srv) - cpu0
+		if err != nil {
+			b.Fatalf("redis-benchmark: %v\n%s", err, out)
+		}
+		// --csv prints a header line, then "test","rps",…
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		fields := strings.Split(lines[len(lines)-1], ",")
+		rps, err := strconv.ParseFloat(strings.Trim(fields[1], `"`), 64)
+		if err != nil {
+			b.Fatalf("redis-benchmark output %q: %v", out, err)
+		}
+		perCall := float64(cpu.Microseconds()) / float64(n)
+		b.Logf("%s: %.0f calls/s, Redis CPU %.1f µs/call", name, rps, perCall)
+		return rps, perCall
+	}
+	// Each round acquires a quarter of the pool, so the unblocks that follow (random
+	// key numbers) find about a quarter to a half of their keys BLOCKED; the others
+	// answer NOT_BLOCKED after the same lookups.
+	for _, clients := range []int{1, 16} {
+		acquire, acquireCPU := run("acquire", benchKeys/4, clients, "60000000", "__rand_int__")
+		unblock, unblockCPU := run("unblock", benchKeys/4, clients, "__rand_int__", "0")
+		b.Logf("%d connection(s): acquire %.0f calls/s, unblock %.0f calls/s, so %.0f cycles/s",
+			clients, acquire, unblock, 1/(1/acquire+1/unblock))
+		b.ReportMetric(1/(1/acquire+1/unblock), fmt.Sprintf("cycles/s@c%d", clients))
+		b.ReportMetric(acquireCPU+unblockCPU, fmt.Sprintf("redis-cpu-µs/cycle@c%d", clients))
+	}
+	st := must(rdb.SCard(ctx, "{bench}:avail").Result())(b)
+	if st == 0 || st == benchKeys {
+		b.Fatalf("the scripts did not run as intended: %d keys AVAILABLE", st)
+	}
+}
+
+// BenchmarkExpiryStorm measures a storm: 1e5 keep-alive deadlines due at one instant,
+// applied by the expirer in batches of expiryBatch. It reports how long Generate of
+// MaxGenerate keys holds Redis, how long the storm takes, and the longest single
+// expirer script (from SLOWLOG), which is how long a request may wait behind it.
+// It runs once whatever -benchtime says.
+//
+//	go test -run '^$' -bench 'ExpiryStorm' -benchtime 1x -v ./keystore/redisstore
+func BenchmarkExpiryStorm(b *testing.B) {
+	srv := startRedis(b)
+	clock := newFakeClock()
+	s := openNamespace(b, srv, clock, keystore.Options{KeepAliveTTL: time.Minute}, "storm")
+	ctx := context.Background()
+	rdb := srv.client()
+	defer rdb.Close()
+	// Log what takes over 100µs: the commands inside scripts are logged too, and at 0
+	// they would push the scripts out of the log.
+	must(rdb.ConfigSet(ctx, "slowlog-log-slower-than", "100").Result())(b)
+	must(rdb.ConfigSet(ctx, "slowlog-max-len", "100000").Result())(b)
+	slowest := func(sha string) (time.Duration, int) {
+		entries := must(rdb.SlowLogGet(ctx, -1).Result())(b)
+		var longest time.Duration
+		n := 0
+		for _, e := range entries {
+			if len(e.Args) > 1 && strings.EqualFold(e.Args[0], "evalsha") && e.Args[1] == sha {
+				longest = max(longest, e.Duration)
+				n++
+			}
+		}
+		must(rdb.Do(ctx, "SLOWLOG", "RESET").Result())(b)
+		return longest, n
+	}
+
+	must(rdb.Do(ctx, "SLOWLOG", "RESET").Result())(b)
+	cpu0 := redisCPU(b, srv)
+	for range benchKeys / keystore.DefaultMaxGenerate {
+		must(s.Generate(ctx, keystore.DefaultMaxGenerate))(b)
+	}
+	generateCPU := (redisCPU(b, srv) - cpu0) / (benchKeys / keystore.DefaultMaxGenerate)
+	generate, calls := slowest(scriptGenerate.Hash())
+	b.Logf("Generate(%d): longest script %v (%d over 100µs), Redis CPU %v per call",
+		keystore.DefaultMaxGenerate, generate, calls, generateCPU)
+
+	cpu0 = redisCPU(b, srv)
+	b.ResetTimer()
+	clock.Advance(time.Minute)
+	for must(rdb.ZCard(ctx, "{storm}:alive").Result())(b) > 0 {
+		time.Sleep(time.Millisecond) // polling the storm's progress, not a TTL rule
+	}
+	elapsed := b.Elapsed()
+	b.StopTimer()
+	stormCPU := redisCPU(b, srv) - cpu0
+	batch, batches := slowest(scriptExpire.Hash())
+	b.Logf("storm of %d: applied in %v, longest expirer script %v (%d over 100µs), Redis CPU %v (%v per batch of %d)",
+		benchKeys, elapsed, batch, batches, stormCPU, stormCPU/time.Duration(max(batches, 1)), expiryBatch)
+	b.ReportMetric(float64(stormCPU.Microseconds())/benchKeys, "redis-cpu-µs/expiry")
+	b.ReportMetric(float64(generateCPU.Milliseconds()), "redis-cpu-ms/Generate(10000)")
+	b.ReportMetric(float64(benchKeys)/elapsed.Seconds(), "expiries/s")
+	b.ReportMetric(float64(batch.Microseconds()), "µs/longest-batch")
+	b.ReportMetric(float64(generate.Milliseconds()), "ms/Generate(10000)")
+}

@@ -1,0 +1,368 @@
+package redisstore
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"math"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+func randomUint64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+// backoff doubles a real-time pause from minBackoff to maxBackoff while Redis cannot
+// be reached, so that the loops neither die nor spin.
+type backoff struct{ d time.Duration }
+
+// sleep pauses and reports false if the store closed meanwhile.
+func (b *backoff) sleep(ctx context.Context) bool {
+	b.d = min(max(2*b.d, minBackoff), maxBackoff)
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (b *backoff) reset() { b.d = 0 }
+
+// wakeBy tells the expirer of a deadline (Redis time, µs) that it may not know yet.
+func (s *Store) wakeBy(deadline int64) {
+	s.mu.Lock()
+	s.heard = min(s.heard, deadline)
+	earlier := deadline < s.wakeAt
+	if earlier {
+		s.wakeAt = deadline
+	}
+	s.mu.Unlock()
+	if earlier {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// expireLoop applies due transitions in batches of expiryBatch, then sleeps until the
+// earliest deadline, a kick for an earlier one, or fallbackTick.
+func (s *Store) expireLoop() {
+	defer s.wg.Done()
+	var retry backoff
+	for {
+		s.mu.Lock()
+		s.heard = math.MaxInt64
+		s.mu.Unlock()
+		res, err := s.run(s.ctx, scriptExpire, expiryBatch)
+		if err != nil {
+			if !retry.sleep(s.ctx) {
+				return
+			}
+			continue
+		}
+		retry.reset()
+		applied, next := res[2], res[3]
+		if next < 0 {
+			next = math.MaxInt64
+		}
+		if applied == expiryBatch { // more may be due: let requests in, come straight back
+			runtime.Gosched()
+			if s.ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		s.mu.Lock()
+		s.wakeAt = min(next, s.heard) // a deadline set while the script ran may be earlier
+		s.mu.Unlock()
+		if !s.sleepUntilDue() {
+			return
+		}
+	}
+}
+
+// sleepUntilDue waits for the deadline in s.wakeAt, re-arming when a kick brings it
+// forward; false if the store closed.
+func (s *Store) sleepUntilDue() bool {
+	fallback := time.NewTimer(fallbackTick)
+	defer fallback.Stop()
+	for {
+		s.mu.Lock()
+		wakeAt := s.wakeAt
+		s.mu.Unlock()
+		timer, fired := s.timerUntil(wakeAt)
+		select {
+		case <-fired:
+		case <-fallback.C:
+		case <-s.ctx.Done():
+		case <-s.kick:
+			if timer != nil {
+				timer.Stop()
+			}
+			continue
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		return s.ctx.Err() == nil
+	}
+}
+
+// timerUntil returns a timer of the store's clock that fires at Redis time next, or
+// nil and a nil channel for MaxInt64. Like keystore.Memory's, it re-arms while a fake
+// clock moves between reading it and arming the timer.
+func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
+	if next == math.MaxInt64 {
+		return nil, nil
+	}
+	for tries := 0; ; tries++ {
+		before := s.redisNow()
+		timer := s.clock.NewTimer(time.Duration(max(next-before, 0)) * s.unit)
+		if s.redisNow() == before || tries == 2 {
+			return timer, timer.Chan()
+		}
+		timer.Stop()
+	}
+}
+
+// readLoop follows the event stream from lastID, publishing into the local hub, waking
+// the dispatcher when a key may have become free and the expirer when a deadline was
+// set, and telling the Observer of the transitions this replica applied.
+func (s *Store) readLoop(lastID string) {
+	defer s.wg.Done()
+	var retry backoff
+	stream := s.prefix + "events"
+	for {
+		res, err := s.rdb.XRead(s.ctx, &redis.XReadArgs{
+			Streams: []string{stream, lastID},
+			Count:   streamBatch,
+			Block:   streamBlock,
+		}).Result()
+		if s.ctx.Err() != nil {
+			return
+		}
+		if err == redis.Nil {
+			continue
+		}
+		if err != nil {
+			if !retry.sleep(s.ctx) {
+				return
+			}
+			continue
+		}
+		retry.reset()
+		freed := false
+		for _, st := range res {
+			for _, msg := range st.Messages {
+				lastID = msg.ID
+				ev, ok := s.parseEvent(msg)
+				if !ok {
+					continue
+				}
+				s.hub.Publish(ev)
+				switch ev.Type {
+				case keystore.EventGenerated, keystore.EventUnblocked, keystore.EventReleased:
+					freed = true
+				}
+				if d, ok := field(msg, "d"); ok {
+					s.wakeBy(d)
+				}
+				if by, _ := msg.Values["by"].(string); by == s.replica {
+					applied, okA := field(msg, "ap")
+					deadline, okD := field(msg, "at")
+					if okA && okD {
+						lateness := time.Duration(applied-deadline) * s.unit
+						s.opts.Observer.Expired(ev.Type, lateness)
+					}
+				}
+			}
+		}
+		s.pmu.Lock()
+		close(s.progress)
+		s.progress = make(chan struct{})
+		s.pmu.Unlock()
+		if freed && s.nwaiting.Load() > 0 {
+			s.poke()
+		}
+	}
+}
+
+func field(msg redis.XMessage, name string) (int64, bool) {
+	v, _ := msg.Values[name].(string)
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil
+}
+
+// parseEvent decodes a stream entry "<seq>-0" {t, k, at, …}.
+func (s *Store) parseEvent(msg redis.XMessage) (keystore.Event, bool) {
+	seqText, _, _ := strings.Cut(msg.ID, "-")
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	if err != nil {
+		return keystore.Event{}, false
+	}
+	typ, _ := msg.Values["t"].(string)
+	n, okN := field(msg, "k")
+	when, okAt := field(msg, "at")
+	if !okN || !okAt || !keystore.EventType(typ).Valid() {
+		return keystore.Event{}, false
+	}
+	return keystore.Event{Seq: seq, Type: keystore.EventType(typ), KeyID: s.ids.KeyID(uint64(n)), At: s.at(when)}, true
+}
+
+// waiter is an Acquire waiting on this replica for a key.
+type waiter struct {
+	ctx    context.Context
+	ttl    time.Duration
+	got    chan result // buffered: the dispatcher never blocks on it
+	queued bool        // in s.waiters; guarded by s.wmu
+}
+
+type result struct {
+	key keystore.Key
+	err error
+}
+
+func (s *Store) poke() {
+	select {
+	case s.serve <- struct{}{}:
+	default:
+	}
+}
+
+// wait queues an Acquire behind this replica's earlier waiters until the dispatcher
+// hands it a key, its wait runs out, its client leaves or the store closes.
+func (s *Store) wait(ctx context.Context, ttl, d time.Duration) (keystore.Key, error) {
+	start := s.clock.Now()
+	w := &waiter{ctx: ctx, ttl: ttl, got: make(chan result, 1), queued: true}
+	s.wmu.Lock()
+	elem := s.waiters.PushBack(w)
+	s.wmu.Unlock()
+	s.nwaiting.Add(1)
+	s.opts.Observer.WaitersChanged(1)
+	s.poke() // a key freed before we queued is not missed
+
+	timer := s.clock.NewTimer(d)
+	defer timer.Stop()
+	var err error
+	select {
+	case r := <-w.got:
+		if r.err == nil && ctx.Err() != nil { // served as its client left
+			s.giveBack(r.key)
+			s.opts.Observer.Waited(s.clock.Since(start), false)
+			return keystore.Key{}, ctx.Err()
+		}
+		s.opts.Observer.Waited(s.clock.Since(start), r.err == nil)
+		return r.key, r.err
+	case <-timer.Chan():
+		err = keystore.Errorf(keystore.ENOTFOUND, "no key became available within %v", d)
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.ctx.Done():
+		err = s.stopping()
+	}
+	s.wmu.Lock()
+	queued := w.queued
+	if queued {
+		s.waiters.Remove(elem)
+		w.queued = false
+	}
+	s.wmu.Unlock()
+	if queued {
+		s.nwaiting.Add(-1)
+		s.opts.Observer.WaitersChanged(-1)
+		s.opts.Observer.Waited(s.clock.Since(start), false)
+		return keystore.Key{}, err
+	}
+	// The dispatcher answered while we were leaving.
+	r := <-w.got
+	if r.err == nil && ctx.Err() == nil && s.ctx.Err() == nil {
+		s.opts.Observer.Waited(s.clock.Since(start), true)
+		return r.key, nil
+	}
+	if r.err == nil { // the client is gone: it never receives the key
+		s.giveBack(r.key)
+	}
+	s.opts.Observer.Waited(s.clock.Since(start), false)
+	return keystore.Key{}, err
+}
+
+// giveBack unblocks a key acquired for a waiter that left, so that it is free again.
+func (s *Store) giveBack(k keystore.Key) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = s.Unblock(ctx, k.ID, k.Lease.Token)
+}
+
+// firstWaiter returns the oldest waiter whose client is still there; those that left
+// take themselves off the queue.
+func (s *Store) firstWaiter() *list.Element {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for e := s.waiters.Front(); e != nil; e = e.Next() {
+		if e.Value.(*waiter).ctx.Err() == nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// serveLoop is the dispatcher: woken by an event that may have freed a key (from any
+// replica), a new waiter, or fallbackTick, it runs the acquire script for the oldest
+// waiter until a try finds no key.
+func (s *Store) serveLoop() {
+	defer s.wg.Done()
+	tick := time.NewTicker(fallbackTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.serve:
+		case <-tick.C:
+		case <-s.ctx.Done():
+			// Waiters see the store close by themselves.
+			return
+		}
+		for s.ctx.Err() == nil {
+			front := s.firstWaiter()
+			if front == nil {
+				break
+			}
+			w := front.Value.(*waiter)
+			k, err := s.acquireOnce(s.ctx, w.ttl)
+			if keystore.ErrorCode(err) == keystore.ENOTFOUND {
+				break
+			}
+			if err != nil && s.ctx.Err() != nil {
+				return
+			}
+			s.wmu.Lock()
+			served := w.queued
+			if served {
+				s.waiters.Remove(front)
+				w.queued = false
+				w.got <- result{k, err}
+			}
+			s.wmu.Unlock()
+			if served {
+				s.nwaiting.Add(-1)
+				s.opts.Observer.WaitersChanged(-1)
+			} else if err == nil {
+				s.giveBack(k) // it left while we acquired for it
+			}
+		}
+	}
+}

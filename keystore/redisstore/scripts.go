@@ -1,0 +1,322 @@
+package redisstore
+
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The Redis layout, every name under one prefix such as "{keypool}:" (the braces are a
+// hash tag, so that a cluster would keep the whole pool in one slot):
+//
+//	secret   STRING  the IDCodec secret, shared by every replica (SET NX at first start)
+//	pool     STRING  an id of the pool derived from the secret, which every replica checks
+//	keyseq   STRING  INCR counter behind key ids
+//	fence    STRING  INCR counter behind lease fences and tokens
+//	seq      STRING  INCR counter behind event seqs
+//	avail    SET     numbers of the AVAILABLE keys (SRANDMEMBER picks one)
+//	leases   ZSET    numbers of the BLOCKED keys, scored by lease deadline
+//	alive    ZSET    numbers of every key, scored by keep-alive deadline
+//	k:<n>    HASH    one key: c created, e keep-alive deadline, f fence of the current
+//	                 lease (0 when AVAILABLE), la acquired at, ld lease deadline,
+//	                 n times acquired, x leases expired; a missing field is 0
+//	events   STREAM  entry <seq>-0 per event: t type, k key number, at; d the deadline an
+//	                 ACQUIRED or GENERATED set; by and ap (replica, applied at) on
+//	                 RELEASED and EXPIRED
+//
+// Times are integers: microseconds since the Unix epoch when the scripts read Redis's
+// TIME (exact in a Lua number and a sorted-set score until the year 2255), or, with the
+// store's own clock (tests on a fake clock), nanoseconds since the instant the pool was
+// created (exact for 104 days); the "clock" key records which, so that replicas agree.
+//
+// Every script takes ARGV[1] prefix, ARGV[2] now (not a number, such as "T": read
+// Redis's TIME), ARGV[3] stream length (approximate MAXLEN), ARGV[4] replica id,
+// ARGV[5] pool id (see reset), then its own arguments, and no KEYS, so that
+// redis-benchmark can drive it with "EVALSHA sha 0 args…". Replies are arrays of
+// integers: {status, now, …} with status 1 for success or one of the codes below.
+const prelude = `
+local P = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local RETENTION = ARGV[3]
+local BY = ARGV[4]
+local AVAIL, LEASES, ALIVE = P .. 'avail', P .. 'leases', P .. 'alive'
+
+-- I formats an integer for Redis; tostring would turn 16 digits into 1.764e+15.
+local function I(x) return string.format('%d', x) end
+-- num reads an integer field; a key's hash leaves out the fields that are still 0.
+local function num(x) return tonumber(x) or 0 end
+
+local function emit(typ, n, at, ...)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', RETENTION, I(seq) .. '-0',
+    't', typ, 'k', n, 'at', I(at), ...)
+end
+
+local function expire_key(n, deadline)
+  redis.call('DEL', P .. 'k:' .. n)
+  redis.call('SREM', AVAIL, n)
+  redis.call('ZREM', LEASES, n)
+  redis.call('ZREM', ALIVE, n)
+  emit('EXPIRED', n, deadline, 'by', BY, 'ap', I(now))
+end
+
+local function release(n, deadline)
+  local h = P .. 'k:' .. n
+  redis.call('HSET', h, 'f', 0)
+  redis.call('HINCRBY', h, 'x', 1)
+  redis.call('ZREM', LEASES, n)
+  redis.call('SADD', AVAIL, n)
+  emit('RELEASED', n, deadline, 'by', BY, 'ap', I(now))
+end
+
+-- settle applies the due transitions of key n, in deadline order, and reports whether
+-- it still exists. A lease and a keep-alive that end at one instant end with the key.
+local function settle(n)
+  local v = redis.call('HMGET', P .. 'k:' .. n, 'e', 'f', 'ld')
+  if not v[1] then return false end
+  local e, f, ld = tonumber(v[1]), num(v[2]), num(v[3])
+  if f ~= 0 and ld <= now and ld < e then release(n, ld) end
+  if e <= now then
+    expire_key(n, e)
+    return false
+  end
+  return true
+end
+
+local function head(z)
+  local r = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if r[1] then return r[1], tonumber(r[2]) end
+  return nil, nil
+end
+
+-- apply_due applies up to limit due transitions of the whole pool in deadline order,
+-- keep-alive first on a tie, each one popped from its sorted set as it is applied, so
+-- no two callers ever apply one transition twice. It returns how many it applied and
+-- the earliest deadline left (-1 if none).
+local function apply_due(limit)
+  local done = 0
+  while true do
+    local ln, ls = head(LEASES)
+    local kn, ks = head(ALIVE)
+    local n, d, lease = kn, ks, false
+    if ls and (not ks or ls < ks) then n, d, lease = ln, ls, true end
+    if not n then return done, -1 end
+    if d > now or done >= limit then return done, d end
+    if lease then release(n, d) else expire_key(n, d) end
+    done = done + 1
+  end
+end
+
+local function reply(n)
+  local v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x')
+  return {1, now, tonumber(n), num(v[1]), num(v[2]), num(v[3]), num(v[4]), num(v[5]), num(v[6]), num(v[7])}
+end
+
+-- reset tells whether the pool this replica started on is gone (Redis restarted empty,
+-- perhaps with a new pool made since by a replica that restarted): ids and fences
+-- would start over, or come from another secret, so refuse to make any until this
+-- replica restarts.
+local function reset() return redis.call('GET', P .. 'pool') ~= ARGV[5] end
+`
+
+// Status codes of script replies.
+const (
+	statusOK         = 1
+	statusNotFound   = -1
+	statusNotBlocked = -2
+	statusMismatch   = -3
+	statusReset      = -9
+)
+
+// requestBatch bounds the due transitions that Acquire and Stats apply on their way in,
+// as keystore.Memory does.
+const requestBatch = 32
+
+// maxPicks bounds the random picks of one Acquire that land on dead keys.
+const maxPicks = 64
+
+// ARGV[6] count, ARGV[7] keep-alive TTL. Reply {1, now, first key number, keep-alive deadline}.
+var scriptGenerate = redis.NewScript(prelude + `
+if reset() then return {-9, now} end
+local count = tonumber(ARGV[6])
+local e = now + tonumber(ARGV[7])
+local last = redis.call('INCRBY', P .. 'keyseq', count)
+local first = last - count + 1
+local seq = redis.call('INCRBY', P .. 'seq', count) - count
+local c, d = I(now), I(e)
+-- The sets take their members in bulk, a chunk at a time (Lua's unpack has a limit).
+local scored, members = {}, {}
+local function flush()
+  if #members == 0 then return end
+  redis.call('ZADD', ALIVE, unpack(scored))
+  redis.call('SADD', AVAIL, unpack(members))
+  scored, members = {}, {}
+end
+for i = first, last do
+  local n = I(i)
+  redis.call('HSET', P .. 'k:' .. n, 'c', c, 'e', d)
+  seq = seq + 1
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', RETENTION, I(seq) .. '-0', 't', 'GENERATED', 'k', n, 'at', c, 'd', d)
+  scored[#scored + 1] = d
+  scored[#scored + 1] = n
+  members[#members + 1] = n
+  if #members == 1000 then flush() end
+end
+flush()
+return {1, now, first, e}
+`)
+
+// ARGV[6] lease TTL, ARGV[7] a random seed (Redis seeds math.random the same way for
+// every call). Reply: a key, or {-1, now} when none is free.
+//
+// The pick is uniform among the live AVAILABLE keys by rejection sampling, alternating
+// two samplers: SRANDMEMBER of the AVAILABLE set, rejecting keys whose keep-alive has
+// passed (and deleting them), and a random rank among the live keys of the keep-alive
+// set, rejecting keys under a lease that has not run out. Each accepted sample is
+// uniform, so the mixture is too; between them a storm of due deadlines that the
+// expirer has not reached yet (dead keys still AVAILABLE, run-out leases still
+// BLOCKED) is seen through without applying it first.
+var scriptAcquire = redis.NewScript(prelude + `
+if reset() then return {-9, now} end
+local ttl = tonumber(ARGV[6])
+math.randomseed(tonumber(ARGV[7]) or 1)
+apply_due(` + strconv.Itoa(requestBatch) + `)
+
+local function take(n)
+  local h = P .. 'k:' .. n
+  local fence = redis.call('INCR', P .. 'fence')
+  local ld = now + ttl
+  redis.call('HSET', h, 'f', I(fence), 'la', I(now), 'ld', I(ld))
+  redis.call('HINCRBY', h, 'n', 1)
+  redis.call('SREM', AVAIL, n)
+  redis.call('ZADD', LEASES, I(ld), n)
+  emit('ACQUIRED', n, now, 'd', I(ld))
+  return reply(n)
+end
+
+for i = 1, ` + strconv.Itoa(maxPicks) + ` do
+  if i % 2 == 1 then
+    local n = redis.call('SRANDMEMBER', AVAIL)
+    if n then
+      local e = tonumber(redis.call('HGET', P .. 'k:' .. n, 'e'))
+      if e > now then return take(n) end
+      expire_key(n, e)
+    elseif redis.call('ZCOUNT', LEASES, '-inf', I(now)) == 0 then
+      return {-1, now} -- nothing AVAILABLE and no lease has run out
+    end
+  else
+    local dead = redis.call('ZCOUNT', ALIVE, '-inf', I(now))
+    local live = redis.call('ZCARD', ALIVE) - dead
+    if live <= 0 then return {-1, now} end
+    local r = dead + math.random(live) - 1
+    local n = redis.call('ZRANGE', ALIVE, r, r)[1]
+    local v = redis.call('HMGET', P .. 'k:' .. n, 'f', 'ld')
+    if num(v[1]) == 0 then return take(n) end
+    local ld = tonumber(v[2])
+    if ld <= now then
+      release(n, ld)
+      return take(n)
+    end
+  end
+end
+return {-1, now}
+`)
+
+// ARGV[6] key number, ARGV[7] fence the caller's token names (0: no token, -1: a token
+// that names no lease).
+var scriptUnblock = redis.NewScript(prelude + `
+local n = I(tonumber(ARGV[6]))
+if not settle(n) then return {-1, now} end
+local h = P .. 'k:' .. n
+local f = num(redis.call('HGET', h, 'f'))
+if f == 0 then return {-2, now} end
+local want = tonumber(ARGV[7])
+if want ~= 0 and want ~= f then return {-3, now} end
+redis.call('HSET', h, 'f', 0)
+redis.call('ZREM', LEASES, n)
+redis.call('SADD', AVAIL, n)
+emit('UNBLOCKED', n, now)
+return reply(n)
+`)
+
+// ARGV[6] key number, ARGV[7] fence, ARGV[8] TTL, ARGV[9] max lease TTL.
+var scriptRenew = redis.NewScript(prelude + `
+local n = I(tonumber(ARGV[6]))
+if not settle(n) then return {-1, now} end
+local h = P .. 'k:' .. n
+local v = redis.call('HMGET', h, 'f', 'la')
+local f = num(v[1])
+if f == 0 then return {-2, now} end
+if tonumber(ARGV[7]) ~= f then return {-3, now} end
+local ld = math.min(now + tonumber(ARGV[8]), tonumber(v[2]) + tonumber(ARGV[9]))
+redis.call('HSET', h, 'ld', I(ld))
+redis.call('ZADD', LEASES, I(ld), n)
+return reply(n)
+`)
+
+// ARGV[6] key number, ARGV[7] keep-alive TTL.
+var scriptKeepAlive = redis.NewScript(prelude + `
+local n = I(tonumber(ARGV[6]))
+if not settle(n) then return {-1, now} end
+local e = now + tonumber(ARGV[7])
+redis.call('HSET', P .. 'k:' .. n, 'e', I(e))
+redis.call('ZADD', ALIVE, I(e), n)
+return reply(n)
+`)
+
+// ARGV[6] key number.
+var scriptGet = redis.NewScript(prelude + `
+local n = I(tonumber(ARGV[6]))
+if not settle(n) then return {-1, now} end
+return reply(n)
+`)
+
+// ARGV[6] key number. Reply {1, now}.
+var scriptDelete = redis.NewScript(prelude + `
+local n = I(tonumber(ARGV[6]))
+if not settle(n) then return {-1, now} end
+redis.call('DEL', P .. 'k:' .. n)
+redis.call('SREM', AVAIL, n)
+redis.call('ZREM', LEASES, n)
+redis.call('ZREM', ALIVE, n)
+emit('DELETED', n, now)
+return {1, now}
+`)
+
+// Reply {1, now, total, available, blocked}. Exact when the request batch applied
+// every due transition; in a storm that it could not finish, total is still exact
+// (live keys of the keep-alive set) and blocked counts the leases that have not run
+// out, which may include keys whose keep-alive has passed until the expirer reaches them.
+var scriptStats = redis.NewScript(prelude + `
+local _, next = apply_due(` + strconv.Itoa(requestBatch) + `)
+local total, blocked = redis.call('ZCARD', ALIVE), redis.call('ZCARD', LEASES)
+if next < 0 or next > now then
+  return {1, now, total, redis.call('SCARD', AVAIL), blocked}
+end
+total = total - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
+blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
+return {1, now, total, total - blocked, blocked}
+`)
+
+// ARGV[6] batch size. Reply {1, now, applied, earliest deadline left or -1}.
+var scriptExpire = redis.NewScript(prelude + `
+local done, next = apply_due(tonumber(ARGV[6]))
+return {1, now, done, next}
+`)
+
+// scripts lists every script, for loading and for the benchmark.
+var scripts = map[string]*redis.Script{
+	"generate":  scriptGenerate,
+	"acquire":   scriptAcquire,
+	"unblock":   scriptUnblock,
+	"renew":     scriptRenew,
+	"keepalive": scriptKeepAlive,
+	"get":       scriptGet,
+	"delete":    scriptDelete,
+	"stats":     scriptStats,
+	"expire":    scriptExpire,
+}

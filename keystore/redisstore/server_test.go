@@ -1,0 +1,146 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// redisServer is a private redis-server on a unix socket in a temporary directory.
+type redisServer struct {
+	t    testing.TB
+	dir  string
+	sock string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts a redis-server for the test and stops it at the end; it skips the
+// test where redis-server is not installed.
+func startRedis(t testing.TB) *redisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed: apt-get install redis-server")
+	}
+	// A unix socket path must stay short (108 bytes): t.TempDir() can be too long.
+	dir, err := os.MkdirTemp("", "rs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &redisServer{t: t, dir: dir, sock: filepath.Join(dir, "redis.sock")}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+func (s *redisServer) url() string { return "unix://" + s.sock }
+
+// start runs redis-server and waits until it answers PING. It loads dump.rdb from
+// the directory if a SHUTDOWN SAVE left one.
+func (s *redisServer) start() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server",
+		"--port", "0", "--unixsocket", s.sock, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--dbfilename", "dump.rdb")
+	s.cmd.Dir = s.dir
+	s.cmd.Stdout, s.cmd.Stderr = nil, nil
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	rdb := s.client()
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("redis-server did not start: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for a child process to come up, not a TTL rule
+	}
+}
+
+func (s *redisServer) client() *redis.Client {
+	return redis.NewClient(&redis.Options{Network: "unix", Addr: s.sock, MaxRetries: -1})
+}
+
+// shutdownSave saves the data set to dump.rdb and stops the server.
+func (s *redisServer) shutdownSave() {
+	s.t.Helper()
+	rdb := s.client()
+	defer rdb.Close()
+	_ = rdb.Do(context.Background(), "SHUTDOWN", "SAVE").Err() // the connection drops: no reply
+	_ = s.cmd.Wait()
+	s.cmd = nil
+	_, err := os.Stat(filepath.Join(s.dir, "dump.rdb"))
+	if err != nil {
+		s.t.Fatalf("SHUTDOWN SAVE left no dump.rdb: %v", err)
+	}
+}
+
+func (s *redisServer) kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// info returns one field of INFO.
+func (s *redisServer) info(section, name string) string {
+	s.t.Helper()
+	rdb := s.client()
+	defer rdb.Close()
+	text, err := rdb.Info(context.Background(), section).Result()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == name {
+			return v
+		}
+	}
+	s.t.Fatalf("INFO %s has no %s", section, name)
+	return ""
+}
+
+var namespaces atomic.Int64
+
+// openStore opens a Store on srv under a namespace of its own and closes it at the end.
+func openStore(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, options ...Option) *Store {
+	t.Helper()
+	ns := fmt.Sprintf("t%d", namespaces.Add(1))
+	return openNamespace(t, srv, clock, opts, ns, options...)
+}
+
+func openNamespace(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, ns string, options ...Option) *Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := New(ctx, srv.url(), clock, opts, append([]Option{WithNamespace(ns)}, options...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// newFakeClock starts at a whole second, so that microseconds are exact.
+func newFakeClock() *clockwork.FakeClock {
+	return clockwork.NewFakeClockAt(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+}

@@ -1,0 +1,666 @@
+// Package redisstore is a keystore.Store kept in Redis, so that several replicas of the
+// server share one pool.
+//
+// Each Store method is one Lua script, atomic inside Redis and O(1) or O(log n): a SET
+// of AVAILABLE key numbers for uniform random picks, sorted sets for the lease and
+// keep-alive deadlines, a HASH per key, INCR counters behind key ids, fences and event
+// seqs, and a STREAM of events (see scripts.go for the layout). Deadlines come from
+// Redis's own TIME, one clock for every replica, in whole microseconds; with a
+// *clockwork.FakeClock (tests) the store passes the fake clock's reading to the scripts
+// instead, in nanoseconds since the pool was created.
+//
+// Each replica runs three goroutines: an expirer that sleeps until the earliest
+// deadline and applies due transitions in bounded batches (any replica may; the
+// scripts pop each due entry as they apply it, so none is applied twice); a reader
+// that follows the event stream with XREAD BLOCK and publishes into a local
+// keystore.Hub, for subscribers and for waking waiters; and a dispatcher that serves
+// this replica's waiting Acquires, first come first served.
+package redisstore
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// DefaultNamespace names the pool in Redis when no other is given.
+const DefaultNamespace = "keypool"
+
+// Tuning of the background work.
+const (
+	// expiryBatch bounds the transitions one expirer script applies, so that a storm of
+	// deadlines holds Redis for a few milliseconds at a time.
+	expiryBatch = 128
+	// fallbackTick bounds how long the expirer and dispatcher sleep without news: a
+	// deadline set by another replica that emits no event (a Renew that shortens a
+	// lease) is applied within it even if that replica has gone. Real time, also under
+	// a fake clock, so that it never counts as a sleeper of the fake clock.
+	fallbackTick = time.Second
+	// minStreamLength is the least number of events the stream keeps, whatever
+	// EventRetention: it carries events from the scripts to every replica's reader, which
+	// must find them there even after a Generate of MaxGenerate keys.
+	minStreamLength = 1 << 16
+	// streamBlock is how long one XREAD waits for events.
+	streamBlock = time.Second
+	// streamBatch is how many events one XREAD takes.
+	streamBatch = 1024
+	// catchUpTimeout bounds how long Subscribe waits for the reader to reach the
+	// stream's newest event.
+	catchUpTimeout = 5 * time.Second
+	// Backoff of the background loops while Redis cannot be reached.
+	minBackoff = 20 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// Option tunes New.
+type Option func(*config)
+
+type config struct {
+	namespace  string
+	clientTime bool
+}
+
+// WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
+// several pools can share one Redis. A "namespace" query parameter of the URL does the
+// same.
+func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
+
+// WithClientTime makes the scripts use the store's clock, passed as an argument,
+// instead of Redis's TIME. New turns it on for a *clockwork.FakeClock. In production
+// leave it off: replicas' clocks differ, Redis's is one.
+func WithClientTime(on bool) Option { return func(c *config) { c.clientTime = on } }
+
+// Store is a keystore.Store in Redis.
+type Store struct {
+	rdb        *redis.Client
+	clock      clockwork.Clock
+	clientTime bool
+	opts       keystore.Options
+	prefix     string
+	ids        *keystore.IDCodec
+	hub        *keystore.Hub
+	replica    string // tags the transitions this replica applies, for its Observer
+	fixedArgs  [5]any // ARGV[1..5] of every script
+
+	// Script times are integers of unit since base: microseconds since the Unix epoch
+	// with Redis's TIME, nanoseconds since the pool's creation with the store's clock.
+	unit time.Duration
+	base time.Time
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	// The expirer's sleep.
+	mu     sync.Mutex
+	wakeAt int64 // script time the expirer sleeps until
+	heard  int64 // earliest deadline told by wakeBy since the expirer's last script
+	skew   int64 // script time minus the store's clock, from the last script reply
+	kick   chan struct{}
+
+	// This replica's waiting Acquires, oldest first.
+	wmu      sync.Mutex
+	waiters  list.List
+	nwaiting atomic.Int64
+	serve    chan struct{} // wakes the dispatcher
+
+	// The reader's progress, for Subscribe to wait on.
+	pmu      sync.Mutex
+	progress chan struct{} // closed and replaced whenever the reader publishes
+}
+
+var _ keystore.Store = (*Store)(nil)
+
+// New connects to the Redis at rawURL (redis://host:port/db, rediss://…, or
+// unix:///path/to/socket?db=N), sets up the pool there if it is the first replica,
+// and starts the store's background work; Close stops it. clock is
+// clockwork.NewRealClock() in production.
+func New(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystore.Options, options ...Option) (*Store, error) {
+	opts = opts.WithDefaults()
+	if err := validate(opts); err != nil {
+		return nil, err
+	}
+	cfg := config{namespace: DefaultNamespace}
+	if _, fake := clock.(*clockwork.FakeClock); fake {
+		cfg.clientTime = true
+	}
+	rawURL, ns, err := takeNamespace(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if ns != "" {
+		cfg.namespace = ns
+	}
+	for _, o := range options {
+		o(&cfg)
+	}
+	if cfg.namespace == "" || strings.ContainsAny(cfg.namespace, "{}") {
+		return nil, fmt.Errorf("redis store: namespace %q must be non-empty, without braces", cfg.namespace)
+	}
+	ropts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis store: %w", err)
+	}
+	rdb := redis.NewClient(ropts)
+
+	s := &Store{
+		rdb:        rdb,
+		clock:      clock,
+		clientTime: cfg.clientTime,
+		opts:       opts,
+		prefix:     "{" + cfg.namespace + "}:",
+		hub:        keystore.NewHub(opts.EventRetention, opts.Observer),
+		replica:    strconv.FormatUint(randomUint64(), 36),
+		wakeAt:     math.MaxInt64,
+		heard:      math.MaxInt64,
+		kick:       make(chan struct{}, 1),
+		serve:      make(chan struct{}, 1),
+		progress:   make(chan struct{}),
+	}
+	s.fixedArgs = [5]any{s.prefix, "T", max(opts.EventRetention, 4*opts.MaxGenerate, minStreamLength), s.replica, ""}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	lastID, err := s.start(ctx)
+	if err != nil {
+		_ = rdb.Close()
+		s.cancel()
+		return nil, err
+	}
+	s.wg.Add(3)
+	go s.expireLoop()
+	go s.readLoop(lastID)
+	go s.serveLoop()
+	return s, nil
+}
+
+// takeNamespace removes this package's own "namespace" parameter from a Redis URL,
+// which redis.ParseURL would refuse.
+func takeNamespace(rawURL string) (string, string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", "", errors.New("redis store: the URL does not parse") // its text may hold a password
+	}
+	q := u.Query()
+	ns := q.Get("namespace")
+	if !q.Has("namespace") {
+		return rawURL, "", nil
+	}
+	q.Del("namespace")
+	u.RawQuery = q.Encode()
+	return u.String(), ns, nil
+}
+
+func validate(o keystore.Options) error {
+	switch {
+	case o.LeaseTTL < time.Microsecond:
+		return fmt.Errorf("lease TTL must be at least 1µs, got %v", o.LeaseTTL)
+	case o.KeepAliveTTL < time.Microsecond:
+		return fmt.Errorf("keep-alive TTL must be at least 1µs, got %v", o.KeepAliveTTL)
+	case o.MaxLeaseTTL < o.LeaseTTL:
+		return fmt.Errorf("max lease TTL %v is shorter than the lease TTL %v", o.MaxLeaseTTL, o.LeaseTTL)
+	case o.MaxGenerate < 1:
+		return fmt.Errorf("max generate must be at least 1, got %d", o.MaxGenerate)
+	case o.EventRetention < 1:
+		return fmt.Errorf("event retention must be at least 1, got %d", o.EventRetention)
+	}
+	return nil
+}
+
+// start reads (or, first of all replicas, stores) the id secret, loads the scripts and
+// fills the local hub with the events the stream retains. It returns the stream id the
+// reader goes on from.
+func (s *Store) start(ctx context.Context) (string, error) {
+	secretKey := s.prefix + "secret"
+	if err := s.rdb.SetNX(ctx, secretKey, keystore.NewSecret(), 0).Err(); err != nil {
+		return "", unavailable(err)
+	}
+	secret, err := s.rdb.Get(ctx, secretKey).Bytes()
+	if err != nil {
+		return "", unavailable(err)
+	}
+	if s.ids, err = keystore.NewIDCodec(secret); err != nil {
+		return "", fmt.Errorf("redis store: the pool's id secret at %s: %w", secretKey, err)
+	}
+	// The pool id lets the scripts tell this pool from one made after Redis lost it.
+	pool := poolID(secret)
+	if err := s.rdb.SetNX(ctx, s.prefix+"pool", pool, 0).Err(); err != nil {
+		return "", unavailable(err)
+	}
+	s.fixedArgs[4] = pool
+	if err := s.agreeOnClock(ctx); err != nil {
+		return "", err
+	}
+	for _, script := range scripts {
+		if err := script.Load(ctx, s.rdb).Err(); err != nil {
+			return "", unavailable(err)
+		}
+	}
+	retained, err := s.rdb.XRevRangeN(ctx, s.prefix+"events", "+", "-", int64(s.opts.EventRetention)).Result()
+	if err != nil {
+		return "", unavailable(err)
+	}
+	lastID := "0-0"
+	for i := len(retained) - 1; i >= 0; i-- {
+		ev, ok := s.parseEvent(retained[i])
+		if !ok {
+			continue
+		}
+		s.hub.Publish(ev)
+		lastID = retained[i].ID
+	}
+	return lastID, nil
+}
+
+// poolID names the pool by its secret, without revealing it.
+func poolID(secret []byte) string {
+	sum := sha256.Sum256(append([]byte("keypool pool id\x00"), secret...))
+	return hex.EncodeToString(sum[:12])
+}
+
+// unavailable maps an error of the Redis client to EUNAVAILABLE: a lost connection, a
+// timeout, a closed store or a Redis that is loading, read-only or out of memory all
+// mean "try later", never a wrong answer. A script that fails at run time is a bug:
+// it stays an internal error.
+func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var kerr *keystore.Error
+	if errors.As(err, &kerr) {
+		return err
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) && strings.Contains(rerr.Error(), "user_script") {
+		return fmt.Errorf("redis store: script failed: %w", err)
+	}
+	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the key store cannot be reached", Err: err}
+}
+
+// agreeOnClock sets the unit and base of script times, the same for every replica of
+// the pool: the first replica records its choice under "clock", the others read it and
+// refuse to start on a pool whose clock is not theirs.
+func (s *Store) agreeOnClock(ctx context.Context) error {
+	mine := "redis-us"
+	if s.clientTime {
+		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
+	}
+	key := s.prefix + "clock"
+	if err := s.rdb.SetNX(ctx, key, mine, 0).Err(); err != nil {
+		return unavailable(err)
+	}
+	recorded, err := s.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return unavailable(err)
+	}
+	if recorded == "redis-us" && !s.clientTime {
+		s.unit, s.base = time.Microsecond, time.Unix(0, 0).UTC()
+		return nil
+	}
+	if base, ok := strings.CutPrefix(recorded, "client-ns:"); ok && s.clientTime {
+		ns, err := strconv.ParseInt(base, 10, 64)
+		if err == nil {
+			s.unit, s.base = time.Nanosecond, time.Unix(0, ns).UTC()
+			return nil
+		}
+	}
+	return fmt.Errorf("redis store: the pool at %s keeps time as %q, this replica as %q: all replicas must use Redis's TIME, or all the same test clock", key, recorded, mine)
+}
+
+// now is the clock reading the scripts get: the store's clock, or "T" for Redis's TIME.
+func (s *Store) now() any {
+	if s.clientTime {
+		return s.localNow()
+	}
+	return "T"
+}
+
+// localNow reads the store's clock in script time.
+func (s *Store) localNow() int64 { return int64(s.clock.Now().Sub(s.base) / s.unit) }
+
+// redisNow estimates the scripts' time from the local clock.
+func (s *Store) redisNow() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.localNow() + s.skew
+}
+
+// noteNow keeps the estimate of Redis's clock against ours.
+func (s *Store) noteNow(redisNow int64) {
+	if s.clientTime {
+		return
+	}
+	s.mu.Lock()
+	s.skew = redisNow - s.localNow()
+	s.mu.Unlock()
+}
+
+// at turns a script time into a time.
+func (s *Store) at(v int64) time.Time { return s.base.Add(time.Duration(v) * s.unit) }
+
+// units turns a duration into script time, rounding down.
+func (s *Store) units(d time.Duration) int64 { return int64(d / s.unit) }
+
+// run runs a script with the common arguments and returns its integer reply, mapping
+// the status codes that every script shares.
+func (s *Store) run(ctx context.Context, script *redis.Script, args ...any) ([]int64, error) {
+	all := make([]any, 0, len(s.fixedArgs)+len(args))
+	all = append(all, s.fixedArgs[:]...)
+	all[1] = s.now()
+	all = append(all, args...)
+	res, err := script.Run(ctx, s.rdb, nil, all...).Int64Slice()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if len(res) < 2 {
+		return nil, fmt.Errorf("redis store: short script reply %v", res)
+	}
+	s.noteNow(res[1])
+	if res[0] == statusReset {
+		return nil, keystore.Errorf(keystore.EUNAVAILABLE, "the pool in Redis was reset; restart the replicas")
+	}
+	return res, nil
+}
+
+// keyReply decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
+func (s *Store) keyReply(res []int64) (keystore.Key, error) {
+	if len(res) != 10 {
+		return keystore.Key{}, fmt.Errorf("redis store: bad key reply %v", res)
+	}
+	n, created, expires, fence, acquiredAt, leaseDeadline := res[2], res[3], res[4], res[5], res[6], res[7]
+	id := s.ids.KeyID(uint64(n))
+	k := keystore.Key{
+		ID:        id,
+		Status:    keystore.Available,
+		CreatedAt: s.at(created),
+		ExpiresAt: s.at(expires),
+		History: keystore.History{
+			TimesAcquired: res[8],
+			LeasesExpired: res[9],
+		},
+	}
+	if k.History.TimesAcquired > 0 {
+		k.History.LastAcquiredAt = s.at(acquiredAt)
+	}
+	if fence != 0 {
+		k.Status = keystore.Blocked
+		k.Lease = &keystore.Lease{
+			KeyID:      id,
+			Token:      s.ids.Token(fence),
+			Fence:      fence,
+			AcquiredAt: s.at(acquiredAt),
+			ExpiresAt:  s.at(leaseDeadline),
+		}
+	}
+	return k, nil
+}
+
+func notFound(id string) error { return keystore.Errorf(keystore.ENOTFOUND, "no key %s", shortID(id)) }
+
+// shortID keeps enough of an id to follow it in messages without repeating it whole.
+func shortID(id string) string {
+	const keep = 6
+	if len(id) <= keep {
+		return fmt.Sprintf("%q", id)
+	}
+	return fmt.Sprintf("%q", id[:keep]+"…")
+}
+
+// keyError maps the per-key status codes.
+func keyError(status int64, id string) error {
+	switch status {
+	case statusNotFound:
+		return notFound(id)
+	case statusNotBlocked:
+		return keystore.Errorf(keystore.ENOTBLOCKED, "key %s is not blocked", shortID(id))
+	case statusMismatch:
+		return keystore.Errorf(keystore.ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
+	}
+	return fmt.Errorf("redis store: unknown script status %d", status)
+}
+
+// Generate implements keystore.Store.
+func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Key, error) {
+	if count < 1 || count > s.opts.MaxGenerate {
+		return nil, keystore.Errorf(keystore.EINVALID, "count must be between 1 and %d, got %d", s.opts.MaxGenerate, count)
+	}
+	res, err := s.run(ctx, scriptGenerate, count, s.units(s.opts.KeepAliveTTL))
+	if err != nil {
+		return nil, err
+	}
+	now, first, expires := res[1], res[2], res[3]
+	s.wakeBy(expires)
+	keys := make([]keystore.Key, count)
+	for i := range keys {
+		keys[i] = keystore.Key{
+			ID:        s.ids.KeyID(uint64(first) + uint64(i)),
+			Status:    keystore.Available,
+			CreatedAt: s.at(now),
+			ExpiresAt: s.at(expires),
+		}
+	}
+	return keys, nil
+}
+
+// leaseTTL checks a requested lease TTL; zero means the default.
+func (s *Store) leaseTTL(ttl time.Duration) (time.Duration, error) {
+	if ttl == 0 {
+		return s.opts.LeaseTTL, nil
+	}
+	if ttl < keystore.MinLeaseTTL || ttl > s.opts.MaxLeaseTTL {
+		return 0, keystore.Errorf(keystore.EINVALID, "ttl must be between %v and %v, got %v", keystore.MinLeaseTTL, s.opts.MaxLeaseTTL, ttl)
+	}
+	return ttl, nil
+}
+
+// Acquire implements keystore.Store.
+func (s *Store) Acquire(ctx context.Context, opts keystore.AcquireOptions) (keystore.Key, error) {
+	ttl, err := s.leaseTTL(opts.TTL)
+	if err != nil {
+		return keystore.Key{}, err
+	}
+	if opts.Wait < 0 || opts.Wait > keystore.MaxWait {
+		return keystore.Key{}, keystore.Errorf(keystore.EINVALID, "wait must be between 0s and %v, got %v", keystore.MaxWait, opts.Wait)
+	}
+	if err := s.stopping(); err != nil {
+		return keystore.Key{}, err
+	}
+	// Those already waiting here come first; without them, try at once.
+	if opts.Wait == 0 || s.nwaiting.Load() == 0 {
+		k, err := s.acquireOnce(ctx, ttl)
+		if opts.Wait == 0 || keystore.ErrorCode(err) != keystore.ENOTFOUND {
+			return k, err
+		}
+	}
+	return s.wait(ctx, ttl, opts.Wait)
+}
+
+// acquireOnce runs the acquire script: a key, or ENOTFOUND.
+func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Key, error) {
+	res, err := s.run(ctx, scriptAcquire, s.units(ttl), randomUint64()>>33)
+	if err != nil {
+		return keystore.Key{}, err
+	}
+	if res[0] == statusNotFound {
+		return keystore.Key{}, keystore.Errorf(keystore.ENOTFOUND, "no key is available")
+	}
+	k, err := s.keyReply(res)
+	if err == nil {
+		s.wakeBy(s.units(k.Lease.ExpiresAt.Sub(s.base)))
+	}
+	return k, err
+}
+
+// parseKey turns an id into its key number; false for a string that is no id of this
+// pool.
+func (s *Store) parseKey(id string) (uint64, bool) { return s.ids.ParseKeyID(id) }
+
+// fenceOf turns a token into the fence argument of the scripts: 0 for no token, -1
+// for a token that names no lease of this pool.
+func (s *Store) fenceOf(token string) int64 {
+	if token == "" {
+		return 0
+	}
+	fence, ok := s.ids.ParseToken(token)
+	if !ok || fence <= 0 {
+		return -1
+	}
+	return fence
+}
+
+// keyOp runs a per-key script and decodes its key reply.
+func (s *Store) keyOp(ctx context.Context, script *redis.Script, id string, args ...any) (keystore.Key, error) {
+	n, ok := s.parseKey(id)
+	if !ok {
+		return keystore.Key{}, notFound(id)
+	}
+	res, err := s.run(ctx, script, append([]any{n}, args...)...)
+	if err != nil {
+		return keystore.Key{}, err
+	}
+	if res[0] != statusOK {
+		return keystore.Key{}, keyError(res[0], id)
+	}
+	return s.keyReply(res)
+}
+
+// Unblock implements keystore.Store.
+func (s *Store) Unblock(ctx context.Context, id, token string) (keystore.Key, error) {
+	return s.keyOp(ctx, scriptUnblock, id, s.fenceOf(token))
+}
+
+// Renew implements keystore.Store.
+func (s *Store) Renew(ctx context.Context, id, token string, ttl time.Duration) (keystore.Key, error) {
+	d, err := s.leaseTTL(ttl)
+	if err != nil {
+		return keystore.Key{}, err
+	}
+	fence := s.fenceOf(token)
+	if fence == 0 {
+		fence = -1 // Renew needs the lease's token
+	}
+	k, err := s.keyOp(ctx, scriptRenew, id, fence, s.units(d), s.units(s.opts.MaxLeaseTTL))
+	if err == nil {
+		s.wakeBy(s.units(k.Lease.ExpiresAt.Sub(s.base)))
+	}
+	return k, err
+}
+
+// KeepAlive implements keystore.Store.
+func (s *Store) KeepAlive(ctx context.Context, id string) (keystore.Key, error) {
+	return s.keyOp(ctx, scriptKeepAlive, id, s.units(s.opts.KeepAliveTTL))
+}
+
+// Get implements keystore.Store.
+func (s *Store) Get(ctx context.Context, id string) (keystore.Key, error) {
+	return s.keyOp(ctx, scriptGet, id)
+}
+
+// Delete implements keystore.Store.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	n, ok := s.parseKey(id)
+	if !ok {
+		return notFound(id)
+	}
+	res, err := s.run(ctx, scriptDelete, n)
+	if err != nil {
+		return err
+	}
+	if res[0] != statusOK {
+		return keyError(res[0], id)
+	}
+	return nil
+}
+
+// Stats implements keystore.Store.
+func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
+	res, err := s.run(ctx, scriptStats)
+	if err != nil {
+		return keystore.Stats{}, err
+	}
+	if len(res) != 5 {
+		return keystore.Stats{}, fmt.Errorf("redis store: bad stats reply %v", res)
+	}
+	return keystore.Stats{Total: int(res[2]), Available: int(res[3]), Blocked: int(res[4])}, nil
+}
+
+// Subscribe implements keystore.Store. The local hub holds the same window of events
+// as the stream (the newest EventRetention), so a replay with After is served from it;
+// Subscribe first waits for the reader to reach the stream's newest event, so that a
+// subscription sees every event made before it on any replica as past, not live.
+func (s *Store) Subscribe(ctx context.Context, opts keystore.SubscribeOptions) (*keystore.Subscription, error) {
+	for _, t := range opts.Types {
+		if !t.Valid() {
+			return nil, keystore.Errorf(keystore.EINVALID, "unknown event type %q", t)
+		}
+	}
+	if err := s.stopping(); err != nil {
+		return nil, err
+	}
+	newest, err := s.rdb.Get(ctx, s.prefix+"seq").Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, unavailable(err)
+	}
+	timeout := time.NewTimer(catchUpTimeout)
+	defer timeout.Stop()
+	for {
+		s.pmu.Lock()
+		progress := s.progress
+		s.pmu.Unlock()
+		if s.hub.LastSeq() >= newest {
+			break
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.ctx.Done():
+			return nil, s.stopping()
+		case <-timeout.C:
+			return nil, keystore.Errorf(keystore.EUNAVAILABLE, "the event stream is not being read")
+		}
+	}
+	return s.hub.Subscribe(ctx, opts), nil
+}
+
+// Ready implements keystore.Store: Redis answers PING.
+func (s *Store) Ready(ctx context.Context) error {
+	if err := s.stopping(); err != nil {
+		return err
+	}
+	return unavailable(s.rdb.Ping(ctx).Err())
+}
+
+// Close implements keystore.Store. Waiting Acquires end with EUNAVAILABLE.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.cancel()
+		err = s.rdb.Close() // also ends a blocked XREAD
+		s.wg.Wait()
+		s.hub.Close()
+	})
+	return err
+}
+
+func (s *Store) stopping() error {
+	if s.ctx.Err() != nil {
+		return keystore.Errorf(keystore.EUNAVAILABLE, "the store is closed")
+	}
+	return nil
+}

@@ -1,0 +1,290 @@
+package redisstore
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// must checks a call's error: must(s.Get(ctx, id))(t).
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		return v
+	}
+}
+
+func wantCode(t testing.TB, err error, code keystore.Code) {
+	t.Helper()
+	if got := keystore.ErrorCode(err); got != code {
+		t.Fatalf("error code = %q (%v), want %q", got, err, code)
+	}
+}
+
+// nextEvent waits (real time, for delivery only) for the next event of sub.
+func nextEvent(t testing.TB, sub *keystore.Subscription) keystore.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-sub.C:
+		if !ok {
+			t.Fatalf("subscription ended: %v", sub.Err())
+		}
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event within 5s")
+	}
+	return keystore.Event{}
+}
+
+func wantEvent(t testing.TB, sub *keystore.Subscription, typ keystore.EventType, id string) keystore.Event {
+	t.Helper()
+	ev := nextEvent(t, sub)
+	if ev.Type != typ || ev.KeyID != id {
+		t.Fatalf("event = %s %s, want %s %s", ev.Type, ev.KeyID, typ, id)
+	}
+	return ev
+}
+
+// TestLifecycle walks one key through the rules of the contract on a fake clock.
+func TestLifecycle(t *testing.T) {
+	srv := startRedis(t)
+	clock := newFakeClock()
+	s := openStore(t, srv, clock, keystore.Options{LeaseTTL: 10 * time.Second, KeepAliveTTL: time.Minute})
+	ctx := context.Background()
+	start := clock.Now()
+	sub := must(s.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
+
+	keys := must(s.Generate(ctx, 1))(t)
+	k := keys[0]
+	if len(k.ID) < 20 || k.Status != keystore.Available || !k.CreatedAt.Equal(start) || !k.ExpiresAt.Equal(start.Add(time.Minute)) {
+		t.Fatalf("generated %+v", k)
+	}
+	wantEvent(t, sub, keystore.EventGenerated, k.ID)
+
+	got := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
+	if got.ID != k.ID || got.Status != keystore.Blocked || got.Lease == nil ||
+		!got.Lease.ExpiresAt.Equal(start.Add(10*time.Second)) || got.History.TimesAcquired != 1 {
+		t.Fatalf("acquired %+v", got)
+	}
+	wantEvent(t, sub, keystore.EventAcquired, k.ID)
+	_, err := s.Acquire(ctx, keystore.AcquireOptions{})
+	wantCode(t, err, keystore.ENOTFOUND)
+
+	_, err = s.Unblock(ctx, k.ID, s.ids.Token(got.Lease.Fence+1))
+	wantCode(t, err, keystore.ELEASEMISMATCH)
+	_, err = s.Unblock(ctx, k.ID, "garbage")
+	wantCode(t, err, keystore.ELEASEMISMATCH)
+
+	renewed := must(s.Renew(ctx, k.ID, got.Lease.Token, 20*time.Second))(t)
+	if !renewed.Lease.ExpiresAt.Equal(start.Add(20 * time.Second)) {
+		t.Fatalf("renewed lease ends %v", renewed.Lease.ExpiresAt)
+	}
+
+	// The lease runs out: a request just after the deadline sees it done, the expirer
+	// announces it.
+	clock.Advance(20 * time.Second)
+	after := must(s.Get(ctx, k.ID))(t)
+	if after.Status != keystore.Available || after.History.LeasesExpired != 1 {
+		t.Fatalf("after the lease: %+v", after)
+	}
+	ev := wantEvent(t, sub, keystore.EventReleased, k.ID)
+	if !ev.At.Equal(start.Add(20 * time.Second)) {
+		t.Fatalf("RELEASED at %v", ev.At)
+	}
+	_, err = s.Renew(ctx, k.ID, got.Lease.Token, 0)
+	wantCode(t, err, keystore.ENOTBLOCKED)
+	_, err = s.Unblock(ctx, k.ID, "")
+	wantCode(t, err, keystore.ENOTBLOCKED)
+
+	second := must(s.Acquire(ctx, keystore.AcquireOptions{TTL: 5 * time.Second}))(t)
+	wantEvent(t, sub, keystore.EventAcquired, k.ID)
+	if second.Lease.Fence <= got.Lease.Fence {
+		t.Fatalf("fence %d after %d", second.Lease.Fence, got.Lease.Fence)
+	}
+	_, err = s.Renew(ctx, k.ID, got.Lease.Token, 0)
+	wantCode(t, err, keystore.ELEASEMISMATCH)
+	must(s.Unblock(ctx, k.ID, second.Lease.Token))(t)
+	wantEvent(t, sub, keystore.EventUnblocked, k.ID)
+
+	// Keep-alive: moved by KeepAlive only, then the key is deleted for good.
+	clock.Advance(30 * time.Second)
+	kept := must(s.KeepAlive(ctx, k.ID))(t)
+	if !kept.ExpiresAt.Equal(clock.Now().Add(time.Minute)) {
+		t.Fatalf("kept alive until %v", kept.ExpiresAt)
+	}
+	clock.Advance(time.Minute - time.Microsecond)
+	must(s.Get(ctx, k.ID))(t) // never early
+	clock.Advance(time.Microsecond)
+	ev = wantEvent(t, sub, keystore.EventExpired, k.ID)
+	if !ev.At.Equal(kept.ExpiresAt) {
+		t.Fatalf("EXPIRED at %v, want %v", ev.At, kept.ExpiresAt)
+	}
+	_, err = s.Get(ctx, k.ID)
+	wantCode(t, err, keystore.ENOTFOUND)
+	wantCode(t, s.Delete(ctx, k.ID), keystore.ENOTFOUND)
+	_, err = s.KeepAlive(ctx, "not-an-id-of-this-pool-at-all")
+	wantCode(t, err, keystore.ENOTFOUND)
+
+	st := must(s.Stats(ctx))(t)
+	if st != (keystore.Stats{}) {
+		t.Fatalf("stats %+v", st)
+	}
+	_, err = s.Generate(ctx, 0)
+	wantCode(t, err, keystore.EINVALID)
+	_, err = s.Acquire(ctx, keystore.AcquireOptions{TTL: time.Millisecond})
+	wantCode(t, err, keystore.EINVALID)
+	if err := s.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDueBeforeExpirer checks that a request made after a deadline sees the
+// transition as done even if no expirer has run: the scripts settle it themselves.
+func TestDueBeforeExpirer(t *testing.T) {
+	srv := startRedis(t)
+	clock := newFakeClock()
+	s := openStore(t, srv, clock, keystore.Options{LeaseTTL: 10 * time.Second})
+	ctx := context.Background()
+	k := must(s.Generate(ctx, 1))(t)[0]
+	must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
+	// Stop the expirer (and the other loops) but keep the client open, then move time:
+	// only the scripts themselves can apply the deadline now.
+	s.cancel()
+	s.wg.Wait()
+	clock.Advance(10 * time.Second)
+	st := must(s.Stats(context.Background()))(t)
+	if st.Available != 1 || st.Blocked != 0 {
+		t.Fatalf("stats after the lease: %+v", st)
+	}
+	got := must(s.Get(ctx, k.ID))(t)
+	if got.History.LeasesExpired != 1 {
+		t.Fatalf("history %+v", got.History)
+	}
+}
+
+func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
+	srv := startRedis(t)
+	s := openStore(t, srv, newFakeClock(), keystore.Options{})
+	ctx := context.Background()
+	sub := must(s.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Acquire(ctx, keystore.AcquireOptions{Wait: 10 * time.Second})
+		done <- err
+	}()
+	waitFor(t, func() bool { return s.nwaiting.Load() == 1 })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		wantCode(t, err, keystore.EUNAVAILABLE)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter still waiting after Close")
+	}
+	if _, ok := <-sub.C; ok {
+		t.Fatal("event after Close")
+	}
+	if err := sub.Err(); err != nil {
+		t.Fatalf("subscription error %v", err)
+	}
+	wantCode(t, s.Ready(ctx), keystore.EUNAVAILABLE)
+	_, err := s.Generate(ctx, 1)
+	wantCode(t, err, keystore.EUNAVAILABLE)
+}
+
+// waitFor polls cond (real time) for things another goroutine does soon, such as
+// queueing a waiter; never for a TTL rule, which tests drive with the fake clock.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestScriptErrorIsInternal: a script that fails at run time is a bug, not an outage:
+// it must not be reported as UNAVAILABLE (a client would retry forever).
+func TestScriptErrorIsInternal(t *testing.T) {
+	srv := startRedis(t)
+	s := openStore(t, srv, newFakeClock(), keystore.Options{})
+	_, err := s.run(context.Background(), scriptUnblock, "not a number", 0)
+	wantCode(t, err, keystore.EINTERNAL)
+	srv.kill()
+	_, err = s.run(context.Background(), scriptUnblock, 1, 0)
+	wantCode(t, err, keystore.EUNAVAILABLE)
+}
+
+func TestNew(t *testing.T) {
+	srv := startRedis(t)
+	ctx := context.Background()
+	s, err := New(ctx, srv.url()+"?namespace=fromurl", newFakeClock(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.prefix != "{fromurl}:" {
+		t.Fatalf("prefix %q", s.prefix)
+	}
+	must(s.Generate(ctx, 1))(t)
+	rdb := srv.client()
+	defer rdb.Close()
+	if n := must(rdb.ZCard(ctx, "{fromurl}:alive").Result())(t); n != 1 {
+		t.Fatalf("%d keys under the URL's namespace", n)
+	}
+
+	// A replica on Redis's clock must not join a pool kept on a test clock.
+	_, err = New(ctx, srv.url(), clockwork.NewRealClock(), keystore.Options{}, WithNamespace("fromurl"))
+	if err == nil || !strings.Contains(err.Error(), "keeps time") {
+		t.Fatalf("joining a pool on another clock: %v", err)
+	}
+	for _, bad := range []string{"http://localhost:6379", "redis://[::1", srv.url() + "?namespace={x}"} {
+		if _, err := New(ctx, bad, newFakeClock(), keystore.Options{}); err == nil {
+			t.Fatalf("New(%q) succeeded", bad)
+		}
+	}
+	if _, err := New(ctx, srv.url(), newFakeClock(), keystore.Options{MaxLeaseTTL: time.Second, LeaseTTL: time.Minute}); err == nil {
+		t.Fatal("New accepted a lease TTL over the max")
+	}
+	// Redis down at start: UNAVAILABLE, nothing left running (goleak checks).
+	_, err = New(ctx, "unix://"+t.TempDir()+"/none.sock", newFakeClock(), keystore.Options{})
+	wantCode(t, err, keystore.EUNAVAILABLE)
+}
+
+// TestTimerUntil: the expirer's timer fires at the deadline, to the unit, on the store's
+// clock (and not merely at the fallback tick).
+func TestTimerUntil(t *testing.T) {
+	srv := startRedis(t)
+	clock := newFakeClock()
+	s := openStore(t, srv, clock, keystore.Options{})
+	deadline := s.localNow() + s.units(1500*time.Millisecond)
+	timer, fired := s.timerUntil(deadline)
+	defer timer.Stop()
+	clock.Advance(1500*time.Millisecond - time.Nanosecond)
+	select {
+	case <-fired:
+		t.Fatal("the timer fired early")
+	default:
+	}
+	clock.Advance(time.Nanosecond)
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the timer did not fire at the deadline")
+	}
+	if timer, fired := s.timerUntil(math.MaxInt64); timer != nil || fired != nil {
+		t.Fatal("a timer for no deadline")
+	}
+}

@@ -1,0 +1,279 @@
+// Package metrics exposes keypool's Prometheus metrics, all named keypool_*, on a
+// registry of its own (with the Go and process collectors).
+//
+// A *Metrics is three things at once: the keystore.Observer that the store tells of
+// expiries, waits and subscribers; a collector of the pool's keys by state, read from
+// Store.Stats at scrape time; and, through Instrument, a decorator of keystore.Store that
+// counts every operation a transport makes, by outcome, and times it.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// The transports, as the transport label shows them.
+const (
+	GraphQL = "graphql"
+	REST    = "rest"
+)
+
+// The operations, as the op label shows them. Both transports use these names.
+const (
+	OpGenerate  = "generate"
+	OpAcquire   = "acquire"
+	OpUnblock   = "unblock"
+	OpRenew     = "renew"
+	OpKeepAlive = "keepalive"
+	OpDelete    = "delete"
+	OpGet       = "get"
+	OpStats     = "stats"
+	OpSubscribe = "subscribe"
+)
+
+// Ops lists every operation label.
+var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpSubscribe}
+
+// OutcomeOK is the outcome label of an operation that succeeded; a failed one is labelled
+// with its error code (NOT_FOUND, LEASE_MISMATCH, …).
+const OutcomeOK = "ok"
+
+// outcomes are the outcome labels resolved ahead of time; any other code is resolved on
+// first use.
+var outcomes = []keystore.Code{
+	keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.EINVALID,
+	keystore.EUNAVAILABLE, keystore.ESLOWCONSUMER, keystore.EINTERNAL,
+}
+
+// Bucket layouts.
+var (
+	// latenessBuckets resolve expiry lateness from 100µs to 1s; 50ms is the contract's bound.
+	latenessBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
+	// requestBuckets span a map lookup to a long wait for a free key.
+	requestBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+	// waitBuckets span an acquire's wait, at most keystore.MaxWait.
+	waitBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30}
+)
+
+// Metrics holds keypool's collectors. Its methods are safe for concurrent use.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	operations   *prometheus.CounterVec
+	opCounters   map[string]*opCounters
+	requests     *prometheus.HistogramVec
+	renewals     prometheus.Counter
+	released     prometheus.Counter
+	expired      prometheus.Counter
+	lateness     [2]prometheus.Observer // released, expired
+	subscribers  prometheus.Gauge
+	slowCuts     prometheus.Counter
+	waiters      prometheus.Gauge
+	waitServed   prometheus.Observer
+	waitUnserved prometheus.Observer
+
+	store atomic.Pointer[keystore.Store]
+}
+
+// opCounters are one operation's outcome counters, resolved ahead of time.
+type opCounters struct {
+	ok     prometheus.Counter
+	byCode map[keystore.Code]prometheus.Counter
+	vec    *prometheus.CounterVec
+	op     string
+}
+
+func (c *opCounters) observe(err error) {
+	if err == nil {
+		c.ok.Inc()
+		return
+	}
+	code := keystore.ErrorCode(err)
+	if counter, ok := c.byCode[code]; ok {
+		counter.Inc()
+		return
+	}
+	c.vec.WithLabelValues(c.op, string(code)).Inc()
+}
+
+var _ keystore.Observer = (*Metrics)(nil)
+
+// New returns a Metrics with every collector registered on a new registry. Call WatchStore
+// once the store exists so that the keys gauge can read it.
+func New() *Metrics {
+	m := &Metrics{registry: prometheus.NewRegistry(), opCounters: make(map[string]*opCounters, len(Ops))}
+	m.operations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keypool_operations_total",
+		Help: "Store operations served to clients, by operation and outcome (ok or the error code).",
+	}, []string{"op", "outcome"})
+	m.requests = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "keypool_request_duration_seconds",
+		Help:    "Time to serve one operation's store call, by transport (graphql, rest) and operation; waits for a free key included.",
+		Buckets: requestBuckets,
+	}, []string{"transport", "op"})
+	m.renewals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_lease_renewals_total",
+		Help: "Leases renewed.",
+	})
+	m.released = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_leases_expired_total",
+		Help: "Leases that ran out and returned their key to AVAILABLE (event RELEASED).",
+	})
+	m.expired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_keys_expired_total",
+		Help: "Keys deleted for missing their keep-alive (event EXPIRED).",
+	})
+	lateness := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "keypool_expiry_lateness_seconds",
+		Help:    "How long after its deadline an automatic transition was applied, by event (RELEASED, EXPIRED).",
+		Buckets: latenessBuckets,
+	}, []string{"event"})
+	m.lateness = [2]prometheus.Observer{
+		lateness.WithLabelValues(string(keystore.EventReleased)),
+		lateness.WithLabelValues(string(keystore.EventExpired)),
+	}
+	m.subscribers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keypool_subscribers",
+		Help: "Live event subscriptions.",
+	})
+	m.slowCuts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_slow_consumer_cuts_total",
+		Help: "Subscriptions ended with SLOW_CONSUMER for falling behind the event ring.",
+	})
+	m.waiters = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keypool_acquire_waiters",
+		Help: "Acquire calls waiting for a free key now.",
+	})
+	wait := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "keypool_acquire_wait_seconds",
+		Help:    "How long an acquire that had to wait waited, by outcome (served, unserved).",
+		Buckets: waitBuckets,
+	}, []string{"outcome"})
+	m.waitServed = wait.WithLabelValues("served")
+	m.waitUnserved = wait.WithLabelValues("unserved")
+
+	for _, op := range Ops {
+		c := &opCounters{
+			ok:     m.operations.WithLabelValues(op, OutcomeOK),
+			byCode: make(map[keystore.Code]prometheus.Counter, len(outcomes)),
+			vec:    m.operations,
+			op:     op,
+		}
+		for _, code := range outcomes {
+			c.byCode[code] = m.operations.WithLabelValues(op, string(code))
+		}
+		m.opCounters[op] = c
+	}
+
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.operations, m.requests, m.renewals, m.released, m.expired, lateness,
+		m.subscribers, m.slowCuts, m.waiters, wait,
+		keysCollector{m},
+	)
+	return m
+}
+
+// Registry returns the registry every keypool collector is on, for tests and for adding more.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// Handler serves the registry in the Prometheus text format, for /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// WatchStore makes the keys gauge read store's Stats at every scrape.
+func (m *Metrics) WatchStore(store keystore.Store) { m.store.Store(&store) }
+
+// ObserveOp counts one operation (one of Ops) with its outcome: ok when err is nil, else
+// err's code. A successful renew is also counted as a renewal.
+func (m *Metrics) ObserveOp(op string, err error) {
+	c, ok := m.opCounters[op]
+	if !ok {
+		m.operations.WithLabelValues(op, outcomeOf(err)).Inc()
+		return
+	}
+	c.observe(err)
+	if op == OpRenew && err == nil {
+		m.renewals.Inc()
+	}
+}
+
+// ObserveRequest records that transport served op in d.
+func (m *Metrics) ObserveRequest(transport, op string, d time.Duration) {
+	m.requests.WithLabelValues(transport, op).Observe(d.Seconds())
+}
+
+func outcomeOf(err error) string {
+	if err == nil {
+		return OutcomeOK
+	}
+	return string(keystore.ErrorCode(err))
+}
+
+// Expired implements keystore.Observer.
+func (m *Metrics) Expired(t keystore.EventType, lateness time.Duration) {
+	switch t {
+	case keystore.EventReleased:
+		m.released.Inc()
+		m.lateness[0].Observe(lateness.Seconds())
+	case keystore.EventExpired:
+		m.expired.Inc()
+		m.lateness[1].Observe(lateness.Seconds())
+	}
+}
+
+// Waited implements keystore.Observer.
+func (m *Metrics) Waited(d time.Duration, served bool) {
+	if served {
+		m.waitServed.Observe(d.Seconds())
+	} else {
+		m.waitUnserved.Observe(d.Seconds())
+	}
+}
+
+// WaitersChanged implements keystore.Observer.
+func (m *Metrics) WaitersChanged(delta int) { m.waiters.Add(float64(delta)) }
+
+// SubscribersChanged implements keystore.Observer.
+func (m *Metrics) SubscribersChanged(delta int) { m.subscribers.Add(float64(delta)) }
+
+// SlowConsumerCut implements keystore.Observer.
+func (m *Metrics) SlowConsumerCut() { m.slowCuts.Inc() }
+
+// statsTimeout bounds the Stats call of one scrape (a remote store may hang).
+const statsTimeout = 2 * time.Second
+
+var keysDesc = prometheus.NewDesc("keypool_keys", "Keys in the pool by state (AVAILABLE, BLOCKED), read from the store at scrape time.", []string{"state"}, nil)
+
+// keysCollector reports keypool_keys from Store.Stats, which is O(1), at scrape time.
+// Before WatchStore, or when Stats fails, it reports nothing rather than failing the scrape.
+type keysCollector struct{ m *Metrics }
+
+func (c keysCollector) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc }
+
+func (c keysCollector) Collect(ch chan<- prometheus.Metric) {
+	store := c.m.store.Load()
+	if store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+	defer cancel()
+	stats, err := (*store).Stats(ctx)
+	if err != nil {
+		slog.Warn("metrics: reading the pool's stats failed", "err", err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(stats.Available), string(keystore.Available))
+	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(stats.Blocked), string(keystore.Blocked))
+}

@@ -1,0 +1,48 @@
+package rest
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// Healthz answers 200 "ok" for as long as the process serves HTTP (liveness).
+func Healthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+}
+
+// readyTimeout bounds one readiness probe, so a hung store answers 503, not never.
+const readyTimeout = 2 * time.Second
+
+// Readyz answers 200 "ok" when store.Ready succeeds, else 503 with the JSON error shape
+// (code UNAVAILABLE, or INTERNAL_SERVER_ERROR for an error without a code).
+func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		err := store.Ready(ctx)
+		if err == nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Write([]byte("ok\n"))
+			return
+		}
+		code, message := keystore.ErrorCode(err), keystore.ErrorMessage(err)
+		if code != keystore.EUNAVAILABLE {
+			logger.Error("readiness check failed", "err", err)
+			code, message = keystore.EINTERNAL, internalMessage
+		}
+		if ctx.Err() != nil && r.Context().Err() == nil {
+			code, message = keystore.EUNAVAILABLE, "store did not answer within "+readyTimeout.String()
+		}
+		writeErrorStatus(w, http.StatusServiceUnavailable, code, message)
+	})
+}

@@ -1,0 +1,135 @@
+package rest
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// The response bodies are appended by hand into pooled buffers: the shapes are fixed and
+// small, and this path is measured against a bare net/http handler. Field names are the
+// GraphQL schema's.
+//
+// A Lease inside a Key has no "key" field (the enclosing object is its key). The Key
+// inside a Lease (acquire, renew) is a whole Key, so its "lease" repeats the lease, again
+// without "key": every Key has one shape wherever it appears, and nothing is cyclic.
+
+// timeLayout is RFC 3339 with fractional seconds (trailing zeros trimmed), as gqlgen's Time.
+const timeLayout = time.RFC3339Nano
+
+// maxPooledBuffer keeps huge bodies (a 10000-key generate) from pinning memory in the pool.
+const maxPooledBuffer = 64 << 10
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getBuffer() *[]byte { return bufferPool.Get().(*[]byte) }
+
+func putBuffer(b *[]byte) {
+	if cap(*b) > maxPooledBuffer {
+		return
+	}
+	*b = (*b)[:0]
+	bufferPool.Put(b)
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, timeLayout)
+	return append(b, '"')
+}
+
+// appendString appends s as a JSON string. Ids, tokens and statuses are plain ASCII and
+// take the fast path; anything else goes through encoding/json's escaping.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf || c == '<' || c == '>' || c == '&' {
+			quoted, _ := json.Marshal(s) // a string always marshals
+			return append(b, quoted...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+func appendKey(b []byte, k *keystore.Key) []byte {
+	b = append(b, `{"id":`...)
+	b = appendString(b, k.ID)
+	b = append(b, `,"status":`...)
+	b = appendString(b, string(k.Status))
+	b = append(b, `,"createdAt":`...)
+	b = appendTime(b, k.CreatedAt)
+	b = append(b, `,"expiresAt":`...)
+	b = appendTime(b, k.ExpiresAt)
+	b = append(b, `,"lease":`...)
+	if k.Lease != nil && k.Status == keystore.Blocked {
+		b = appendLeaseFields(b, k.Lease)
+		b = append(b, '}')
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"history":{"timesAcquired":`...)
+	b = strconv.AppendInt(b, k.History.TimesAcquired, 10)
+	b = append(b, `,"leasesExpired":`...)
+	b = strconv.AppendInt(b, k.History.LeasesExpired, 10)
+	b = append(b, `,"lastAcquiredAt":`...)
+	if k.History.LastAcquiredAt.IsZero() {
+		b = append(b, "null"...)
+	} else {
+		b = appendTime(b, k.History.LastAcquiredAt)
+	}
+	return append(b, "}}"...)
+}
+
+// appendLeaseFields appends a lease object without its closing brace.
+func appendLeaseFields(b []byte, l *keystore.Lease) []byte {
+	b = append(b, `{"token":`...)
+	b = appendString(b, l.Token)
+	b = append(b, `,"fence":`...)
+	b = strconv.AppendInt(b, l.Fence, 10)
+	b = append(b, `,"acquiredAt":`...)
+	b = appendTime(b, l.AcquiredAt)
+	b = append(b, `,"expiresAt":`...)
+	return appendTime(b, l.ExpiresAt)
+}
+
+// appendLease appends the lease that k holds, with k as its "key".
+func appendLease(b []byte, k *keystore.Key) []byte {
+	b = appendLeaseFields(b, k.Lease)
+	b = append(b, `,"key":`...)
+	b = appendKey(b, k)
+	return append(b, '}')
+}
+
+func appendKeys(b []byte, keys []keystore.Key) []byte {
+	b = append(b, `{"keys":[`...)
+	for i := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendKey(b, &keys[i])
+	}
+	return append(b, "]}"...)
+}
+
+func appendStats(b []byte, s keystore.Stats) []byte {
+	b = append(b, `{"total":`...)
+	b = strconv.AppendInt(b, int64(s.Total), 10)
+	b = append(b, `,"available":`...)
+	b = strconv.AppendInt(b, int64(s.Available), 10)
+	b = append(b, `,"blocked":`...)
+	b = strconv.AppendInt(b, int64(s.Blocked), 10)
+	return append(b, '}')
+}
+
+func appendError(b []byte, code keystore.Code, message string) []byte {
+	b = append(b, `{"error":{"code":`...)
+	b = appendString(b, string(code))
+	b = append(b, `,"message":`...)
+	b = appendString(b, message)
+	return append(b, "}}"...)
+}

@@ -1,0 +1,342 @@
+// Package rest serves keypool's /v1 routes (CONTRACT "REST") on a keystore.Store, with
+// net/http's method and path patterns.
+//
+// Every route answers JSON. Errors have the shape {"error":{"code":…,"message":…}} with
+// the code mapped to an HTTP status in one place (statusOf). Requests that cannot be
+// understood are refused with 400 (413 for bodies over 1 MiB) before the store is
+// touched, so a bad request never changes the pool.
+package rest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/redact"
+)
+
+// MaxBodyBytes is the largest request body accepted; larger ones get 413.
+const MaxBodyBytes = 1 << 20
+
+// jsonContentType is shared by every response so that setting the header allocates nothing;
+// net/http never modifies it.
+var jsonContentType = []string{"application/json"}
+
+type handler struct {
+	store  keystore.Store
+	logger *slog.Logger
+}
+
+// New returns the handler of the /v1 routes; mount it at "/v1/". Paths under /v1 that
+// name no route answer 404, and a route asked with the wrong method answers 405, both
+// in the JSON error shape.
+func New(store keystore.Store, logger *slog.Logger) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{store: store, logger: logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/keys", h.generate)
+	mux.HandleFunc("POST /v1/keys/acquire", h.acquire)
+	mux.HandleFunc("GET /v1/keys/{id}", h.get)
+	mux.HandleFunc("DELETE /v1/keys/{id}", h.delete)
+	mux.HandleFunc("POST /v1/keys/{id}/unblock", h.unblock)
+	mux.HandleFunc("POST /v1/keys/{id}/keepalive", h.keepAlive)
+	mux.HandleFunc("POST /v1/keys/{id}/renew", h.renew)
+	mux.HandleFunc("GET /v1/stats", h.stats)
+
+	// ServeMux answers a wrong method with a plain-text 405; these method-less patterns
+	// are less specific than the routes above, so they catch exactly the wrong methods
+	// and answer in JSON. "/v1/keys/acquire" gets none: a method-less pattern for it
+	// would conflict with GET and DELETE /v1/keys/{id}, which serve it (as an unknown id).
+	mux.Handle("/v1/keys", methodNotAllowed("POST"))
+	mux.Handle("/v1/keys/{id}", methodNotAllowed("GET, HEAD, DELETE"))
+	mux.Handle("/v1/keys/{id}/unblock", methodNotAllowed("POST"))
+	mux.Handle("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
+	mux.Handle("/v1/keys/{id}/renew", methodNotAllowed("POST"))
+	mux.Handle("/v1/stats", methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
+	})
+	return mux
+}
+
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := allow
+		if r.URL.Path == "/v1/keys/acquire" {
+			a = "GET, HEAD, POST, DELETE"
+		}
+		w.Header().Set("Allow", a)
+		writeErrorStatus(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" is not allowed here; allowed: "+a)
+	})
+}
+
+// generateRequest is the body of POST /v1/keys; a missing body or count means 1.
+type generateRequest struct {
+	Count *int `json:"count"`
+}
+
+func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
+	var req generateRequest
+	if !h.decodeBody(w, r, &req) {
+		return
+	}
+	count := 1
+	if req.Count != nil {
+		count = *req.Count
+	}
+	keys, err := h.store.Generate(r.Context(), count)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, func(b []byte) []byte { return appendKeys(b, keys) })
+}
+
+func (h *handler) acquire(w http.ResponseWriter, r *http.Request) {
+	opts, err := acquireOptions(r.URL)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	k, err := h.store.Acquire(r.Context(), opts)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeLease(w, r, &k)
+}
+
+// acquireOptions reads ?ttl= and ?wait= (Go durations). Unknown parameters are refused
+// so that a typo is not silently ignored.
+func acquireOptions(u *url.URL) (keystore.AcquireOptions, error) {
+	var opts keystore.AcquireOptions
+	if u.RawQuery == "" {
+		return opts, nil
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return opts, keystore.Errorf(keystore.EINVALID, "bad query string: %v", err)
+	}
+	for name, values := range q {
+		if len(values) != 1 {
+			return opts, keystore.Errorf(keystore.EINVALID, "query parameter %q given %d times", name, len(values))
+		}
+		var d time.Duration
+		switch name {
+		case "ttl", "wait":
+			if d, err = parseDuration(name, values[0]); err != nil {
+				return opts, err
+			}
+		default:
+			return opts, keystore.Errorf(keystore.EINVALID, "unknown query parameter %q (want ttl, wait)", name)
+		}
+		if name == "ttl" {
+			opts.TTL = d
+		} else {
+			opts.Wait = d
+		}
+	}
+	return opts, nil
+}
+
+// parseDuration parses a non-negative Go duration such as "90s"; the store checks ranges.
+func parseDuration(name, s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, keystore.Errorf(keystore.EINVALID, "%s: %q is not a duration like 90s or 5m", name, s)
+	}
+	if d < 0 {
+		return 0, keystore.Errorf(keystore.EINVALID, "%s: %q is negative", name, s)
+	}
+	return d, nil
+}
+
+func (h *handler) get(w http.ResponseWriter, r *http.Request) {
+	k, err := h.store.Get(r.Context(), r.PathValue("id"))
+	h.writeKey(w, r, &k, err)
+}
+
+func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
+	if err := h.store.Delete(r.Context(), r.PathValue("id")); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// unblockRequest is the optional body of POST /v1/keys/{id}/unblock.
+type unblockRequest struct {
+	Token string `json:"token"`
+}
+
+func (h *handler) unblock(w http.ResponseWriter, r *http.Request) {
+	var req unblockRequest
+	if !h.decodeBody(w, r, &req) {
+		return
+	}
+	k, err := h.store.Unblock(r.Context(), r.PathValue("id"), req.Token)
+	h.writeKey(w, r, &k, err)
+}
+
+func (h *handler) keepAlive(w http.ResponseWriter, r *http.Request) {
+	k, err := h.store.KeepAlive(r.Context(), r.PathValue("id"))
+	h.writeKey(w, r, &k, err)
+}
+
+// renewRequest is the body of POST /v1/keys/{id}/renew; ttl is a Go duration, empty for
+// the pool's default lease TTL.
+type renewRequest struct {
+	Token string `json:"token"`
+	TTL   string `json:"ttl"`
+}
+
+func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
+	var req renewRequest
+	if !h.decodeBody(w, r, &req) {
+		return
+	}
+	if req.Token == "" {
+		h.writeError(w, r, keystore.Errorf(keystore.EINVALID, `renew needs the lease's "token"`))
+		return
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		var err error
+		if ttl, err = parseDuration("ttl", req.TTL); err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+	}
+	k, err := h.store.Renew(r.Context(), r.PathValue("id"), req.Token, ttl)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeLease(w, r, &k)
+}
+
+func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
+	s, err := h.store.Stats(r.Context())
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendStats(b, s) })
+}
+
+// decodeBody decodes an optional JSON object into dst. An empty body leaves dst as it
+// is; an oversized, malformed or unexpected one is answered here (false returned).
+func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return true
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(dst)
+	if err == nil {
+		// One JSON value and nothing after it.
+		if _, err = dec.Token(); err == io.EOF {
+			return true
+		} else if err == nil {
+			err = errors.New("unexpected data after the JSON object")
+		}
+	} else if err == io.EOF {
+		return true
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+		return false
+	}
+	h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
+	return false
+}
+
+// describeJSONError words a decoding error for clients without Go type names.
+func describeJSONError(err error) string {
+	if e, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return fmt.Sprintf("field %q has the wrong type (%s)", e.Field, e.Value)
+	}
+	if e, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf("syntax error at byte %d", e.Offset)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "unexpected end of input"
+	}
+	return err.Error() // unknown field "x", trailing data: no internals in these
+}
+
+func (h *handler) writeKey(w http.ResponseWriter, r *http.Request, k *keystore.Key, err error) {
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendKey(b, k) })
+}
+
+func (h *handler) writeLease(w http.ResponseWriter, r *http.Request, k *keystore.Key) {
+	if k.Lease == nil { // a store bug: a lease answer without a lease
+		h.writeError(w, r, errors.New("store returned a key without a lease"))
+		return
+	}
+	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendLease(b, k) })
+}
+
+// writeJSON writes the body that appendBody appends, from a pooled buffer.
+func writeJSON(w http.ResponseWriter, status int, appendBody func([]byte) []byte) {
+	buf := getBuffer()
+	*buf = appendBody(*buf)
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	w.Write(*buf)
+	putBuffer(buf)
+}
+
+// statusOf maps an error code to its HTTP status: the one place REST does so.
+func statusOf(code keystore.Code) int {
+	switch code {
+	case keystore.ENOTFOUND:
+		return http.StatusNotFound
+	case keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH:
+		return http.StatusConflict
+	case keystore.EINVALID:
+		return http.StatusBadRequest
+	case keystore.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// internalMessage is all a client learns of an error without a known code.
+const internalMessage = "internal error"
+
+// writeError answers err in the JSON error shape. Errors that map to 500 are logged and
+// shown only as internal errors.
+func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := keystore.ErrorCode(err)
+	status := statusOf(code)
+	message := keystore.ErrorMessage(err)
+	if status == http.StatusInternalServerError {
+		if r.Context().Err() != nil && errors.Is(err, context.Cause(r.Context())) {
+			// The client left (a waiting acquire, typically): nobody reads this answer.
+			h.logger.Debug("request abandoned by the client", "path", redact.Path(r.URL.Path), "err", err)
+		} else {
+			h.logger.Error("internal error", "method", r.Method, "path", redact.Path(r.URL.Path), "err", err)
+		}
+		code, message = keystore.EINTERNAL, internalMessage
+	}
+	writeErrorStatus(w, status, code, message)
+}
+
+func writeErrorStatus(w http.ResponseWriter, status int, code keystore.Code, message string) {
+	writeJSON(w, status, func(b []byte) []byte { return appendError(b, code, message) })
+}

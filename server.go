@@ -1,0 +1,217 @@
+// Command keypool serves a pool of API keys, leased out over GraphQL.
+//
+// Run it with `go run .`; see README.md for the flags.
+package main
+
+//go:generate go tool gqlgen generate
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/keystore/redisstore"
+	"github.com/keypool/keypool/metrics"
+)
+
+// shutdownTimeout bounds how long in-flight requests may take to finish on shutdown.
+const shutdownTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "keypool:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole server: parse the configuration, open the store, serve until ctx
+// ends, then shut down gracefully and return nil. args include the program name.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args[1:], getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+
+	metricSet := metrics.New()
+	store, err := openStore(cfg, metricSet)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	metricSet.WatchStore(store)
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("-addr: %v", err)
+	}
+
+	streams := newStreamTracker()
+	srv := &http.Server{
+		Handler:           streams.wrap(newHandler(store, cfg, logger, metricSet)),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	// Shutdown neither waits for nor closes hijacked websockets and long-lived SSE
+	// streams: end them ourselves, cleanly, as soon as shutdown starts.
+	srv.RegisterOnShutdown(streams.end)
+
+	fmt.Fprintf(stdout, "keypool listening on %s (GraphiQL), API at /graphql\n", displayURL(ln.Addr()))
+	logger.Info("serving", "addr", ln.Addr().String(), "store", cfg.Store,
+		"lease_ttl", cfg.LeaseTTL, "keepalive_ttl", cfg.KeepAliveTTL)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("shutdown did not finish in time", "err", err)
+		_ = srv.Close()
+	}
+	streams.wait(shutdownCtx)
+	<-served // http.ErrServerClosed
+	if err := store.Close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// openStore builds the store that -store names.
+func openStore(cfg config, observer keystore.Observer) (keystore.Store, error) {
+	opts := cfg.storeOptions()
+	opts.Observer = observer
+	if cfg.Store == "memory" {
+		return keystore.NewMemory(clockwork.NewRealClock(), opts)
+	}
+	// A shared pool in Redis (redis://, rediss:// or unix://), on Redis's clock.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("-store: %w", err)
+	}
+	return store, nil
+}
+
+func newLogger(format string, level slog.Level, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// displayURL is the address people can open: localhost when listening on all interfaces.
+func displayURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String() + "/"
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
+// streamTracker ends long-lived requests (websockets, SSE) at shutdown: their
+// contexts are cancelled, which makes gqlgen close them cleanly, and wait lets run
+// return only once they are gone.
+type streamTracker struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	active int
+	idle   chan struct{} // closed when active drops to zero, if someone waits
+}
+
+func newStreamTracker() *streamTracker {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &streamTracker{ctx: ctx, cancel: cancel}
+}
+
+func (s *streamTracker) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isStream(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		s.enter()
+		defer s.leave()
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer stop()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// isStream reports whether r opens a websocket or an SSE stream.
+func isStream(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+}
+
+func (s *streamTracker) enter() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active++
+}
+
+func (s *streamTracker) leave() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active--
+	if s.active == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+}
+
+// end cancels every stream, now and to come.
+func (s *streamTracker) end() { s.cancel() }
+
+// wait waits for the streams to finish, or for ctx to end.
+func (s *streamTracker) wait(ctx context.Context) {
+	s.mu.Lock()
+	if s.active == 0 {
+		s.mu.Unlock()
+		return
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	idle := s.idle
+	s.mu.Unlock()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
+}

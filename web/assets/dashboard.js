@@ -1,0 +1,453 @@
+// keypool live dashboard: key counts, a chart of them over the last minutes and a
+// feed of key events, fed by the keyEvents subscription (graphql-transport-ws over
+// a WebSocket at /graphql) and the stats query. No libraries, no build step.
+(function () {
+  'use strict';
+
+  var ENDPOINT = '/graphql';
+  var FEED_MAX = 100;            // events kept in the feed
+  var CHART_SECONDS = chartWindow(); // the chart's window: ?minutes=N, 5 by default
+  var STATS_MIN_GAP_MS = 500;    // stats is re-queried at most this often
+  var ACK_TIMEOUT_MS = 10000;    // a connection not acknowledged by then is dropped
+  var BACKOFF_MIN_MS = 500;
+  var BACKOFF_MAX_MS = 30000;
+  var STABLE_MS = 10000;         // a connection up this long resets the backoff
+
+  var STATS_QUERY = 'query DashboardStats { stats { total available blocked } }';
+  var EVENTS_SUBSCRIPTION =
+    'subscription DashboardKeyEvents($after: Int) { keyEvents(after: $after) { seq type keyId at } }';
+
+  // chartWindow reads the chart's window from ?minutes= (1 to 60).
+  function chartWindow() {
+    var minutes = parseInt(new URLSearchParams(location.search).get('minutes'), 10);
+    return (minutes >= 1 && minutes <= 60 ? minutes : 5) * 60;
+  }
+
+  var el = {
+    status: document.getElementById('status'),
+    total: document.getElementById('count-total'),
+    available: document.getElementById('count-available'),
+    blocked: document.getElementById('count-blocked'),
+    feed: document.getElementById('feed'),
+    feedEmpty: document.getElementById('feed-empty'),
+    lastSeq: document.getElementById('last-seq'),
+    chart: document.getElementById('chart'),
+    chartTitle: document.getElementById('chart-title'),
+  };
+  el.chartTitle.textContent = 'Keys, last ' + (CHART_SECONDS === 60 ? 'minute' : CHART_SECONDS / 60 + ' minutes');
+
+  // ---- counts ---------------------------------------------------------------
+  //
+  // counts is the last stats answer plus the events received after it. Events
+  // that arrive while a stats query is in flight may or may not be in its
+  // answer, so they are not applied; instead one more query follows. DELETED
+  // and EXPIRED do not say whether the key was AVAILABLE or BLOCKED, so they
+  // take one off total and ask stats again (debounced) for the split.
+
+  var counts = null;             // {total, available, blocked} once known
+  var lastSeq = null;            // seq of the last event seen, for resuming
+  var stats = { inFlight: false, again: false, timer: 0, lastStart: 0, failures: 0 };
+
+  function requestStats() {
+    if (stats.inFlight) {
+      stats.again = true;
+      return;
+    }
+    if (stats.timer) return;
+    var wait = Math.max(0, stats.lastStart + STATS_MIN_GAP_MS - Date.now());
+    stats.timer = setTimeout(queryStats, wait);
+  }
+
+  function queryStats() {
+    stats.timer = 0;
+    stats.inFlight = true;
+    stats.again = false;
+    stats.lastStart = Date.now();
+    fetch(ENDPOINT, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ query: STATS_QUERY, operationName: 'DashboardStats' }),
+      cache: 'no-store',
+    }).then(function (res) {
+      return res.json();
+    }).then(function (body) {
+      if (!body || !body.data || !body.data.stats) {
+        throw new Error(body && body.errors && body.errors[0] ? body.errors[0].message : 'no stats');
+      }
+      var s = body.data.stats;
+      counts = { total: s.total, available: s.available, blocked: s.blocked };
+      stats.failures = 0;
+      scheduleRender();
+    }).catch(function (err) {
+      console.warn('keypool: stats query failed:', err);
+      // Try again, backing off, while the live connection is up; a reconnect
+      // asks anyway.
+      stats.failures++;
+      if (socket.state === 'live') {
+        setTimeout(requestStats, Math.min(BACKOFF_MAX_MS, 1000 * Math.pow(2, stats.failures - 1)));
+      }
+    }).then(function () {
+      stats.inFlight = false;
+      if (stats.again) requestStats();
+    });
+  }
+
+  function applyEvent(ev) {
+    // seq grows by one per event, so anything else means events were missed
+    // (the replay ring moved on) or the server started afresh (seq went back):
+    // either way, the counts come from stats again.
+    var gap = lastSeq !== null && ev.seq !== lastSeq + 1;
+    lastSeq = ev.seq;
+    pushFeed(ev);
+    if (gap) {
+      requestStats();
+      return;
+    }
+    if (stats.inFlight || !counts) {
+      requestStats();
+      return;
+    }
+    switch (ev.type) {
+      case 'GENERATED':
+        counts.total++;
+        counts.available++;
+        break;
+      case 'ACQUIRED':
+        counts.available--;
+        counts.blocked++;
+        break;
+      case 'UNBLOCKED':
+      case 'RELEASED':
+        counts.blocked--;
+        counts.available++;
+        break;
+      case 'DELETED':
+      case 'EXPIRED':
+        counts.total--;
+        requestStats();
+        break;
+      default:
+        requestStats();
+    }
+    if (counts.available < 0 || counts.blocked < 0 || counts.total < 0) {
+      counts.available = Math.max(0, counts.available);
+      counts.blocked = Math.max(0, counts.blocked);
+      counts.total = Math.max(0, counts.total);
+      requestStats();
+    }
+    scheduleRender();
+  }
+
+  // ---- the graphql-transport-ws client ---------------------------------------
+  //
+  // Protocol: connection_init -> connection_ack, then subscribe {id, payload};
+  // the server sends next/error/complete for that id and ping (answered with
+  // pong). Any end of the stream — a closed socket, an error such as
+  // SLOW_CONSUMER, a complete — reconnects with exponential backoff and resumes
+  // with after: lastSeq, so the replay ring fills the gap.
+
+  var socket = { ws: null, state: 'connecting', attempt: 0, liveSince: 0, timer: 0, ackTimer: 0, subId: 0, offline: false };
+
+  function wsURL() {
+    return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + ENDPOINT;
+  }
+
+  function connect() {
+    socket.timer = 0;
+    setStatus(socket.attempt ? 'reconnecting' : 'connecting');
+    var ws;
+    try {
+      ws = new WebSocket(wsURL(), 'graphql-transport-ws');
+    } catch (err) {
+      console.warn('keypool: websocket:', err);
+      reconnectLater();
+      return;
+    }
+    socket.ws = ws;
+    ws.onopen = function () {
+      send(ws, { type: 'connection_init', payload: {} });
+      socket.ackTimer = setTimeout(function () { ws.close(4408, 'Connection initialisation timeout'); }, ACK_TIMEOUT_MS);
+    };
+    ws.onmessage = function (msg) {
+      if (ws !== socket.ws) return;
+      var m;
+      try { m = JSON.parse(msg.data); } catch (err) { ws.close(4400, 'Invalid message'); return; }
+      switch (m.type) {
+        case 'connection_ack':
+          clearTimeout(socket.ackTimer);
+          socket.liveSince = Date.now();
+          socket.subId++;
+          send(ws, {
+            id: String(socket.subId),
+            type: 'subscribe',
+            payload: { query: EVENTS_SUBSCRIPTION, operationName: 'DashboardKeyEvents', variables: { after: lastSeq } },
+          });
+          setStatus('live');
+          requestStats(); // fresh counts on every (re)connect
+          break;
+        case 'ping':
+          send(ws, { type: 'pong' });
+          break;
+        case 'next':
+          if (m.id !== String(socket.subId) || !m.payload) break;
+          if (m.payload.data && m.payload.data.keyEvents) {
+            applyEvent(m.payload.data.keyEvents);
+          }
+          if (m.payload.errors && m.payload.errors.length) {
+            streamFailed(ws, m.payload.errors);
+          }
+          break;
+        case 'error':
+          if (m.id === String(socket.subId)) streamFailed(ws, m.payload);
+          break;
+        case 'complete':
+          ws.close(1000, 'Resubscribing');
+          break;
+      }
+    };
+    ws.onclose = function () {
+      clearTimeout(socket.ackTimer);
+      if (ws !== socket.ws) return;
+      socket.ws = null;
+      if (socket.liveSince && Date.now() - socket.liveSince >= STABLE_MS) socket.attempt = 0;
+      socket.liveSince = 0;
+      reconnectLater();
+    };
+  }
+
+  // streamFailed ends a stream that the server ended with errors. SLOW_CONSUMER
+  // resumes after lastSeq; any other error (the server may refuse an after it
+  // does not know, for one) starts afresh from live events and stats.
+  function streamFailed(ws, errors) {
+    console.warn('keypool: keyEvents:', errors);
+    var slow = Array.isArray(errors) && errors.some(function (e) {
+      return e && e.extensions && e.extensions.code === 'SLOW_CONSUMER';
+    });
+    if (!slow) lastSeq = null;
+    ws.close(1000, 'Resubscribing');
+  }
+
+  function send(ws, message) {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+  }
+
+  function reconnectLater() {
+    if (socket.timer) return;
+    var delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, socket.attempt));
+    delay = delay / 2 + Math.random() * delay / 2; // jitter, so many tabs do not reconnect in step
+    if (socket.offline) {
+      // The 'online' event reconnects at once; this is only a fallback.
+      delay = BACKOFF_MAX_MS;
+      setStatus('offline');
+    } else {
+      socket.attempt++;
+      setStatus('reconnecting', Math.round(delay / 1000));
+    }
+    socket.timer = setTimeout(connect, delay);
+  }
+
+  // Coming back online or to the tab: no need to sit out the backoff.
+  function reconnectNow() {
+    if (socket.ws || !socket.timer) return;
+    clearTimeout(socket.timer);
+    connect();
+  }
+  // Offline, the socket is dead or soon will be: close it rather than wait for
+  // timeouts, and reconnect (resuming after lastSeq) when the browser is back.
+  window.addEventListener('offline', function () {
+    socket.offline = true;
+    if (socket.ws) socket.ws.close(1000, 'Offline');
+    else setStatus('offline');
+  });
+  window.addEventListener('online', function () {
+    socket.offline = false;
+    socket.attempt = 0;
+    reconnectNow();
+  });
+  document.addEventListener('visibilitychange', function () {
+    if (!document.hidden) reconnectNow();
+  });
+
+  function setStatus(state, seconds) {
+    socket.state = state;
+    el.status.setAttribute('data-state', state);
+    el.status.textContent =
+      state === 'live' ? 'live' :
+      state === 'connecting' ? 'connecting…' :
+      state === 'offline' ? 'offline' :
+      'reconnecting' + (seconds ? ' in ' + seconds + ' s…' : '…');
+  }
+
+  // ---- the feed ----------------------------------------------------------------
+  //
+  // Bursts (generateKeys of thousands) arrive faster than the page can draw, so
+  // events queue and are drawn once per frame; only the newest FEED_MAX matter.
+
+  var pendingFeed = [];
+
+  function pushFeed(ev) {
+    pendingFeed.push(ev);
+    if (pendingFeed.length > FEED_MAX) pendingFeed.splice(0, pendingFeed.length - FEED_MAX);
+    scheduleRender();
+  }
+
+  var timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+
+  function feedItem(ev) {
+    var li = document.createElement('li');
+    var when = new Date(ev.at);
+    var time = document.createElement('time');
+    time.dateTime = ev.at;
+    time.textContent = isNaN(when) ? '' : timeFormat.format(when);
+    var type = document.createElement('span');
+    type.className = 'type ' + ev.type;
+    type.textContent = ev.type;
+    var key = document.createElement('code');
+    key.textContent = ev.keyId;
+    key.title = ev.keyId + '  (seq ' + ev.seq + ')';
+    li.append(time, type, key);
+    return li;
+  }
+
+  function drawFeed() {
+    if (!pendingFeed.length) return;
+    var frag = document.createDocumentFragment();
+    for (var i = pendingFeed.length - 1; i >= 0; i--) frag.append(feedItem(pendingFeed[i]));
+    pendingFeed = [];
+    el.feed.prepend(frag);
+    while (el.feed.childElementCount > FEED_MAX) el.feed.lastElementChild.remove();
+    el.feedEmpty.hidden = true;
+    el.lastSeq.textContent = lastSeq === null ? '' : 'seq ' + lastSeq;
+  }
+
+  // ---- rendering -----------------------------------------------------------------
+
+  var renderQueued = false;
+  var numberFormat = new Intl.NumberFormat();
+
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    requestAnimationFrame(render);
+  }
+
+  function render() {
+    renderQueued = false;
+    drawFeed();
+    if (counts) {
+      el.total.textContent = numberFormat.format(counts.total);
+      el.available.textContent = numberFormat.format(counts.available);
+      el.blocked.textContent = numberFormat.format(counts.blocked);
+    }
+  }
+
+  // ---- the chart -----------------------------------------------------------------
+  //
+  // One sample of the counts per second, CHART_SECONDS of them, drawn as three
+  // lines on a canvas sized to its box in device pixels.
+
+  var samples = []; // {t, total, available, blocked}
+
+  function sample() {
+    var now = Date.now();
+    if (counts) samples.push({ t: now, total: counts.total, available: counts.available, blocked: counts.blocked });
+    while (samples.length && samples[0].t < now - CHART_SECONDS * 1000) samples.shift();
+    drawChart(now);
+  }
+
+  // niceStep returns the grid step for four rows up to at least v: 1, 2 or 5
+  // times a power of ten, so every label is a round number.
+  function niceStep(v) {
+    var raw = Math.max(1, v / 4);
+    var p = Math.pow(10, Math.floor(Math.log10(raw)));
+    var steps = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].filter(function (st) { return Number.isInteger(st * p); });
+    for (var i = 0; i < steps.length; i++) {
+      if (steps[i] * p >= raw) return steps[i] * p;
+    }
+    return 10 * p;
+  }
+
+  function drawChart(now) {
+    var canvas = el.chart;
+    var box = canvas.getBoundingClientRect();
+    if (!box.width || !box.height) return;
+    var dpr = window.devicePixelRatio || 1;
+    var w = Math.round(box.width * dpr), h = Math.round(box.height * dpr);
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    var ctx = canvas.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, box.width, box.height);
+
+    var style = getComputedStyle(document.documentElement);
+    var color = function (name) { return style.getPropertyValue(name).trim(); };
+    var font = '12px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+
+    var max = 0;
+    samples.forEach(function (s) { max = Math.max(max, s.total, s.available, s.blocked); });
+    var step = niceStep(max);
+    max = step * 4;
+
+    ctx.font = font;
+    var left = Math.ceil(ctx.measureText(numberFormat.format(max)).width) + 10;
+    var right = 8, top = 8, bottom = 22;
+    var pw = box.width - left - right, ph = box.height - top - bottom;
+    if (pw <= 0 || ph <= 0) return;
+    var t0 = now - CHART_SECONDS * 1000;
+    var x = function (t) { return left + (t - t0) / (CHART_SECONDS * 1000) * pw; };
+    var y = function (v) { return top + ph - v / max * ph; };
+
+    // Grid and labels.
+    ctx.strokeStyle = color('--line');
+    ctx.fillStyle = color('--muted');
+    ctx.lineWidth = 1;
+    ctx.textBaseline = 'middle';
+    ctx.textAlign = 'right';
+    for (var i = 0; i <= 4; i++) {
+      var v = step * i;
+      var gy = Math.round(y(v)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(left, gy);
+      ctx.lineTo(left + pw, gy);
+      ctx.stroke();
+      ctx.fillText(numberFormat.format(v), left - 6, gy);
+    }
+    ctx.textBaseline = 'top';
+    ctx.textAlign = 'center';
+    // Ticks back from now at a round step, labelled in s or min: at most 6,
+    // and at least 64 px apart so that narrow screens stay legible.
+    var maxTicks = Math.max(1, Math.min(6, Math.floor(pw / 64)));
+    var stepSec = [10, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600].filter(function (st) {
+      return CHART_SECONDS / st <= maxTicks;
+    })[0] || CHART_SECONDS;
+    for (var ago = 0; ago <= CHART_SECONDS; ago += stepSec) {
+      var tx = x(now - ago * 1000);
+      ctx.textAlign = ago === 0 ? 'right' : ago === CHART_SECONDS ? 'left' : 'center';
+      ctx.fillText(ago === 0 ? 'now' : '−' + (stepSec < 60 ? ago + ' s' : ago / 60 + ' min'), tx, top + ph + 6);
+    }
+
+    if (!samples.length) return;
+    [['--total', 'total'], ['--available', 'available'], ['--blocked', 'blocked']].forEach(function (series) {
+      ctx.strokeStyle = color(series[0]);
+      ctx.lineWidth = 2;
+      ctx.lineJoin = 'round';
+      ctx.beginPath();
+      samples.forEach(function (s, j) {
+        var px = x(s.t), py = y(s[series[1]]);
+        if (j === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+      });
+      ctx.stroke();
+    });
+  }
+
+  setInterval(sample, 1000);
+  if (window.ResizeObserver) {
+    new ResizeObserver(function () { drawChart(Date.now()); }).observe(el.chart.parentElement);
+  }
+  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', function () { drawChart(Date.now()); });
+
+  drawChart(Date.now());
+  connect();
+})();
