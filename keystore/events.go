@@ -147,19 +147,24 @@ func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) *Subscriptio
 }
 
 // feed copies events from the ring to out, batch by batch, until the subscription ends.
+// While the client is not reading, each publish wakes it to check that the first event
+// it has not delivered is still in the ring; once it is not, the subscription is cut.
 func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, cursor int64, types []EventType) {
 	defer func() {
 		h.obs.SubscribersChanged(-1)
 		close(out)
 		close(s.done)
 	}()
+	cut := func(undelivered int64) {
+		s.err = Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), undelivered-1)
+		h.obs.SlowConsumerCut()
+	}
 	batch := make([]Event, 0, subscriberBatch)
 	for {
 		h.mu.RLock()
 		if cursor < h.first {
 			h.mu.RUnlock()
-			s.err = Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), cursor-1)
-			h.obs.SlowConsumerCut()
+			cut(cursor)
 			return
 		}
 		batch = batch[:0]
@@ -169,15 +174,25 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 			}
 		}
 		wake := h.wake
+		h.woken.Store(true)
 		caughtUp := cursor == h.next
-		if caughtUp {
-			h.woken.Store(true)
-		}
 		h.mu.RUnlock()
 
-		for _, ev := range batch {
+		for i := 0; i < len(batch); {
 			select {
-			case out <- ev:
+			case out <- batch[i]:
+				i++
+			case <-wake:
+				h.mu.RLock()
+				behind := batch[i].Seq < h.first
+				wake = h.wake
+				h.woken.Store(true)
+				h.mu.RUnlock()
+				if behind {
+					cut(batch[i].Seq)
+					return
+				}
+				caughtUp = false // events came while sending: read them before waiting
 			case <-ctx.Done():
 				return
 			case <-h.closed:
