@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	fmt.Fprintf(stdout, "keypool listening on %s (GraphiQL), API at /graphql\n", displayURL(ln.Addr()))
 	logger.Info("serving", "addr", ln.Addr().String(), "store", cfg.Store,
-		"lease_ttl", cfg.LeaseTTL, "keepalive_ttl", cfg.KeepAliveTTL)
+		"lease_ttl", cfg.LeaseTTL.String(), "keepalive_ttl", cfg.KeepAliveTTL.String())
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

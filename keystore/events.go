@@ -98,7 +98,10 @@ func (h *Hub) Publish(ev Event) int64 {
 	case ev.Seq < h.next:
 		return ev.Seq
 	}
-	if h.next == h.first && ev.Seq > h.next { // the first event of a store that numbers its own
+	if ev.Seq > h.next {
+		// A gap (the first event of a store that numbers its own, or a reader that
+		// lost some): the ring holds nothing before ev, so subscribers behind it are cut
+		// rather than shown stale slots.
 		h.first = ev.Seq
 	}
 	h.next = ev.Seq + 1

@@ -73,6 +73,19 @@ func requireEnded(t *testing.T, sub *keystore.Subscription) {
 	}
 }
 
+// requireErrSoon waits, without reading sub.C, for the stream to end with code.
+func requireErrSoon(t *testing.T, sub *keystore.Subscription, code keystore.Code) {
+	t.Helper()
+	errs := make(chan error, 1)
+	go func() { errs <- sub.Err() }()
+	select {
+	case err := <-errs:
+		require.Equal(t, code, keystore.ErrorCode(err), "error: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a subscriber that reads nothing was never cut")
+	}
+}
+
 func requireSilent(t *testing.T, sub *keystore.Subscription) {
 	t.Helper()
 	select {
@@ -225,6 +238,8 @@ func TestHubSlowConsumer(t *testing.T) {
 	}
 	require.EqualValues(t, bursts*burst, kept.Load(), "a subscriber that keeps up gets everything")
 
+	// It is cut while it still reads nothing: Err answers before C is drained.
+	requireErrSoon(t, slow, keystore.ESLOWCONSUMER)
 	var got []keystore.Event
 	for ev := range slow.C {
 		got = append(got, ev)

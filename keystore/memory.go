@@ -90,7 +90,7 @@ var _ Store = (*Memory)(nil)
 // production) and starts its expirer; Close stops it.
 func NewMemory(clock clockwork.Clock, opts Options) (*Memory, error) {
 	opts = opts.WithDefaults()
-	if err := opts.validate(); err != nil {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	ids, err := NewIDCodec(NewSecret())
@@ -114,7 +114,8 @@ func NewMemory(clock clockwork.Clock, opts Options) (*Memory, error) {
 	return m, nil
 }
 
-func (o Options) validate() error {
+// Validate reports the first option that no pool can work with.
+func (o Options) Validate() error {
 	switch {
 	case o.LeaseTTL <= 0:
 		return fmt.Errorf("lease TTL must be positive, got %v", o.LeaseTTL)

@@ -337,3 +337,30 @@ func TestPoolLost(t *testing.T) {
 		t.Fatalf("acquired %s, want %s", got.ID, k.ID)
 	}
 }
+
+// TestLateReplicaReplays: a replica that starts after events were made loads them from
+// the stream, so a subscription with After replays them there too.
+func TestLateReplicaReplays(t *testing.T) {
+	srv := startRedis(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	a := openNamespace(t, srv, clock, keystore.Options{}, "late")
+	keys := must(a.Generate(ctx, 3))(t)
+	must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
+
+	b := openNamespace(t, srv, clock, keystore.Options{}, "late")
+	after := int64(1)
+	sub := must(b.Subscribe(ctx, keystore.SubscribeOptions{After: &after}))(t)
+	for i, want := range []keystore.EventType{keystore.EventGenerated, keystore.EventGenerated, keystore.EventAcquired} {
+		ev := nextEvent(t, sub)
+		if ev.Seq != int64(i+2) || ev.Type != want {
+			t.Fatalf("replayed event %d: %+v, want seq %d %s", i, ev, i+2, want)
+		}
+		if i < 2 && ev.KeyID != keys[i+1].ID {
+			t.Fatalf("replayed event %d names %s, want %s", i, ev.KeyID, keys[i+1].ID)
+		}
+	}
+	// Then live, from either replica.
+	k := must(a.Generate(ctx, 1))(t)[0]
+	wantEvent(t, sub, keystore.EventGenerated, k.ID)
+}

@@ -15,6 +15,13 @@
 // that follows the event stream with XREAD BLOCK and publishes into a local
 // keystore.Hub, for subscribers and for waking waiters; and a dispatcher that serves
 // this replica's waiting Acquires, first come first served.
+//
+// Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
+// of that clock moves them; waiters are served in order among one replica's waiters
+// only; the local hub holds the newest EventRetention events, loaded from the stream
+// at start, and After replays from it; a reader that fell more than the stream's
+// length behind would miss events; the scripts declare no KEYS, so Redis Cluster is
+// not supported although every key shares one hash slot.
 package redisstore
 
 import (
@@ -173,7 +180,7 @@ func New(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystor
 		serve:      make(chan struct{}, 1),
 		progress:   make(chan struct{}),
 	}
-	s.fixedArgs = [5]any{s.prefix, "T", max(opts.EventRetention, 4*opts.MaxGenerate, minStreamLength), s.replica, ""}
+	s.fixedArgs = [5]any{s.prefix, "T", max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength), s.replica, ""}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	lastID, err := s.start(ctx)
@@ -206,18 +213,13 @@ func takeNamespace(rawURL string) (string, string, error) {
 	return u.String(), ns, nil
 }
 
+// validate adds to keystore's rules the one of Redis's clock: it counts microseconds.
 func validate(o keystore.Options) error {
-	switch {
-	case o.LeaseTTL < time.Microsecond:
-		return fmt.Errorf("lease TTL must be at least 1µs, got %v", o.LeaseTTL)
-	case o.KeepAliveTTL < time.Microsecond:
-		return fmt.Errorf("keep-alive TTL must be at least 1µs, got %v", o.KeepAliveTTL)
-	case o.MaxLeaseTTL < o.LeaseTTL:
-		return fmt.Errorf("max lease TTL %v is shorter than the lease TTL %v", o.MaxLeaseTTL, o.LeaseTTL)
-	case o.MaxGenerate < 1:
-		return fmt.Errorf("max generate must be at least 1, got %d", o.MaxGenerate)
-	case o.EventRetention < 1:
-		return fmt.Errorf("event retention must be at least 1, got %d", o.EventRetention)
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if o.LeaseTTL < time.Microsecond || o.KeepAliveTTL < time.Microsecond {
+		return fmt.Errorf("lease and keep-alive TTLs must be at least 1µs on Redis, got %v and %v", o.LeaseTTL, o.KeepAliveTTL)
 	}
 	return nil
 }

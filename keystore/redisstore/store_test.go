@@ -288,3 +288,34 @@ func TestTimerUntil(t *testing.T) {
 		t.Fatal("a timer for no deadline")
 	}
 }
+
+// TestAcquireIsUniform: each AVAILABLE key is picked about as often as any other, with
+// the AVAILABLE set in the encoding large pools use (a hash table, not an intset).
+func TestAcquireIsUniform(t *testing.T) {
+	const keys, picks = 8, 4000
+	srv := startRedis(t)
+	rdb := srv.client()
+	defer rdb.Close()
+	ctx := context.Background()
+	must(rdb.ConfigSet(ctx, "set-max-intset-entries", "1").Result())(t)
+	s := openStore(t, srv, newFakeClock(), keystore.Options{})
+	must(s.Generate(ctx, keys))(t)
+	if enc := must(rdb.ObjectEncoding(ctx, s.prefix+"avail").Result())(t); enc != "hashtable" {
+		t.Fatalf("AVAILABLE set encoded as %s", enc)
+	}
+	counts := map[string]int{}
+	for range picks {
+		k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
+		counts[k.ID]++
+		must(s.Unblock(ctx, k.ID, k.Lease.Token))(t)
+	}
+	// Expected 500 each, standard deviation about 21: 400..600 is ±4.7σ.
+	if len(counts) != keys {
+		t.Fatalf("only %d of %d keys were ever picked: %v", len(counts), keys, counts)
+	}
+	for id, n := range counts {
+		if n < 400 || n > 600 {
+			t.Fatalf("key %s picked %d times of %d, want about %d: %v", id, n, picks, picks/keys, counts)
+		}
+	}
+}
