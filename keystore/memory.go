@@ -13,7 +13,8 @@ import (
 	"github.com/jonboulle/clockwork"
 )
 
-// The two deadlines of an entry, each ordered by its own heap.
+// The two deadlines of an entry: leases are ordered by a heap (their TTLs differ),
+// keep-alives by a queue (their TTL is the pool's).
 const (
 	leaseDeadline     = 0 // when a BLOCKED key's lease runs out
 	keepAliveDeadline = 1 // when the key is deleted unless kept alive
@@ -27,6 +28,9 @@ const (
 	// requestBatch is how many due transitions Acquire applies on its way in, so that
 	// its picks reflect deadlines that passed since the expirer last ran.
 	requestBatch = 32
+	// statsBatches bounds the expiry batches one Stats applies before it answers: a
+	// few milliseconds of work.
+	statsBatches = 8
 	// maxPicks bounds the random picks of one Acquire that land on keys whose
 	// keep-alive deadline has passed (each such pick deletes that key).
 	maxPicks = 64
@@ -35,19 +39,20 @@ const (
 // entry is one key. Times are nanoseconds on the store's monotonic timeline (see
 // Memory.now). The layout is kept small: a million keys cost about 150 bytes each.
 type entry struct {
-	n          uint64   // the counter behind the key's id
-	created    int64    // when generated
-	deadline   [2]int64 // indexed by leaseDeadline, keepAliveDeadline
-	acquiredAt int64    // start of the current (or last) lease
-	fence      int64    // fence of the current (or last) lease; its token derives from it
-	heapIndex  [2]int32 // position in each heap; -1 when not in it
-	availIndex int32    // position in Memory.available; -1 unless AVAILABLE
+	n            uint64   // the counter behind the key's id
+	created      int64    // when generated
+	deadline     [2]int64 // indexed by leaseDeadline, keepAliveDeadline
+	acquiredAt   int64    // start of the current (or last) lease
+	fence        int64    // fence of the current (or last) lease; its token derives from it
+	older, newer *entry   // neighbours in the keep-alive queue
+	leaseIndex   int32    // position in the lease heap; -1 unless BLOCKED
+	availIndex   int32    // position in Memory.available; -1 unless AVAILABLE
 
 	timesAcquired uint32
 	leasesExpired uint32
 }
 
-func (e *entry) blocked() bool { return e.heapIndex[leaseDeadline] >= 0 }
+func (e *entry) blocked() bool { return e.leaseIndex >= 0 }
 
 // waiter is an Acquire waiting for a key.
 type waiter struct {
@@ -58,7 +63,8 @@ type waiter struct {
 }
 
 // Memory is the in-memory Store: a map of keys, a slice of AVAILABLE keys for O(1)
-// uniform picks, and two indexed min-heaps of deadlines. A background expirer sleeps
+// uniform picks, an indexed min-heap of lease deadlines and a queue of keep-alive
+// deadlines. A background expirer sleeps
 // until the earliest deadline and applies due transitions in bounded batches; every
 // request also settles the deadlines of the key it touches, so it never sees a
 // transition that is due but not yet applied.
@@ -72,7 +78,8 @@ type Memory struct {
 	mu        sync.Mutex
 	keys      map[uint64]*entry
 	available []*entry
-	heaps     [2]deadlineHeap
+	leases    leaseHeap
+	keepAlive keepAliveQueue
 	lastKey   uint64
 	lastFence int64
 	waiters   list.List // of *waiter, first come first served
@@ -104,7 +111,6 @@ func NewMemory(clock clockwork.Clock, opts Options) (*Memory, error) {
 		hub:    NewHub(opts.EventRetention, opts.Observer),
 		base:   clock.Now(),
 		keys:   make(map[uint64]*entry),
-		heaps:  [2]deadlineHeap{{which: leaseDeadline}, {which: keepAliveDeadline}},
 		wakeAt: math.MaxInt64,
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
@@ -154,11 +160,11 @@ func (m *Memory) Generate(ctx context.Context, count int) ([]Key, error) {
 			n:          m.lastKey,
 			created:    now,
 			deadline:   [2]int64{0, deadline},
-			heapIndex:  [2]int32{-1, -1},
+			leaseIndex: -1,
 			availIndex: -1,
 		}
 		m.keys[e.n] = e
-		m.heaps[keepAliveDeadline].push(e)
+		m.keepAlive.pushBack(e)
 		ids[i] = m.ids.KeyID(e.n)
 		m.emit(EventGenerated, ids[i], now)
 		m.makeAvailable(e)
@@ -193,7 +199,7 @@ func (m *Memory) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) 
 		// the expirer until nothing is due, so that NOT_FOUND is never said while a
 		// key is free.
 		m.mu.Unlock()
-		now = m.lockSettled()
+		now = m.lockSettled(math.MaxInt)
 		e = m.pickAvailable(now)
 	}
 	if e != nil {
@@ -296,7 +302,7 @@ func (m *Memory) Unblock(ctx context.Context, id, token string) (Key, error) {
 		if token != "" && !m.holds(e, token) {
 			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
 		}
-		m.heaps[leaseDeadline].remove(e)
+		m.leases.remove(e)
 		m.emit(EventUnblocked, id, now)
 		m.makeAvailable(e)
 		return nil
@@ -317,7 +323,7 @@ func (m *Memory) Renew(ctx context.Context, id, token string, ttl time.Duration)
 			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
 		}
 		e.deadline[leaseDeadline] = min(now+d, e.acquiredAt+int64(m.opts.MaxLeaseTTL))
-		m.heaps[leaseDeadline].fix(int(e.heapIndex[leaseDeadline]))
+		m.leases.fix(int(e.leaseIndex))
 		m.noteDeadline(e.deadline[leaseDeadline])
 		return nil
 	})
@@ -327,7 +333,7 @@ func (m *Memory) Renew(ctx context.Context, id, token string, ttl time.Duration)
 func (m *Memory) KeepAlive(ctx context.Context, id string) (Key, error) {
 	return m.update(id, func(e *entry, now int64) error {
 		e.deadline[keepAliveDeadline] = now + int64(m.opts.KeepAliveTTL)
-		m.heaps[keepAliveDeadline].fix(int(e.heapIndex[keepAliveDeadline]))
+		m.keepAlive.moveToBack(e)
 		return nil
 	})
 }
@@ -390,13 +396,17 @@ func (m *Memory) holds(e *entry, token string) bool {
 }
 
 // Stats implements Store.
+//
+// Its counts include every transition due, unless more than statsBatches batches are
+// due at once (an expiry storm): then it answers after those, without waiting for the
+// rest, which the expirer finishes within the storm's drain time.
 func (m *Memory) Stats(ctx context.Context) (Stats, error) {
-	m.lockSettled()
+	m.lockSettled(statsBatches)
 	defer m.mu.Unlock()
 	return Stats{
 		Total:     len(m.keys),
 		Available: len(m.available),
-		Blocked:   m.heaps[leaseDeadline].len(),
+		Blocked:   m.leases.len(),
 	}, nil
 }
 
@@ -486,7 +496,7 @@ func (m *Memory) lease(e *entry, id string, now, ttl int64) {
 	e.acquiredAt = now
 	e.timesAcquired++
 	e.deadline[leaseDeadline] = now + ttl
-	m.heaps[leaseDeadline].push(e)
+	m.leases.push(e)
 	m.noteDeadline(e.deadline[leaseDeadline])
 	m.emit(EventAcquired, id, now)
 }
@@ -534,11 +544,11 @@ func (m *Memory) takeAvailable(e *entry) {
 func (m *Memory) remove(e *entry) {
 	delete(m.keys, e.n)
 	if e.blocked() {
-		m.heaps[leaseDeadline].remove(e)
+		m.leases.remove(e)
 	} else {
 		m.takeAvailable(e)
 	}
-	m.heaps[keepAliveDeadline].remove(e)
+	m.keepAlive.remove(e)
 }
 
 // settle applies e's due transitions, in deadline order, and reports whether e still
@@ -557,7 +567,7 @@ func (m *Memory) settle(e *entry, id string, now int64) bool {
 // releaseLease returns e, whose lease ran out, to AVAILABLE.
 func (m *Memory) releaseLease(e *entry, id string, now int64) {
 	deadline := e.deadline[leaseDeadline]
-	m.heaps[leaseDeadline].remove(e)
+	m.leases.remove(e)
 	e.leasesExpired++
 	m.hub.Publish(Event{Type: EventReleased, KeyID: id, At: m.at(deadline)})
 	m.opts.Observer.Expired(EventReleased, time.Duration(now-deadline))
@@ -572,10 +582,10 @@ func (m *Memory) expireKey(e *entry, now int64) {
 	m.opts.Observer.Expired(EventExpired, time.Duration(now-deadline))
 }
 
-// nextDue returns the entry with the earliest deadline of both heaps and which
-// deadline it is; keep-alive first on a tie.
+// nextDue returns the entry with the earliest deadline of all and which deadline it
+// is; keep-alive first on a tie.
 func (m *Memory) nextDue() (*entry, int) {
-	lease, keep := m.heaps[leaseDeadline].peek(), m.heaps[keepAliveDeadline].peek()
+	lease, keep := m.leases.peek(), m.keepAlive.front
 	switch {
 	case lease == nil && keep == nil:
 		return nil, 0
@@ -631,14 +641,15 @@ func (m *Memory) anyDue(now int64) bool {
 }
 
 // lockSettled takes the lock once no deadline is due, applying what is, and returns
-// the time it settled at. The work is done in expiry batches with the lock released
-// between them, so a storm of due deadlines holds up no other request for more than
-// one batch; it is work the expirer would otherwise do.
-func (m *Memory) lockSettled() int64 {
-	for {
+// the time it settled at; after maxBatches batches it takes the lock as things stand.
+// The work is done in expiry batches with the lock released between them, so a storm
+// of due deadlines holds up no other request for more than one batch; it is work the
+// expirer would otherwise do.
+func (m *Memory) lockSettled(maxBatches int) int64 {
+	for batch := 1; ; batch++ {
 		m.mu.Lock()
 		now := m.now()
-		if m.applyDue(now, expiryBatch) < expiryBatch {
+		if m.applyDue(now, expiryBatch) < expiryBatch || batch == maxBatches {
 			return now
 		}
 		m.mu.Unlock()
