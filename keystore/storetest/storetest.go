@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keypool/keypool/keystore"
@@ -972,6 +973,71 @@ func testWait(t *testing.T, open Opener) {
 				requirePending(t, later)
 			}
 		}
+	})
+	t.Run("many waiters, keys freed at once: arrival order, once each, never the cancelled", func(t *testing.T) {
+		const waiters, freed = 24, 8
+		e := setup(t, open, keystore.Options{})
+		e.generate(freed)
+		var held []keystore.Key
+		for range freed {
+			held = append(held, e.acquire(keystore.AcquireOptions{}))
+		}
+		cancels := map[int]context.CancelFunc{}
+		var results []<-chan acquireResult
+		for i := range waiters {
+			ctx := e.ctx
+			if i%3 == 0 { // every third client leaves before any key comes free
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(e.ctx)
+				cancels[i] = cancel
+			}
+			results = append(results, e.startWaiter(ctx, keystore.AcquireOptions{Wait: 20 * time.Second}, int64(i+1)))
+		}
+		for i, cancel := range cancels {
+			cancel()
+			r := e.result(results[i])
+			require.Error(t, r.err, "cancelled waiter %d", i)
+			require.Equal(t, keystore.Key{}, r.key, "cancelled waiter %d", i)
+		}
+		require.Eventually(t, func() bool { return e.obs.waiting.Load() == int64(waiters-len(cancels)) }, waitFor, tick)
+
+		var wg sync.WaitGroup
+		for _, h := range held {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := e.store.Unblock(e.ctx, h.ID, h.Lease.Token)
+				assert.NoError(t, err)
+			}()
+		}
+		wg.Wait()
+
+		served := map[string]int{}
+		var unserved []int
+		for i := range waiters {
+			if cancels[i] != nil {
+				continue
+			}
+			if len(served) < freed {
+				r := e.result(results[i])
+				require.NoError(t, r.err, "waiter %d is among the first %d in line", i, freed)
+				requireLeased(t, r.key)
+				prev, twice := served[r.key.ID]
+				require.False(t, twice, "key %s served to waiters %d and %d", r.key.ID, prev, i)
+				served[r.key.ID] = i
+				continue
+			}
+			requirePending(t, results[i])
+			unserved = append(unserved, i)
+		}
+		e.requireStats(freed, 0, freed)
+		require.EqualValues(t, len(unserved), e.obs.waiting.Load())
+
+		e.clock.Advance(20 * time.Second)
+		for _, i := range unserved {
+			requireCode(t, e.result(results[i]).err, keystore.ENOTFOUND)
+		}
+		e.requireStats(freed, 0, freed)
 	})
 	t.Run("the wait runs out: NOT_FOUND", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
