@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,14 +60,12 @@ func startHostile(t *testing.T) *hostile {
 	t.Cleanup(h.client.CloseIdleConnections)
 	s.mustPost(t, `mutation { generateKeys(count: 3) { id } }`, nil, nil)
 	for i := range 3 {
-		var out struct{ AcquireKey struct{ Token, Key struct{ ID string } } }
 		var lease struct {
 			AcquireKey struct {
 				Token string
 				Key   struct{ ID string }
 			}
 		}
-		_ = out
 		s.mustPost(t, `mutation { acquireKey { token key { id } } }`, nil, &lease)
 		if i == 0 {
 			h.known, h.knownToken = lease.AcquireKey.Key.ID, lease.AcquireKey.Token
@@ -109,7 +106,9 @@ func (h *hostile) checkAfter(t *testing.T, before snapshot) {
 	var gen struct{ GenerateKeys []struct{ ID string } }
 	h.mustPost(t, `mutation { generateKeys(count: 1) { id } }`, nil, &gen)
 	require.Len(t, gen.GenerateKeys, 1)
-	var lease struct{ AcquireKey struct{ Key struct{ ID string } } }
+	var lease struct {
+		AcquireKey struct{ Key struct{ ID string } }
+	}
 	h.mustPost(t, `mutation { acquireKey { key { id } } }`, nil, &lease)
 	require.Equal(t, gen.GenerateKeys[0].ID, lease.AcquireKey.Key.ID)
 	h.mustPost(t, `mutation($id: ID!) { deleteKey(id: $id) }`, map[string]any{"id": gen.GenerateKeys[0].ID}, nil)
@@ -134,7 +133,9 @@ func assertRefused(t *testing.T, status int, body []byte) {
 			Extensions map[string]any
 		}
 	}
-	var rest struct{ Error *struct{ Code, Message string } }
+	var rest struct {
+		Error *struct{ Code, Message string }
+	}
 	isJSON := json.Unmarshal(body, &gql) == nil
 	_ = json.Unmarshal(body, &rest)
 	if status >= 400 {
@@ -160,6 +161,8 @@ type httpCase struct {
 	name   string
 	req    func(t *testing.T, h *hostile) *http.Request
 	status int
+	// answers: the request is legal and cheap, and may be answered with data (bounded).
+	answers bool
 	// redirectOK: net/http's ServeMux answers a non-canonical path (an empty segment)
 	// with a redirect to the cleaned path; that is harmless, and allowed here.
 	redirectOK bool
@@ -293,7 +296,8 @@ func hostileHTTPCases() []httpCase {
 		{name: "flood/aliased __schema", req: gqlJSON(aliasFlood(2000, "__schema { types { name fields { name } } }"), nil)},
 		{name: "flood/__schema in fragments", req: gqlJSON(`{ ...A ...A } fragment A on Query { ...B ...B } fragment B on Query { x: __schema { types { name } } y: __schema { types { name } } }`, nil)},
 		{name: "introspection/fields of types 50 deep", req: gqlJSON(`{ __schema { types { `+deepIntrospection(50, "name fields { type { name ofType { %s } } }")+` } } }`, nil)},
-		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil), status: 0},
+		// Legal, and linear: ofType runs out after a few levels.
+		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil), answers: true},
 		{name: "introspection/fields 50 deep via __type", req: gqlJSON(`{ __type(name: "Key") { `+deepIntrospection(50, "name fields { type { ofType { %s } } }")+` } }`, nil)},
 		{name: "fragments/cycle", req: gqlJSON(`query { ...A } fragment A on Query { stats { total } ...B } fragment B on Query { ...A }`, nil)},
 		{name: "fragments/self", req: gqlJSON(`query { ...A } fragment A on Query { ...A }`, nil)},
@@ -323,9 +327,6 @@ func hostileHTTPCases() []httpCase {
 		{name: "id/10KB deleteKey", req: gqlJSON(`mutation($id: ID!) { deleteKey(id: $id) }`, map[string]any{"id": longID}), status: 200},
 		{name: "id/not UTF-8 deleteKey", req: gqlRawVars(`mutation($id: ID!) { deleteKey(id: $id) }`, "{\"id\": \"\xff\xfe\"}")},
 		{name: "id/empty unblock", req: gqlJSON(unblock, map[string]any{"id": ""}), status: 200},
-		{name: "token/empty on the known key", req: func(t *testing.T, h *hostile) *http.Request {
-			return gqlJSON(unblock, map[string]any{"id": h.known, "token": ""})(t, h)
-		}, status: 200},
 		{name: "token/10KB on the known key", req: func(t *testing.T, h *hostile) *http.Request {
 			return gqlJSON(unblock, map[string]any{"id": h.known, "token": longID})(t, h)
 		}, status: 200},
@@ -401,11 +402,14 @@ func hostileHTTPCases() []httpCase {
 func TestHostileHTTP(t *testing.T) {
 	h := startHostile(t)
 	for _, tc := range hostileHTTPCases() {
-		t.Run(tc.name, func(t *testing.T) {
+		ok := t.Run(tc.name, func(t *testing.T) {
 			before := h.snapshot(t)
 			status, body := h.fetch(t, tc.req(t, h))
 			switch {
 			case tc.redirectOK && status >= 300 && status < 400:
+			case tc.answers && status == http.StatusOK:
+				assert.Less(t, len(body), 64<<10, "a bounded answer")
+				assert.NotContains(t, string(body), `"errors"`)
 			case tc.status != 0:
 				require.Equal(t, tc.status, status, "body %.300s", body)
 				assertRefused(t, status, body)
@@ -414,6 +418,9 @@ func TestHostileHTTP(t *testing.T) {
 			}
 			h.checkAfter(t, before)
 		})
+		if !ok { // the pool may have changed: a fresh server for the next case
+			h = startHostile(t)
+		}
 	}
 }
 
@@ -429,16 +436,16 @@ func TestHostileRawHTTP(t *testing.T) {
 		// halfClose closes the write side after raw, so the server sees the body end.
 		halfClose bool
 	}{
-		{"truncated body, graphql", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + query[:20], true},
+		{"truncated body, graphql", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + query[:20], true},
 		{"truncated body, rest", "POST /v1/keys HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 1000\r\n\r\n{\"count\":", true},
-		{"truncated chunk", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n" + query, true},
-		{"bad chunk size", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + query + "\r\n0\r\n\r\n", false},
-		{"body without a length", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\n\r\n" + query, false},
-		{"length and chunked", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + query, false},
-		{"negative length", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n" + query, false},
+		{"truncated chunk", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n" + query, true},
+		{"bad chunk size", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + query + "\r\n0\r\n\r\n", false},
+		{"body without a length", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n" + query, false},
+		{"length and chunked", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + query, true},
+		{"negative length", "POST /graphql HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n" + query, false},
 		{"huge length", "POST /v1/keys HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 99999999999999\r\n\r\n{}", true},
 		{"garbage request line", "\x00\xff GARBAGE\r\n\r\n", false},
-		{"not UTF-8 path", "DELETE /v1/keys/\xff\xfe HTTP/1.1\r\nHost: " + host + "\r\n\r\n", false},
+		{"not UTF-8 path", "DELETE /v1/keys/\xff\xfe HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n", false},
 		{"huge header", "GET /v1/stats HTTP/1.1\r\nHost: " + host + "\r\nX-A: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", false},
 	}
 	for _, tc := range cases {
@@ -620,11 +627,9 @@ func TestHostileWebSocket(t *testing.T) {
 		{"connection_init with a bad payload", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
 			require.NoError(t, err)
+			// gqlgen gives up on this socket without closing it; guard closes it.
 			writeText(t, conn, `{"type":"connection_init","payload":"not an object"}`)
-			require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
-			_, _, err = conn.ReadMessage()
-			var ce *websocket.CloseError
-			require.True(t, err != nil && errors.As(err, &ce) || err == nil, "%v", err)
+			expectClose(t, conn)
 		}},
 		{"subscribe with garbage payloads", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
@@ -778,21 +783,14 @@ func TestHostileIdleSockets(t *testing.T) {
 	}
 	opened := time.Now()
 
-	// Others are served meanwhile: a live subscription sees a mutation's event.
-	sub := h.subscribe(t, `subscription { keyEvents(types: [GENERATED]) { seq type keyId } }`)
+	// Others are served meanwhile: a live subscription sees a mutation's event (after:
+	// 0 replays what came before it went live, so nothing is missed).
+	sub := h.subscribe(t, `subscription { keyEvents(types: [GENERATED], after: 0) { seq type keyId } }`)
 	var gen struct{ GenerateKeys []struct{ ID string } }
-	require.Eventually(t, func() bool {
-		// Until the subscription is live, its first event may be missed: retry.
-		h.mustPost(t, `mutation { generateKeys(count: 1) { id } }`, nil, &gen)
-		h.mustPost(t, `mutation($id: ID!) { deleteKey(id: $id) }`, map[string]any{"id": gen.GenerateKeys[0].ID}, nil)
-		require.NoError(t, sub.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
-		var msg wsMessage
-		if err := sub.ReadJSON(&msg); err != nil {
-			require.True(t, isTimeout(err), "%v", err)
-			return false
-		}
-		return msg.Type == "next" && strings.Contains(string(msg.Payload), gen.GenerateKeys[0].ID)
-	}, hostileTimeout, time.Millisecond)
+	h.mustPost(t, `mutation { generateKeys(count: 1) { id } }`, nil, &gen)
+	h.mustPost(t, `mutation($id: ID!) { deleteKey(id: $id) }`, map[string]any{"id": gen.GenerateKeys[0].ID}, nil)
+	for readEvent(t, sub).KeyID != gen.GenerateKeys[0].ID { // earlier events, replayed
+	}
 	require.NoError(t, sub.Close())
 	require.Equal(t, before, h.snapshot(t))
 
@@ -824,5 +822,3 @@ func TestHostileIdleSockets(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 	goroutinesSettle(t, baseline)
 }
-
-var _ = context.Background

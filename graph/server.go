@@ -3,10 +3,12 @@ package graph
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/errcode"
 	"github.com/99designs/gqlgen/graphql/handler"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
@@ -90,6 +93,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	srv.Use(extension.Introspection{})
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
 	srv.Use(extension.FixedComplexityLimit(ComplexityLimit))
+	srv.Use(schemaLimit{})
 	srv.Use(streamErrors{})
 
 	srv.SetErrorPresenter(errorPresenter(logger))
@@ -116,7 +120,13 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		}
 		var gqlErr *gqlerror.Error
 		if storeErr == nil && errors.As(err, &gqlErr) && gqlErr.Err == nil {
-			return presented // gqlgen's own error: its message is for clients
+			// gqlgen's own error: its message is for clients. One about the request
+			// itself (no path), such as an APQ hash that does not match its query,
+			// may come without a code: it is the client's mistake.
+			if len(presented.Path) == 0 && presented.Extensions["code"] == nil {
+				setCode(presented, keystore.EINVALID)
+			}
+			return presented
 		}
 		if errors.Is(err, context.Canceled) { // the client left, or the server is stopping
 			logger.DebugContext(ctx, "request cancelled", "err", err, "path", presented.Path.String())
@@ -169,7 +179,26 @@ func SameOrigin(r *http.Request) bool {
 func originCheckedElsewhere() transport.WebsocketImplementation {
 	impl := transport.CoderWebsocketImplementation{}
 	impl.AcceptOptions.InsecureSkipVerify = true
-	return impl
+	return closingWebsockets{impl}
+}
+
+// closingWebsockets records each accepted socket where guard can find it, so that
+// guard closes it when its request ends. gqlgen returns without closing the socket
+// when connection_init carries a payload that is not a JSON object, which left the
+// socket open and unanswered for as long as the client cared to wait.
+type closingWebsockets struct {
+	transport.WebsocketImplementation
+}
+
+// acceptedKey finds a request's *transport.WebsocketConn slot in its context.
+type acceptedKey struct{}
+
+func (c closingWebsockets) Accept(w http.ResponseWriter, r *http.Request, opts transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
+	conn, err := c.WebsocketImplementation.Accept(w, r, opts)
+	if slot, ok := r.Context().Value(acceptedKey{}).(*transport.WebsocketConn); ok && err == nil {
+		*slot = conn
+	}
+	return conn, err
 }
 
 // guard refuses, before gqlgen sees them, websocket upgrades from a foreign origin
@@ -177,9 +206,21 @@ func originCheckedElsewhere() transport.WebsocketImplementation {
 // body with 200 and an error, so the body is read here, bounded, and handed on.
 func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" && !checkOrigin(r) {
-			http.Error(w, "websocket origin not allowed", http.StatusForbidden)
-			return
+		if r.Header.Get("Upgrade") != "" {
+			if !checkOrigin(r) {
+				http.Error(w, "websocket origin not allowed", http.StatusForbidden)
+				return
+			}
+			// Whatever gqlgen did, the socket is closed when the request ends: a no-op
+			// if gqlgen closed it already, and the close it would send otherwise.
+			var accepted transport.WebsocketConn
+			defer func() {
+				if accepted != nil {
+					_ = accepted.WriteClose(transport.WebsocketCloseNormalClosure, "terminated")
+					_ = accepted.Close()
+				}
+			}()
+			r = r.WithContext(context.WithValue(r.Context(), acceptedKey{}, &accepted))
 		}
 		if r.Body != nil && r.Body != http.NoBody {
 			if r.ContentLength > limit {
@@ -196,8 +237,78 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64)
 				}
 				return
 			}
+			// gqlgen decodes the first JSON value and ignores the rest, so that
+			// `{"query":"mutation …"} garbage` would run: a JSON body must be one value.
+			if isJSON(r) && !json.Valid(body) {
+				transport.SendErrorf(w, http.StatusBadRequest, "json request body could not be decoded: not a single JSON value")
+				return
+			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// isJSON reports whether r's body is declared JSON (the POST and SSE transports').
+func isJSON(r *http.Request) bool {
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mediaType == "application/json"
+}
+
+// MaxSchemaFields is how many times one operation may select __schema. gqlgen's
+// complexity limit does not count __schema at all (so that the playground's
+// introspection query passes), which would let aliases of it multiply the whole
+// schema in one response: 2,000 aliases answer with megabytes after seconds of work.
+const MaxSchemaFields = 1
+
+// schemaLimit refuses, with COMPLEXITY_LIMIT_EXCEEDED, an operation that selects
+// __schema more than MaxSchemaFields times, fragments included.
+type schemaLimit struct{}
+
+var (
+	_ graphql.HandlerExtension        = schemaLimit{}
+	_ graphql.OperationContextMutator = schemaLimit{}
+)
+
+func (schemaLimit) ExtensionName() string                          { return "SchemaLimit" }
+func (schemaLimit) Validate(schema graphql.ExecutableSchema) error { return nil }
+
+func (schemaLimit) MutateOperationContext(ctx context.Context, rc *graphql.OperationContext) *gqlerror.Error {
+	if rc.Operation == nil {
+		return nil
+	}
+	if n := countSchemaFields(rc.Operation.SelectionSet, map[string]int{}); n > MaxSchemaFields {
+		err := gqlerror.Errorf("operation selects __schema %d times; at most %d allowed", n, MaxSchemaFields)
+		errcode.Set(err, "COMPLEXITY_LIMIT_EXCEEDED")
+		return err
+	}
+	return nil
+}
+
+// countSchemaFields counts the __schema fields that set selects, through fragments;
+// memo holds each fragment's count, so that nested spreads cost one walk each (cycles
+// were refused by validation). Counts saturate just above the limit.
+func countSchemaFields(set ast.SelectionSet, memo map[string]int) int {
+	n := 0
+	for _, sel := range set {
+		switch s := sel.(type) {
+		case *ast.Field:
+			if s.Name == "__schema" {
+				n++
+			}
+		case *ast.InlineFragment:
+			n += countSchemaFields(s.SelectionSet, memo)
+		case *ast.FragmentSpread:
+			c, ok := memo[s.Name]
+			if !ok && s.Definition != nil {
+				c = countSchemaFields(s.Definition.SelectionSet, memo)
+				memo[s.Name] = c
+			}
+			n += c
+		}
+		if n > MaxSchemaFields {
+			return MaxSchemaFields + 1
+		}
+	}
+	return n
 }

@@ -54,18 +54,23 @@ func (s *Subscription) Err() error {
 
 // Hub fans events out to subscribers without ever blocking a publisher: events go into
 // a bounded ring, and each subscriber reads the ring with its own cursor in its own
-// goroutine. Publishing costs O(1) whatever the number of subscribers; a subscriber
-// whose cursor falls out of the ring is cut with ESLOWCONSUMER.
+// goroutine, taking no lock. Publishing costs O(1) whatever the number of subscribers;
+// a subscriber whose cursor falls out of the ring is cut with ESLOWCONSUMER.
+//
+// Each slot holds a pointer to an immutable event. A publisher fills the slot, then
+// moves next past it, so a reader that has seen next sees the slot filled; a slot that
+// holds another seq than the reader expects has been overwritten: the reader fell
+// behind the ring.
 type Hub struct {
-	mu     sync.RWMutex // readers: subscribers copying out; writer: Publish
-	ring   []Event      // ring[seq % len(ring)] holds event seq, for seq in [first, next)
-	first  int64        // oldest retained seq
-	next   int64        // seq the next event gets
-	wake   chan struct{}
-	woken  atomic.Bool // wake has waiters to close it for (set under the read lock)
-	closed chan struct{}
-	once   sync.Once
-	obs    Observer
+	publish sync.Mutex // orders publishers; subscribers never take it
+	ring    []atomic.Pointer[Event]
+	first   atomic.Int64 // oldest retained seq
+	next    atomic.Int64 // seq the next event gets
+	wake    atomic.Pointer[chan struct{}]
+	woken   atomic.Bool // a subscriber waits on wake: the next publish closes it
+	closed  chan struct{}
+	once    sync.Once
+	obs     Observer
 }
 
 // NewHub returns a hub that retains the last retention events for replay.
@@ -76,53 +81,52 @@ func NewHub(retention int, obs Observer) *Hub {
 	if retention < 1 {
 		retention = DefaultEventRetention
 	}
-	return &Hub{
-		ring:   make([]Event, retention),
-		first:  1,
-		next:   1,
-		wake:   make(chan struct{}),
+	h := &Hub{
+		ring:   make([]atomic.Pointer[Event], retention),
 		closed: make(chan struct{}),
 		obs:    obs,
 	}
+	h.first.Store(1)
+	h.next.Store(1)
+	wake := make(chan struct{})
+	h.wake.Store(&wake)
+	return h
 }
 
 // Publish appends ev to the stream. A zero ev.Seq gets the next seq; a non-zero one
 // (from a store that numbers events itself) must be larger than every seq before it,
 // and events at or below the last seq are dropped as duplicates. It returns ev.Seq.
 func (h *Hub) Publish(ev Event) int64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.publish.Lock()
+	defer h.publish.Unlock()
+	next := h.next.Load()
 	switch {
 	case ev.Seq == 0:
-		ev.Seq = h.next
-	case ev.Seq < h.next:
+		ev.Seq = next
+	case ev.Seq < next:
 		return ev.Seq
 	}
-	if ev.Seq > h.next {
+	first := h.first.Load()
+	if ev.Seq > next {
 		// A gap (the first event of a store that numbers its own, or a reader that
 		// lost some): the ring holds nothing before ev, so subscribers behind it are cut
 		// rather than shown stale slots.
-		h.first = ev.Seq
+		first = ev.Seq
 	}
-	h.next = ev.Seq + 1
-	h.ring[ev.Seq%int64(len(h.ring))] = ev
-	if h.next-h.first > int64(len(h.ring)) {
-		h.first = h.next - int64(len(h.ring))
-	}
-	if h.woken.Load() {
-		close(h.wake)
-		h.wake = make(chan struct{})
-		h.woken.Store(false)
+	size := int64(len(h.ring))
+	first = max(first, ev.Seq+1-size)
+	h.first.Store(first)
+	h.ring[ev.Seq%size].Store(&ev)
+	h.next.Store(ev.Seq + 1)
+	if h.woken.Load() && h.woken.CompareAndSwap(true, false) {
+		wake := make(chan struct{})
+		close(*h.wake.Swap(&wake))
 	}
 	return ev.Seq
 }
 
 // LastSeq returns the seq of the newest event, 0 if none.
-func (h *Hub) LastSeq() int64 {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return h.next - 1
-}
+func (h *Hub) LastSeq() int64 { return h.next.Load() - 1 }
 
 // Close ends every subscription; later Subscribe calls get a closed stream.
 func (h *Hub) Close() {
@@ -137,13 +141,10 @@ const subscriberBatch = 256
 func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) *Subscription {
 	out := make(chan Event, subscriberBatch)
 	s := &Subscription{C: out, done: make(chan struct{})}
-	h.mu.Lock()
-	cursor := h.next
+	cursor := h.next.Load()
 	if opts.After != nil {
-		cursor = max(*opts.After+1, h.first)
-		cursor = min(cursor, h.next)
+		cursor = min(max(*opts.After+1, h.first.Load()), cursor)
 	}
-	h.mu.Unlock()
 	h.obs.SubscribersChanged(1)
 	go h.feed(ctx, s, out, cursor, opts.Types)
 	return s
@@ -162,47 +163,42 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 		s.err = Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), undelivered-1)
 		h.obs.SlowConsumerCut()
 	}
+	size := int64(len(h.ring))
 	batch := make([]Event, 0, subscriberBatch)
 	for {
-		h.mu.RLock()
-		if cursor < h.first {
-			h.mu.RUnlock()
-			cut(cursor)
-			return
-		}
 		batch = batch[:0]
-		for ; cursor < h.next && len(batch) < subscriberBatch; cursor++ {
-			if ev := h.ring[cursor%int64(len(h.ring))]; len(types) == 0 || slices.Contains(types, ev.Type) {
-				batch = append(batch, ev)
+		for next := h.next.Load(); cursor < next && len(batch) < subscriberBatch; cursor++ {
+			ev := h.ring[cursor%size].Load()
+			if ev == nil || ev.Seq != cursor {
+				cut(cursor)
+				return
+			}
+			if len(types) == 0 || slices.Contains(types, ev.Type) {
+				batch = append(batch, *ev)
 			}
 		}
-		wake := h.wake
-		h.woken.Store(true)
-		caughtUp := cursor == h.next
-		h.mu.RUnlock()
 
+		// Arm the wake-up before looking for more, so that no publish falls between.
+		wake := *h.wake.Load()
+		h.woken.Store(true)
 		for i := 0; i < len(batch); {
 			select {
 			case out <- batch[i]:
 				i++
 			case <-wake:
-				h.mu.RLock()
-				behind := batch[i].Seq < h.first
-				wake = h.wake
-				h.woken.Store(true)
-				h.mu.RUnlock()
-				if behind {
+				if batch[i].Seq < h.first.Load() {
 					cut(batch[i].Seq)
 					return
 				}
-				caughtUp = false // events came while sending: read them before waiting
+				wake = *h.wake.Load()
+				h.woken.Store(true)
 			case <-ctx.Done():
 				return
 			case <-h.closed:
 				return
 			}
 		}
-		if !caughtUp {
+		if cursor < h.next.Load() {
 			continue
 		}
 		select {

@@ -8,6 +8,7 @@
 package rest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,7 +66,33 @@ func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
 	})
-	return mux
+	return limitBody(mux)
+}
+
+// limitBody refuses a body over MaxBodyBytes with 413 before any route runs, also on
+// the routes that ignore their body (acquire, keepalive, delete): without it, an 8 MiB
+// request to those would still act on the pool. A body of unknown length (chunked) is
+// read here, bounded; one of known length is left to the route to read.
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.ContentLength > MaxBodyBytes:
+			writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+			return
+		case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+				return
+			} else if err != nil {
+				writeErrorStatus(w, http.StatusBadRequest, keystore.EINVALID, "could not read the request body")
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func methodNotAllowed(allow string) http.Handler {
