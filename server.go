@@ -70,7 +70,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv := &http.Server{
 		Handler:           streams.wrap(newHandler(store, cfg, logger, metricSet)),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// Idle keep-alive connections are closed rather than kept forever. There is no
+		// ReadTimeout: it would also cut SSE streams, which read nothing after the start.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	// Shutdown neither waits for nor closes hijacked websockets and long-lived SSE
 	// streams: end them ourselves, cleanly, as soon as shutdown starts.

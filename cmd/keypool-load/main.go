@@ -91,6 +91,13 @@ type result struct {
 	latencies  []time.Duration
 	p50, p99   time.Duration
 	p999, pmax time.Duration
+	samples    []sample // every request, for a look at one window of the run
+}
+
+// sample is one request: when it started and how long it took.
+type sample struct {
+	start   time.Time
+	latency time.Duration
 }
 
 func (r result) rate() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -192,18 +199,27 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 			drive(ctx, client, cfg.concurrency, cfg.warmup, cycle)
 		}
 		duration := cfg.duration
+		var stormFrom, stormTo time.Time
 		if cfg.storm > 0 && target != "plain" {
 			generated := time.Now()
 			if err := generate(ctx, client, base, cfg.storm, cfg.concurrency); err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "%s: %d storm keys generated in %v; they expire together %v after generation\n",
+			// The storm's deadlines span the generation; its window runs until two
+			// seconds after the last, time enough to drain a million.
+			stormFrom, stormTo = generated.Add(stormTTL), time.Now().Add(stormTTL+2*time.Second)
+			fmt.Fprintf(out, "%s: %d storm keys generated in %v; their keep-alive deadlines fall %v later\n",
 				target, cfg.storm, time.Since(generated).Round(time.Millisecond), stormTTL)
-			duration = max(duration, time.Until(generated.Add(stormTTL+stormTTL/2)))
+			duration = max(duration, time.Until(stormTo.Add(3*time.Second)))
 		}
 		r := drive(ctx, client, cfg.concurrency, duration, cycle)
 		r.target = target
 		results = append(results, r)
+		if !stormFrom.IsZero() {
+			results = append(results,
+				r.window(target+" in storm", stormFrom, stormTo),
+				r.window(target+" before", stormFrom.Add(-stormTo.Sub(stormFrom)), stormFrom))
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -261,12 +277,12 @@ func keepPoolAlive(ctx context.Context, c *http.Client, base string, ids []strin
 }
 
 // cycle is one acquire→unblock round trip: two requests.
-type cycle func(ctx context.Context, client *http.Client, lat *[]time.Duration) error
+type cycle func(ctx context.Context, client *http.Client, lat *[]sample) error
 
 func cycleFor(target, keypool, plain string) (cycle, error) {
 	switch target {
 	case "plain":
-		return func(ctx context.Context, c *http.Client, lat *[]time.Duration) error {
+		return func(ctx context.Context, c *http.Client, lat *[]sample) error {
 			if _, err := timed(ctx, c, plain+"/acquire", nil, lat); err != nil {
 				return err
 			}
@@ -274,7 +290,7 @@ func cycleFor(target, keypool, plain string) (cycle, error) {
 			return err
 		}, nil
 	case "rest":
-		return func(ctx context.Context, c *http.Client, lat *[]time.Duration) error {
+		return func(ctx context.Context, c *http.Client, lat *[]sample) error {
 			body, err := timed(ctx, c, keypool+"/v1/keys/acquire", nil, lat)
 			if err != nil {
 				return err
@@ -293,7 +309,7 @@ func cycleFor(target, keypool, plain string) (cycle, error) {
 		}, nil
 	case "graphql":
 		acquire := []byte(`{"query":"mutation { acquireKey { token key { id } } }"}`)
-		return func(ctx context.Context, c *http.Client, lat *[]time.Duration) error {
+		return func(ctx context.Context, c *http.Client, lat *[]sample) error {
 			body, err := timed(ctx, c, keypool+"/graphql", acquire, lat)
 			if err != nil {
 				return err
@@ -316,7 +332,10 @@ func cycleFor(target, keypool, plain string) (cycle, error) {
 			}
 			l := r.Data.AcquireKey
 			unblock := `{"query":"mutation($id: ID!, $token: ID) { unblockKey(id: $id, token: $token) { id } }","variables":{"id":"` + l.Key.ID + `","token":"` + l.Token + `"}}`
-			_, err = timed(ctx, c, keypool+"/graphql", []byte(unblock), lat)
+			body, err = timed(ctx, c, keypool+"/graphql", []byte(unblock), lat)
+			if err == nil && bytes.Contains(body, []byte(`"errors"`)) {
+				err = fmt.Errorf("unblockKey: %s", body)
+			}
 			return err
 		}, nil
 	}
@@ -335,7 +354,7 @@ func drive(ctx context.Context, client *http.Client, concurrency int, d time.Dur
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			lat := make([]time.Duration, 0, 1<<16)
+			lat := make([]sample, 0, 1<<16)
 			errs := 0
 			for ctx.Err() == nil {
 				if err := c(ctx, client, &lat); err != nil && ctx.Err() == nil {
@@ -343,20 +362,39 @@ func drive(ctx context.Context, client *http.Client, concurrency int, d time.Dur
 				}
 			}
 			mu.Lock()
-			r.latencies = append(r.latencies, lat...)
+			r.samples = append(r.samples, lat...)
 			r.errors += errs
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	r.elapsed = time.Since(start)
+	r.summarize(func(sample) bool { return true })
+	return r
+}
+
+// summarize sets the counts and percentiles from the samples that keep selects.
+func (r *result) summarize(keep func(sample) bool) {
+	r.latencies = r.latencies[:0]
+	for _, s := range r.samples {
+		if keep(s) {
+			r.latencies = append(r.latencies, s.latency)
+		}
+	}
 	r.requests = len(r.latencies)
 	slices.Sort(r.latencies)
 	r.p50, r.p99, r.p999 = percentile(r.latencies, 0.50), percentile(r.latencies, 0.99), percentile(r.latencies, 0.999)
+	r.pmax = 0
 	if len(r.latencies) > 0 {
 		r.pmax = r.latencies[len(r.latencies)-1]
 	}
-	return r
+}
+
+// window returns r restricted to the requests that started in [from, to).
+func (r result) window(name string, from, to time.Time) result {
+	w := result{target: name, samples: r.samples, elapsed: to.Sub(from)}
+	w.summarize(func(s sample) bool { return !s.start.Before(from) && s.start.Before(to) })
+	return w
 }
 
 func percentile(sorted []time.Duration, p float64) time.Duration {
@@ -386,11 +424,11 @@ func report(out io.Writer, results []result) {
 	w.Flush()
 }
 
-func timed(ctx context.Context, c *http.Client, url string, body []byte, lat *[]time.Duration) ([]byte, error) {
+func timed(ctx context.Context, c *http.Client, url string, body []byte, lat *[]sample) ([]byte, error) {
 	start := time.Now()
 	reply, err := post(ctx, c, url, body)
 	if err == nil {
-		*lat = append(*lat, time.Since(start))
+		*lat = append(*lat, sample{start, time.Since(start)})
 	}
 	return reply, err
 }
