@@ -152,14 +152,9 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var lease struct {
-		Token string `json:"token"`
-		Key   struct {
-			ID string `json:"id"`
-		} `json:"key"`
-	}
-	if err := json.Unmarshal(sample, &lease); err != nil {
-		return fmt.Errorf("REST acquire answered %q: %w", sample, err)
+	lease, err := parseLease(sample)
+	if err != nil {
+		return err
 	}
 	if _, err := post(ctx, client, base+"/v1/keys/"+lease.Key.ID+"/unblock", nil); err != nil {
 		return err
@@ -295,13 +290,8 @@ func cycleFor(target, keypool, plain string) (cycle, error) {
 			if err != nil {
 				return err
 			}
-			var l struct {
-				Token string `json:"token"`
-				Key   struct {
-					ID string `json:"id"`
-				} `json:"key"`
-			}
-			if err := json.Unmarshal(body, &l); err != nil {
+			l, err := parseLease(body)
+			if err != nil {
 				return err
 			}
 			_, err = timed(ctx, c, keypool+"/v1/keys/"+l.Key.ID+"/unblock", []byte(`{"token":"`+l.Token+`"}`), lat)
@@ -422,6 +412,22 @@ func report(out io.Writer, results []result) {
 			r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.p999.Round(time.Microsecond), r.pmax.Round(time.Microsecond), r.errors, ratio)
 	}
 	w.Flush()
+}
+
+// lease is the part of a REST lease a cycle needs.
+type lease struct {
+	Token string `json:"token"`
+	Key   struct {
+		ID string `json:"id"`
+	} `json:"key"`
+}
+
+func parseLease(body []byte) (lease, error) {
+	var l lease
+	if err := json.Unmarshal(body, &l); err != nil || l.Key.ID == "" {
+		return l, fmt.Errorf("REST acquire answered %q: %v", body, err)
+	}
+	return l, nil
 }
 
 func timed(ctx context.Context, c *http.Client, url string, body []byte, lat *[]sample) ([]byte, error) {
@@ -625,13 +631,8 @@ func mixedOp(ctx context.Context, c *http.Client, base string, pool []string, i 
 			}
 			return "acquire", err
 		}
-		var l struct {
-			Token string `json:"token"`
-			Key   struct {
-				ID string `json:"id"`
-			} `json:"key"`
-		}
-		if err := json.Unmarshal(body, &l); err != nil {
+		l, err := parseLease(body)
+		if err != nil {
 			return "acquire", err
 		}
 		_, err = post(ctx, c, base+"/v1/keys/"+l.Key.ID+"/unblock", []byte(`{"token":"`+l.Token+`"}`))
