@@ -5,9 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
@@ -24,8 +24,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/keypool/keypool/graph"
 	"github.com/keypool/keypool/keystore"
-	"github.com/keypool/keypool/metrics"
 )
 
 // Fan-out (issue 5): many graphql-transport-ws subscribers on one server while events
@@ -73,9 +73,15 @@ func newFanoutEnv(t testing.TB, opts keystore.Options, sndbuf int) *fanoutEnv {
 	opts.Observer = obs
 	store, err := keystore.NewMemory(clockwork.NewRealClock(), opts)
 	require.NoError(t, err)
-	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard)
-	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(newHandler(store, cfg, slog.New(slog.DiscardHandler), metrics.New()))
+	// The GraphQL server alone, with pings far apart: a subscriber that deliberately
+	// reads nothing answers no ping either, and must live until the ring cuts it, however
+	// slow the machine (-race) makes the run.
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", graph.NewServer(store, graph.ServerOptions{
+		Logger:           slog.New(slog.DiscardHandler),
+		PingPongInterval: time.Hour,
+	}))
+	srv := httptest.NewUnstartedServer(mux)
 	if sndbuf > 0 {
 		srv.Listener = sndbufListener{srv.Listener, sndbuf}
 	}
@@ -306,7 +312,17 @@ func TestFanout(t *testing.T) {
 	// within the retention) unless it does not read at all.
 	ctx := context.Background()
 	published := 0
+	// The slow subscriber starts reading as soon as it has been cut, so that it takes
+	// its SLOW_CONSUMER before the server's ping timeout could end its silent socket.
+	slowReading := false
+	readOnceCut := func() {
+		if !slowReading && env.obs.cuts.Load() > 0 {
+			slowReading = true
+			slow.read()
+		}
+	}
 	for published < events {
+		readOnceCut()
 		start := time.Now()
 		_, err := env.store.Generate(ctx, burst)
 		require.NoError(t, err)
@@ -327,7 +343,7 @@ func TestFanout(t *testing.T) {
 	// The slow subscriber was cut; reading now, it finds the events it was sent, in
 	// order, then the SLOW_CONSUMER error, then the end of its stream.
 	require.Eventually(t, func() bool { return env.obs.cuts.Load() == 1 }, 30*time.Second, time.Millisecond, "the slow subscriber is cut")
-	slow.read()
+	readOnceCut()
 	select {
 	case <-slow.done:
 	case <-time.After(30 * time.Second):

@@ -636,6 +636,9 @@ func mixedOp(ctx context.Context, c *http.Client, base string, pool []string, i 
 			return "acquire", err
 		}
 		_, err = post(ctx, c, base+"/v1/keys/"+l.Key.ID+"/unblock", []byte(`{"token":"`+l.Token+`"}`))
+		if err != nil && strings.Contains(err.Error(), "404") {
+			return "unblock", nil // the key was a churn key (case 6), deleted under the lease
+		}
 		return "unblock", err
 	case 2, 3:
 		_, err := post(ctx, c, base+"/v1/keys/"+id+"/keepalive", nil)
