@@ -1,5 +1,5 @@
 // Package keystore is keypool's domain: a pool of API keys handed out under leases,
-// kept alive by their users, and expired on time from deadline heaps.
+// kept alive by their users, and expired on time from a lease heap and a keep-alive queue.
 //
 // It knows nothing of HTTP or GraphQL. Transports talk to a Store; every Store method is
 // one atomic step, so that an implementation backed by a distributed engine (one script
