@@ -297,10 +297,10 @@ func (m *Memory) leaseTTL(ttl time.Duration) (int64, error) {
 func (m *Memory) Unblock(ctx context.Context, id, token string) (Key, error) {
 	return m.update(id, func(e *entry, now int64) error {
 		if !e.blocked() {
-			return Errorf(ENOTBLOCKED, "key %s is not blocked", shortID(id))
+			return Errorf(ENOTBLOCKED, "key %s is not blocked", ShortID(id))
 		}
 		if token != "" && !m.holds(e, token) {
-			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
+			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", ShortID(id))
 		}
 		m.leases.remove(e)
 		m.emit(EventUnblocked, id, now)
@@ -317,10 +317,10 @@ func (m *Memory) Renew(ctx context.Context, id, token string, ttl time.Duration)
 	}
 	return m.update(id, func(e *entry, now int64) error {
 		if !e.blocked() {
-			return Errorf(ENOTBLOCKED, "key %s is not blocked", shortID(id))
+			return Errorf(ENOTBLOCKED, "key %s is not blocked", ShortID(id))
 		}
 		if !m.holds(e, token) {
-			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
+			return Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", ShortID(id))
 		}
 		e.deadline[leaseDeadline] = min(now+d, e.acquiredAt+int64(m.opts.MaxLeaseTTL))
 		m.leases.fix(int(e.leaseIndex))
@@ -377,11 +377,11 @@ func (m *Memory) update(id string, change func(e *entry, now int64) error) (Key,
 	return m.snapshot(&copied, id), nil
 }
 
-func notFound(id string) error { return Errorf(ENOTFOUND, "no key %s", shortID(id)) }
+func notFound(id string) error { return Errorf(ENOTFOUND, "no key %s", ShortID(id)) }
 
-// shortID keeps enough of an id to follow it in messages and logs without repeating
-// it whole (or repeating kilobytes of garbage sent as an id).
-func shortID(id string) string {
+// ShortID keeps enough of an id to follow it in messages and logs without repeating
+// it whole (or repeating kilobytes of garbage sent as an id), quoted.
+func ShortID(id string) string {
 	const keep = 6
 	if len(id) <= keep {
 		return fmt.Sprintf("%q", id)

@@ -412,15 +412,8 @@ func (s *Store) keyReply(res []int64) (keystore.Key, error) {
 	return k, nil
 }
 
-func notFound(id string) error { return keystore.Errorf(keystore.ENOTFOUND, "no key %s", shortID(id)) }
-
-// shortID keeps enough of an id to follow it in messages without repeating it whole.
-func shortID(id string) string {
-	const keep = 6
-	if len(id) <= keep {
-		return fmt.Sprintf("%q", id)
-	}
-	return fmt.Sprintf("%q", id[:keep]+"…")
+func notFound(id string) error {
+	return keystore.Errorf(keystore.ENOTFOUND, "no key %s", keystore.ShortID(id))
 }
 
 // keyError maps the per-key status codes.
@@ -429,9 +422,9 @@ func keyError(status int64, id string) error {
 	case statusNotFound:
 		return notFound(id)
 	case statusNotBlocked:
-		return keystore.Errorf(keystore.ENOTBLOCKED, "key %s is not blocked", shortID(id))
+		return keystore.Errorf(keystore.ENOTBLOCKED, "key %s is not blocked", keystore.ShortID(id))
 	case statusMismatch:
-		return keystore.Errorf(keystore.ELEASEMISMATCH, "token does not match the current lease of key %s", shortID(id))
+		return keystore.Errorf(keystore.ELEASEMISMATCH, "token does not match the current lease of key %s", keystore.ShortID(id))
 	}
 	return fmt.Errorf("redis store: unknown script status %d", status)
 }
