@@ -106,7 +106,7 @@ func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.E
 	if err != nil {
 		return nil, err
 	}
-	return forwardEvents(ctx, sub), nil
+	return eventStream(ctx, sub), nil
 }
 
 func (r *Resolver) Key() KeyResolver { return &keyResolver{r} }

@@ -11,55 +11,46 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// forwardEvents copies a store subscription to the channel gqlgen reads. Every send
-// also waits on ctx, so a client that leaves never strands the goroutine; the channel
-// is closed exactly once, after the reason the stream ended (if it is an error) has
-// been recorded for streamErrors to send.
-func forwardEvents(ctx context.Context, sub *keystore.Subscription) <-chan *keystore.Event {
-	out := make(chan *keystore.Event)
-	go func() {
-		defer close(out)
-		for ev := range sub.C {
-			select {
-			case out <- &ev:
-			case <-ctx.Done():
-				return
-			}
-		}
-		if err := sub.Err(); err != nil {
-			if end, ok := ctx.Value(streamEndKey{}).(*streamEnd); ok {
-				end.set(err)
-			}
-		}
-	}()
-	return out
+// eventStream hands gqlgen the store subscription's own channel: no goroutine of
+// ours stands between the hub and the client. The subscription is recorded in the
+// operation's streamEnd, so that when the channel closes, streamErrors can send the
+// reason (SLOW_CONSUMER) as the stream's last response.
+func eventStream(ctx context.Context, sub *keystore.Subscription) <-chan *keystore.Event {
+	if end, ok := ctx.Value(streamEndKey{}).(*streamEnd); ok {
+		end.set(sub)
+	}
+	return sub.C
 }
 
 // streamEndKey finds an operation's *streamEnd in its context.
 type streamEndKey struct{}
 
-// streamEnd holds the error that ended a subscription's stream.
+// streamEnd holds the store subscription behind an operation's stream.
 type streamEnd struct {
 	mu       sync.Mutex
-	err      error
+	sub      *keystore.Subscription
 	reported bool
 }
 
-func (s *streamEnd) set(err error) {
+func (s *streamEnd) set(sub *keystore.Subscription) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.err = err
+	s.sub = sub
 }
 
-// take returns the error once; later calls return nil.
+// take returns, once, the error that ended the stream; later calls return nil. It is
+// called when gqlgen finds the stream over, so the subscription has ended or is
+// ending with its context, and Err returns at once.
 func (s *streamEnd) take() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.reported {
+	sub := s.sub
+	first := !s.reported
+	s.reported = true
+	s.mu.Unlock()
+	if sub == nil || !first {
 		return nil
 	}
-	s.reported = true
-	return s.err
+	return sub.Err()
 }
 
 // streamErrors lets a subscription end with an error on every transport. gqlgen

@@ -39,9 +39,10 @@ type Event struct {
 
 // Subscription is a live stream of events. C is closed when the stream ends; Err then
 // tells why: nil when the subscriber left or the store closed, an ESLOWCONSUMER *Error
-// when the subscriber fell further behind than the store retains.
+// when the subscriber fell further behind than the store retains. The events are
+// shared by every subscriber: never modify one.
 type Subscription struct {
-	C    <-chan Event
+	C    <-chan *Event
 	done chan struct{}
 	err  error
 }
@@ -139,7 +140,7 @@ const subscriberBatch = 256
 // Subscribe starts a subscription that lives until ctx ends, the hub closes or the
 // subscriber falls behind the ring.
 func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) *Subscription {
-	out := make(chan Event, subscriberBatch)
+	out := make(chan *Event, subscriberBatch)
 	s := &Subscription{C: out, done: make(chan struct{})}
 	cursor := h.next.Load()
 	if opts.After != nil {
@@ -153,7 +154,7 @@ func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) *Subscriptio
 // feed copies events from the ring to out, batch by batch, until the subscription ends.
 // While the client is not reading, each publish wakes it to check that the first event
 // it has not delivered is still in the ring; once it is not, the subscription is cut.
-func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, cursor int64, types []EventType) {
+func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, cursor int64, types []EventType) {
 	defer func() {
 		h.obs.SubscribersChanged(-1)
 		close(out)
@@ -164,7 +165,7 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 		h.obs.SlowConsumerCut()
 	}
 	size := int64(len(h.ring))
-	batch := make([]Event, 0, subscriberBatch)
+	batch := make([]*Event, 0, subscriberBatch)
 	for {
 		batch = batch[:0]
 		for next := h.next.Load(); cursor < next && len(batch) < subscriberBatch; cursor++ {
@@ -174,7 +175,7 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- Event, curso
 				return
 			}
 			if len(types) == 0 || slices.Contains(types, ev.Type) {
-				batch = append(batch, *ev)
+				batch = append(batch, ev)
 			}
 		}
 

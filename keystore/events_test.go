@@ -49,7 +49,7 @@ func receive(t *testing.T, sub *keystore.Subscription, n int) []keystore.Event {
 			if !ok {
 				t.Fatalf("stream ended after %d of %d events: %v", len(got), n, sub.Err())
 			}
-			got = append(got, ev)
+			got = append(got, *ev)
 		case <-timeout:
 			t.Fatalf("got %d of %d events", len(got), n)
 		}
@@ -242,7 +242,7 @@ func TestHubSlowConsumer(t *testing.T) {
 	requireErrSoon(t, slow, keystore.ESLOWCONSUMER)
 	var got []keystore.Event
 	for ev := range slow.C {
-		got = append(got, ev)
+		got = append(got, *ev)
 	}
 	require.Less(t, len(got), bursts*burst, "the slow subscriber was not cut")
 	for i := 1; i < len(got); i++ {

@@ -38,7 +38,7 @@ func nextEvent(t testing.TB, sub *keystore.Subscription) keystore.Event {
 		if !ok {
 			t.Fatalf("subscription ended: %v", sub.Err())
 		}
-		return ev
+		return *ev
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event within 5s")
 	}

@@ -1113,7 +1113,7 @@ func subscribe(t *testing.T, ctx context.Context, store keystore.Store, opts key
 		defer close(c.closed)
 		for ev := range sub.C {
 			c.mu.Lock()
-			c.events = append(c.events, ev)
+			c.events = append(c.events, *ev)
 			c.mu.Unlock()
 		}
 	}()
@@ -1345,7 +1345,7 @@ func testEvents(t *testing.T, open Opener) {
 				if !ok {
 					break read
 				}
-				got = append(got, ev)
+				got = append(got, *ev)
 			case <-timeout:
 				t.Fatalf("the slow subscriber was never cut (read %d events)", len(got))
 			}
