@@ -10,6 +10,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
 
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/metrics"
@@ -221,13 +222,7 @@ func TestWaitersAndSubscribers(t *testing.T) {
 // waitFor polls for what the store's own goroutines do after a fake clock moves.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	require.Eventually(t, cond, 5*time.Second, time.Millisecond, "condition not met within 5s")
 }
 
 func TestObserveOp(t *testing.T) {

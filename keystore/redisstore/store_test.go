@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/require"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -206,13 +207,7 @@ func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
 // queueing a waiter; never for a TTL rule, which tests drive with the fake clock.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	require.Eventually(t, cond, 5*time.Second, time.Millisecond, "condition not met within 5s")
 }
 
 // TestScriptErrorIsInternal: a script that fails at run time is a bug, not an outage:
