@@ -17,8 +17,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,7 +42,7 @@ const (
 	browserStepTimeout = 20 * time.Second // one step: a page load, a wait for a result
 )
 
-// browserServer is the real server, run as `keypool -addr 127.0.0.1:PORT`.
+// browserServer is the real server, with an HTTP client of its own.
 type browserServer struct {
 	URL    string // http://127.0.0.1:PORT
 	client *http.Client
@@ -52,70 +50,9 @@ type browserServer struct {
 
 func startBrowserServer(t *testing.T) *browserServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs bytes.Buffer
-	var logsMu sync.Mutex
-	done := make(chan error, 1)
-	go func() {
-		noEnv := func(string) string { return "" }
-		done <- run(ctx, []string{"keypool", "-addr", addr}, noEnv, io.Discard, lockedWriter{&logsMu, &logs})
-	}()
-	s := &browserServer{URL: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("the server did not stop within 15 s")
-		}
-		s.client.CloseIdleConnections()
-		if t.Failed() {
-			logsMu.Lock()
-			t.Logf("server log:\n%s", logs.String())
-			logsMu.Unlock()
-		}
-	})
-
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			t.Fatalf("the server stopped at start: %v", err)
-		default:
-		}
-		res, err := s.client.Get(s.URL + "/")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the server did not answer GET / within 10 s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+	s := &browserServer{URL: startServer(t).url, client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}}
+	t.Cleanup(s.client.CloseIdleConnections)
+	return s
 }
 
 // graphql posts one operation to /graphql, the way any client would, and returns

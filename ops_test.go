@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -301,26 +299,7 @@ func TestConfigLogLevel(t *testing.T) {
 // TestRequestLog checks that -log-level debug logs one line per request, with the key
 // id cut short.
 func TestRequestLog(t *testing.T) {
-	var logs lockedBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	stdout, banner := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"keypool", "-addr", "127.0.0.1:0", "-log-level", "debug", "-log-format", "json"},
-			func(string) string { return "" }, banner, &logs)
-		banner.Close()
-	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	require.NoError(t, err)
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	s := &server{url: bannerURL.FindStringSubmatch(line)[1]}
-	require.Eventually(t, func() bool {
-		res, err := http.Get(s.url + "/healthz")
-		if err == nil {
-			res.Body.Close()
-		}
-		return err == nil
-	}, 10*time.Second, 10*time.Millisecond)
+	s := startServer(t, "-log-level", "debug", "-log-format", "json")
 
 	// A websocket works through the logging middleware (it must pass Hijack on). after: 0
 	// replays from the first event, so the one below is not missed while it starts.
@@ -337,10 +316,9 @@ func TestRequestLog(t *testing.T) {
 			}
 		}
 	}()
-	cancel()
-	require.NoError(t, <-done)
+	require.NoError(t, s.stop(t))
 
-	text := logs.String()
+	text := s.logs.String()
 	assert.NotContains(t, text, id, "a key id is logged whole")
 	var sawRequest, sawUpgrade, sawStop bool
 	for line := range strings.SplitSeq(strings.TrimSpace(text), "\n") {

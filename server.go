@@ -33,7 +33,7 @@ const shutdownTimeout = 10 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
+	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr, nil)
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -46,7 +46,8 @@ func main() {
 
 // run is the whole server: parse the configuration, open the store, serve until ctx
 // ends, then shut down gracefully and return nil. args include the program name.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// ready, if not nil, is told the address once the server accepts connections.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(net.Addr)) error {
 	cfg, err := parseConfig(args[1:], getenv, stderr)
 	if err != nil {
 		return err
@@ -85,6 +86,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if ready != nil {
+		ready(ln.Addr()) // the listener queues connections already
+	}
 
 	select {
 	case err := <-served:

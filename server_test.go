@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,48 +20,44 @@ import (
 // server is a keypool started by run, as main would.
 type server struct {
 	url    string // http://127.0.0.1:PORT
+	out    *lockedBuffer // what run wrote to stdout
+	logs   *lockedBuffer // and to stderr: the log
 	cancel context.CancelFunc
 	done   chan error
 }
 
-var bannerURL = regexp.MustCompile(`keypool listening on (http://\S+)/ \(GraphiQL\), API at /graphql`)
-
-// startServer runs the server on a free loopback port and waits until /graphql answers.
+// startServer runs the server on a free loopback port with args, as main would, and
+// returns once it accepts connections. Its output and log are kept, and shown if the
+// test fails; the server stops when the test ends.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stdout, banner := io.Pipe()
-	s := &server{cancel: cancel, done: make(chan error, 1)}
+	s := &server{out: &lockedBuffer{}, logs: &lockedBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	addr := make(chan net.Addr, 1)
 	go func() {
-		err := run(ctx, append([]string{"keypool", "-addr", "127.0.0.1:0"}, args...),
-			func(string) string { return "" }, banner, t.Output())
-		banner.Close()
-		s.done <- err
+		s.done <- run(ctx, append([]string{"keypool", "-addr", "127.0.0.1:0"}, args...),
+			func(string) string { return "" }, s.out, s.logs, func(a net.Addr) { addr <- a })
 	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-s.done:
+		case err := <-s.done:
+			assert.NoError(t, err, "run")
 		case <-time.After(15 * time.Second):
 			t.Error("run did not return")
 		}
-	})
-
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	require.NoError(t, err, "no banner")
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	m := bannerURL.FindStringSubmatch(line)
-	require.NotNil(t, m, "banner %q", line)
-	s.url = m[1]
-
-	require.Eventually(t, func() bool {
-		res, err := http.Get(s.url + "/graphql?query=%7Bstats%7Btotal%7D%7D")
-		if err != nil {
-			return false
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.logs.String())
 		}
-		res.Body.Close()
-		return res.StatusCode == http.StatusOK
-	}, 10*time.Second, 10*time.Millisecond)
+	})
+	select {
+	case a := <-addr:
+		s.url = "http://" + a.String()
+	case err := <-s.done:
+		t.Fatalf("the server stopped at start: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the server did not start")
+	}
 	return s
 }
 
@@ -178,6 +173,7 @@ func readEvent(t *testing.T, conn *websocket.Conn) event {
 // its lease runs out (RELEASED), then it is not kept alive (EXPIRED).
 func TestEndToEnd(t *testing.T) {
 	s := startServer(t, "-lease-ttl", "300ms", "-keepalive-ttl", "1200ms", "-log-format", "json")
+	assert.Contains(t, s.out.String(), "keypool listening on "+s.url+"/ (GraphiQL)", "the banner names the playground")
 	// after: 0 replays from the first event, so no event is missed while the
 	// subscription starts.
 	conn := s.subscribe(t, `subscription { keyEvents(after: 0) { seq type keyId } }`)
@@ -297,12 +293,12 @@ func TestServerSurvivesBadInput(t *testing.T) {
 }
 
 func TestRunRefusesBadConfig(t *testing.T) {
-	err := run(context.Background(), []string{"keypool", "-lease-ttl", "nope"}, func(string) string { return "" }, io.Discard, io.Discard)
+	err := run(context.Background(), []string{"keypool", "-lease-ttl", "nope"}, func(string) string { return "" }, io.Discard, io.Discard, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "-lease-ttl")
 
 	err = run(context.Background(), []string{"keypool", "-addr", "127.0.0.1:0"},
-		func(k string) string { return map[string]string{"KEYPOOL_STORE": "postgres://db/keys"}[k] }, io.Discard, io.Discard)
+		func(k string) string { return map[string]string{"KEYPOOL_STORE": "postgres://db/keys"}[k] }, io.Discard, io.Discard, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "-store")
 }
