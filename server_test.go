@@ -19,7 +19,7 @@ import (
 
 // server is a keypool started by run, as main would.
 type server struct {
-	url    string // http://127.0.0.1:PORT
+	url    string        // http://127.0.0.1:PORT
 	out    *lockedBuffer // what run wrote to stdout
 	logs   *lockedBuffer // and to stderr: the log
 	cancel context.CancelFunc
