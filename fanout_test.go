@@ -45,7 +45,7 @@ func (o *fanoutObserver) SlowConsumerCut()             { o.cuts.Add(1) }
 // fanoutEnv is the server's whole handler (newHandler, as run builds it) on an
 // in-memory store with the given event retention, served over loopback.
 type fanoutEnv struct {
-	store *keystore.Memory
+	store *keystore.Pool
 	obs   *fanoutObserver
 	ws    string // ws://127.0.0.1:PORT/graphql
 	srv   *httptest.Server

@@ -238,8 +238,9 @@ func TestConfigCORSOrigins(t *testing.T) {
 }
 
 // TestGracefulShutdown stops the server while a REST request waits for a key and a
-// subscription is open: the request completes with its answer, the subscription ends
-// cleanly, and run returns nil.
+// subscription is open: the waiting request is answered UNAVAILABLE at once (not at
+// the end of its wait or of the grace period), the subscription ends cleanly, and run
+// returns nil.
 func TestGracefulShutdown(t *testing.T) {
 	s := startServer(t)
 	conn := s.subscribe(t, `subscription { keyEvents { seq type keyId } }`)
@@ -251,7 +252,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	inFlight := make(chan answer, 1)
 	go func() {
-		res, err := http.Post(s.url+"/v1/keys/acquire?wait=1500ms", "application/json", nil)
+		res, err := http.Post(s.url+"/v1/keys/acquire?wait=30s", "application/json", nil)
 		if err != nil {
 			inFlight <- answer{err: err}
 			return
@@ -275,11 +276,13 @@ func TestGracefulShutdown(t *testing.T) {
 			}
 		}
 	}()
+	start := time.Now()
 	require.NoError(t, s.stop(t), "run returns nil")
+	assert.Less(t, time.Since(start), 3*time.Second, "shutdown waited for the waiting acquire")
 	a := <-inFlight
 	require.NoError(t, a.err, "the in-flight request was cut")
-	assert.Equal(t, http.StatusNotFound, a.status, "the in-flight acquire got its own answer")
-	assert.Equal(t, "NOT_FOUND", a.code)
+	assert.Equal(t, http.StatusServiceUnavailable, a.status, "the waiting acquire is told the server is going")
+	assert.Equal(t, "UNAVAILABLE", a.code)
 	err := <-closed
 	assert.True(t, websocket.IsCloseError(err, websocket.CloseNormalClosure), "subscription closed cleanly: %v", err)
 }

@@ -96,6 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
+	store.StopWaiting() // waiting acquires answer UNAVAILABLE now, not at the grace period's end
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -112,7 +113,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 // openStore builds the store that -store names.
-func openStore(cfg config, observer keystore.Observer) (keystore.Store, error) {
+func openStore(cfg config, observer keystore.Observer) (*keystore.Pool, error) {
 	opts := cfg.storeOptions()
 	opts.Observer = observer
 	if cfg.Store == "memory" {

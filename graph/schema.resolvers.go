@@ -29,10 +29,8 @@ func (r *keyHistoryResolver) LastAcquiredAt(ctx context.Context, obj *keystore.H
 
 // GenerateKeys is the resolver for the generateKeys field.
 func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*keystore.Key, error) {
-	if count < math.MinInt32 || count > math.MaxInt32 { // so that int(count) is exact everywhere
-		return nil, keystore.Errorf(keystore.EINVALID, "count %d is out of range", count)
-	}
-	keys, err := r.Store.Generate(ctx, int(count))
+	// Exact wherever int has 64 bits; elsewhere saturated, which the pool refuses too.
+	keys, err := r.Store.Generate(ctx, int(max(min(count, math.MaxInt), math.MinInt)))
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +43,7 @@ func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*ke
 
 // AcquireKey is the resolver for the acquireKey field.
 func (r *mutationResolver) AcquireKey(ctx context.Context, ttl *time.Duration, wait *time.Duration) (*model.Lease, error) {
-	key, err := r.Store.Acquire(ctx, keystore.AcquireOptions{TTL: orZero(ttl), Wait: orZero(wait)})
+	key, err := r.Store.Acquire(ctx, keystore.AcquireOptions{TTL: ttl, Wait: orZero(wait)})
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +57,7 @@ func (r *mutationResolver) UnblockKey(ctx context.Context, id string, token *str
 
 // RenewLease is the resolver for the renewLease field.
 func (r *mutationResolver) RenewLease(ctx context.Context, id string, token string, ttl *time.Duration) (*model.Lease, error) {
-	key, err := r.Store.Renew(ctx, id, token, orZero(ttl))
+	key, err := r.Store.Renew(ctx, id, token, ttl)
 	if err != nil {
 		return nil, err
 	}

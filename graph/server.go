@@ -116,6 +116,9 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		if errors.As(err, &storeErr) && storeErr.Code != keystore.EINTERNAL {
 			presented.Message = storeErr.Message
 			setCode(presented, storeErr.Code)
+			if storeErr.Code == keystore.ECOMPACTED {
+				presented.Extensions["oldestSeq"] = storeErr.OldestSeq
+			}
 			return presented
 		}
 		var gqlErr *gqlerror.Error

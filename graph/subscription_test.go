@@ -167,9 +167,17 @@ func TestSubscriptionSlowConsumer(t *testing.T) {
 			require.NotNil(t, m, "message %q", cutMessage)
 			resumeAfter, err := strconv.ParseInt(m[1], 10, 64)
 			require.NoError(t, err)
-			resumed := tr.subscribe(t, e, eventsQuery, map[string]any{"after": resumeAfter})
+			// What it missed has left the ring: it is told so, with the oldest seq
+			// retained, instead of being given a gap.
+			refused := tr.subscribe(t, e, eventsQuery, map[string]any{"after": resumeAfter})
+			resp, _ := refused.next(t)
+			requireCode(t, resp, "EVENTS_COMPACTED")
+			oldest, ok := resp.Errors[0].Extensions["oldestSeq"].(float64)
+			require.True(t, ok, "no oldestSeq in %v", resp.Errors[0].Extensions)
+			require.Greater(t, int64(oldest), resumeAfter+1)
+			resumed := tr.subscribe(t, e, eventsQuery, map[string]any{"after": int64(oldest) - 1})
 			ev := nextEvent(t, resumed)
-			assert.Greater(t, ev.Seq, resumeAfter)
+			assert.Equal(t, int64(oldest), ev.Seq)
 		})
 	}
 }

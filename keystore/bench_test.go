@@ -37,7 +37,7 @@ var poolSizes = []int{1_000, 100_000, 1_000_000}
 // benchPool is a pool kept across benchmark runs: building a million keys takes
 // longer than what is measured on it.
 type benchPool struct {
-	store *keystore.Memory
+	store *keystore.Pool
 	ids   []string
 }
 
@@ -303,7 +303,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 		// only ever acquire survivors: the storm is the expirer's alone.
 		generate(b, store, storm)
 		for range storm {
-			if _, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: 10 * time.Minute}); err != nil {
+			if _, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(10 * time.Minute)}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -331,7 +331,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 				for !stop.Load() {
 					start := time.Now()
 					// An hour-long lease: the clock jumps four minutes in the storm.
-					k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: time.Hour})
+					k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(time.Hour)})
 					mine = append(mine, time.Since(start))
 					if err != nil {
 						fail("Acquire", err)
@@ -413,7 +413,7 @@ func BenchmarkExpiryLateness(b *testing.B) {
 		rng := rand.New(rand.NewPCG(3, 4))
 		for range leases {
 			ttl := time.Second + time.Duration(rng.Int64N(int64(time.Second)))
-			k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: ttl})
+			k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(ttl)})
 			if err != nil {
 				b.Fatal(err)
 			}

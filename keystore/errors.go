@@ -17,7 +17,10 @@ const (
 	EINVALID       Code = "BAD_USER_INPUT"
 	EUNAVAILABLE   Code = "UNAVAILABLE"
 	ESLOWCONSUMER  Code = "SLOW_CONSUMER"
-	EINTERNAL      Code = "INTERNAL_SERVER_ERROR"
+	// ECOMPACTED: a subscription asked to resume after events that the pool no longer
+	// retains; Error.OldestSeq names the oldest it does.
+	ECOMPACTED Code = "EVENTS_COMPACTED"
+	EINTERNAL  Code = "INTERNAL_SERVER_ERROR"
 )
 
 // Error is an error with a code and a message fit for clients.
@@ -26,6 +29,8 @@ type Error struct {
 	Message string
 	// Err is the cause, for logs; never shown to clients.
 	Err error
+	// OldestSeq is the oldest retained event's seq, with ECOMPACTED.
+	OldestSeq int64
 }
 
 func (e *Error) Error() string {

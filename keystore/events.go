@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -62,16 +63,81 @@ func (s *Subscription) Err() error {
 // moves next past it, so a reader that has seen next sees the slot filled; a slot that
 // holds another seq than the reader expects has been overwritten: the reader fell
 // behind the ring.
+//
+// A subscriber sleeps on the wake-up of its set of event types, so an event it does not
+// want wakes it not at all: a publish wakes only the sets that hold its type. An idle
+// subscriber also wakes once a lap (half the ring) to skip what it does not want
+// before the ring overwrites it, and to see whether it fell behind while stalled.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
 	ring    []atomic.Pointer[Event]
 	first   atomic.Int64 // oldest retained seq
 	next    atomic.Int64 // seq the next event gets
-	wake    atomic.Pointer[chan struct{}]
-	woken   atomic.Bool // a subscriber waits on wake: the next publish closes it
-	closed  chan struct{}
-	once    sync.Once
-	obs     Observer
+	// lastOf is the seq of the newest event of each type (by typeIndex), set before
+	// next moves past it.
+	lastOf [len(allTypes)]atomic.Int64
+	wakes  [lapWake + 1]wake // by typeSet; lapWake once a lap
+	lap    int64
+	closed chan struct{}
+	once   sync.Once
+	obs    Observer
+}
+
+// allTypes is EventTypes as an array, for the hub's tables.
+var allTypes = [...]EventType{EventGenerated, EventAcquired, EventUnblocked, EventReleased, EventDeleted, EventExpired}
+
+// typeSet is a set of event types, a bit per typeIndex.
+type typeSet uint8
+
+const (
+	anyType typeSet = 1<<len(allTypes) - 1
+	lapWake         = int(anyType) + 1
+)
+
+func typeIndex(t EventType) int {
+	for i, at := range allTypes {
+		if at == t {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s typeSet) has(t EventType) bool {
+	i := typeIndex(t)
+	return i >= 0 && s&(1<<i) != 0
+}
+
+func setOf(types []EventType) typeSet {
+	if len(types) == 0 {
+		return anyType
+	}
+	var set typeSet
+	for _, t := range types {
+		if i := typeIndex(t); i >= 0 {
+			set |= 1 << i
+		}
+	}
+	return set
+}
+
+// wake is a wake-up channel that the next publish closes if anyone armed it.
+type wake struct {
+	ch    atomic.Pointer[chan struct{}]
+	armed atomic.Bool
+}
+
+func (w *wake) arm() <-chan struct{} {
+	ch := *w.ch.Load()
+	w.armed.Store(true)
+	return ch
+}
+
+func (w *wake) signal() {
+	if w.armed.Load() && w.armed.CompareAndSwap(true, false) {
+		ch := make(chan struct{})
+		close(*w.ch.Swap(&ch))
+	}
 }
 
 // NewHub returns a hub that retains the last retention events for replay.
@@ -84,13 +150,16 @@ func NewHub(retention int, obs Observer) *Hub {
 	}
 	h := &Hub{
 		ring:   make([]atomic.Pointer[Event], retention),
+		lap:    max(int64(retention)/2, 1),
 		closed: make(chan struct{}),
 		obs:    obs,
 	}
 	h.first.Store(1)
 	h.next.Store(1)
-	wake := make(chan struct{})
-	h.wake.Store(&wake)
+	for i := range h.wakes {
+		ch := make(chan struct{})
+		h.wakes[i].ch.Store(&ch)
+	}
 	return h
 }
 
@@ -118,10 +187,18 @@ func (h *Hub) Publish(ev Event) int64 {
 	first = max(first, ev.Seq+1-size)
 	h.first.Store(first)
 	h.ring[ev.Seq%size].Store(&ev)
+	i := typeIndex(ev.Type)
+	if i >= 0 {
+		h.lastOf[i].Store(ev.Seq)
+	}
 	h.next.Store(ev.Seq + 1)
-	if h.woken.Load() && h.woken.CompareAndSwap(true, false) {
-		wake := make(chan struct{})
-		close(*h.wake.Swap(&wake))
+	for set := range anyType + 1 {
+		if i >= 0 && set&(1<<i) != 0 {
+			h.wakes[set].signal()
+		}
+	}
+	if ev.Seq%h.lap == 0 {
+		h.wakes[lapWake].signal()
 	}
 	return ev.Seq
 }
@@ -134,27 +211,50 @@ func (h *Hub) Close() {
 	h.once.Do(func() { close(h.closed) })
 }
 
-// subscriberBatch bounds how many events a subscriber copies out of the ring per lock.
+// subscriberBatch bounds how many events a subscriber copies out of the ring at once.
 const subscriberBatch = 256
 
 // Subscribe starts a subscription that lives until ctx ends, the hub closes or the
-// subscriber falls behind the ring.
-func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) *Subscription {
+// subscriber falls behind the ring. With opts.After older than the ring it fails with
+// ECOMPACTED, naming the oldest retained seq.
+func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
+	next := h.next.Load()
+	cursor := next
+	if opts.After != nil && *opts.After < next-1 { // so that after+1 never overflows
+		first := h.first.Load()
+		if *opts.After+1 < first {
+			return nil, &Error{
+				Code: ECOMPACTED,
+				Message: fmt.Sprintf("the events after seq %d are no longer retained: the oldest retained is seq %d; "+
+					"resubscribe with after: %d or later, and reread what you need", *opts.After, first, first-1),
+				OldestSeq: first,
+			}
+		}
+		cursor = *opts.After + 1
+	}
 	out := make(chan *Event, subscriberBatch)
 	s := &Subscription{C: out, done: make(chan struct{})}
-	cursor := h.next.Load()
-	if opts.After != nil {
-		cursor = min(max(*opts.After+1, h.first.Load()), cursor)
-	}
 	h.obs.SubscribersChanged(1)
-	go h.feed(ctx, s, out, cursor, opts.Types)
-	return s
+	go h.feed(ctx, s, out, cursor, setOf(opts.Types))
+	return s, nil
 }
 
-// feed copies events from the ring to out, batch by batch, until the subscription ends.
-// While the client is not reading, each publish wakes it to check that the first event
-// it has not delivered is still in the ring; once it is not, the subscription is cut.
-func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, cursor int64, types []EventType) {
+// newestOf returns the seq of the newest event of a type in set.
+func (h *Hub) newestOf(set typeSet) int64 {
+	var newest int64
+	for i := range h.lastOf {
+		if set&(1<<i) != 0 {
+			newest = max(newest, h.lastOf[i].Load())
+		}
+	}
+	return newest
+}
+
+// feed copies the events of set from the ring to out, batch by batch, until the
+// subscription ends. While the client is not reading, it wakes once a lap to check
+// that the first event it has not delivered is still in the ring; once it is not,
+// the subscription is cut.
+func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, cursor int64, set typeSet) {
 	defer func() {
 		h.obs.SubscribersChanged(-1)
 		close(out)
@@ -167,43 +267,45 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, curs
 	size := int64(len(h.ring))
 	batch := make([]*Event, 0, subscriberBatch)
 	for {
+		// Arm the wake-ups before looking, so that no publish falls between.
+		wanted, lap := h.wakes[set].arm(), h.wakes[lapWake].arm()
+		next := h.next.Load()
+		if set != anyType && h.newestOf(set) < cursor {
+			cursor = next // nothing of ours in between: skip it unread
+		}
 		batch = batch[:0]
-		for next := h.next.Load(); cursor < next && len(batch) < subscriberBatch; cursor++ {
+		for ; cursor < next && len(batch) < subscriberBatch; cursor++ {
 			ev := h.ring[cursor%size].Load()
 			if ev == nil || ev.Seq != cursor {
 				cut(cursor)
 				return
 			}
-			if len(types) == 0 || slices.Contains(types, ev.Type) {
+			if set.has(ev.Type) {
 				batch = append(batch, ev)
 			}
 		}
-
-		// Arm the wake-up before looking for more, so that no publish falls between.
-		wake := *h.wake.Load()
-		h.woken.Store(true)
 		for i := 0; i < len(batch); {
 			select {
 			case out <- batch[i]:
 				i++
-			case <-wake:
+			case <-lap:
 				if batch[i].Seq < h.first.Load() {
 					cut(batch[i].Seq)
 					return
 				}
-				wake = *h.wake.Load()
-				h.woken.Store(true)
+				lap = h.wakes[lapWake].arm()
 			case <-ctx.Done():
 				return
 			case <-h.closed:
 				return
 			}
 		}
-		if cursor < h.next.Load() {
-			continue
+		if cursor < next {
+			continue // the batch was full: more to read
 		}
 		select {
-		case <-wake:
+		case <-wanted:
+		case <-lap:
 		case <-ctx.Done():
 			return
 		case <-h.closed:

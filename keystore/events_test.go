@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,14 @@ func requireErrSoon(t *testing.T, sub *keystore.Subscription, code keystore.Code
 	}
 }
 
+// subscribeHub subscribes to h, failing the test on an error.
+func subscribeHub(t *testing.T, h *keystore.Hub, ctx context.Context, opts keystore.SubscribeOptions) *keystore.Subscription {
+	t.Helper()
+	sub, err := h.Subscribe(ctx, opts)
+	require.NoError(t, err)
+	return sub
+}
+
 func requireSilent(t *testing.T, sub *keystore.Subscription) {
 	t.Helper()
 	select {
@@ -99,7 +108,7 @@ func TestHubOrdering(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	h := keystore.NewHub(1024, nil)
 	defer h.Close()
-	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
 	want := publish(h, 600) // more than one batch of the subscriber's copy loop
 	for i, ev := range want {
 		require.EqualValues(t, i+1, ev.Seq, "seq grows by one from 1")
@@ -112,7 +121,7 @@ func TestHubConcurrentPublishers(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	h := keystore.NewHub(1<<16, nil)
 	defer h.Close()
-	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() { publish(h, 2000) })
@@ -132,7 +141,7 @@ func TestHubReplay(t *testing.T) {
 	after := func(seq int64) keystore.SubscribeOptions { return keystore.SubscribeOptions{After: &seq} }
 
 	t.Run("from a retained seq, then live", func(t *testing.T) {
-		sub := h.Subscribe(t.Context(), after(3))
+		sub := subscribeHub(t, h, t.Context(), after(3))
 		require.Equal(t, history[3:], receive(t, sub, 3))
 		requireSilent(t, sub)
 		next := publish(h, 1)
@@ -140,32 +149,83 @@ func TestHubReplay(t *testing.T) {
 		history = append(history, next...)
 	})
 	t.Run("from the newest: live only", func(t *testing.T) {
-		sub := h.Subscribe(t.Context(), after(h.LastSeq()))
+		sub := subscribeHub(t, h, t.Context(), after(h.LastSeq()))
 		requireSilent(t, sub)
 		next := publish(h, 1)
 		require.Equal(t, next, receive(t, sub, 1))
 		history = append(history, next...)
 	})
 	t.Run("nil After: live only", func(t *testing.T) {
-		sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+		sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
 		requireSilent(t, sub)
 		next := publish(h, 1)
 		require.Equal(t, next, receive(t, sub, 1))
 		history = append(history, next...)
 	})
 	t.Run("from beyond the newest: live", func(t *testing.T) {
-		sub := h.Subscribe(t.Context(), after(h.LastSeq()+100))
+		sub := subscribeHub(t, h, t.Context(), after(h.LastSeq()+100))
 		requireSilent(t, sub)
 		next := publish(h, 1)
 		require.Equal(t, next, receive(t, sub, 1))
 		history = append(history, next...)
 	})
-	t.Run("from before the ring: the oldest retained", func(t *testing.T) {
-		require.Len(t, history, 10) // two more than the ring holds
-		sub := h.Subscribe(t.Context(), after(0))
-		require.Equal(t, history[2:], receive(t, sub, 8))
+	t.Run("from the top of Int: live", func(t *testing.T) {
+		sub := subscribeHub(t, h, t.Context(), after(math.MaxInt64))
+		requireSilent(t, sub)
+		next := publish(h, 1)
+		require.Equal(t, next, receive(t, sub, 1))
+		history = append(history, next...)
+	})
+	t.Run("from before the ring: refused, naming the oldest retained", func(t *testing.T) {
+		require.Len(t, history, 11) // three more than the ring holds
+		oldest := history[3].Seq
+		for _, seq := range []int64{0, 1, oldest - 2} {
+			_, err := h.Subscribe(t.Context(), after(seq))
+			require.Equal(t, keystore.ECOMPACTED, keystore.ErrorCode(err), "after %d: %v", seq, err)
+			var kerr *keystore.Error
+			require.ErrorAs(t, err, &kerr)
+			require.Equal(t, oldest, kerr.OldestSeq)
+			require.Contains(t, kerr.Message, fmt.Sprintf("the oldest retained is seq %d", oldest))
+		}
+		// Just before the oldest retained: exactly what the ring holds, no gap.
+		sub := subscribeHub(t, h, t.Context(), after(oldest-1))
+		require.Equal(t, history[3:], receive(t, sub, 8))
 		requireSilent(t, sub)
 	})
+}
+
+// TestHubNonMatchingCostsNothing publishes events that none of many subscribers wants:
+// no subscriber is woken, so a publish does what it does with no subscribers at all
+// (one allocation: the event). A wake-up costs a new channel.
+func TestHubNonMatchingCostsNothing(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := keystore.NewHub(1<<16, nil)
+	defer h.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	expired := []keystore.EventType{keystore.EventExpired}
+	var subs []*keystore.Subscription
+	for range 500 {
+		subs = append(subs, subscribeHub(t, h, ctx, keystore.SubscribeOptions{Types: expired}))
+	}
+	publish(h, 100) // every subscriber is asleep past its first look
+	allocs := testing.AllocsPerRun(1000, func() {
+		h.Publish(keystore.Event{Type: keystore.EventAcquired, KeyID: "k"})
+	})
+	require.LessOrEqual(t, allocs, 1.0, "a publish that matches no subscriber woke some")
+
+	// They still get what they asked for, after far more than a ring of others.
+	publish(h, 3<<16)
+	seq := h.Publish(keystore.Event{Type: keystore.EventExpired, KeyID: "gone"})
+	for _, sub := range subs {
+		got := receive(t, sub, 1)
+		require.Equal(t, seq, got[0].Seq)
+	}
+	cancel()
+	for _, sub := range subs {
+		requireEnded(t, sub)
+		require.NoError(t, sub.Err(), "a subscriber that had nothing to read fell behind")
+	}
 }
 
 func TestHubTypes(t *testing.T) {
@@ -173,8 +233,8 @@ func TestHubTypes(t *testing.T) {
 	h := keystore.NewHub(64, nil)
 	defer h.Close()
 	zero := int64(0)
-	replayed := h.Subscribe(t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired}, After: &zero})
-	live := h.Subscribe(t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired, keystore.EventUnblocked}})
+	replayed := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired}, After: &zero})
+	live := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventAcquired, keystore.EventUnblocked}})
 	all := publish(h, 30)
 	var acquired, both []keystore.Event
 	for _, ev := range all {
@@ -201,8 +261,11 @@ func TestHubOwnSeqs(t *testing.T) {
 	require.EqualValues(t, 42, h.Publish(keystore.Event{Seq: 42, Type: keystore.EventGenerated}))
 	require.EqualValues(t, 42, h.Publish(keystore.Event{Seq: 42, Type: keystore.EventDeleted}))
 	require.EqualValues(t, 42, h.LastSeq())
-	zero := int64(0)
-	sub := h.Subscribe(t.Context(), keystore.SubscribeOptions{After: &zero})
+	// What came before 41 is not retained here.
+	zero, forty := int64(0), int64(40)
+	_, err := h.Subscribe(t.Context(), keystore.SubscribeOptions{After: &zero})
+	require.Equal(t, keystore.ECOMPACTED, keystore.ErrorCode(err))
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{After: &forty})
 	got := receive(t, sub, 2)
 	require.EqualValues(t, 41, got[0].Seq)
 	require.EqualValues(t, 42, got[1].Seq)
@@ -216,8 +279,8 @@ func TestHubSlowConsumer(t *testing.T) {
 	obs := &hubObserver{}
 	h := keystore.NewHub(retention, obs)
 	defer h.Close()
-	slow := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
-	keeper := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	slow := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
+	keeper := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
 	var kept atomic.Int64
 	done := make(chan struct{})
 	go func() { // keeps up: reads everything as it comes
@@ -262,8 +325,8 @@ func TestHubClose(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(1<<10, obs)
-	idle := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
-	full := h.Subscribe(t.Context(), keystore.SubscribeOptions{}) // never read: its feeder blocks on send
+	idle := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
+	full := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{}) // never read: its feeder blocks on send
 	publish(h, 1000)
 	_ = receive(t, idle, 1000)
 	h.Close()
@@ -271,8 +334,8 @@ func TestHubClose(t *testing.T) {
 	requireEnded(t, full)
 	require.NoError(t, idle.Err())
 	require.NoError(t, full.Err())
-	h.Close() // twice is harmless
-	late := h.Subscribe(t.Context(), keystore.SubscribeOptions{})
+	h.Close()                                                            // twice is harmless
+	late := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{}) // a closed stream, no error
 	requireEnded(t, late)
 	require.NoError(t, late.Err())
 	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
@@ -286,7 +349,7 @@ func TestHubContextEndsSubscription(t *testing.T) {
 	var cancels []context.CancelFunc
 	for i := range 20 {
 		ctx, cancel := context.WithCancel(t.Context())
-		subs = append(subs, h.Subscribe(ctx, keystore.SubscribeOptions{}))
+		subs = append(subs, subscribeHub(t, h, ctx, keystore.SubscribeOptions{}))
 		cancels = append(cancels, cancel)
 		if i%2 == 0 {
 			publish(h, 300) // some subscribers end with a full channel, some idle

@@ -71,9 +71,10 @@ type Stats struct {
 // AcquireOptions tune one Acquire call. The zero value takes the pool's default lease
 // TTL and does not wait.
 type AcquireOptions struct {
-	// TTL is the lease's length; zero means the pool's default. It must lie within
-	// MinLeaseTTL..Options.MaxLeaseTTL.
-	TTL time.Duration
+	// TTL is the lease's length; nil means the pool's default. It must lie within
+	// MinLeaseTTL..Options.MaxLeaseTTL: an explicit zero is refused, not taken as the
+	// default.
+	TTL *time.Duration
 	// Wait is how long to wait for a key when none is free, at most MaxWait; zero means
 	// answer NOT_FOUND at once. Waiters are served first come, first served.
 	Wait time.Duration
@@ -87,17 +88,30 @@ const (
 	MaxWait = 30 * time.Second
 )
 
+// Bounds that every backend keeps to.
+const (
+	// RequestBatch is how many due transitions of the whole pool an Acquire or Stats
+	// applies on its way in, so that it reflects deadlines that passed since the
+	// expirer last ran, at a bounded cost.
+	RequestBatch = 32
+	// MaxPicks bounds the random picks of one Acquire that land on keys whose
+	// keep-alive deadline has passed (each such pick deletes that key).
+	MaxPicks = 64
+)
+
 // SubscribeOptions select the events a subscription receives.
 type SubscribeOptions struct {
 	// Types keeps only events of these types; empty means all.
 	Types []EventType
 	// After, when set, first replays the retained events whose Seq is larger, then
-	// goes live. Nil means live events only.
+	// goes live; at or past the newest seq it goes live at once. If events after it
+	// have left the ring, Subscribe fails with ECOMPACTED. Nil means live events only.
 	After *int64
 }
 
 // Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)
-// in the number of keys. Errors carry a Code (see ErrorCode).
+// in the number of keys. Errors carry a Code (see ErrorCode). Pool is the Store;
+// transports may wrap it (for metrics) behind this interface.
 type Store interface {
 	// Generate creates count new AVAILABLE keys, each kept alive until now plus the
 	// keep-alive TTL. A count outside 1..Options.MaxGenerate is EINVALID and creates nothing.
@@ -109,11 +123,11 @@ type Store interface {
 	// current lease's token is accepted (ELEASEMISMATCH otherwise). ENOTBLOCKED if the
 	// key is AVAILABLE, ENOTFOUND if there is no such key.
 	Unblock(ctx context.Context, id, token string) (Key, error)
-	// Renew extends the live lease that token names to now plus ttl (zero: the default
+	// Renew extends the live lease that token names to now plus ttl (nil: the default
 	// lease TTL), capped at the lease's AcquiredAt plus Options.MaxLeaseTTL. A lease that
 	// has run out is never renewed: ELEASEMISMATCH if another lease holds the key,
 	// ENOTBLOCKED if none does.
-	Renew(ctx context.Context, id, token string, ttl time.Duration) (Key, error)
+	Renew(ctx context.Context, id, token string, ttl *time.Duration) (Key, error)
 	// KeepAlive moves the key's keep-alive deadline to now plus the keep-alive TTL; the
 	// lease is untouched.
 	KeepAlive(ctx context.Context, id string) (Key, error)
@@ -206,3 +220,16 @@ func (NopObserver) Waited(time.Duration, bool)       {}
 func (NopObserver) WaitersChanged(int)               {}
 func (NopObserver) SubscribersChanged(int)           {}
 func (NopObserver) SlowConsumerCut()                 {}
+
+// TTL returns d as an explicit lease TTL, for AcquireOptions.TTL and Renew.
+func TTL(d time.Duration) *time.Duration { return &d }
+
+// ParseDuration parses what a client sent as the duration called name, in Go syntax
+// ("90s", "1m30s"); the Pool checks its range.
+func ParseDuration(name, s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, Errorf(EINVALID, "%s must be a duration in Go syntax such as \"90s\" or \"1m30s\", got %.32q", name, s)
+	}
+	return d, nil
+}

@@ -157,19 +157,28 @@ type op struct {
 
 func (o op) String() string { return fmt.Sprintf("{%d %d %d %d}", o.kind, o.a, o.b, o.c) }
 
-// ttlChoices mixes the default (0), the limits and one nanosecond past each.
-var ttlChoices = []time.Duration{0, 0, 0, keystore.MinLeaseTTL - 1, keystore.MinLeaseTTL, 2 * time.Second,
-	45 * time.Second, 90 * time.Second, modelOpts.MaxLeaseTTL, modelOpts.MaxLeaseTTL + 1, -time.Second}
+// ttlChoices mixes the default (nil), an explicit zero, the limits and one
+// nanosecond past each.
+var ttlChoices = []*time.Duration{nil, nil, keystore.TTL(0), keystore.TTL(keystore.MinLeaseTTL - 1), keystore.TTL(keystore.MinLeaseTTL),
+	keystore.TTL(2 * time.Second), keystore.TTL(45 * time.Second), keystore.TTL(90 * time.Second),
+	keystore.TTL(modelOpts.MaxLeaseTTL), keystore.TTL(modelOpts.MaxLeaseTTL + 1), keystore.TTL(-time.Second)}
 
-func validTTL(ttl time.Duration) bool {
-	return ttl == 0 || (ttl >= keystore.MinLeaseTTL && ttl <= modelOpts.MaxLeaseTTL)
+func validTTL(ttl *time.Duration) bool {
+	return ttl == nil || (*ttl >= keystore.MinLeaseTTL && *ttl <= modelOpts.MaxLeaseTTL)
 }
 
-func leaseLength(ttl time.Duration) time.Duration {
-	if ttl == 0 {
+func leaseLength(ttl *time.Duration) time.Duration {
+	if ttl == nil {
 		return modelOpts.LeaseTTL
 	}
-	return ttl
+	return *ttl
+}
+
+func ttlString(ttl *time.Duration) string {
+	if ttl == nil {
+		return "default"
+	}
+	return ttl.String()
 }
 
 // pickID chooses among the live ids, a few gone ones and two that never existed.
@@ -301,7 +310,7 @@ func (r *runner) step(o op) {
 		}
 	case opAcquire:
 		ttl := ttlChoices[int(o.a)%len(ttlChoices)]
-		r.log = append(r.log, fmt.Sprintf("acquire ttl=%v", ttl))
+		r.log = append(r.log, fmt.Sprintf("acquire ttl=%s", ttlString(ttl)))
 		got, err := r.store.Acquire(ctx, keystore.AcquireOptions{TTL: ttl})
 		if !validTTL(ttl) {
 			r.expectCode(err, keystore.EINVALID)
@@ -350,13 +359,11 @@ func (r *runner) step(o op) {
 		id := m.pickID(o.a)
 		token := m.pickToken(o.b, id)
 		ttl := ttlChoices[int(o.c)%len(ttlChoices)]
-		r.log = append(r.log, fmt.Sprintf("renew %q token=%q ttl=%v", id, token, ttl))
+		r.log = append(r.log, fmt.Sprintf("renew %q token=%q ttl=%s", id, token, ttlString(ttl)))
 		got, err := r.store.Renew(ctx, id, token, ttl)
 		k := m.keys[id]
 		switch {
-		case !validTTL(ttl) && k == nil:
-			r.expectCode(err, keystore.EINVALID, keystore.ENOTFOUND) // either check may come first
-		case !validTTL(ttl):
+		case !validTTL(ttl) || token == "":
 			r.expectCode(err, keystore.EINVALID)
 		case k == nil:
 			r.expectCode(err, keystore.ENOTFOUND)
@@ -635,7 +642,7 @@ func TestMemoryConcurrent(t *testing.T) {
 					unexpected(err, keystore.ENOTFOUND) // deleted meanwhile
 				case x < 62 && len(held) > 0:
 					k := held[rng.IntN(len(held))]
-					_, err := store.Renew(ctx, k.ID, k.Lease.Token, 0)
+					_, err := store.Renew(ctx, k.ID, k.Lease.Token, nil)
 					unexpected(err, keystore.ENOTFOUND)
 				case x < 72:
 					_, err := store.KeepAlive(ctx, randomID(rng))

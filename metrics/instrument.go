@@ -82,7 +82,7 @@ func (s *instrumentedStore) Unblock(ctx context.Context, id, token string) (keys
 	return k, err
 }
 
-func (s *instrumentedStore) Renew(ctx context.Context, id, token string, ttl time.Duration) (keystore.Key, error) {
+func (s *instrumentedStore) Renew(ctx context.Context, id, token string, ttl *time.Duration) (keystore.Key, error) {
 	start := time.Now()
 	k, err := s.Store.Renew(ctx, id, token, ttl)
 	s.done(iRenew, start, err)

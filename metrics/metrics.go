@@ -195,25 +195,6 @@ func (m *Metrics) Handler() http.Handler {
 // WatchStore makes the keys gauge read store's Stats at every scrape.
 func (m *Metrics) WatchStore(store keystore.Store) { m.store.Store(&store) }
 
-// ObserveOp counts one operation (one of Ops) with its outcome: ok when err is nil, else
-// err's code. A successful renew is also counted as a renewal.
-func (m *Metrics) ObserveOp(op string, err error) {
-	c, ok := m.opCounters[op]
-	if !ok {
-		m.operations.WithLabelValues(op, outcomeOf(err)).Inc()
-		return
-	}
-	c.observe(err)
-	if op == OpRenew && err == nil {
-		m.renewals.Inc()
-	}
-}
-
-// ObserveRequest records that transport served op in d.
-func (m *Metrics) ObserveRequest(transport, op string, d time.Duration) {
-	m.requests.WithLabelValues(transport, op).Observe(d.Seconds())
-}
-
 func outcomeOf(err error) string {
 	if err == nil {
 		return OutcomeOK

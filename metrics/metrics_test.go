@@ -16,7 +16,7 @@ import (
 	"github.com/keypool/keypool/metrics"
 )
 
-func newStore(t *testing.T, m *metrics.Metrics) (*keystore.Memory, *clockwork.FakeClock) {
+func newStore(t *testing.T, m *metrics.Metrics) (*keystore.Pool, *clockwork.FakeClock) {
 	t.Helper()
 	clock := clockwork.NewFakeClock()
 	store, err := keystore.NewMemory(clock, keystore.Options{Observer: m, EventRetention: 4})
@@ -120,10 +120,10 @@ func TestCountersMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rest.Renew(ctx, k.ID, k.Lease.Token, 90*time.Second); err != nil {
+	if _, err := rest.Renew(ctx, k.ID, k.Lease.Token, keystore.TTL(90*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rest.Renew(ctx, k.ID, "bad", 0); err == nil {
+	if _, err := rest.Renew(ctx, k.ID, "bad", nil); err == nil {
 		t.Fatal("renew with a bad token")
 	}
 	if _, err := rest.Unblock(ctx, keys[0].ID, "nope"); err == nil {
@@ -223,31 +223,6 @@ func TestWaitersAndSubscribers(t *testing.T) {
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	require.Eventually(t, cond, 5*time.Second, time.Millisecond, "condition not met within 5s")
-}
-
-func TestObserveOp(t *testing.T) {
-	m := metrics.New()
-	m.ObserveOp(metrics.OpRenew, nil)
-	m.ObserveOp(metrics.OpDelete, keystore.Errorf(keystore.ENOTFOUND, "x"))
-	m.ObserveOp(metrics.OpDelete, errors.New("boom"))
-	m.ObserveOp("custom", nil)
-	m.ObserveRequest(metrics.REST, metrics.OpDelete, time.Millisecond)
-	for _, c := range []struct {
-		name   string
-		labels []string
-		want   float64
-	}{
-		{"keypool_operations_total", []string{"op", "renew", "outcome", "ok"}, 1},
-		{"keypool_lease_renewals_total", nil, 1},
-		{"keypool_operations_total", []string{"op", "delete", "outcome", "NOT_FOUND"}, 1},
-		{"keypool_operations_total", []string{"op", "delete", "outcome", "INTERNAL_SERVER_ERROR"}, 1},
-		{"keypool_operations_total", []string{"op", "custom", "outcome", "ok"}, 1},
-		{"keypool_request_duration_seconds", []string{"transport", "rest", "op", "delete"}, 1},
-	} {
-		if got := value(t, m, c.name, c.labels...); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
 }
 
 // A store that cannot answer Stats leaves keypool_keys out rather than failing the scrape.

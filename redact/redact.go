@@ -5,7 +5,6 @@
 package redact
 
 import (
-	"log/slog"
 	"strings"
 )
 
@@ -24,12 +23,6 @@ func KeyID(id string) string {
 	}
 	return id[:prefixLen] + "…"
 }
-
-// Key is a key id that logs itself redacted: slog.Any("key", redact.Key(id)).
-type Key string
-
-// LogValue implements slog.LogValuer.
-func (k Key) LogValue() slog.Value { return slog.StringValue(KeyID(string(k))) }
 
 // Path returns the URL path p with every segment long enough to be a key id or a
 // lease token cut as KeyID cuts it, so /v1/keys/{id}/unblock can be logged.

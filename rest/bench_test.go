@@ -20,7 +20,7 @@ import (
 //
 // and compare ns/op of each pair (REST should be at least as fast as plain).
 
-func benchStore(b *testing.B) (*keystore.Memory, string) {
+func benchStore(b *testing.B) (*keystore.Pool, string) {
 	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{})
 	if err != nil {
 		b.Fatal(err)

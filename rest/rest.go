@@ -160,31 +160,19 @@ func acquireOptions(u *url.URL) (keystore.AcquireOptions, error) {
 		var d time.Duration
 		switch name {
 		case "ttl", "wait":
-			if d, err = parseDuration(name, values[0]); err != nil {
+			if d, err = keystore.ParseDuration(name, values[0]); err != nil {
 				return opts, err
 			}
 		default:
 			return opts, keystore.Errorf(keystore.EINVALID, "unknown query parameter %q (want ttl, wait)", name)
 		}
 		if name == "ttl" {
-			opts.TTL = d
+			opts.TTL = &d
 		} else {
 			opts.Wait = d
 		}
 	}
 	return opts, nil
-}
-
-// parseDuration parses a non-negative Go duration such as "90s"; the store checks ranges.
-func parseDuration(name, s string) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, keystore.Errorf(keystore.EINVALID, "%s: %q is not a duration like 90s or 5m", name, s)
-	}
-	if d < 0 {
-		return 0, keystore.Errorf(keystore.EINVALID, "%s: %q is negative", name, s)
-	}
-	return d, nil
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request) {
@@ -231,17 +219,14 @@ func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 	if !h.decodeBody(w, r, &req) {
 		return
 	}
-	if req.Token == "" {
-		h.writeError(w, r, keystore.Errorf(keystore.EINVALID, `renew needs the lease's "token"`))
-		return
-	}
-	var ttl time.Duration
+	var ttl *time.Duration
 	if req.TTL != "" {
-		var err error
-		if ttl, err = parseDuration("ttl", req.TTL); err != nil {
+		d, err := keystore.ParseDuration("ttl", req.TTL)
+		if err != nil {
 			h.writeError(w, r, err)
 			return
 		}
+		ttl = &d
 	}
 	k, err := h.store.Renew(r.Context(), r.PathValue("id"), req.Token, ttl)
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 type pool struct {
 	t       *testing.T
 	clock   *clockwork.FakeClock
-	store   *keystore.Memory
+	store   *keystore.Pool
 	handler http.Handler
 }
 

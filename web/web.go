@@ -152,16 +152,6 @@ func contentType(name string) string {
 	return "application/octet-stream"
 }
 
-// Handler serves both pages and their assets: GraphiQL at /, the dashboard at
-// /dashboard and the static files under /assets/. Any other path is a 404.
-func Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/{$}", GraphiQL())
-	mux.Handle("/dashboard", Dashboard())
-	mux.Handle(AssetPrefix, Assets())
-	return mux
-}
-
 // GraphiQL serves the GraphiQL page. Mount it at "/"; it answers GET and HEAD
 // only, whatever the path it is mounted at.
 func GraphiQL() http.Handler { return pageHandler("graphiql") }

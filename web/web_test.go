@@ -38,7 +38,7 @@ func body(t *testing.T, res *http.Response) string {
 var refs = regexp.MustCompile(`(?:src|href)="([^"]*)"`)
 
 func TestPages(t *testing.T) {
-	h := Handler()
+	h := routes()
 	for _, page := range []struct{ path, title string }{
 		{"/", "keypool · GraphiQL"},
 		{"/dashboard", "keypool · dashboard"},
@@ -93,7 +93,7 @@ func TestPages(t *testing.T) {
 }
 
 func TestPageMethods(t *testing.T) {
-	h := Handler()
+	h := routes()
 	for _, target := range []string{"/", "/dashboard", "/assets/dashboard.js"} {
 		req := httptest.NewRequest(http.MethodPost, target, strings.NewReader("{}"))
 		rec := httptest.NewRecorder()
@@ -111,7 +111,7 @@ func TestPageMethods(t *testing.T) {
 }
 
 func TestAssets(t *testing.T) {
-	h := Handler()
+	h := routes()
 	for name, want := range map[string]string{
 		"vendor/graphiql/graphiql.min.js":              "text/javascript; charset=utf-8",
 		"vendor/graphiql/graphiql.min.css":             "text/css; charset=utf-8",
@@ -214,7 +214,7 @@ func TestContentSecurityPolicy(t *testing.T) {
 }
 
 func TestAssetsGzip(t *testing.T) {
-	h := Handler()
+	h := routes()
 	const name = AssetPrefix + "vendor/graphiql/graphiql.min.js"
 	plain := get(t, h, name)
 	plainBody := body(t, plain)
@@ -254,4 +254,13 @@ func TestAssetsGzip(t *testing.T) {
 	if res := get(t, h, AssetPrefix+"keypool.svg", "Accept-Encoding", "gzip"); res.Header.Get("Content-Encoding") != "" {
 		t.Errorf("keypool.svg (%d bytes) was gzipped", len(theSite.assets["keypool.svg"].body))
 	}
+}
+
+// routes mounts the pages as the server does.
+func routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", GraphiQL())
+	mux.Handle("GET /dashboard", Dashboard())
+	mux.Handle("GET "+AssetPrefix, Assets())
+	return mux
 }

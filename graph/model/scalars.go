@@ -45,11 +45,7 @@ func UnmarshalDuration(v any) (time.Duration, error) {
 	if !ok {
 		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be a string in Go syntax such as \"90s\", got %T", v)
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be in Go syntax such as \"90s\" or \"1m30s\", got %q", s)
-	}
-	return d, nil
+	return keystore.ParseDuration("Duration", s)
 }
 
 // Lease is a lease together with a snapshot of the key it holds, taken in the same

@@ -20,7 +20,7 @@ const benchKeys = 100_000
 
 // benchPool starts a redis-server and fills a pool of benchKeys keys through a Store
 // on the real clock (scripts on Redis's TIME, as in production).
-func benchPool(b *testing.B) (*redisServer, *Store) {
+func benchPool(b *testing.B) (*redisServer, testStore) {
 	b.Helper()
 	srv := startRedis(b)
 	s := openNamespace(b, srv, clockwork.NewRealClock(), keystore.Options{}, "bench")

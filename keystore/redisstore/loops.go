@@ -1,7 +1,6 @@
 package redisstore
 
 import (
-	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -196,7 +195,7 @@ func (s *Store) readLoop(lastID string) {
 		close(s.progress)
 		s.progress = make(chan struct{})
 		s.pmu.Unlock()
-		if freed && s.nwaiting.Load() > 0 {
+		if freed && s.waiters.Len() > 0 {
 			s.poke()
 		}
 	}
@@ -224,19 +223,6 @@ func (s *Store) parseEvent(msg redis.XMessage) (keystore.Event, bool) {
 	return keystore.Event{Seq: seq, Type: keystore.EventType(typ), KeyID: s.ids.KeyID(uint64(n)), At: s.at(when)}, true
 }
 
-// waiter is an Acquire waiting on this replica for a key.
-type waiter struct {
-	ctx    context.Context
-	ttl    time.Duration
-	got    chan result // buffered: the dispatcher never blocks on it
-	queued bool        // in s.waiters; guarded by s.wmu
-}
-
-type result struct {
-	key keystore.Key
-	err error
-}
-
 func (s *Store) poke() {
 	select {
 	case s.serve <- struct{}{}:
@@ -244,86 +230,9 @@ func (s *Store) poke() {
 	}
 }
 
-// wait queues an Acquire behind this replica's earlier waiters until the dispatcher
-// hands it a key, its wait runs out, its client leaves or the store closes.
-func (s *Store) wait(ctx context.Context, ttl, d time.Duration) (keystore.Key, error) {
-	start := s.clock.Now()
-	w := &waiter{ctx: ctx, ttl: ttl, got: make(chan result, 1), queued: true}
-	s.wmu.Lock()
-	elem := s.waiters.PushBack(w)
-	s.wmu.Unlock()
-	s.nwaiting.Add(1)
-	s.opts.Observer.WaitersChanged(1)
-	s.poke() // a key freed before we queued is not missed
-
-	timer := s.clock.NewTimer(d)
-	defer timer.Stop()
-	var err error
-	select {
-	case r := <-w.got:
-		if r.err == nil && ctx.Err() != nil { // served as its client left
-			s.giveBack(r.key)
-			s.opts.Observer.Waited(s.clock.Since(start), false)
-			return keystore.Key{}, ctx.Err()
-		}
-		s.opts.Observer.Waited(s.clock.Since(start), r.err == nil)
-		return r.key, r.err
-	case <-timer.Chan():
-		err = keystore.Errorf(keystore.ENOTFOUND, "no key became available within %v", d)
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-s.ctx.Done():
-		err = s.stopping()
-	}
-	s.wmu.Lock()
-	queued := w.queued
-	if queued {
-		s.waiters.Remove(elem)
-		w.queued = false
-	}
-	s.wmu.Unlock()
-	if queued {
-		s.nwaiting.Add(-1)
-		s.opts.Observer.WaitersChanged(-1)
-		s.opts.Observer.Waited(s.clock.Since(start), false)
-		return keystore.Key{}, err
-	}
-	// The dispatcher answered while we were leaving.
-	r := <-w.got
-	if r.err == nil && ctx.Err() == nil && s.ctx.Err() == nil {
-		s.opts.Observer.Waited(s.clock.Since(start), true)
-		return r.key, nil
-	}
-	if r.err == nil { // the client is gone: it never receives the key
-		s.giveBack(r.key)
-	}
-	s.opts.Observer.Waited(s.clock.Since(start), false)
-	return keystore.Key{}, err
-}
-
-// giveBack unblocks a key acquired for a waiter that left, so that it is free again.
-func (s *Store) giveBack(k keystore.Key) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, _ = s.Unblock(ctx, k.ID, k.Lease.Token)
-}
-
-// firstWaiter returns the oldest waiter whose client is still there; those that left
-// take themselves off the queue.
-func (s *Store) firstWaiter() *list.Element {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	for e := s.waiters.Front(); e != nil; e = e.Next() {
-		if e.Value.(*waiter).ctx.Err() == nil {
-			return e
-		}
-	}
-	return nil
-}
-
 // serveLoop is the dispatcher: woken by an event that may have freed a key (from any
 // replica), a new waiter, or fallbackTick, it runs the acquire script for the oldest
-// waiter until a try finds no key.
+// waiter of this replica until a try finds no key.
 func (s *Store) serveLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(fallbackTick)
@@ -333,36 +242,19 @@ func (s *Store) serveLoop() {
 		case <-s.serve:
 		case <-tick.C:
 		case <-s.ctx.Done():
-			// Waiters see the store close by themselves.
-			return
+			return // the Pool answers its waiters as it closes
 		}
-		for s.ctx.Err() == nil {
-			front := s.firstWaiter()
-			if front == nil {
+		for s.ctx.Err() == nil && s.waiters.Len() > 0 {
+			w := s.waiters.Take()
+			if w == nil {
 				break
 			}
-			w := front.Value.(*waiter)
-			k, err := s.acquireOnce(s.ctx, w.ttl)
-			if keystore.ErrorCode(err) == keystore.ENOTFOUND {
+			rec, err := s.acquireOnce(s.ctx, w.TTL)
+			if err != nil {
+				s.waiters.Return(w) // none free, or Redis is away: the next wake-up tries again
 				break
 			}
-			if err != nil && s.ctx.Err() != nil {
-				return
-			}
-			s.wmu.Lock()
-			served := w.queued
-			if served {
-				s.waiters.Remove(front)
-				w.queued = false
-				w.got <- result{k, err}
-			}
-			s.wmu.Unlock()
-			if served {
-				s.nwaiting.Add(-1)
-				s.opts.Observer.WaitersChanged(-1)
-			} else if err == nil {
-				s.giveBack(k) // it left while we acquired for it
-			}
+			s.waiters.Serve(w, rec)
 		}
 	}
 }

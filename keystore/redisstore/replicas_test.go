@@ -36,7 +36,7 @@ func (o *countingObserver) Expired(t keystore.EventType, _ time.Duration) {
 func (o *countingObserver) WaitersChanged(d int) { o.waiting.Add(int64(d)) }
 
 // replicas opens two stores on one pool in one redis-server, sharing a fake clock.
-func replicas(t *testing.T, opts keystore.Options) (a, b *Store, obsA, obsB *countingObserver, srv *redisServer) {
+func replicas(t *testing.T, opts keystore.Options) (a, b testStore, obsA, obsB *countingObserver, srv *redisServer) {
 	t.Helper()
 	srv = startRedis(t)
 	clock := newFakeClock()
@@ -66,7 +66,7 @@ func TestReplicasShareKeysAndLeases(t *testing.T) {
 	}
 	_, err := b.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.ENOTFOUND)
-	_, err = b.Unblock(ctx, k.ID, b.ids.Token(leased.Lease.Fence+1))
+	_, err = b.Unblock(ctx, k.ID, b.b.ids.Token(leased.Lease.Fence+1))
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 
 	must(b.Unblock(ctx, k.ID, leased.Lease.Token))(t)
@@ -85,7 +85,7 @@ func TestReplicasShareKeysAndLeases(t *testing.T) {
 func TestReplicasReleaseOnce(t *testing.T) {
 	a, b, obsA, obsB, _ := replicas(t, keystore.Options{LeaseTTL: 10 * time.Second})
 	ctx := context.Background()
-	clock := a.clock.(interface{ Advance(time.Duration) })
+	clock := a.b.clock.(interface{ Advance(time.Duration) })
 	subB := must(b.Subscribe(ctx, keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased}}))(t)
 	must(a.Generate(ctx, 3))(t)
 	leased := must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
@@ -168,6 +168,10 @@ func TestReplicasWaiterServedByOther(t *testing.T) {
 	ctx := context.Background()
 	must(a.Generate(ctx, 1))(t)
 	held := must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
+	type result struct {
+		key keystore.Key
+		err error
+	}
 	done := make(chan result, 1)
 	go func() {
 		k, err := b.Acquire(ctx, keystore.AcquireOptions{Wait: 10 * time.Second})
@@ -192,7 +196,7 @@ func TestReplicaClosedMidLoad(t *testing.T) {
 	const keys, workers, cycles = 16, 4, 150
 	a, b, _, _, _ := replicas(t, keystore.Options{LeaseTTL: 10 * time.Second})
 	ctx := context.Background()
-	clock := a.clock.(interface{ Advance(time.Duration) })
+	clock := a.b.clock.(interface{ Advance(time.Duration) })
 	ids := map[string]bool{}
 	for _, k := range must(a.Generate(ctx, keys))(t) {
 		ids[k.ID] = true
@@ -207,7 +211,7 @@ func TestReplicaClosedMidLoad(t *testing.T) {
 		fences    = map[int64]bool{}
 		acquiredA atomic.Int64
 	)
-	cycle := func(store *Store, onA bool) {
+	cycle := func(store testStore, onA bool) {
 		defer wg.Done()
 		for range cycles {
 			k, err := store.Acquire(ctx, keystore.AcquireOptions{})
@@ -245,7 +249,7 @@ func TestReplicaClosedMidLoad(t *testing.T) {
 	}
 	for i := range 2 * workers {
 		wg.Add(1)
-		go cycle([]*Store{a, b}[i%2], i%2 == 0)
+		go cycle([]testStore{a, b}[i%2], i%2 == 0)
 	}
 	waitFor(t, func() bool { return acquiredA.Load() >= 20 })
 	if err := a.Close(); err != nil {

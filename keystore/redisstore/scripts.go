@@ -3,6 +3,7 @@ package redisstore
 import (
 	"strconv"
 
+	"github.com/keypool/keypool/keystore"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -132,12 +133,11 @@ const (
 	statusReset      = -9
 )
 
-// requestBatch bounds the due transitions that Acquire and Stats apply on their way in,
-// as keystore.Memory does.
-const requestBatch = 32
-
-// maxPicks bounds the random picks of one Acquire that land on dead keys.
-const maxPicks = 64
+// The bounds of keystore, as Lua text.
+var (
+	requestBatch = strconv.Itoa(keystore.RequestBatch)
+	maxPicks     = strconv.Itoa(keystore.MaxPicks)
+)
 
 // ARGV[6] count, ARGV[7] keep-alive TTL. Reply {1, now, first key number, keep-alive deadline}.
 var scriptGenerate = redis.NewScript(prelude + `
@@ -184,7 +184,7 @@ var scriptAcquire = redis.NewScript(prelude + `
 if reset() then return {-9, now} end
 local ttl = tonumber(ARGV[6])
 math.randomseed(tonumber(ARGV[7]) or 1)
-apply_due(` + strconv.Itoa(requestBatch) + `)
+apply_due(` + requestBatch + `)
 
 local function take(n)
   local h = P .. 'k:' .. n
@@ -198,7 +198,7 @@ local function take(n)
   return reply(n)
 end
 
-for i = 1, ` + strconv.Itoa(maxPicks) + ` do
+for i = 1, ` + maxPicks + ` do
   if i % 2 == 1 then
     local n = redis.call('SRANDMEMBER', AVAIL)
     if n then
@@ -292,7 +292,7 @@ return {1, now}
 // (live keys of the keep-alive set) and blocked counts the leases that have not run
 // out, which may include keys whose keep-alive has passed until the expirer reaches them.
 var scriptStats = redis.NewScript(prelude + `
-local _, next = apply_due(` + strconv.Itoa(requestBatch) + `)
+local _, next = apply_due(` + requestBatch + `)
 local total, blocked = redis.call('ZCARD', ALIVE), redis.call('ZCARD', LEASES)
 if next < 0 or next > now then
   return {1, now, total, redis.call('SCARD', AVAIL), blocked}

@@ -122,22 +122,28 @@ func (s *redisServer) info(section, name string) string {
 var namespaces atomic.Int64
 
 // openStore opens a Store on srv under a namespace of its own and closes it at the end.
-func openStore(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, options ...Option) *Store {
+// testStore is a pool in Redis with its backend, for tests that look inside.
+type testStore struct {
+	*keystore.Pool
+	b *Store
+}
+
+func openStore(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, options ...Option) testStore {
 	t.Helper()
 	ns := fmt.Sprintf("t%d", namespaces.Add(1))
 	return openNamespace(t, srv, clock, opts, ns, options...)
 }
 
-func openNamespace(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, ns string, options ...Option) *Store {
+func openNamespace(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, ns string, options ...Option) testStore {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := New(ctx, srv.url(), clock, opts, append([]Option{WithNamespace(ns)}, options...)...)
+	pool, b, err := open(ctx, srv.url(), clock, opts, append([]Option{WithNamespace(ns)}, options...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	t.Cleanup(func() { _ = pool.Close() })
+	return testStore{pool, b}
 }
 
 // newFakeClock starts at a whole second, so that microseconds are exact.

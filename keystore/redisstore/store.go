@@ -25,7 +25,6 @@
 package redisstore
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -36,7 +35,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -87,12 +85,7 @@ type config struct {
 // same.
 func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
 
-// WithClientTime makes the scripts use the store's clock, passed as an argument,
-// instead of Redis's TIME. New turns it on for a *clockwork.FakeClock. In production
-// leave it off: replicas' clocks differ, Redis's is one.
-func WithClientTime(on bool) Option { return func(c *config) { c.clientTime = on } }
-
-// Store is a keystore.Store in Redis.
+// Store is the keystore.Backend of a pool in Redis.
 type Store struct {
 	rdb        *redis.Client
 	clock      clockwork.Clock
@@ -101,6 +94,7 @@ type Store struct {
 	prefix     string
 	ids        *keystore.IDCodec
 	hub        *keystore.Hub
+	waiters    *keystore.WaitQueue
 	replica    string // tags the transitions this replica applies, for its Observer
 	fixedArgs  [5]any // ARGV[1..5] of every script
 
@@ -121,25 +115,41 @@ type Store struct {
 	skew   int64 // script time minus the store's clock, from the last script reply
 	kick   chan struct{}
 
-	// This replica's waiting Acquires, oldest first.
-	wmu      sync.Mutex
-	waiters  list.List
-	nwaiting atomic.Int64
-	serve    chan struct{} // wakes the dispatcher
+	serve chan struct{} // wakes the dispatcher of this replica's waiting Acquires
 
 	// The reader's progress, for Subscribe to wait on.
 	pmu      sync.Mutex
 	progress chan struct{} // closed and replaced whenever the reader publishes
 }
 
-var _ keystore.Store = (*Store)(nil)
+var _ keystore.Backend = (*Store)(nil)
 
 // New connects to the Redis at rawURL (redis://host:port/db, rediss://…, or
 // unix:///path/to/socket?db=N), sets up the pool there if it is the first replica,
 // and starts the store's background work; Close stops it. clock is
-// clockwork.NewRealClock() in production.
-func New(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystore.Options, options ...Option) (*Store, error) {
-	opts = opts.WithDefaults()
+// clockwork.NewRealClock() in production; with a *clockwork.FakeClock (tests) the
+// scripts take its time instead of Redis's.
+func New(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystore.Options, options ...Option) (*keystore.Pool, error) {
+	pool, _, err := open(ctx, rawURL, clock, opts, options...)
+	return pool, err
+}
+
+// open is New, also returning the backend.
+func open(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystore.Options, options ...Option) (*keystore.Pool, *Store, error) {
+	var backend *Store
+	pool, err := keystore.NewPool(clock, opts, func(env keystore.Env) (keystore.Backend, *keystore.IDCodec, error) {
+		s, err := newStore(ctx, rawURL, env, options...)
+		backend = s
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, s.ids, nil
+	})
+	return pool, backend, err
+}
+
+func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...Option) (*Store, error) {
+	opts, clock := env.Options, env.Clock
 	if err := validate(opts); err != nil {
 		return nil, err
 	}
@@ -172,7 +182,8 @@ func New(ctx context.Context, rawURL string, clock clockwork.Clock, opts keystor
 		clientTime: cfg.clientTime,
 		opts:       opts,
 		prefix:     "{" + cfg.namespace + "}:",
-		hub:        keystore.NewHub(opts.EventRetention, opts.Observer),
+		hub:        env.Events,
+		waiters:    env.Waiters,
 		replica:    strconv.FormatUint(randomUint64(), 36),
 		wakeAt:     math.MaxInt64,
 		heard:      math.MaxInt64,
@@ -379,210 +390,140 @@ func (s *Store) run(ctx context.Context, script *redis.Script, args ...any) ([]i
 	return res, nil
 }
 
-// keyReply decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
-func (s *Store) keyReply(res []int64) (keystore.Key, error) {
+// record decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
+func (s *Store) record(res []int64) (keystore.Record, error) {
 	if len(res) != 10 {
-		return keystore.Key{}, fmt.Errorf("redis store: bad key reply %v", res)
+		return keystore.Record{}, fmt.Errorf("redis store: bad key reply %v", res)
 	}
-	n, created, expires, fence, acquiredAt, leaseDeadline := res[2], res[3], res[4], res[5], res[6], res[7]
-	id := s.ids.KeyID(uint64(n))
-	k := keystore.Key{
-		ID:        id,
-		Status:    keystore.Available,
-		CreatedAt: s.at(created),
-		ExpiresAt: s.at(expires),
-		History: keystore.History{
-			TimesAcquired: res[8],
-			LeasesExpired: res[9],
-		},
+	r := keystore.Record{
+		N:             uint64(res[2]),
+		CreatedAt:     s.at(res[3]),
+		ExpiresAt:     s.at(res[4]),
+		Fence:         res[5],
+		AcquiredAt:    s.at(res[6]),
+		TimesAcquired: res[8],
+		LeasesExpired: res[9],
 	}
-	if k.History.TimesAcquired > 0 {
-		k.History.LastAcquiredAt = s.at(acquiredAt)
+	if r.Fence != 0 {
+		r.LeaseExpiresAt = s.at(res[7])
 	}
-	if fence != 0 {
-		k.Status = keystore.Blocked
-		k.Lease = &keystore.Lease{
-			KeyID:      id,
-			Token:      s.ids.Token(fence),
-			Fence:      fence,
-			AcquiredAt: s.at(acquiredAt),
-			ExpiresAt:  s.at(leaseDeadline),
-		}
-	}
-	return k, nil
-}
-
-func notFound(id string) error {
-	return keystore.Errorf(keystore.ENOTFOUND, "no key %s", keystore.ShortID(id))
+	return r, nil
 }
 
 // keyError maps the per-key status codes.
-func keyError(status int64, id string) error {
+func keyError(status int64) error {
 	switch status {
 	case statusNotFound:
-		return notFound(id)
+		return keystore.ErrNoKey
 	case statusNotBlocked:
-		return keystore.Errorf(keystore.ENOTBLOCKED, "key %s is not blocked", keystore.ShortID(id))
+		return keystore.ErrNotBlocked
 	case statusMismatch:
-		return keystore.Errorf(keystore.ELEASEMISMATCH, "token does not match the current lease of key %s", keystore.ShortID(id))
+		return keystore.ErrLeaseMismatch
 	}
 	return fmt.Errorf("redis store: unknown script status %d", status)
 }
 
-// Generate implements keystore.Store.
-func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Key, error) {
-	if count < 1 || count > s.opts.MaxGenerate {
-		return nil, keystore.Errorf(keystore.EINVALID, "count must be between 1 and %d, got %d", s.opts.MaxGenerate, count)
-	}
+// Generate implements keystore.Backend.
+func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, error) {
 	res, err := s.run(ctx, scriptGenerate, count, s.units(s.opts.KeepAliveTTL))
 	if err != nil {
 		return nil, err
 	}
 	now, first, expires := res[1], res[2], res[3]
 	s.wakeBy(expires)
-	keys := make([]keystore.Key, count)
-	for i := range keys {
-		keys[i] = keystore.Key{
-			ID:        s.ids.KeyID(uint64(first) + uint64(i)),
-			Status:    keystore.Available,
-			CreatedAt: s.at(now),
-			ExpiresAt: s.at(expires),
-		}
+	recs := make([]keystore.Record, count)
+	for i := range recs {
+		recs[i] = keystore.Record{N: uint64(first) + uint64(i), CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
 	}
-	return keys, nil
+	return recs, nil
 }
 
-// leaseTTL checks a requested lease TTL; zero means the default.
-func (s *Store) leaseTTL(ttl time.Duration) (time.Duration, error) {
-	if ttl == 0 {
-		return s.opts.LeaseTTL, nil
+// Acquire implements keystore.Backend. Those already waiting on this replica come
+// before a new waiter.
+func (s *Store) Acquire(ctx context.Context, ttl time.Duration, w *keystore.Waiter) (keystore.Record, error) {
+	if w != nil && s.waiters.Len() > 0 {
+		s.queue(w)
+		return keystore.Record{}, keystore.ErrNoKey
 	}
-	if ttl < keystore.MinLeaseTTL || ttl > s.opts.MaxLeaseTTL {
-		return 0, keystore.Errorf(keystore.EINVALID, "ttl must be between %v and %v, got %v", keystore.MinLeaseTTL, s.opts.MaxLeaseTTL, ttl)
+	rec, err := s.acquireOnce(ctx, ttl)
+	if w != nil && errors.Is(err, keystore.ErrNoKey) {
+		s.queue(w)
 	}
-	return ttl, nil
+	return rec, err
 }
 
-// Acquire implements keystore.Store.
-func (s *Store) Acquire(ctx context.Context, opts keystore.AcquireOptions) (keystore.Key, error) {
-	ttl, err := s.leaseTTL(opts.TTL)
-	if err != nil {
-		return keystore.Key{}, err
-	}
-	if opts.Wait < 0 || opts.Wait > keystore.MaxWait {
-		return keystore.Key{}, keystore.Errorf(keystore.EINVALID, "wait must be between 0s and %v, got %v", keystore.MaxWait, opts.Wait)
-	}
-	if err := s.stopping(); err != nil {
-		return keystore.Key{}, err
-	}
-	// Those already waiting here come first; without them, try at once.
-	if opts.Wait == 0 || s.nwaiting.Load() == 0 {
-		k, err := s.acquireOnce(ctx, ttl)
-		if opts.Wait == 0 || keystore.ErrorCode(err) != keystore.ENOTFOUND {
-			return k, err
-		}
-	}
-	return s.wait(ctx, ttl, opts.Wait)
+// queue puts w in line and wakes the dispatcher, so that a key freed before w was in
+// line is not missed.
+func (s *Store) queue(w *keystore.Waiter) {
+	s.waiters.Push(w)
+	s.poke()
 }
 
-// acquireOnce runs the acquire script: a key, or ENOTFOUND.
-func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Key, error) {
+// acquireOnce runs the acquire script: a key, or ErrNoKey.
+func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Record, error) {
 	res, err := s.run(ctx, scriptAcquire, s.units(ttl), randomUint64()>>33)
 	if err != nil {
-		return keystore.Key{}, err
+		return keystore.Record{}, err
 	}
 	if res[0] == statusNotFound {
-		return keystore.Key{}, keystore.Errorf(keystore.ENOTFOUND, "no key is available")
+		return keystore.Record{}, keystore.ErrNoKey
 	}
-	k, err := s.keyReply(res)
+	r, err := s.record(res)
 	if err == nil {
-		s.wakeBy(s.units(k.Lease.ExpiresAt.Sub(s.base)))
+		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
-	return k, err
-}
-
-// parseKey turns an id into its key number; false for a string that is no id of this
-// pool.
-func (s *Store) parseKey(id string) (uint64, bool) { return s.ids.ParseKeyID(id) }
-
-// fenceOf turns a token into the fence argument of the scripts: 0 for no token, -1
-// for a token that names no lease of this pool.
-func (s *Store) fenceOf(token string) int64 {
-	if token == "" {
-		return 0
-	}
-	fence, ok := s.ids.ParseToken(token)
-	if !ok || fence <= 0 {
-		return -1
-	}
-	return fence
+	return r, err
 }
 
 // keyOp runs a per-key script and decodes its key reply.
-func (s *Store) keyOp(ctx context.Context, script *redis.Script, id string, args ...any) (keystore.Key, error) {
-	n, ok := s.parseKey(id)
-	if !ok {
-		return keystore.Key{}, notFound(id)
-	}
+func (s *Store) keyOp(ctx context.Context, script *redis.Script, n uint64, args ...any) (keystore.Record, error) {
 	res, err := s.run(ctx, script, append([]any{n}, args...)...)
 	if err != nil {
-		return keystore.Key{}, err
+		return keystore.Record{}, err
 	}
 	if res[0] != statusOK {
-		return keystore.Key{}, keyError(res[0], id)
+		return keystore.Record{}, keyError(res[0])
 	}
-	return s.keyReply(res)
+	return s.record(res)
 }
 
-// Unblock implements keystore.Store.
-func (s *Store) Unblock(ctx context.Context, id, token string) (keystore.Key, error) {
-	return s.keyOp(ctx, scriptUnblock, id, s.fenceOf(token))
+// Unblock implements keystore.Backend.
+func (s *Store) Unblock(ctx context.Context, n uint64, fence int64) (keystore.Record, error) {
+	return s.keyOp(ctx, scriptUnblock, n, fence)
 }
 
-// Renew implements keystore.Store.
-func (s *Store) Renew(ctx context.Context, id, token string, ttl time.Duration) (keystore.Key, error) {
-	d, err := s.leaseTTL(ttl)
-	if err != nil {
-		return keystore.Key{}, err
-	}
-	fence := s.fenceOf(token)
-	if fence == 0 {
-		fence = -1 // Renew needs the lease's token
-	}
-	k, err := s.keyOp(ctx, scriptRenew, id, fence, s.units(d), s.units(s.opts.MaxLeaseTTL))
+// Renew implements keystore.Backend.
+func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (keystore.Record, error) {
+	r, err := s.keyOp(ctx, scriptRenew, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
 	if err == nil {
-		s.wakeBy(s.units(k.Lease.ExpiresAt.Sub(s.base)))
+		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
-	return k, err
+	return r, err
 }
 
-// KeepAlive implements keystore.Store.
-func (s *Store) KeepAlive(ctx context.Context, id string) (keystore.Key, error) {
-	return s.keyOp(ctx, scriptKeepAlive, id, s.units(s.opts.KeepAliveTTL))
+// KeepAlive implements keystore.Backend.
+func (s *Store) KeepAlive(ctx context.Context, n uint64) (keystore.Record, error) {
+	return s.keyOp(ctx, scriptKeepAlive, n, s.units(s.opts.KeepAliveTTL))
 }
 
-// Get implements keystore.Store.
-func (s *Store) Get(ctx context.Context, id string) (keystore.Key, error) {
-	return s.keyOp(ctx, scriptGet, id)
+// Get implements keystore.Backend.
+func (s *Store) Get(ctx context.Context, n uint64) (keystore.Record, error) {
+	return s.keyOp(ctx, scriptGet, n)
 }
 
-// Delete implements keystore.Store.
-func (s *Store) Delete(ctx context.Context, id string) error {
-	n, ok := s.parseKey(id)
-	if !ok {
-		return notFound(id)
-	}
+// Delete implements keystore.Backend.
+func (s *Store) Delete(ctx context.Context, n uint64) error {
 	res, err := s.run(ctx, scriptDelete, n)
 	if err != nil {
 		return err
 	}
 	if res[0] != statusOK {
-		return keyError(res[0], id)
+		return keyError(res[0])
 	}
 	return nil
 }
 
-// Stats implements keystore.Store.
+// Stats implements keystore.Backend.
 func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
 	res, err := s.run(ctx, scriptStats)
 	if err != nil {
@@ -594,22 +535,17 @@ func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
 	return keystore.Stats{Total: int(res[2]), Available: int(res[3]), Blocked: int(res[4])}, nil
 }
 
-// Subscribe implements keystore.Store. The local hub holds the same window of events
-// as the stream (the newest EventRetention), so a replay with After is served from it;
-// Subscribe first waits for the reader to reach the stream's newest event, so that a
-// subscription sees every event made before it on any replica as past, not live.
-func (s *Store) Subscribe(ctx context.Context, opts keystore.SubscribeOptions) (*keystore.Subscription, error) {
-	for _, t := range opts.Types {
-		if !t.Valid() {
-			return nil, keystore.Errorf(keystore.EINVALID, "unknown event type %q", t)
-		}
-	}
+// CatchUp implements keystore.Backend: it waits for the reader to reach the stream's
+// newest event, so that a subscription sees every event made before it on any
+// replica as past, not live. The local hub holds the same window of events as the
+// stream (the newest EventRetention), so a replay with After is served from it.
+func (s *Store) CatchUp(ctx context.Context) error {
 	if err := s.stopping(); err != nil {
-		return nil, err
+		return err
 	}
 	newest, err := s.rdb.Get(ctx, s.prefix+"seq").Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, unavailable(err)
+		return unavailable(err)
 	}
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()
@@ -618,22 +554,21 @@ func (s *Store) Subscribe(ctx context.Context, opts keystore.SubscribeOptions) (
 		progress := s.progress
 		s.pmu.Unlock()
 		if s.hub.LastSeq() >= newest {
-			break
+			return nil
 		}
 		select {
 		case <-progress:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-s.ctx.Done():
-			return nil, s.stopping()
+			return s.stopping()
 		case <-timeout.C:
-			return nil, keystore.Errorf(keystore.EUNAVAILABLE, "the event stream is not being read")
+			return keystore.Errorf(keystore.EUNAVAILABLE, "the event stream is not being read")
 		}
 	}
-	return s.hub.Subscribe(ctx, opts), nil
 }
 
-// Ready implements keystore.Store: Redis answers PING.
+// Ready implements keystore.Backend: Redis answers PING.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.stopping(); err != nil {
 		return err
@@ -641,14 +576,13 @@ func (s *Store) Ready(ctx context.Context) error {
 	return unavailable(s.rdb.Ping(ctx).Err())
 }
 
-// Close implements keystore.Store. Waiting Acquires end with EUNAVAILABLE.
+// Close implements keystore.Backend.
 func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.cancel()
 		err = s.rdb.Close() // also ends a blocked XREAD
 		s.wg.Wait()
-		s.hub.Close()
 	})
 	return err
 }

@@ -80,12 +80,12 @@ func TestLifecycle(t *testing.T) {
 	_, err := s.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.ENOTFOUND)
 
-	_, err = s.Unblock(ctx, k.ID, s.ids.Token(got.Lease.Fence+1))
+	_, err = s.Unblock(ctx, k.ID, s.b.ids.Token(got.Lease.Fence+1))
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 	_, err = s.Unblock(ctx, k.ID, "garbage")
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 
-	renewed := must(s.Renew(ctx, k.ID, got.Lease.Token, 20*time.Second))(t)
+	renewed := must(s.Renew(ctx, k.ID, got.Lease.Token, keystore.TTL(20*time.Second)))(t)
 	if !renewed.Lease.ExpiresAt.Equal(start.Add(20 * time.Second)) {
 		t.Fatalf("renewed lease ends %v", renewed.Lease.ExpiresAt)
 	}
@@ -101,17 +101,17 @@ func TestLifecycle(t *testing.T) {
 	if !ev.At.Equal(start.Add(20 * time.Second)) {
 		t.Fatalf("RELEASED at %v", ev.At)
 	}
-	_, err = s.Renew(ctx, k.ID, got.Lease.Token, 0)
+	_, err = s.Renew(ctx, k.ID, got.Lease.Token, nil)
 	wantCode(t, err, keystore.ENOTBLOCKED)
 	_, err = s.Unblock(ctx, k.ID, "")
 	wantCode(t, err, keystore.ENOTBLOCKED)
 
-	second := must(s.Acquire(ctx, keystore.AcquireOptions{TTL: 5 * time.Second}))(t)
+	second := must(s.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(5 * time.Second)}))(t)
 	wantEvent(t, sub, keystore.EventAcquired, k.ID)
 	if second.Lease.Fence <= got.Lease.Fence {
 		t.Fatalf("fence %d after %d", second.Lease.Fence, got.Lease.Fence)
 	}
-	_, err = s.Renew(ctx, k.ID, got.Lease.Token, 0)
+	_, err = s.Renew(ctx, k.ID, got.Lease.Token, nil)
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 	must(s.Unblock(ctx, k.ID, second.Lease.Token))(t)
 	wantEvent(t, sub, keystore.EventUnblocked, k.ID)
@@ -141,7 +141,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	_, err = s.Generate(ctx, 0)
 	wantCode(t, err, keystore.EINVALID)
-	_, err = s.Acquire(ctx, keystore.AcquireOptions{TTL: time.Millisecond})
+	_, err = s.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(time.Millisecond)})
 	wantCode(t, err, keystore.EINVALID)
 	if err := s.Ready(ctx); err != nil {
 		t.Fatal(err)
@@ -159,8 +159,8 @@ func TestDueBeforeExpirer(t *testing.T) {
 	must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	// Stop the expirer (and the other loops) but keep the client open, then move time:
 	// only the scripts themselves can apply the deadline now.
-	s.cancel()
-	s.wg.Wait()
+	s.b.cancel()
+	s.b.wg.Wait()
 	clock.Advance(10 * time.Second)
 	st := must(s.Stats(context.Background()))(t)
 	if st.Available != 1 || st.Blocked != 0 {
@@ -182,7 +182,7 @@ func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
 		_, err := s.Acquire(ctx, keystore.AcquireOptions{Wait: 10 * time.Second})
 		done <- err
 	}()
-	waitFor(t, func() bool { return s.nwaiting.Load() == 1 })
+	waitFor(t, func() bool { return s.b.waiters.Len() == 1 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -215,23 +215,23 @@ func waitFor(t testing.TB, cond func() bool) {
 func TestScriptErrorIsInternal(t *testing.T) {
 	srv := startRedis(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
-	_, err := s.run(context.Background(), scriptUnblock, "not a number", 0)
+	_, err := s.b.run(context.Background(), scriptUnblock, "not a number", 0)
 	wantCode(t, err, keystore.EINTERNAL)
 	srv.kill()
-	_, err = s.run(context.Background(), scriptUnblock, 1, 0)
+	_, err = s.b.run(context.Background(), scriptUnblock, 1, 0)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 }
 
 func TestNew(t *testing.T) {
 	srv := startRedis(t)
 	ctx := context.Background()
-	s, err := New(ctx, srv.url()+"?namespace=fromurl", newFakeClock(), keystore.Options{})
+	s, b, err := open(ctx, srv.url()+"?namespace=fromurl", newFakeClock(), keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.prefix != "{fromurl}:" {
-		t.Fatalf("prefix %q", s.prefix)
+	if b.prefix != "{fromurl}:" {
+		t.Fatalf("prefix %q", b.prefix)
 	}
 	must(s.Generate(ctx, 1))(t)
 	rdb := srv.client()
@@ -264,8 +264,8 @@ func TestTimerUntil(t *testing.T) {
 	srv := startRedis(t)
 	clock := newFakeClock()
 	s := openStore(t, srv, clock, keystore.Options{})
-	deadline := s.localNow() + s.units(1500*time.Millisecond)
-	timer, fired := s.timerUntil(deadline)
+	deadline := s.b.localNow() + s.b.units(1500*time.Millisecond)
+	timer, fired := s.b.timerUntil(deadline)
 	defer timer.Stop()
 	clock.Advance(1500*time.Millisecond - time.Nanosecond)
 	select {
@@ -279,7 +279,7 @@ func TestTimerUntil(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the timer did not fire at the deadline")
 	}
-	if timer, fired := s.timerUntil(math.MaxInt64); timer != nil || fired != nil {
+	if timer, fired := s.b.timerUntil(math.MaxInt64); timer != nil || fired != nil {
 		t.Fatal("a timer for no deadline")
 	}
 }
@@ -295,7 +295,7 @@ func TestAcquireIsUniform(t *testing.T) {
 	must(rdb.ConfigSet(ctx, "set-max-intset-entries", "1").Result())(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
 	must(s.Generate(ctx, keys))(t)
-	if enc := must(rdb.ObjectEncoding(ctx, s.prefix+"avail").Result())(t); enc != "hashtable" {
+	if enc := must(rdb.ObjectEncoding(ctx, s.b.prefix+"avail").Result())(t); enc != "hashtable" {
 		t.Fatalf("AVAILABLE set encoded as %s", enc)
 	}
 	counts := map[string]int{}

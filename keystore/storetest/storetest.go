@@ -144,6 +144,14 @@ func (e *env) requireStats(total, available, blocked int) {
 }
 
 // requireCode fails unless err carries code.
+// optionalTTL is nil, the pool's default, for 0; else ttl.
+func optionalTTL(ttl time.Duration) *time.Duration {
+	if ttl == 0 {
+		return nil
+	}
+	return &ttl
+}
+
 func requireCode(t *testing.T, err error, code keystore.Code) {
 	t.Helper()
 	require.Error(t, err)
@@ -343,17 +351,24 @@ func testAcquire(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{MaxLeaseTTL: 10 * time.Minute})
 		keys := e.generate(3)
 		for _, ttl := range []time.Duration{keystore.MinLeaseTTL, 10 * time.Minute, 90 * time.Second} {
-			k := e.acquire(keystore.AcquireOptions{TTL: ttl})
+			k := e.acquire(keystore.AcquireOptions{TTL: keystore.TTL(ttl)})
 			requireTime(t, Start.Add(ttl), k.Lease.ExpiresAt, fmt.Sprintf("Lease.ExpiresAt for TTL %v", ttl))
 		}
 		e.requireStats(3, 0, 3)
 		// Refused TTLs must be refused even when a key is free, and take nothing.
 		_, err := e.store.Unblock(e.ctx, keys[0].ID, "")
 		require.NoError(t, err)
-		for _, ttl := range []time.Duration{keystore.MinLeaseTTL - time.Nanosecond, 10*time.Minute + time.Nanosecond, -time.Second, time.Nanosecond} {
-			_, err := e.store.Acquire(e.ctx, keystore.AcquireOptions{TTL: ttl})
+		// An explicit zero is refused too: only an absent TTL means the default.
+		for _, ttl := range []time.Duration{0, keystore.MinLeaseTTL - time.Nanosecond, 10*time.Minute + time.Nanosecond, -time.Second, time.Nanosecond} {
+			_, err := e.store.Acquire(e.ctx, keystore.AcquireOptions{TTL: keystore.TTL(ttl)})
 			requireCode(t, err, keystore.EINVALID)
 			e.requireStats(3, 1, 2)
+			held := e.acquire(keystore.AcquireOptions{})
+			_, err = e.store.Renew(e.ctx, held.ID, held.Lease.Token, keystore.TTL(ttl))
+			requireCode(t, err, keystore.EINVALID)
+			requireSameKey(t, held, e.get(held.ID))
+			_, err = e.store.Unblock(e.ctx, held.ID, held.Lease.Token)
+			require.NoError(t, err)
 		}
 		requireAvailable(t, e.get(keys[0].ID))
 	})
@@ -469,7 +484,7 @@ func testDelete(t *testing.T, open Opener) {
 	e.requireStats(1, 1, 0)
 	_, err := e.store.Unblock(e.ctx, blocked.ID, blocked.Lease.Token)
 	requireCode(t, err, keystore.ENOTFOUND)
-	_, err = e.store.Renew(e.ctx, blocked.ID, blocked.Lease.Token, 0)
+	_, err = e.store.Renew(e.ctx, blocked.ID, blocked.Lease.Token, nil)
 	requireCode(t, err, keystore.ENOTFOUND)
 	// A deleted key is never handed out again.
 	k := e.acquire(keystore.AcquireOptions{})
@@ -510,7 +525,7 @@ func testNotFound(t *testing.T, open Opener) {
 			requireCode(t, err, keystore.ENOTFOUND)
 			_, err = e.store.Unblock(e.ctx, id, lease.Lease.Token)
 			requireCode(t, err, keystore.ENOTFOUND)
-			_, err = e.store.Renew(e.ctx, id, lease.Lease.Token, 0)
+			_, err = e.store.Renew(e.ctx, id, lease.Lease.Token, nil)
 			requireCode(t, err, keystore.ENOTFOUND)
 			_, err = e.store.KeepAlive(e.ctx, id)
 			requireCode(t, err, keystore.ENOTFOUND)
@@ -546,7 +561,7 @@ func testLeaseDeadline(t *testing.T, open Opener) {
 					e := setup(t, open, keystore.Options{})
 					e.generate(1)
 					e.clock.Advance(7 * time.Second)
-					k := e.acquire(keystore.AcquireOptions{TTL: ttl})
+					k := e.acquire(keystore.AcquireOptions{TTL: optionalTTL(ttl)})
 					length := ttl
 					if ttl == 0 {
 						length = keystore.DefaultLeaseTTL
@@ -587,7 +602,7 @@ func testLeaseDeadline(t *testing.T, open Opener) {
 							require.NoError(t, err)
 						}
 					case "Renew":
-						_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, 0)
+						_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, nil)
 						if at.passed {
 							requireCode(t, err, keystore.ENOTBLOCKED)
 						} else {
@@ -625,7 +640,7 @@ func testKeepAliveDeadline(t *testing.T, open Opener) {
 					requireTime(t, deadline, k.ExpiresAt, "ExpiresAt")
 					if blocked {
 						// A lease that outlives the key does not keep it alive.
-						k = e.acquire(keystore.AcquireOptions{TTL: 10 * time.Minute})
+						k = e.acquire(keystore.AcquireOptions{TTL: keystore.TTL(10 * time.Minute)})
 					}
 					e.clock.Advance(keystore.DefaultKeepAliveTTL + at.offset)
 
@@ -685,7 +700,7 @@ func testDueTransitionsSeen(t *testing.T, open Opener) {
 	prepare := func(t *testing.T) (*env, keystore.Key) {
 		e := setup(t, open, keystore.Options{})
 		k := e.generate(1)[0]
-		e.acquire(keystore.AcquireOptions{TTL: 5*time.Minute + 30*time.Second})
+		e.acquire(keystore.AcquireOptions{TTL: keystore.TTL(5*time.Minute + 30*time.Second)})
 		for range storm / 1000 {
 			e.generate(1000)
 		}
@@ -715,7 +730,7 @@ func testRenew(t *testing.T, open Opener) {
 				e.generate(1)
 				k := e.acquire(keystore.AcquireOptions{})
 				e.clock.Advance(59 * time.Second)
-				got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, ttl)
+				got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, optionalTTL(ttl))
 				require.NoError(t, err)
 				length := ttl
 				if ttl == 0 {
@@ -741,7 +756,7 @@ func testRenew(t *testing.T, open Opener) {
 		k := e.acquire(keystore.AcquireOptions{})
 		for range 11 {
 			e.clock.Advance(50 * time.Second)
-			got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, 10*time.Minute)
+			got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, keystore.TTL(10*time.Minute))
 			require.NoError(t, err)
 			requireTime(t, Start.Add(10*time.Minute), got.Lease.ExpiresAt, "Lease.ExpiresAt")
 			requireTime(t, Start, got.Lease.AcquiredAt, "Lease.AcquiredAt")
@@ -757,7 +772,7 @@ func testRenew(t *testing.T, open Opener) {
 		a := e.acquire(keystore.AcquireOptions{})
 		b := e.acquire(keystore.AcquireOptions{})
 		for _, token := range []string{b.Lease.Token, "garbage", randomID(), a.ID} {
-			_, err := e.store.Renew(e.ctx, a.ID, token, 0)
+			_, err := e.store.Renew(e.ctx, a.ID, token, nil)
 			requireCode(t, err, keystore.ELEASEMISMATCH)
 			e.requireUnchanged(a)
 			e.requireUnchanged(b)
@@ -768,7 +783,7 @@ func testRenew(t *testing.T, open Opener) {
 		e.generate(1)
 		k := e.acquire(keystore.AcquireOptions{})
 		for _, ttl := range []time.Duration{time.Nanosecond, keystore.MinLeaseTTL - time.Nanosecond, 10*time.Minute + time.Nanosecond, -time.Minute} {
-			_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, ttl)
+			_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, keystore.TTL(ttl))
 			requireCode(t, err, keystore.EINVALID)
 			e.requireUnchanged(k)
 		}
@@ -776,7 +791,7 @@ func testRenew(t *testing.T, open Opener) {
 	t.Run("AVAILABLE key is NOT_BLOCKED", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
 		k := e.generate(1)[0]
-		_, err := e.store.Renew(e.ctx, k.ID, randomID(), 0)
+		_, err := e.store.Renew(e.ctx, k.ID, randomID(), nil)
 		requireCode(t, err, keystore.ENOTBLOCKED)
 		e.requireUnchanged(k)
 	})
@@ -785,13 +800,13 @@ func testRenew(t *testing.T, open Opener) {
 		e.generate(1)
 		k := e.acquire(keystore.AcquireOptions{})
 		e.clock.Advance(keystore.DefaultLeaseTTL)
-		_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, 0)
+		_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, nil)
 		requireCode(t, err, keystore.ENOTBLOCKED)
 		requireAvailable(t, e.get(k.ID))
 		// Once another lease holds the key, the old token names a lease that is gone.
 		next := e.acquire(keystore.AcquireOptions{})
 		require.Equal(t, k.ID, next.ID)
-		_, err = e.store.Renew(e.ctx, k.ID, k.Lease.Token, 0)
+		_, err = e.store.Renew(e.ctx, k.ID, k.Lease.Token, nil)
 		requireCode(t, err, keystore.ELEASEMISMATCH)
 		e.requireUnchanged(next)
 	})
@@ -814,7 +829,7 @@ func testHistory(t *testing.T, open Opener) {
 	requireTime(t, Start.Add(2*time.Second), got.History.LastAcquiredAt, "History.LastAcquiredAt")
 	// A renewed lease that is then unblocked did not run out.
 	third := e.acquire(keystore.AcquireOptions{})
-	_, err = e.store.Renew(e.ctx, k.ID, third.Lease.Token, 0)
+	_, err = e.store.Renew(e.ctx, k.ID, third.Lease.Token, nil)
 	require.NoError(t, err)
 	_, err = e.store.Unblock(e.ctx, k.ID, third.Lease.Token)
 	require.NoError(t, err)
@@ -829,7 +844,7 @@ func testStats(t *testing.T, open Opener) {
 	e.requireStats(0, 0, 0)
 	e.generate(5)
 	a := e.acquire(keystore.AcquireOptions{})
-	b := e.acquire(keystore.AcquireOptions{TTL: 2 * time.Minute})
+	b := e.acquire(keystore.AcquireOptions{TTL: keystore.TTL(2 * time.Minute)})
 	e.requireStats(5, 3, 2)
 	require.NoError(t, e.store.Delete(e.ctx, a.ID))
 	e.requireStats(4, 3, 1)
@@ -883,6 +898,28 @@ func requirePending(t *testing.T, done <-chan acquireResult) {
 }
 
 func testWait(t *testing.T, open Opener) {
+	t.Run("a waiter outlives a freed key that was already dead", func(t *testing.T) {
+		// After a stall, the expirer wakes to a lease that ran out on a key whose
+		// keep-alive ran out too: the freed key is dead, and the waiter must stay in
+		// line for the next one, not be dropped unanswered.
+		e := setup(t, open, keystore.Options{})
+		events := e.subscribe(keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased, keystore.EventExpired}})
+		e.generate(1) // kept alive until Start+5m
+		e.clock.Advance(3*time.Minute + 50*time.Second)
+		e.acquire(keystore.AcquireOptions{}) // leased until Start+4m50s
+		e.clock.Advance(59 * time.Second)
+		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: keystore.MaxWait}, 1)
+		e.clock.Advance(11*time.Second + time.Nanosecond) // past both deadlines, not the wait
+		got := events.waitFor(t, 2)
+		require.Equal(t, keystore.EventReleased, got[0].Type)
+		require.Equal(t, keystore.EventExpired, got[1].Type)
+		requirePending(t, done)
+		fresh := e.generate(1)[0]
+		r := e.result(done)
+		require.NoError(t, r.err, "the waiter was dropped with the dead key")
+		require.Equal(t, fresh.ID, r.key.ID)
+		requireLeased(t, r.key)
+	})
 	t.Run("Wait over MaxWait is invalid", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
 		for _, free := range []bool{false, true} {
@@ -905,7 +942,7 @@ func testWait(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		e.generate(1)
 		held := e.acquire(keystore.AcquireOptions{})
-		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 10 * time.Second, TTL: 5 * time.Second}, 1)
+		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 10 * time.Second, TTL: keystore.TTL(5 * time.Second)}, 1)
 		e.clock.Advance(3 * time.Second)
 		unblocked, err := e.store.Unblock(e.ctx, held.ID, held.Lease.Token)
 		require.NoError(t, err)

@@ -1,0 +1,412 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/redact"
+)
+
+// Pool is the domain front of a pool of keys, and the one Store that transports use.
+// It owns every rule that does not depend on where the keys live: validation and the
+// wording of errors, building Keys and Leases from a backend's records, the first come,
+// first served queue of waiting Acquires with its timers, the event hub and the
+// subscriptions' filters. Under it a Backend makes each step atomic where the keys
+// live: in this process's memory (NewMemory) or in Redis (package redisstore).
+type Pool struct {
+	backend Backend
+	ids     *IDCodec
+	clock   clockwork.Clock
+	opts    Options
+	hub     *Hub
+	waiters *WaitQueue
+
+	stop      chan struct{} // closed when waiting ends: StopWaiting or Close
+	stopOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ Store = (*Pool)(nil)
+
+// Backend is where a pool's keys live. Each method is one atomic step, O(1) or
+// O(log n), and applies the deadlines that are due for the keys it touches first, so
+// that it never acts on a transition that is due but not applied. Keys are named by
+// their numbers, leases by their fences; the Pool turns both into ids and tokens.
+//
+// Failures are ErrNoKey, ErrNotBlocked or ErrLeaseMismatch (the Pool words them), an
+// *Error with a code (EUNAVAILABLE), or any other error, which clients see as internal.
+type Backend interface {
+	// Generate creates count AVAILABLE keys, kept alive for Options.KeepAliveTTL.
+	Generate(ctx context.Context, count int) ([]Record, error)
+	// Acquire leases a uniformly random live AVAILABLE key for ttl. With none free it
+	// returns ErrNoKey, and if w is not nil it first queues w (WaitQueue.Push) in the
+	// same atomic step, so that a key freed after the step goes to the waiters (see
+	// WaitQueue).
+	Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error)
+	// Unblock returns key n to AVAILABLE. fence 0 accepts any lease; another fence
+	// only the current lease's.
+	Unblock(ctx context.Context, n uint64, fence int64) (Record, error)
+	// Renew moves the deadline of the lease with fence to now+ttl, capped at its
+	// AcquiredAt plus Options.MaxLeaseTTL.
+	Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (Record, error)
+	// KeepAlive moves key n's keep-alive deadline to now plus Options.KeepAliveTTL.
+	KeepAlive(ctx context.Context, n uint64) (Record, error)
+	// Get returns key n.
+	Get(ctx context.Context, n uint64) (Record, error)
+	// Delete removes key n.
+	Delete(ctx context.Context, n uint64) error
+	// Stats counts the keys by state.
+	Stats(ctx context.Context) (Stats, error)
+	// CatchUp returns once every event made before the call, by any replica, is in
+	// the hub, so that a new subscription sees it as past.
+	CatchUp(ctx context.Context) error
+	// Ready reports whether the backend can serve requests.
+	Ready(ctx context.Context) error
+	// Close stops the backend's background work.
+	Close() error
+}
+
+// Record is a backend's copy of one key.
+type Record struct {
+	N         uint64
+	CreatedAt time.Time
+	// ExpiresAt is the keep-alive deadline.
+	ExpiresAt time.Time
+	// Fence is the current lease's, 0 when the key is AVAILABLE.
+	Fence int64
+	// AcquiredAt and LeaseExpiresAt belong to the current lease; AcquiredAt also to
+	// the last one, for History.
+	AcquiredAt     time.Time
+	LeaseExpiresAt time.Time
+	TimesAcquired  int64
+	LeasesExpired  int64
+}
+
+// The failures of a backend's per-key steps, which the Pool words for clients.
+var (
+	ErrNoKey         = errors.New("no such key")
+	ErrNotBlocked    = errors.New("key not blocked")
+	ErrLeaseMismatch = errors.New("lease mismatch")
+)
+
+// Env is what a Pool gives the backend it is built on.
+type Env struct {
+	Options Options // with defaults, validated
+	Clock   clockwork.Clock
+	// Events takes the backend's events, in the order of its transitions.
+	Events *Hub
+	// Waiters is the queue of waiting Acquires that the backend serves as keys come
+	// free.
+	Waiters *WaitQueue
+}
+
+// NewPool validates opts, builds a backend with open on the pool's hub and wait
+// queue, and returns the pool. open also returns the IDCodec of the pool's ids.
+func NewPool(clock clockwork.Clock, opts Options, open func(Env) (Backend, *IDCodec, error)) (*Pool, error) {
+	opts = opts.WithDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		clock:   clock,
+		opts:    opts,
+		hub:     NewHub(opts.EventRetention, opts.Observer),
+		waiters: newWaitQueue(opts.Observer),
+		stop:    make(chan struct{}),
+	}
+	b, ids, err := open(Env{Options: opts, Clock: clock, Events: p.hub, Waiters: p.waiters})
+	if err != nil {
+		return nil, err
+	}
+	p.backend, p.ids = b, ids
+	return p, nil
+}
+
+// Validate reports the first option that no pool can work with.
+func (o Options) Validate() error {
+	switch {
+	case o.LeaseTTL <= 0:
+		return fmt.Errorf("lease TTL must be positive, got %v", o.LeaseTTL)
+	case o.KeepAliveTTL <= 0:
+		return fmt.Errorf("keep-alive TTL must be positive, got %v", o.KeepAliveTTL)
+	case o.MaxLeaseTTL < o.LeaseTTL:
+		return fmt.Errorf("max lease TTL %v is shorter than the lease TTL %v", o.MaxLeaseTTL, o.LeaseTTL)
+	case o.MaxGenerate < 1:
+		return fmt.Errorf("max generate must be at least 1, got %d", o.MaxGenerate)
+	case o.EventRetention < 1:
+		return fmt.Errorf("event retention must be at least 1, got %d", o.EventRetention)
+	}
+	return nil
+}
+
+// Generate implements Store.
+func (p *Pool) Generate(ctx context.Context, count int) ([]Key, error) {
+	if count < 1 || count > p.opts.MaxGenerate {
+		return nil, Errorf(EINVALID, "count must be between 1 and %d, got %d", p.opts.MaxGenerate, count)
+	}
+	recs, err := p.backend.Generate(ctx, count)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]Key, len(recs))
+	for i := range recs {
+		keys[i] = p.key(recs[i])
+	}
+	return keys, nil
+}
+
+// leaseTTL checks a requested lease TTL; nil means the pool's default.
+func (p *Pool) leaseTTL(ttl *time.Duration) (time.Duration, error) {
+	if ttl == nil {
+		return p.opts.LeaseTTL, nil
+	}
+	if *ttl < MinLeaseTTL || *ttl > p.opts.MaxLeaseTTL {
+		return 0, Errorf(EINVALID, "ttl must be between %v and %v, got %v", MinLeaseTTL, p.opts.MaxLeaseTTL, *ttl)
+	}
+	return *ttl, nil
+}
+
+// Acquire implements Store.
+func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
+	ttl, err := p.leaseTTL(opts.TTL)
+	if err != nil {
+		return Key{}, err
+	}
+	if opts.Wait < 0 || opts.Wait > MaxWait {
+		return Key{}, Errorf(EINVALID, "wait must be between 0s and %v, got %v", MaxWait, opts.Wait)
+	}
+	if opts.Wait == 0 {
+		rec, err := p.backend.Acquire(ctx, ttl, nil)
+		return p.keyOr(rec, err, "")
+	}
+	if err := p.waitStopped(); err != nil {
+		return Key{}, err
+	}
+	// The timer exists before the backend may queue the waiter, so that whoever sees
+	// it queued (a test moving a fake clock) moves the clock after the timer is armed.
+	start := p.clock.Now()
+	timer := p.clock.NewTimer(opts.Wait)
+	defer timer.Stop()
+	w := newWaiter(ctx, ttl)
+	rec, err := p.backend.Acquire(ctx, ttl, w)
+	if !errors.Is(err, ErrNoKey) {
+		return p.keyOr(rec, err, "")
+	}
+	key, err := p.wait(ctx, w, timer, opts.Wait)
+	p.opts.Observer.Waited(p.clock.Since(start), err == nil)
+	return key, err
+}
+
+// wait blocks until w is handed a key, its wait runs out, its client leaves or
+// waiting stops.
+func (p *Pool) wait(ctx context.Context, w *Waiter, timer clockwork.Timer, d time.Duration) (Key, error) {
+	var err error
+	select {
+	case rec := <-w.got:
+		return p.key(rec), nil
+	case <-timer.Chan():
+		err = Errorf(ENOTFOUND, "no key became available within %v", d)
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-p.stop:
+		err = errStopping
+	}
+	if p.waiters.leave(w) {
+		return Key{}, err
+	}
+	// A backend took w out of line as we left: it hands w a key or gives it up, at
+	// once (a key it has just freed) or within one backend step.
+	rec, handed := <-w.got
+	if !handed {
+		return Key{}, err
+	}
+	key := p.key(rec)
+	if ctx.Err() == nil && p.waitStopped() == nil {
+		return key, nil
+	}
+	// The client is gone: it never sees the key, which goes to the next in line.
+	_, _ = p.backend.Unblock(context.WithoutCancel(ctx), rec.N, rec.Fence)
+	return Key{}, err
+}
+
+var errStopping = Errorf(EUNAVAILABLE, "the server is shutting down")
+
+func (p *Pool) waitStopped() error {
+	select {
+	case <-p.stop:
+		return errStopping
+	default:
+		return nil
+	}
+}
+
+// StopWaiting answers every waiting Acquire, and every later one that would wait,
+// with EUNAVAILABLE at once; the rest of the pool goes on serving. A server calls it
+// when it begins to shut down, so that waiters do not hold up the shutdown.
+func (p *Pool) StopWaiting() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// Unblock implements Store.
+func (p *Pool) Unblock(ctx context.Context, id, token string) (Key, error) {
+	n, ok := p.ids.ParseKeyID(id)
+	if !ok {
+		return Key{}, notFound(id)
+	}
+	fence := int64(0)
+	if token != "" {
+		if fence, ok = p.parseToken(token); !ok {
+			// A token of no lease of this pool matches no lease; the backend still
+			// says whether the key exists and is blocked.
+			fence = -1
+		}
+	}
+	rec, err := p.backend.Unblock(ctx, n, fence)
+	return p.keyOr(rec, err, id)
+}
+
+// Renew implements Store.
+func (p *Pool) Renew(ctx context.Context, id, token string, ttl *time.Duration) (Key, error) {
+	d, err := p.leaseTTL(ttl)
+	if err != nil {
+		return Key{}, err
+	}
+	if token == "" {
+		return Key{}, Errorf(EINVALID, "renew needs the lease's token")
+	}
+	n, ok := p.ids.ParseKeyID(id)
+	if !ok {
+		return Key{}, notFound(id)
+	}
+	fence, ok := p.parseToken(token)
+	if !ok {
+		fence = -1 // names no lease of this pool: matches none
+	}
+	rec, err := p.backend.Renew(ctx, n, fence, d)
+	return p.keyOr(rec, err, id)
+}
+
+// KeepAlive implements Store.
+func (p *Pool) KeepAlive(ctx context.Context, id string) (Key, error) {
+	return p.byID(id, p.backend.KeepAlive, ctx)
+}
+
+// Get implements Store.
+func (p *Pool) Get(ctx context.Context, id string) (Key, error) {
+	return p.byID(id, p.backend.Get, ctx)
+}
+
+// Delete implements Store.
+func (p *Pool) Delete(ctx context.Context, id string) error {
+	n, ok := p.ids.ParseKeyID(id)
+	if !ok {
+		return notFound(id)
+	}
+	_, err := p.keyOr(Record{}, p.backend.Delete(ctx, n), id)
+	return err
+}
+
+func (p *Pool) byID(id string, step func(context.Context, uint64) (Record, error), ctx context.Context) (Key, error) {
+	n, ok := p.ids.ParseKeyID(id)
+	if !ok {
+		return Key{}, notFound(id)
+	}
+	rec, err := step(ctx, n)
+	return p.keyOr(rec, err, id)
+}
+
+// parseToken returns the fence a token names; false for a string that names no lease.
+func (p *Pool) parseToken(token string) (int64, bool) {
+	fence, ok := p.ids.ParseToken(token)
+	return fence, ok && fence > 0
+}
+
+// keyOr builds the Key of rec, or words a backend's failure for key id ("" for
+// Acquire, which names no key).
+func (p *Pool) keyOr(rec Record, err error, id string) (Key, error) {
+	switch {
+	case err == nil:
+		return p.key(rec), nil
+	case errors.Is(err, ErrNoKey) && id == "":
+		return Key{}, Errorf(ENOTFOUND, "no key is available")
+	case errors.Is(err, ErrNoKey):
+		return Key{}, notFound(id)
+	case errors.Is(err, ErrNotBlocked):
+		return Key{}, Errorf(ENOTBLOCKED, "key %s is not blocked", ShortID(id))
+	case errors.Is(err, ErrLeaseMismatch):
+		return Key{}, Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", ShortID(id))
+	}
+	return Key{}, err
+}
+
+func notFound(id string) error { return Errorf(ENOTFOUND, "no key %s", ShortID(id)) }
+
+// ShortID keeps enough of an id to follow it in messages without repeating it whole
+// (or repeating kilobytes of garbage sent as an id), quoted; logs cut ids the same way.
+func ShortID(id string) string { return fmt.Sprintf("%q", redact.KeyID(id)) }
+
+// key builds the client's view of a record.
+func (p *Pool) key(r Record) Key {
+	id := p.ids.KeyID(r.N)
+	k := Key{
+		ID:        id,
+		Status:    Available,
+		CreatedAt: r.CreatedAt,
+		ExpiresAt: r.ExpiresAt,
+		History: History{
+			TimesAcquired: r.TimesAcquired,
+			LeasesExpired: r.LeasesExpired,
+		},
+	}
+	if r.TimesAcquired > 0 {
+		k.History.LastAcquiredAt = r.AcquiredAt
+	}
+	if r.Fence != 0 {
+		k.Status = Blocked
+		k.Lease = &Lease{
+			KeyID:      id,
+			Token:      p.ids.Token(r.Fence),
+			Fence:      r.Fence,
+			AcquiredAt: r.AcquiredAt,
+			ExpiresAt:  r.LeaseExpiresAt,
+		}
+	}
+	return k
+}
+
+// Stats implements Store.
+func (p *Pool) Stats(ctx context.Context) (Stats, error) { return p.backend.Stats(ctx) }
+
+// Subscribe implements Store.
+func (p *Pool) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
+	for _, t := range opts.Types {
+		if !t.Valid() {
+			return nil, Errorf(EINVALID, "unknown event type %q", t)
+		}
+	}
+	if opts.After != nil && *opts.After < 0 {
+		return nil, Errorf(EINVALID, "after must be at least 0, got %d", *opts.After)
+	}
+	if err := p.backend.CatchUp(ctx); err != nil {
+		return nil, err
+	}
+	return p.hub.Subscribe(ctx, opts)
+}
+
+// Ready implements Store.
+func (p *Pool) Ready(ctx context.Context) error { return p.backend.Ready(ctx) }
+
+// Close implements Store: waiting Acquires end with EUNAVAILABLE, the backend stops,
+// and every subscription ends.
+func (p *Pool) Close() error {
+	p.closeOnce.Do(func() {
+		p.StopWaiting()
+		p.closeErr = p.backend.Close()
+		p.hub.Close()
+	})
+	return p.closeErr
+}
