@@ -1,9 +1,54 @@
 package keystore
 
+// The in-memory pool's structures hold no pointers: entries live in a slab of fixed
+// chunks and refer to each other by slot, the map from key number to slot holds two
+// integers, and the heap, queue and AVAILABLE list are slices of slots. A GC cycle then
+// has nothing to scan in them, however many keys the pool holds.
+
+// slot names an entry of a slab; noSlot names none.
+type slot = int32
+
+const noSlot slot = -1
+
+// chunkBits sets the size of a slab chunk: 4096 entries, 320 KiB.
+const chunkBits = 12
+
+// slab holds entries in chunks that never move, so that a *entry stays valid while
+// the slab grows, and reuses the slots of deleted entries.
+type slab struct {
+	chunks []*[1 << chunkBits]entry
+	free   []slot
+	used   slot // slots handed out so far, freed or not
+}
+
+func (s *slab) get(i slot) *entry { return &s.chunks[i>>chunkBits][i&(1<<chunkBits-1)] }
+
+// alloc returns a zeroed entry and its slot.
+func (s *slab) alloc() *entry {
+	var i slot
+	if n := len(s.free); n > 0 {
+		i = s.free[n-1]
+		s.free = s.free[:n-1]
+	} else {
+		if int(s.used)>>chunkBits == len(s.chunks) {
+			s.chunks = append(s.chunks, new([1 << chunkBits]entry))
+		}
+		i = s.used
+		s.used++
+	}
+	e := s.get(i)
+	*e = entry{self: i, older: noSlot, newer: noSlot, leaseIndex: -1, availIndex: -1}
+	return e
+}
+
+// release gives e's slot back for reuse.
+func (s *slab) release(e *entry) { s.free = append(s.free, e.self) }
+
 // leaseHeap is a binary min-heap of BLOCKED entries by lease deadline. Each entry keeps
 // its own position in the heap, so fix and remove cost O(log n) with no search.
 type leaseHeap struct {
-	items []*entry
+	items []slot
+	slab  *slab
 }
 
 func (h *leaseHeap) len() int { return len(h.items) }
@@ -13,12 +58,12 @@ func (h *leaseHeap) peek() *entry {
 	if len(h.items) == 0 {
 		return nil
 	}
-	return h.items[0]
+	return h.slab.get(h.items[0])
 }
 
 func (h *leaseHeap) push(e *entry) {
 	e.leaseIndex = int32(len(h.items))
-	h.items = append(h.items, e)
+	h.items = append(h.items, e.self)
 	h.up(len(h.items) - 1)
 }
 
@@ -29,7 +74,6 @@ func (h *leaseHeap) remove(e *entry) {
 	if i != last {
 		h.swap(i, last)
 	}
-	h.items[last] = nil
 	h.items = h.items[:last]
 	e.leaseIndex = -1
 	if i != last {
@@ -37,7 +81,7 @@ func (h *leaseHeap) remove(e *entry) {
 	}
 	if cap(h.items) > 1024 && len(h.items) < cap(h.items)/4 {
 		// Give memory back after many leases end; amortised O(1).
-		h.items = append(make([]*entry, 0, cap(h.items)/2), h.items...)
+		h.items = append(make([]slot, 0, cap(h.items)/2), h.items...)
 	}
 }
 
@@ -48,20 +92,20 @@ func (h *leaseHeap) fix(i int) {
 	}
 }
 
-func (h *leaseHeap) less(i, j int) bool {
-	return h.items[i].deadline[leaseDeadline] < h.items[j].deadline[leaseDeadline]
+func (h *leaseHeap) deadline(i int) int64 {
+	return h.slab.get(h.items[i]).deadline[leaseDeadline]
 }
 
 func (h *leaseHeap) swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.items[i].leaseIndex = int32(i)
-	h.items[j].leaseIndex = int32(j)
+	h.slab.get(h.items[i]).leaseIndex = int32(i)
+	h.slab.get(h.items[j]).leaseIndex = int32(j)
 }
 
 func (h *leaseHeap) up(i int) {
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !h.less(i, parent) {
+		if h.deadline(i) >= h.deadline(parent) {
 			return
 		}
 		h.swap(i, parent)
@@ -77,10 +121,10 @@ func (h *leaseHeap) down(i int) bool {
 		if child >= n {
 			break
 		}
-		if right := child + 1; right < n && h.less(right, child) {
+		if right := child + 1; right < n && h.deadline(right) < h.deadline(child) {
 			child = right
 		}
-		if !h.less(child, i) {
+		if h.deadline(child) >= h.deadline(i) {
 			break
 		}
 		h.swap(i, child)
@@ -94,35 +138,44 @@ func (h *leaseHeap) down(i int) bool {
 // generated or kept alive now has the latest deadline of all: it goes to the back, and
 // the queue stays in deadline order with O(1) moves and no sifting.
 type keepAliveQueue struct {
-	front, back *entry
+	front, back slot
+	slab        *slab
+}
+
+// first returns the entry whose keep-alive ends first, or nil.
+func (q *keepAliveQueue) first() *entry {
+	if q.front == noSlot {
+		return nil
+	}
+	return q.slab.get(q.front)
 }
 
 func (q *keepAliveQueue) pushBack(e *entry) {
-	e.older, e.newer = q.back, nil
-	if q.back != nil {
-		q.back.newer = e
+	e.older, e.newer = q.back, noSlot
+	if q.back != noSlot {
+		q.slab.get(q.back).newer = e.self
 	} else {
-		q.front = e
+		q.front = e.self
 	}
-	q.back = e
+	q.back = e.self
 }
 
 func (q *keepAliveQueue) remove(e *entry) {
-	if e.older != nil {
-		e.older.newer = e.newer
+	if e.older != noSlot {
+		q.slab.get(e.older).newer = e.newer
 	} else {
 		q.front = e.newer
 	}
-	if e.newer != nil {
-		e.newer.older = e.older
+	if e.newer != noSlot {
+		q.slab.get(e.newer).older = e.older
 	} else {
 		q.back = e.older
 	}
-	e.older, e.newer = nil, nil
+	e.older, e.newer = noSlot, noSlot
 }
 
 func (q *keepAliveQueue) moveToBack(e *entry) {
-	if q.back != e {
+	if q.back != e.self {
 		q.remove(e)
 		q.pushBack(e)
 	}

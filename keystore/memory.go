@@ -29,16 +29,17 @@ const (
 )
 
 // entry is one key. Times are nanoseconds on the store's monotonic timeline (see
-// Memory.now). The layout is kept small: a million keys cost about 150 bytes each.
+// memory.now). It holds no pointers (see heap.go) and takes 80 bytes.
 type entry struct {
 	n            uint64   // the counter behind the key's id
 	created      int64    // when generated
 	deadline     [2]int64 // indexed by leaseDeadline, keepAliveDeadline
 	acquiredAt   int64    // start of the current (or last) lease
 	fence        int64    // fence of the current (or last) lease; its token derives from it
-	older, newer *entry   // neighbours in the keep-alive queue
+	self         slot     // where the entry is in the slab
+	older, newer slot     // neighbours in the keep-alive queue
 	leaseIndex   int32    // position in the lease heap; -1 unless BLOCKED
-	availIndex   int32    // position in Memory.available; -1 unless AVAILABLE
+	availIndex   int32    // position in memory.available; -1 unless AVAILABLE
 
 	timesAcquired uint32
 	leasesExpired uint32
@@ -60,8 +61,9 @@ type memory struct {
 	base    time.Time // timeline origin: a reading of clock with the monotonic clock in it
 
 	mu        sync.Mutex
-	keys      map[uint64]*entry
-	available []*entry
+	slab      slab
+	keys      map[uint64]slot
+	available []slot
 	// availHorizon is at or after the keep-alive deadline of every AVAILABLE key: once
 	// it has passed, no AVAILABLE key is alive, whatever the expirer has yet to apply.
 	availHorizon int64
@@ -94,12 +96,14 @@ func NewMemory(clock clockwork.Clock, opts Options) (*Pool, error) {
 			hub:     env.Events,
 			waiters: env.Waiters,
 			base:    clock.Now(),
-			keys:    make(map[uint64]*entry),
+			keys:    make(map[uint64]slot),
 			wakeAt:  math.MaxInt64,
 			kick:    make(chan struct{}, 1),
 			stop:    make(chan struct{}),
 			done:    make(chan struct{}),
 		}
+		m.leases.slab = &m.slab
+		m.keepAlive = keepAliveQueue{front: noSlot, back: noSlot, slab: &m.slab}
 		go m.expire()
 		return m, ids, nil
 	})
@@ -120,14 +124,9 @@ func (m *memory) Generate(ctx context.Context, count int) ([]Record, error) {
 	deadline := now + int64(m.opts.KeepAliveTTL)
 	for i := range count {
 		m.lastKey++
-		e := &entry{
-			n:          m.lastKey,
-			created:    now,
-			deadline:   [2]int64{0, deadline},
-			leaseIndex: -1,
-			availIndex: -1,
-		}
-		m.keys[e.n] = e
+		e := m.slab.alloc()
+		e.n, e.created, e.deadline[keepAliveDeadline] = m.lastKey, now, deadline
+		m.keys[e.n] = e.self
 		m.keepAlive.pushBack(e)
 		m.emit(EventGenerated, e, now)
 		m.makeAvailable(e)
@@ -245,8 +244,12 @@ func (m *memory) update(n uint64, change func(e *entry, now int64) error) (Recor
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	e := m.keys[n]
-	if e == nil || !m.settle(e, now) {
+	i, ok := m.keys[n]
+	if !ok {
+		return Record{}, ErrNoKey
+	}
+	e := m.slab.get(i)
+	if !m.settle(e, now) {
 		return Record{}, ErrNoKey
 	}
 	if err := change(e, now); err != nil {
@@ -324,7 +327,7 @@ func (m *memory) pickAvailable(now int64) *entry {
 		if len(m.available) == 0 {
 			return nil
 		}
-		e := m.available[rand.IntN(len(m.available))]
+		e := m.slab.get(m.available[rand.IntN(len(m.available))])
 		if e.deadline[keepAliveDeadline] > now {
 			return e
 		}
@@ -353,7 +356,7 @@ func (m *memory) lease(e *entry, now, ttl int64) {
 // the next holder's token.
 func (m *memory) makeAvailable(e *entry) {
 	e.availIndex = int32(len(m.available))
-	m.available = append(m.available, e)
+	m.available = append(m.available, e.self)
 	m.availHorizon = max(m.availHorizon, e.deadline[keepAliveDeadline])
 }
 
@@ -380,8 +383,7 @@ func (m *memory) takeAvailable(e *entry) {
 	i, last := e.availIndex, len(m.available)-1
 	moved := m.available[last]
 	m.available[i] = moved
-	moved.availIndex = i
-	m.available[last] = nil
+	m.slab.get(moved).availIndex = i
 	m.available = m.available[:last]
 	e.availIndex = -1
 	if last == 0 {
@@ -398,6 +400,7 @@ func (m *memory) remove(e *entry) {
 		m.takeAvailable(e)
 	}
 	m.keepAlive.remove(e)
+	m.slab.release(e)
 }
 
 // settle applies e's due transitions, in deadline order, and reports whether e still
@@ -434,7 +437,7 @@ func (m *memory) expireKey(e *entry, now int64) {
 // nextDue returns the entry with the earliest deadline of all and which deadline it
 // is; keep-alive first on a tie.
 func (m *memory) nextDue() (*entry, int) {
-	lease, keep := m.leases.peek(), m.keepAlive.front
+	lease, keep := m.leases.peek(), m.keepAlive.first()
 	switch {
 	case lease == nil && keep == nil:
 		return nil, 0

@@ -53,3 +53,35 @@ func BenchmarkAcquireUnblockSubscribers(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAcquireInStormNotFound times an Acquire that finds no live key while a
+// storm of 500,000 AVAILABLE keys whose keep-alive has just run out waits for the
+// expirer: the answer, NOT_FOUND, must not wait for the storm to drain.
+//
+//	go test -run '^$' -bench 'AcquireInStormNotFound' -benchtime 3x -count 1 ./keystore/
+func BenchmarkAcquireInStormNotFound(b *testing.B) {
+	const storm = 500_000
+	var took []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		clock := clockwork.NewFakeClockAt(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+		store, err := keystore.NewMemory(clock, keystore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		generate(b, store, storm)
+		clock.Advance(keystore.DefaultKeepAliveTTL)
+		b.StartTimer()
+		start := time.Now()
+		_, err = store.Acquire(context.Background(), keystore.AcquireOptions{})
+		took = append(took, time.Since(start))
+		b.StopTimer()
+		if keystore.ErrorCode(err) != keystore.ENOTFOUND {
+			b.Fatalf("want NOT_FOUND, got %v", err)
+		}
+		_ = store.Close()
+		b.StartTimer()
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds()), "median-µs")
+}
