@@ -1,15 +1,17 @@
 // Command keypool-load measures keypool under load against a plain net/http handler.
 //
 // In one run it builds and starts the real server (a separate process, in-memory pool),
-// starts a plain handler that answers a JSON body of the same size (also a separate
-// process: this program re-executed), and drives acquire→unblock cycles at a fixed
-// concurrency against GraphQL, REST and the plain handler in turn. It prints req/s,
-// p50/p99/p99.9 latency and the ratios to the plain handler.
+// a plain handler that answers a lease-shaped JSON body of the same size, and gqlgen's
+// floor: keypool's schema on handler.New with constant answers (both separate
+// processes: this program re-executed). wrk, a C load generator (Debian's wrk), then
+// drives acquire→unblock cycles, one connection per wrk thread, against each in turn,
+// and the program prints req/s, p50/p99/p99.9 latency, the ratios to the plain handler
+// and the CPU the server and wrk each used.
 //
-//	go run ./cmd/keypool-load                      # 1e3 keys, 32 clients, 10 s per target
-//	go run ./cmd/keypool-load -keys 1000000        # the same cycle on a pool of 1e6
-//	go run ./cmd/keypool-load -storm 1000000       # 1e6 more keys expire together mid-run
-//	go run ./cmd/keypool-load -soak 10m            # mixed load at half the REST maximum
+//	go run ./cmd/keypool-load                      # 1e3 keys, 8 connections, 10 s per target
+//	go run ./cmd/keypool-load -keys 10000000       # the same cycle on a pool of 1e7
+//	go run ./cmd/keypool-load -storm 1000000       # 1e6 more keys expire together mid-run (Go driver)
+//	go run ./cmd/keypool-load -soak 10m            # mixed load at half the REST maximum (Go driver)
 //
 // Every request goes to 127.0.0.1 only; every loop is bounded by -duration.
 package main
@@ -54,8 +56,12 @@ type config struct {
 	soak        time.Duration
 	targets     []string
 	serverBin   string
+	driver      string
+	pin         bool
+	serverArgs  string
 	plainAddr   string // set in the re-executed plain-server process
 	plainSize   int
+	floorAddr   string // set in the re-executed gqlgen-floor process
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -64,19 +70,29 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("keypool-load", flag.ContinueOnError)
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to drive each target")
 	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "unmeasured load before each target")
-	fs.IntVar(&cfg.concurrency, "concurrency", 32, "concurrent clients, each with its own connection")
+	fs.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent connections, each alternating acquire and unblock")
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")
 	fs.DurationVar(&cfg.soak, "soak", 0, "instead of the comparison: mixed REST load at half the measured maximum rate for this long, reporting RSS and goroutines")
-	fs.StringVar(&targets, "targets", "plain,graphql,rest", "comma-separated targets, in order")
+	fs.StringVar(&targets, "targets", "plain,gqlgen,graphql,rest", "comma-separated targets, in order (gqlgen: gqlgen's floor, wrk only)")
+	fs.StringVar(&cfg.driver, "driver", "wrk", "load generator: wrk, or go (this program's own client; storm and soak always use it)")
+	fs.BoolVar(&cfg.pin, "pin", runtime.NumCPU() >= 2, "run the servers on CPU 0 and the load generator on the others (taskset), so that neither takes the other's cores")
+	fs.StringVar(&cfg.serverArgs, "server-args", "", "extra flags for keypool, space-separated (e.g. \"-gc-percent 400\")")
 	fs.StringVar(&cfg.serverBin, "server", "", "a built keypool binary (default: go build the module at the working directory)")
 	fs.StringVar(&cfg.plainAddr, "serve-plain", "", "internal: serve the plain handler on this address")
 	fs.IntVar(&cfg.plainSize, "plain-size", 0, "internal: body size of the plain handler")
+	fs.StringVar(&cfg.floorAddr, "serve-gqlgen", "", "internal: serve gqlgen's floor on this address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if cfg.plainAddr != "" {
 		return servePlain(ctx, cfg.plainAddr, cfg.plainSize)
+	}
+	if cfg.floorAddr != "" {
+		return serveFloor(ctx, cfg.floorAddr)
+	}
+	if cfg.storm > 0 || cfg.soak > 0 {
+		cfg.driver = "go"
 	}
 	cfg.targets = strings.Split(targets, ",")
 	return measure(ctx, cfg, out)
@@ -92,6 +108,9 @@ type result struct {
 	p50, p99   time.Duration
 	p999, pmax time.Duration
 	samples    []sample // every request, for a look at one window of the run
+	// serverCPU and driverCPU are the cores the server and the load generator kept
+	// busy (CPU seconds per second of the run); zero when not measured.
+	serverCPU, driverCPU float64
 }
 
 // sample is one request: when it started and how long it took.
@@ -128,7 +147,8 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	server := exec.CommandContext(ctx, bin, "-addr", keypoolAddr, "-keepalive-ttl", keepAliveTTL.String(), "-max-generate", "10000", "-log-format", "json")
+	server := pinned(ctx, cfg, serverCPUs, bin, append([]string{"-addr", keypoolAddr, "-keepalive-ttl", keepAliveTTL.String(),
+		"-max-generate", "10000", "-log-format", "json"}, strings.Fields(cfg.serverArgs)...)...)
 	server.Stderr = os.Stderr
 	if err := server.Start(); err != nil {
 		return fmt.Errorf("starting keypool: %w", err)
@@ -172,7 +192,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	plain := exec.CommandContext(ctx, self, "-serve-plain", plainAddr, "-plain-size", fmt.Sprint(len(sample)))
+	plain := pinned(ctx, cfg, serverCPUs, self, "-serve-plain", plainAddr, "-plain-size", fmt.Sprint(len(sample)))
 	plain.Stderr = os.Stderr
 	if err := plain.Start(); err != nil {
 		return err
@@ -182,6 +202,9 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("plain handler did not come up: %w", err)
 	}
 
+	if cfg.driver == "wrk" {
+		return measureWrk(ctx, cfg, dir, out, server.Process.Pid, base, plain.Process.Pid, "http://"+plainAddr, self, len(sample))
+	}
 	fmt.Fprintf(out, "keypool-load: %d clients, %v per target after %v warm-up, %d keys in the pool, %d-byte replies, GOMAXPROCS %d\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, len(sample), runtime.GOMAXPROCS(0))
 	var results []result
@@ -402,14 +425,21 @@ func report(out io.Writer, results []result) {
 		}
 	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "target\treq/s\tp50\tp99\tp99.9\tmax\terrors\tvs plain\t")
+	fmt.Fprintln(w, "target\treq/s\tp50\tp99\tp99.9\tmax\terrors\tvs plain\tserver CPU\tdriver CPU\t")
 	for _, r := range results {
 		ratio := "-"
 		if plain > 0 {
 			ratio = fmt.Sprintf("%.2f", r.rate()/plain)
 		}
-		fmt.Fprintf(w, "%s\t%.0f\t%v\t%v\t%v\t%v\t%d\t%s\t\n", r.target, r.rate(),
-			r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.p999.Round(time.Microsecond), r.pmax.Round(time.Microsecond), r.errors, ratio)
+		cpu := func(v float64) string {
+			if v == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", v)
+		}
+		fmt.Fprintf(w, "%s\t%.0f\t%v\t%v\t%v\t%v\t%d\t%s\t%s\t%s\t\n", r.target, r.rate(),
+			r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.p999.Round(time.Microsecond), r.pmax.Round(time.Microsecond), r.errors, ratio,
+			cpu(r.serverCPU), cpu(r.driverCPU))
 	}
 	w.Flush()
 }
@@ -537,7 +567,8 @@ func stopProcess(cmd *exec.Cmd) {
 // servePlain is the baseline: a net/http handler that answers a fixed JSON body of the
 // given size to every request, as fast as net/http allows.
 func servePlain(ctx context.Context, addr string, size int) error {
-	body := []byte(`{"pad":"` + strings.Repeat("x", max(size-10, 0)) + `"}`)
+	const head = `{"token":"plainTokenPlainToken00","key":{"id":"plainPlainPlainPlain00"},"pad":"`
+	body := []byte(head + strings.Repeat("x", max(size-len(head)-2, 0)) + `"}`)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -718,4 +749,19 @@ func processStats(ctx context.Context, c *http.Client, base string) (string, err
 	var rssMiB float64
 	fmt.Sscan(rss, &rssMiB)
 	return fmt.Sprintf("rss %.1f MiB, goroutines %s", rssMiB/(1<<20), goroutines), nil
+}
+
+// The CPUs the servers and the load generator run on when pinned.
+const (
+	serverCPUs = "0"
+	driverCPUs = "1-1023"
+)
+
+// pinned is exec.CommandContext, under taskset on cpus when cfg.pin is set. taskset
+// execs the program, so the command's pid is the program's.
+func pinned(ctx context.Context, cfg config, cpus, name string, args ...string) *exec.Cmd {
+	if !cfg.pin {
+		return exec.CommandContext(ctx, name, args...)
+	}
+	return exec.CommandContext(ctx, "taskset", append([]string{"-c", cpus, name}, args...)...)
 }

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cycleScript drives acquire→unblock cycles from wrk (see its comments).
+//
+//go:embed cycle.lua
+var cycleScript []byte
+
+// wrkRun is one wrk run against a target server process.
+type wrkRun struct {
+	target  string
+	url     string // base URL
+	script  string // the cycle script's target argument: graphql, rest or plain
+	pid     int    // the server's process, whose CPU time is read around the run
+	connect int
+}
+
+// wrkResult is what the cycle script's done() prints after "RESULT ".
+type wrkResult struct {
+	Requests     int   `json:"requests"`
+	DurationUS   int64 `json:"duration_us"`
+	SocketErrors int   `json:"socket_errors"`
+	Non2xx       int   `json:"non2xx"`
+	Wrong        int   `json:"wrong"`
+	P50US        int64 `json:"p50_us"`
+	P99US        int64 `json:"p99_us"`
+	P999US       int64 `json:"p999_us"`
+	MaxUS        int64 `json:"max_us"`
+}
+
+// driveWrk runs wrk with one connection per thread for d and returns the result, with
+// the CPU the server and wrk each used, in cores (CPU seconds per second).
+func driveWrk(ctx context.Context, cfg config, scriptPath string, r wrkRun, d time.Duration) (result, error) {
+	serverBefore, err := processCPU(r.pid)
+	if err != nil {
+		return result{}, err
+	}
+	args := []string{"-t", strconv.Itoa(r.connect), "-c", strconv.Itoa(r.connect), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
+		"--timeout", "5s", "-s", scriptPath, r.url, "--", r.script}
+	cmd := pinned(ctx, cfg, driverCPUs, "wrk", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return result{}, fmt.Errorf("wrk %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	wall := time.Since(start)
+	serverAfter, err := processCPU(r.pid)
+	if err != nil {
+		return result{}, err
+	}
+	var w wrkResult
+	found := false
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		if line, ok := strings.CutPrefix(sc.Text(), "RESULT "); ok {
+			if err := json.Unmarshal([]byte(line), &w); err != nil {
+				return result{}, fmt.Errorf("wrk's result %q: %v", line, err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return result{}, fmt.Errorf("wrk printed no result: %s", stdout.String())
+	}
+	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+	wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return result{
+		target:    r.target,
+		requests:  w.Requests,
+		errors:    w.SocketErrors + w.Non2xx + w.Wrong,
+		elapsed:   us(w.DurationUS),
+		p50:       us(w.P50US),
+		p99:       us(w.P99US),
+		p999:      us(w.P999US),
+		pmax:      us(w.MaxUS),
+		serverCPU: (serverAfter - serverBefore).Seconds() / wall.Seconds(),
+		driverCPU: wrkCPU.Seconds() / wall.Seconds(),
+	}, nil
+}
+
+// processCPU reads the user and system time a process has used, from /proc.
+func processCPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces; the fields that follow it are plain.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticks, nil
+}
+
+// writeScript puts the cycle script where wrk can read it.
+func writeScript(dir string) (string, error) {
+	path := filepath.Join(dir, "cycle.lua")
+	return path, os.WriteFile(path, cycleScript, 0o644)
+}
+
+// measureWrk drives every target with wrk, each after a warm-up, and reports.
+func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keypoolPID int, keypool string,
+	plainPID int, plain, self string, replySize int) error {
+	script, err := writeScript(dir)
+	if err != nil {
+		return err
+	}
+	runs := map[string]wrkRun{
+		"plain":   {target: "plain", url: plain, script: "plain", pid: plainPID},
+		"graphql": {target: "graphql", url: keypool, script: "graphql", pid: keypoolPID},
+		"rest":    {target: "rest", url: keypool, script: "rest", pid: keypoolPID},
+	}
+	if slices.Contains(cfg.targets, "gqlgen") {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		floor := pinned(ctx, cfg, serverCPUs, self, "-serve-gqlgen", addr)
+		floor.Stderr = os.Stderr
+		if err := floor.Start(); err != nil {
+			return err
+		}
+		defer stopProcess(floor)
+		if err := waitUp(ctx, "http://"+addr+"/healthz"); err != nil {
+			return fmt.Errorf("gqlgen's floor did not come up: %w", err)
+		}
+		runs["gqlgen"] = wrkRun{target: "gqlgen", url: "http://" + addr, script: "graphql", pid: floor.Process.Pid}
+	}
+	placement := "unpinned"
+	if cfg.pin {
+		placement = "servers on CPU " + serverCPUs + ", wrk on the others"
+	}
+	fmt.Fprintf(out, "keypool-load: wrk, %d connections (one per thread), %v per target after %v warm-up, %d keys in the pool, %d-byte replies, %d CPUs, %s\n",
+		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, replySize, runtime.NumCPU(), placement)
+	var results []result
+	for _, target := range cfg.targets {
+		run, ok := runs[target]
+		if !ok {
+			return fmt.Errorf("unknown target %q (plain, gqlgen, graphql, rest)", target)
+		}
+		run.connect = cfg.concurrency
+		if cfg.warmup >= time.Second {
+			if _, err := driveWrk(ctx, cfg, script, run, cfg.warmup); err != nil {
+				return err
+			}
+		}
+		r, err := driveWrk(ctx, cfg, script, run, cfg.duration)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	report(out, results)
+	if rss, err := processRSS(keypoolPID); err == nil {
+		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
+	}
+	return nil
+}
+
+// processRSS reads a process's resident set size, from /proc.
+func processRSS(pid int) (int64, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
