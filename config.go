@@ -26,7 +26,12 @@ type config struct {
 	LogFormat    string
 	CORSOrigins  middleware.Origins
 	LogLevel     slog.Level
+	GCHeapFloor  int // MiB
 }
+
+// DefaultGCHeapFloor is the default -gc-heap-floor, in MiB: a small pool's heap grows to
+// it between collections, instead of collecting hundreds of times a second.
+const DefaultGCHeapFloor = 64
 
 // envVars names the environment variable of each flag.
 var envVars = map[string]string{
@@ -39,6 +44,7 @@ var envVars = map[string]string{
 	"log-format":    "KEYPOOL_LOG_FORMAT",
 	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
 	"log-level":     "KEYPOOL_LOG_LEVEL",
+	"gc-heap-floor": "KEYPOOL_GC_HEAP_FLOOR",
 }
 
 // parseConfig reads args (without the program name) and the environment through
@@ -56,6 +62,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
+	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow to before the garbage collector runs (GOGC applies above it); 0 for Go's default")
 	fs.Var(&cfg.CORSOrigins, "cors-origins", "comma-separated origins allowed to call from a browser (CORS and websocket), or *; same-origin always works")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env, ok := envVars[f.Name]; ok {
@@ -112,6 +119,8 @@ func (c config) validate() error {
 		return fmt.Errorf("-lease-ttl: %v is longer than -max-lease-ttl %v", c.LeaseTTL, c.MaxLeaseTTL)
 	case c.MaxGenerate < 1:
 		return fmt.Errorf("-max-generate: must be at least 1, got %d", c.MaxGenerate)
+	case c.GCHeapFloor < 0:
+		return fmt.Errorf("-gc-heap-floor: must be at least 0, got %d", c.GCHeapFloor)
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
 	}

@@ -27,6 +27,7 @@ func TestConfigDefaults(t *testing.T) {
 		MaxGenerate:  10000,
 		Store:        "memory",
 		LogFormat:    "text",
+		GCHeapFloor:  64,
 	}, cfg)
 }
 
@@ -39,6 +40,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 		"KEYPOOL_MAX_GENERATE":  "50",
 		"KEYPOOL_STORE":         "redis://localhost:6379/0",
 		"KEYPOOL_LOG_FORMAT":    "json",
+		"KEYPOOL_GC_HEAP_FLOOR": "0",
 	})
 	t.Run("env", func(t *testing.T) {
 		cfg, err := parseConfig(nil, env, io.Discard)
@@ -51,12 +53,12 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxGenerate:  50,
 			Store:        "redis://localhost:6379/0",
 			LogFormat:    "json",
-		}, cfg)
+		}, cfg, "-gc-heap-floor 0 turns the floor off")
 	})
 	t.Run("flags beat env", func(t *testing.T) {
 		cfg, err := parseConfig([]string{
 			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
-			"-max-generate", "7", "-store", "memory", "-log-format", "text",
+			"-max-generate", "7", "-store", "memory", "-log-format", "text", "-gc-heap-floor", "128",
 		}, env, io.Discard)
 		require.NoError(t, err)
 		assert.Equal(t, config{
@@ -67,6 +69,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxGenerate:  7,
 			Store:        "memory",
 			LogFormat:    "text",
+			GCHeapFloor:  128,
 		}, cfg)
 	})
 	t.Run("flags alone", func(t *testing.T) {
@@ -97,6 +100,7 @@ func TestConfigBadValues(t *testing.T) {
 		{"log format", []string{"-log-format", "xml"}, nil, "-log-format"},
 		{"log format from env", nil, map[string]string{"KEYPOOL_LOG_FORMAT": "yaml"}, "-log-format"},
 		{"empty addr", []string{"-addr", ""}, nil, "-addr"},
+		{"negative heap floor", []string{"-gc-heap-floor", "-1"}, nil, "-gc-heap-floor"},
 		{"unknown flag", []string{"-verbose"}, nil, "-verbose"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/keypool/keypool/gcfloor"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/metrics"
@@ -53,6 +54,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	logger := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+	gcfloor.Set(uint64(cfg.GCHeapFloor) << 20)
 
 	metricSet := metrics.New()
 	store, err := openStore(cfg, metricSet)
