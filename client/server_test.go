@@ -19,6 +19,7 @@ import (
 
 	"github.com/keypool/keypool/client"
 	"github.com/keypool/keypool/graph"
+	"github.com/keypool/keypool/internal/cutproxy"
 	"github.com/keypool/keypool/keystore"
 )
 
@@ -98,6 +99,19 @@ func (ts *testServer) client(t *testing.T, opts ...client.Option) *client.Client
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return c
+}
+
+// viaProxy returns a client whose connections to the server go through a proxy
+// that the test can cut.
+func (ts *testServer) viaProxy(t *testing.T) (*cutproxy.Proxy, *client.Client) {
+	t.Helper()
+	proxy, err := cutproxy.New(ts.srv.Listener.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(proxy.Close)
+	c, err := client.New("http://" + proxy.Addr())
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return proxy, c
 }
 
 // count returns how many operations named name the server was sent.
