@@ -268,8 +268,11 @@ func (l *Lease) run(parent context.Context, calibrate bool) {
 			case err == nil:
 				renewFails, lastErr = 0, nil
 				l.renewed(info, sent, calibrate)
+				// A renewal that did not move the lease met the server's max lease
+				// TTL: more would gain nothing. (Not the calibrating one: it comes so
+				// soon after the grant that the server's clock may not have moved.)
+				capped = !calibrate && !info.ExpiresAt.After(before)
 				calibrate = false
-				capped = !info.ExpiresAt.After(before)
 				leaseEnd, _ = l.deadlines()
 				renewAt = latest(leaseEnd.Add(-l.length/renewDivisor), l.clock.Now().Add(minStep))
 			case leaseGone(err):
@@ -325,7 +328,7 @@ func (l *Lease) lose(cause error) {
 func (l *Lease) renewed(info LeaseInfo, sent time.Time, calibrate bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if calibrate && info.ExpiresAt.After(l.info.ExpiresAt) {
+	if calibrate && !info.ExpiresAt.Before(l.info.ExpiresAt) {
 		asked := l.ttl
 		if asked == 0 {
 			asked = l.length
