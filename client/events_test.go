@@ -249,7 +249,6 @@ func (c *wsConn) event(t *testing.T, seq int) {
 		`{"data":{"keyEvents":{"seq":` + strconv.Itoa(seq) + `,"type":"GENERATED","keyId":"k` + strconv.Itoa(seq) + `","at":"2026-01-01T00:00:00Z"}}}`)})
 }
 
-
 // TestSubscribeSlowConsumerResumes: a stream cut with SLOW_CONSUMER is resumed
 // after the last seq delivered; the server's pings are answered; a coded error
 // that is not about the connection ends the subscription with that code.
