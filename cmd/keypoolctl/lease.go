@@ -84,7 +84,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			_ = cmd.Process.Signal(s)
 		case <-lostLease:
 			lostLease = nil
-			fmt.Fprintf(e.stderr, "keypoolctl: lease: %s; stopping %s (SIGTERM, then SIGKILL after %s)\n",
+			fmt.Fprintf(e.stderr, "keypoolctl: %s; stopping %s (SIGTERM, then SIGKILL after %s)\n",
 				describe(g, lease.Err()), argv[0], *grace)
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			timer := time.NewTimer(*grace)
@@ -100,7 +100,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			}
 			if err := lease.Release(context.Background()); err != nil {
 				if errors.Is(err, client.ErrLeaseLost) {
-					fmt.Fprintf(e.stderr, "keypoolctl: lease: %s before %s's exit was seen\n", describe(g, err), argv[0])
+					fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
 					return exitLeaseLost
 				}
 				fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s (it frees itself when the lease runs out)\n", describe(g, err))

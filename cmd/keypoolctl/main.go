@@ -221,8 +221,8 @@ func fail(e *env, g *globals, err error) int {
 func describe(g *globals, err error) string {
 	var answer *client.Error
 	switch {
-	case errors.As(err, &answer):
-		return answer.Error()
+	case errors.As(err, &answer), errors.Is(err, client.ErrLeaseLost):
+		return err.Error() // the server's code and message, in their context
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("no answer from %s within %s (-timeout)", g.server, g.timeout)
 	default:
