@@ -18,7 +18,6 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -213,7 +212,3 @@ func stringArg(s string) *string {
 	}
 	return &s
 }
-
-// errClosed is what a subscription or lease reports when the client's own caller
-// ended it; it never leaves the package.
-var errClosed = errors.New("client: closed")

@@ -301,3 +301,29 @@ func TestSubscribeSlowConsumerResumes(t *testing.T) {
 	require.Len(t, reasons, 1)
 	assert.ErrorIs(t, reasons[0], client.ErrSlowConsumer)
 }
+
+// TestSubscribeIdleTimeout: a connection on which nothing arrives, not even the
+// server's pings, is taken for dead and replaced.
+func TestSubscribeIdleTimeout(t *testing.T) {
+	silent := func(t *testing.T, c *wsConn) {
+		c.accept(t)
+		_, _, _ = c.conn.Read(c.ctx) // nothing, until the client hangs up
+	}
+	srv := scriptedServer(t, silent, func(t *testing.T, c *wsConn) {
+		c.accept(t)
+		c.event(t, 1)
+		_, _, _ = c.conn.Read(c.ctx)
+	})
+	c, err := client.New(srv.URL)
+	require.NoError(t, err)
+	defer c.Close()
+	reconnected := make(chan error, 1)
+	s, err := c.Subscribe(testContext(t), client.SubscribeOptions{
+		IdleTimeout: 200 * time.Millisecond,
+		OnReconnect: func(err error, after *int64, delay time.Duration) { reconnected <- err },
+	})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, int64(1), nextEvent(t, s).Seq, "from the second connection")
+	assert.ErrorIs(t, <-reconnected, context.DeadlineExceeded)
+}
