@@ -33,7 +33,7 @@ func runEvents(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			if after != nil {
 				from = fmt.Sprintf("after seq %d", *after)
 			}
-			fmt.Fprintf(e.stderr, "keypoolctl: events: %s; resuming %s in %s\n", describe(g, err), from, delay)
+			fmt.Fprintf(e.stderr, "keypoolctl: events: connection lost (%v); resuming %s in %s\n", err, from, delay)
 		},
 	}
 	if *typesFlag != "" {
