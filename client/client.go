@@ -1,0 +1,214 @@
+// Package client talks to a keypool server over its GraphQL API: every operation,
+// typed errors, a keyEvents subscription that resumes across reconnects, and Lease,
+// a helper that holds a lease for as long as the work under it runs.
+//
+//	kp, err := client.New("http://localhost:8080")
+//	lease, err := kp.Lease(ctx, client.LeaseOptions{TTL: 30 * time.Second, Wait: 5 * time.Second})
+//	defer lease.Release(context.Background())
+//	work(lease.Context(), lease.KeyID(), lease.Fence()) // lease.Context() ends if the lease is lost
+//
+// Queries and mutations are typed by genqlient from the server's schema.graphqls
+// (see operations.graphql; `go generate ./...` rewrites internal/gen). genqlient's
+// own WebSocket client does not fit keyEvents (it does not answer the server's
+// pings, and cannot resume), so subscriptions speak graphql-transport-ws here, over
+// github.com/coder/websocket, with genqlient's operation text and response types.
+package client
+
+//go:generate go tool genqlient
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/Khan/genqlient/graphql"
+	"github.com/jonboulle/clockwork"
+
+	"github.com/keypool/keypool/client/internal/gen"
+)
+
+// DefaultServer is where a keypool server listens when started with its defaults.
+const DefaultServer = "http://localhost:8080"
+
+// Client is a connection to one keypool server. It is safe for concurrent use.
+type Client struct {
+	endpoint   string // the /graphql URL
+	httpClient *http.Client
+	ownsHTTP   bool // the client made httpClient, so Close may close its connections
+	gql        graphql.Client
+	clock      clockwork.Clock
+}
+
+// Option tunes New.
+type Option func(*Client)
+
+// WithHTTPClient makes the client send every request, WebSocket handshakes
+// included, through hc (for its transport, TLS or proxy settings). The caller keeps
+// ownership of hc: Close leaves it alone.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) { c.httpClient, c.ownsHTTP = hc, false }
+}
+
+// WithClock sets the clock by which Lease schedules renewals and judges expiry
+// (the real clock by default); tests pass a fake one.
+func WithClock(clock clockwork.Clock) Option {
+	return func(c *Client) { c.clock = clock }
+}
+
+// New returns a client for the server at server, a base URL such as
+// "http://localhost:8080" (its GraphQL endpoint is server + "/graphql"; a URL that
+// already ends in /graphql is taken as the endpoint).
+func New(server string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return nil, fmt.Errorf("server address %q: %w", server, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("server address %q: want http://host[:port] or https://host[:port]", server)
+	}
+	if !strings.HasSuffix(u.Path, "/graphql") {
+		u.Path = strings.TrimSuffix(u.Path, "/") + "/graphql"
+	}
+	c := &Client{
+		endpoint:   u.String(),
+		httpClient: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		ownsHTTP:   true,
+		clock:      clockwork.NewRealClock(),
+	}
+	for _, opt := range opts {
+		opt(c)
+	}
+	c.gql = graphql.NewClient(c.endpoint, c.httpClient)
+	return c, nil
+}
+
+// Endpoint returns the GraphQL URL the client sends to.
+func (c *Client) Endpoint() string { return c.endpoint }
+
+// Close releases the idle connections of the client's own HTTP transport. Leases
+// and subscriptions must be ended first.
+func (c *Client) Close() {
+	if c.ownsHTTP {
+		c.httpClient.CloseIdleConnections()
+	}
+}
+
+// GenerateKeys creates count new AVAILABLE keys. A count outside the server's
+// 1..max-generate is ErrBadUserInput and creates nothing.
+func (c *Client) GenerateKeys(ctx context.Context, count int) ([]Key, error) {
+	resp, err := gen.GenerateKeys(ctx, c.gql, count)
+	if err != nil {
+		return nil, fromGraphQL(err)
+	}
+	keys := make([]Key, len(resp.GenerateKeys))
+	for i := range resp.GenerateKeys {
+		keys[i] = keyFrom(&resp.GenerateKeys[i])
+	}
+	return keys, nil
+}
+
+// AcquireOptions tune AcquireKey and Lease. A zero field is not sent, so that the
+// server applies its default.
+type AcquireOptions struct {
+	// TTL is the lease's length, from 1s up to the server's -max-lease-ttl; zero
+	// means the server's -lease-ttl.
+	TTL time.Duration
+	// Wait is how long the server may wait for a key to come free (at most 30s);
+	// zero answers at once.
+	Wait time.Duration
+}
+
+// AcquireKey blocks a random AVAILABLE key under a new lease. When none is free
+// (after opts.Wait) it returns ErrNotFound. Nothing renews the lease: it runs out
+// after its TTL unless renewed. Most holders want Lease instead.
+func (c *Client) AcquireKey(ctx context.Context, opts AcquireOptions) (LeaseInfo, error) {
+	resp, err := gen.AcquireKey(ctx, c.gql, durationArg(opts.TTL), durationArg(opts.Wait))
+	if err != nil {
+		return LeaseInfo{}, fromGraphQL(err)
+	}
+	if resp.AcquireKey == nil { // the server always says why; this is a defence
+		return LeaseInfo{}, &Error{Code: ErrNotFound, Message: "no key is free"}
+	}
+	return leaseFrom(resp.AcquireKey), nil
+}
+
+// UnblockKey returns a BLOCKED key to AVAILABLE. With a non-empty token it ends only
+// that lease (ErrLeaseMismatch otherwise); with "" it ends whatever lease holds the
+// key. ErrNotBlocked if the key is AVAILABLE, ErrNotFound if there is no such key.
+func (c *Client) UnblockKey(ctx context.Context, id, token string) (Key, error) {
+	resp, err := gen.UnblockKey(ctx, c.gql, id, stringArg(token))
+	if err != nil {
+		return Key{}, fromGraphQL(err)
+	}
+	return keyFrom(&resp.UnblockKey), nil
+}
+
+// RenewLease extends the live lease that token names to now plus ttl (zero: the
+// server's -lease-ttl), never past its acquiredAt plus the server's -max-lease-ttl.
+// A lease that has run out is never renewed: ErrLeaseMismatch if another lease holds
+// the key, ErrNotBlocked if none does.
+func (c *Client) RenewLease(ctx context.Context, id, token string, ttl time.Duration) (LeaseInfo, error) {
+	resp, err := gen.RenewLease(ctx, c.gql, id, token, durationArg(ttl))
+	if err != nil {
+		return LeaseInfo{}, fromGraphQL(err)
+	}
+	return leaseFrom(&resp.RenewLease), nil
+}
+
+// DeleteKey removes the key at once; ErrNotFound if there is no such key.
+func (c *Client) DeleteKey(ctx context.Context, id string) error {
+	_, err := gen.DeleteKey(ctx, c.gql, id)
+	return fromGraphQL(err)
+}
+
+// KeepAlive moves the key's keep-alive deadline to now plus the server's
+// -keepalive-ttl; its lease is untouched.
+func (c *Client) KeepAlive(ctx context.Context, id string) (Key, error) {
+	resp, err := gen.KeepAlive(ctx, c.gql, id)
+	if err != nil {
+		return Key{}, fromGraphQL(err)
+	}
+	return keyFrom(&resp.KeepAlive), nil
+}
+
+// Key returns the key with this id. The server answers null for an unknown key;
+// Key turns that into ErrNotFound, like every other operation on a missing key.
+func (c *Client) Key(ctx context.Context, id string) (Key, error) {
+	resp, err := gen.GetKey(ctx, c.gql, id)
+	if err != nil {
+		return Key{}, fromGraphQL(err)
+	}
+	if resp.Key == nil {
+		return Key{}, &Error{Code: ErrNotFound, Message: fmt.Sprintf("no key %q", id)}
+	}
+	return keyFrom(resp.Key), nil
+}
+
+// Stats counts the keys of the pool by state.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	resp, err := gen.GetStats(ctx, c.gql)
+	if err != nil {
+		return Stats{}, fromGraphQL(err)
+	}
+	s := resp.Stats
+	return Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked}, nil
+}
+
+// durationArg is how an optional Duration argument is sent: not at all when zero.
+func durationArg(d time.Duration) *string {
+	if d == 0 {
+		return nil
+	}
+	s := d.String()
+	return &s
+}
+
+func stringArg(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}

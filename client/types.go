@@ -1,0 +1,111 @@
+package client
+
+import (
+	"time"
+
+	"github.com/keypool/keypool/client/internal/gen"
+)
+
+// Status is the state of a key.
+type Status string
+
+// The two states of a key.
+const (
+	Available Status = "AVAILABLE"
+	Blocked   Status = "BLOCKED"
+)
+
+// Key is a snapshot of one key of the pool. Its JSON form uses the schema's field
+// names.
+type Key struct {
+	ID     string `json:"id"`
+	Status Status `json:"status"`
+	// CreatedAt is when the key was generated.
+	CreatedAt time.Time `json:"createdAt"`
+	// ExpiresAt is the keep-alive deadline: the key is deleted for good then unless
+	// KeepAlive moves it.
+	ExpiresAt time.Time `json:"expiresAt"`
+	// Lease is the current lease (without its Key); nil unless Status is Blocked.
+	Lease   *LeaseInfo `json:"lease"`
+	History History    `json:"history"`
+}
+
+// LeaseInfo is a lease as the server describes it: the right to use a key until
+// ExpiresAt. (Lease is the helper that holds one.)
+type LeaseInfo struct {
+	// Token names the lease: unblocking or renewing with it succeeds only while this
+	// lease holds the key.
+	Token string `json:"token"`
+	// Fence grows with every lease the pool grants: pass it to systems downstream so
+	// that they can refuse a holder whose lease has since been granted to another.
+	Fence      int64     `json:"fence"`
+	AcquiredAt time.Time `json:"acquiredAt"`
+	ExpiresAt  time.Time `json:"expiresAt"`
+	// Key is the key the lease holds, as it was when the lease was read; nil for the
+	// lease inside a Key.
+	Key *Key `json:"key,omitempty"`
+}
+
+// History tells how a key has been used.
+type History struct {
+	TimesAcquired int `json:"timesAcquired"`
+	LeasesExpired int `json:"leasesExpired"`
+	// LastAcquiredAt is nil until the key is first acquired.
+	LastAcquiredAt *time.Time `json:"lastAcquiredAt"`
+}
+
+// Stats counts the keys of the pool by state.
+type Stats struct {
+	Total     int `json:"total"`
+	Available int `json:"available"`
+	Blocked   int `json:"blocked"`
+}
+
+// EventType says what happened to a key.
+type EventType string
+
+// The event types of keyEvents.
+const (
+	Generated EventType = "GENERATED"
+	Acquired  EventType = "ACQUIRED"
+	Unblocked EventType = "UNBLOCKED"
+	Released  EventType = "RELEASED" // the lease ran out
+	Deleted   EventType = "DELETED"
+	Expired   EventType = "EXPIRED" // not kept alive in time
+)
+
+// EventTypes lists every event type, in the schema's order.
+var EventTypes = []EventType{Generated, Acquired, Unblocked, Released, Deleted, Expired}
+
+// Event is one thing that happened to one key.
+type Event struct {
+	// Seq grows by one per event across the pool.
+	Seq   int64     `json:"seq"`
+	Type  EventType `json:"type"`
+	KeyID string    `json:"keyId"`
+	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
+	At time.Time `json:"at"`
+}
+
+func keyFrom(k *gen.KeyFields) Key {
+	key := Key{
+		ID:        k.Id,
+		Status:    Status(k.Status),
+		CreatedAt: k.CreatedAt,
+		ExpiresAt: k.ExpiresAt,
+		History: History{
+			TimesAcquired:  k.History.TimesAcquired,
+			LeasesExpired:  k.History.LeasesExpired,
+			LastAcquiredAt: k.History.LastAcquiredAt,
+		},
+	}
+	if l := k.Lease; l != nil {
+		key.Lease = &LeaseInfo{Token: l.Token, Fence: int64(l.Fence), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt}
+	}
+	return key
+}
+
+func leaseFrom(l *gen.LeaseFields) LeaseInfo {
+	key := keyFrom(&l.Key)
+	return LeaseInfo{Token: l.Token, Fence: int64(l.Fence), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Key: &key}
+}

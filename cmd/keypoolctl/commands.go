@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"strconv"
+	"time"
+
+	"github.com/keypool/keypool/client"
+)
+
+// simpleCommand is a command that sends one request and prints its answer.
+type simpleCommand struct {
+	nargs int // how many arguments it takes
+	// check, if set, vets the flags and arguments once parsed; a non-empty answer
+	// is a usage error.
+	check func(args []string) string
+	// extra, if set, is added to -timeout (an acquire's -wait).
+	extra func() time.Duration
+	do    func(ctx context.Context, c *client.Client, args []string) (any, error)
+}
+
+func (s simpleCommand) run(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	args, code, ok := parseInterspersed(e, fs, args)
+	if !ok {
+		return code
+	}
+	if len(args) != s.nargs {
+		return usageError(e, fs, "want %d argument(s), got %d", s.nargs, len(args))
+	}
+	if s.check != nil {
+		if msg := s.check(args); msg != "" {
+			return usageError(e, fs, "%s", msg)
+		}
+	}
+	c, code, ok := connect(e, g)
+	if !ok {
+		return code
+	}
+	defer c.Close()
+	timeout := g.timeout
+	if s.extra != nil {
+		timeout += s.extra()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := s.do(ctx, c, args)
+	if err != nil {
+		return fail(e, g, err)
+	}
+	return printJSON(e, out)
+}
+
+// given reports whether the flag named name was set on the command line.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// leaseFlags are the flags of acquire and lease. A -ttl or -wait not given is not
+// sent, so that the server applies its defaults.
+type leaseFlags struct {
+	ttl, wait time.Duration
+}
+
+func (f *leaseFlags) register(fs *flag.FlagSet) {
+	fs.DurationVar(&f.ttl, "ttl", 0, "the lease's length, 1s up to the server's -max-lease-ttl (default: the server's -lease-ttl)")
+	fs.DurationVar(&f.wait, "wait", 0, "how long to wait for a key when none is free, at most 30s")
+}
+
+// check refuses durations that cannot mean what was asked: a lease of no time, or
+// a wait of less than none.
+func (f *leaseFlags) check(fs *flag.FlagSet) string {
+	switch {
+	case given(fs, "ttl") && f.ttl <= 0:
+		return "-ttl must be positive"
+	case f.wait < 0:
+		return "-wait must not be negative"
+	}
+	return ""
+}
+
+func (f *leaseFlags) options() client.AcquireOptions {
+	return client.AcquireOptions{TTL: f.ttl, Wait: f.wait}
+}
+
+func runGenerate(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	var n int
+	return simpleCommand{
+		nargs: 1,
+		check: func(args []string) string {
+			var err error
+			if n, err = strconv.Atoi(args[0]); err != nil {
+				return "N must be a whole number, not " + strconv.Quote(args[0])
+			}
+			return ""
+		},
+		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
+			return c.GenerateKeys(ctx, n)
+		},
+	}.run(e, g, fs, args)
+}
+
+func runAcquire(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	var f leaseFlags
+	f.register(fs)
+	return simpleCommand{
+		check: func([]string) string { return f.check(fs) },
+		extra: func() time.Duration { return f.wait },
+		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
+			return c.AcquireKey(ctx, f.options())
+		},
+	}.run(e, g, fs, args)
+}
+
+func runUnblock(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	token := fs.String("token", "", "end the key's lease only if it is this one (LEASE_MISMATCH otherwise)")
+	return simpleCommand{
+		nargs: 1,
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			return c.UnblockKey(ctx, args[0], *token)
+		},
+	}.run(e, g, fs, args)
+}
+
+func runRenew(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	token := fs.String("token", "", "the token of the lease to renew (required)")
+	ttl := fs.Duration("ttl", 0, "the lease's new length from now (default: the server's -lease-ttl)")
+	return simpleCommand{
+		nargs: 1,
+		check: func([]string) string {
+			switch {
+			case *token == "":
+				return "-token is required"
+			case given(fs, "ttl") && *ttl <= 0:
+				return "-ttl must be positive"
+			}
+			return ""
+		},
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			return c.RenewLease(ctx, args[0], *token, *ttl)
+		},
+	}.run(e, g, fs, args)
+}
+
+func runKeepAlive(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	return simpleCommand{
+		nargs: 1,
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			return c.KeepAlive(ctx, args[0])
+		},
+	}.run(e, g, fs, args)
+}
+
+func runDelete(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	return simpleCommand{
+		nargs: 1,
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			if err := c.DeleteKey(ctx, args[0]); err != nil {
+				return nil, err
+			}
+			return struct {
+				ID string `json:"id"`
+			}{args[0]}, nil
+		},
+	}.run(e, g, fs, args)
+}
+
+func runGet(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	return simpleCommand{
+		nargs: 1,
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			return c.Key(ctx, args[0])
+		},
+	}.run(e, g, fs, args)
+}
+
+func runStats(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	return simpleCommand{
+		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
+			return c.Stats(ctx)
+		},
+	}.run(e, g, fs, args)
+}

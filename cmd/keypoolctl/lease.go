@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/keypool/keypool/client"
+)
+
+// defaultGrace is how long a command whose lease was lost has, after SIGTERM, to
+// exit before it is killed.
+const defaultGrace = 10 * time.Second
+
+// forwarded are the signals lease passes on to its command.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+
+// runLease acquires a key, runs the command with it while renewing the lease,
+// forwards SIGINT and SIGTERM to it, unblocks the key as soon as it exits, and exits
+// with its status. If the lease is lost meanwhile, the command is stopped.
+func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	var f leaseFlags
+	f.register(fs)
+	grace := fs.Duration("grace", defaultGrace, "how long CMD has to exit after SIGTERM, if the lease is lost, before it is killed")
+	if code, ok := parse(e, fs, args); !ok {
+		return code
+	}
+	argv := fs.Args()
+	if len(argv) == 0 {
+		return usageError(e, fs, "no command to run (keypoolctl lease [flags] -- CMD [ARGS...])")
+	}
+	if msg := f.check(fs); msg != "" {
+		return usageError(e, fs, "%s", msg)
+	}
+	c, code, ok := connect(e, g)
+	if !ok {
+		return code
+	}
+	defer c.Close()
+
+	// From here on a signal never kills keypoolctl itself while it holds a key: it
+	// stops the acquire, or goes to the command.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, forwarded...)
+	defer signal.Stop(signals)
+
+	lease, cancel, code, ok := acquireLease(e, g, c, f, signals)
+	if !ok {
+		return code
+	}
+	defer cancel()
+	defer lease.Release(context.Background()) // a no-op once released below
+
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
+	cmd.Env = append(os.Environ(),
+		"KEYPOOL_KEY="+lease.KeyID(),
+		"KEYPOOL_LEASE_TOKEN="+lease.Token(),
+		"KEYPOOL_LEASE_FENCE="+strconv.FormatInt(lease.Fence(), 10),
+	)
+	if err := cmd.Start(); err != nil {
+		release(e, g, lease)
+		fmt.Fprintf(e.stderr, "keypoolctl: lease: %v\n", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return 127 // as a shell says of a command it cannot find
+		}
+		return 126
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var kill <-chan time.Time // armed once the lease is lost and the command told
+	lostLease := lease.Done()
+	for {
+		select {
+		case s := <-signals:
+			_ = cmd.Process.Signal(s)
+		case <-lostLease:
+			lostLease = nil
+			fmt.Fprintf(e.stderr, "keypoolctl: %s; stopping %s (SIGTERM, then SIGKILL after %s)\n",
+				describe(g, lease.Err()), argv[0], *grace)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			timer := time.NewTimer(*grace)
+			defer timer.Stop()
+			kill = timer.C
+		case <-kill:
+			kill = nil
+			_ = cmd.Process.Kill()
+		case err := <-exited:
+			status := exitStatus(cmd, err)
+			if lostLease == nil {
+				return exitLeaseLost
+			}
+			if err := lease.Release(context.Background()); err != nil {
+				if errors.Is(err, client.ErrLeaseLost) {
+					fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
+					return exitLeaseLost
+				}
+				fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s (it frees itself when the lease runs out)\n", describe(g, err))
+			}
+			return status
+		}
+	}
+}
+
+// acquireLease acquires the key, or gives up on a signal (exit 128+n) or after
+// -timeout plus -wait. The lease lasts until cancel is called.
+func acquireLease(e *env, g *globals, c *client.Client, f leaseFlags, signals <-chan os.Signal) (lease *client.Lease, cancel context.CancelFunc, code int, ok bool) {
+	// The lease's context must outlive the acquire's bound, so the bound is a timer
+	// that cancels it only while the acquire has not come back.
+	ctx, cancel := context.WithCancel(context.Background())
+	timer := time.AfterFunc(g.timeout+f.wait, cancel)
+	type result struct {
+		lease *client.Lease
+		err   error
+	}
+	acquired := make(chan result, 1)
+	go func() {
+		l, err := c.Lease(ctx, f.options())
+		acquired <- result{l, err}
+	}()
+	var interrupted os.Signal
+	for {
+		select {
+		case s := <-signals:
+			interrupted = s
+			cancel()
+		case r := <-acquired:
+			inTime := timer.Stop()
+			switch {
+			case r.err == nil && inTime && interrupted == nil:
+				return r.lease, cancel, 0, true
+			case r.lease != nil:
+				release(e, g, r.lease)
+			}
+			cancel()
+			switch {
+			case interrupted != nil:
+				return nil, nil, 128 + int(interrupted.(syscall.Signal)), false
+			case !inTime:
+				return nil, nil, fail(e, g, context.DeadlineExceeded), false
+			}
+			return nil, nil, fail(e, g, r.err), false
+		}
+	}
+}
+
+// release unblocks the key, saying so if it could not.
+func release(e *env, g *globals, lease *client.Lease) {
+	if err := lease.Release(context.Background()); err != nil {
+		fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s\n", describe(g, err))
+	}
+}
+
+// exitStatus is what a shell would report for the command: its exit code, or
+// 128 plus the signal that ended it.
+func exitStatus(cmd *exec.Cmd, err error) int {
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		return exitError
+	}
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return cmd.ProcessState.ExitCode()
+}

@@ -1,0 +1,252 @@
+// Command keypoolctl is a command-line client of a keypool server, in the style of
+// etcdctl: one subcommand per operation, each printing JSON; events, which follows
+// the pool's events as JSON lines; and lease, which runs a command while holding a
+// key for it.
+//
+//	keypoolctl [-server URL] [-timeout D] COMMAND [flags] [args]
+//
+// Run keypoolctl -h for the commands, and keypoolctl COMMAND -h for one of them.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keypool/keypool/client"
+)
+
+// Exit statuses of keypoolctl itself; lease otherwise exits with its command's.
+const (
+	exitOK    = 0
+	exitError = 1 // the server refused, or could not be reached
+	exitUsage = 2 // bad flags or arguments
+	// exitLeaseLost: the lease was lost while the command ran, and the command was
+	// stopped.
+	exitLeaseLost = 3
+)
+
+// defaultTimeout bounds each request (an acquire's -wait is added to it).
+const defaultTimeout = 30 * time.Second
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+}
+
+// env is what run reads of the environment.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// globals are the flags every command takes, before or after its name.
+type globals struct {
+	server  string
+	timeout time.Duration
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.server, "server", g.server, "the keypool server's base URL (env KEYPOOL_SERVER)")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long one request may take (an acquire's -wait is added)")
+}
+
+// command is one subcommand.
+type command struct {
+	args    string // the synopsis after the name
+	summary string
+	detail  string // more for -h, if any
+	// run parses its own flags from fs (already holding the global ones) and runs.
+	run func(e *env, g *globals, fs *flag.FlagSet, args []string) int
+}
+
+var commands = map[string]command{
+	"generate":  {"N", "create N new keys; prints them", "", runGenerate},
+	"acquire":   {"[-ttl D] [-wait D]", "lease a free key (nothing renews it); prints the lease", "", runAcquire},
+	"unblock":   {"ID [-token T]", "end a key's lease (only lease T's, if given); prints the key", "", runUnblock},
+	"renew":     {"ID -token T [-ttl D]", "extend lease T of a key; prints the lease", "", runRenew},
+	"keepalive": {"ID", "move a key's keep-alive deadline; prints the key", "", runKeepAlive},
+	"delete":    {"ID", "delete a key; prints its id", "", runDelete},
+	"get":       {"ID", "print a key", "", runGet},
+	"stats":     {"", "print the pool's counts", "", runStats},
+	"events":    {"[-types T,...] [-after N]", "print the pool's events, one JSON object a line, until interrupted", eventsHelp, runEvents},
+	"lease":     {"[-ttl D] [-wait D] [-grace D] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
+}
+
+const eventsHelp = `Each event is a line {"seq":N,"type":T,"keyId":ID,"at":TIME}; an interrupt (SIGINT,
+SIGTERM) ends the command with status 0. When the connection is lost, or the server cuts a
+subscriber that fell behind (SLOW_CONSUMER), it reconnects with backoff and resumes after the
+last seq printed, so that no event is missed or printed twice; it says so on stderr. With
+-after N it first replays the retained events after seq N. Another coded error ends it.`
+
+const leaseHelp = `Acquires a key (waiting up to -wait for one to come free), then runs CMD with, in its
+environment, KEYPOOL_KEY (the key), KEYPOOL_LEASE_TOKEN and KEYPOOL_LEASE_FENCE (a number that
+grows with every lease: pass it to systems that should refuse a holder whose lease is gone).
+The lease is renewed while CMD runs, so CMD may run far longer than -ttl. SIGINT and SIGTERM
+are forwarded to CMD. The key is unblocked as soon as CMD exits, and keypoolctl exits with
+CMD's status (128+N if signal N ended it; 127 if CMD cannot be found, 126 if it cannot run).
+If the lease is lost while CMD runs (the key was deleted, another holder has it, or it could
+not be renewed in time), CMD gets SIGTERM, then SIGKILL after -grace, and keypoolctl exits 3.`
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	g := &globals{server: client.DefaultServer, timeout: defaultTimeout}
+	if s := getenv("KEYPOOL_SERVER"); s != "" {
+		g.server = s
+	}
+	root := flag.NewFlagSet("keypoolctl", flag.ContinueOnError)
+	g.register(root)
+	root.Usage = func() { usage(root) }
+	if code, ok := parse(e, root, args); !ok {
+		return code
+	}
+	args = root.Args()
+	if len(args) == 0 {
+		root.SetOutput(e.stderr)
+		usage(root)
+		return exitUsage
+	}
+	name, args := args[0], args[1:]
+	if name == "help" {
+		if len(args) == 1 {
+			name, args = args[0], []string{"-h"}
+		} else {
+			return run([]string{"-h"}, stdin, stdout, stderr, getenv)
+		}
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(e.stderr, "keypoolctl: unknown command %q (keypoolctl -h lists them)\n", name)
+		return exitUsage
+	}
+	fs := flag.NewFlagSet("keypoolctl "+name, flag.ContinueOnError)
+	g.register(fs)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: keypoolctl [global flags] %s %s\n\n%s.\n", name, cmd.args, capitalize(cmd.summary))
+		if cmd.detail != "" {
+			fmt.Fprintf(w, "\n%s\n", cmd.detail)
+		}
+		fmt.Fprintf(w, "\nflags:\n")
+		fs.PrintDefaults()
+	}
+	return cmd.run(e, g, fs, args)
+}
+
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprintf(w, "usage: keypoolctl [global flags] COMMAND [flags] [args]\n\ncommands:\n")
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintf(w, "\nEach command prints JSON, and -h tells more of it. Errors print one line to stderr,\n"+
+		"with the server's code, and exit 1 (2 for bad usage).\n\nglobal flags (also after the command):\n")
+	fs.PrintDefaults()
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// parse parses fs's flags from args, with -h printed to stdout (exit 0) and bad
+// flags reported to stderr (exit 2). ok is false when the caller must return code.
+func parse(e *env, fs *flag.FlagSet, args []string) (code int, ok bool) {
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		out.Reset()
+		fs.Usage()
+		_, _ = io.Copy(e.stdout, &out)
+		return exitOK, false
+	case err != nil:
+		_, _ = io.Copy(e.stderr, &out)
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// parseInterspersed is parse for commands whose flags may follow their arguments
+// ("unblock ID -token T"); it returns the arguments. After "--" everything is an
+// argument.
+func parseInterspersed(e *env, fs *flag.FlagSet, args []string) (positional []string, code int, ok bool) {
+	for {
+		if code, ok := parse(e, fs, args); !ok {
+			return nil, code, false
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), 0, true
+		}
+		if len(rest) == 0 {
+			return positional, 0, true
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+// usageError reports a misuse of a command and returns exitUsage.
+func usageError(e *env, fs *flag.FlagSet, format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
+	fmt.Fprintf(e.stderr, "run '%s -h' for usage\n", fs.Name())
+	return exitUsage
+}
+
+// fail prints err as one line and returns exitError: the server's code and message
+// for an answer of the server, else what went wrong on the way.
+func fail(e *env, g *globals, err error) int {
+	fmt.Fprintln(e.stderr, "keypoolctl: "+describe(g, err))
+	return exitError
+}
+
+func describe(g *globals, err error) string {
+	var answer *client.Error
+	switch {
+	case errors.As(err, &answer), errors.Is(err, client.ErrLeaseLost):
+		return err.Error() // the server's code and message, in their context
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no answer from %s within %s (-timeout)", g.server, g.timeout)
+	default:
+		return fmt.Sprintf("cannot reach %s: %v", g.server, err)
+	}
+}
+
+// connect returns a client of the server -server names.
+func connect(e *env, g *globals) (*client.Client, int, bool) {
+	c, err := client.New(g.server)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "keypoolctl: -server: %v\n", err)
+		return nil, exitUsage, false
+	}
+	return c, 0, true
+}
+
+// printJSON writes v as one line of JSON.
+func printJSON(e *env, v any) int {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(e.stderr, "keypoolctl: writing the answer: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}

@@ -1,0 +1,483 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/keypool/keypool/client"
+	"github.com/keypool/keypool/graph"
+	"github.com/keypool/keypool/internal/cutproxy"
+	"github.com/keypool/keypool/keystore"
+)
+
+// asKeypoolctl, in the environment, makes the test binary run as keypoolctl: the
+// tests run the real command, signals, exit status and all.
+const asKeypoolctl = "KEYPOOLCTL_TEST_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asKeypoolctl) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// testServer is the real GraphQL endpoint on an in-memory pool on the real clock,
+// reached directly (url) or through a proxy that the test can cut (proxyURL).
+type testServer struct {
+	store    *keystore.Memory
+	url      string
+	proxy    *cutproxy.Proxy
+	proxyURL string
+}
+
+func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", graph.NewServer(store, graph.ServerOptions{Logger: slog.New(slog.DiscardHandler)}))
+	srv := httptest.NewServer(mux)
+	proxy, err := cutproxy.New(srv.Listener.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		proxy.Close()
+		srv.CloseClientConnections()
+		srv.Close()
+		_ = store.Close()
+	})
+	return &testServer{store: store, url: srv.URL, proxy: proxy, proxyURL: "http://" + proxy.Addr()}
+}
+
+func (ts *testServer) generate(t *testing.T, n int) []keystore.Key {
+	t.Helper()
+	keys, err := ts.store.Generate(context.Background(), n)
+	require.NoError(t, err)
+	return keys
+}
+
+func (ts *testServer) key(t *testing.T, id string) keystore.Key {
+	t.Helper()
+	key, err := ts.store.Get(context.Background(), id)
+	require.NoError(t, err)
+	return key
+}
+
+// keypoolctl returns the command keypoolctl args, talking to server.
+func keypoolctl(server string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), asKeypoolctl+"=1", "KEYPOOL_SERVER="+server)
+	return cmd
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// ctl runs keypoolctl to its end.
+func ctl(t *testing.T, server string, args ...string) result {
+	t.Helper()
+	cmd := keypoolctl(server, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	if err != nil && !asExitError(err, &exitErr) {
+		t.Fatalf("keypoolctl %v: %v", args, err)
+	}
+	return result{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
+}
+
+// ctlIn runs keypoolctl's run in the test's process: quicker, for the commands
+// that neither run a command nor wait for signals.
+func ctlIn(t *testing.T, server string, args ...string) result {
+	t.Helper()
+	var stdout, stderr strings.Builder
+	getenv := func(name string) string {
+		if name == "KEYPOOL_SERVER" {
+			return server
+		}
+		return ""
+	}
+	code := run(args, strings.NewReader(""), &stdout, &stderr, getenv)
+	return result{stdout.String(), stderr.String(), code}
+}
+
+func asExitError(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+// decode reads r's stdout as one JSON value into v, after checking it succeeded.
+func (r result) decode(t *testing.T, v any) {
+	t.Helper()
+	require.Equal(t, 0, r.code, "stderr: %s", r.stderr)
+	require.Empty(t, r.stderr)
+	require.Equal(t, 1, strings.Count(r.stdout, "\n"), "one line of JSON: %q", r.stdout)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), v), r.stdout)
+}
+
+// failed checks that r failed with one line on stderr naming code.
+func (r result) failed(t *testing.T, status int, code string) {
+	t.Helper()
+	assert.Equal(t, status, r.code, "stderr: %s", r.stderr)
+	assert.Empty(t, r.stdout)
+	assert.Equal(t, 1, strings.Count(r.stderr, "\n"), "one line: %q", r.stderr)
+	assert.Contains(t, r.stderr, code)
+}
+
+func TestCommands(t *testing.T) {
+	ts := newTestServer(t)
+	// One run as its own process: the environment, stdout, the exit status.
+	var stats client.Stats
+	ctl(t, ts.url, "stats").decode(t, &stats)
+	ctl(t, ts.url, "get", "nope").failed(t, exitError, "NOT_FOUND")
+
+	var keys []client.Key
+	ctlIn(t, ts.url, "generate", "2").decode(t, &keys)
+	require.Len(t, keys, 2)
+	assert.Equal(t, client.Available, keys[0].Status)
+
+	var lease client.LeaseInfo
+	ctlIn(t, ts.url, "acquire", "-ttl", "5s").decode(t, &lease)
+	require.NotNil(t, lease.Key)
+	id := lease.Key.ID
+	assert.Equal(t, 5*time.Second, lease.ExpiresAt.Sub(lease.AcquiredAt))
+	assert.Equal(t, lease.Token, ts.key(t, id).Lease.Token)
+
+	var key client.Key
+	ctlIn(t, ts.url, "get", id).decode(t, &key)
+	assert.Equal(t, client.Blocked, key.Status)
+	assert.Equal(t, lease.Fence, key.Lease.Fence)
+
+	var renewed client.LeaseInfo
+	ctlIn(t, ts.url, "renew", id, "-token", lease.Token, "-ttl", "1m").decode(t, &renewed)
+	assert.InDelta(t, time.Minute, renewed.ExpiresAt.Sub(lease.AcquiredAt), float64(10*time.Second))
+
+	ctlIn(t, ts.url, "unblock", id, "-token", "not-the-token").failed(t, exitError, "LEASE_MISMATCH")
+	ctlIn(t, ts.url, "unblock", "-token", lease.Token, id).decode(t, &key) // flags before or after
+	assert.Equal(t, client.Available, key.Status)
+	ctlIn(t, ts.url, "unblock", id).failed(t, exitError, "NOT_BLOCKED")
+
+	ctlIn(t, ts.url, "keepalive", id).decode(t, &key)
+	assert.Equal(t, id, key.ID)
+
+	ctlIn(t, ts.url, "stats").decode(t, &stats)
+	assert.Equal(t, client.Stats{Total: 2, Available: 2}, stats)
+
+	var deleted struct{ ID string }
+	ctlIn(t, ts.url, "delete", id).decode(t, &deleted)
+	assert.Equal(t, id, deleted.ID)
+	ctlIn(t, ts.url, "get", id).failed(t, exitError, "NOT_FOUND")
+	ctlIn(t, ts.url, "delete", id).failed(t, exitError, "NOT_FOUND")
+	ctlIn(t, ts.url, "generate", "0").failed(t, exitError, "BAD_USER_INPUT")
+
+	ctlIn(t, ts.url, "acquire").decode(t, &lease)
+	ctlIn(t, ts.url, "acquire").failed(t, exitError, "NOT_FOUND") // the only key is held
+
+	// -server beats KEYPOOL_SERVER, before or after the command.
+	dead := "http://127.0.0.1:1"
+	ctlIn(t, dead, "-server", ts.url, "stats").decode(t, &stats)
+	ctlIn(t, dead, "stats", "-server", ts.url).decode(t, &stats)
+	ctlIn(t, dead, "stats").failed(t, exitError, "cannot reach")
+}
+
+func TestUsage(t *testing.T) {
+	ts := newTestServer(t)
+	for name := range commands {
+		r := ctlIn(t, ts.url, name, "-h")
+		assert.Equal(t, 0, r.code, name)
+		assert.Contains(t, r.stdout, "usage: keypoolctl [global flags] "+name, name)
+		assert.Contains(t, r.stdout, "-server", name)
+	}
+	r := ctlIn(t, ts.url, "-h")
+	assert.Equal(t, 0, r.code)
+	for name := range commands {
+		assert.Contains(t, r.stdout, name)
+	}
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"generate"},
+		{"generate", "many"},
+		{"get"},
+		{"get", "a", "b"},
+		{"renew", "ID"},
+		{"renew", "ID", "-token", "T", "-ttl", "0s"},
+		{"acquire", "-ttl", "0s"},
+		{"acquire", "-wait", "-1s"},
+		{"acquire", "-ttl", "soon"},
+		{"events", "-types", "EXPLODED"},
+		{"lease"},
+		{"lease", "-ttl", "0s", "--", "true"},
+	} {
+		r := ctlIn(t, ts.url, args...)
+		assert.Equal(t, exitUsage, r.code, "%v: %s", args, r.stderr)
+		assert.NotEmpty(t, r.stderr, "%v", args)
+	}
+}
+
+// running is keypoolctl started with its stdin, stdout and stderr in the test's
+// hands, stdout and stderr read line by line.
+type running struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stdout chan string
+	stderr chan string
+	done   chan struct{}
+	// what was left on stdout and stderr when it exited
+	restOut, restErr string
+}
+
+func start(t *testing.T, server string, args ...string) *running {
+	t.Helper()
+	cmd := keypoolctl(server, args...)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	r := &running{cmd: cmd, stdin: stdin, stdout: lines(stdout), stderr: lines(stderr), done: make(chan struct{})}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		r.wait(t)
+	})
+	return r
+}
+
+func lines(r io.Reader) chan string {
+	ch := make(chan string, 100)
+	go func() {
+		defer close(ch)
+		s := bufio.NewScanner(r)
+		for s.Scan() {
+			ch <- s.Text()
+		}
+	}()
+	return ch
+}
+
+const lineTimeout = 10 * time.Second
+
+func (r *running) line(t *testing.T, from chan string) string {
+	t.Helper()
+	select {
+	case l, ok := <-from:
+		require.True(t, ok, "the output ended")
+		return l
+	case <-time.After(lineTimeout):
+		t.Fatal("no line")
+		return ""
+	}
+}
+
+// wait waits for the process to exit (its output read to the end first) and
+// returns its status.
+func (r *running) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.cmd.ProcessState.ExitCode()
+	default:
+	}
+	r.restOut = drain(r.stdout)
+	r.restErr = drain(r.stderr)
+	exited := make(chan struct{})
+	go func() {
+		_ = r.cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(lineTimeout):
+		t.Fatal("keypoolctl did not exit")
+	}
+	close(r.done)
+	return r.cmd.ProcessState.ExitCode()
+}
+
+func drain(from chan string) string {
+	var out []string
+	for l := range from {
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestLeaseDoneWhen is the issue's "done when": lease prints the key and leaves it
+// free.
+func TestLeaseDoneWhen(t *testing.T) {
+	ts := newTestServer(t)
+	keys := ts.generate(t, 1)
+	r := ctl(t, ts.url, "lease", "--", "sh", "-c", "echo $KEYPOOL_KEY")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, keys[0].ID+"\n", r.stdout)
+	key := ts.key(t, keys[0].ID)
+	assert.Equal(t, keystore.Available, key.Status, "free right after")
+	assert.Equal(t, int64(1), key.History.TimesAcquired)
+	assert.Zero(t, key.History.LeasesExpired, "unblocked, not run out")
+}
+
+// TestLeaseAcrossTTLs holds a 2s lease for over three of its lengths while the
+// command runs, then passes its exit status through and frees the key at once.
+// (2s rather than the shortest, 1s: a renewal then has 667ms to get through on a
+// loaded machine.)
+func TestLeaseAcrossTTLs(t *testing.T) {
+	ts := newTestServer(t)
+	ts.generate(t, 3)
+	r := start(t, ts.url, "lease", "-ttl", "2s", "--", "sh", "-c",
+		`echo "$KEYPOOL_KEY $KEYPOOL_LEASE_TOKEN $KEYPOOL_LEASE_FENCE"; read line; exit 7`)
+	fields := strings.Fields(r.line(t, r.stdout))
+	require.Len(t, fields, 3)
+	id, token, fence := fields[0], fields[1], fields[2]
+
+	key := ts.key(t, id)
+	require.Equal(t, keystore.Blocked, key.Status)
+	require.Equal(t, token, key.Lease.Token)
+	assert.Equal(t, fence, jsonNumber(key.Lease.Fence))
+	firstExpiry := key.Lease.ExpiresAt
+
+	// Three and a quarter lengths of the lease, on the real clock: without
+	// renewals the server would release the key after the first.
+	until := time.Now().Add(6500 * time.Millisecond)
+	for time.Now().Before(until) {
+		key := ts.key(t, id)
+		require.Equal(t, keystore.Blocked, key.Status, "held while the command runs")
+		require.Equal(t, token, key.Lease.Token, "under the same lease")
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.True(t, ts.key(t, id).Lease.ExpiresAt.After(firstExpiry.Add(4*time.Second)), "renewed")
+
+	_, err := io.WriteString(r.stdin, "done\n")
+	require.NoError(t, err)
+	assert.Equal(t, 7, r.wait(t), "the command's status: %s", r.restErr)
+	key = ts.key(t, id)
+	assert.Equal(t, keystore.Available, key.Status, "free as soon as the command exited")
+	assert.Zero(t, key.History.LeasesExpired)
+}
+
+func jsonNumber(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+// TestLeaseLost deletes the key from another client while the command runs:
+// keypoolctl stops the command and exits 3, saying why.
+func TestLeaseLost(t *testing.T) {
+	ts := newTestServer(t)
+	ts.generate(t, 1)
+	r := start(t, ts.url, "lease", "-ttl", "1s", "-grace", "5s", "--", "sh", "-c",
+		`echo "$KEYPOOL_KEY"; trap 'echo stopped; exit 0' TERM; while :; do sleep 0.05; done`)
+	id := r.line(t, r.stdout)
+
+	other, err := client.New(ts.url)
+	require.NoError(t, err)
+	defer other.Close()
+	require.NoError(t, other.DeleteKey(context.Background(), id))
+
+	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM")
+	assert.Equal(t, exitLeaseLost, r.wait(t))
+	stderr := r.restErr
+	assert.Contains(t, stderr, "lease lost")
+	assert.Contains(t, stderr, "NOT_FOUND")
+}
+
+// TestLeaseForwardsSignals: SIGINT and SIGTERM go to the command, which decides
+// what to do; keypoolctl then exits as it did and frees the key.
+func TestLeaseForwardsSignals(t *testing.T) {
+	for _, tc := range []struct {
+		sig    syscall.Signal
+		script string
+		status int
+	}{
+		{syscall.SIGINT, `trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.05; done`, 42},
+		{syscall.SIGTERM, `echo ready; exec sleep 30`, 128 + int(syscall.SIGTERM)},
+	} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			ts := newTestServer(t)
+			keys := ts.generate(t, 1)
+			r := start(t, ts.url, "lease", "--", "sh", "-c", tc.script)
+			require.Equal(t, "ready", r.line(t, r.stdout))
+			require.NoError(t, r.cmd.Process.Signal(tc.sig))
+			assert.Equal(t, tc.status, r.wait(t), "stderr: %s", r.restErr)
+			assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status)
+		})
+	}
+}
+
+func TestLeaseCommandFails(t *testing.T) {
+	ts := newTestServer(t)
+	keys := ts.generate(t, 1)
+	r := ctl(t, ts.url, "lease", "--", "no-such-command-anywhere")
+	assert.Equal(t, 127, r.code, r.stderr)
+	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
+
+	r = ctl(t, ts.url, "lease", "--", "sh", "-c", "kill -KILL $$")
+	assert.Equal(t, 128+int(syscall.SIGKILL), r.code, r.stderr)
+	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
+
+	_, err := ts.store.Acquire(context.Background(), keystore.AcquireOptions{})
+	require.NoError(t, err)
+	ctl(t, ts.url, "lease", "--", "true").failed(t, exitError, "NOT_FOUND")
+}
+
+// TestEvents follows the pool's events through a connection that the test cuts:
+// keypoolctl resumes after the last seq it printed.
+func TestEvents(t *testing.T) {
+	ts := newTestServer(t)
+	r := start(t, ts.proxyURL, "events", "-after", "0")
+	ts.generate(t, 2)
+	seqs := func(n int) []int64 {
+		var got []int64
+		for range n {
+			var ev client.Event
+			line := r.line(t, r.stdout)
+			require.NoError(t, json.Unmarshal([]byte(line), &ev), line)
+			assert.Equal(t, client.Generated, ev.Type)
+			got = append(got, ev.Seq)
+		}
+		return got
+	}
+	assert.Equal(t, []int64{1, 2}, seqs(2))
+
+	ts.proxy.Cut()
+	assert.Contains(t, r.line(t, r.stderr), "resuming after seq 2")
+	ts.generate(t, 2) // most likely while disconnected: the reconnection waits 100ms
+	assert.Equal(t, []int64{3, 4}, seqs(2), "no gap, no repeat")
+
+	require.NoError(t, r.cmd.Process.Signal(syscall.SIGINT))
+	assert.Equal(t, 0, r.wait(t), "an interrupt is the normal end")
+}
+
+func TestEventsTypes(t *testing.T) {
+	ts := newTestServer(t)
+	keys := ts.generate(t, 2)
+	require.NoError(t, ts.store.Delete(context.Background(), keys[1].ID))
+	r := start(t, ts.url, "events", "-after", "0", "-types", "deleted,EXPIRED")
+	var ev client.Event
+	require.NoError(t, json.Unmarshal([]byte(r.line(t, r.stdout)), &ev))
+	assert.Equal(t, client.Event{Seq: 3, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
+	require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, r.wait(t))
+}
