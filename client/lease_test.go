@@ -281,7 +281,7 @@ func TestLeaseMaxLeaseTTL(t *testing.T) {
 // with a renewal at once, and then renews on the lease's own schedule.
 func TestLeaseAfterWait(t *testing.T) {
 	e := newLeaseEnv(t, keystore.Options{LeaseTTL: 30 * time.Second}, 1)
-	other, err := e.ts.store.Acquire(context.Background(), keystore.AcquireOptions{TTL: time.Hour})
+	other, err := e.ts.store.Acquire(context.Background(), keystore.AcquireOptions{TTL: keystore.TTL(time.Hour)})
 	require.NoError(t, err)
 
 	leased := make(chan *client.Lease, 1)

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // of the operations it was sent and a switch that makes it answer UNAVAILABLE, as a
 // server does whose shared store is down.
 type testServer struct {
-	store *keystore.Memory
+	store *keystore.Pool
 	clock clockwork.Clock
 	srv   *httptest.Server
 	obs   *observer

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 // testServer is the real GraphQL endpoint on an in-memory pool on the real clock,
 // reached directly (url) or through a proxy that the test can cut (proxyURL).
 type testServer struct {
-	store    *keystore.Memory
+	store    *keystore.Pool
 	url      string
 	proxy    *cutproxy.Proxy
 	proxyURL string
