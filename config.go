@@ -12,6 +12,7 @@ import (
 
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/middleware"
+	"github.com/keypool/keypool/redact"
 )
 
 // config is the server's configuration, from flags, then environment variables, then
@@ -120,7 +121,7 @@ func (c config) validate() error {
 		redisURL := (u != nil && (u.Scheme == "redis" || u.Scheme == "rediss") && u.Host != "") ||
 			(u != nil && u.Scheme == "unix" && u.Path != "")
 		if err != nil || !redisURL {
-			return fmt.Errorf("-store: must be memory, redis://host:port/db or unix:///path/to/socket?db=N, got %q", c.Store)
+			return fmt.Errorf("-store: must be memory, redis://host:port/db or unix:///path/to/socket?db=N, got %q", redact.URL(c.Store))
 		}
 	}
 	return nil

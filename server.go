@@ -26,6 +26,7 @@ import (
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/metrics"
+	"github.com/keypool/keypool/redact"
 )
 
 // shutdownTimeout bounds how long in-flight requests may take to finish on shutdown.
@@ -81,7 +82,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv.RegisterOnShutdown(streams.end)
 
 	fmt.Fprintf(stdout, "keypool listening on %s (GraphiQL), API at /graphql\n", displayURL(ln.Addr()))
-	logger.Info("serving", "addr", ln.Addr().String(), "store", cfg.Store,
+	logger.Info("serving", "addr", ln.Addr().String(), "store", redact.URL(cfg.Store),
 		"lease_ttl", cfg.LeaseTTL.String(), "keepalive_ttl", cfg.KeepAliveTTL.String())
 
 	served := make(chan error, 1)
