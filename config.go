@@ -27,7 +27,19 @@ type config struct {
 	LogFormat    string
 	CORSOrigins  middleware.Origins
 	LogLevel     slog.Level
+	AllowedHosts middleware.Hosts
+	ReadTimeout  time.Duration
+	IdleTimeout  time.Duration
 }
+
+// Defaults of the connection bounds.
+const (
+	// defaultReadTimeout bounds how long a client may take to send a request's headers,
+	// and then its body: 1 MiB in 10 s is 100 KB/s.
+	defaultReadTimeout = 10 * time.Second
+	// defaultIdleTimeout bounds how long a keep-alive connection may wait for its next request.
+	defaultIdleTimeout = 2 * time.Minute
+)
 
 // envVars names the environment variable of each flag.
 var envVars = map[string]string{
@@ -40,13 +52,16 @@ var envVars = map[string]string{
 	"log-format":    "KEYPOOL_LOG_FORMAT",
 	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
 	"log-level":     "KEYPOOL_LOG_LEVEL",
+	"allowed-hosts": "KEYPOOL_ALLOWED_HOSTS",
+	"read-timeout":  "KEYPOOL_READ_TIMEOUT",
+	"idle-timeout":  "KEYPOOL_IDLE_TIMEOUT",
 }
 
 // parseConfig reads args (without the program name) and the environment through
 // getenv. Any bad value is a one-line error naming its flag. -h and -help return
 // flag.ErrHelp after printing the usage to stderr.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
-	var cfg config
+	cfg := config{AllowedHosts: middleware.DefaultHosts()}
 	fs := flag.NewFlagSet("keypool", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned as one line; usage only on -help
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "address to listen on")
@@ -58,6 +73,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
 	fs.Var(&cfg.CORSOrigins, "cors-origins", "comma-separated origins allowed to call from a browser (CORS and websocket), or *; same-origin always works")
+	fs.Var(&cfg.AllowedHosts, "allowed-hosts", "comma-separated host names browsers may reach the server by (*.example.com for subdomains, * for any); loopback names and IP addresses always work")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send a request's headers, and again its body (streams are not cut)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", defaultIdleTimeout, "longest a keep-alive connection may wait for its next request")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env, ok := envVars[f.Name]; ok {
 			f.Usage += " (env " + env + ")"
@@ -113,6 +131,10 @@ func (c config) validate() error {
 		return fmt.Errorf("-lease-ttl: %v is longer than -max-lease-ttl %v", c.LeaseTTL, c.MaxLeaseTTL)
 	case c.MaxGenerate < 1:
 		return fmt.Errorf("-max-generate: must be at least 1, got %d", c.MaxGenerate)
+	case c.ReadTimeout <= 0:
+		return fmt.Errorf("-read-timeout: must be positive, got %v", c.ReadTimeout)
+	case c.IdleTimeout <= 0:
+		return fmt.Errorf("-idle-timeout: must be positive, got %v", c.IdleTimeout)
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
 	}

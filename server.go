@@ -71,11 +71,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	streams := newStreamTracker()
 	srv := &http.Server{
 		Handler:           streams.wrap(newHandler(store, cfg, logger, metricSet)),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Idle keep-alive connections are closed rather than kept forever. There is no
-		// ReadTimeout: it would also cut SSE streams, which read nothing after the start.
-		IdleTimeout: 2 * time.Minute,
-		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// Slow clients are bounded here (headers, idle keep-alive connections) and by
+		// middleware.BodyDeadline (bodies). There is no ReadTimeout: its deadline would
+		// also end SSE streams and waiting acquires, which read nothing for longer.
+		ReadHeaderTimeout: cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	// Shutdown neither waits for nor closes hijacked websockets and long-lived SSE
 	// streams: end them ourselves, cleanly, as soon as shutdown starts.
