@@ -60,7 +60,7 @@ func (h *hostile) send(t *testing.T, c edgeCase) (int, []byte) {
 func errorCode(t *testing.T, body []byte) string {
 	t.Helper()
 	var answer struct {
-		Error *struct{ Code, Message string }
+		Error  *struct{ Code, Message string }
 		Errors []struct {
 			Message    string
 			Extensions struct{ Code string }

@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	streams := newStreamTracker()
 	srv := &http.Server{
-		Handler:           streams.wrap(newHandler(store, cfg, logger, metricSet)),
+		Handler: streams.wrap(newHandler(store, cfg, logger, metricSet)),
 		// Slow clients are bounded here (headers, idle keep-alive connections) and by
 		// middleware.BodyDeadline (bodies). There is no ReadTimeout: its deadline would
 		// also end SSE streams and waiting acquires, which read nothing for longer.

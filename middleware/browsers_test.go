@@ -190,7 +190,9 @@ func TestBrowsersAndJSONBodies(t *testing.T) {
 			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q", ct)
 			}
-			var rest struct{ Error struct{ Code, Message string } }
+			var rest struct {
+				Error struct{ Code, Message string }
+			}
 			var gql struct {
 				Errors []struct {
 					Message    string
