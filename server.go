@@ -71,9 +71,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	streams := newStreamTracker()
 	srv := &http.Server{
 		Handler: streams.wrap(newHandler(store, cfg, logger, metricSet)),
-		// Slow clients are bounded here (headers, idle keep-alive connections) and by
-		// middleware.BodyDeadline (bodies). There is no ReadTimeout: its deadline would
-		// also end SSE streams and waiting acquires, which read nothing for longer.
+		// Slow clients: headers and idle keep-alive connections are bounded here, bodies
+		// by middleware.BodyDeadline (in routes.go), whose deadline is lifted once the
+		// body is in, so that SSE streams and waiting acquires, which read nothing for
+		// longer, are not cut; hijacked websockets carry no deadline from either.
 		ReadHeaderTimeout: cfg.ReadTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
