@@ -12,6 +12,7 @@ import (
 
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/middleware"
+	"github.com/keypool/keypool/redact"
 )
 
 // config is the server's configuration, from flags, then environment variables, then
@@ -27,11 +28,23 @@ type config struct {
 	CORSOrigins  middleware.Origins
 	LogLevel     slog.Level
 	GCHeapFloor  int // MiB
+	AllowedHosts middleware.Hosts
+	ReadTimeout  time.Duration
+	IdleTimeout  time.Duration
 }
 
 // DefaultGCHeapFloor is the default -gc-heap-floor, in MiB: a small pool's heap grows to
 // it between collections, instead of collecting hundreds of times a second.
 const DefaultGCHeapFloor = 64
+
+// Defaults of the connection bounds.
+const (
+	// defaultReadTimeout bounds how long a client may take to send a request's headers,
+	// and then its body: 1 MiB in 10 s is 100 KB/s.
+	defaultReadTimeout = 10 * time.Second
+	// defaultIdleTimeout bounds how long a keep-alive connection may wait for its next request.
+	defaultIdleTimeout = 2 * time.Minute
+)
 
 // envVars names the environment variable of each flag.
 var envVars = map[string]string{
@@ -45,13 +58,16 @@ var envVars = map[string]string{
 	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
 	"log-level":     "KEYPOOL_LOG_LEVEL",
 	"gc-heap-floor": "KEYPOOL_GC_HEAP_FLOOR",
+	"allowed-hosts": "KEYPOOL_ALLOWED_HOSTS",
+	"read-timeout":  "KEYPOOL_READ_TIMEOUT",
+	"idle-timeout":  "KEYPOOL_IDLE_TIMEOUT",
 }
 
 // parseConfig reads args (without the program name) and the environment through
 // getenv. Any bad value is a one-line error naming its flag. -h and -help return
 // flag.ErrHelp after printing the usage to stderr.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
-	var cfg config
+	cfg := config{AllowedHosts: middleware.DefaultHosts()}
 	fs := flag.NewFlagSet("keypool", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned as one line; usage only on -help
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "address to listen on")
@@ -64,6 +80,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
 	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow to before the garbage collector runs (GOGC applies above it); 0 for Go's default")
 	fs.Var(&cfg.CORSOrigins, "cors-origins", "comma-separated origins allowed to call from a browser (CORS and websocket), or *; same-origin always works")
+	fs.Var(&cfg.AllowedHosts, "allowed-hosts", "comma-separated host names browsers may reach the server by (*.example.com for subdomains, * for any); loopback names and IP addresses always work")
+	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send a request's headers, and again its body (streams are not cut)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", defaultIdleTimeout, "longest a keep-alive connection may wait for its next request")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env, ok := envVars[f.Name]; ok {
 			f.Usage += " (env " + env + ")"
@@ -121,6 +140,10 @@ func (c config) validate() error {
 		return fmt.Errorf("-max-generate: must be at least 1, got %d", c.MaxGenerate)
 	case c.GCHeapFloor < 0:
 		return fmt.Errorf("-gc-heap-floor: must be at least 0, got %d", c.GCHeapFloor)
+	case c.ReadTimeout <= 0:
+		return fmt.Errorf("-read-timeout: must be positive, got %v", c.ReadTimeout)
+	case c.IdleTimeout <= 0:
+		return fmt.Errorf("-idle-timeout: must be positive, got %v", c.IdleTimeout)
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
 	}
@@ -129,7 +152,7 @@ func (c config) validate() error {
 		redisURL := (u != nil && (u.Scheme == "redis" || u.Scheme == "rediss") && u.Host != "") ||
 			(u != nil && u.Scheme == "unix" && u.Path != "")
 		if err != nil || !redisURL {
-			return fmt.Errorf("-store: must be memory, redis://host:port/db or unix:///path/to/socket?db=N, got %q", c.Store)
+			return fmt.Errorf("-store: must be memory, redis://host:port/db or unix:///path/to/socket?db=N, got %q", redact.URL(c.Store))
 		}
 	}
 	return nil

@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/keypool/keypool/middleware"
 )
 
 func envOf(vars map[string]string) func(string) string {
@@ -28,6 +30,9 @@ func TestConfigDefaults(t *testing.T) {
 		Store:        "memory",
 		LogFormat:    "text",
 		GCHeapFloor:  64,
+		AllowedHosts: middleware.DefaultHosts(),
+		ReadTimeout:  10 * time.Second,
+		IdleTimeout:  2 * time.Minute,
 	}, cfg)
 }
 
@@ -41,6 +46,9 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 		"KEYPOOL_STORE":         "redis://localhost:6379/0",
 		"KEYPOOL_LOG_FORMAT":    "json",
 		"KEYPOOL_GC_HEAP_FLOOR": "0",
+		"KEYPOOL_ALLOWED_HOSTS": "keypool.lan",
+		"KEYPOOL_READ_TIMEOUT":  "5s",
+		"KEYPOOL_IDLE_TIMEOUT":  "1m",
 	})
 	t.Run("env", func(t *testing.T) {
 		cfg, err := parseConfig(nil, env, io.Discard)
@@ -53,12 +61,16 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxGenerate:  50,
 			Store:        "redis://localhost:6379/0",
 			LogFormat:    "json",
+			AllowedHosts: mustHosts(t, "keypool.lan"),
+			ReadTimeout:  5 * time.Second,
+			IdleTimeout:  time.Minute,
 		}, cfg, "-gc-heap-floor 0 turns the floor off")
 	})
 	t.Run("flags beat env", func(t *testing.T) {
 		cfg, err := parseConfig([]string{
 			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
-			"-max-generate", "7", "-store", "memory", "-log-format", "text", "-gc-heap-floor", "128",
+			"-max-generate", "7", "-store", "memory", "-log-format", "text",
+			"-gc-heap-floor", "128", "-allowed-hosts", "*.example.com,*", "-read-timeout", "3s", "-idle-timeout", "30s",
 		}, env, io.Discard)
 		require.NoError(t, err)
 		assert.Equal(t, config{
@@ -70,6 +82,9 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			Store:        "memory",
 			LogFormat:    "text",
 			GCHeapFloor:  128,
+			AllowedHosts: mustHosts(t, "*,*.example.com"),
+			ReadTimeout:  3 * time.Second,
+			IdleTimeout:  30 * time.Second,
 		}, cfg)
 	})
 	t.Run("flags alone", func(t *testing.T) {
@@ -102,6 +117,11 @@ func TestConfigBadValues(t *testing.T) {
 		{"empty addr", []string{"-addr", ""}, nil, "-addr"},
 		{"negative heap floor", []string{"-gc-heap-floor", "-1"}, nil, "-gc-heap-floor"},
 		{"unknown flag", []string{"-verbose"}, nil, "-verbose"},
+		{"allowed host with a scheme", []string{"-allowed-hosts", "http://keypool.lan"}, nil, "-allowed-hosts"},
+		{"allowed host with a port, from env", nil, map[string]string{"KEYPOOL_ALLOWED_HOSTS": "keypool.lan:8080"}, "-allowed-hosts"},
+		{"zero read timeout", []string{"-read-timeout", "0s"}, nil, "-read-timeout"},
+		{"read timeout not a duration", nil, map[string]string{"KEYPOOL_READ_TIMEOUT": "10"}, "-read-timeout"},
+		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, nil, "-idle-timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(tc.args, envOf(tc.env), io.Discard)
@@ -110,6 +130,13 @@ func TestConfigBadValues(t *testing.T) {
 			assert.NotContains(t, err.Error(), "\n", "one line")
 		})
 	}
+}
+
+func mustHosts(t *testing.T, list string) middleware.Hosts {
+	t.Helper()
+	h, err := middleware.ParseHosts(list)
+	require.NoError(t, err)
+	return h
 }
 
 func TestConfigHelp(t *testing.T) {

@@ -30,11 +30,12 @@ import (
 const hostileTimeout = 15 * time.Second
 
 // refusalCodes are the extensions.code / REST error codes a refusal may carry: the
-// contract's, and REST's METHOD_NOT_ALLOWED. Never INTERNAL_SERVER_ERROR.
+// contract's, and REST's METHOD_NOT_ALLOWED, FORBIDDEN and UNSUPPORTED_MEDIA_TYPE. Never
+// INTERNAL_SERVER_ERROR.
 var refusalCodes = map[string]bool{
 	"NOT_FOUND": true, "NOT_BLOCKED": true, "LEASE_MISMATCH": true, "BAD_USER_INPUT": true,
 	"GRAPHQL_PARSE_FAILED": true, "GRAPHQL_VALIDATION_FAILED": true, "COMPLEXITY_LIMIT_EXCEEDED": true,
-	"PERSISTED_QUERY_NOT_FOUND": true, "METHOD_NOT_ALLOWED": true,
+	"PERSISTED_QUERY_NOT_FOUND": true, "METHOD_NOT_ALLOWED": true, "FORBIDDEN": true, "UNSUPPORTED_MEDIA_TYPE": true,
 }
 
 // hostile is a running server whose pool holds three leased keys, one of them known.
@@ -382,9 +383,9 @@ func hostileHTTPCases() []httpCase {
 		{name: "rest/generate count zero", req: restReq("POST", "/v1/keys", "application/json", []byte(`{"count": 0}`)), status: 400},
 		{name: "rest/generate unknown field", req: restReq("POST", "/v1/keys", "application/json", []byte(`{"count": 1, "evil": true}`)), status: 400},
 		{name: "rest/generate trailing garbage", req: restReq("POST", "/v1/keys", "application/json", []byte(`{"count": 1} {"count": 2}`)), status: 400},
-		{name: "rest/generate form", req: restReq("POST", "/v1/keys", "application/x-www-form-urlencoded", []byte(`count=5`)), status: 400},
-		{name: "rest/generate multipart garbage", req: restReq("POST", "/v1/keys", "multipart/form-data; boundary=b", []byte("--b\r\n\r\ncount=1\r\n--")), status: 400},
-		{name: "rest/generate not UTF-8", req: restReq("POST", "/v1/keys", "text/plain", []byte("{\"count\": 1, \"\xff\": 1}")), status: 400},
+		{name: "rest/generate form", req: restReq("POST", "/v1/keys", "application/x-www-form-urlencoded", []byte(`count=5`)), status: 415},
+		{name: "rest/generate multipart garbage", req: restReq("POST", "/v1/keys", "multipart/form-data; boundary=b", []byte("--b\r\n\r\ncount=1\r\n--")), status: 415},
+		{name: "rest/generate not UTF-8", req: restReq("POST", "/v1/keys", "text/plain", []byte("{\"count\": 1, \"\xff\": 1}")), status: 415},
 		{name: "rest/unblock wrong token", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte("{\"token\": \"\xff\xfe\"}")), status: 409},
 		{name: "rest/unblock token wrong type", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte(`{"token": 1}`)), status: 400},
 		{name: "rest/unblock truncated", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte(`{"token": "`)), status: 400},

@@ -23,6 +23,9 @@ func (s *server) rest(t *testing.T, method, path, body string, v any) int {
 	t.Helper()
 	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	require.NoError(t, err)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	res, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer res.Body.Close()
@@ -137,6 +140,15 @@ func TestOperationsEndpoints(t *testing.T) {
 	assert.Equal(t, "ok\n", body)
 
 	before := metricValues(t, s)
+	assert.Contains(t, before, `keypool_operations_total{op="acquire",outcome="NOT_FOUND"}`, "possible outcomes start at zero")
+	for _, impossible := range []string{
+		`keypool_operations_total{op="acquire",outcome="SLOW_CONSUMER"}`,
+		`keypool_operations_total{op="delete",outcome="LEASE_MISMATCH"}`,
+		`keypool_operations_total{op="stats",outcome="NOT_FOUND"}`,
+		`keypool_operations_total{op="subscribe",outcome="SLOW_CONSUMER"}`,
+	} {
+		assert.NotContains(t, before, impossible, "a series no operation can produce")
+	}
 	require.Equal(t, 201, s.rest(t, "POST", "/v1/keys", `{"count":3}`, nil))
 	require.Equal(t, 200, s.rest(t, "POST", "/v1/keys/acquire", "", nil))
 	require.Equal(t, 404, s.rest(t, "GET", "/v1/keys/nope", "", nil))

@@ -17,12 +17,25 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL),
 		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin}))
-	mux.Handle("/v1/", rest.New(m.Instrument(store, metrics.REST), logger))
+	mux.Handle("/v1/", middleware.JSONBodies(middleware.RESTError, rest.New(m.Instrument(store, metrics.REST), logger)))
 	mux.Handle("GET /healthz", rest.Healthz())
 	mux.Handle("GET /readyz", rest.Readyz(store, logger))
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET /{$}", web.GraphiQL())
 	mux.Handle("GET /dashboard", web.Dashboard())
 	mux.Handle("GET "+web.AssetPrefix, web.Assets())
-	return middleware.Log(logger, middleware.CORS(cfg.CORSOrigins, mux))
+	return middleware.Log(logger,
+		middleware.BodyDeadline(cfg.ReadTimeout,
+			middleware.Browsers(cfg.AllowedHosts, cfg.CORSOrigins, edgeError,
+				middleware.CORS(cfg.CORSOrigins, mux))))
+}
+
+// edgeError answers a request refused before its route ran in the route's error shape:
+// GraphQL's at /graphql, REST's everywhere else.
+func edgeError(w http.ResponseWriter, r *http.Request, status int, code, message string) {
+	if r.URL.Path == "/graphql" {
+		middleware.GraphQLError(w, r, status, code, message)
+		return
+	}
+	middleware.RESTError(w, r, status, code, message)
 }

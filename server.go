@@ -27,6 +27,7 @@ import (
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/metrics"
+	"github.com/keypool/keypool/redact"
 )
 
 // shutdownTimeout bounds how long in-flight requests may take to finish on shutdown.
@@ -71,19 +72,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	streams := newStreamTracker()
 	srv := &http.Server{
-		Handler:           streams.wrap(newHandler(store, cfg, logger, metricSet)),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Idle keep-alive connections are closed rather than kept forever. There is no
-		// ReadTimeout: it would also cut SSE streams, which read nothing after the start.
-		IdleTimeout: 2 * time.Minute,
-		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Handler: streams.wrap(newHandler(store, cfg, logger, metricSet)),
+		// Slow clients: headers and idle keep-alive connections are bounded here, bodies
+		// by middleware.BodyDeadline (in routes.go), whose deadline is lifted once the
+		// body is in, so that SSE streams and waiting acquires, which read nothing for
+		// longer, are not cut; hijacked websockets carry no deadline from either.
+		ReadHeaderTimeout: cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	// Shutdown neither waits for nor closes hijacked websockets and long-lived SSE
 	// streams: end them ourselves, cleanly, as soon as shutdown starts.
 	srv.RegisterOnShutdown(streams.end)
 
 	fmt.Fprintf(stdout, "keypool listening on %s (GraphiQL), API at /graphql\n", displayURL(ln.Addr()))
-	logger.Info("serving", "addr", ln.Addr().String(), "store", cfg.Store,
+	logger.Info("serving", "addr", ln.Addr().String(), "store", redact.URL(cfg.Store),
 		"lease_ttl", cfg.LeaseTTL.String(), "keepalive_ttl", cfg.KeepAliveTTL.String())
 
 	served := make(chan error, 1)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -47,12 +48,27 @@ var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDel
 // with its error code (NOT_FOUND, LEASE_MISMATCH, …).
 const OutcomeOK = "ok"
 
-// outcomes are the outcome labels resolved ahead of time; any other code is resolved on
-// first use.
-var outcomes = []keystore.Code{
-	keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.EINVALID,
-	keystore.EUNAVAILABLE, keystore.ESLOWCONSUMER, keystore.EINTERNAL,
+// opOutcomes are the error codes each operation's store call can return (keystore.Store's
+// contract), besides UNAVAILABLE and INTERNAL_SERVER_ERROR, which any call can. Only these
+// series are created ahead of time, at zero, so that /metrics shows no impossible ones
+// (acquire/SLOW_CONSUMER, delete/LEASE_MISMATCH); any other code is still counted, on
+// first use. SLOW_CONSUMER ends a subscription later and is counted in
+// keypool_slow_consumer_cuts_total, not as subscribe's outcome.
+var opOutcomes = map[string][]keystore.Code{
+	OpGenerate:  {keystore.EINVALID},
+	OpAcquire:   {keystore.ENOTFOUND, keystore.EINVALID},
+	OpUnblock:   {keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH},
+	OpRenew:     {keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.EINVALID},
+	OpKeepAlive: {keystore.ENOTFOUND},
+	OpDelete:    {keystore.ENOTFOUND},
+	OpGet:       {keystore.ENOTFOUND},
+	OpStats:     {},
+	OpSubscribe: {keystore.EINVALID, keystore.ECOMPACTED},
 }
+
+// anyOpOutcomes are the codes every operation can return: a store that cannot be reached
+// or is closing, and an unexpected failure.
+var anyOpOutcomes = []keystore.Code{keystore.EUNAVAILABLE, keystore.EINTERNAL}
 
 // Bucket layouts.
 var (
@@ -162,13 +178,14 @@ func New() *Metrics {
 	m.waitUnserved = wait.WithLabelValues("unserved")
 
 	for _, op := range Ops {
+		codes := append(slices.Clone(opOutcomes[op]), anyOpOutcomes...)
 		c := &opCounters{
 			ok:     m.operations.WithLabelValues(op, OutcomeOK),
-			byCode: make(map[keystore.Code]prometheus.Counter, len(outcomes)),
+			byCode: make(map[keystore.Code]prometheus.Counter, len(codes)),
 			vec:    m.operations,
 			op:     op,
 		}
-		for _, code := range outcomes {
+		for _, code := range codes {
 			c.byCode[code] = m.operations.WithLabelValues(op, string(code))
 		}
 		m.opCounters[op] = c

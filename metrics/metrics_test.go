@@ -239,3 +239,61 @@ func TestScrapeSurvivesStoreFailure(t *testing.T) {
 		t.Fatalf("keys reported from a broken store")
 	}
 }
+
+// TestOnlyPossibleOutcomesArePreCreated scrapes a fresh registry: every operation shows
+// ok and the codes its store call can return, at zero, and nothing else (no
+// acquire/SLOW_CONSUMER, no delete/LEASE_MISMATCH). The table is the store's contract
+// (keystore.Store's docs): UNAVAILABLE and INTERNAL_SERVER_ERROR for every call, plus
+// each call's own codes.
+func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
+	m := metrics.New()
+	store, _ := newStore(t, m)
+	m.Instrument(store, metrics.REST)
+	always := []string{"ok", "UNAVAILABLE", "INTERNAL_SERVER_ERROR"}
+	want := map[string][]string{
+		"generate":  {"BAD_USER_INPUT"},
+		"acquire":   {"NOT_FOUND", "BAD_USER_INPUT"},
+		"unblock":   {"NOT_FOUND", "NOT_BLOCKED", "LEASE_MISMATCH"},
+		"renew":     {"NOT_FOUND", "NOT_BLOCKED", "LEASE_MISMATCH", "BAD_USER_INPUT"},
+		"keepalive": {"NOT_FOUND"},
+		"delete":    {"NOT_FOUND"},
+		"get":       {"NOT_FOUND"},
+		"stats":     {},
+		"subscribe": {"BAD_USER_INPUT", "EVENTS_COMPACTED"},
+	}
+	wantSeries := map[string]bool{}
+	for op, codes := range want {
+		for _, outcome := range append(codes, always...) {
+			wantSeries[`keypool_operations_total{op="`+op+`",outcome="`+outcome+`"} 0`] = true
+		}
+	}
+	gotSeries := map[string]bool{}
+	for line := range strings.SplitSeq(scrape(t, m), "\n") {
+		if strings.HasPrefix(line, "keypool_operations_total{") {
+			gotSeries[line] = true
+		}
+	}
+	for s := range gotSeries {
+		if !wantSeries[s] {
+			t.Errorf("impossible series pre-created: %s", s)
+		}
+	}
+	for s := range wantSeries {
+		if !gotSeries[s] {
+			t.Errorf("series missing: %s", s)
+		}
+	}
+
+	// A code outside the table is still counted, on first use.
+	_, _ = m.Instrument(oddStats{}, metrics.REST).Stats(context.Background())
+	if got := value(t, m, "keypool_operations_total", "op", "stats", "outcome", "NOT_FOUND"); got != 1 {
+		t.Errorf("unexpected code not counted: %v", got)
+	}
+}
+
+// oddStats answers Stats with a code no Stats returns.
+type oddStats struct{ keystore.Store }
+
+func (oddStats) Stats(context.Context) (keystore.Stats, error) {
+	return keystore.Stats{}, keystore.Errorf(keystore.ENOTFOUND, "odd")
+}

@@ -1,5 +1,6 @@
 // Package middleware wraps keypool's HTTP handlers with what every route shares: a
-// debug log line per request and CORS.
+// debug log line per request, CORS, the guards against what browsers may be made to
+// send (Browsers, JSONBodies) and a deadline on request bodies (BodyDeadline).
 package middleware
 
 import (

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// readmeCurlCommands are the curl commands of README.md's sh blocks, continuation lines
+// joined, exactly as written.
+func readmeCurlCommands(t *testing.T) []string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	var cmds []string
+	inSh, cmd := false, ""
+	for line := range strings.SplitSeq(string(readme), "\n") {
+		switch {
+		case strings.HasPrefix(line, "```"):
+			inSh = line == "```sh"
+			continue
+		case !inSh:
+			continue
+		}
+		if continued, ok := strings.CutSuffix(line, `\`); ok {
+			cmd += continued
+			continue
+		}
+		cmd += line
+		if strings.HasPrefix(strings.TrimSpace(cmd), "curl ") {
+			cmds = append(cmds, strings.TrimSpace(cmd))
+		}
+		cmd = ""
+	}
+	return cmds
+}
+
+// TestREADMECurlCommands runs every curl command of README.md, as written, against the
+// real server: localhost:8080 (and the replicas' 8081, 8082) stand for the test's
+// servers, KEY and TOKEN for a key leased just before. Each must work: curl succeeds,
+// nothing answers with an error, and the status it prints, if it prints one, is 2xx.
+// It keeps the README's promise that curl and scripts work as shown.
+func TestREADMECurlCommands(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl not installed: apt-get install curl")
+	}
+	cmds := readmeCurlCommands(t)
+	require.GreaterOrEqual(t, len(cmds), 20, "the README's curl commands were not found")
+
+	// -cors-origins as the README's CORS example starts the server.
+	main := startServer(t, "-cors-origins", "https://app.example.com")
+	servers := map[string]*server{"localhost:8080": main}
+	var replicasSkipped string
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		store := "unix://:" + storeSecret + "@" + startPasswordRedis(t, storeSecret)
+		servers["localhost:8081"] = startServer(t, "-store", store)
+		servers["localhost:8082"] = startServer(t, "-store", store)
+	} else {
+		replicasSkipped = "redis-server not installed (apt-get install redis-server): the replicas' commands are skipped"
+	}
+
+	for _, cmd := range cmds {
+		t.Run(cmd, func(t *testing.T) {
+			var s *server
+			for addr, srv := range servers {
+				if strings.Contains(cmd, addr) {
+					s = srv
+					cmd = strings.ReplaceAll(cmd, addr, "localhost:"+portOf(t, srv))
+				}
+			}
+			if s == nil {
+				require.NotEmpty(t, replicasSkipped, "a command for no server: %s", cmd)
+				t.Skip(replicasSkipped)
+			}
+			// A free key for acquire, and a leased one for KEY and TOKEN.
+			s.mustPost(t, `mutation { generateKeys(count: 2) { id } }`, nil, nil)
+			var lease struct {
+				AcquireKey struct {
+					Token string
+					Key   struct{ ID string }
+				}
+			}
+			s.mustPost(t, `mutation { acquireKey { token key { id } } }`, nil, &lease)
+			cmd = strings.ReplaceAll(cmd, "KEY", lease.AcquireKey.Key.ID)
+			cmd = strings.ReplaceAll(cmd, "TOKEN", lease.AcquireKey.Token)
+
+			if strings.Contains(cmd, "text/event-stream") {
+				runStreamingCurl(t, s, cmd)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, "sh", "-c", cmd).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			output := strings.TrimSpace(string(out))
+			require.NotEmpty(t, output)
+			assert.NotContains(t, output, `"error":{`)
+			assert.NotContains(t, output, `"errors":[`)
+			if strings.Contains(cmd, "%{http_code}") {
+				lines := strings.Split(output, "\n")
+				assert.Regexp(t, `^2\d\d$`, lines[len(lines)-1], "the status curl printed")
+			}
+			if strings.Contains(cmd, " -si ") || strings.Contains(cmd, " -i ") {
+				assert.Regexp(t, `^HTTP/1\.1 2\d\d `, output, "the status line")
+				if strings.Contains(cmd, "Origin: https://app.example.com") {
+					assert.Contains(t, output, "Access-Control-Allow-Origin: https://app.example.com")
+				}
+			}
+		})
+	}
+}
+
+func portOf(t *testing.T, s *server) string {
+	t.Helper()
+	i := strings.LastIndexByte(s.url, ':')
+	_, err := strconv.Atoi(s.url[i+1:])
+	require.NoError(t, err)
+	return s.url[i+1:]
+}
+
+// runStreamingCurl runs a curl command that follows an SSE subscription and checks
+// that it delivers the event of a key generated meanwhile.
+func runStreamingCurl(t *testing.T, s *server, cmd string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+	defer cancel()
+	curl := exec.CommandContext(ctx, "sh", "-c", "exec "+cmd)
+	stdout, err := curl.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, curl.Start())
+	defer func() {
+		cancel()
+		_ = curl.Wait()
+	}()
+	data := make(chan string, 1)
+	go func() {
+		lines := bufio.NewScanner(stdout)
+		for lines.Scan() {
+			if line := lines.Text(); strings.HasPrefix(line, "data:") {
+				data <- line
+				return
+			}
+		}
+		close(data)
+	}()
+	// The subscription goes live some time after curl starts: generate until it hears.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case line, ok := <-data:
+			require.True(t, ok, "the stream ended without an event")
+			assert.Contains(t, line, `"keyEvents"`)
+			assert.NotContains(t, line, `"errors"`)
+			return
+		case <-tick.C:
+			s.mustPost(t, `mutation { generateKeys(count: 1) { id } }`, nil, nil)
+		case <-ctx.Done():
+			t.Fatal("no event on the stream")
+		}
+	}
+}
