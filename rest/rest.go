@@ -52,6 +52,7 @@ func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/keys/{id}/keepalive", h.keepAlive)
 	mux.HandleFunc("POST /v1/keys/{id}/renew", h.renew)
 	mux.HandleFunc("GET /v1/stats", h.stats)
+	mux.HandleFunc("GET /v1/openapi.json", serveOpenAPI)
 
 	// ServeMux answers a wrong method with a plain-text 405; these method-less patterns
 	// are less specific than the routes above, so they catch exactly the wrong methods
@@ -63,6 +64,7 @@ func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux.Handle("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
 	mux.Handle("/v1/keys/{id}/renew", methodNotAllowed("POST"))
 	mux.Handle("/v1/stats", methodNotAllowed("GET, HEAD"))
+	mux.Handle("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
 	})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/rest"
+	"github.com/keypool/keypool/rest/resttest"
 )
 
 // pool is a REST handler on a real in-memory store whose clock the test moves.
@@ -33,7 +34,7 @@ func newPool(t *testing.T) *pool {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	return &pool{t: t, clock: clock, store: store, handler: rest.New(store, nil)}
+	return &pool{t: t, clock: clock, store: store, handler: resttest.Handler(t, rest.New(store, nil))}
 }
 
 func (p *pool) do(method, path, body string) *httptest.ResponseRecorder {
