@@ -16,6 +16,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path"
 	"slices"
 	"strconv"
@@ -54,6 +55,11 @@ var unrouted = map[int]string{
 }
 
 var loaded = sync.OnceValues(func() (*Validator, error) { return New(rest.OpenAPI()) })
+
+func init() {
+	// The docs page: its body is checked as a string (its schema), like text/plain.
+	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
+}
 
 // Load returns the Validator of the embedded document, loaded and linted once.
 func Load() (*Validator, error) { return loaded() }
@@ -128,7 +134,7 @@ func (v *Validator) Check(ctx context.Context, x Exchange) error {
 	if req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "" {
 		return nil
 	}
-	if x.Status >= 300 && x.Status < 400 && unclean(req.URL.Path) {
+	if x.Status >= 300 && x.Status < 400 && muxRedirect(req.URL.Path, x.Header.Get("Location")) {
 		return nil
 	}
 	// Route a copy whose body is the one read. HEAD is routed as GET: net/http serves
@@ -267,13 +273,18 @@ func isContentTypeError(err error) bool {
 	return errors.As(err, &re) && re.RequestBody != nil && strings.Contains(re.Error(), "Content-Type")
 }
 
-// unclean reports whether net/http's ServeMux would redirect urlPath to a cleaned path.
-func unclean(urlPath string) bool {
+// muxRedirect reports whether location is where net/http's ServeMux redirects
+// urlPath: to its cleaned form ("//", ".." removed), or "/v1" to the subtree "/v1/".
+func muxRedirect(urlPath, location string) bool {
+	to, err := url.Parse(location)
+	if err != nil {
+		return false
+	}
 	cleaned := path.Clean(urlPath)
 	if strings.HasSuffix(urlPath, "/") && cleaned != "/" {
 		cleaned += "/"
 	}
-	return cleaned != urlPath
+	return cleaned != urlPath && to.Path == cleaned || urlPath == "/v1" && to.Path == "/v1/"
 }
 
 // Handler returns h wrapped so that every exchange through it is checked; a failure is

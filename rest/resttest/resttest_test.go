@@ -77,7 +77,8 @@ func TestCheckAccepts(t *testing.T) {
 		"healthz":               {method: "GET", target: "/healthz", status: 200, header: map[string]string{"Content-Type": "text/plain; charset=utf-8"}, answer: "ok\n"},
 		"readyz, internal":      {method: "GET", target: "/readyz", status: 503, answer: errorJSON("INTERNAL_SERVER_ERROR")},
 		"not covered":           {method: "GET", target: "/graphql", status: 500, answer: "anything"},
-		"unclean path redirect": {method: "DELETE", target: "/v1/keys/x/..", status: 301},
+		"unclean path redirect": {method: "DELETE", target: "/v1/keys/x/..", status: 301, header: map[string]string{"Location": "/v1/keys"}},
+		"subtree redirect":      {method: "GET", target: "/v1", status: 307, header: map[string]string{"Location": "/v1/"}},
 		"CORS preflight":        {method: "OPTIONS", target: "/v1/keys", status: 204, header: map[string]string{"Access-Control-Request-Method": "POST"}},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -125,7 +126,8 @@ func TestCheckRefuses(t *testing.T) {
 		"HEAD 405 without Allow":     {method: "HEAD", target: "/v1/keys", status: 405},
 		"no route as 500":            {method: "GET", target: "/v1/nope", status: 500, answer: errorJSON("INTERNAL_SERVER_ERROR")},
 		"healthz as JSON":            {method: "GET", target: "/healthz", status: 200, answer: `{"ok":true}`},
-		"a redirect of a clean path": {method: "GET", target: "/v1/stats", status: 301},
+		"a redirect of a clean path": {method: "GET", target: "/v1/stats", status: 301, header: map[string]string{"Location": "/v1/stats/"}},
+		"a redirect elsewhere":       {method: "DELETE", target: "/v1/keys/x/..", status: 301, header: map[string]string{"Location": "/v1/stats"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := c.check(t)
