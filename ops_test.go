@@ -18,14 +18,20 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/keypool/keypool/rest/resttest"
 )
+
+// restClient checks each of its exchanges with /v1 and the operations routes against
+// the REST routes' OpenAPI document: one that the document does not describe fails.
+var restClient = &http.Client{Transport: resttest.Transport(nil)}
 
 // rest calls a /v1 route and decodes its JSON answer into v (if not nil).
 func (s *server) rest(t *testing.T, method, path, body string, v any) int {
 	t.Helper()
 	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	require.NoError(t, err)
-	res, err := http.DefaultClient.Do(req)
+	res, err := restClient.Do(req)
 	require.NoError(t, err)
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
@@ -38,7 +44,7 @@ func (s *server) rest(t *testing.T, method, path, body string, v any) int {
 
 func (s *server) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	res, err := http.Get(s.url + path)
+	res, err := restClient.Get(s.url + path)
 	require.NoError(t, err)
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
@@ -253,7 +259,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	inFlight := make(chan answer, 1)
 	go func() {
-		res, err := http.Post(s.url+"/v1/keys/acquire?wait=1500ms", "application/json", nil)
+		res, err := restClient.Post(s.url+"/v1/keys/acquire?wait=1500ms", "application/json", nil)
 		if err != nil {
 			inFlight <- answer{err: err}
 			return

@@ -329,6 +329,14 @@ func Transport(next http.RoundTripper) http.RoundTripper {
 
 type transport struct{ next http.RoundTripper }
 
+// CloseIdleConnections closes the wrapped transport's idle connections, so that
+// http.Client.CloseIdleConnections works through the wrapper.
+func (t *transport) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !Covers(req.URL.Path) {
 		return t.next.RoundTrip(req)
