@@ -5,16 +5,21 @@
 
 const methods = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
 
+// add appends children to node: strings as text, arrays flattened, empties skipped.
+function add(node, ...children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false || child === '') continue;
+    node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+  }
+  return node;
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs || {})) {
     if (value !== undefined && value !== null && value !== false) node.setAttribute(name, value);
   }
-  for (const child of children.flat()) {
-    if (child === undefined || child === null || child === false) continue;
-    node.append(typeof child === 'string' ? document.createTextNode(child) : child);
-  }
-  return node;
+  return add(node, children);
 }
 
 // md renders the Markdown the document uses: paragraphs, `code` and **bold**.
@@ -121,9 +126,9 @@ function render(doc) {
       el('h3', {}, el('span', {class: 'method ' + method}, method), ' ', el('span', {class: 'path'}, path),
         op.summary ? el('span', {class: 'summary'}, ' · ' + op.summary) : null),
       md(op.description));
-    section.append(curl(method, path, params, resolve(op.requestBody)));
+    add(section, curl(method, path, params, resolve(op.requestBody)));
     if (params.length) {
-      section.append(el('h4', {}, 'Parameters'), el('table', {},
+      add(section, el('h4', {}, 'Parameters'), el('table', {},
         el('tr', {}, el('th', {}, 'name'), el('th', {}, 'in'), el('th', {}, 'type'), el('th', {}, 'meaning')),
         params.map(p => el('tr', {},
           el('td', {}, el('code', {}, p.name), p.required ? el('span', {class: 'req'}, 'required') : null),
@@ -132,12 +137,12 @@ function render(doc) {
     }
     if (op.requestBody) {
       const body = resolve(op.requestBody);
-      section.append(el('h4', {}, 'Request body' + (body.required ? '' : ' (optional)')), md(body.description));
+      add(section, el('h4', {}, 'Request body' + (body.required ? '' : ' (optional)')), md(body.description));
       for (const [type, media] of Object.entries(body.content || {})) {
-        section.append(el('div', {}, el('code', {}, type), ': ', typeOf(media.schema)), propertiesTable(media.schema), exampleBlocks(media));
+        add(section, el('div', {}, el('code', {}, type), ': ', typeOf(media.schema)), propertiesTable(media.schema), exampleBlocks(media));
       }
     }
-    section.append(el('h4', {}, 'Responses'));
+    add(section, el('h4', {}, 'Responses'));
     const rows = Object.entries(op.responses || {}).map(([status, ref]) => {
       const response = resolve(ref);
       const content = Object.entries(response.content || {});
@@ -146,14 +151,14 @@ function render(doc) {
         el('td', {}, content.length ? content.map(([type, media]) => el('div', {}, typeOf(media.schema), ' ', el('code', {}, type))) : 'no body'),
         el('td', {}, md(response.description), content.map(([, media]) => exampleBlocks(media))));
     });
-    section.append(el('table', {}, el('tr', {}, el('th', {}, 'status'), el('th', {}, 'body'), el('th', {}, 'when')), rows));
+    add(section, el('table', {}, el('tr', {}, el('th', {}, 'status'), el('th', {}, 'body'), el('th', {}, 'when')), rows));
     return section;
   }
 
   const main = document.getElementById('doc');
   main.replaceChildren();
-  document.getElementById('title').textContent = doc.info.title + ' ' + doc.info.version;
-  main.append(md(doc.info.description));
+  document.getElementById('title').textContent = doc.info.title + ' (version ' + doc.info.version + ')';
+  add(main, md(doc.info.description));
 
   // Operations, by tag, with a table of contents.
   const byTag = new Map((doc.tags || []).map(t => [t.name, {tag: t, ops: []}]));
@@ -170,24 +175,25 @@ function render(doc) {
   for (const {tag, ops} of byTag.values()) {
     if (!ops.length) continue;
     toc.append(el('li', {}, el('a', {href: '#tag-' + tag.name}, tag.name), ': ',
-      ops.map((s, i) => [i ? ', ' : '', el('a', {href: '#' + s.id}, s.querySelector('.path').textContent)])));
+      ops.map((s, i) => [i ? ', ' : '', el('a', {href: '#' + s.id},
+        s.querySelector('.method').textContent.toUpperCase() + ' ' + s.querySelector('.path').textContent)])));
   }
-  main.append(el('h2', {}, 'Routes'), toc);
+  add(main, el('h2', {}, 'Routes'), toc);
   for (const {tag, ops} of byTag.values()) {
     if (!ops.length) continue;
-    main.append(el('h2', {id: 'tag-' + tag.name}, tag.name), tag.description ? md(tag.description) : '', ops);
+    add(main, el('h2', {id: 'tag-' + tag.name}, tag.name), tag.description ? md(tag.description) : '', ops);
   }
 
   const components = doc.components || {};
-  main.append(el('h2', {id: 'responses'}, 'Shared responses'));
+  add(main, el('h2', {id: 'responses'}, 'Shared responses'));
   for (const [name, response] of Object.entries(components.responses || {})) {
     const headers = Object.entries(response.headers || {}).map(([h, spec]) => el('div', {}, 'header ', el('code', {}, h), ': ', md(spec.description)));
-    main.append(el('section', {class: 'op', id: 'response-' + name}, el('h3', {}, name), md(response.description), headers,
+    add(main, el('section', {class: 'op', id: 'response-' + name}, el('h3', {}, name), md(response.description), headers,
       Object.entries(response.content || {}).map(([type, media]) => [el('div', {}, typeOf(media.schema), ' ', el('code', {}, type)), exampleBlocks(media)])));
   }
-  main.append(el('h2', {id: 'schemas'}, 'Schemas'));
+  add(main, el('h2', {id: 'schemas'}, 'Schemas'));
   for (const [name, schema] of Object.entries(components.schemas || {})) {
-    main.append(el('section', {class: 'op', id: 'schema-' + name}, el('h3', {}, name), md(schema.description),
+    add(main, el('section', {class: 'op', id: 'schema-' + name}, el('h3', {}, name), md(schema.description),
       schema.properties ? propertiesTable(schema) : el('div', {}, typeOf(schema), constraints(schema)),
       schema.example !== undefined ? el('div', {}, 'example: ', el('code', {}, JSON.stringify(schema.example))) : null));
   }
