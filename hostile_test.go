@@ -19,6 +19,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/keypool/keypool/rest/resttest"
 )
 
 // The hostile-input suite (issue 5): what a careless or malicious client may send, to
@@ -54,7 +56,7 @@ func startHostile(t *testing.T) *hostile {
 		server: s,
 		client: &http.Client{
 			Timeout:       hostileTimeout,
-			Transport:     &http.Transport{},
+			Transport:     resttest.Transport(&http.Transport{}), // REST answers must match the OpenAPI document
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}

@@ -16,7 +16,13 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/keypool/keypool/rest/resttest"
 )
+
+// restClient checks each of its exchanges with /v1 and the operations routes against
+// the REST routes' OpenAPI document: one that the document does not describe fails.
+var restClient = &http.Client{Transport: resttest.Transport(nil)}
 
 // rest calls a /v1 route and decodes its JSON answer into v (if not nil).
 func (s *server) rest(t *testing.T, method, path, body string, v any) int {
@@ -26,7 +32,7 @@ func (s *server) rest(t *testing.T, method, path, body string, v any) int {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := restClient.Do(req)
 	require.NoError(t, err)
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
@@ -39,7 +45,7 @@ func (s *server) rest(t *testing.T, method, path, body string, v any) int {
 
 func (s *server) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	res, err := http.Get(s.url + path)
+	res, err := restClient.Get(s.url + path)
 	require.NoError(t, err)
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
@@ -264,7 +270,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	inFlight := make(chan answer, 1)
 	go func() {
-		res, err := http.Post(s.url+"/v1/keys/acquire?wait=30s", "application/json", nil)
+		res, err := restClient.Post(s.url+"/v1/keys/acquire?wait=30s", "application/json", nil)
 		if err != nil {
 			inFlight <- answer{err: err}
 			return

@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,9 +100,16 @@ func TestREADMECurlCommands(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
 			defer cancel()
-			out, err := exec.CommandContext(ctx, "sh", "-c", cmd).CombinedOutput()
+			sh := exec.CommandContext(ctx, "sh", "-c", cmd)
+			sh.Dir = t.TempDir() // where -o writes
+			out, err := sh.CombinedOutput()
 			require.NoError(t, err, "%s", out)
 			output := strings.TrimSpace(string(out))
+			if fields := strings.Fields(cmd); slices.Contains(fields, "-o") && !strings.Contains(cmd, "-o /dev/null") {
+				saved, err := os.ReadFile(filepath.Join(sh.Dir, fields[slices.Index(fields, "-o")+1]))
+				require.NoError(t, err, "what -o saved")
+				output = strings.TrimSpace(string(saved))
+			}
 			require.NotEmpty(t, output)
 			assert.NotContains(t, output, `"error":{`)
 			assert.NotContains(t, output, `"errors":[`)

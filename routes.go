@@ -18,8 +18,8 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL),
 		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin}))
 	mux.Handle("/v1/", middleware.JSONBodies(middleware.RESTError, rest.New(m.Instrument(store, metrics.REST), logger)))
-	mux.Handle("GET /healthz", rest.Healthz())
-	mux.Handle("GET /readyz", rest.Readyz(store, logger))
+	mux.Handle("/healthz", rest.Healthz()) // no method: they answer a wrong one in JSON
+	mux.Handle("/readyz", rest.Readyz(store, logger))
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET /{$}", web.GraphiQL())
 	mux.Handle("GET /dashboard", web.Dashboard())

@@ -9,6 +9,7 @@ package keystore
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -230,6 +231,9 @@ func ParseDuration(name, s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
 		return 0, Errorf(EINVALID, "%s must be a duration in Go syntax such as \"90s\" or \"1m30s\", got %.32q", name, s)
+	}
+	if strings.HasPrefix(s, "-") { // "-0s" too: no duration a client sends is negative
+		return 0, Errorf(EINVALID, "%s must not be negative, got %.32q", name, s)
 	}
 	return d, nil
 }

@@ -9,9 +9,14 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// Healthz answers 200 "ok" for as long as the process serves HTTP (liveness).
+// Healthz answers 200 "ok" for as long as the process serves HTTP (liveness). It
+// serves GET and HEAD; other methods get 405 in the JSON error shape, so mount it
+// without a method in its pattern (ServeMux's own 405 is plain text).
 func Healthz() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !readOnly(w, r) {
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
 	})
@@ -21,12 +26,16 @@ func Healthz() http.Handler {
 const readyTimeout = 2 * time.Second
 
 // Readyz answers 200 "ok" when store.Ready succeeds, else 503 with the JSON error shape
-// (code UNAVAILABLE, or INTERNAL_SERVER_ERROR for an error without a code).
+// (code UNAVAILABLE, or INTERNAL_SERVER_ERROR for an error without a code). Like
+// Healthz, it answers methods other than GET and HEAD itself.
 func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !readOnly(w, r) {
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		err := store.Ready(ctx)
@@ -45,4 +54,13 @@ func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
 		}
 		writeErrorStatus(w, http.StatusServiceUnavailable, code, message)
 	})
+}
+
+// readOnly reports whether r is a GET or HEAD; it answers any other method with 405.
+func readOnly(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	methodNotAllowed("GET, HEAD").ServeHTTP(w, r)
+	return false
 }

@@ -52,6 +52,8 @@ func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/keys/{id}/keepalive", h.keepAlive)
 	mux.HandleFunc("POST /v1/keys/{id}/renew", h.renew)
 	mux.HandleFunc("GET /v1/stats", h.stats)
+	mux.HandleFunc("GET /v1/openapi.json", serveOpenAPI)
+	mux.HandleFunc("GET /v1/docs", serveDocs)
 
 	// ServeMux answers a wrong method with a plain-text 405; these method-less patterns
 	// are less specific than the routes above, so they catch exactly the wrong methods
@@ -63,6 +65,8 @@ func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux.Handle("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
 	mux.Handle("/v1/keys/{id}/renew", methodNotAllowed("POST"))
 	mux.Handle("/v1/stats", methodNotAllowed("GET, HEAD"))
+	mux.Handle("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
+	mux.Handle("/v1/docs", methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
 	})
@@ -251,10 +255,15 @@ func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bo
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return true
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	body := &firstByteReader{r: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	err := dec.Decode(dst)
-	if err == nil {
+	if err == nil && body.first != '{' {
+		// encoding/json decodes null into a struct as nothing at all; anything else
+		// but an object already failed.
+		err = errors.New("the body must be a JSON object")
+	} else if err == nil {
 		// One JSON value and nothing after it.
 		if _, err = dec.Token(); err == io.EOF {
 			return true
@@ -270,6 +279,22 @@ func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bo
 	}
 	h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
 	return false
+}
+
+// firstByteReader remembers the first byte of its input that is not JSON whitespace.
+type firstByteReader struct {
+	r     io.Reader
+	first byte
+}
+
+func (f *firstByteReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	for i := 0; f.first == 0 && i < n; i++ {
+		if c := p[i]; c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			f.first = c
+		}
+	}
+	return n, err
 }
 
 // describeJSONError words a decoding error for clients without Go type names.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/rest"
+	"github.com/keypool/keypool/rest/resttest"
 )
 
 // pool is a REST handler on a real in-memory store whose clock the test moves.
@@ -33,7 +34,7 @@ func newPool(t *testing.T) *pool {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	return &pool{t: t, clock: clock, store: store, handler: rest.New(store, nil)}
+	return &pool{t: t, clock: clock, store: store, handler: resttest.Handler(t, rest.New(store, nil))}
 }
 
 func (p *pool) do(method, path, body string) *httptest.ResponseRecorder {
@@ -462,7 +463,7 @@ func TestStoreFailures(t *testing.T) {
 		{&keystore.Error{Code: keystore.ESLOWCONSUMER, Message: "odd"}, 500, "INTERNAL_SERVER_ERROR", "internal error"},
 		{&keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the store cannot be reached", Err: secret}, 503, "UNAVAILABLE", "the store cannot be reached"},
 	} {
-		h := rest.New(failingStore{err: c.err}, nil)
+		h := resttest.Handler(t, rest.New(failingStore{err: c.err}, nil))
 		for _, path := range []string{"/v1/keys/abc", "/v1/stats"} {
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
@@ -477,26 +478,27 @@ func TestStoreFailures(t *testing.T) {
 func TestHealth(t *testing.T) {
 	p := newPool(t)
 	for _, c := range []struct {
+		path string
 		h    http.Handler
 		want int
-	}{{rest.Healthz(), 200}, {rest.Readyz(p.store, nil), 200}} {
+	}{{"/healthz", rest.Healthz(), 200}, {"/readyz", rest.Readyz(p.store, nil), 200}} {
 		w := httptest.NewRecorder()
-		c.h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		resttest.Handler(t, c.h).ServeHTTP(w, httptest.NewRequest("GET", c.path, nil))
 		if w.Code != c.want || w.Body.String() != "ok\n" {
 			t.Fatalf("%d %q", w.Code, w.Body)
 		}
 	}
 	p.store.Close()
 	w := httptest.NewRecorder()
-	rest.Readyz(p.store, nil).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
+	resttest.Handler(t, rest.Readyz(p.store, nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
 	expect[errorBody](t, w, 503, "UNAVAILABLE")
 	w = httptest.NewRecorder()
-	rest.Readyz(failingStore{err: errors.New("secret")}, nil).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
+	resttest.Handler(t, rest.Readyz(failingStore{err: errors.New("secret")}, nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
 	if e := expect[errorBody](t, w, 503, "INTERNAL_SERVER_ERROR"); e.Error.Message != "internal error" {
 		t.Fatalf("%+v", e)
 	}
 	w = httptest.NewRecorder()
-	rest.Healthz().ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
+	resttest.Handler(t, rest.Healthz()).ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
 	if w.Code != 200 {
 		t.Fatalf("healthz after the store closed: %d", w.Code)
 	}
