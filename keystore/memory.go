@@ -467,23 +467,14 @@ func (m *memory) applyDue(now int64, limit int) int {
 	return limit
 }
 
-// timerUntil returns a timer that fires at the timeline instant next (nil and a nil
-// channel when next is MaxInt64, which never comes). A timer takes a duration, so a
-// clock that moves between reading it and arming the timer (a test's fake clock
-// advancing) would leave the timer late by that move: re-arm until the reading holds
-// still, accepting after a few tries the sub-microsecond moves of a real clock.
+// timerUntil returns a timer that fires at the timeline instant next, or nil and a
+// nil channel when next is MaxInt64, which never comes.
 func (m *memory) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 	if next == math.MaxInt64 {
 		return nil, nil
 	}
-	for tries := 0; ; tries++ {
-		before := m.now()
-		timer := m.clock.NewTimer(time.Duration(max(next-before, 0)))
-		if m.now() == before || tries == 2 {
-			return timer, timer.Chan()
-		}
-		timer.Stop()
-	}
+	timer := m.clock.NewTimer(time.Duration(max(next-m.now(), 0)))
+	return timer, timer.Chan()
 }
 
 // lockSettled takes the lock once no deadline is due, applying what is, and returns

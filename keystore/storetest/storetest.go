@@ -144,6 +144,22 @@ func (e *env) requireStats(total, available, blocked int) {
 }
 
 // requireCode fails unless err carries code.
+// advance moves the fake clock by d once the store's timers are armed: its expirer's
+// (armed while any key exists) and one per waiting Acquire. A timer is armed from a
+// reading of the clock, so moving the clock while one is being armed would leave it
+// late by the move.
+func (e *env) advance(d time.Duration) {
+	e.t.Helper()
+	timers := int(e.obs.waiting.Load())
+	if st, err := e.store.Stats(e.ctx); err == nil && st.Total > 0 {
+		timers++
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, waitFor)
+	defer cancel()
+	require.NoError(e.t, e.clock.BlockUntilContext(ctx, timers), "the store armed fewer than %d timers", timers)
+	e.clock.Advance(d)
+}
+
 // optionalTTL is nil, the pool's default, for 0; else ttl.
 func optionalTTL(ttl time.Duration) *time.Duration {
 	if ttl == 0 {
@@ -212,7 +228,7 @@ var urlSafe = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 func testGenerate(t *testing.T, open Opener) {
 	t.Run("creates AVAILABLE keys kept alive for the TTL", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
-		e.clock.Advance(3 * time.Second)
+		e.advance(3 * time.Second)
 		keys := e.generate(3)
 		for _, k := range keys {
 			requireAvailable(t, k)
@@ -261,7 +277,7 @@ func testIDs(t *testing.T, open Opener) {
 		for _, k := range keys[:100] {
 			require.NoError(t, e.store.Delete(e.ctx, k.ID))
 		}
-		e.clock.Advance(e.opts.KeepAliveTTL)
+		e.advance(e.opts.KeepAliveTTL)
 	}
 	// Waiting for the expirer keeps this test about ids; whether requests see due
 	// transitions at once is DueTransitionsSeenByRequests's business.
@@ -288,7 +304,7 @@ func testAcquire(t *testing.T, open Opener) {
 	t.Run("blocks a key under a new lease; keep-alive deadline untouched", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
 		before := e.generate(1)[0]
-		e.clock.Advance(10 * time.Second)
+		e.advance(10 * time.Second)
 		k := e.acquire(keystore.AcquireOptions{})
 		require.Equal(t, before.ID, k.ID)
 		requireTime(t, Start.Add(10*time.Second), k.Lease.AcquiredAt, "Lease.AcquiredAt")
@@ -334,7 +350,7 @@ func testAcquire(t *testing.T, open Opener) {
 				_, err := e.store.Unblock(e.ctx, k.ID, k.Lease.Token)
 				require.NoError(t, err)
 			case 1:
-				e.clock.Advance(e.opts.LeaseTTL)
+				e.advance(e.opts.LeaseTTL)
 			case 2:
 				_, err := e.store.Unblock(e.ctx, k.ID, "")
 				require.NoError(t, err)
@@ -379,9 +395,9 @@ func testUnblock(t *testing.T, open Opener) {
 		t.Run(fmt.Sprintf("BLOCKED to AVAILABLE, token=%v", withToken), func(t *testing.T) {
 			e := setup(t, open, keystore.Options{})
 			before := e.generate(1)[0]
-			e.clock.Advance(time.Second)
+			e.advance(time.Second)
 			k := e.acquire(keystore.AcquireOptions{})
-			e.clock.Advance(time.Second)
+			e.advance(time.Second)
 			token := ""
 			if withToken {
 				token = k.Lease.Token
@@ -438,7 +454,7 @@ func testKeepAlive(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		e.generate(2)
 		blocked := e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(30 * time.Second)
+		e.advance(30 * time.Second)
 		got, err := e.store.KeepAlive(e.ctx, blocked.ID)
 		require.NoError(t, err)
 		want := blocked
@@ -450,15 +466,15 @@ func testKeepAlive(t *testing.T, open Opener) {
 	t.Run("AVAILABLE key", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{KeepAliveTTL: time.Minute})
 		k := e.generate(1)[0]
-		e.clock.Advance(59 * time.Second)
+		e.advance(59 * time.Second)
 		got, err := e.store.KeepAlive(e.ctx, k.ID)
 		require.NoError(t, err)
 		k.ExpiresAt = Start.Add(59*time.Second + time.Minute)
 		requireSameKey(t, k, got)
 		// Alive past the first deadline thanks to the keep-alive, gone at the second.
-		e.clock.Advance(59 * time.Second)
+		e.advance(59 * time.Second)
 		e.requireUnchanged(k)
-		e.clock.Advance(time.Second)
+		e.advance(time.Second)
 		_, err = e.store.Get(e.ctx, k.ID)
 		requireCode(t, err, keystore.ENOTFOUND)
 	})
@@ -503,7 +519,7 @@ func randomID() string {
 func testNotFound(t *testing.T, open Opener) {
 	e := setup(t, open, keystore.Options{})
 	expired := e.generate(1)[0]
-	e.clock.Advance(e.opts.KeepAliveTTL)
+	e.advance(e.opts.KeepAliveTTL)
 	deleted := e.generate(1)[0]
 	require.NoError(t, e.store.Delete(e.ctx, deleted.ID))
 	live := e.generate(1)[0]
@@ -560,7 +576,7 @@ func testLeaseDeadline(t *testing.T, open Opener) {
 				t.Run(name, func(t *testing.T) {
 					e := setup(t, open, keystore.Options{})
 					e.generate(1)
-					e.clock.Advance(7 * time.Second)
+					e.advance(7 * time.Second)
 					k := e.acquire(keystore.AcquireOptions{TTL: optionalTTL(ttl)})
 					length := ttl
 					if ttl == 0 {
@@ -568,7 +584,7 @@ func testLeaseDeadline(t *testing.T, open Opener) {
 					}
 					deadline := Start.Add(7*time.Second + length)
 					requireTime(t, deadline, k.Lease.ExpiresAt, "Lease.ExpiresAt")
-					e.clock.Advance(length + at.offset)
+					e.advance(length + at.offset)
 
 					switch probe {
 					case "Get":
@@ -632,7 +648,7 @@ func testKeepAliveDeadline(t *testing.T, open Opener) {
 				t.Run(name, func(t *testing.T) {
 					e := setup(t, open, keystore.Options{})
 					k := e.generate(1)[0]
-					e.clock.Advance(10 * time.Second)
+					e.advance(10 * time.Second)
 					// The deadline comes from the last KeepAlive, not from Generate.
 					k, err := e.store.KeepAlive(e.ctx, k.ID)
 					require.NoError(t, err)
@@ -642,7 +658,7 @@ func testKeepAliveDeadline(t *testing.T, open Opener) {
 						// A lease that outlives the key does not keep it alive.
 						k = e.acquire(keystore.AcquireOptions{TTL: keystore.TTL(10 * time.Minute)})
 					}
-					e.clock.Advance(keystore.DefaultKeepAliveTTL + at.offset)
+					e.advance(keystore.DefaultKeepAliveTTL + at.offset)
 
 					var probeErr error
 					switch probe {
@@ -704,10 +720,10 @@ func testDueTransitionsSeen(t *testing.T, open Opener) {
 		for range storm / 1000 {
 			e.generate(1000)
 		}
-		e.clock.Advance(time.Minute)
+		e.advance(time.Minute)
 		_, err := e.store.KeepAlive(e.ctx, k.ID)
 		require.NoError(t, err)
-		e.clock.Advance(4*time.Minute + 30*time.Second)
+		e.advance(4*time.Minute + 30*time.Second)
 		return e, k
 	}
 	t.Run("Acquire", func(t *testing.T) {
@@ -729,7 +745,7 @@ func testRenew(t *testing.T, open Opener) {
 				e := setup(t, open, keystore.Options{})
 				e.generate(1)
 				k := e.acquire(keystore.AcquireOptions{})
-				e.clock.Advance(59 * time.Second)
+				e.advance(59 * time.Second)
 				got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, optionalTTL(ttl))
 				require.NoError(t, err)
 				length := ttl
@@ -743,9 +759,9 @@ func testRenew(t *testing.T, open Opener) {
 				requireSameKey(t, want, got)
 				requireSameKey(t, want, e.get(k.ID))
 				// The new deadline holds to the nanosecond.
-				e.clock.Advance(length - time.Nanosecond)
+				e.advance(length - time.Nanosecond)
 				requireSameKey(t, want, e.get(k.ID))
-				e.clock.Advance(time.Nanosecond)
+				e.advance(time.Nanosecond)
 				requireAvailable(t, e.get(k.ID))
 			})
 		}
@@ -755,15 +771,15 @@ func testRenew(t *testing.T, open Opener) {
 		e.generate(1)
 		k := e.acquire(keystore.AcquireOptions{})
 		for range 11 {
-			e.clock.Advance(50 * time.Second)
+			e.advance(50 * time.Second)
 			got, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, keystore.TTL(10*time.Minute))
 			require.NoError(t, err)
 			requireTime(t, Start.Add(10*time.Minute), got.Lease.ExpiresAt, "Lease.ExpiresAt")
 			requireTime(t, Start, got.Lease.AcquiredAt, "Lease.AcquiredAt")
 		}
-		e.clock.Advance(10*time.Minute - 11*50*time.Second - time.Nanosecond)
+		e.advance(10*time.Minute - 11*50*time.Second - time.Nanosecond)
 		require.Equal(t, keystore.Blocked, e.get(k.ID).Status)
-		e.clock.Advance(time.Nanosecond)
+		e.advance(time.Nanosecond)
 		requireAvailable(t, e.get(k.ID))
 	})
 	t.Run("wrong token is LEASE_MISMATCH and changes nothing", func(t *testing.T) {
@@ -799,7 +815,7 @@ func testRenew(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		e.generate(1)
 		k := e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(keystore.DefaultLeaseTTL)
+		e.advance(keystore.DefaultLeaseTTL)
 		_, err := e.store.Renew(e.ctx, k.ID, k.Lease.Token, nil)
 		requireCode(t, err, keystore.ENOTBLOCKED)
 		requireAvailable(t, e.get(k.ID))
@@ -817,12 +833,12 @@ func testHistory(t *testing.T, open Opener) {
 	k := e.generate(1)[0]
 	require.Equal(t, keystore.History{}, k.History)
 	e.acquire(keystore.AcquireOptions{})
-	e.clock.Advance(time.Second)
+	e.advance(time.Second)
 	_, err := e.store.Unblock(e.ctx, k.ID, "")
 	require.NoError(t, err)
-	e.clock.Advance(time.Second)
+	e.advance(time.Second)
 	e.acquire(keystore.AcquireOptions{}) // runs out below
-	e.clock.Advance(keystore.DefaultLeaseTTL)
+	e.advance(keystore.DefaultLeaseTTL)
 	got := e.get(k.ID)
 	require.EqualValues(t, 2, got.History.TimesAcquired)
 	require.EqualValues(t, 1, got.History.LeasesExpired)
@@ -848,10 +864,10 @@ func testStats(t *testing.T, open Opener) {
 	e.requireStats(5, 3, 2)
 	require.NoError(t, e.store.Delete(e.ctx, a.ID))
 	e.requireStats(4, 3, 1)
-	e.clock.Advance(2 * time.Minute)
+	e.advance(2 * time.Minute)
 	e.requireStats(4, 4, 0)
 	requireAvailable(t, e.get(b.ID))
-	e.clock.Advance(keystore.DefaultKeepAliveTTL)
+	e.advance(keystore.DefaultKeepAliveTTL)
 	e.requireStats(0, 0, 0)
 }
 
@@ -905,11 +921,11 @@ func testWait(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		events := e.subscribe(keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased, keystore.EventExpired}})
 		e.generate(1) // kept alive until Start+5m
-		e.clock.Advance(3*time.Minute + 50*time.Second)
+		e.advance(3*time.Minute + 50*time.Second)
 		e.acquire(keystore.AcquireOptions{}) // leased until Start+4m50s
-		e.clock.Advance(59 * time.Second)
+		e.advance(59 * time.Second)
 		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: keystore.MaxWait}, 1)
-		e.clock.Advance(11*time.Second + time.Nanosecond) // past both deadlines, not the wait
+		e.advance(11*time.Second + time.Nanosecond) // past both deadlines, not the wait
 		got := events.waitFor(t, 2)
 		require.Equal(t, keystore.EventReleased, got[0].Type)
 		require.Equal(t, keystore.EventExpired, got[1].Type)
@@ -943,7 +959,7 @@ func testWait(t *testing.T, open Opener) {
 		e.generate(1)
 		held := e.acquire(keystore.AcquireOptions{})
 		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 10 * time.Second, TTL: keystore.TTL(5 * time.Second)}, 1)
-		e.clock.Advance(3 * time.Second)
+		e.advance(3 * time.Second)
 		unblocked, err := e.store.Unblock(e.ctx, held.ID, held.Lease.Token)
 		require.NoError(t, err)
 		r := e.result(done)
@@ -979,11 +995,11 @@ func testWait(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		e.generate(1)
 		held := e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(40 * time.Second)
+		e.advance(40 * time.Second)
 		done := e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 30 * time.Second}, 1)
-		e.clock.Advance(20*time.Second - time.Nanosecond)
+		e.advance(20*time.Second - time.Nanosecond)
 		requirePending(t, done)
-		e.clock.Advance(time.Nanosecond)
+		e.advance(time.Nanosecond)
 		r := e.result(done)
 		require.NoError(t, r.err)
 		require.Equal(t, held.ID, r.key.ID)
@@ -1070,7 +1086,7 @@ func testWait(t *testing.T, open Opener) {
 		e.requireStats(freed, 0, freed)
 		require.EqualValues(t, len(unserved), e.obs.waiting.Load())
 
-		e.clock.Advance(20 * time.Second)
+		e.advance(20 * time.Second)
 		for _, i := range unserved {
 			requireCode(t, e.result(results[i]).err, keystore.ENOTFOUND)
 		}
@@ -1088,7 +1104,7 @@ func testWait(t *testing.T, open Opener) {
 				require.Equal(t, keystore.Key{}, r.key)
 				return true
 			default:
-				e.clock.Advance(100 * time.Millisecond)
+				e.advance(100 * time.Millisecond)
 				return false
 			}
 		}, waitFor, tick)
@@ -1185,17 +1201,17 @@ func testEvents(t *testing.T, open Opener) {
 		sub := e.subscribe(keystore.SubscribeOptions{})
 		keys := e.generate(2)
 		events := sub.waitFor(t, 2)
-		e.clock.Advance(time.Second)
+		e.advance(time.Second)
 		x := e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(time.Second)
+		e.advance(time.Second)
 		_, err := e.store.Unblock(e.ctx, x.ID, x.Lease.Token)
 		require.NoError(t, err)
-		e.clock.Advance(time.Second)
+		e.advance(time.Second)
 		y := e.acquire(keystore.AcquireOptions{})
 		sub.waitFor(t, 5)
 		// The lease runs out with no request after the clock moves: the expirer alone
 		// must deliver RELEASED.
-		e.clock.Advance(keystore.DefaultLeaseTTL)
+		e.advance(keystore.DefaultLeaseTTL)
 		sub.waitFor(t, 6)
 		other := keys[0]
 		if other.ID == y.ID {
@@ -1203,7 +1219,7 @@ func testEvents(t *testing.T, open Opener) {
 		}
 		require.NoError(t, e.store.Delete(e.ctx, other.ID))
 		sub.waitFor(t, 7)
-		e.clock.Advance(keystore.DefaultKeepAliveTTL - keystore.DefaultLeaseTTL - 3*time.Second)
+		e.advance(keystore.DefaultKeepAliveTTL - keystore.DefaultLeaseTTL - 3*time.Second)
 		events = sub.waitFor(t, 8)
 		require.Len(t, events, 8)
 		requireConsecutive(t, events)
@@ -1237,9 +1253,9 @@ func testEvents(t *testing.T, open Opener) {
 		sub := e.subscribe(keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased, keystore.EventExpired}})
 		k := e.generate(1)[0]
 		e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(keystore.DefaultLeaseTTL + 17*time.Second)
+		e.advance(keystore.DefaultLeaseTTL + 17*time.Second)
 		requireAvailable(t, e.get(k.ID)) // a request sees it before (or after) the expirer
-		e.clock.Advance(keystore.DefaultKeepAliveTTL)
+		e.advance(keystore.DefaultKeepAliveTTL)
 		_, err := e.store.Get(e.ctx, k.ID)
 		requireCode(t, err, keystore.ENOTFOUND)
 		events := sub.waitFor(t, 2)
@@ -1258,7 +1274,7 @@ func testEvents(t *testing.T, open Opener) {
 		_, err := e.store.Unblock(e.ctx, a.ID, "")
 		require.NoError(t, err)
 		e.acquire(keystore.AcquireOptions{})
-		e.clock.Advance(keystore.DefaultLeaseTTL)
+		e.advance(keystore.DefaultLeaseTTL)
 		require.NoError(t, e.store.Delete(e.ctx, a.ID))
 		everything := all.waitFor(t, 8)
 		filtered := some.waitFor(t, 2)
