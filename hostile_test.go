@@ -30,11 +30,13 @@ import (
 const hostileTimeout = 15 * time.Second
 
 // refusalCodes are the extensions.code / REST error codes a refusal may carry: the
-// contract's, and REST's METHOD_NOT_ALLOWED. Never INTERNAL_SERVER_ERROR.
+// contract's, METHOD_NOT_ALLOWED, and /graphql's refusals of what is not a GraphQL
+// request (README's Errors table). Never INTERNAL_SERVER_ERROR.
 var refusalCodes = map[string]bool{
 	"NOT_FOUND": true, "NOT_BLOCKED": true, "LEASE_MISMATCH": true, "BAD_USER_INPUT": true,
 	"GRAPHQL_PARSE_FAILED": true, "GRAPHQL_VALIDATION_FAILED": true, "COMPLEXITY_LIMIT_EXCEEDED": true,
 	"PERSISTED_QUERY_NOT_FOUND": true, "METHOD_NOT_ALLOWED": true,
+	"BAD_REQUEST": true, "REQUEST_TOO_LARGE": true, "FORBIDDEN": true, "OPERATION_LIMIT_EXCEEDED": true,
 }
 
 // hostile is a running server whose pool holds three leased keys, one of them known.
@@ -296,8 +298,10 @@ func hostileHTTPCases() []httpCase {
 		{name: "flood/aliased __schema", req: gqlJSON(aliasFlood(2000, "__schema { types { name fields { name } } }"), nil)},
 		{name: "flood/__schema in fragments", req: gqlJSON(`{ ...A ...A } fragment A on Query { ...B ...B } fragment B on Query { x: __schema { types { name } } y: __schema { types { name } } }`, nil)},
 		{name: "introspection/fields of types 50 deep", req: gqlJSON(`{ __schema { types { `+deepIntrospection(50, "name fields { type { name ofType { %s } } }")+` } } }`, nil)},
-		// Legal, and linear: ofType runs out after a few levels.
-		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil), answers: true},
+		// Legal, and linear: ofType runs out after a few levels. (50 levels nest deeper
+		// than MaxDocumentDepth, and are refused like any document that deep.)
+		{name: "introspection/ofType 25 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(25, "ofType { %s }")+` } } } }`, nil), answers: true},
+		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil)},
 		{name: "introspection/fields 50 deep via __type", req: gqlJSON(`{ __type(name: "Key") { `+deepIntrospection(50, "name fields { type { ofType { %s } } }")+` } }`, nil)},
 		{name: "fragments/cycle", req: gqlJSON(`query { ...A } fragment A on Query { stats { total } ...B } fragment B on Query { ...A }`, nil)},
 		{name: "fragments/self", req: gqlJSON(`query { ...A } fragment A on Query { ...A }`, nil)},

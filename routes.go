@@ -16,7 +16,7 @@ import (
 func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metrics.Metrics) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL),
-		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin}))
+		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin, MaxGenerate: cfg.MaxGenerate}))
 	mux.Handle("/v1/", rest.New(m.Instrument(store, metrics.REST), logger))
 	mux.Handle("GET /healthz", rest.Healthz())
 	mux.Handle("GET /readyz", rest.Readyz(store, logger))
