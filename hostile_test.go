@@ -646,27 +646,40 @@ func TestHostileWebSocket(t *testing.T) {
 				`{"id":"4","type":"subscribe","payload":{"query":"subscription($t: [KeyEventType!]) { keyEvents(types: $t) { seq } }","variables":{"t":[1]}}}`,
 				`{"id":"5","type":"subscribe","payload":{"query":"mutation($id: ID!) { keepAlive(id: $id) { id } }","variables":{"id":"`+"\xff"+`"}}}`,
 			)
-			// Each gets an error (or a coded result) and completes; the socket stays up.
+			// Each ends with one error (refused before it runs) or a coded result and
+			// complete, and nothing is sent for an operation after its end
+			// (graphql-transport-ws: no complete after an error); the socket stays up.
 			require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
-			completed := 0
-			for completed < 5 {
+			ended := map[string]string{}
+			for len(ended) < 5 {
 				var msg struct {
 					ID      string
 					Type    string
 					Payload json.RawMessage
 				}
 				require.NoError(t, conn.ReadJSON(&msg))
-				switch msg.Type {
-				case "complete":
-					completed++
-				case "ping":
+				if msg.Type == "ping" {
 					require.NoError(t, conn.WriteJSON(map[string]any{"type": "pong"}))
-				case "error", "next":
-					assert.NotContains(t, string(msg.Payload), "INTERNAL_SERVER_ERROR")
-					assert.NotContains(t, string(msg.Payload), `"data":{"`, "hostile operation %s ran: %s", msg.ID, msg.Payload)
+					continue
+				}
+				require.NotContains(t, ended, msg.ID, "%s after operation %s's %s", msg.Type, msg.ID, ended[msg.ID])
+				switch msg.Type {
+				case "complete", "error":
+					ended[msg.ID] = msg.Type
+				case "next":
 				default:
 					t.Fatalf("unexpected %s: %s", msg.Type, msg.Payload)
 				}
+				assert.NotContains(t, string(msg.Payload), "INTERNAL_SERVER_ERROR")
+				assert.NotContains(t, string(msg.Payload), `"data":{"`, "hostile operation %s ran: %s", msg.ID, msg.Payload)
+			}
+			// A query on the same socket proves nothing more was queued for them.
+			writeText(t, conn, `{"id":"6","type":"subscribe","payload":{"query":"{ stats { total } }"}}`)
+			for _, want := range []string{"next", "complete"} {
+				var msg struct{ ID, Type string }
+				require.NoError(t, conn.ReadJSON(&msg))
+				require.Equal(t, "6", msg.ID, "a message for operation %s after its end", msg.ID)
+				require.Equal(t, want, msg.Type)
 			}
 			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
 			code, _ := expectClose(t, conn)
@@ -677,8 +690,8 @@ func TestHostileWebSocket(t *testing.T) {
 			require.NoError(t, err)
 			initAck(t, conn)
 			writeText(t, conn, subscribe, subscribe, subscribe)
-			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
-			expectClose(t, conn)
+			code, _ := expectClose(t, conn)
+			assert.Equal(t, 4409, code, "graphql-transport-ws: Subscriber for 1 already exists")
 		}},
 		{"huge frame", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)

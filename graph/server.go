@@ -34,6 +34,8 @@ type ServerOptions struct {
 	CheckOrigin func(r *http.Request) bool
 	// PingPongInterval overrides the default PingPongInterval (for tests).
 	PingPongInterval time.Duration
+	// WebsocketInitTimeout and WebsocketIdleTimeout override the defaults (for tests).
+	WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
 	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
 	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
 	MaxGenerate int
@@ -66,15 +68,14 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	srv := handler.New(NewExecutableSchema(cfg))
 	// SSE before POST: both take POST, and SSE is chosen by its Accept header.
 	srv.AddTransport(transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval})
-	srv.AddTransport(transport.Websocket{
-		Implementation:        originCheckedElsewhere(),
-		KeepAlivePingInterval: KeepAlivePingInterval,
-		PingPongInterval:      pingPong,
-		InitTimeout:           WebsocketInitTimeout,
-		ErrorFunc: func(ctx context.Context, err error) {
-			logger.Debug("websocket", "err", err)
-		},
-	})
+	srv.AddTransport(websocketTransport{opts: socketOptions{
+		initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
+		idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
+		writeTimeout: WebsocketWriteTimeout,
+		pingInterval: pingPong,
+		keepAlive:    KeepAlivePingInterval,
+		logger:       logger,
+	}})
 	srv.AddTransport(httpTransport{}) // last: it answers whatever the others do not
 
 	// Both caches are bounded in bytes and admit only operations that passed every
@@ -174,33 +175,6 @@ func SameOrigin(r *http.Request) bool {
 	return strings.EqualFold(u.Host, r.Host)
 }
 
-// originCheckedElsewhere is gqlgen's default websocket implementation without its own
-// origin check: guard has done ours, which a CORS option can widen.
-func originCheckedElsewhere() transport.WebsocketImplementation {
-	impl := transport.CoderWebsocketImplementation{}
-	impl.AcceptOptions.InsecureSkipVerify = true
-	return closingWebsockets{impl}
-}
-
-// closingWebsockets records each accepted socket where guard can find it, so that
-// guard closes it when its request ends. gqlgen returns without closing the socket
-// when connection_init carries a payload that is not a JSON object, which left the
-// socket open and unanswered for as long as the client cared to wait.
-type closingWebsockets struct {
-	transport.WebsocketImplementation
-}
-
-// acceptedKey finds a request's *transport.WebsocketConn slot in its context.
-type acceptedKey struct{}
-
-func (c closingWebsockets) Accept(w http.ResponseWriter, r *http.Request, opts transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
-	conn, err := c.WebsocketImplementation.Accept(w, r, opts)
-	if slot, ok := r.Context().Value(acceptedKey{}).(*transport.WebsocketConn); ok && err == nil {
-		*slot = conn
-	}
-	return conn, err
-}
-
 // guard refuses, before gqlgen sees them, websocket upgrades from a foreign origin
 // (403) and request bodies over limit (413), and decodes a JSON body once for every
 // transport that takes one (400 if it is not a GraphQL request), each answer a
@@ -212,16 +186,6 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64)
 				refuse(w, r, http.StatusForbidden, coded(codeForbidden, "websocket origin not allowed"))
 				return
 			}
-			// Whatever gqlgen did, the socket is closed when the request ends: a no-op
-			// if gqlgen closed it already, and the close it would send otherwise.
-			var accepted transport.WebsocketConn
-			defer func() {
-				if accepted != nil {
-					_ = accepted.WriteClose(transport.WebsocketCloseNormalClosure, "terminated")
-					_ = accepted.Close()
-				}
-			}()
-			r = r.WithContext(context.WithValue(r.Context(), acceptedKey{}, &accepted))
 		}
 		if r.Body == nil || r.Body == http.NoBody {
 			if r.Method == http.MethodPost && isJSON(r) {
@@ -274,4 +238,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int,
 func isJSON(r *http.Request) bool {
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	return err == nil && mediaType == "application/json"
+}
+
+func orDefault(d, fallback time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return fallback
 }
