@@ -10,8 +10,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -207,3 +210,63 @@ func TestCachesAreBoundedInBytes(t *testing.T) {
 		require.Less(t, held, int64(graph.QueryCacheBytes+graph.PersistedQueryCacheBytes+8<<20))
 	})
 }
+
+// BenchmarkCostlyNeighbours measures what others see while attackers send the worst
+// documents: costlyAttackers clients loop over every worst document (a new text each
+// time) against a real server on loopback, and one client sends a cached query, one
+// request at a time, b.N times; it reports that client's p50 and p99 latency.
+//
+//	go test -run '^$' -bench CostlyNeighbours -benchtime 2000x ./graph/
+func BenchmarkCostlyNeighbours(b *testing.B) {
+	srv := httptest.NewServer(newCostlyHandler(b))
+	defer srv.Close()
+	docs := costlyDocuments(b)
+	stop := make(chan struct{})
+	var attacks atomic.Int64
+	var wg sync.WaitGroup
+	for a := range costlyAttackers {
+		wg.Go(func() {
+			client := &http.Client{Transport: &http.Transport{}}
+			defer client.CloseIdleConnections()
+			for i := a; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := client.Post(srv.URL, "application/json", bytes.NewReader(uncached(docs[i%len(docs)].Body, i)))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					attacks.Add(1)
+				}
+			}
+		})
+	}
+	client := &http.Client{Transport: &http.Transport{}}
+	query := []byte(`{"query":"{ stats { total available blocked } }"}`)
+	latencies := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		res, err := client.Post(srv.URL, "application/json", bytes.NewReader(query))
+		require.NoError(b, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		require.Equal(b, http.StatusOK, res.StatusCode)
+		latencies = append(latencies, time.Since(start))
+	}
+	b.StopTimer()
+	close(stop)
+	wg.Wait()
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[int(float64(len(latencies)-1)*p)]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(pct(0.5), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(attacks.Load())/float64(b.N), "attacks/op")
+}
+
+// costlyAttackers is how many clients send the worst documents at once.
+const costlyAttackers = 4

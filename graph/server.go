@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
@@ -65,18 +65,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		maxGenerate = keystore.DefaultMaxGenerate
 	}
 	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
-	srv := handler.New(NewExecutableSchema(cfg))
-	// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-	srv.AddTransport(transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval})
-	srv.AddTransport(websocketTransport{opts: socketOptions{
-		initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
-		idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
-		writeTimeout: WebsocketWriteTimeout,
-		pingInterval: pingPong,
-		keepAlive:    KeepAlivePingInterval,
-		logger:       logger,
-	}})
-	srv.AddTransport(httpTransport{}) // last: it answers whatever the others do not
+	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every
 	// check (admitChecked); documentLimits runs before gqlgen parses and validates a
@@ -87,20 +76,36 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		}
 		return documentCost(len(query), len(query))
 	})
-	srv.SetQueryCache(docs)
-	srv.SetParserTokenLimit(MaxDocumentTokens)
-	srv.Use(extension.Introspection{})
-	srv.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
+	exec.SetQueryCache(docs)
+	exec.SetParserTokenLimit(MaxDocumentTokens)
+	exec.Use(extension.Introspection{})
+	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
-	srv.Use(documentLimits{docs: docs})
-	srv.Use(extension.FixedComplexityLimit(ComplexityLimit))
-	srv.Use(admitChecked{})
-	srv.Use(streamErrors{})
+	exec.Use(documentLimits{docs: docs})
+	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
+	exec.Use(admitChecked{})
+	exec.Use(streamErrors{})
+	exec.SetErrorPresenter(errorPresenter(logger))
+	exec.SetRecoverFunc(recoverFunc(logger))
 
-	srv.SetErrorPresenter(errorPresenter(logger))
-	srv.SetRecoverFunc(recoverFunc(logger))
-
-	return guard(srv, checkOrigin, MaxBodyBytes)
+	gate := newCostGate()
+	srv := endpoint{
+		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
+		transports: []graphql.Transport{
+			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
+			transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval},
+			websocketTransport{opts: socketOptions{
+				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
+				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
+				writeTimeout: WebsocketWriteTimeout,
+				pingInterval: pingPong,
+				keepAlive:    KeepAlivePingInterval,
+				logger:       logger,
+			}},
+			httpTransport{}, // last: it answers whatever the others do not
+		},
+	}
+	return guard(srv, checkOrigin, MaxBodyBytes, gate)
 }
 
 // internalMessage is all a client learns of an internal error.
@@ -179,7 +184,7 @@ func SameOrigin(r *http.Request) bool {
 // (403) and request bodies over limit (413), and decodes a JSON body once for every
 // transport that takes one (400 if it is not a GraphQL request), each answer a
 // coded JSON error. The body is read here, bounded, and handed on.
-func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64) http.Handler {
+func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64, gate costGate) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
 			if !checkOrigin(r) {
@@ -201,7 +206,7 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64)
 			return
 		}
 		if r.Method == http.MethodPost && isJSON(r) {
-			params, err := decodeRequest(body)
+			params, err := decodeGated(r.Context(), gate, body)
 			if err != nil {
 				refuse(w, r, http.StatusBadRequest, err)
 				return
@@ -211,6 +216,17 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
+}
+
+// decodeGated decodes a request body, through the gate if it is large.
+func decodeGated(ctx context.Context, gate costGate, body []byte) (*graphql.RawParams, *gqlerror.Error) {
+	if len(body) >= costlyBodyBytes {
+		if gate.enter(ctx) != nil {
+			return nil, coded(codeBadRequest, "the request was cancelled")
+		}
+		defer gate.leave()
+	}
+	return decodeRequest(body)
 }
 
 // readBody reads r's body, at most limit bytes, into one buffer of its size.
