@@ -61,7 +61,7 @@ var shapes = []shape{
 		})
 		return q + fmt.Sprintf(" fragment F%d on Query { stats { total } }", n), "", nil
 	}},
-	{name: "fragments/wide fan-out", tokens: 8, doc: func(n int) (string, string, any) {
+	{name: "fragments/wide fan-out", tokens: 30, doc: func(n int) (string, string, any) {
 		// Every fragment spreads every later one: n² spreads from n fragments.
 		var b strings.Builder
 		b.WriteString("{ ...F0 }")
@@ -85,15 +85,15 @@ var shapes = []shape{
 			return fmt.Sprintf(" fragment F%d on Query { ...F%d }", i, (i+1)%n)
 		}), "", nil
 	}},
-	{name: "fragments/unused", tokens: 9, doc: func(n int) (string, string, any) {
+	{name: "fragments/unused", tokens: 10, doc: func(n int) (string, string, any) {
 		return "{ stats { total } }" + repeat(n, func(i int) string {
 			return fmt.Sprintf(" fragment U%d on Query { stats { total } }", i)
 		}), "", nil
 	}},
-	{name: "directives/on one field", tokens: 6, doc: func(n int) (string, string, any) {
+	{name: "directives/on one field", tokens: 7, doc: func(n int) (string, string, any) {
 		return "{ stats" + repeat(n, same(" @skip(if: false)")) + " { total } }", "", nil
 	}},
-	{name: "directives/on many fields", tokens: 7, doc: func(n int) (string, string, any) {
+	{name: "directives/on many fields", tokens: 8, doc: func(n int) (string, string, any) {
 		return "{ stats {" + repeat(n, same(" total @include(if: true)")) + " } }", "", nil
 	}},
 	{name: "directives/unknown", tokens: 2, doc: func(n int) (string, string, any) {
@@ -102,7 +102,7 @@ var shapes = []shape{
 	{name: "variables/many definitions", tokens: 4, doc: func(n int) (string, string, any) {
 		return "query(" + repeat(n, func(i int) string { return fmt.Sprintf(" $v%d: Int", i) }) + ") { stats { total } }", "", nil
 	}},
-	{name: "variables/many uses", tokens: 7, doc: func(n int) (string, string, any) {
+	{name: "variables/many uses", tokens: 13, doc: func(n int) (string, string, any) {
 		return "query($id: ID!) {" + repeat(n, func(i int) string { return fmt.Sprintf(" k%d: key(id: $id) { id }", i) }) + " }",
 			"", map[string]any{"id": "k"}
 	}},
@@ -158,7 +158,7 @@ var shapes = []shape{
 	{name: "strings/block string of lines", doc: func(n int) (string, string, any) {
 		return `{ key(id: """` + strings.Repeat("\n", n) + `""") { id } }`, "", nil
 	}},
-	{name: "strings/many literals", tokens: 7, doc: func(n int) (string, string, any) {
+	{name: "strings/many literals", tokens: 12, doc: func(n int) (string, string, any) {
 		return "{" + repeat(n, func(i int) string { return fmt.Sprintf(` k%d: key(id: "k") { id }`, i) }) + " }", "", nil
 	}},
 	{name: "names/one long field name", doc: func(n int) (string, string, any) {
@@ -178,12 +178,12 @@ var shapes = []shape{
 			return fmt.Sprintf(" t%d: types { name fields { name } }", i)
 		}) + " } }", "", nil
 	}},
-	{name: "introspection/__type aliases", tokens: 12, doc: func(n int) (string, string, any) {
+	{name: "introspection/__type aliases", tokens: 15, doc: func(n int) (string, string, any) {
 		return "{" + repeat(n, func(i int) string {
 			return fmt.Sprintf(` t%d: __type(name: "Key") { fields { name } }`, i)
 		}) + " }", "", nil
 	}},
-	{name: "execution/aliased generateKeys", tokens: 10, doc: func(n int) (string, string, any) {
+	{name: "execution/aliased generateKeys", tokens: 11, doc: func(n int) (string, string, any) {
 		return "mutation {" + repeat(n, func(i int) string {
 			return fmt.Sprintf(" g%d: generateKeys(count: 10000) { id }", i)
 		}) + " }", "", nil
