@@ -32,12 +32,14 @@ import (
 const hostileTimeout = 15 * time.Second
 
 // refusalCodes are the extensions.code / REST error codes a refusal may carry: the
-// contract's, and REST's METHOD_NOT_ALLOWED, FORBIDDEN and UNSUPPORTED_MEDIA_TYPE. Never
+// contract's, METHOD_NOT_ALLOWED, the edge's FORBIDDEN and UNSUPPORTED_MEDIA_TYPE, and
+// /graphql's refusals of what is not a GraphQL request (README's Errors table). Never
 // INTERNAL_SERVER_ERROR.
 var refusalCodes = map[string]bool{
 	"NOT_FOUND": true, "NOT_BLOCKED": true, "LEASE_MISMATCH": true, "BAD_USER_INPUT": true,
 	"GRAPHQL_PARSE_FAILED": true, "GRAPHQL_VALIDATION_FAILED": true, "COMPLEXITY_LIMIT_EXCEEDED": true,
-	"PERSISTED_QUERY_NOT_FOUND": true, "METHOD_NOT_ALLOWED": true, "FORBIDDEN": true, "UNSUPPORTED_MEDIA_TYPE": true,
+	"PERSISTED_QUERY_NOT_FOUND": true, "METHOD_NOT_ALLOWED": true, "UNSUPPORTED_MEDIA_TYPE": true,
+	"BAD_REQUEST": true, "REQUEST_TOO_LARGE": true, "FORBIDDEN": true, "OPERATION_LIMIT_EXCEEDED": true,
 }
 
 // hostile is a running server whose pool holds three leased keys, one of them known.
@@ -299,8 +301,10 @@ func hostileHTTPCases() []httpCase {
 		{name: "flood/aliased __schema", req: gqlJSON(aliasFlood(2000, "__schema { types { name fields { name } } }"), nil)},
 		{name: "flood/__schema in fragments", req: gqlJSON(`{ ...A ...A } fragment A on Query { ...B ...B } fragment B on Query { x: __schema { types { name } } y: __schema { types { name } } }`, nil)},
 		{name: "introspection/fields of types 50 deep", req: gqlJSON(`{ __schema { types { `+deepIntrospection(50, "name fields { type { name ofType { %s } } }")+` } } }`, nil)},
-		// Legal, and linear: ofType runs out after a few levels.
-		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil), answers: true},
+		// Legal, and linear: ofType runs out after a few levels. (50 levels nest deeper
+		// than MaxDocumentDepth, and are refused like any document that deep.)
+		{name: "introspection/ofType 25 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(25, "ofType { %s }")+` } } } }`, nil), answers: true},
+		{name: "introspection/ofType 50 deep", req: gqlJSON(`{ __type(name: "Key") { fields { type { `+deepIntrospection(50, "ofType { %s }")+` } } } }`, nil)},
 		{name: "introspection/fields 50 deep via __type", req: gqlJSON(`{ __type(name: "Key") { `+deepIntrospection(50, "name fields { type { ofType { %s } } }")+` } }`, nil)},
 		{name: "fragments/cycle", req: gqlJSON(`query { ...A } fragment A on Query { stats { total } ...B } fragment B on Query { ...A }`, nil)},
 		{name: "fragments/self", req: gqlJSON(`query { ...A } fragment A on Query { ...A }`, nil)},
@@ -645,27 +649,40 @@ func TestHostileWebSocket(t *testing.T) {
 				`{"id":"4","type":"subscribe","payload":{"query":"subscription($t: [KeyEventType!]) { keyEvents(types: $t) { seq } }","variables":{"t":[1]}}}`,
 				`{"id":"5","type":"subscribe","payload":{"query":"mutation($id: ID!) { keepAlive(id: $id) { id } }","variables":{"id":"`+"\xff"+`"}}}`,
 			)
-			// Each gets an error (or a coded result) and completes; the socket stays up.
+			// Each ends with one error (refused before it runs) or a coded result and
+			// complete, and nothing is sent for an operation after its end
+			// (graphql-transport-ws: no complete after an error); the socket stays up.
 			require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
-			completed := 0
-			for completed < 5 {
+			ended := map[string]string{}
+			for len(ended) < 5 {
 				var msg struct {
 					ID      string
 					Type    string
 					Payload json.RawMessage
 				}
 				require.NoError(t, conn.ReadJSON(&msg))
-				switch msg.Type {
-				case "complete":
-					completed++
-				case "ping":
+				if msg.Type == "ping" {
 					require.NoError(t, conn.WriteJSON(map[string]any{"type": "pong"}))
-				case "error", "next":
-					assert.NotContains(t, string(msg.Payload), "INTERNAL_SERVER_ERROR")
-					assert.NotContains(t, string(msg.Payload), `"data":{"`, "hostile operation %s ran: %s", msg.ID, msg.Payload)
+					continue
+				}
+				require.NotContains(t, ended, msg.ID, "%s after operation %s's %s", msg.Type, msg.ID, ended[msg.ID])
+				switch msg.Type {
+				case "complete", "error":
+					ended[msg.ID] = msg.Type
+				case "next":
 				default:
 					t.Fatalf("unexpected %s: %s", msg.Type, msg.Payload)
 				}
+				assert.NotContains(t, string(msg.Payload), "INTERNAL_SERVER_ERROR")
+				assert.NotContains(t, string(msg.Payload), `"data":{"`, "hostile operation %s ran: %s", msg.ID, msg.Payload)
+			}
+			// A query on the same socket proves nothing more was queued for them.
+			writeText(t, conn, `{"id":"6","type":"subscribe","payload":{"query":"{ stats { total } }"}}`)
+			for _, want := range []string{"next", "complete"} {
+				var msg struct{ ID, Type string }
+				require.NoError(t, conn.ReadJSON(&msg))
+				require.Equal(t, "6", msg.ID, "a message for operation %s after its end", msg.ID)
+				require.Equal(t, want, msg.Type)
 			}
 			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
 			code, _ := expectClose(t, conn)
@@ -676,8 +693,8 @@ func TestHostileWebSocket(t *testing.T) {
 			require.NoError(t, err)
 			initAck(t, conn)
 			writeText(t, conn, subscribe, subscribe, subscribe)
-			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
-			expectClose(t, conn)
+			code, _ := expectClose(t, conn)
+			assert.Equal(t, 4409, code, "graphql-transport-ws: Subscriber for 1 already exists")
 		}},
 		{"huge frame", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)

@@ -470,6 +470,29 @@ func newExecutionContext(
 
 var sources = []*ast.Source{
 	{Name: "../schema.graphqls", Input: `"""
+keypool's API: a pool of API keys leased out. Every error carries extensions.code: NOT_FOUND,
+NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, SLOW_CONSUMER (a subscription cut for
+falling behind), GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens,
+nesting 32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
+COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys its
+selection once per 100 keys; or a document over 1000 fields, arguments and directives with its
+fragments written out, 16 selections of one response name in a selection set, or nesting 32; or
+__schema selected twice or aliased within), PERSISTED_QUERY_NOT_FOUND and INTERNAL_SERVER_ERROR.
+Requests refused before GraphQL sees them carry BAD_REQUEST (400: not one JSON object, a query
+that is not a string, variables or extensions that are not objects or hold over 1000 JSON
+values; 415: a body that is not application/json; a subscription over plain HTTP),
+METHOD_NOT_ALLOWED (405 with Allow: another method, or a mutation over GET), REQUEST_TOO_LARGE
+(413: a body over 1 MiB) and FORBIDDEN (403: a websocket from another origin). A websocket runs at
+most 100 operations at once (one more gets OPERATION_LIMIT_EXCEEDED), must send connection_init
+within 10s (else close 4408) and is closed after 2 minutes without an operation.
+"""
+schema {
+  query: Query
+  mutation: Mutation
+  subscription: Subscription
+}
+
+"""
 A point in time, written in RFC 3339 with fractional seconds, in UTC
 (for example "2026-11-24T14:06:18.123456789Z").
 """

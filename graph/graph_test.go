@@ -383,7 +383,7 @@ func TestErrorsAreCodedAndInternalsHidden(t *testing.T) {
 		e := newEnv(t, keystore.Options{})
 		resp := e.post(t, `{ stats { total `, nil)
 		requireCode(t, resp, "GRAPHQL_PARSE_FAILED")
-		assert.Equal(t, http.StatusUnprocessableEntity, resp.status)
+		assert.Equal(t, http.StatusOK, resp.status, "application/json answers request errors with 200")
 		resp = e.post(t, `{ stats { nope } }`, nil)
 		requireCode(t, resp, "GRAPHQL_VALIDATION_FAILED")
 	})
@@ -421,7 +421,7 @@ func TestBadInput(t *testing.T) {
 		for _, field := range []string{"generateKeys { id }", "acquireKey { token }"} {
 			var q strings.Builder
 			q.WriteString("mutation {")
-			for i := range 1000 {
+			for i := range 300 {
 				fmt.Fprintf(&q, " a%d: %s", i, field)
 			}
 			q.WriteString(" }")
@@ -430,7 +430,7 @@ func TestBadInput(t *testing.T) {
 		}
 		var q strings.Builder
 		q.WriteString("{")
-		for i := range 1000 {
+		for i := range 300 {
 			fmt.Fprintf(&q, " a%d: stats { total available blocked }", i)
 		}
 		q.WriteString(" }")

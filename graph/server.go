@@ -3,7 +3,6 @@ package graph
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,31 +15,13 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/99designs/gqlgen/graphql/errcode"
-	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
-	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/keypool/keypool/keystore"
-)
-
-// Limits of the GraphQL endpoint.
-const (
-	// ComplexityLimit is the most a single operation may cost (one per field, lists
-	// not multiplied). Real queries cost tens; the playground's introspection query is
-	// not counted; a flood of aliased fields is refused with COMPLEXITY_LIMIT_EXCEEDED.
-	ComplexityLimit = 200
-	// MaxBodyBytes is the largest request body accepted; larger ones get 413.
-	MaxBodyBytes = 1 << 20
-	// KeepAlivePingInterval is how often an idle websocket or SSE stream gets a
-	// keep-alive message, so proxies do not time it out.
-	KeepAlivePingInterval = 10 * time.Second
-	// PingPongInterval is how often a graphql-transport-ws client is pinged; one that
-	// does not answer within twice this is dropped, so half-open sockets are noticed.
-	PingPongInterval = 15 * time.Second
 )
 
 // ServerOptions tune NewServer. The zero value is ready to use.
@@ -53,6 +34,11 @@ type ServerOptions struct {
 	CheckOrigin func(r *http.Request) bool
 	// PingPongInterval overrides the default PingPongInterval (for tests).
 	PingPongInterval time.Duration
+	// WebsocketInitTimeout and WebsocketIdleTimeout override the defaults (for tests).
+	WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
+	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
+	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
+	MaxGenerate int
 }
 
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
@@ -73,33 +59,53 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		pingPong = PingPongInterval
 	}
 
-	srv := handler.New(NewExecutableSchema(Config{Resolvers: &Resolver{Store: store}}))
-	// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-	srv.AddTransport(transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval})
-	srv.AddTransport(transport.Websocket{
-		Implementation:        originCheckedElsewhere(),
-		KeepAlivePingInterval: KeepAlivePingInterval,
-		PingPongInterval:      pingPong,
-		InitTimeout:           10 * time.Second,
-		ErrorFunc: func(ctx context.Context, err error) {
-			logger.Debug("websocket", "err", err)
-		},
+	cfg := Config{Resolvers: &Resolver{Store: store}}
+	maxGenerate := opts.MaxGenerate
+	if maxGenerate <= 0 {
+		maxGenerate = keystore.DefaultMaxGenerate
+	}
+	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	exec := executor.New(NewExecutableSchema(cfg))
+
+	// Both caches are bounded in bytes and admit only operations that passed every
+	// check (admitChecked); documentLimits runs before gqlgen parses and validates a
+	// document it has not cached, and after the persisted queries' lookup.
+	docs := newBoundedCache(QueryCacheBytes, func(query string, _ *ast.QueryDocument, ctx context.Context) int {
+		if a := admissionFor(ctx); a != nil && a.docCost > 0 {
+			return a.docCost
+		}
+		return documentCost(len(query), len(query))
 	})
-	srv.AddTransport(transport.Options{})
-	srv.AddTransport(transport.GET{})
-	srv.AddTransport(transport.POST{})
+	exec.SetQueryCache(docs)
+	exec.SetParserTokenLimit(MaxDocumentTokens)
+	exec.Use(extension.Introspection{})
+	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
+		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
+	exec.Use(documentLimits{docs: docs})
+	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
+	exec.Use(admitChecked{})
+	exec.Use(streamErrors{})
+	exec.SetErrorPresenter(errorPresenter(logger))
+	exec.SetRecoverFunc(recoverFunc(logger))
 
-	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
-	srv.Use(extension.Introspection{})
-	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
-	srv.Use(extension.FixedComplexityLimit(ComplexityLimit))
-	srv.Use(schemaLimit{})
-	srv.Use(streamErrors{})
-
-	srv.SetErrorPresenter(errorPresenter(logger))
-	srv.SetRecoverFunc(recoverFunc(logger))
-
-	return guard(srv, checkOrigin, MaxBodyBytes)
+	gate := newCostGate()
+	srv := endpoint{
+		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
+		transports: []graphql.Transport{
+			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
+			transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval},
+			websocketTransport{opts: socketOptions{
+				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
+				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
+				writeTimeout: WebsocketWriteTimeout,
+				pingInterval: pingPong,
+				keepAlive:    KeepAlivePingInterval,
+				logger:       logger,
+			}},
+			httpTransport{}, // last: it answers whatever the others do not
+		},
+	}
+	return guard(srv, checkOrigin, MaxBodyBytes, gate)
 }
 
 // internalMessage is all a client learns of an internal error.
@@ -177,79 +183,74 @@ func SameOrigin(r *http.Request) bool {
 	return strings.EqualFold(u.Host, r.Host)
 }
 
-// originCheckedElsewhere is gqlgen's default websocket implementation without its own
-// origin check: guard has done ours, which a CORS option can widen.
-func originCheckedElsewhere() transport.WebsocketImplementation {
-	impl := transport.CoderWebsocketImplementation{}
-	impl.AcceptOptions.InsecureSkipVerify = true
-	return closingWebsockets{impl}
-}
-
-// closingWebsockets records each accepted socket where guard can find it, so that
-// guard closes it when its request ends. gqlgen returns without closing the socket
-// when connection_init carries a payload that is not a JSON object, which left the
-// socket open and unanswered for as long as the client cared to wait.
-type closingWebsockets struct {
-	transport.WebsocketImplementation
-}
-
-// acceptedKey finds a request's *transport.WebsocketConn slot in its context.
-type acceptedKey struct{}
-
-func (c closingWebsockets) Accept(w http.ResponseWriter, r *http.Request, opts transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
-	conn, err := c.WebsocketImplementation.Accept(w, r, opts)
-	if slot, ok := r.Context().Value(acceptedKey{}).(*transport.WebsocketConn); ok && err == nil {
-		*slot = conn
-	}
-	return conn, err
-}
-
 // guard refuses, before gqlgen sees them, websocket upgrades from a foreign origin
-// (403) and request bodies over limit (413). gqlgen itself would answer an oversized
-// body with 200 and an error, so the body is read here, bounded, and handed on.
-func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64) http.Handler {
+// (403) and request bodies over limit (413), and decodes a JSON body once for every
+// transport that takes one (400 if it is not a GraphQL request), each answer a
+// coded JSON error. The body is read here, bounded, and handed on.
+func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64, gate costGate) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
 			if !checkOrigin(r) {
-				http.Error(w, "websocket origin not allowed", http.StatusForbidden)
+				refuse(w, r, http.StatusForbidden, coded(codeForbidden, "websocket origin not allowed"))
 				return
 			}
-			// Whatever gqlgen did, the socket is closed when the request ends: a no-op
-			// if gqlgen closed it already, and the close it would send otherwise.
-			var accepted transport.WebsocketConn
-			defer func() {
-				if accepted != nil {
-					_ = accepted.WriteClose(transport.WebsocketCloseNormalClosure, "terminated")
-					_ = accepted.Close()
-				}
-			}()
-			r = r.WithContext(context.WithValue(r.Context(), acceptedKey{}, &accepted))
 		}
-		if r.Body != nil && r.Body != http.NoBody {
-			if r.ContentLength > limit {
-				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		if r.Body == nil || r.Body == http.NoBody {
+			if r.Method == http.MethodPost && isJSON(r) {
+				refuse(w, r, http.StatusBadRequest, coded(codeBadRequest, "the request has no body"))
 				return
 			}
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, status, err := readBody(w, r, limit)
+		if err != nil {
+			refuse(w, r, status, err)
+			return
+		}
+		if r.Method == http.MethodPost && isJSON(r) {
+			params, err := decodeGated(r.Context(), gate, body)
 			if err != nil {
-				var tooLarge *http.MaxBytesError
-				if errors.As(err, &tooLarge) {
-					http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-				} else {
-					http.Error(w, "could not read request body", http.StatusBadRequest)
-				}
+				refuse(w, r, http.StatusBadRequest, err)
 				return
 			}
-			// gqlgen decodes the first JSON value and ignores the rest, so that
-			// `{"query":"mutation …"} garbage` would run: a JSON body must be one value.
-			if isJSON(r) && !json.Valid(body) {
-				transport.SendErrorf(w, http.StatusBadRequest, "json request body could not be decoded: not a single JSON value")
-				return
-			}
-			r.Body = io.NopCloser(bytes.NewReader(body))
+			r = withParams(r, params)
 		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
+}
+
+// decodeGated decodes a request body, through the gate if it is large.
+func decodeGated(ctx context.Context, gate costGate, body []byte) (*graphql.RawParams, *gqlerror.Error) {
+	if len(body) >= costlyBodyBytes {
+		if gate.enter(ctx) != nil {
+			return nil, coded(codeBadRequest, "the request was cancelled")
+		}
+		defer gate.leave()
+	}
+	return decodeRequest(body)
+}
+
+// readBody reads r's body, at most limit bytes, into one buffer of its size.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int, *gqlerror.Error) {
+	tooLarge := coded(codeTooLarge, "the request body is larger than %d bytes", limit)
+	if r.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, tooLarge
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead) // room for the read that finds the end
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return nil, http.StatusRequestEntityTooLarge, tooLarge
+		}
+		return nil, http.StatusBadRequest, coded(codeBadRequest, "the request body could not be read")
+	}
+	return buf.Bytes(), 0, nil
 }
 
 // isJSON reports whether r's body is declared JSON (the POST and SSE transports').
@@ -258,60 +259,9 @@ func isJSON(r *http.Request) bool {
 	return err == nil && mediaType == "application/json"
 }
 
-// MaxSchemaFields is how many times one operation may select __schema. gqlgen's
-// complexity limit does not count __schema at all (so that the playground's
-// introspection query passes), which would let aliases of it multiply the whole
-// schema in one response: 2,000 aliases answer with megabytes after seconds of work.
-const MaxSchemaFields = 1
-
-// schemaLimit refuses, with COMPLEXITY_LIMIT_EXCEEDED, an operation that selects
-// __schema more than MaxSchemaFields times, fragments included.
-type schemaLimit struct{}
-
-var (
-	_ graphql.HandlerExtension        = schemaLimit{}
-	_ graphql.OperationContextMutator = schemaLimit{}
-)
-
-func (schemaLimit) ExtensionName() string                          { return "SchemaLimit" }
-func (schemaLimit) Validate(schema graphql.ExecutableSchema) error { return nil }
-
-func (schemaLimit) MutateOperationContext(ctx context.Context, rc *graphql.OperationContext) *gqlerror.Error {
-	if rc.Operation == nil {
-		return nil
+func orDefault(d, fallback time.Duration) time.Duration {
+	if d > 0 {
+		return d
 	}
-	if n := countSchemaFields(rc.Operation.SelectionSet, map[string]int{}); n > MaxSchemaFields {
-		err := gqlerror.Errorf("operation selects __schema %d times; at most %d allowed", n, MaxSchemaFields)
-		errcode.Set(err, "COMPLEXITY_LIMIT_EXCEEDED")
-		return err
-	}
-	return nil
-}
-
-// countSchemaFields counts the __schema fields that set selects, through fragments;
-// memo holds each fragment's count, so that nested spreads cost one walk each (cycles
-// were refused by validation). Counts saturate just above the limit.
-func countSchemaFields(set ast.SelectionSet, memo map[string]int) int {
-	n := 0
-	for _, sel := range set {
-		switch s := sel.(type) {
-		case *ast.Field:
-			if s.Name == "__schema" {
-				n++
-			}
-		case *ast.InlineFragment:
-			n += countSchemaFields(s.SelectionSet, memo)
-		case *ast.FragmentSpread:
-			c, ok := memo[s.Name]
-			if !ok && s.Definition != nil {
-				c = countSchemaFields(s.Definition.SelectionSet, memo)
-				memo[s.Name] = c
-			}
-			n += c
-		}
-		if n > MaxSchemaFields {
-			return MaxSchemaFields + 1
-		}
-	}
-	return n
+	return fallback
 }

@@ -1,0 +1,395 @@
+package graph
+
+import (
+	"context"
+	"strings"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/errcode"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+	"github.com/vektah/gqlparser/v2/parser"
+)
+
+// codeComplexity is gqlgen's code for an operation that asks too much at once; the
+// document limits answer with it too.
+const codeComplexity = "COMPLEXITY_LIMIT_EXCEEDED"
+
+// documentLimits checks each new document against the document limits (limits.go)
+// before gqlgen parses and validates it: gqlparser's validator and gqlgen's
+// complexity walk are quadratic or worse in some shapes (repeated fields, fragment
+// fan-out), and gqlgen validates before the complexity limit runs. It runs after
+// the automatic persisted queries' extension, so it sees the query that extension
+// looked up, and skips documents the query cache holds: those passed already.
+//
+// The check is one pass over the text (tokens, nesting, lengths), then a parse with
+// the token limit, then one walk of the syntax tree that writes every fragment
+// spread out as the validator would and stops at the first limit passed. Each step
+// is linear in what the limits allow.
+type documentLimits struct {
+	docs *boundedCache[*ast.QueryDocument]
+}
+
+var (
+	_ graphql.HandlerExtension          = documentLimits{}
+	_ graphql.OperationParameterMutator = documentLimits{}
+)
+
+func (documentLimits) ExtensionName() string                          { return "DocumentLimits" }
+func (documentLimits) Validate(schema graphql.ExecutableSchema) error { return nil }
+
+func (d documentLimits) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
+	if params.Query == "" || d.docs.Contains(params.Query) {
+		return nil // gqlgen answers a missing query; a cached one passed before
+	}
+	tokens, err := checkDocument(params.Query)
+	if err != nil {
+		return err
+	}
+	admissionFor(ctx).docCost = documentCost(len(params.Query), tokens)
+	return nil
+}
+
+// checkDocument applies the document limits to query and returns its token count.
+func checkDocument(query string) (int, *gqlerror.Error) {
+	tokens, err := scanDocument(query)
+	if err != nil {
+		return 0, err
+	}
+	doc, perr := parser.ParseQueryWithTokenLimit(&ast.Source{Input: query}, MaxDocumentTokens)
+	if perr != nil {
+		gqlErr, ok := perr.(*gqlerror.Error)
+		if !ok {
+			gqlErr = gqlerror.Wrap(perr)
+		}
+		errcode.Set(gqlErr, errcode.ParseFailed)
+		return 0, gqlErr
+	}
+	return tokens, measureDocument(doc)
+}
+
+// astBytesPerToken estimates what a parsed document costs in memory per token of its
+// text (gqlparser allocates a node, a position and often a slice per token; measured
+// at 150-300 bytes), so that the query cache is bounded by what it really holds.
+const astBytesPerToken = 400
+
+// documentCost is the query cache's estimate of a parsed document's memory.
+func documentCost(queryBytes, tokens int) int {
+	return queryBytes + tokens*astBytesPerToken
+}
+
+func parseFailed(format string, args ...any) *gqlerror.Error {
+	err := gqlerror.Errorf(format, args...)
+	errcode.Set(err, errcode.ParseFailed)
+	return err
+}
+
+func tooComplex(format string, args ...any) *gqlerror.Error {
+	err := gqlerror.Errorf(format, args...)
+	errcode.Set(err, codeComplexity)
+	return err
+}
+
+// scanDocument is the pass over the text: it counts tokens (comments included), and
+// checks the nesting of brackets, braces and parentheses, the length of names and
+// numbers, and the bytes of string literals, without allocating. It follows
+// GraphQL's lexical grammar closely enough to count; whatever it lets through,
+// gqlparser judges, under the same token limit.
+func scanDocument(q string) (tokens int, err *gqlerror.Error) {
+	depth, stringBytes := 0, 0
+	for i := 0; i < len(q); {
+		c := q[i]
+		switch c {
+		case ' ', '\t', '\n', '\r', ',':
+			i++
+			continue
+		}
+		if strings.HasPrefix(q[i:], "\uFEFF") {
+			i += len("\uFEFF")
+			continue
+		}
+		tokens++
+		if tokens > MaxDocumentTokens {
+			return 0, parseFailed("the document has more than %d tokens", MaxDocumentTokens)
+		}
+		switch {
+		case c == '#':
+			end := strings.IndexAny(q[i:], "\n\r")
+			if end < 0 {
+				end = len(q) - i
+			}
+			i += end
+		case strings.HasPrefix(q[i:], `"""`):
+			j, lines := i+3, 0
+			for j < len(q) {
+				if strings.HasPrefix(q[j:], `\"""`) {
+					j += 4
+					continue
+				}
+				if strings.HasPrefix(q[j:], `"""`) {
+					j += 3
+					break
+				}
+				if q[j] == '\n' {
+					lines++
+				}
+				j++
+			}
+			stringBytes += j - i + 16*lines // gqlparser splits a block string into lines
+			i = j
+		case c == '"':
+			j := i + 1
+			for j < len(q) && q[j] != '"' && q[j] != '\n' && q[j] != '\r' {
+				if q[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			j = min(j+1, len(q))
+			stringBytes += j - i
+			i = j
+		case c == '{' || c == '[' || c == '(':
+			depth++
+			if depth > MaxDocumentDepth {
+				return 0, parseFailed("the document nests deeper than %d", MaxDocumentDepth)
+			}
+			i++
+		case c == '}' || c == ']' || c == ')':
+			depth = max(depth-1, 0)
+			i++
+		case strings.HasPrefix(q[i:], "..."):
+			i += 3
+		case c == '_' || c == '-' || isAlnum(c):
+			j := i + 1
+			for j < len(q) && (isAlnum(q[j]) || q[j] == '_' || q[j] == '.' || q[j] == '+' || q[j] == '-') &&
+				!strings.HasPrefix(q[j:], "...") {
+				j++
+			}
+			if j-i > MaxTokenBytes {
+				return 0, parseFailed("the document has a name or number longer than %d bytes", MaxTokenBytes)
+			}
+			i = j
+		default:
+			i++
+		}
+		if stringBytes > MaxDocumentStringBytes {
+			return 0, parseFailed("the document's strings hold more than %d bytes", MaxDocumentStringBytes)
+		}
+	}
+	return tokens, nil
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// measure walks a parsed document as the validator will, fragment spreads written
+// out, and stops at the first limit passed.
+type measure struct {
+	fragments map[string]*ast.FragmentDefinition
+	spreading map[string]bool // the fragments being written out on the current path
+	nodes     int
+	schema    int // __schema fields in the current operation
+	err       *gqlerror.Error
+}
+
+// responseName is one response name of a selection set, fragments merged in: how
+// often it is selected, and the merged selection set below it.
+type responseName struct {
+	repeats int
+	below   map[string]*responseName
+}
+
+func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
+	m := &measure{
+		fragments: make(map[string]*ast.FragmentDefinition, len(doc.Fragments)),
+		spreading: map[string]bool{},
+	}
+	for _, f := range doc.Fragments {
+		if _, ok := m.fragments[f.Name]; !ok { // the validator uses the first of a name too
+			m.fragments[f.Name] = f
+		}
+	}
+	for _, op := range doc.Operations {
+		m.schema = 0
+		m.add(len(op.VariableDefinitions))
+		for _, v := range op.VariableDefinitions {
+			m.directives(v.Directives)
+		}
+		m.directives(op.Directives)
+		m.selections(op.SelectionSet, map[string]*responseName{}, 1, false)
+	}
+	// The validator walks every fragment definition on its own as well.
+	for _, f := range doc.Fragments {
+		m.schema = 0
+		m.directives(f.Directives)
+		m.selections(f.SelectionSet, map[string]*responseName{}, 1, false)
+	}
+	return m.err
+}
+
+// add counts n nodes, and reports whether the walk may go on.
+func (m *measure) add(n int) bool {
+	m.nodes += n
+	if m.err == nil && m.nodes > MaxDocumentNodes {
+		m.err = tooComplex("the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes)
+	}
+	return m.err == nil
+}
+
+func (m *measure) directives(list ast.DirectiveList) {
+	for _, d := range list {
+		if !m.add(1 + len(d.Arguments)) {
+			return
+		}
+	}
+}
+
+func (m *measure) selections(set ast.SelectionSet, names map[string]*responseName, depth int, inSchema bool) {
+	if depth > MaxDocumentDepth {
+		if m.err == nil {
+			m.err = tooComplex("the document selects deeper than %d, fragments written out", MaxDocumentDepth)
+		}
+		return
+	}
+	for _, sel := range set {
+		if m.err != nil {
+			return
+		}
+		switch s := sel.(type) {
+		case *ast.Field:
+			if !m.add(1 + len(s.Arguments)) {
+				return
+			}
+			m.directives(s.Directives)
+			m.field(s, names, depth, inSchema)
+		case *ast.InlineFragment:
+			if !m.add(1) {
+				return
+			}
+			m.directives(s.Directives)
+			m.selections(s.SelectionSet, names, depth, inSchema)
+		case *ast.FragmentSpread:
+			if !m.add(1) {
+				return
+			}
+			m.directives(s.Directives)
+			def := m.fragments[s.Name]
+			if def == nil {
+				continue // the validator reports an unknown fragment
+			}
+			if m.spreading[s.Name] {
+				m.err = gqlerror.Errorf("Cannot spread fragment %q within itself", s.Name)
+				errcode.Set(m.err, errcode.ValidationFailed)
+				return
+			}
+			m.spreading[s.Name] = true
+			m.selections(def.SelectionSet, names, depth, inSchema)
+			delete(m.spreading, s.Name)
+		}
+	}
+}
+
+func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int, inSchema bool) {
+	name := f.Alias
+	if name == "" {
+		name = f.Name
+	}
+	if f.Name == "__schema" {
+		m.schema++
+		if m.schema > MaxSchemaFields {
+			m.err = tooComplex("the operation selects __schema more than %d times", MaxSchemaFields)
+			return
+		}
+	}
+	if inSchema && name != f.Name {
+		m.err = tooComplex("aliases are not allowed under __schema (%s: %s)", name, f.Name)
+		return
+	}
+	r := names[name]
+	if r == nil {
+		r = &responseName{}
+		names[name] = r
+	}
+	r.repeats++
+	if r.repeats > MaxResponseNameRepeats {
+		m.err = tooComplex("the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats)
+		return
+	}
+	if len(f.SelectionSet) > 0 {
+		if r.below == nil {
+			r.below = map[string]*responseName{}
+		}
+		m.selections(f.SelectionSet, r.below, depth+1, inSchema || f.Name == "__schema")
+	}
+}
+
+// admission holds what one operation would add to the caches. gqlgen adds a document
+// to the query cache once it validates, before the complexity limit has looked at
+// it, and the persisted queries' extension adds a text before it is even parsed; the
+// caches park those additions here, and admitChecked commits them only once every
+// check has passed. An operation that fails leaves no trace in either cache.
+type admission struct {
+	docCost int      // documentCost of the query, if documentLimits measured it
+	commits []func() // parked additions
+}
+
+// admissionName is the operation context's extension under which it is kept.
+const admissionName = "keypool.admission"
+
+// admissionFor returns the operation's admission, made on first use; nil outside an
+// operation.
+func admissionFor(ctx context.Context) *admission {
+	if !graphql.HasOperationContext(ctx) {
+		return nil
+	}
+	opCtx := graphql.GetOperationContext(ctx)
+	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
+		return a
+	}
+	a := &admission{}
+	opCtx.Stats.SetExtension(admissionName, a)
+	return a
+}
+
+// admitChecked commits the operation's parked cache additions. It runs as the last
+// operation-context mutator: gqlgen stops at the first that fails, so it runs only
+// for an operation that passed validation, variables, and the complexity limit.
+type admitChecked struct{}
+
+var (
+	_ graphql.HandlerExtension        = admitChecked{}
+	_ graphql.OperationContextMutator = admitChecked{}
+)
+
+func (admitChecked) ExtensionName() string                          { return "AdmitChecked" }
+func (admitChecked) Validate(schema graphql.ExecutableSchema) error { return nil }
+
+func (admitChecked) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
+	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
+		for _, commit := range a.commits {
+			commit()
+		}
+		a.commits = nil
+	}
+	return nil
+}
+
+// generateKeysComplexity returns the complexity of generateKeys: its selection once
+// per keysPerComplexityPoint keys, for a count the store accepts (1..maxGenerate; any
+// other is refused before a key is made, and costs 1). Mutation fields run one after
+// another, so without it 100 aliases of generateKeys(count: 10000) { id } would answer
+// a million keys at once; one generateKeys of up to 20000 keys with one field, or
+// 10000 with two, still fits the limit.
+func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64) int {
+	return func(childComplexity int, count int64) int {
+		if count < 1 || count > int64(maxGenerate) {
+			return 1
+		}
+		points := (int(count) + keysPerComplexityPoint - 1) / keysPerComplexityPoint
+		return max(childComplexity, 1) * points
+	}
+}
+
+// keysPerComplexityPoint is how many generated keys cost one point per selected field.
+const keysPerComplexityPoint = 100

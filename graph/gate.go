@@ -1,0 +1,76 @@
+package graph
+
+import (
+	"context"
+	"net/http"
+	"runtime"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/executor"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+)
+
+// costGate bounds how many requests do their costly part at once: decoding a large
+// body, and checking, parsing and validating a document the query cache does not
+// hold. It lets in one fewer than the Go scheduler's processors (at least one), so
+// that however many clients send the worst documents they can write, they share one
+// core less than the machine has, and requests with cached documents (every real
+// client's second request on) run beside them; waiters are let in first come, first
+// served, and one whose client leaves stops waiting at once.
+type costGate chan struct{}
+
+func newCostGate() costGate { return make(costGate, max(1, runtime.GOMAXPROCS(0)-1)) }
+
+func (g costGate) enter(ctx context.Context) error {
+	select {
+	case g <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g costGate) leave() { <-g }
+
+// costlyBodyBytes is the body size from which decoding a request goes through the
+// gate (a 1 MiB body costs some 10 ms to decode and check).
+const costlyBodyBytes = 64 << 10
+
+// gatedExecutor is gqlgen's executor with CreateOperationContext, where a new
+// document is checked, parsed and validated, behind the gate.
+type gatedExecutor struct {
+	*executor.Executor
+	gate costGate
+	docs *boundedCache[*ast.QueryDocument]
+}
+
+func (e gatedExecutor) CreateOperationContext(ctx context.Context, params *graphql.RawParams) (*graphql.OperationContext, gqlerror.List) {
+	if params.Query == "" || e.docs.Contains(params.Query) {
+		return e.Executor.CreateOperationContext(ctx, params) // cached, or a persisted query's hash
+	}
+	if err := e.gate.enter(ctx); err != nil {
+		return &graphql.OperationContext{}, gqlerror.List{coded(codeBadRequest, "the request was cancelled")}
+	}
+	defer e.gate.leave()
+	return e.Executor.CreateOperationContext(ctx, params)
+}
+
+// endpoint is the /graphql handler: the first transport that supports a request
+// serves it, with the gated executor. (gqlgen's handler.Server does the same, but
+// hands its transports its own executor.)
+type endpoint struct {
+	transports []graphql.Transport
+	exec       graphql.GraphExecutor
+}
+
+func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+	for _, t := range e.transports {
+		if t.Supports(r) {
+			t.Do(w, r, e.exec)
+			return
+		}
+	}
+	refuse(w, r, http.StatusBadRequest, coded(codeBadRequest, "not a GraphQL request"))
+}

@@ -1,0 +1,85 @@
+package graph
+
+import "time"
+
+// The limits of the GraphQL endpoint, every one in this one place: each transport
+// (POST, GET, SSE and both websocket protocols) goes through the code that enforces
+// it. README's Limits section lists them for users.
+//
+// The document limits bound what a request can make the server do before the
+// complexity limit can look at it: parsing, validation and the complexity walk
+// itself. Each is far above what a real client sends (GraphiQL's introspection query
+// has about 400 tokens, 400 nodes and depth 13) and low enough that the worst
+// document of any shape costs a few milliseconds (BENCHMARKS.md).
+const (
+	// MaxBodyBytes is the largest request accepted: an HTTP body (413 above it) or a
+	// websocket message (the socket is closed with 1009 above it).
+	MaxBodyBytes = 1 << 20
+
+	// MaxDocumentTokens is how many tokens a document may have, comments included
+	// (gqlparser keeps every comment). It is also gqlparser's own token limit.
+	MaxDocumentTokens = 5000
+	// MaxTokenBytes is the longest name or number in a document.
+	MaxTokenBytes = 256
+	// MaxDocumentStringBytes is how many bytes the string literals of a document may
+	// hold together (a block string is split into lines, 16 bytes each).
+	MaxDocumentStringBytes = 64 << 10
+	// MaxDocumentDepth is how deeply a document may nest: brackets, braces and
+	// parentheses in its text, and selections through fragment spreads.
+	MaxDocumentDepth = 32
+	// MaxDocumentNodes is how many fields, fragment spreads, inline fragments,
+	// arguments, directives and variable definitions a document may have, counted
+	// as the validator walks it: every fragment spread written out in full, in each
+	// operation and each fragment definition.
+	MaxDocumentNodes = 1000
+	// MaxResponseNameRepeats is how often one response name may be selected in one
+	// selection set, fragments merged in: the validator compares every pair.
+	MaxResponseNameRepeats = 16
+	// MaxSchemaFields is how many times one operation may select __schema. The
+	// complexity limit does not count __schema at all (so that GraphiQL's
+	// introspection query passes); aliases of it, or aliases inside it, would
+	// multiply the whole schema in one response, so aliases are refused under
+	// __schema too.
+	MaxSchemaFields = 1
+
+	// ComplexityLimit is the most a single operation may cost (one per field, lists
+	// not multiplied; a generateKeys counts its keys, see generateKeysComplexity).
+	// Real queries cost tens; the playground's introspection query is not counted; a
+	// flood of aliased fields is refused with COMPLEXITY_LIMIT_EXCEEDED.
+	ComplexityLimit = 200
+
+	// MaxJSONValues is how many JSON values (objects, arrays and scalars, at any
+	// depth) a request's variables and extensions may hold together; decoding a
+	// 1 MiB list of zeros would otherwise cost some 30 MB.
+	MaxJSONValues = 1000
+	// MaxJSONDepth is how deeply a request's JSON may nest.
+	MaxJSONDepth = MaxDocumentDepth
+
+	// QueryCacheBytes bounds the parsed-document cache: each entry costs its text
+	// plus an estimate of its syntax tree (documentCost). Only documents that passed
+	// every check, complexity included, are admitted.
+	QueryCacheBytes = 32 << 20
+	// PersistedQueryCacheBytes bounds the automatic persisted queries' cache of query
+	// texts, admitted under the same rule.
+	PersistedQueryCacheBytes = 8 << 20
+
+	// MaxSocketOperations is how many operations one websocket may have running at
+	// once; one more is refused with an error of code OPERATION_LIMIT_EXCEEDED, and
+	// the others go on.
+	MaxSocketOperations = 100
+	// WebsocketInitTimeout is how long a websocket may wait before connection_init:
+	// then it is closed with 4408.
+	WebsocketInitTimeout = 10 * time.Second
+	// WebsocketIdleTimeout is how long an initialised websocket may run no operation
+	// at all: then it is closed with 1000, as an idle HTTP keep-alive connection is.
+	// A socket with a live subscription is never idle.
+	WebsocketIdleTimeout = 2 * time.Minute
+	// WebsocketWriteTimeout bounds one message's write to a client that does not read.
+	WebsocketWriteTimeout = time.Minute
+	// KeepAlivePingInterval is how often an idle legacy graphql-ws socket or SSE
+	// stream gets a keep-alive message, so proxies do not time it out.
+	KeepAlivePingInterval = 10 * time.Second
+	// PingPongInterval is how often a graphql-transport-ws client is pinged; one that
+	// does not answer within twice this is dropped, so half-open sockets are noticed.
+	PingPongInterval = 15 * time.Second
+)
