@@ -75,6 +75,10 @@ func refuse(w http.ResponseWriter, r *http.Request, status int, err *gqlerror.Er
 // GraphQL-over-HTTP one when the client names it first, application/json otherwise
 // (also when Accept is absent, or names neither).
 func negotiate(r *http.Request) string {
+	switch accept := r.Header.Get("Accept"); accept {
+	case "", "*/*", mediaJSON: // the common cases, without parsing
+		return mediaJSON
+	}
 	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
 		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil || params["q"] == "0" {
@@ -305,7 +309,23 @@ func (httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		return
 	}
 	responses, ctx := exec.DispatchOperation(ctx, opCtx)
-	writeJSON(w, mediaType, http.StatusOK, responses(ctx))
+	writeResponse(w, mediaType, responses(ctx))
+}
+
+// writeResponse writes an operation's response. One with data alone (a successful
+// query or mutation, the common case) is written as it is, without re-encoding the
+// data gqlgen encoded already.
+func writeResponse(w http.ResponseWriter, mediaType string, resp *graphql.Response) {
+	if resp == nil || len(resp.Errors) > 0 || len(resp.Extensions) > 0 || resp.Label != "" || resp.Path != nil ||
+		resp.HasNext != nil || len(resp.Data) == 0 {
+		writeJSON(w, mediaType, http.StatusOK, resp)
+		return
+	}
+	body := make([]byte, 0, len(`{"data":}`)+len(resp.Data))
+	body = append(append(append(body, `{"data":`...), resp.Data...), '}')
+	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
 }
 
 // withParams records the request decoded from r's body for httpTransport.

@@ -82,7 +82,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
 	exec.Use(documentLimits{docs: docs})
-	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
+	exec.Use(newComplexityLimit(ComplexityLimit))
 	exec.Use(admitChecked{})
 	exec.Use(streamErrors{})
 	exec.SetErrorPresenter(errorPresenter(logger))
@@ -234,9 +234,9 @@ func decodeGated(ctx context.Context, gate costGate, body []byte) (*graphql.RawP
 
 // readBody reads r's body, at most limit bytes, into one buffer of its size.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int, *gqlerror.Error) {
-	tooLarge := coded(codeTooLarge, "the request body is larger than %d bytes", limit)
+	tooLarge := func() *gqlerror.Error { return coded(codeTooLarge, "the request body is larger than %d bytes", limit) }
 	if r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge
+		return nil, http.StatusRequestEntityTooLarge, tooLarge()
 	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
@@ -246,7 +246,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int,
 	if err != nil {
 		var maxBytes *http.MaxBytesError
 		if errors.As(err, &maxBytes) {
-			return nil, http.StatusRequestEntityTooLarge, tooLarge
+			return nil, http.StatusRequestEntityTooLarge, tooLarge()
 		}
 		return nil, http.StatusBadRequest, coded(codeBadRequest, "the request body could not be read")
 	}
@@ -255,8 +255,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int,
 
 // isJSON reports whether r's body is declared JSON (the POST and SSE transports').
 func isJSON(r *http.Request) bool {
-	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	return err == nil && mediaType == "application/json"
+	contentType := r.Header.Get("Content-Type")
+	if contentType == mediaJSON { // the common case, without parsing
+		return true
+	}
+	mediaType, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mediaType == mediaJSON
 }
 
 func orDefault(d, fallback time.Duration) time.Duration {
