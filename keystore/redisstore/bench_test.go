@@ -150,8 +150,10 @@ func BenchmarkLuaDirect(b *testing.B) {
 		b.Fatal(err)
 	}
 	withStream := used()
-	streamLen := must(rdb.XLen(ctx, "{bench}:events").Result())(b)
-	must(rdb.Del(ctx, "{bench}:events").Result())(b)
+	pool := must(rdb.Get(ctx, "{bench}:pool").Result())(b)
+	stream := "{bench}:events:" + pool
+	streamLen := must(rdb.XLen(ctx, stream).Result())(b)
+	must(rdb.Del(ctx, stream).Result())(b)
 	withoutStream := used()
 	b.Logf("used_memory: %d before, %d with 1e5 keys and a stream of %d events, %d without the stream",
 		before, withStream, streamLen, withoutStream)
@@ -159,8 +161,10 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
 	// The scripts' common arguments: prefix, "T" (Redis's TIME), stream length, replica,
-	// pool id.
-	common := []string{"{bench}:", "T", "65536", "redis-benchmark", must(rdb.Get(ctx, "{bench}:pool").Result())(b)}
+	// pool id, then a request slot and generation: a slot drawn from 10^10 (two random
+	// numbers), so that each call records its reply in a fresh slot, as the Store's
+	// requests do, rather than replaying an earlier one.
+	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__", "1"}
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
 			"EVALSHA", scripts[name].Hash(), "0"}, common...)

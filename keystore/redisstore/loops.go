@@ -67,9 +67,9 @@ func (s *Store) expireLoop() {
 		s.mu.Lock()
 		s.heard = math.MaxInt64
 		s.mu.Unlock()
-		res, err := s.run(s.ctx, scriptExpire, expiryBatch)
+		res, err := s.run(s.ctx, s.scripts.expire, readOnly, expiryBatch, s.repliesTTL)
 		if err != nil {
-			if !retry.sleep(s.ctx) {
+			if s.lost.Load() || !retry.sleep(s.ctx) {
 				return
 			}
 			continue
@@ -145,8 +145,8 @@ func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 func (s *Store) readLoop(lastID string) {
 	defer s.wg.Done()
 	var retry backoff
-	stream := s.prefix + "events"
-	for {
+	stream := s.stream
+	for !s.lost.Load() {
 		res, err := s.rdb.XRead(s.ctx, &redis.XReadArgs{
 			Streams: []string{stream, lastID},
 			Count:   streamBatch,
@@ -159,7 +159,7 @@ func (s *Store) readLoop(lastID string) {
 			continue
 		}
 		if err != nil {
-			if !retry.sleep(s.ctx) {
+			if s.lost.Load() || !retry.sleep(s.ctx) {
 				return
 			}
 			continue

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/keypool/keypool/keystore"
@@ -16,7 +17,14 @@ import (
 // TestMain fails the package if any goroutine outlives its store: every test closes
 // its stores (t.Cleanup), and Close must stop the expirer, the stream reader, the
 // dispatcher, the hub's feeds and the Redis client's own goroutines.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{}) // the faults the tests cause would fill the log
+	goleak.VerifyTestMain(m)
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 // countingObserver counts what a replica's Observer hears.
 type countingObserver struct {

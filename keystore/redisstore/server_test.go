@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,12 +23,19 @@ type redisServer struct {
 	t    testing.TB
 	dir  string
 	sock string
+	aof  bool // append-only file, fsync'd before every reply: a kill -9 loses nothing
 	cmd  *exec.Cmd
 }
 
 // startRedis starts a redis-server for the test and stops it at the end; it skips the
 // test where redis-server is not installed.
-func startRedis(t testing.TB) *redisServer {
+func startRedis(t testing.TB) *redisServer { return startRedisWith(t, false) }
+
+// startRedisAOF is startRedis with an append-only file, so that a kill -9 and a
+// restart lose nothing.
+func startRedisAOF(t testing.TB) *redisServer { return startRedisWith(t, true) }
+
+func startRedisWith(t testing.TB, aof bool) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server not installed: apt-get install redis-server")
@@ -38,7 +46,7 @@ func startRedis(t testing.TB) *redisServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &redisServer{t: t, dir: dir, sock: filepath.Join(dir, "redis.sock")}
+	s := &redisServer{t: t, dir: dir, sock: filepath.Join(dir, "redis.sock"), aof: aof}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -50,9 +58,13 @@ func (s *redisServer) url() string { return "unix://" + s.sock }
 // the directory if a SHUTDOWN SAVE left one.
 func (s *redisServer) start() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server",
+	appendonly := []string{"--appendonly", "no"}
+	if s.aof {
+		appendonly = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	s.cmd = exec.Command("redis-server", append([]string{
 		"--port", "0", "--unixsocket", s.sock, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--dbfilename", "dump.rdb")
+		"--save", "", "--dir", s.dir, "--dbfilename", "dump.rdb"}, appendonly...)...)
 	s.cmd.Dir = s.dir
 	s.cmd.Stdout, s.cmd.Stderr = nil, nil
 	if err := s.cmd.Start(); err != nil {
@@ -92,6 +104,12 @@ func (s *redisServer) shutdownSave() {
 		s.t.Fatalf("SHUTDOWN SAVE left no dump.rdb: %v", err)
 	}
 }
+
+// pause stops the server's process (SIGSTOP): connections stay open, nothing answers.
+func (s *redisServer) pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// resume continues a paused server (SIGCONT).
+func (s *redisServer) resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
 
 func (s *redisServer) kill() {
 	if s.cmd != nil && s.cmd.Process != nil {
@@ -136,9 +154,15 @@ func openStore(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keyst
 
 func openNamespace(t testing.TB, srv *redisServer, clock clockwork.Clock, opts keystore.Options, ns string, options ...Option) testStore {
 	t.Helper()
+	return openAt(t, srv.url(), clock, opts, ns, options...)
+}
+
+// openAt opens a store on the Redis at url (a proxy's, say) under namespace ns.
+func openAt(t testing.TB, url string, clock clockwork.Clock, opts keystore.Options, ns string, options ...Option) testStore {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pool, b, err := open(ctx, srv.url(), clock, opts, append([]Option{WithNamespace(ns)}, options...)...)
+	pool, b, err := open(ctx, url, clock, opts, append([]Option{WithNamespace(ns)}, options...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,12 +9,23 @@
 // *clockwork.FakeClock (tests) the store passes the fake clock's reading to the scripts
 // instead, in nanoseconds since the pool was created.
 //
-// Each replica runs three goroutines: an expirer that sleeps until the earliest
+// Each replica runs four goroutines: an expirer that sleeps until the earliest
 // deadline and applies due transitions in bounded batches (any replica may; the
 // scripts pop each due entry as they apply it, so none is applied twice); a reader
 // that follows the event stream with XREAD BLOCK and publishes into a local
-// keystore.Hub, for subscribers and for waking waiters; and a dispatcher that serves
-// this replica's waiting Acquires, first come first served.
+// keystore.Hub, for subscribers and for waking waiters; a dispatcher that serves
+// this replica's waiting Acquires, first come first served; and a resolver that
+// settles the Acquires whose outcome the replica never learned (see below).
+//
+// Faults. A request that changes the pool runs at most once however often it is sent
+// (see scripts.go: a slot and generation per request, its reply recorded with its
+// effects), so the store itself retries a request whose reply was lost, for up to
+// retryFor, and the retry answers what the first run did. When the outcome stays
+// unknown the caller gets EUNAVAILABLE saying so; an Acquire of unknown outcome is
+// then resolved in the background: if it ran, the key it leased (whose token nobody
+// has) is freed as soon as Redis answers again. Every script refuses a pool other than
+// the one the replica joined; once one does, the replica stops for good (Ready fails)
+// until it is restarted.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
@@ -35,10 +46,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -70,6 +83,28 @@ const (
 	// Backoff of the background loops while Redis cannot be reached.
 	minBackoff = 20 * time.Millisecond
 	maxBackoff = time.Second
+
+	// maxInFlight bounds the requests one replica has in Redis at once: each holds a
+	// slot of the replica's replies hash until it ends (or, for an Acquire of unknown
+	// outcome, until it is resolved); a request waits for a free slot.
+	maxInFlight = 1024
+	// retryFor bounds how long one request is sent again while Redis cannot be reached
+	// or its replies are lost (a Redis restarting from its AOF, a failover, a dropped
+	// connection); then the request fails with EUNAVAILABLE.
+	retryFor = 2 * time.Second
+	// Retries of one request back off from retryMinBackoff to retryMaxBackoff.
+	retryMinBackoff = 5 * time.Millisecond
+	retryMaxBackoff = 200 * time.Millisecond
+	// ioTimeout bounds one dial, write or read of a reply (blocking XREADs excepted):
+	// a paused or unreachable Redis is noticed within it. A script that runs longer
+	// (Generate of MaxGenerate keys on a slow host) is read by the retry, which replays
+	// its recorded reply.
+	ioTimeout = time.Second
+	// readyTimeout bounds one readiness probe, within the 2 s that /readyz promises.
+	readyTimeout = time.Second
+	// minRepliesTTL is the least time a replica's replies outlive its last expirer run:
+	// longer than any lease of a request still to resolve can last.
+	minRepliesTTL = time.Hour
 )
 
 // Option tunes New.
@@ -78,12 +113,23 @@ type Option func(*config)
 type config struct {
 	namespace  string
 	clientTime bool
+	resolved   func(n uint64, fence int64, start, end time.Time)
+	scripts    *scriptSet
 }
 
 // WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
 // several pools can share one Redis. A "namespace" query parameter of the URL does the
 // same.
 func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
+
+// withResolved tells f of every key the resolver frees (tests record it in their
+// histories).
+func withResolved(f func(n uint64, fence int64, start, end time.Time)) Option {
+	return func(c *config) { c.resolved = f }
+}
+
+// withScripts runs other scripts (tests break one on purpose).
+func withScripts(set scriptSet) Option { return func(c *config) { c.scripts = &set } }
 
 // Store is the keystore.Backend of a pool in Redis.
 type Store struct {
@@ -92,11 +138,27 @@ type Store struct {
 	clientTime bool
 	opts       keystore.Options
 	prefix     string
+	stream     string // the pool's event stream
 	ids        *keystore.IDCodec
 	hub        *keystore.Hub
 	waiters    *keystore.WaitQueue
 	replica    string // tags the transitions this replica applies, for its Observer
-	fixedArgs  [5]any // ARGV[1..5] of every script
+	fixedArgs  [7]any // ARGV[1..7] of every script
+	scripts    scriptSet
+	repliesTTL int64 // ms
+
+	// Requests: free slots of the replies hash, the last generation given out, and
+	// the Acquires of unknown outcome waiting for the resolver.
+	slots      chan int
+	gen        atomic.Uint64
+	umu        sync.Mutex
+	unresolved []request
+	resolve    chan struct{}
+	resolved   func(n uint64, fence int64, start, end time.Time)
+
+	// lost is set once a script finds that the pool in Redis is not the one this
+	// replica joined; the replica then refuses everything.
+	lost atomic.Bool
 
 	// Script times are integers of unit since base: microseconds since the Unix epoch
 	// with Redis's TIME, nanoseconds since the pool's creation with the store's clock.
@@ -174,6 +236,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if err != nil {
 		return nil, fmt.Errorf("redis store: %w", err)
 	}
+	clientOptions(ropts)
 	rdb := redis.NewClient(ropts)
 
 	s := &Store{
@@ -190,8 +253,19 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		kick:       make(chan struct{}, 1),
 		serve:      make(chan struct{}, 1),
 		progress:   make(chan struct{}),
+		scripts:    defaultScripts,
+		repliesTTL: max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
+		slots:      make(chan int, maxInFlight),
+		resolve:    make(chan struct{}, 1),
+		resolved:   cfg.resolved,
 	}
-	s.fixedArgs = [5]any{s.prefix, "T", max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength), s.replica, ""}
+	if cfg.scripts != nil {
+		s.scripts = *cfg.scripts
+	}
+	for slot := range maxInFlight {
+		s.slots <- slot
+	}
+	s.fixedArgs = [7]any{s.prefix, "T", max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength), s.replica, "", "", 0}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	lastID, err := s.start(ctx)
@@ -200,11 +274,27 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		s.cancel()
 		return nil, err
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.expireLoop()
 	go s.readLoop(lastID)
 	go s.serveLoop()
+	go s.resolveLoop()
 	return s, nil
+}
+
+// clientOptions sets how the Redis client fails. It never retries on its own: the
+// store retries, and only what is safe to send again (see Store.send). Timeouts and
+// the callers' deadlines bound every wait, so a paused Redis is noticed within
+// ioTimeout, not the client's default 5 s.
+func clientOptions(o *redis.Options) {
+	o.MaxRetries = -1
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout = ioTimeout
+	o.DialerRetries = 1
+	o.ReadTimeout = ioTimeout
+	o.WriteTimeout = ioTimeout
+	o.PoolTimeout = ioTimeout
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
 // takeNamespace removes this package's own "namespace" parameter from a Redis URL,
@@ -255,16 +345,23 @@ func (s *Store) start(ctx context.Context) (string, error) {
 	if err := s.rdb.SetNX(ctx, s.prefix+"pool", pool, 0).Err(); err != nil {
 		return "", unavailable(err)
 	}
+	if pool, err = s.rdb.Get(ctx, s.prefix+"pool").Result(); err != nil {
+		return "", unavailable(err)
+	}
+	if pool != poolID(secret) {
+		return "", fmt.Errorf("redis store: the pool at %spool is not the one its secret names: remove the pool's keys, or use another namespace", s.prefix)
+	}
 	s.fixedArgs[4] = pool
+	s.stream = s.prefix + "events:" + pool
 	if err := s.agreeOnClock(ctx); err != nil {
 		return "", err
 	}
-	for _, script := range scripts {
+	for _, script := range s.scripts.all() {
 		if err := script.Load(ctx, s.rdb).Err(); err != nil {
 			return "", unavailable(err)
 		}
 	}
-	retained, err := s.rdb.XRevRangeN(ctx, s.prefix+"events", "+", "-", int64(s.opts.EventRetention)).Result()
+	retained, err := s.rdb.XRevRangeN(ctx, s.stream, "+", "-", int64(s.opts.EventRetention)).Result()
 	if err != nil {
 		return "", unavailable(err)
 	}
@@ -286,21 +383,10 @@ func poolID(secret []byte) string {
 	return hex.EncodeToString(sum[:12])
 }
 
-// unavailable maps an error of the Redis client to EUNAVAILABLE: a lost connection, a
-// timeout, a closed store or a Redis that is loading, read-only or out of memory all
-// mean "try later", never a wrong answer. A script that fails at run time is a bug:
-// it stays an internal error.
+// unavailable maps an error of the Redis client at start to EUNAVAILABLE.
 func unavailable(err error) error {
 	if err == nil {
 		return nil
-	}
-	var kerr *keystore.Error
-	if errors.As(err, &kerr) {
-		return err
-	}
-	var rerr redis.Error
-	if errors.As(err, &rerr) && strings.Contains(rerr.Error(), "user_script") {
-		return fmt.Errorf("redis store: script failed: %w", err)
 	}
 	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the key store cannot be reached", Err: err}
 }
@@ -369,27 +455,6 @@ func (s *Store) at(v int64) time.Time { return s.base.Add(time.Duration(v) * s.u
 // units turns a duration into script time, rounding down.
 func (s *Store) units(d time.Duration) int64 { return int64(d / s.unit) }
 
-// run runs a script with the common arguments and returns its integer reply, mapping
-// the status codes that every script shares.
-func (s *Store) run(ctx context.Context, script *redis.Script, args ...any) ([]int64, error) {
-	all := make([]any, 0, len(s.fixedArgs)+len(args))
-	all = append(all, s.fixedArgs[:]...)
-	all[1] = s.now()
-	all = append(all, args...)
-	res, err := script.Run(ctx, s.rdb, nil, all...).Int64Slice()
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	if len(res) < 2 {
-		return nil, fmt.Errorf("redis store: short script reply %v", res)
-	}
-	s.noteNow(res[1])
-	if res[0] == statusReset {
-		return nil, keystore.Errorf(keystore.EUNAVAILABLE, "the pool in Redis was reset; restart the replicas")
-	}
-	return res, nil
-}
-
 // record decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
 func (s *Store) record(res []int64) (keystore.Record, error) {
 	if len(res) != 10 {
@@ -425,7 +490,7 @@ func keyError(status int64) error {
 
 // Generate implements keystore.Backend.
 func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, error) {
-	res, err := s.run(ctx, scriptGenerate, count, s.units(s.opts.KeepAliveTTL))
+	res, err := s.run(ctx, s.scripts.generate, mutation, count, s.units(s.opts.KeepAliveTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -461,7 +526,7 @@ func (s *Store) queue(w *keystore.Waiter) {
 
 // acquireOnce runs the acquire script: a key, or ErrNoKey.
 func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Record, error) {
-	res, err := s.run(ctx, scriptAcquire, s.units(ttl), randomUint64()>>33)
+	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33)
 	if err != nil {
 		return keystore.Record{}, err
 	}
@@ -476,8 +541,8 @@ func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Re
 }
 
 // keyOp runs a per-key script and decodes its key reply.
-func (s *Store) keyOp(ctx context.Context, script *redis.Script, n uint64, args ...any) (keystore.Record, error) {
-	res, err := s.run(ctx, script, append([]any{n}, args...)...)
+func (s *Store) keyOp(ctx context.Context, script *redis.Script, kind requestKind, n uint64, args ...any) (keystore.Record, error) {
+	res, err := s.run(ctx, script, kind, append([]any{n}, args...)...)
 	if err != nil {
 		return keystore.Record{}, err
 	}
@@ -489,12 +554,12 @@ func (s *Store) keyOp(ctx context.Context, script *redis.Script, n uint64, args 
 
 // Unblock implements keystore.Backend.
 func (s *Store) Unblock(ctx context.Context, n uint64, fence int64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptUnblock, n, fence)
+	return s.keyOp(ctx, s.scripts.unblock, mutation, n, fence)
 }
 
 // Renew implements keystore.Backend.
 func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (keystore.Record, error) {
-	r, err := s.keyOp(ctx, scriptRenew, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
+	r, err := s.keyOp(ctx, s.scripts.renew, mutation, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
 	if err == nil {
 		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
@@ -503,17 +568,17 @@ func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Durat
 
 // KeepAlive implements keystore.Backend.
 func (s *Store) KeepAlive(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptKeepAlive, n, s.units(s.opts.KeepAliveTTL))
+	return s.keyOp(ctx, s.scripts.keepAlive, mutation, n, s.units(s.opts.KeepAliveTTL))
 }
 
 // Get implements keystore.Backend.
 func (s *Store) Get(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptGet, n)
+	return s.keyOp(ctx, s.scripts.get, readOnly, n)
 }
 
 // Delete implements keystore.Backend.
 func (s *Store) Delete(ctx context.Context, n uint64) error {
-	res, err := s.run(ctx, scriptDelete, n)
+	res, err := s.run(ctx, s.scripts.delete, mutation, n)
 	if err != nil {
 		return err
 	}
@@ -525,7 +590,7 @@ func (s *Store) Delete(ctx context.Context, n uint64) error {
 
 // Stats implements keystore.Backend.
 func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
-	res, err := s.run(ctx, scriptStats)
+	res, err := s.run(ctx, s.scripts.stats, readOnly)
 	if err != nil {
 		return keystore.Stats{}, err
 	}
@@ -540,7 +605,7 @@ func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
 // replica as past, not live. The local hub holds the same window of events as the
 // stream (the newest EventRetention), so a replay with After is served from it.
 func (s *Store) CatchUp(ctx context.Context) error {
-	if err := s.stopping(); err != nil {
+	if err := s.refusing(); err != nil {
 		return err
 	}
 	newest, err := s.rdb.Get(ctx, s.prefix+"seq").Int64()
@@ -561,19 +626,28 @@ func (s *Store) CatchUp(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.ctx.Done():
-			return s.stopping()
+			return s.refusing()
 		case <-timeout.C:
 			return keystore.Errorf(keystore.EUNAVAILABLE, "the event stream is not being read")
 		}
 	}
 }
 
-// Ready implements keystore.Backend: Redis answers PING.
+// Ready implements keystore.Backend: Redis answers within readyTimeout, and holds the
+// pool this replica joined. One attempt, never retried: a readiness probe must fail
+// fast when Redis is away or paused.
 func (s *Store) Ready(ctx context.Context) error {
-	if err := s.stopping(); err != nil {
+	if err := s.refusing(); err != nil {
 		return err
 	}
-	return unavailable(s.rdb.Ping(ctx).Err())
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	res, _, err := s.send(ctx, s.scripts.check, s.args(nil), false)
+	if err != nil {
+		return s.unavailable(err, false, readOnly)
+	}
+	_, err = s.status(res)
+	return err
 }
 
 // Close implements keystore.Backend.
@@ -585,6 +659,14 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 	})
 	return err
+}
+
+// refusing fails once the store is closed or its pool lost.
+func (s *Store) refusing() error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	return s.stopping()
 }
 
 func (s *Store) stopping() error {

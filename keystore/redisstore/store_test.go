@@ -215,10 +215,10 @@ func waitFor(t testing.TB, cond func() bool) {
 func TestScriptErrorIsInternal(t *testing.T) {
 	srv := startRedis(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
-	_, err := s.b.run(context.Background(), scriptUnblock, "not a number", 0)
+	_, err := s.b.run(context.Background(), scriptUnblock, mutation, "not a number", 0)
 	wantCode(t, err, keystore.EINTERNAL)
 	srv.kill()
-	_, err = s.b.run(context.Background(), scriptUnblock, 1, 0)
+	_, err = s.b.run(context.Background(), scriptUnblock, mutation, 1, 0)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 }
 
