@@ -34,7 +34,17 @@ type History struct {
 	initial []int
 	counts  map[string]int // answers by call and code, for the summary
 	unknown int
+	// unsettled are the calls whose effect may come after they returned.
+	unsettled []unsettledCall
 }
+
+type unsettledCall struct {
+	op      int
+	settler Settler
+}
+
+// settleTimeout bounds how long Check waits for a store to settle a call.
+const settleTimeout = 30 * time.Second
 
 // NewHistory starts an empty history.
 func NewHistory() *History {
@@ -70,14 +80,26 @@ func (h *History) Seed(keys []keystore.Key) {
 	}
 }
 
-// record adds one call; an unknown outcome never returns, as far as the model knows:
-// it may take effect at any instant after its start.
-func (h *History) record(client int, in Input, out Output, call, ret int64) {
-	if out.Unknown {
-		ret = math.MaxInt64
-	}
+// Settler is implemented by the errors of calls answered UNAVAILABLE that may still
+// take effect after they returned (a request that reached a paused Redis runs when it
+// resumes): Settled is closed once the store knows the call either took effect or
+// never will, and SettledAt tells when. The model then lets the call take effect at any
+// instant up to SettledAt. A call answered UNAVAILABLE whose error is not a Settler is
+// taken to have taken effect, if at all, before it returned.
+type Settler interface {
+	Settled() <-chan struct{}
+	SettledAt() time.Time
+}
+
+// record adds one call. A call of unknown outcome whose error is a Settler returns,
+// as far as the model knows, when it settles.
+func (h *History) record(client int, in Input, out Output, call, ret int64, settler Settler) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if settler != nil {
+		h.unsettled = append(h.unsettled, unsettledCall{len(h.ops), settler})
+		ret = math.MaxInt64
+	}
 	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Output: out, Call: call, Return: ret})
 	label := string(out.Code)
 	switch {
@@ -94,7 +116,7 @@ func (h *History) record(client int, in Input, out Output, call, ret int64) {
 // was answered UNAVAILABLE, between start and end.
 func (h *History) Release(id string, fence int64, start, end time.Time) {
 	in := Input{Kind: Release, Key: h.key(id), Fence: fence}
-	h.record(-1, in, Output{}, int64(start.Sub(h.start)), int64(end.Sub(h.start)))
+	h.record(-1, in, Output{}, int64(start.Sub(h.start)), int64(end.Sub(h.start)), nil)
 }
 
 // Len returns how many calls the history holds.
@@ -128,6 +150,20 @@ func (h *History) Summary() string {
 func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResult {
 	t.Helper()
 	h.mu.Lock()
+	unsettled := append([]unsettledCall(nil), h.unsettled...)
+	h.mu.Unlock()
+	waited := time.After(settleTimeout)
+	for _, u := range unsettled {
+		select {
+		case <-u.settler.Settled():
+			h.mu.Lock()
+			h.ops[u.op].Return = max(int64(u.settler.SettledAt().Sub(h.start)), h.ops[u.op].Call)
+			h.mu.Unlock()
+		case <-waited:
+			t.Errorf("a call of unknown outcome was not settled within %v", settleTimeout)
+		}
+	}
+	h.mu.Lock()
 	ops := append([]porcupine.Operation(nil), h.ops...)
 	initial := append([]int(nil), h.initial...)
 	twice := append([]string(nil), h.twice...)
@@ -156,13 +192,19 @@ func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResu
 type Config struct {
 	// Stores are replicas of one pool; client i calls Stores[i%len(Stores)].
 	Stores []keystore.Store
-	// Clients call concurrently, Calls calls each.
+	// Clients call concurrently, Calls calls each, or, with Until set, until Until is
+	// closed, at most Calls calls each.
 	Clients, Calls int
+	Until          <-chan struct{}
 	// Keys are generated before the history starts; Generate and Delete keep the pool
 	// between Keys/2 and 2*Keys.
 	Keys int
-	// Timeout, if set, is each call's deadline.
-	Timeout time.Duration
+	// Timeout, if set, is the deadline of each call of the first TimedClients clients
+	// (of all, if TimedClients is 0); the others wait for as long as the store takes.
+	// Each call that times out may or may not have taken effect, and the model must
+	// consider both: a few such clients exercise that, many make the check slow.
+	Timeout      time.Duration
+	TimedClients int
 	// Seed makes the choice of calls repeatable (not their interleaving).
 	Seed uint64
 }
@@ -193,6 +235,11 @@ func (h *History) Run(t testing.TB, cfg Config) {
 		go func() {
 			defer wg.Done()
 			for range cfg.Calls {
+				select {
+				case <-cfg.Until:
+					return
+				default:
+				}
 				c.next(t)
 			}
 		}()
@@ -314,7 +361,7 @@ func (c *client) take() lease {
 }
 
 func (c *client) ctx() (context.Context, context.CancelFunc) {
-	if c.w.cfg.Timeout > 0 {
+	if cfg := c.w.cfg; cfg.Timeout > 0 && (cfg.TimedClients == 0 || c.id < cfg.TimedClients) {
 		return context.WithTimeout(context.Background(), c.w.cfg.Timeout)
 	}
 	return context.WithCancel(context.Background())
@@ -346,6 +393,15 @@ func (c *client) answer(t testing.TB, k keystore.Key, err error) Output {
 	}
 }
 
+// settler returns err's Settler, if it has one.
+func settler(err error) Settler {
+	var s Settler
+	if errors.As(err, &s) {
+		return s
+	}
+	return nil
+}
+
 func (c *client) keyIndex(id string) int {
 	if id == foreignID {
 		return NoKey
@@ -360,7 +416,7 @@ func (c *client) acquire(t testing.TB) {
 	k, err := c.store.Acquire(ctx, keystore.AcquireOptions{})
 	end := c.w.h.now()
 	out := c.answer(t, k, err)
-	c.w.h.record(c.id, Input{Kind: Acquire, Key: NoKey}, out, start, end)
+	c.w.h.record(c.id, Input{Kind: Acquire, Key: NoKey}, out, start, end, settler(err))
 	if err == nil {
 		c.held = append(c.held, lease{id: k.ID, token: k.Lease.Token, fence: k.Lease.Fence})
 	}
@@ -373,7 +429,7 @@ func (c *client) unblock(t testing.TB, id, token string, fence int64) {
 	start := c.w.h.now()
 	k, err := c.store.Unblock(ctx, id, token)
 	end := c.w.h.now()
-	c.w.h.record(c.id, in, c.answer(t, k, err), start, end)
+	c.w.h.record(c.id, in, c.answer(t, k, err), start, end, settler(err))
 }
 
 func (c *client) renew(t testing.TB, id, token string, fence int64) {
@@ -383,7 +439,7 @@ func (c *client) renew(t testing.TB, id, token string, fence int64) {
 	start := c.w.h.now()
 	k, err := c.store.Renew(ctx, id, token, nil)
 	end := c.w.h.now()
-	c.w.h.record(c.id, in, c.answer(t, k, err), start, end)
+	c.w.h.record(c.id, in, c.answer(t, k, err), start, end, settler(err))
 }
 
 func (c *client) keyCall(t testing.TB, kind Kind, id string) {
@@ -413,7 +469,7 @@ func (c *client) keyCall(t testing.TB, kind Kind, id string) {
 		out.Key = in.Key
 		c.w.live.Add(-1)
 	}
-	c.w.h.record(c.id, in, out, start, end)
+	c.w.h.record(c.id, in, out, start, end, settler(err))
 }
 
 func (c *client) generate(t testing.TB, count int) {
@@ -437,7 +493,7 @@ func (c *client) generate(t testing.TB, count int) {
 		h.mu.Unlock()
 		c.w.live.Add(int64(len(keys)))
 	}
-	c.w.h.record(c.id, Input{Kind: Generate, Count: count}, out, start, end)
+	c.w.h.record(c.id, Input{Kind: Generate, Count: count}, out, start, end, settler(err))
 }
 
 // Options are pool options for a checked run: leases and keep-alives that outlast any

@@ -2,8 +2,6 @@ package redisstore
 
 import (
 	"bytes"
-	"errors"
-	"io"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -150,10 +148,7 @@ func (p *faultProxy) replies(server, client net.Conn, lose *atomic.Bool) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				p.t.Logf("proxy: %v", err)
-			}
-			return
+			return // EOF, or Redis killed under it
 		}
 	}
 }

@@ -21,9 +21,11 @@ const (
 	// second run would change again: they take no slot.
 	readOnly requestKind = iota
 	// mutation requests take a slot, so that a second run replays the first's reply.
+	// When the outcome of one stays unknown, the resolver settles it: it either ran or
+	// never will.
 	mutation
 	// acquisition is a mutation that leases a key: when its outcome stays unknown, the
-	// resolver frees the key it may have leased.
+	// resolver also frees the key it may have leased.
 	acquisition
 )
 
@@ -32,6 +34,27 @@ type request struct {
 	slot int
 	gen  uint64
 }
+
+// unsettled is a request of unknown outcome, waiting for the resolver.
+type unsettled struct {
+	request
+	kind requestKind
+	done chan struct{} // closed when settled
+	at   time.Time     // when, set before done is closed
+}
+
+// unknownOutcome is the cause of an EUNAVAILABLE answer to a request that may have
+// run. Settled is closed once the store knows it either ran or never will (SettledAt
+// tells when): tests bound the request's effect by it.
+type unknownOutcome struct {
+	err error
+	u   *unsettled
+}
+
+func (e *unknownOutcome) Error() string            { return e.err.Error() }
+func (e *unknownOutcome) Unwrap() error            { return e.err }
+func (e *unknownOutcome) Settled() <-chan struct{} { return e.u.done }
+func (e *unknownOutcome) SettledAt() time.Time     { <-e.u.done; return e.u.at }
 
 // begin takes a free slot for a new request.
 func (s *Store) begin(ctx context.Context) (request, error) {
@@ -74,7 +97,7 @@ func (s *Store) run(ctx context.Context, script *redis.Script, kind requestKind,
 		return nil, err
 	}
 	var req *request
-	if kind != readOnly {
+	if kind != readOnly && !s.noSlots {
 		r, err := s.begin(ctx)
 		if err != nil {
 			return nil, s.unavailable(err, false, kind)
@@ -83,8 +106,8 @@ func (s *Store) run(ctx context.Context, script *redis.Script, kind requestKind,
 	}
 	res, sent, err := s.send(ctx, script, s.args(req, own...), true)
 	if req != nil {
-		if err != nil && sent && kind == acquisition {
-			s.resolveLater(*req)
+		if err != nil && sent && failure(err) != failedScript {
+			err = &unknownOutcome{err: err, u: s.resolveLater(*req, kind)}
 		} else {
 			s.end(*req)
 		}
@@ -227,20 +250,23 @@ func (s *Store) markLost() {
 	}
 }
 
-// resolveLater hands an Acquire of unknown outcome to the resolver; its slot stays
+// resolveLater hands a request of unknown outcome to the resolver; its slot stays
 // taken until then, so that its recorded reply (if it ran) is still there.
-func (s *Store) resolveLater(r request) {
+func (s *Store) resolveLater(r request, kind requestKind) *unsettled {
+	u := &unsettled{request: r, kind: kind, done: make(chan struct{})}
 	s.umu.Lock()
-	s.unresolved = append(s.unresolved, r)
+	s.unresolved = append(s.unresolved, u)
 	s.umu.Unlock()
 	select {
 	case s.resolve <- struct{}{}:
 	default:
 	}
+	return u
 }
 
-// resolveLoop settles each Acquire of unknown outcome as soon as Redis answers: if it
-// ran, the key it leased is freed; if not, it never will run. Then its slot is free.
+// resolveLoop settles each request of unknown outcome as soon as Redis answers: it
+// either ran, or it never will (its slot records it as abandoned); an Acquire that ran
+// has its key freed. Then its slot is free.
 func (s *Store) resolveLoop() {
 	defer s.wg.Done()
 	var retry backoff
@@ -259,7 +285,11 @@ func (s *Store) resolveLoop() {
 			r := s.unresolved[0]
 			s.umu.Unlock()
 			start := time.Now()
-			res, _, err := s.send(s.ctx, s.scripts.resolve, s.args(nil, r.slot, r.gen, 1), true)
+			acquire := 0
+			if r.kind == acquisition {
+				acquire = 1
+			}
+			res, _, err := s.send(s.ctx, s.scripts.resolve, s.args(nil, r.slot, r.gen, acquire), true)
 			if err == nil {
 				res, err = s.status(res)
 			}
@@ -276,7 +306,9 @@ func (s *Store) resolveLoop() {
 			s.umu.Lock()
 			s.unresolved = s.unresolved[1:]
 			s.umu.Unlock()
-			s.end(r)
+			r.at = time.Now()
+			close(r.done)
+			s.end(r.request)
 		}
 	}
 }

@@ -240,7 +240,9 @@ return done({1, now, first, e})
 // uniform, so the mixture is too; between them a storm of due deadlines that the
 // expirer has not reached yet (dead keys still AVAILABLE, run-out leases still
 // BLOCKED) is seen through without applying it first.
-var scriptAcquire = redis.NewScript(prelude + `
+var scriptAcquire = redis.NewScript(acquireSource)
+
+var acquireSource = prelude + `
 local ttl = tonumber(ARGV[8])
 math.randomseed(tonumber(ARGV[9]) or 1)
 apply_due(` + requestBatch + `)
@@ -283,11 +285,13 @@ for i = 1, ` + maxPicks + ` do
   end
 end
 return done({-1, now})
-`)
+`
 
 // ARGV[8] key number, ARGV[9] fence the caller's token names (0: no token, -1: a token
 // that names no lease).
-var scriptUnblock = redis.NewScript(prelude + `
+var scriptUnblock = redis.NewScript(unblockSource)
+
+const unblockSource = prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 local f = num(redis.call('HGET', P .. 'k:' .. n, 'f'))
@@ -296,7 +300,7 @@ local want = tonumber(ARGV[9])
 if want ~= 0 and want ~= f then return done({-3, now}) end
 unblock(n)
 return done(reply(n))
-`)
+`
 
 // ARGV[8] key number, ARGV[9] fence, ARGV[10] TTL, ARGV[11] max lease TTL.
 var scriptRenew = redis.NewScript(prelude + `
@@ -368,9 +372,9 @@ return {1, now, applied, next}
 
 // ARGV[8] slot, ARGV[9] generation of a request whose outcome its replica never
 // learned, ARGV[10] 1 if it was an acquire. It settles the request for good: if it
-// never ran, it never will (its slot records it as abandoned); if it was an acquire
-// that ran and its lease still holds the key, nobody has the lease's token, so the key
-// is freed (UNBLOCKED). Reply {-7, now, key number, fence} when a key was freed, else
+// never ran, it never will (its slot records it as abandoned, so that a copy still on
+// its way does nothing); if it was an acquire that ran and its lease still holds the
+// key, nobody has the lease's token, so the key is freed (UNBLOCKED). Reply {-7, now, key number, fence} when a key was freed, else
 // {-7, now}; the same when run again.
 var scriptResolve = redis.NewScript(prelude + `
 local slot, gen = ARGV[8], tonumber(ARGV[9])

@@ -115,6 +115,7 @@ type config struct {
 	clientTime bool
 	resolved   func(n uint64, fence int64, start, end time.Time)
 	scripts    *scriptSet
+	noSlots    bool
 }
 
 // WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
@@ -130,6 +131,10 @@ func withResolved(f func(n uint64, fence int64, start, end time.Time)) Option {
 
 // withScripts runs other scripts (tests break one on purpose).
 func withScripts(set scriptSet) Option { return func(c *config) { c.scripts = &set } }
+
+// withoutSlots sends every request without a slot, so that a retry runs it again: the
+// defect the slots fix, for a test to show that the linearizability check sees it.
+func withoutSlots() Option { return func(c *config) { c.noSlots = true } }
 
 // Store is the keystore.Backend of a pool in Redis.
 type Store struct {
@@ -152,9 +157,10 @@ type Store struct {
 	slots      chan int
 	gen        atomic.Uint64
 	umu        sync.Mutex
-	unresolved []request
+	unresolved []*unsettled
 	resolve    chan struct{}
 	resolved   func(n uint64, fence int64, start, end time.Time)
+	noSlots    bool
 
 	// lost is set once a script finds that the pool in Redis is not the one this
 	// replica joined; the replica then refuses everything.
@@ -258,6 +264,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		slots:      make(chan int, maxInFlight),
 		resolve:    make(chan struct{}, 1),
 		resolved:   cfg.resolved,
+		noSlots:    cfg.noSlots,
 	}
 	if cfg.scripts != nil {
 		s.scripts = *cfg.scripts
