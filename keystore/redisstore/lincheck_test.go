@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/keypool/keypool/keystore"
@@ -140,7 +139,7 @@ func TestLinearizabilityCatchesBrokenScripts(t *testing.T) {
 			src := strings.Replace(unblockSource, "if want ~= 0 and want ~= f then return done({-3, now}) end", "", 1)
 			require.NotEqual(t, unblockSource, src)
 			set := defaultScripts
-			set.unblock = redis.NewScript(src)
+			set.unblock = newScript(src)
 			return []Option{withScripts(set)}
 		}, false},
 		{"acquire leaves the key available", func(t *testing.T) []Option {
@@ -148,7 +147,7 @@ func TestLinearizabilityCatchesBrokenScripts(t *testing.T) {
 			src := strings.Replace(acquireSource, take, "redis.call('HINCRBY', h, 'n', 1)", 1)
 			require.NotEqual(t, acquireSource, src)
 			set := defaultScripts
-			set.acquire = redis.NewScript(src)
+			set.acquire = newScript(src)
 			return []Option{withScripts(set)}
 		}, false},
 		{"retries run requests again", func(*testing.T) []Option { return []Option{withoutSlots()} }, true},

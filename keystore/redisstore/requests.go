@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -78,21 +79,39 @@ func (s *Store) begin(ctx context.Context) (request, error) {
 func (s *Store) end(r request) { s.slots <- r.slot }
 
 // args returns the arguments of a script call: the common ones, then the script's.
-func (s *Store) args(r *request, own ...any) []any {
-	all := make([]any, 0, len(s.fixedArgs)+len(own))
+func (s *Store) args(r *request, own ...any) []string {
+	all := make([]string, 0, len(s.fixedArgs)+len(own))
 	all = append(all, s.fixedArgs[:]...)
 	all[1] = s.now()
 	if r != nil {
-		all[5], all[6] = r.slot, r.gen
+		all[5], all[6] = strconv.Itoa(r.slot), strconv.FormatUint(r.gen, 10)
 	}
-	return append(all, own...)
+	for _, v := range own {
+		all = append(all, arg(v))
+	}
+	return all
+}
+
+// arg formats a script argument.
+func arg(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case int:
+		return strconv.Itoa(v)
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case uint64:
+		return strconv.FormatUint(v, 10)
+	}
+	panic(fmt.Sprintf("redis store: a script argument of type %T", v))
 }
 
 // run runs a script as a request of kind and returns its integer reply, mapping the
 // status codes that every script shares. A request whose reply is lost is sent again
 // (send), which is safe: a mutation replays its recorded reply. If it still fails the
 // caller gets EUNAVAILABLE, telling whether the request may have been applied.
-func (s *Store) run(ctx context.Context, script *redis.Script, kind requestKind, own ...any) ([]int64, error) {
+func (s *Store) run(ctx context.Context, script *script, kind requestKind, own ...any) ([]int64, error) {
 	if err := s.usable(); err != nil {
 		return nil, err
 	}
@@ -137,14 +156,14 @@ func (s *Store) status(res []int64) ([]int64, error) {
 // send runs a script, sending it again while it fails for want of Redis (for up to
 // retryFor, or until ctx ends, when retry is set) and reports whether any attempt may
 // have reached Redis and run. A script that fails at run time is not sent again.
-func (s *Store) send(ctx context.Context, script *redis.Script, args []any, retry bool) (res []int64, sent bool, err error) {
+func (s *Store) send(ctx context.Context, script *script, args []string, retry bool) (res []int64, sent bool, err error) {
 	deadline := time.Now().Add(retryFor)
 	pause := retryMinBackoff
 	for {
 		if ctx.Err() != nil {
 			return nil, sent, ctx.Err()
 		}
-		res, err = script.Run(ctx, s.rdb, nil, args...).Int64Slice()
+		res, err = script.lua.Exec(ctx, s.rdb, nil, args).AsIntSlice()
 		if err == nil {
 			return res, true, nil
 		}
@@ -186,9 +205,12 @@ const (
 // it: sending it again later is safe and may succeed.
 var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS", "CLUSTERDOWN", "NOSCRIPT"}
 
+// failure tells how an attempt failed. Only what is certain counts as not sent: an
+// error reply of Redis that refuses before running, or a connection that could not be
+// made. Any other failure (a connection that broke or timed out with the request
+// written, the client closing under it) may have let the request run.
 func failure(err error) failureKind {
-	var rerr redis.Error
-	if errors.As(err, &rerr) && !isNetError(err) {
+	if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
 		msg := rerr.Error()
 		for _, prefix := range refusals {
 			if strings.HasPrefix(msg, prefix) {
@@ -198,17 +220,10 @@ func failure(err error) failureKind {
 		return failedScript
 	}
 	var op *net.OpError
-	switch {
-	case errors.As(err, &op) && op.Op == "dial",
-		errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted), errors.Is(err, redis.ErrClosed):
+	if errors.As(err, &op) && op.Op == "dial" {
 		return failedNotSent
 	}
 	return failedLost
-}
-
-func isNetError(err error) bool {
-	var nerr net.Error
-	return errors.As(err, &nerr)
 }
 
 // unavailable words a request's failure for clients.

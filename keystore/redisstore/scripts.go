@@ -1,11 +1,29 @@
 package redisstore
 
 import (
+	"crypto/sha1"
+	"encoding/hex"
 	"strconv"
 
+	"github.com/redis/rueidis"
+
 	"github.com/keypool/keypool/keystore"
-	"github.com/redis/go-redis/v9"
 )
+
+// script is a Lua script and its SHA1, by which redis-benchmark calls it.
+type script struct {
+	lua *rueidis.Lua
+	src string
+	sha string
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src))
+	return &script{lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// Hash returns the script's SHA1.
+func (s *script) Hash() string { return s.sha }
 
 // The Redis layout, every name under one prefix such as "{keypool}:" (the braces are a
 // hash tag, so that a cluster would keep the whole pool in one slot):
@@ -201,7 +219,7 @@ var (
 )
 
 // ARGV[8] count, ARGV[9] keep-alive TTL. Reply {1, now, first key number, keep-alive deadline}.
-var scriptGenerate = redis.NewScript(prelude + `
+var scriptGenerate = newScript(prelude + `
 local count = tonumber(ARGV[8])
 local e = now + tonumber(ARGV[9])
 local last = redis.call('INCRBY', P .. 'keyseq', count)
@@ -240,7 +258,7 @@ return done({1, now, first, e})
 // uniform, so the mixture is too; between them a storm of due deadlines that the
 // expirer has not reached yet (dead keys still AVAILABLE, run-out leases still
 // BLOCKED) is seen through without applying it first.
-var scriptAcquire = redis.NewScript(acquireSource)
+var scriptAcquire = newScript(acquireSource)
 
 var acquireSource = prelude + `
 local ttl = tonumber(ARGV[8])
@@ -289,7 +307,7 @@ return done({-1, now})
 
 // ARGV[8] key number, ARGV[9] fence the caller's token names (0: no token, -1: a token
 // that names no lease).
-var scriptUnblock = redis.NewScript(unblockSource)
+var scriptUnblock = newScript(unblockSource)
 
 const unblockSource = prelude + `
 local n = I(tonumber(ARGV[8]))
@@ -303,7 +321,7 @@ return done(reply(n))
 `
 
 // ARGV[8] key number, ARGV[9] fence, ARGV[10] TTL, ARGV[11] max lease TTL.
-var scriptRenew = redis.NewScript(prelude + `
+var scriptRenew = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 local h = P .. 'k:' .. n
@@ -318,7 +336,7 @@ return done(reply(n))
 `)
 
 // ARGV[8] key number, ARGV[9] keep-alive TTL.
-var scriptKeepAlive = redis.NewScript(prelude + `
+var scriptKeepAlive = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 local e = now + tonumber(ARGV[9])
@@ -328,14 +346,14 @@ return done(reply(n))
 `)
 
 // ARGV[8] key number.
-var scriptGet = redis.NewScript(prelude + `
+var scriptGet = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 return done(reply(n))
 `)
 
 // ARGV[8] key number. Reply {1, now}.
-var scriptDelete = redis.NewScript(prelude + `
+var scriptDelete = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 redis.call('DEL', P .. 'k:' .. n)
@@ -350,7 +368,7 @@ return done({1, now})
 // every due transition; in a storm that it could not finish, total is still exact
 // (live keys of the keep-alive set) and blocked counts the leases that have not run
 // out, which may include keys whose keep-alive has passed until the expirer reaches them.
-var scriptStats = redis.NewScript(prelude + `
+var scriptStats = newScript(prelude + `
 local _, next = apply_due(` + requestBatch + `)
 local total, blocked = redis.call('ZCARD', ALIVE), redis.call('ZCARD', LEASES)
 if next < 0 or next > now then
@@ -364,7 +382,7 @@ return done({1, now, total, total - blocked, blocked})
 // ARGV[8] batch size, ARGV[9] how long (ms) the replica's replies outlive its last
 // expirer run. Reply {1, now, applied, earliest deadline left or -1}. It also keeps
 // the replica's replies from expiring while the replica runs.
-var scriptExpire = redis.NewScript(prelude + `
+var scriptExpire = newScript(prelude + `
 local applied, next = apply_due(tonumber(ARGV[8]))
 redis.call('PEXPIRE', REPLIES, ARGV[9])
 return {1, now, applied, next}
@@ -376,7 +394,7 @@ return {1, now, applied, next}
 // its way does nothing); if it was an acquire that ran and its lease still holds the
 // key, nobody has the lease's token, so the key is freed (UNBLOCKED). Reply {-7, now, key number, fence} when a key was freed, else
 // {-7, now}; the same when run again.
-var scriptResolve = redis.NewScript(prelude + `
+var scriptResolve = newScript(prelude + `
 local slot, gen = ARGV[8], tonumber(ARGV[9])
 local g, r = recorded(slot)
 local freed = {-7, now}
@@ -397,18 +415,18 @@ return freed
 `)
 
 // Reply {1, now}: the pool is the one the replica joined.
-var scriptCheck = redis.NewScript(prelude + `
+var scriptCheck = newScript(prelude + `
 return {1, now}
 `)
 
 // scriptSet is the scripts a Store runs; tests swap one for a broken one to show
 // that the linearizability check catches it.
 type scriptSet struct {
-	generate, acquire, unblock, renew, keepAlive, get, delete, stats, expire, resolve, check *redis.Script
+	generate, acquire, unblock, renew, keepAlive, get, delete, stats, expire, resolve, check *script
 }
 
-func (set scriptSet) all() []*redis.Script {
-	return []*redis.Script{set.generate, set.acquire, set.unblock, set.renew, set.keepAlive, set.get, set.delete,
+func (set scriptSet) all() []*script {
+	return []*script{set.generate, set.acquire, set.unblock, set.renew, set.keepAlive, set.get, set.delete,
 		set.stats, set.expire, set.resolve, set.check}
 }
 
@@ -427,7 +445,7 @@ var defaultScripts = scriptSet{
 }
 
 // scripts lists every script by name, for loading and for the benchmark.
-var scripts = map[string]*redis.Script{
+var scripts = map[string]*script{
 	"generate":  scriptGenerate,
 	"acquire":   scriptAcquire,
 	"unblock":   scriptUnblock,

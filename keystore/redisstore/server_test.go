@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -70,13 +70,9 @@ func (s *redisServer) start() {
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
-	rdb := s.client()
-	defer rdb.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := rdb.Ping(ctx).Err()
-		cancel()
+		err := s.ping()
 		if err == nil {
 			return
 		}
@@ -87,8 +83,47 @@ func (s *redisServer) start() {
 	}
 }
 
-func (s *redisServer) client() *redis.Client {
-	return redis.NewClient(&redis.Options{Network: "unix", Addr: s.sock, MaxRetries: -1})
+// ping reports whether the server answers PING (not while it loads its data).
+func (s *redisServer) ping() error {
+	c, err := s.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return c.Do(ctx, c.B().Ping().Build()).Error()
+}
+
+func (s *redisServer) dial() (rueidis.Client, error) {
+	opt, err := rueidis.ParseURL(s.url())
+	if err != nil {
+		return nil, err
+	}
+	opt.DisableCache, opt.DisableRetry, opt.ForceSingleClient = true, true, true
+	return rueidis.NewClient(opt)
+}
+
+// admin is a plain client of the test's redis-server, to look inside it.
+type admin struct {
+	t testing.TB
+	c rueidis.Client
+}
+
+func (s *redisServer) client() *admin {
+	s.t.Helper()
+	c, err := s.dial()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return &admin{t: s.t, c: c}
+}
+
+func (a *admin) Close() { a.c.Close() }
+
+// do runs one command.
+func (a *admin) do(args ...string) rueidis.RedisResult {
+	return a.c.Do(context.Background(), a.c.B().Arbitrary(args...).Build())
 }
 
 // shutdownSave saves the data set to dump.rdb and stops the server.
@@ -96,7 +131,7 @@ func (s *redisServer) shutdownSave() {
 	s.t.Helper()
 	rdb := s.client()
 	defer rdb.Close()
-	_ = rdb.Do(context.Background(), "SHUTDOWN", "SAVE").Err() // the connection drops: no reply
+	_ = rdb.do("SHUTDOWN", "SAVE").Error() // the connection drops: no reply
 	_ = s.cmd.Wait()
 	s.cmd = nil
 	_, err := os.Stat(filepath.Join(s.dir, "dump.rdb"))
@@ -124,7 +159,7 @@ func (s *redisServer) info(section, name string) string {
 	s.t.Helper()
 	rdb := s.client()
 	defer rdb.Close()
-	text, err := rdb.Info(context.Background(), section).Result()
+	text, err := rdb.do("INFO", section).ToString()
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -50,8 +50,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
+	"github.com/redis/rueidis"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -77,6 +76,10 @@ const (
 	streamBlock = time.Second
 	// streamBatch is how many events one XREAD takes.
 	streamBatch = 1024
+	// streamCoalesce is how long the reader lets events gather between XREADs that
+	// found fewer than streamBatch: what it adds, at most, to the delivery of an event
+	// to this replica's subscribers and waiters.
+	streamCoalesce = 2 * time.Millisecond
 	// catchUpTimeout bounds how long Subscribe waits for the reader to reach the
 	// stream's newest event.
 	catchUpTimeout = 5 * time.Second
@@ -138,7 +141,7 @@ func withoutSlots() Option { return func(c *config) { c.noSlots = true } }
 
 // Store is the keystore.Backend of a pool in Redis.
 type Store struct {
-	rdb        *redis.Client
+	rdb        rueidis.Client
 	clock      clockwork.Clock
 	clientTime bool
 	opts       keystore.Options
@@ -148,7 +151,7 @@ type Store struct {
 	hub        *keystore.Hub
 	waiters    *keystore.WaitQueue
 	replica    string // tags the transitions this replica applies, for its Observer
-	fixedArgs  [7]any // ARGV[1..7] of every script
+	fixedArgs  [7]string // ARGV[1..7] of every script
 	scripts    scriptSet
 	repliesTTL int64 // ms
 
@@ -238,12 +241,15 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if cfg.namespace == "" || strings.ContainsAny(cfg.namespace, "{}") {
 		return nil, fmt.Errorf("redis store: namespace %q must be non-empty, without braces", cfg.namespace)
 	}
-	ropts, err := redis.ParseURL(rawURL)
+	ropts, err := rueidis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis store: %w", err)
 	}
-	clientOptions(ropts)
-	rdb := redis.NewClient(ropts)
+	clientOptions(&ropts)
+	rdb, err := rueidis.NewClient(ropts)
+	if err != nil {
+		return nil, unavailable(err)
+	}
 
 	s := &Store{
 		rdb:        rdb,
@@ -272,12 +278,13 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	for slot := range maxInFlight {
 		s.slots <- slot
 	}
-	s.fixedArgs = [7]any{s.prefix, "T", max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength), s.replica, "", "", 0}
+	retention := max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)
+	s.fixedArgs = [7]string{s.prefix, "T", strconv.Itoa(retention), s.replica, "", "", "0"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	lastID, err := s.start(ctx)
 	if err != nil {
-		_ = rdb.Close()
+		rdb.Close()
 		s.cancel()
 		return nil, err
 	}
@@ -289,23 +296,25 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	return s, nil
 }
 
-// clientOptions sets how the Redis client fails. It never retries on its own: the
-// store retries, and only what is safe to send again (see Store.send). Timeouts and
-// the callers' deadlines bound every wait, so a paused Redis is noticed within
-// ioTimeout, not the client's default 5 s.
-func clientOptions(o *redis.Options) {
-	o.MaxRetries = -1
-	o.ContextTimeoutEnabled = true
-	o.DialTimeout = ioTimeout
-	o.DialerRetries = 1
-	o.ReadTimeout = ioTimeout
-	o.WriteTimeout = ioTimeout
-	o.PoolTimeout = ioTimeout
-	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+// clientOptions sets up the Redis client. It pipelines the requests of concurrent
+// callers on a few connections (one write and one read carry many requests, for the
+// client and for Redis), and never retries on its own: the store retries, and only
+// what is safe to send again (see Store.send). A connection whose replies stop coming
+// for ioTimeout is dropped, so a paused Redis is noticed within it, and the callers'
+// deadlines bound every wait. It pipelines from the first request on, so that the
+// goroutines it runs per connection exist from the start rather than appearing under
+// the first concurrent load. The pool is never in a cluster, and is not cached in the
+// client.
+func clientOptions(o *rueidis.ClientOption) {
+	o.DisableRetry = true
+	o.DisableCache = true
+	o.ForceSingleClient = true
+	o.AlwaysPipelining = true
+	o.Dialer.Timeout = ioTimeout
+	o.ConnWriteTimeout = ioTimeout
 }
 
-// takeNamespace removes this package's own "namespace" parameter from a Redis URL,
-// which redis.ParseURL would refuse.
+// takeNamespace removes this package's own "namespace" parameter from a Redis URL.
 func takeNamespace(rawURL string) (string, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -336,39 +345,48 @@ func validate(o keystore.Options) error {
 // fills the local hub with the events the stream retains. It returns the stream id the
 // reader goes on from.
 func (s *Store) start(ctx context.Context) (string, error) {
+	c := s.rdb
+	setNX := func(key, value string) error {
+		err := c.Do(ctx, c.B().Set().Key(key).Value(value).Nx().Build()).Error()
+		if rueidis.IsRedisNil(err) { // it was set already
+			err = nil
+		}
+		return err
+	}
+	get := func(key string) (string, error) { return c.Do(ctx, c.B().Get().Key(key).Build()).ToString() }
 	secretKey := s.prefix + "secret"
-	if err := s.rdb.SetNX(ctx, secretKey, keystore.NewSecret(), 0).Err(); err != nil {
+	if err := setNX(secretKey, string(keystore.NewSecret())); err != nil {
 		return "", unavailable(err)
 	}
-	secret, err := s.rdb.Get(ctx, secretKey).Bytes()
+	secret, err := get(secretKey)
 	if err != nil {
 		return "", unavailable(err)
 	}
-	if s.ids, err = keystore.NewIDCodec(secret); err != nil {
+	if s.ids, err = keystore.NewIDCodec([]byte(secret)); err != nil {
 		return "", fmt.Errorf("redis store: the pool's id secret at %s: %w", secretKey, err)
 	}
 	// The pool id lets the scripts tell this pool from one made after Redis lost it.
-	pool := poolID(secret)
-	if err := s.rdb.SetNX(ctx, s.prefix+"pool", pool, 0).Err(); err != nil {
+	if err := setNX(s.prefix+"pool", poolID([]byte(secret))); err != nil {
 		return "", unavailable(err)
 	}
-	if pool, err = s.rdb.Get(ctx, s.prefix+"pool").Result(); err != nil {
+	pool, err := get(s.prefix + "pool")
+	if err != nil {
 		return "", unavailable(err)
 	}
-	if pool != poolID(secret) {
+	if pool != poolID([]byte(secret)) {
 		return "", fmt.Errorf("redis store: the pool at %spool is not the one its secret names: remove the pool's keys, or use another namespace", s.prefix)
 	}
 	s.fixedArgs[4] = pool
 	s.stream = s.prefix + "events:" + pool
-	if err := s.agreeOnClock(ctx); err != nil {
+	if err := s.agreeOnClock(ctx, setNX, get); err != nil {
 		return "", err
 	}
 	for _, script := range s.scripts.all() {
-		if err := script.Load(ctx, s.rdb).Err(); err != nil {
+		if err := c.Do(ctx, c.B().ScriptLoad().Script(script.src).Build()).Error(); err != nil {
 			return "", unavailable(err)
 		}
 	}
-	retained, err := s.rdb.XRevRangeN(ctx, s.stream, "+", "-", int64(s.opts.EventRetention)).Result()
+	retained, err := c.Do(ctx, c.B().Xrevrange().Key(s.stream).End("+").Start("-").Count(int64(s.opts.EventRetention)).Build()).AsXRange()
 	if err != nil {
 		return "", unavailable(err)
 	}
@@ -401,16 +419,16 @@ func unavailable(err error) error {
 // agreeOnClock sets the unit and base of script times, the same for every replica of
 // the pool: the first replica records its choice under "clock", the others read it and
 // refuse to start on a pool whose clock is not theirs.
-func (s *Store) agreeOnClock(ctx context.Context) error {
+func (s *Store) agreeOnClock(ctx context.Context, setNX func(key, value string) error, get func(key string) (string, error)) error {
 	mine := "redis-us"
 	if s.clientTime {
 		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
 	}
 	key := s.prefix + "clock"
-	if err := s.rdb.SetNX(ctx, key, mine, 0).Err(); err != nil {
+	if err := setNX(key, mine); err != nil {
 		return unavailable(err)
 	}
-	recorded, err := s.rdb.Get(ctx, key).Result()
+	recorded, err := get(key)
 	if err != nil {
 		return unavailable(err)
 	}
@@ -429,9 +447,9 @@ func (s *Store) agreeOnClock(ctx context.Context) error {
 }
 
 // now is the clock reading the scripts get: the store's clock, or "T" for Redis's TIME.
-func (s *Store) now() any {
+func (s *Store) now() string {
 	if s.clientTime {
-		return s.localNow()
+		return strconv.FormatInt(s.localNow(), 10)
 	}
 	return "T"
 }
@@ -548,7 +566,7 @@ func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Re
 }
 
 // keyOp runs a per-key script and decodes its key reply.
-func (s *Store) keyOp(ctx context.Context, script *redis.Script, kind requestKind, n uint64, args ...any) (keystore.Record, error) {
+func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n uint64, args ...any) (keystore.Record, error) {
 	res, err := s.run(ctx, script, kind, append([]any{n}, args...)...)
 	if err != nil {
 		return keystore.Record{}, err
@@ -615,8 +633,8 @@ func (s *Store) CatchUp(ctx context.Context) error {
 	if err := s.refusing(); err != nil {
 		return err
 	}
-	newest, err := s.rdb.Get(ctx, s.prefix+"seq").Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	newest, err := s.rdb.Do(ctx, s.rdb.B().Get().Key(s.prefix+"seq").Build()).AsInt64()
+	if err != nil && !rueidis.IsRedisNil(err) {
 		return unavailable(err)
 	}
 	timeout := time.NewTimer(catchUpTimeout)
@@ -662,7 +680,7 @@ func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.cancel()
-		err = s.rdb.Close() // also ends a blocked XREAD
+		s.rdb.Close() // also ends a blocked XREAD
 		s.wg.Wait()
 	})
 	return err
