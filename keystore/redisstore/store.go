@@ -150,7 +150,7 @@ type Store struct {
 	ids        *keystore.IDCodec
 	hub        *keystore.Hub
 	waiters    *keystore.WaitQueue
-	replica    string // tags the transitions this replica applies, for its Observer
+	replica    string    // tags the transitions this replica applies, for its Observer
 	fixedArgs  [7]string // ARGV[1..7] of every script
 	scripts    scriptSet
 	repliesTTL int64 // ms
