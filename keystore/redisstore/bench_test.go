@@ -269,13 +269,10 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	b.ReportMetric(float64(generate.Milliseconds()), "ms/Generate(10000)")
 }
 
-// benchClients is the concurrency of BenchmarkVersusLua: goroutines calling the Store,
-// and redis-benchmark's connections.
-const benchClients = 16
-
 // BenchmarkVersusLua compares, in one run on one redis-server, acquire+unblock cycles
-// through the Store (benchClients goroutines, b.N cycles) with redis-benchmark driving
-// the same two scripts at the same concurrency (EVALSHA, no Go in the path), on a pool
+// through the Store (c goroutines, b.N cycles) with redis-benchmark driving the same
+// two scripts at the same concurrency (c connections; EVALSHA, no Go in the path), for
+// c = 16 and c = 1, on a pool
 // of 1e5 keys, scripts on Redis's TIME. It reports both rates, their ratio, and the
 // Redis CPU per cycle of each (INFO cpu, main thread) and its ratio.
 //
@@ -288,6 +285,12 @@ const benchClients = 16
 //
 //	go test -run '^$' -bench 'VersusLua' -benchtime 40000x -count 3 -v ./keystore/redisstore
 func BenchmarkVersusLua(b *testing.B) {
+	for _, clients := range []int{16, 1} {
+		b.Run(fmt.Sprintf("c=%d", clients), func(b *testing.B) { versusLua(b, clients) })
+	}
+}
+
+func versusLua(b *testing.B, benchClients int) {
 	if b.N == 1 {
 		return // the framework's first probe: only the -benchtime Nx run is measured
 	}

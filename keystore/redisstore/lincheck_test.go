@@ -69,7 +69,7 @@ func linRounds(t *testing.T) int {
 // The calls of two of the clients have a 300 ms deadline, shorter than the longer
 // pauses, so that some calls end UNAVAILABLE with their outcome unknown. porcupine must find the history
 // linearizable against the sequential model. The clients call until the faults are
-// over, at most 1000 calls each.
+// over, at most 1000 calls each per round of faults.
 //
 //	KEYPOOL_LINCHECK_ROUNDS=20 go test -run TestLinearizableUnderFaults -v ./keystore/redisstore
 func TestLinearizableUnderFaults(t *testing.T) {
@@ -109,7 +109,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		pause(30, 70)
 	}()
 	start := time.Now()
-	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 1000, Until: done, Keys: 4,
+	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 1000 * rounds, Until: done, Keys: 4,
 		Timeout: 300 * time.Millisecond, TimedClients: 2, Seed: 7})
 	<-done
 	recorded := time.Since(start)
