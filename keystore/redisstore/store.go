@@ -12,20 +12,25 @@
 // Each replica runs four goroutines: an expirer that sleeps until the earliest
 // deadline and applies due transitions in bounded batches (any replica may; the
 // scripts pop each due entry as they apply it, so none is applied twice); a reader
-// that follows the event stream with XREAD BLOCK and publishes into a local
-// keystore.Hub, for subscribers and for waking waiters; a dispatcher that serves
-// this replica's waiting Acquires, first come first served; and a resolver that
-// settles the Acquires whose outcome the replica never learned (see below).
+// that follows the event stream with XREAD BLOCK, letting events gather for
+// streamCoalesce between reads, and publishes into a local keystore.Hub, for
+// subscribers and for waking waiters; a dispatcher that serves this replica's waiting
+// Acquires, first come first served; and a resolver that settles the requests whose
+// outcome the replica never learned (see below).
+//
+// The client is rueidis, which pipelines the requests of concurrent callers on one
+// connection: under load one write and one read carry many scripts, for this process
+// and for Redis, instead of a round trip of system calls each.
 //
 // Faults. A request that changes the pool runs at most once however often it is sent
 // (see scripts.go: a slot and generation per request, its reply recorded with its
 // effects), so the store itself retries a request whose reply was lost, for up to
-// retryFor, and the retry answers what the first run did. When the outcome stays
-// unknown the caller gets EUNAVAILABLE saying so; an Acquire of unknown outcome is
-// then resolved in the background: if it ran, the key it leased (whose token nobody
-// has) is freed as soon as Redis answers again. Every script refuses a pool other than
-// the one the replica joined; once one does, the replica stops for good (Ready fails)
-// until it is restarted.
+// retryFor, and the retry answers what the first run did; the client never retries on
+// its own. When the outcome stays unknown the caller gets EUNAVAILABLE saying so, and
+// the request is settled in the background as soon as Redis answers again: it either
+// ran, or it never will; an Acquire that ran has its key (whose token nobody has)
+// freed. Every script refuses a pool other than the one the replica joined; once one
+// does, the replica stops for good (Ready fails) until it is restarted.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
