@@ -22,7 +22,7 @@ func TestMemoryLinearizable(t *testing.T) {
 	defer m.Close()
 	h := lincheck.NewHistory()
 	start := time.Now()
-	h.Run(t, lincheck.Config{Stores: []keystore.Store{m}, Clients: 16, Calls: 400, Keys: 4, Seed: 1})
+	h.Run(t, lincheck.Config{Stores: []keystore.Store{m}, Clients: 16, Calls: 400, Keys: 2, Seed: 1})
 	recorded := time.Since(start)
 	res := h.Check(t, time.Minute)
 	t.Logf("%s; recorded in %v, checked in %v", h.Summary(), recorded, time.Since(start)-recorded)
