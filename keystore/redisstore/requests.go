@@ -328,7 +328,7 @@ func (s *Store) resolveLoop() {
 	}
 }
 
-// pending returns how many Acquires of unknown outcome wait for the resolver.
+// pending returns how many requests of unknown outcome wait for the resolver.
 func (s *Store) pending() int {
 	s.umu.Lock()
 	defer s.umu.Unlock()
