@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -67,9 +67,9 @@ func (s *Store) expireLoop() {
 		s.mu.Lock()
 		s.heard = math.MaxInt64
 		s.mu.Unlock()
-		res, err := s.run(s.ctx, scriptExpire, expiryBatch)
+		res, err := s.run(s.ctx, s.scripts.expire, readOnly, expiryBatch, s.repliesTTL)
 		if err != nil {
-			if !retry.sleep(s.ctx) {
+			if s.lost.Load() || !retry.sleep(s.ctx) {
 				return
 			}
 			continue
@@ -145,29 +145,31 @@ func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 func (s *Store) readLoop(lastID string) {
 	defer s.wg.Done()
 	var retry backoff
-	stream := s.prefix + "events"
-	for {
-		res, err := s.rdb.XRead(s.ctx, &redis.XReadArgs{
-			Streams: []string{stream, lastID},
-			Count:   streamBatch,
-			Block:   streamBlock,
-		}).Result()
+	stream := s.stream
+	for !s.lost.Load() {
+		// A deadline past the XREAD's own, so that a paused Redis does not hold the
+		// reader for ever.
+		ctx, cancel := context.WithTimeout(s.ctx, streamBlock+ioTimeout)
+		res, err := s.rdb.Do(ctx, s.rdb.B().Xread().Count(streamBatch).Block(streamBlock.Milliseconds()).
+			Streams().Key(stream).Id(lastID).Build()).AsXRead()
+		cancel()
 		if s.ctx.Err() != nil {
 			return
 		}
-		if err == redis.Nil {
+		if rueidis.IsRedisNil(err) {
 			continue
 		}
 		if err != nil {
-			if !retry.sleep(s.ctx) {
+			if s.lost.Load() || !retry.sleep(s.ctx) {
 				return
 			}
 			continue
 		}
 		retry.reset()
-		freed := false
-		for _, st := range res {
-			for _, msg := range st.Messages {
+		freed, read := false, 0
+		for _, entries := range res {
+			read += len(entries)
+			for _, msg := range entries {
 				lastID = msg.ID
 				ev, ok := s.parseEvent(msg)
 				if !ok {
@@ -181,7 +183,7 @@ func (s *Store) readLoop(lastID string) {
 				if d, ok := field(msg, "d"); ok {
 					s.wakeBy(d)
 				}
-				if by, _ := msg.Values["by"].(string); by == s.replica {
+				if by := msg.FieldValues["by"]; by == s.replica {
 					applied, okA := field(msg, "ap")
 					deadline, okD := field(msg, "at")
 					if okA && okD {
@@ -198,23 +200,40 @@ func (s *Store) readLoop(lastID string) {
 		if freed && s.waiters.Len() > 0 {
 			s.poke()
 		}
+		if read < streamBatch && !s.coalesce() {
+			return
+		}
 	}
 }
 
-func field(msg redis.XMessage, name string) (int64, bool) {
-	v, _ := msg.Values[name].(string)
-	n, err := strconv.ParseInt(v, 10, 64)
+// coalesce lets events gather in the stream for streamCoalesce before the next XREAD,
+// so that under load one read takes many events instead of one read per event (and
+// Redis does not wake the blocked reader at every XADD). It reports false if the store
+// closed meanwhile.
+func (s *Store) coalesce() bool {
+	t := time.NewTimer(streamCoalesce)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+func field(msg rueidis.XRangeEntry, name string) (int64, bool) {
+	n, err := strconv.ParseInt(msg.FieldValues[name], 10, 64)
 	return n, err == nil
 }
 
 // parseEvent decodes a stream entry "<seq>-0" {t, k, at, …}.
-func (s *Store) parseEvent(msg redis.XMessage) (keystore.Event, bool) {
+func (s *Store) parseEvent(msg rueidis.XRangeEntry) (keystore.Event, bool) {
 	seqText, _, _ := strings.Cut(msg.ID, "-")
 	seq, err := strconv.ParseInt(seqText, 10, 64)
 	if err != nil {
 		return keystore.Event{}, false
 	}
-	typ, _ := msg.Values["t"].(string)
+	typ := msg.FieldValues["t"]
 	n, okN := field(msg, "k")
 	when, okAt := field(msg, "at")
 	if !okN || !okAt || !keystore.EventType(typ).Valid() {

@@ -9,12 +9,28 @@
 // *clockwork.FakeClock (tests) the store passes the fake clock's reading to the scripts
 // instead, in nanoseconds since the pool was created.
 //
-// Each replica runs three goroutines: an expirer that sleeps until the earliest
+// Each replica runs four goroutines: an expirer that sleeps until the earliest
 // deadline and applies due transitions in bounded batches (any replica may; the
 // scripts pop each due entry as they apply it, so none is applied twice); a reader
-// that follows the event stream with XREAD BLOCK and publishes into a local
-// keystore.Hub, for subscribers and for waking waiters; and a dispatcher that serves
-// this replica's waiting Acquires, first come first served.
+// that follows the event stream with XREAD BLOCK, letting events gather for
+// streamCoalesce between reads, and publishes into a local keystore.Hub, for
+// subscribers and for waking waiters; a dispatcher that serves this replica's waiting
+// Acquires, first come first served; and a resolver that settles the requests whose
+// outcome the replica never learned (see below).
+//
+// The client is rueidis, which pipelines the requests of concurrent callers on one
+// connection: under load one write and one read carry many scripts, for this process
+// and for Redis, instead of a round trip of system calls each.
+//
+// Faults. A request that changes the pool runs at most once however often it is sent
+// (see scripts.go: a slot and generation per request, its reply recorded with its
+// effects), so the store itself retries a request whose reply was lost, for up to
+// retryFor, and the retry answers what the first run did; the client never retries on
+// its own. When the outcome stays unknown the caller gets EUNAVAILABLE saying so, and
+// the request is settled in the background as soon as Redis answers again: it either
+// ran, or it never will; an Acquire that ran has its key (whose token nobody has)
+// freed. Every script refuses a pool other than the one the replica joined; once one
+// does, the replica stops for good (Ready fails) until it is restarted.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
@@ -35,10 +51,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/keypool/keypool/keystore"
 )
@@ -64,12 +81,38 @@ const (
 	streamBlock = time.Second
 	// streamBatch is how many events one XREAD takes.
 	streamBatch = 1024
+	// streamCoalesce is how long the reader lets events gather between XREADs that
+	// found fewer than streamBatch: what it adds, at most, to the delivery of an event
+	// to this replica's subscribers and waiters.
+	streamCoalesce = 2 * time.Millisecond
 	// catchUpTimeout bounds how long Subscribe waits for the reader to reach the
 	// stream's newest event.
 	catchUpTimeout = 5 * time.Second
 	// Backoff of the background loops while Redis cannot be reached.
 	minBackoff = 20 * time.Millisecond
 	maxBackoff = time.Second
+
+	// maxInFlight bounds the requests one replica has in Redis at once: each holds a
+	// slot of the replica's replies hash until it ends (or, for an Acquire of unknown
+	// outcome, until it is resolved); a request waits for a free slot.
+	maxInFlight = 1024
+	// retryFor bounds how long one request is sent again while Redis cannot be reached
+	// or its replies are lost (a Redis restarting from its AOF, a failover, a dropped
+	// connection); then the request fails with EUNAVAILABLE.
+	retryFor = 2 * time.Second
+	// Retries of one request back off from retryMinBackoff to retryMaxBackoff.
+	retryMinBackoff = 5 * time.Millisecond
+	retryMaxBackoff = 200 * time.Millisecond
+	// ioTimeout bounds one dial, write or read of a reply (blocking XREADs excepted):
+	// a paused or unreachable Redis is noticed within it. A script that runs longer
+	// (Generate of MaxGenerate keys on a slow host) is read by the retry, which replays
+	// its recorded reply.
+	ioTimeout = time.Second
+	// readyTimeout bounds one readiness probe, within the 2 s that /readyz promises.
+	readyTimeout = time.Second
+	// minRepliesTTL is the least time a replica's replies outlive its last expirer run:
+	// longer than any lease of a request still to resolve can last.
+	minRepliesTTL = time.Hour
 )
 
 // Option tunes New.
@@ -78,6 +121,9 @@ type Option func(*config)
 type config struct {
 	namespace  string
 	clientTime bool
+	resolved   func(n uint64, fence int64, start, end time.Time)
+	scripts    *scriptSet
+	noSlots    bool
 }
 
 // WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
@@ -85,18 +131,48 @@ type config struct {
 // same.
 func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
 
+// withResolved tells f of every key the resolver frees (tests record it in their
+// histories).
+func withResolved(f func(n uint64, fence int64, start, end time.Time)) Option {
+	return func(c *config) { c.resolved = f }
+}
+
+// withScripts runs other scripts (tests break one on purpose).
+func withScripts(set scriptSet) Option { return func(c *config) { c.scripts = &set } }
+
+// withoutSlots sends every request without a slot, so that a retry runs it again: the
+// defect the slots fix, for a test to show that the linearizability check sees it.
+func withoutSlots() Option { return func(c *config) { c.noSlots = true } }
+
 // Store is the keystore.Backend of a pool in Redis.
 type Store struct {
-	rdb        *redis.Client
+	rdb        rueidis.Client
 	clock      clockwork.Clock
 	clientTime bool
 	opts       keystore.Options
 	prefix     string
+	stream     string // the pool's event stream
 	ids        *keystore.IDCodec
 	hub        *keystore.Hub
 	waiters    *keystore.WaitQueue
-	replica    string // tags the transitions this replica applies, for its Observer
-	fixedArgs  [5]any // ARGV[1..5] of every script
+	replica    string    // tags the transitions this replica applies, for its Observer
+	fixedArgs  [7]string // ARGV[1..7] of every script
+	scripts    scriptSet
+	repliesTTL int64 // ms
+
+	// Requests: free slots of the replies hash, the last generation given out, and
+	// the Acquires of unknown outcome waiting for the resolver.
+	slots      chan int
+	gen        atomic.Uint64
+	umu        sync.Mutex
+	unresolved []*unsettled
+	resolve    chan struct{}
+	resolved   func(n uint64, fence int64, start, end time.Time)
+	noSlots    bool
+
+	// lost is set once a script finds that the pool in Redis is not the one this
+	// replica joined; the replica then refuses everything.
+	lost atomic.Bool
 
 	// Script times are integers of unit since base: microseconds since the Unix epoch
 	// with Redis's TIME, nanoseconds since the pool's creation with the store's clock.
@@ -170,11 +246,15 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if cfg.namespace == "" || strings.ContainsAny(cfg.namespace, "{}") {
 		return nil, fmt.Errorf("redis store: namespace %q must be non-empty, without braces", cfg.namespace)
 	}
-	ropts, err := redis.ParseURL(rawURL)
+	ropts, err := rueidis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis store: %w", err)
 	}
-	rdb := redis.NewClient(ropts)
+	clientOptions(&ropts)
+	rdb, err := rueidis.NewClient(ropts)
+	if err != nil {
+		return nil, unavailable(err)
+	}
 
 	s := &Store{
 		rdb:        rdb,
@@ -190,25 +270,58 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		kick:       make(chan struct{}, 1),
 		serve:      make(chan struct{}, 1),
 		progress:   make(chan struct{}),
+		scripts:    defaultScripts,
+		repliesTTL: max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
+		slots:      make(chan int, maxInFlight),
+		resolve:    make(chan struct{}, 1),
+		resolved:   cfg.resolved,
+		noSlots:    cfg.noSlots,
 	}
-	s.fixedArgs = [5]any{s.prefix, "T", max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength), s.replica, ""}
+	if cfg.scripts != nil {
+		s.scripts = *cfg.scripts
+	}
+	for slot := range maxInFlight {
+		s.slots <- slot
+	}
+	retention := max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)
+	s.fixedArgs = [7]string{s.prefix, "T", strconv.Itoa(retention), s.replica, "", "", "0"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	lastID, err := s.start(ctx)
 	if err != nil {
-		_ = rdb.Close()
+		rdb.Close()
 		s.cancel()
 		return nil, err
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.expireLoop()
 	go s.readLoop(lastID)
 	go s.serveLoop()
+	go s.resolveLoop()
 	return s, nil
 }
 
-// takeNamespace removes this package's own "namespace" parameter from a Redis URL,
-// which redis.ParseURL would refuse.
+// clientOptions sets up the Redis client. It pipelines the requests of concurrent
+// callers on a few connections (one write and one read carry many requests, for the
+// client and for Redis), and never retries on its own: the store retries, and only
+// what is safe to send again (see Store.send). A connection whose replies stop coming
+// for ioTimeout is dropped, so a paused Redis is noticed within it, and the callers'
+// deadlines bound every wait. It pipelines on one connection (two measured no faster
+// on two cores), from the first request on, so that the goroutines it runs for it
+// exist from the start rather than appearing under the first concurrent load (a
+// second connection would start its own later, at random). The pool is never in a
+// cluster, and is not cached in the client.
+func clientOptions(o *rueidis.ClientOption) {
+	o.DisableRetry = true
+	o.DisableCache = true
+	o.ForceSingleClient = true
+	o.AlwaysPipelining = true
+	o.PipelineMultiplex = -1 // 2^0 connections
+	o.Dialer.Timeout = ioTimeout
+	o.ConnWriteTimeout = ioTimeout
+}
+
+// takeNamespace removes this package's own "namespace" parameter from a Redis URL.
 func takeNamespace(rawURL string) (string, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -239,32 +352,48 @@ func validate(o keystore.Options) error {
 // fills the local hub with the events the stream retains. It returns the stream id the
 // reader goes on from.
 func (s *Store) start(ctx context.Context) (string, error) {
+	c := s.rdb
+	setNX := func(key, value string) error {
+		err := c.Do(ctx, c.B().Set().Key(key).Value(value).Nx().Build()).Error()
+		if rueidis.IsRedisNil(err) { // it was set already
+			err = nil
+		}
+		return err
+	}
+	get := func(key string) (string, error) { return c.Do(ctx, c.B().Get().Key(key).Build()).ToString() }
 	secretKey := s.prefix + "secret"
-	if err := s.rdb.SetNX(ctx, secretKey, keystore.NewSecret(), 0).Err(); err != nil {
+	if err := setNX(secretKey, string(keystore.NewSecret())); err != nil {
 		return "", unavailable(err)
 	}
-	secret, err := s.rdb.Get(ctx, secretKey).Bytes()
+	secret, err := get(secretKey)
 	if err != nil {
 		return "", unavailable(err)
 	}
-	if s.ids, err = keystore.NewIDCodec(secret); err != nil {
+	if s.ids, err = keystore.NewIDCodec([]byte(secret)); err != nil {
 		return "", fmt.Errorf("redis store: the pool's id secret at %s: %w", secretKey, err)
 	}
 	// The pool id lets the scripts tell this pool from one made after Redis lost it.
-	pool := poolID(secret)
-	if err := s.rdb.SetNX(ctx, s.prefix+"pool", pool, 0).Err(); err != nil {
+	if err := setNX(s.prefix+"pool", poolID([]byte(secret))); err != nil {
 		return "", unavailable(err)
 	}
+	pool, err := get(s.prefix + "pool")
+	if err != nil {
+		return "", unavailable(err)
+	}
+	if pool != poolID([]byte(secret)) {
+		return "", fmt.Errorf("redis store: the pool at %spool is not the one its secret names: remove the pool's keys, or use another namespace", s.prefix)
+	}
 	s.fixedArgs[4] = pool
-	if err := s.agreeOnClock(ctx); err != nil {
+	s.stream = s.prefix + "events:" + pool
+	if err := s.agreeOnClock(ctx, setNX, get); err != nil {
 		return "", err
 	}
-	for _, script := range scripts {
-		if err := script.Load(ctx, s.rdb).Err(); err != nil {
+	for _, script := range s.scripts.all() {
+		if err := c.Do(ctx, c.B().ScriptLoad().Script(script.src).Build()).Error(); err != nil {
 			return "", unavailable(err)
 		}
 	}
-	retained, err := s.rdb.XRevRangeN(ctx, s.prefix+"events", "+", "-", int64(s.opts.EventRetention)).Result()
+	retained, err := c.Do(ctx, c.B().Xrevrange().Key(s.stream).End("+").Start("-").Count(int64(s.opts.EventRetention)).Build()).AsXRange()
 	if err != nil {
 		return "", unavailable(err)
 	}
@@ -286,21 +415,10 @@ func poolID(secret []byte) string {
 	return hex.EncodeToString(sum[:12])
 }
 
-// unavailable maps an error of the Redis client to EUNAVAILABLE: a lost connection, a
-// timeout, a closed store or a Redis that is loading, read-only or out of memory all
-// mean "try later", never a wrong answer. A script that fails at run time is a bug:
-// it stays an internal error.
+// unavailable maps an error of the Redis client at start to EUNAVAILABLE.
 func unavailable(err error) error {
 	if err == nil {
 		return nil
-	}
-	var kerr *keystore.Error
-	if errors.As(err, &kerr) {
-		return err
-	}
-	var rerr redis.Error
-	if errors.As(err, &rerr) && strings.Contains(rerr.Error(), "user_script") {
-		return fmt.Errorf("redis store: script failed: %w", err)
 	}
 	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the key store cannot be reached", Err: err}
 }
@@ -308,16 +426,16 @@ func unavailable(err error) error {
 // agreeOnClock sets the unit and base of script times, the same for every replica of
 // the pool: the first replica records its choice under "clock", the others read it and
 // refuse to start on a pool whose clock is not theirs.
-func (s *Store) agreeOnClock(ctx context.Context) error {
+func (s *Store) agreeOnClock(ctx context.Context, setNX func(key, value string) error, get func(key string) (string, error)) error {
 	mine := "redis-us"
 	if s.clientTime {
 		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
 	}
 	key := s.prefix + "clock"
-	if err := s.rdb.SetNX(ctx, key, mine, 0).Err(); err != nil {
+	if err := setNX(key, mine); err != nil {
 		return unavailable(err)
 	}
-	recorded, err := s.rdb.Get(ctx, key).Result()
+	recorded, err := get(key)
 	if err != nil {
 		return unavailable(err)
 	}
@@ -336,9 +454,9 @@ func (s *Store) agreeOnClock(ctx context.Context) error {
 }
 
 // now is the clock reading the scripts get: the store's clock, or "T" for Redis's TIME.
-func (s *Store) now() any {
+func (s *Store) now() string {
 	if s.clientTime {
-		return s.localNow()
+		return strconv.FormatInt(s.localNow(), 10)
 	}
 	return "T"
 }
@@ -368,27 +486,6 @@ func (s *Store) at(v int64) time.Time { return s.base.Add(time.Duration(v) * s.u
 
 // units turns a duration into script time, rounding down.
 func (s *Store) units(d time.Duration) int64 { return int64(d / s.unit) }
-
-// run runs a script with the common arguments and returns its integer reply, mapping
-// the status codes that every script shares.
-func (s *Store) run(ctx context.Context, script *redis.Script, args ...any) ([]int64, error) {
-	all := make([]any, 0, len(s.fixedArgs)+len(args))
-	all = append(all, s.fixedArgs[:]...)
-	all[1] = s.now()
-	all = append(all, args...)
-	res, err := script.Run(ctx, s.rdb, nil, all...).Int64Slice()
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	if len(res) < 2 {
-		return nil, fmt.Errorf("redis store: short script reply %v", res)
-	}
-	s.noteNow(res[1])
-	if res[0] == statusReset {
-		return nil, keystore.Errorf(keystore.EUNAVAILABLE, "the pool in Redis was reset; restart the replicas")
-	}
-	return res, nil
-}
 
 // record decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
 func (s *Store) record(res []int64) (keystore.Record, error) {
@@ -425,7 +522,7 @@ func keyError(status int64) error {
 
 // Generate implements keystore.Backend.
 func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, error) {
-	res, err := s.run(ctx, scriptGenerate, count, s.units(s.opts.KeepAliveTTL))
+	res, err := s.run(ctx, s.scripts.generate, mutation, count, s.units(s.opts.KeepAliveTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -461,7 +558,7 @@ func (s *Store) queue(w *keystore.Waiter) {
 
 // acquireOnce runs the acquire script: a key, or ErrNoKey.
 func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Record, error) {
-	res, err := s.run(ctx, scriptAcquire, s.units(ttl), randomUint64()>>33)
+	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33)
 	if err != nil {
 		return keystore.Record{}, err
 	}
@@ -476,8 +573,8 @@ func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Re
 }
 
 // keyOp runs a per-key script and decodes its key reply.
-func (s *Store) keyOp(ctx context.Context, script *redis.Script, n uint64, args ...any) (keystore.Record, error) {
-	res, err := s.run(ctx, script, append([]any{n}, args...)...)
+func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n uint64, args ...any) (keystore.Record, error) {
+	res, err := s.run(ctx, script, kind, append([]any{n}, args...)...)
 	if err != nil {
 		return keystore.Record{}, err
 	}
@@ -489,12 +586,12 @@ func (s *Store) keyOp(ctx context.Context, script *redis.Script, n uint64, args 
 
 // Unblock implements keystore.Backend.
 func (s *Store) Unblock(ctx context.Context, n uint64, fence int64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptUnblock, n, fence)
+	return s.keyOp(ctx, s.scripts.unblock, mutation, n, fence)
 }
 
 // Renew implements keystore.Backend.
 func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (keystore.Record, error) {
-	r, err := s.keyOp(ctx, scriptRenew, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
+	r, err := s.keyOp(ctx, s.scripts.renew, mutation, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
 	if err == nil {
 		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
@@ -503,17 +600,17 @@ func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Durat
 
 // KeepAlive implements keystore.Backend.
 func (s *Store) KeepAlive(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptKeepAlive, n, s.units(s.opts.KeepAliveTTL))
+	return s.keyOp(ctx, s.scripts.keepAlive, mutation, n, s.units(s.opts.KeepAliveTTL))
 }
 
 // Get implements keystore.Backend.
 func (s *Store) Get(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, scriptGet, n)
+	return s.keyOp(ctx, s.scripts.get, readOnly, n)
 }
 
 // Delete implements keystore.Backend.
 func (s *Store) Delete(ctx context.Context, n uint64) error {
-	res, err := s.run(ctx, scriptDelete, n)
+	res, err := s.run(ctx, s.scripts.delete, mutation, n)
 	if err != nil {
 		return err
 	}
@@ -525,7 +622,7 @@ func (s *Store) Delete(ctx context.Context, n uint64) error {
 
 // Stats implements keystore.Backend.
 func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
-	res, err := s.run(ctx, scriptStats)
+	res, err := s.run(ctx, s.scripts.stats, readOnly)
 	if err != nil {
 		return keystore.Stats{}, err
 	}
@@ -540,11 +637,11 @@ func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
 // replica as past, not live. The local hub holds the same window of events as the
 // stream (the newest EventRetention), so a replay with After is served from it.
 func (s *Store) CatchUp(ctx context.Context) error {
-	if err := s.stopping(); err != nil {
+	if err := s.refusing(); err != nil {
 		return err
 	}
-	newest, err := s.rdb.Get(ctx, s.prefix+"seq").Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	newest, err := s.rdb.Do(ctx, s.rdb.B().Get().Key(s.prefix+"seq").Build()).AsInt64()
+	if err != nil && !rueidis.IsRedisNil(err) {
 		return unavailable(err)
 	}
 	timeout := time.NewTimer(catchUpTimeout)
@@ -561,19 +658,28 @@ func (s *Store) CatchUp(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.ctx.Done():
-			return s.stopping()
+			return s.refusing()
 		case <-timeout.C:
 			return keystore.Errorf(keystore.EUNAVAILABLE, "the event stream is not being read")
 		}
 	}
 }
 
-// Ready implements keystore.Backend: Redis answers PING.
+// Ready implements keystore.Backend: Redis answers within readyTimeout, and holds the
+// pool this replica joined. One attempt, never retried: a readiness probe must fail
+// fast when Redis is away or paused.
 func (s *Store) Ready(ctx context.Context) error {
-	if err := s.stopping(); err != nil {
+	if err := s.refusing(); err != nil {
 		return err
 	}
-	return unavailable(s.rdb.Ping(ctx).Err())
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	res, _, err := s.send(ctx, s.scripts.check, s.args(nil), false)
+	if err != nil {
+		return s.unavailable(err, false, readOnly)
+	}
+	_, err = s.status(res)
+	return err
 }
 
 // Close implements keystore.Backend.
@@ -581,10 +687,18 @@ func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.cancel()
-		err = s.rdb.Close() // also ends a blocked XREAD
+		s.rdb.Close() // also ends a blocked XREAD
 		s.wg.Wait()
 	})
 	return err
+}
+
+// refusing fails once the store is closed or its pool lost.
+func (s *Store) refusing() error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	return s.stopping()
 }
 
 func (s *Store) stopping() error {

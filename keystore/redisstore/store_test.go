@@ -215,10 +215,10 @@ func waitFor(t testing.TB, cond func() bool) {
 func TestScriptErrorIsInternal(t *testing.T) {
 	srv := startRedis(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
-	_, err := s.b.run(context.Background(), scriptUnblock, "not a number", 0)
+	_, err := s.b.run(context.Background(), scriptUnblock, mutation, "not a number", 0)
 	wantCode(t, err, keystore.EINTERNAL)
 	srv.kill()
-	_, err = s.b.run(context.Background(), scriptUnblock, 1, 0)
+	_, err = s.b.run(context.Background(), scriptUnblock, mutation, 1, 0)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 }
 
@@ -236,7 +236,7 @@ func TestNew(t *testing.T) {
 	must(s.Generate(ctx, 1))(t)
 	rdb := srv.client()
 	defer rdb.Close()
-	if n := must(rdb.ZCard(ctx, "{fromurl}:alive").Result())(t); n != 1 {
+	if n := must(rdb.do("ZCARD", "{fromurl}:alive").AsInt64())(t); n != 1 {
 		t.Fatalf("%d keys under the URL's namespace", n)
 	}
 
@@ -292,10 +292,10 @@ func TestAcquireIsUniform(t *testing.T) {
 	rdb := srv.client()
 	defer rdb.Close()
 	ctx := context.Background()
-	must(rdb.ConfigSet(ctx, "set-max-intset-entries", "1").Result())(t)
+	must(rdb.do("CONFIG", "SET", "set-max-intset-entries", "1").ToString())(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
 	must(s.Generate(ctx, keys))(t)
-	if enc := must(rdb.ObjectEncoding(ctx, s.b.prefix+"avail").Result())(t); enc != "hashtable" {
+	if enc := must(rdb.do("OBJECT", "ENCODING", s.b.prefix+"avail").ToString())(t); enc != "hashtable" {
 		t.Fatalf("AVAILABLE set encoded as %s", enc)
 	}
 	counts := map[string]int{}

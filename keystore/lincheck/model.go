@@ -1,0 +1,396 @@
+// Package lincheck checks that a keystore.Store is linearizable: it drives a pool from
+// many concurrent clients through the keystore.Store interface, records every call
+// with when it started and when it returned, and has porcupine search for an order of
+// the calls, each taking effect at one instant between its start and its return, in
+// which a sequential model of the pool gives every answer the store gave. A history
+// for which no such order exists is a violation.
+//
+// The model knows acquire (NOT_FOUND only when no key is free; fences grow across the
+// pool), unblock with and without a token (NOT_BLOCKED, LEASE_MISMATCH), renew,
+// keep-alive, delete, get and generate, and NOT_FOUND for keys that are gone or never
+// were. Deadlines are outside it: the stores run on a clock that stands still, with
+// TTLs that never run out. A call answered UNAVAILABLE may or may not have taken
+// effect; the model allows both (and, for an Acquire, the store's freeing of the key
+// later, recorded as a Release).
+//
+// It is used by the stores' tests only.
+package lincheck
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// Kind names a call.
+type Kind uint8
+
+// The calls of the model.
+const (
+	Acquire Kind = iota
+	Unblock
+	Renew
+	KeepAlive
+	Delete
+	Get
+	Generate
+	// Release is the store freeing, on its own, a key leased by an Acquire that was
+	// answered UNAVAILABLE (so nobody holds its token).
+	Release
+)
+
+var kindNames = [...]string{"acquire", "unblock", "renew", "keepAlive", "delete", "get", "generate", "release"}
+
+func (k Kind) String() string { return kindNames[k] }
+
+// Fences a call can carry besides a lease's.
+const (
+	// NoToken is an unblock without a token.
+	NoToken int64 = 0
+	// ForeignToken is a token that names no lease of the pool.
+	ForeignToken int64 = -2
+	// unknownFence is a key's fence in the model when the Acquire that leased it was
+	// answered UNAVAILABLE: BLOCKED, under a fence nobody was told.
+	unknownFence int64 = -1
+)
+
+// NoKey is the key of a call on an id that names no key the history has seen.
+const NoKey = -1
+
+// Input is a call: its kind, the key it names (an index the history gives each id),
+// the fence of the token it carries, and Generate's count.
+type Input struct {
+	Kind  Kind
+	Key   int
+	Fence int64
+	Count int
+}
+
+// Output is an answer. Code is "" for success; Unknown marks an UNAVAILABLE answer,
+// which says nothing of whether the call took effect. On success Key, Blocked and
+// Fence describe the key the call returned (Acquire: the key leased), Keys the keys
+// Generate made.
+type Output struct {
+	Code    keystore.Code
+	Unknown bool
+	Key     int
+	Blocked bool
+	Fence   int64
+	Keys    []int
+}
+
+// keyState is one key of the model: fence 0 when AVAILABLE, the current lease's when
+// BLOCKED, unknownFence when BLOCKED by an Acquire of unknown outcome whose fence no
+// answer has shown yet. orphan marks a lease granted to an Acquire of unknown outcome:
+// the only kind the store may free on its own (Release).
+type keyState struct {
+	key    int
+	fence  int64
+	orphan bool
+}
+
+// state is the model's pool. It is never modified: steps build new states.
+type state struct {
+	keys      []keyState // by key
+	lastFence int64      // the largest fence granted so far
+	// phantoms counts keys that Generates of unknown outcome may have made, whose ids
+	// nobody was told. An Acquire may return one; a NOT_FOUND does not count them, so
+	// the model accepts a little more than the store may do, never less.
+	phantoms int
+}
+
+func (s state) find(key int) int {
+	i, ok := slices.BinarySearchFunc(s.keys, key, func(k keyState, key int) int { return k.key - key })
+	if !ok {
+		return -1
+	}
+	return i
+}
+
+func (s state) with(k keyState) state {
+	keys := slices.Clone(s.keys)
+	if i := s.find(k.key); i >= 0 {
+		keys[i] = k
+	} else {
+		i, _ := slices.BinarySearchFunc(keys, k.key, func(k keyState, key int) int { return k.key - key })
+		keys = slices.Insert(keys, i, k)
+	}
+	s.keys = keys
+	return s
+}
+
+func (s state) without(key int) state {
+	if i := s.find(key); i >= 0 {
+		s.keys = slices.Delete(slices.Clone(s.keys), i, i+1)
+	}
+	return s
+}
+
+// pinned is s once the fence of key's lease is known: a lease granted before every
+// later one.
+func (s state) pinned(key int, fence int64) state {
+	s = s.with(keyState{key: key, fence: fence, orphan: true})
+	s.lastFence = max(s.lastFence, fence)
+	return s
+}
+
+func (s state) anyAvailable() bool {
+	for _, k := range s.keys {
+		if k.fence == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Model is the sequential specification of a pool, for porcupine.
+func Model(initial []int) porcupine.Model {
+	nm := porcupine.NondeterministicModel{
+		Init: func() []any {
+			s := state{}
+			for _, k := range initial {
+				s = s.with(keyState{key: k})
+			}
+			return []any{s}
+		},
+		Step: func(st, in, out any) []any {
+			return step(st.(state), in.(Input), out.(Output))
+		},
+		Equal: func(a, b any) bool {
+			x, y := a.(state), b.(state)
+			return x.lastFence == y.lastFence && x.phantoms == y.phantoms && slices.Equal(x.keys, y.keys)
+		},
+		Hash: func(st any) uint64 {
+			s := st.(state)
+			h := fnv.New64a()
+			var b [8]byte
+			word := func(v uint64) {
+				binary.LittleEndian.PutUint64(b[:], v)
+				h.Write(b[:])
+			}
+			word(uint64(s.lastFence))
+			word(uint64(s.phantoms))
+			for _, k := range s.keys {
+				word(uint64(k.key))
+				word(uint64(k.fence))
+			}
+			return h.Sum64()
+		},
+		DescribeOperation: describe,
+		DescribeState: func(st any) string {
+			s := st.(state)
+			parts := make([]string, 0, len(s.keys))
+			for _, k := range s.keys {
+				switch k.fence {
+				case 0:
+					parts = append(parts, fmt.Sprintf("k%d free", k.key))
+				case unknownFence:
+					parts = append(parts, fmt.Sprintf("k%d leased(?)", k.key))
+				default:
+					parts = append(parts, fmt.Sprintf("k%d leased f%d", k.key, k.fence))
+				}
+			}
+			return fmt.Sprintf("{%s} last fence %d, phantoms %d", strings.Join(parts, ", "), s.lastFence, s.phantoms)
+		},
+	}
+	return nm.ToModel()
+}
+
+// step returns every state the pool may be in after the call in, answered out, from s;
+// none if the answer is impossible.
+func step(s state, in Input, out Output) []any {
+	if out.Unknown {
+		return unknownStep(s, in)
+	}
+	i := -1
+	if in.Key != NoKey {
+		i = s.find(in.Key)
+	}
+	// Calls on one key answer NOT_FOUND exactly when the key is not there.
+	switch in.Kind {
+	case Unblock, Renew, KeepAlive, Delete, Get:
+		if i < 0 {
+			return when(out.Code == keystore.ENOTFOUND, s)
+		}
+		if out.Code == keystore.ENOTFOUND {
+			return nil
+		}
+	}
+	var k keyState
+	if i >= 0 {
+		k = s.keys[i]
+	}
+	switch in.Kind {
+	case Acquire:
+		switch out.Code {
+		case keystore.ENOTFOUND:
+			return when(!s.anyAvailable(), s)
+		case "":
+		default:
+			return nil
+		}
+		if !out.Blocked || out.Fence <= s.lastFence {
+			return nil
+		}
+		j := s.find(out.Key)
+		switch {
+		case j >= 0 && s.keys[j].fence == 0:
+		case j < 0 && s.phantoms > 0:
+			s.phantoms--
+		default:
+			return nil
+		}
+		s = s.with(keyState{key: out.Key, fence: out.Fence})
+		s.lastFence = out.Fence
+		return []any{s}
+
+	case Unblock:
+		switch {
+		case k.fence == 0:
+			return when(out.Code == keystore.ENOTBLOCKED, s)
+		case in.Fence != NoToken && k.fence != unknownFence && in.Fence != k.fence:
+			return when(out.Code == keystore.ELEASEMISMATCH, s)
+		case in.Fence != NoToken && k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
+			return []any{s} // the lease nobody was told of is not this token's
+		}
+		return when(out.Code == "" && out.Key == k.key && !out.Blocked, s.with(keyState{key: k.key}))
+
+	case Renew:
+		switch {
+		case k.fence == 0:
+			return when(out.Code == keystore.ENOTBLOCKED, s)
+		case k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
+			return []any{s}
+		case k.fence != unknownFence && in.Fence != k.fence:
+			return when(out.Code == keystore.ELEASEMISMATCH, s)
+		}
+		if out.Code != "" || !out.Blocked || out.Fence != in.Fence || in.Fence <= 0 {
+			return nil
+		}
+		if k.fence == unknownFence {
+			s = s.pinned(k.key, in.Fence)
+		}
+		return []any{s}
+
+	case KeepAlive, Get:
+		if out.Code != "" || out.Key != k.key {
+			return nil
+		}
+		switch {
+		case k.fence == unknownFence:
+			// Now it is told: the fence of the lease nobody was given.
+			return when(out.Blocked && out.Fence > 0, s.pinned(k.key, out.Fence))
+		case k.fence == 0:
+			return when(!out.Blocked, s)
+		default:
+			return when(out.Blocked && out.Fence == k.fence, s)
+		}
+
+	case Delete:
+		return when(out.Code == "", s.without(k.key))
+
+	case Generate:
+		if out.Code != "" || len(out.Keys) != in.Count {
+			return nil
+		}
+		for _, key := range out.Keys {
+			if s.find(key) >= 0 {
+				return nil
+			}
+			s = s.with(keyState{key: key})
+		}
+		return []any{s}
+
+	case Release:
+		if i < 0 || !k.orphan || k.fence != in.Fence && k.fence != unknownFence {
+			return nil
+		}
+		s.lastFence = max(s.lastFence, in.Fence)
+		return []any{s.with(keyState{key: k.key})}
+	}
+	return nil
+}
+
+// unknownStep returns the states after a call answered UNAVAILABLE: as if it never
+// happened, or as if it took effect (with an answer nobody saw).
+func unknownStep(s state, in Input) []any {
+	next := []any{s}
+	i := -1
+	if in.Key != NoKey {
+		i = s.find(in.Key)
+	}
+	switch in.Kind {
+	case Acquire:
+		for _, k := range s.keys {
+			if k.fence == 0 {
+				next = append(next, s.with(keyState{key: k.key, fence: unknownFence, orphan: true}))
+			}
+		}
+	case Unblock:
+		if i >= 0 && s.keys[i].fence != 0 &&
+			(in.Fence == NoToken || s.keys[i].fence == in.Fence || s.keys[i].fence == unknownFence) {
+			next = append(next, s.with(keyState{key: in.Key}))
+		}
+	case Delete:
+		if i >= 0 {
+			next = append(next, s.without(in.Key))
+		}
+	case Generate:
+		grown := s
+		grown.phantoms += in.Count
+		next = append(next, grown)
+	}
+	return next
+}
+
+func when(ok bool, s state) []any {
+	if !ok {
+		return nil
+	}
+	return []any{s}
+}
+
+func describe(in, out any) string {
+	i, o := in.(Input), out.(Output)
+	var call string
+	switch i.Kind {
+	case Acquire:
+		call = "acquire()"
+	case Generate:
+		call = fmt.Sprintf("generate(%d)", i.Count)
+	case Unblock, Renew, Release:
+		call = fmt.Sprintf("%s(k%d, %s)", i.Kind, i.Key, token(i.Fence))
+	default:
+		call = fmt.Sprintf("%s(k%d)", i.Kind, i.Key)
+	}
+	switch {
+	case o.Unknown:
+		return call + " -> UNAVAILABLE"
+	case o.Code != "":
+		return call + " -> " + string(o.Code)
+	case i.Kind == Generate:
+		return fmt.Sprintf("%s -> %v", call, o.Keys)
+	case i.Kind == Delete || i.Kind == Release:
+		return call + " -> ok"
+	case o.Blocked:
+		return fmt.Sprintf("%s -> k%d leased f%d", call, o.Key, o.Fence)
+	default:
+		return fmt.Sprintf("%s -> k%d free", call, o.Key)
+	}
+}
+
+func token(fence int64) string {
+	switch fence {
+	case NoToken:
+		return "no token"
+	case ForeignToken:
+		return "foreign token"
+	}
+	return fmt.Sprintf("f%d", fence)
+}

@@ -1,0 +1,102 @@
+package lincheck
+
+import (
+	"math"
+	"testing"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// op is a call of client c over [call, ret]; ret < 0 means it never returned.
+func op(c int, call, ret int64, in Input, out Output) porcupine.Operation {
+	if ret < 0 {
+		ret = math.MaxInt64
+	}
+	return porcupine.Operation{ClientId: c, Input: in, Output: out, Call: call, Return: ret}
+}
+
+var (
+	acquire    = Input{Kind: Acquire, Key: NoKey}
+	leased     = func(k int, f int64) Output { return Output{Key: k, Blocked: true, Fence: f} }
+	free       = func(k int) Output { return Output{Key: k} }
+	code       = func(c keystore.Code) Output { return Output{Code: c} }
+	unknown    = Output{Unknown: true}
+	unblockKey = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f} }
+	getKey     = func(k int) Input { return Input{Kind: Get, Key: k} }
+)
+
+// TestModel: the model accepts the histories a correct pool can give and refuses the
+// others, so that a store's check can fail.
+func TestModel(t *testing.T) {
+	cases := []struct {
+		name    string
+		initial []int
+		ops     []porcupine.Operation
+		ok      bool
+	}{
+		{"a lease, freed, leased again", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, unblockKey(0, 1), free(0)),
+			op(1, 4, 5, acquire, leased(0, 2)),
+		}, true},
+		{"one key leased twice", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(1, 2, 3, acquire, leased(0, 2)),
+		}, false},
+		{"a fence that does not grow", []int{0, 1}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 2)),
+			op(1, 2, 3, acquire, leased(1, 1)),
+		}, false},
+		{"concurrent acquires may take their fences in either order", []int{0, 1}, []porcupine.Operation{
+			op(0, 0, 3, acquire, leased(0, 2)),
+			op(1, 1, 2, acquire, leased(1, 1)),
+		}, true},
+		{"NOT_FOUND while a key is free", []int{0, 1}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(1, 2, 3, acquire, code(keystore.ENOTFOUND)),
+		}, false},
+		{"an unblock with a stale token frees the key", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, unblockKey(0, 1), free(0)),
+			op(1, 4, 5, acquire, leased(0, 2)),
+			op(0, 6, 7, unblockKey(0, 1), free(0)),
+		}, false},
+		{"NOT_BLOCKED from a leased key", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(1, 2, 3, unblockKey(0, NoToken), code(keystore.ENOTBLOCKED)),
+		}, false},
+		{"a deleted key is found", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Delete, Key: 0}, Output{}),
+			op(1, 2, 3, getKey(0), free(0)),
+		}, false},
+		{"an acquire of unknown outcome, then the key is freed for it", []int{0}, []porcupine.Operation{
+			op(0, 0, -1, acquire, unknown),
+			op(1, 2, 3, acquire, code(keystore.ENOTFOUND)),
+			op(-1, 4, 5, Input{Kind: Release, Key: 0, Fence: 1}, Output{}),
+			op(1, 6, 7, acquire, leased(0, 2)),
+		}, true},
+		{"an acquire of unknown outcome may not have run", []int{0}, []porcupine.Operation{
+			op(0, 0, -1, acquire, unknown),
+			op(1, 2, 3, acquire, leased(0, 1)),
+		}, true},
+		{"a release of a lease someone holds", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(-1, 2, 3, Input{Kind: Release, Key: 0, Fence: 1}, Output{}),
+		}, false},
+		{"keys from a generate of unknown outcome", []int{}, []porcupine.Operation{
+			op(0, 0, -1, Input{Kind: Generate, Count: 1}, unknown),
+			op(1, 2, 3, acquire, leased(7, 1)),
+			op(1, 4, 5, getKey(7), leased(7, 1)),
+		}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := porcupine.CheckOperations(Model(c.initial), c.ops)
+			if got != c.ok {
+				t.Fatalf("linearizable = %v, want %v", got, c.ok)
+			}
+		})
+	}
+}

@@ -1,0 +1,336 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// How a request may be sent again.
+type requestKind int
+
+const (
+	// readOnly requests (Get, Stats, the expirer's batches) change nothing that a
+	// second run would change again: they take no slot.
+	readOnly requestKind = iota
+	// mutation requests take a slot, so that a second run replays the first's reply.
+	// When the outcome of one stays unknown, the resolver settles it: it either ran or
+	// never will.
+	mutation
+	// acquisition is a mutation that leases a key: when its outcome stays unknown, the
+	// resolver also frees the key it may have leased.
+	acquisition
+)
+
+// request is one request's slot in its replica's replies hash and its generation.
+type request struct {
+	slot int
+	gen  uint64
+}
+
+// unsettled is a request of unknown outcome, waiting for the resolver.
+type unsettled struct {
+	request
+	kind requestKind
+	done chan struct{} // closed when settled
+	at   time.Time     // when, set before done is closed
+}
+
+// unknownOutcome is the cause of an EUNAVAILABLE answer to a request that may have
+// run. Settled is closed once the store knows it either ran or never will (SettledAt
+// tells when): tests bound the request's effect by it.
+type unknownOutcome struct {
+	err error
+	u   *unsettled
+}
+
+func (e *unknownOutcome) Error() string            { return e.err.Error() }
+func (e *unknownOutcome) Unwrap() error            { return e.err }
+func (e *unknownOutcome) Settled() <-chan struct{} { return e.u.done }
+func (e *unknownOutcome) SettledAt() time.Time     { <-e.u.done; return e.u.at }
+
+// begin takes a free slot for a new request.
+func (s *Store) begin(ctx context.Context) (request, error) {
+	select {
+	case slot := <-s.slots:
+		return request{slot: slot, gen: s.gen.Add(1)}, nil
+	default:
+	}
+	select {
+	case slot := <-s.slots:
+		return request{slot: slot, gen: s.gen.Add(1)}, nil
+	case <-ctx.Done():
+		return request{}, ctx.Err()
+	case <-s.ctx.Done():
+		return request{}, s.stopping()
+	}
+}
+
+// end frees r's slot: a copy of r still on its way to Redis finds a later generation
+// there once the slot is reused, and does nothing.
+func (s *Store) end(r request) { s.slots <- r.slot }
+
+// args returns the arguments of a script call: the common ones, then the script's.
+func (s *Store) args(r *request, own ...any) []string {
+	all := make([]string, 0, len(s.fixedArgs)+len(own))
+	all = append(all, s.fixedArgs[:]...)
+	all[1] = s.now()
+	if r != nil {
+		all[5], all[6] = strconv.Itoa(r.slot), strconv.FormatUint(r.gen, 10)
+	}
+	for _, v := range own {
+		all = append(all, arg(v))
+	}
+	return all
+}
+
+// arg formats a script argument.
+func arg(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case int:
+		return strconv.Itoa(v)
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case uint64:
+		return strconv.FormatUint(v, 10)
+	}
+	panic(fmt.Sprintf("redis store: a script argument of type %T", v))
+}
+
+// run runs a script as a request of kind and returns its integer reply, mapping the
+// status codes that every script shares. A request whose reply is lost is sent again
+// (send), which is safe: a mutation replays its recorded reply. If it still fails the
+// caller gets EUNAVAILABLE, telling whether the request may have been applied.
+func (s *Store) run(ctx context.Context, script *script, kind requestKind, own ...any) ([]int64, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	var req *request
+	if kind != readOnly && !s.noSlots {
+		r, err := s.begin(ctx)
+		if err != nil {
+			return nil, s.unavailable(err, false, kind)
+		}
+		req = &r
+	}
+	res, sent, err := s.send(ctx, script, s.args(req, own...), true)
+	if req != nil {
+		if err != nil && sent && failure(err) != failedScript {
+			err = &unknownOutcome{err: err, u: s.resolveLater(*req, kind)}
+		} else {
+			s.end(*req)
+		}
+	}
+	if err != nil {
+		return nil, s.unavailable(err, sent, kind)
+	}
+	return s.status(res)
+}
+
+// status checks a script's reply for the codes every script shares.
+func (s *Store) status(res []int64) ([]int64, error) {
+	if len(res) < 2 {
+		return nil, fmt.Errorf("redis store: short script reply %v", res)
+	}
+	switch res[0] {
+	case statusReset:
+		s.markLost()
+		return nil, s.usable()
+	case statusStale:
+		return nil, fmt.Errorf("redis store: a request found a later generation in its slot")
+	}
+	s.noteNow(res[1])
+	return res, nil
+}
+
+// send runs a script, sending it again while it fails for want of Redis (for up to
+// retryFor, or until ctx ends, when retry is set) and reports whether any attempt may
+// have reached Redis and run. A script that fails at run time is not sent again.
+func (s *Store) send(ctx context.Context, script *script, args []string, retry bool) (res []int64, sent bool, err error) {
+	deadline := time.Now().Add(retryFor)
+	pause := retryMinBackoff
+	for {
+		if ctx.Err() != nil {
+			return nil, sent, ctx.Err()
+		}
+		res, err = script.lua.Exec(ctx, s.rdb, nil, args).AsIntSlice()
+		if err == nil {
+			return res, true, nil
+		}
+		switch failure(err) {
+		case failedScript:
+			return nil, true, fmt.Errorf("redis store: script failed: %w", err)
+		case failedLost:
+			sent = true
+		}
+		if !retry || s.ctx.Err() != nil || time.Now().Add(pause).After(deadline) {
+			return nil, sent, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-s.ctx.Done():
+		}
+		t.Stop()
+		pause = min(2*pause, retryMaxBackoff)
+	}
+}
+
+// How an attempt failed.
+type failureKind int
+
+const (
+	// failedNotSent: the request never reached Redis, or Redis refused it before
+	// running it (loading, read-only, busy, out of memory).
+	failedNotSent failureKind = iota
+	// failedLost: the connection failed or timed out after the request may have been
+	// written: it may have run.
+	failedLost
+	// failedScript: the script ran and failed (a bug): it may have done part of its work.
+	failedScript
+)
+
+// refusals are the error replies with which Redis refuses a command before running
+// it: sending it again later is safe and may succeed.
+var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS", "CLUSTERDOWN", "NOSCRIPT"}
+
+// failure tells how an attempt failed. Only what is certain counts as not sent: an
+// error reply of Redis that refuses before running, or a connection that could not be
+// made. Any other failure (a connection that broke or timed out with the request
+// written, the client closing under it) may have let the request run.
+func failure(err error) failureKind {
+	if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, prefix := range refusals {
+			if strings.HasPrefix(msg, prefix) {
+				return failedNotSent
+			}
+		}
+		return failedScript
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return failedNotSent
+	}
+	return failedLost
+}
+
+// unavailable words a request's failure for clients.
+func (s *Store) unavailable(err error, sent bool, kind requestKind) error {
+	var kerr *keystore.Error
+	if errors.As(err, &kerr) {
+		return err
+	}
+	if failure(err) == failedScript {
+		return err // a bug: an internal error
+	}
+	msg := "the key store cannot be reached; nothing was changed"
+	switch {
+	case !sent || kind == readOnly:
+	case kind == acquisition:
+		msg = "the key store did not answer; no key is leased to this request (if it was leased, it is freed as soon as the store answers)"
+	default:
+		msg = "the key store did not answer: the request may or may not have been applied; read the key before repeating it"
+	}
+	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: msg, Err: err}
+}
+
+// usable fails once the store's pool is lost. (A closed store fails on its closed
+// client.)
+func (s *Store) usable() error {
+	if s.lost.Load() {
+		return keystore.Errorf(keystore.EUNAVAILABLE,
+			"the pool in Redis is not the one this replica joined (Redis lost its data, or the pool was replaced): restart this replica")
+	}
+	return nil
+}
+
+// markLost stops the replica for good: its pool is gone from Redis. Subscriptions end,
+// since the events of another pool must never reach them; waiting Acquires are no
+// longer served.
+func (s *Store) markLost() {
+	if s.lost.CompareAndSwap(false, true) {
+		s.hub.Close()
+	}
+}
+
+// resolveLater hands a request of unknown outcome to the resolver; its slot stays
+// taken until then, so that its recorded reply (if it ran) is still there.
+func (s *Store) resolveLater(r request, kind requestKind) *unsettled {
+	u := &unsettled{request: r, kind: kind, done: make(chan struct{})}
+	s.umu.Lock()
+	s.unresolved = append(s.unresolved, u)
+	s.umu.Unlock()
+	select {
+	case s.resolve <- struct{}{}:
+	default:
+	}
+	return u
+}
+
+// resolveLoop settles each request of unknown outcome as soon as Redis answers: it
+// either ran, or it never will (its slot records it as abandoned); an Acquire that ran
+// has its key freed. Then its slot is free.
+func (s *Store) resolveLoop() {
+	defer s.wg.Done()
+	var retry backoff
+	for {
+		select {
+		case <-s.resolve:
+		case <-s.ctx.Done():
+			return
+		}
+		for s.ctx.Err() == nil && !s.lost.Load() {
+			s.umu.Lock()
+			if len(s.unresolved) == 0 {
+				s.umu.Unlock()
+				break
+			}
+			r := s.unresolved[0]
+			s.umu.Unlock()
+			start := time.Now()
+			acquire := 0
+			if r.kind == acquisition {
+				acquire = 1
+			}
+			res, _, err := s.send(s.ctx, s.scripts.resolve, s.args(nil, r.slot, r.gen, acquire), true)
+			if err == nil {
+				res, err = s.status(res)
+			}
+			if err != nil {
+				if !retry.sleep(s.ctx) {
+					return
+				}
+				continue
+			}
+			retry.reset()
+			if len(res) == 4 && s.resolved != nil {
+				s.resolved(uint64(res[2]), res[3], start, time.Now())
+			}
+			s.umu.Lock()
+			s.unresolved = s.unresolved[1:]
+			s.umu.Unlock()
+			r.at = time.Now()
+			close(r.done)
+			s.end(r.request)
+		}
+	}
+}
+
+// pending returns how many requests of unknown outcome wait for the resolver.
+func (s *Store) pending() int {
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	return len(s.unresolved)
+}
