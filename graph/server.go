@@ -39,6 +39,10 @@ type ServerOptions struct {
 	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
 	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
 	MaxGenerate int
+	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
+	Fanout FanoutObserver
+	// FanoutWorkers bounds the goroutines that deliver events; 0 means FanoutWorkers().
+	FanoutWorkers int
 }
 
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
@@ -89,6 +93,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetRecoverFunc(recoverFunc(logger))
 
 	gate := newCostGate()
+	fanout := newFanout(opts.FanoutWorkers, opts.Fanout)
 	srv := endpoint{
 		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
 		transports: []graphql.Transport{
@@ -101,6 +106,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 				pingInterval: pingPong,
 				keepAlive:    KeepAlivePingInterval,
 				logger:       logger,
+				fanout:       fanout,
 			}},
 			httpTransport{}, // last: it answers whatever the others do not
 		},

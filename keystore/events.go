@@ -374,6 +374,9 @@ func (p *poller) endLocked(s *Subscription, err error) {
 	close(s.done)
 }
 
+// Polled reports whether the subscription is read with Read (SubscribeOptions.Polled).
+func (s *Subscription) Polled() bool { return s.poll != nil }
+
 // Wake returns a channel that is closed once a Polled subscription may have more to
 // Read: when an event of its types is published, when half the ring has gone by (so
 // that a subscriber shown only events it does not want skips them before they leave
