@@ -26,7 +26,7 @@ import (
 // stallTimeout without progress. A connection whose peer stalls holds its queue,
 // not a worker: its delivery waits for drained.
 type outbox struct {
-	conn         net.Conn        // where bytes go; SetWriteDeadline bounds a waiting write
+	conn         writeConn       // where bytes go; SetWriteDeadline bounds a waiting write
 	raw          syscall.RawConn // for writes that must not wait; nil: every write may wait
 	stallTimeout time.Duration   // how long a write may make no progress
 	onFail       func(error)     // called once when a write fails: the connection is lost
@@ -51,6 +51,12 @@ type outboxWaiter interface {
 	stalled()
 }
 
+// writeConn is what an outbox writes to: a connection, or an HTTP response.
+type writeConn interface {
+	Write(p []byte) (int, error)
+	SetWriteDeadline(t time.Time) error
+}
+
 // stallCheck is how often a write that waits for its peer tells the waiters so.
 const stallCheck = 250 * time.Millisecond
 
@@ -58,7 +64,7 @@ const stallCheck = 250 * time.Millisecond
 // to go out. Its bytes stay queued: they go out, if ever, in order.
 var errOutboxTimeout = &net.OpError{Op: "write", Err: errors.New("timed out waiting for the peer")}
 
-func newOutbox(conn net.Conn, stallTimeout time.Duration, onFail func(error)) *outbox {
+func newOutbox(conn writeConn, stallTimeout time.Duration, onFail func(error)) *outbox {
 	o := &outbox{conn: conn, stallTimeout: stallTimeout, onFail: onFail, progress: make(chan struct{})}
 	if sc, ok := conn.(syscall.Conn); ok && canWriteRaw {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -357,6 +363,26 @@ func (o *outbox) drain(deadline time.Time) {
 			o.mu.Lock()
 			return
 		}
+		o.mu.Lock()
+	}
+}
+
+// errOutboxClosed: the outbox's owner is done with the connection.
+var errOutboxClosed = errors.New("the connection is closed")
+
+// close refuses every later write, and returns once no writer is left: the owner may
+// then let go of the connection (an HTTP response). Stop a writer that waits for the
+// peer first, by closing the connection or moving its deadline.
+func (o *outbox) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err == nil {
+		o.err = errOutboxClosed
+	}
+	for o.writing {
+		ch := o.progress
+		o.mu.Unlock()
+		<-ch
 		o.mu.Lock()
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
-	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
@@ -98,7 +97,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
 		transports: []graphql.Transport{
 			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-			transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval},
+			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fanout, logger: logger},
 			websocketTransport{opts: socketOptions{
 				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
