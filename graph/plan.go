@@ -62,8 +62,8 @@ type payload struct {
 // encode for each subscriber (a few hundred nanoseconds, still no gqlgen execution).
 // Bound: some 16 plans × 2048 payloads of a few hundred bytes, a few MiB.
 const (
-	maxCachedPlans = 16
-	planCacheSlots = 2048 // a power of two
+	maxCachedPlans = 4
+	planCacheSlots = 1 << 16 // a power of two
 )
 
 // planSet holds the plans of the live fan-out subscriptions, by selection.
