@@ -392,14 +392,14 @@ func TestFanout(t *testing.T) {
 // that could not take them at once). The timing targets are cmd/keypool-fanout's;
 // here the only bound on a request is a generous one.
 func TestFanoutYieldsToRequests(t *testing.T) {
-	const (
-		subscribers = 200
-		run         = 2 * time.Second
-	)
+	subscribers, run := 200, 2*time.Second
+	if v, err := strconv.Atoi(os.Getenv("KEYPOOL_FANOUT_SUBSCRIBERS")); err == nil && v > 0 {
+		subscribers, run = v, 10*time.Second // for a profile: go test -run TestFanoutYieldsToRequests -cpuprofile …
+	}
 	baseline := runtime.NumGoroutine()
 	env := newFanoutEnv(t, keystore.Options{EventRetention: 2048, MaxGenerate: 20}, 64<<10)
 	subs := dialFanSubs(t, env.ws, `subscription { keyEvents(after: 0, types: [GENERATED]) { seq type keyId at } }`, subscribers)
-	require.Eventually(t, func() bool { return env.obs.subs.Load() == subscribers }, 30*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return env.obs.subs.Load() == int64(subscribers) }, 30*time.Second, 5*time.Millisecond)
 
 	url := env.srv.URL + "/graphql"
 	client := &http.Client{Timeout: 30 * time.Second}

@@ -40,9 +40,11 @@ type fanout struct {
 	sleeping map[<-chan struct{}]*sleepers
 }
 
-// maxTurnEvents bounds the events one turn of a worker delivers to one subscription,
-// so that a subscription far behind (a replay) takes its turns with the others.
-const maxTurnEvents = 256
+// maxTurnEvents bounds the events one turn of a worker delivers to one subscription
+// (some 700 KiB of frames), so that a subscription far behind (a replay) takes its
+// turns with the others. A subscriber keeps up only if its turns bring it what was
+// published in between: with many subscribers, a turn carries many events.
+const maxTurnEvents = 4096
 
 // FanoutWorkers is how many goroutines deliver events at most: half the cores the Go
 // runtime uses, at least one, so that requests always have the other half.
@@ -124,7 +126,10 @@ type stream struct {
 	reason   streamEndReason
 	stopCtx  func() bool
 	done     chan struct{}
+}
 
+// turn is a worker's buffers for one turn.
+type turn struct {
 	events   []*keystore.Event
 	payloads [][]byte
 }
@@ -139,8 +144,7 @@ type sleepers struct {
 // start delivers sub's events, encoded by plan (whose reference it takes), to sink
 // until the subscription ends or sink fails; done is closed then.
 func (f *fanout) start(ctx context.Context, sub *keystore.Subscription, p *plan, to sink) *stream {
-	s := &stream{f: f, ctx: ctx, sub: sub, plan: p, sink: to, done: make(chan struct{}),
-		events: make([]*keystore.Event, maxTurnEvents)}
+	s := &stream{f: f, ctx: ctx, sub: sub, plan: p, sink: to, done: make(chan struct{})}
 	s.stopCtx = context.AfterFunc(ctx, s.left)
 	f.mu.Lock()
 	f.enqueueLocked(s)
@@ -182,6 +186,7 @@ func (f *fanout) popLocked() *stream {
 
 // work serves ready streams until there are none.
 func (f *fanout) work() {
+	t := &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
 	for {
 		f.mu.Lock()
 		s := f.popLocked()
@@ -196,27 +201,26 @@ func (f *fanout) work() {
 		s.state = streamRunning
 		s.kicked = false
 		f.mu.Unlock()
-		f.serve(s)
+		f.serve(s, t)
 	}
 }
 
 // serve is one turn of a worker for s.
-func (f *fanout) serve(s *stream) {
+func (f *fanout) serve(s *stream, t *turn) {
 	if s.ctx.Err() != nil {
 		f.finish(s, endSubscription)
 		return
 	}
 	wake := s.sub.Wake() // before Read: a publish after it closes wake
-	n, ended := s.sub.Read(s.events)
+	n, ended := s.sub.Read(t.events)
 	if n > 0 {
-		payloads := s.payloads[:0]
-		for _, ev := range s.events[:n] {
+		payloads := t.payloads[:0]
+		for _, ev := range t.events[:n] {
 			payloads = append(payloads, s.plan.payload(ev))
 		}
-		clear(s.events[:n])
+		clear(t.events[:n])
 		drained, bytes, err := s.sink.deliver(payloads, s)
 		clear(payloads)
-		s.payloads = payloads[:0]
 		if err != nil {
 			f.finish(s, endSink)
 			return
@@ -238,7 +242,7 @@ func (f *fanout) serve(s *stream) {
 		f.finish(s, endSubscription)
 		return
 	}
-	if n == len(s.events) {
+	if n == len(t.events) {
 		f.mu.Lock()
 		f.enqueueLocked(s) // more to read: behind the others
 		f.mu.Unlock()

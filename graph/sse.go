@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -216,6 +217,7 @@ func (st *sseResponse) deliver(payloads [][]byte, w outboxWaiter) (drained bool,
 		for _, p := range payloads {
 			events += len(sseNextPrefix) + len(p) + len(sseNextSuffix)
 		}
+		b = slices.Grow(b, events+16)
 		if st.chunked {
 			b = strconv.AppendInt(b, int64(events), 16)
 			b = append(b, "\r\n"...)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -463,6 +464,11 @@ func (k *socketSink) deliver(payloads [][]byte, w outboxWaiter) (drained bool, s
 	}
 	_, err = c.out.queue(func(b []byte) []byte {
 		before := len(b)
+		need := 0
+		for _, p := range payloads {
+			need += 10 + len(socketNextPrefix) + len(p) + len(k.suffix)
+		}
+		b = slices.Grow(b, need)
 		for _, p := range payloads {
 			b = appendFrameHeader(b, websocket.TextMessage, len(socketNextPrefix)+len(p)+len(k.suffix))
 			b = append(b, socketNextPrefix...)
