@@ -42,11 +42,28 @@ type fanoutObserver struct {
 func (o *fanoutObserver) SubscribersChanged(delta int) { o.subs.Add(int64(delta)) }
 func (o *fanoutObserver) SlowConsumerCut()             { o.cuts.Add(1) }
 
+// fanCounter counts what the fan-out reports (graph.FanoutObserver).
+type fanCounter struct {
+	frames, writes, coalesced, stalls atomic.Int64
+}
+
+func (c *fanCounter) FanoutWrote(frames, _ int) {
+	c.frames.Add(int64(frames))
+	c.writes.Add(1)
+	if frames > 1 {
+		c.coalesced.Add(1)
+	}
+}
+func (c *fanCounter) FanoutEncoded()   {}
+func (c *fanCounter) FanoutStalled()   { c.stalls.Add(1) }
+func (c *fanCounter) FanoutQueued(int) {}
+
 // fanoutEnv is the server's whole handler (newHandler, as run builds it) on an
 // in-memory store with the given event retention, served over loopback.
 type fanoutEnv struct {
 	store *keystore.Pool
 	obs   *fanoutObserver
+	fan   *fanCounter
 	ws    string // ws://127.0.0.1:PORT/graphql
 	srv   *httptest.Server
 }
@@ -76,10 +93,12 @@ func newFanoutEnv(t testing.TB, opts keystore.Options, sndbuf int) *fanoutEnv {
 	// The GraphQL server alone, with pings far apart: a subscriber that deliberately
 	// reads nothing answers no ping either, and must live until the ring cuts it, however
 	// slow the machine (-race) makes the run.
+	fan := &fanCounter{}
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", graph.NewServer(store, graph.ServerOptions{
 		Logger:           slog.New(slog.DiscardHandler),
 		PingPongInterval: time.Hour,
+		Fanout:           fan,
 	}))
 	srv := httptest.NewUnstartedServer(mux)
 	if sndbuf > 0 {
@@ -91,7 +110,7 @@ func newFanoutEnv(t testing.TB, opts keystore.Options, sndbuf int) *fanoutEnv {
 		srv.Close()
 		_ = store.Close()
 	})
-	return &fanoutEnv{store: store, obs: obs, ws: "ws" + strings.TrimPrefix(srv.URL, "http") + "/graphql", srv: srv}
+	return &fanoutEnv{store: store, obs: obs, fan: fan, ws: "ws" + strings.TrimPrefix(srv.URL, "http") + "/graphql", srv: srv}
 }
 
 // fanSub is one subscriber. Its reader checks that events arrive in seq order with
@@ -357,6 +376,111 @@ func TestFanout(t *testing.T) {
 
 	// Everyone leaves; every goroutine the subscriptions cost is returned.
 	slow.conn.Close()
+	closeFanSubs(subs)
+	require.Eventually(t, func() bool { return env.obs.subs.Load() == 0 }, 30*time.Second, 5*time.Millisecond)
+	env.srv.CloseClientConnections()
+	env.srv.Close()
+	require.NoError(t, env.store.Close())
+	goroutinesSettle(t, baseline)
+}
+
+// TestFanoutYieldsToRequests (issue 17, on a small scale): subscribers that want far
+// more than delivery can give (every event of a generator running flat out, to 200
+// sockets, on one delivery worker or two) do not starve requests: every request is
+// served, and every subscriber either gets every event in order or is cut with
+// SLOW_CONSUMER. Delivery is seen to be saturated (frames coalesced, or connections
+// that could not take them at once). The timing targets are cmd/keypool-fanout's;
+// here the only bound on a request is a generous one.
+func TestFanoutYieldsToRequests(t *testing.T) {
+	subscribers, run := 200, 2*time.Second
+	if v, err := strconv.Atoi(os.Getenv("KEYPOOL_FANOUT_SUBSCRIBERS")); err == nil && v > 0 {
+		subscribers, run = v, 10*time.Second // for a profile: go test -run TestFanoutYieldsToRequests -cpuprofile …
+	}
+	baseline := runtime.NumGoroutine()
+	env := newFanoutEnv(t, keystore.Options{EventRetention: 2048, MaxGenerate: 20}, 64<<10)
+	subs := dialFanSubs(t, env.ws, `subscription { keyEvents(after: 0, types: [GENERATED]) { seq type keyId at } }`, subscribers)
+	require.Eventually(t, func() bool { return env.obs.subs.Load() == int64(subscribers) }, 30*time.Second, 5*time.Millisecond)
+
+	url := env.srv.URL + "/graphql"
+	client := &http.Client{Timeout: 30 * time.Second}
+	post := func(query string) (time.Duration, error) {
+		start := time.Now()
+		res, err := client.Post(url, "application/json", strings.NewReader(`{"query":`+strconv.Quote(query)+`}`))
+		if err != nil {
+			return 0, err
+		}
+		defer res.Body.Close()
+		var body struct {
+			Errors []json.RawMessage
+		}
+		if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+			return 0, err
+		}
+		if res.StatusCode != http.StatusOK || len(body.Errors) > 0 {
+			return 0, fmt.Errorf("%s: %d %s", query, res.StatusCode, body.Errors)
+		}
+		return time.Since(start), nil
+	}
+	var generated atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(run)
+	var genErr, statsErr error
+	var statsSlowest time.Duration
+	var statsCalls int
+	wg.Go(func() { // the generator, flat out
+		for time.Now().Before(deadline) {
+			if _, genErr = post(`mutation { generateKeys(count: 20) { id } }`); genErr != nil {
+				return
+			}
+			generated.Add(20)
+		}
+	})
+	wg.Go(func() { // a stats query every 20 ms
+		for time.Now().Before(deadline) {
+			var took time.Duration
+			if took, statsErr = post(`{ stats { total } }`); statsErr != nil {
+				return
+			}
+			statsCalls++
+			statsSlowest = max(statsSlowest, took)
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	wg.Wait()
+	require.NoError(t, genErr)
+	require.NoError(t, statsErr)
+	published := generated.Load()
+	require.Positive(t, published)
+	t.Logf("%d events published in %v; %d stats queries, the slowest %v; frames %d in %d writes (%d coalesced), %d stalls, %d cuts",
+		published, run, statsCalls, statsSlowest, env.fan.frames.Load(), env.fan.writes.Load(), env.fan.coalesced.Load(),
+		env.fan.stalls.Load(), env.obs.cuts.Load())
+	assert.Less(t, statsSlowest, 5*time.Second, "a request waited behind delivery")
+	assert.Positive(t, env.fan.coalesced.Load()+env.fan.stalls.Load(), "delivery was not saturated: the test shows nothing")
+
+	// Nothing more is published: whoever was not cut catches up.
+	uncut := func() (n int, behind int64) {
+		for _, s := range subs {
+			if _, code := s.state(); code == "" {
+				n++
+				behind = max(behind, published-s.got.Load())
+			}
+		}
+		return n, behind
+	}
+	require.Eventually(t, func() bool { _, behind := uncut(); return behind == 0 }, 60*time.Second, 10*time.Millisecond,
+		"subscribers not cut did not get every event")
+	kept, _ := uncut()
+	for i, s := range subs {
+		problem, code := s.state()
+		require.Empty(t, problem, "subscriber %d", i)
+		if code != "" {
+			require.Equal(t, "SLOW_CONSUMER", code, "subscriber %d", i)
+			continue
+		}
+		require.Equal(t, published+1, s.next.Load(), "subscriber %d has every event, in order", i)
+	}
+	t.Logf("%d of %d subscribers got all %d events, %d were cut with SLOW_CONSUMER", kept, subscribers, published, subscribers-kept)
+
 	closeFanSubs(subs)
 	require.Eventually(t, func() bool { return env.obs.subs.Load() == 0 }, 30*time.Second, 5*time.Millisecond)
 	env.srv.CloseClientConnections()

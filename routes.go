@@ -16,7 +16,7 @@ import (
 func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metrics.Metrics) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL),
-		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin, MaxGenerate: cfg.MaxGenerate}))
+		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin, MaxGenerate: cfg.MaxGenerate, Fanout: m}))
 	mux.Handle("/v1/", middleware.JSONBodies(middleware.RESTError, rest.New(m.Instrument(store, metrics.REST), logger)))
 	mux.Handle("/healthz", rest.Healthz()) // no method: they answer a wrong one in JSON
 	mux.Handle("/readyz", rest.Readyz(store, logger))

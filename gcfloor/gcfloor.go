@@ -1,14 +1,17 @@
-// Package gcfloor gives the garbage collector a heap floor: below it, the heap may grow
-// to the floor before a cycle starts; above it, GOGC rules as usual.
+// Package gcfloor sets the garbage collector's pace for a server whose live heap may be
+// a few MiB or several GiB: the heap may grow by a floor between collections, or by
+// an eighth of the live heap when that is more.
 //
 // A small pool's live heap is a few MiB, so with GOGC=100 the collector would run
 // hundreds of times a second under load, each cycle for a few hundred KiB of garbage.
-// A fixed higher GOGC would fix that and make a 10-million-key pool (over a GiB live)
-// use many times its live heap. The floor does neither: after each cycle it sets GOGC
-// so that the next cycle starts at max(floor, live × (1 + GOGC/100)).
+// A large pool (ten million keys, over a GiB live) would, with GOGC=100, use twice its
+// live heap; its keys are in pointer-free memory (keystore's slab) that a cycle does not
+// scan, so collecting it more often costs little. After each cycle the tuner sets GOGC
+// so that the next cycle starts at live + max(floor, live/8).
 package gcfloor
 
 import (
+	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -17,21 +20,17 @@ import (
 
 var once sync.Once
 
-// Set keeps the heap's next GC target at or above floor bytes from now on, with the
-// GOGC in force at the first call (the GOGC environment variable, 100 by default) as
-// the percentage above the floor. It does nothing if floor is 0 or GOGC is off. Only
-// the first call takes effect.
+// Set paces the collector as the package describes, from now on, with floor bytes as
+// the least growth between collections. It does nothing if floor is 0 or the GOGC
+// environment variable is set (the operator's choice stands). Only the first call
+// takes effect.
 func Set(floor uint64) {
-	if floor == 0 {
+	if floor == 0 || os.Getenv("GOGC") != "" {
 		return
 	}
 	once.Do(func() {
-		base := debug.SetGCPercent(100)
-		debug.SetGCPercent(base)
-		if base < 0 {
-			return
-		}
-		t := &tuner{floor: floor, base: base, current: base, sample: []metrics.Sample{{Name: liveHeap}}}
+		t := &tuner{floor: floor, current: debug.SetGCPercent(100), sample: []metrics.Sample{{Name: liveHeap}}}
+		debug.SetGCPercent(t.current)
 		t.arm()
 	})
 }
@@ -40,10 +39,14 @@ func Set(floor uint64) {
 const liveHeap = "/gc/heap/live:bytes"
 
 type tuner struct {
-	floor         uint64
-	base, current int
-	sample        []metrics.Sample
+	floor   uint64
+	current int
+	sample  []metrics.Sample
 }
+
+// largeHeapShare is the growth between collections of a heap above 8 floors, as a
+// share of the live heap: an eighth.
+const largeHeapShare = 8
 
 // marker is garbage whose finalizer runs once per GC cycle: it re-tunes and makes the
 // next marker. It holds a pointer, so that it is not a tiny allocation, whose
@@ -52,8 +55,7 @@ type marker struct{ t *tuner }
 
 func (t *tuner) arm() { runtime.SetFinalizer(&marker{t}, func(m *marker) { m.t.tune() }) }
 
-// tune sets the GOGC that puts the next target at the floor, if the live heap is
-// small enough for that to be above the usual target, or the base GOGC.
+// tune sets the GOGC that starts the next cycle at live + max(floor, live/8).
 func (t *tuner) tune() {
 	defer t.arm()
 	metrics.Read(t.sample)
@@ -61,10 +63,8 @@ func (t *tuner) tune() {
 		return
 	}
 	live := max(t.sample[0].Value.Uint64(), 1)
-	percent := t.base
-	if target := live + live*uint64(t.base)/100; target < t.floor {
-		percent = int(min((t.floor-live)*100/live, 1<<20))
-	}
+	growth := max(t.floor, live/largeHeapShare)
+	percent := int(min(growth*100/live, 1<<20))
 	if percent != t.current {
 		debug.SetGCPercent(percent)
 		t.current = percent

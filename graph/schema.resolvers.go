@@ -100,11 +100,7 @@ func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
 
 // KeyEvents is the resolver for the keyEvents field.
 func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
-	sub, err := r.Store.Subscribe(ctx, keystore.SubscribeOptions{Types: types, After: after})
-	if err != nil {
-		return nil, err
-	}
-	return eventStream(ctx, sub), nil
+	return subscribeKeyEvents(ctx, r.Store, types, after)
 }
 
 func (r *Resolver) Key() KeyResolver { return &keyResolver{r} }

@@ -17,7 +17,6 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
-	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
@@ -39,6 +38,10 @@ type ServerOptions struct {
 	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
 	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
 	MaxGenerate int
+	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
+	Fanout FanoutObserver
+	// FanoutWorkers bounds the goroutines that deliver events; 0 means FanoutWorkers().
+	FanoutWorkers int
 }
 
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
@@ -89,11 +92,12 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetRecoverFunc(recoverFunc(logger))
 
 	gate := newCostGate()
+	fanout := newFanout(opts.FanoutWorkers, opts.Fanout)
 	srv := endpoint{
 		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
 		transports: []graphql.Transport{
 			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-			transport.SSE{KeepAlivePingInterval: KeepAlivePingInterval},
+			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fanout, logger: logger},
 			websocketTransport{opts: socketOptions{
 				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
@@ -101,6 +105,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 				pingInterval: pingPong,
 				keepAlive:    KeepAlivePingInterval,
 				logger:       logger,
+				fanout:       fanout,
 			}},
 			httpTransport{}, // last: it answers whatever the others do not
 		},

@@ -22,6 +22,55 @@ func eventStream(ctx context.Context, sub *keystore.Subscription) <-chan *keysto
 	return sub.C
 }
 
+// fanoutSlotKey finds an operation's *fanoutSlot in its context.
+type fanoutSlotKey struct{}
+
+// fanoutSlot is where the keyEvents resolver leaves a Polled subscription and the
+// plan of its selection for the transport that dispatched the operation, which then
+// delivers it through the fan-out rather than through gqlgen's execution of every
+// event for every subscriber. gqlgen still parses, validates, coerces the variables,
+// checks the complexity and calls the resolver, so that every refusal and every
+// store error is answered exactly as for any operation; and once the delivery is
+// over, the transport lets gqlgen's stream end as it would (streamErrors sends the
+// subscription's end, SLOW_CONSUMER). Without a slot (another transport), or for a
+// selection no plan encodes, gqlgen executes the stream itself.
+type fanoutSlot struct {
+	fanout *fanout
+	sub    *keystore.Subscription
+	plan   *plan
+}
+
+// withFanoutSlot gives an operation's context a slot for f.
+func withFanoutSlot(ctx context.Context, f *fanout) (context.Context, *fanoutSlot) {
+	slot := &fanoutSlot{fanout: f}
+	return context.WithValue(ctx, fanoutSlotKey{}, slot), slot
+}
+
+// subscribeKeyEvents is the keyEvents resolver: a Polled subscription left in the
+// operation's fanoutSlot, if it has one, else a fed one handed to gqlgen.
+func subscribeKeyEvents(ctx context.Context, store keystore.Store, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
+	slot, _ := ctx.Value(fanoutSlotKey{}).(*fanoutSlot)
+	var p *plan
+	if slot != nil && slot.sub == nil {
+		p = slot.fanout.plans.forField(ctx)
+	}
+	sub, err := store.Subscribe(ctx, keystore.SubscribeOptions{Types: types, After: after, Polled: p != nil})
+	if err != nil {
+		if p != nil {
+			p.release()
+		}
+		return nil, err
+	}
+	if p != nil {
+		if sub.Polled() {
+			slot.sub, slot.plan = sub, p
+		} else {
+			p.release() // a store that feeds its subscriptions regardless
+		}
+	}
+	return eventStream(ctx, sub), nil
+}
+
 // streamEndKey finds an operation's *streamEnd in its context.
 type streamEndKey struct{}
 

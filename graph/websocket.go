@@ -1,13 +1,16 @@
 package graph
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +56,11 @@ const (
 //     WebsocketIdleTimeout with 1000;
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
+//
+// Every frame reaches the connection through its outbox, gorilla's own (the
+// handshake, pongs, closes) included: keyEvents subscriptions are delivered by the
+// fan-out's workers, which queue frames and write without waiting for the client, and
+// coalesce the frames of a subscriber that is behind into one write.
 type websocketTransport struct {
 	opts socketOptions
 }
@@ -65,6 +73,7 @@ type socketOptions struct {
 	pingInterval time.Duration // graphql-transport-ws: ping, and drop after twice this
 	keepAlive    time.Duration // legacy graphql-ws: ka messages
 	logger       *slog.Logger
+	fanout       *fanout
 }
 
 var _ graphql.Transport = websocketTransport{}
@@ -79,16 +88,9 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 			refuse(w, r, status, coded(codeBadRequest, "websocket upgrade refused: %v", reason))
 		},
 	}
-	conn, err := upgrader.Upgrade(w, r, nil)
-	if err != nil {
-		return // Error has answered
-	}
-	conn.SetReadLimit(MaxBodyBytes)
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &socket{
 		opts:   t.opts,
-		conn:   conn,
-		legacy: conn.Subprotocol() != protocolTransportWS,
 		exec:   exec,
 		header: r.Header,
 		ctx:    ctx,
@@ -97,13 +99,61 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 		idle:   time.NewTimer(time.Hour),
 	}
 	c.idle.Stop()
+	// gorilla writes through the outbox, like everything else.
+	hijack := hijackInto{ResponseWriter: w, wrap: func(raw net.Conn) net.Conn {
+		c.raw = raw
+		c.out = newOutbox(raw, c.opts.writeTimeout, c.writeFailed)
+		return gorillaConn{Conn: raw, out: c.out}
+	}}
+	conn, err := upgrader.Upgrade(hijack, r, nil)
+	if err != nil {
+		cancel()
+		return // Error has answered
+	}
+	conn.SetReadLimit(MaxBodyBytes)
+	c.conn = conn
+	c.legacy = conn.Subprotocol() != protocolTransportWS
 	c.serve()
 }
+
+// hijackInto hands the connection that Hijack takes over to wrap first.
+type hijackInto struct {
+	http.ResponseWriter
+	wrap func(net.Conn) net.Conn
+}
+
+func (h hijackInto) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return h.wrap(conn), rw, nil
+}
+
+// gorillaConn is the connection as gorilla sees it: it reads the socket, and what it
+// writes itself (the handshake's answer, pongs, closes) is posted to the outbox,
+// behind what is queued already; the outbox keeps its own deadlines.
+type gorillaConn struct {
+	net.Conn
+	out *outbox
+}
+
+func (c gorillaConn) Write(p []byte) (int, error) {
+	if err := c.out.post(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c gorillaConn) SetWriteDeadline(time.Time) error { return nil }
+func (c gorillaConn) SetDeadline(t time.Time) error    { return c.Conn.SetReadDeadline(t) }
 
 // socket is one websocket connection.
 type socket struct {
 	opts   socketOptions
 	conn   *websocket.Conn
+	raw    net.Conn // the connection under gorilla
+	out    *outbox  // every write to raw
 	legacy bool
 	exec   graphql.GraphExecutor
 	header http.Header
@@ -116,7 +166,7 @@ type socket struct {
 	idle     *time.Timer // runs while no operation does
 	wg       sync.WaitGroup
 
-	mu  sync.Mutex // serialises writes, and guards ops
+	mu  sync.Mutex // orders what is queued on out, and guards ops
 	ops map[string]*socketOp
 }
 
@@ -300,10 +350,19 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 			c.sendError(id, gqlerror.List{gqlErr}, op)
 		}
 	}()
+	ctx, slot := withFanoutSlot(ctx, c.opts.fanout)
 	responses, ctx := c.exec.DispatchOperation(ctx, opCtx)
 	next := "next"
 	if c.legacy {
 		next = "data"
+	}
+	if slot.sub != nil {
+		// keyEvents: the fan-out delivers the events; then gqlgen's stream ends as
+		// it would (with the subscription's error, if any).
+		delivery := c.opts.fanout.start(ctx, slot.sub, slot.plan, newSocketSink(c, op, id, next))
+		if delivery.wait() == endSink {
+			op.cancel()
+		}
 	}
 	for {
 		resp := responses(ctx)
@@ -341,7 +400,8 @@ func (c *socket) sendError(id string, errs gqlerror.List, op ...*socketOp) {
 }
 
 // write sends msg unless the socket is closing or op (if any) was completed by the
-// client, and reports whether it did.
+// client, and reports whether it did. It waits until msg is written, as long as the
+// client takes something within the write timeout.
 func (c *socket) write(op *socketOp, msg outbound) bool {
 	data, err := json.Marshal(msg)
 	if err != nil {
@@ -349,17 +409,98 @@ func (c *socket) write(op *socketOp, msg outbound) bool {
 		return false
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closing.Load() || op != nil && op.silenced {
+		c.mu.Unlock()
 		return false
 	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(c.opts.writeTimeout))
-	if err := c.conn.WriteMessage(websocket.TextMessage, data); err != nil {
-		c.opts.logger.Debug("websocket write", "err", err)
-		c.closeWith(websocket.CloseGoingAway, "write failed")
+	end, err := c.out.queue(func(b []byte) []byte {
+		return append(appendFrameHeader(b, websocket.TextMessage, len(data)), data...)
+	})
+	c.mu.Unlock()
+	if err == nil {
+		err = c.out.wait(end)
+	}
+	if err != nil {
+		c.writeFailed(err)
 		return false
 	}
 	return true
+}
+
+// writeFailed gives up a socket whose writes failed, or whose client took nothing for
+// the write timeout: no close message could reach it, so the connection is closed.
+func (c *socket) writeFailed(err error) {
+	c.opts.logger.Debug("websocket write", "err", err)
+	c.closing.Store(true)
+	c.cancel()
+	_ = c.raw.Close()
+}
+
+// socketSink delivers a keyEvents operation's frames to its socket.
+type socketSink struct {
+	c      *socket
+	op     *socketOp
+	suffix []byte // after the payload: ,"id":…,"type":"next"}
+}
+
+// socketNextPrefix opens a next (or legacy data) message, as outbound is marshalled.
+var socketNextPrefix = []byte(`{"payload":`)
+
+func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
+	quotedID, _ := json.Marshal(id)
+	suffix := append([]byte(`,"id":`), quotedID...)
+	suffix = append(suffix, `,"type":"`...)
+	suffix = append(suffix, next...)
+	suffix = append(suffix, `"}`...)
+	return &socketSink{c: c, op: op, suffix: suffix}
+}
+
+func (k *socketSink) deliver(payloads [][]byte, w outboxWaiter) (drained bool, size int, err error) {
+	c := k.c
+	c.mu.Lock()
+	if c.closing.Load() || k.op.silenced {
+		c.mu.Unlock()
+		return false, 0, errSinkClosed
+	}
+	_, err = c.out.queue(func(b []byte) []byte {
+		before := len(b)
+		need := 0
+		for _, p := range payloads {
+			need += 10 + len(socketNextPrefix) + len(p) + len(k.suffix)
+		}
+		b = slices.Grow(b, need)
+		for _, p := range payloads {
+			b = appendFrameHeader(b, websocket.TextMessage, len(socketNextPrefix)+len(p)+len(k.suffix))
+			b = append(b, socketNextPrefix...)
+			b = append(b, p...)
+			b = append(b, k.suffix...)
+		}
+		size = len(b) - before
+		return b
+	})
+	c.mu.Unlock()
+	if err != nil {
+		return false, 0, err
+	}
+	drained, err = c.out.kick(w)
+	return drained, size, err
+}
+
+// errSinkClosed: the operation or its connection is over.
+var errSinkClosed = errors.New("the stream is closed")
+
+// appendFrameHeader appends the header of an unmasked, final websocket frame (RFC
+// 6455, 5.2) of opcode carrying n bytes: what a server sends.
+func appendFrameHeader(b []byte, opcode int, n int) []byte {
+	b = append(b, 0x80|byte(opcode))
+	switch {
+	case n <= 125:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
 }
 
 // closeWith begins closing the socket with code: operations stop silently, the close
@@ -383,8 +524,8 @@ func (c *socket) closeWith(code int, reason string) {
 // reads what the client still sends (a message in flight, its close) for a moment,
 // so that the client gets our close message rather than a reset.
 func (c *socket) lingeringClose() {
-	raw := c.conn.NetConn()
-	if tcp, ok := raw.(*net.TCPConn); ok {
+	c.out.drain(time.Now().Add(closeGraceAfterClose)) // the close message, and what is before it
+	if tcp, ok := c.raw.(*net.TCPConn); ok {
 		_ = tcp.CloseWrite()
 		_ = tcp.SetReadDeadline(time.Now().Add(closeGraceAfterClose))
 		_, _ = io.Copy(io.Discard, io.LimitReader(tcp, 4*MaxBodyBytes))

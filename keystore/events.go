@@ -42,10 +42,13 @@ type Event struct {
 // tells why: nil when the subscriber left or the store closed, an ESLOWCONSUMER *Error
 // when the subscriber fell further behind than the store retains. The events are
 // shared by every subscriber: never modify one.
+//
+// A Polled subscription delivers nothing on C: its subscriber calls Read instead.
 type Subscription struct {
 	C    <-chan *Event
 	done chan struct{}
 	err  error
+	poll *poller // nil unless Polled
 }
 
 // Err returns why the stream ended; call it after C is closed.
@@ -65,9 +68,10 @@ func (s *Subscription) Err() error {
 // behind the ring.
 //
 // A subscriber sleeps on the wake-up of its set of event types, so an event it does not
-// want wakes it not at all: a publish wakes only the sets that hold its type. An idle
-// subscriber also wakes once a lap (half the ring) to skip what it does not want
-// before the ring overwrites it, and to see whether it fell behind while stalled.
+// want wakes it not at all: a publish wakes only the sets that hold its type. Every set
+// is also woken once a lap (half the ring), so that an idle subscriber skips what it
+// does not want before the ring overwrites it, and a stalled one sees whether it fell
+// behind. Polled subscriptions sleep on the same wake-ups, through Wake.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
 	ring    []atomic.Pointer[Event]
@@ -192,12 +196,13 @@ func (h *Hub) Publish(ev Event) int64 {
 		h.lastOf[i].Store(ev.Seq)
 	}
 	h.next.Store(ev.Seq + 1)
+	lapped := ev.Seq%h.lap == 0
 	for set := range anyType + 1 {
-		if i >= 0 && set&(1<<i) != 0 {
+		if lapped || i >= 0 && set&(1<<i) != 0 {
 			h.wakes[set].signal()
 		}
 	}
-	if ev.Seq%h.lap == 0 {
+	if lapped {
 		h.wakes[lapWake].signal()
 	}
 	return ev.Seq
@@ -208,7 +213,15 @@ func (h *Hub) LastSeq() int64 { return h.next.Load() - 1 }
 
 // Close ends every subscription; later Subscribe calls get a closed stream.
 func (h *Hub) Close() {
-	h.once.Do(func() { close(h.closed) })
+	h.once.Do(func() {
+		close(h.closed)
+		// Polled subscribers sleep on the wake-ups only: wake them to see the end.
+		h.publish.Lock()
+		defer h.publish.Unlock()
+		for i := range h.wakes {
+			h.wakes[i].signal()
+		}
+	})
 }
 
 // subscriberBatch bounds how many events a subscriber copies out of the ring at once.
@@ -231,6 +244,9 @@ func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscripti
 			}
 		}
 		cursor = *opts.After + 1
+	}
+	if opts.Polled {
+		return h.subscribePolled(ctx, cursor, setOf(opts.Types)), nil
 	}
 	out := make(chan *Event, subscriberBatch)
 	s := &Subscription{C: out, done: make(chan struct{})}
@@ -312,4 +328,109 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, curs
 			return
 		}
 	}
+}
+
+// poller is a Polled subscription's own reading of the ring: the cursor its
+// subscriber moves with Read, in place of a feed goroutine.
+type poller struct {
+	hub *Hub
+	ctx context.Context
+	set typeSet
+
+	mu     sync.Mutex // Read, and the end, one at a time
+	cursor int64      // the next seq to look at
+	ended  bool
+	out    chan *Event // C: closed at the end
+	stop   func() bool // stops watching ctx
+}
+
+func (h *Hub) subscribePolled(ctx context.Context, cursor int64, set typeSet) *Subscription {
+	out := make(chan *Event)
+	p := &poller{hub: h, ctx: ctx, set: set, cursor: cursor, out: out}
+	s := &Subscription{C: out, done: make(chan struct{}), poll: p}
+	h.obs.SubscribersChanged(1)
+	// No goroutine: the end of ctx ends the subscription from ctx's own.
+	p.stop = context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.endLocked(s, nil)
+	})
+	return s
+}
+
+// endLocked ends the subscription with err, once.
+func (p *poller) endLocked(s *Subscription, err error) {
+	if p.ended {
+		return
+	}
+	p.ended = true
+	p.stop()
+	s.err = err
+	if err != nil {
+		p.hub.obs.SlowConsumerCut()
+	}
+	p.hub.obs.SubscribersChanged(-1)
+	close(p.out)
+	close(s.done)
+}
+
+// Polled reports whether the subscription is read with Read (SubscribeOptions.Polled).
+func (s *Subscription) Polled() bool { return s.poll != nil }
+
+// Wake returns a channel that is closed once a Polled subscription may have more to
+// Read: when an event of its types is published, when half the ring has gone by (so
+// that a subscriber shown only events it does not want skips them before they leave
+// the ring, and a stalled one notices it fell behind), or when the hub closes. It is
+// not closed when the subscription's context ends. Call Wake before Read, and wait on
+// the channel only if Read found nothing: an event published in between closes it.
+// Subscriptions of the same types share their channel, so one waiter can watch many.
+func (s *Subscription) Wake() <-chan struct{} {
+	return s.poll.hub.wakes[s.poll.set].arm()
+}
+
+// Read fills buf with a Polled subscription's next events, in order, and returns how
+// many it put there; it never waits. ended reports that the subscription is over,
+// after the n events returned (deliver them first): Err then says why. A subscriber
+// whose next event has left the ring is cut here with ESLOWCONSUMER, as a fed one is;
+// with an empty buf, Read only looks for that, so that a subscriber that cannot take
+// events (its client is stalled) is still cut as soon as it falls behind.
+func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
+	p := s.poll
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ended {
+		return 0, true
+	}
+	h := p.hub
+	select {
+	case <-h.closed:
+		p.endLocked(s, nil)
+		return 0, true
+	default:
+	}
+	if p.ctx.Err() != nil {
+		p.endLocked(s, nil)
+		return 0, true
+	}
+	next := h.next.Load()
+	if p.set != anyType && h.newestOf(p.set) < p.cursor {
+		p.cursor = next // nothing of ours in between: skip it unread
+	}
+	size := int64(len(h.ring))
+	for ; p.cursor < next; p.cursor++ {
+		ev := h.ring[p.cursor%size].Load()
+		if ev == nil || ev.Seq != p.cursor {
+			p.endLocked(s, Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), p.cursor-1))
+			return n, true
+		}
+		if !p.set.has(ev.Type) {
+			continue
+		}
+		if n == len(buf) {
+			break
+		}
+		buf[n] = ev
+		n++
+	}
+	return n, false
 }

@@ -364,3 +364,156 @@ func TestHubContextEndsSubscription(t *testing.T) {
 	}
 	// goleak, deferred above, checks that every feeder goroutine is gone.
 }
+
+// pollAll reads a Polled subscription as a worker would: Wake, Read, and wait on the
+// wake-up only when Read found nothing. It returns what it read once the
+// subscription ends or want events have come.
+func pollAll(t *testing.T, sub *keystore.Subscription, want int) (got []keystore.Event, ended bool) {
+	t.Helper()
+	buf := make([]*keystore.Event, 100)
+	timeout := time.After(10 * time.Second)
+	for len(got) < want {
+		wake := sub.Wake()
+		n, end := sub.Read(buf)
+		for _, ev := range buf[:n] {
+			got = append(got, *ev)
+		}
+		if end {
+			return got, true
+		}
+		if n == 0 {
+			select {
+			case <-wake:
+			case <-timeout:
+				t.Fatalf("polled %d of %d events", len(got), want)
+			}
+		}
+	}
+	return got, false
+}
+
+func TestHubPolled(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(1024, obs)
+	defer h.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{Polled: true})
+	require.EqualValues(t, 1, obs.subscribers.Load())
+
+	wake := sub.Wake()
+	n, ended := sub.Read(make([]*keystore.Event, 10))
+	require.Zero(t, n)
+	require.False(t, ended)
+	select {
+	case <-wake:
+		t.Fatal("woken with nothing published")
+	case <-time.After(20 * time.Millisecond):
+	}
+	done := make(chan []keystore.Event)
+	go func() {
+		got, _ := pollAll(t, sub, 600)
+		done <- got
+	}()
+	want := publish(h, 600) // many reads of 100, and wake-ups in between
+	require.Equal(t, want, <-done)
+	select {
+	case <-wake:
+	default:
+		t.Fatal("a publish did not close the wake-up armed before it")
+	}
+	// One event read at a time, in order.
+	publish(h, 2)
+	one := make([]*keystore.Event, 1)
+	n, _ = sub.Read(one)
+	require.Equal(t, 1, n)
+	require.EqualValues(t, 601, one[0].Seq)
+	n, _ = sub.Read(one)
+	require.Equal(t, 1, n)
+	require.EqualValues(t, 602, one[0].Seq)
+
+	cancel()
+	requireEnded(t, sub)
+	require.NoError(t, sub.Err())
+	n, ended = sub.Read(one)
+	require.Zero(t, n)
+	require.True(t, ended)
+	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+// TestHubPolledSkipsUnwanted: a Polled subscriber of one type that reads only when
+// woken is not cut by laps of events it does not want, and gets its own.
+func TestHubPolledSkipsUnwanted(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(64, obs)
+	defer h.Close()
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventExpired}, Polled: true})
+	done := make(chan []keystore.Event)
+	go func() {
+		got, _ := pollAll(t, sub, 3)
+		done <- got
+	}()
+	var want []keystore.Event
+	for range 3 {
+		publish(h, 1000) // 15 laps of the ring, none of them EXPIRED
+		ev := keystore.Event{Type: keystore.EventExpired, KeyID: "gone"}
+		ev.Seq = h.Publish(ev)
+		want = append(want, ev)
+		time.Sleep(time.Millisecond)
+	}
+	require.Equal(t, want, <-done)
+	require.Zero(t, obs.cuts.Load())
+}
+
+// TestHubPolledSlowConsumer: a Polled subscriber that does not read is cut as soon as
+// it looks (an empty Read), with the seq to resume after, and only once.
+func TestHubPolledSlowConsumer(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(64, obs)
+	defer h.Close()
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Polled: true})
+	buf := make([]*keystore.Event, 10)
+	publish(h, 10)
+	n, ended := sub.Read(buf)
+	require.Equal(t, 10, n)
+	require.False(t, ended)
+	publish(h, 100) // seq 11 leaves the ring
+	n, ended = sub.Read(nil)
+	require.Zero(t, n)
+	require.True(t, ended)
+	err := sub.Err()
+	require.Equal(t, keystore.ESLOWCONSUMER, keystore.ErrorCode(err))
+	require.Contains(t, err.Error(), "resume with after: 10")
+	requireEnded(t, sub)
+	n, ended = sub.Read(buf)
+	require.Zero(t, n)
+	require.True(t, ended)
+	require.EqualValues(t, 1, obs.cuts.Load())
+	require.Zero(t, obs.subscribers.Load())
+
+}
+
+// TestHubPolledClose: Close wakes a parked Polled subscriber, whose Read then ends.
+func TestHubPolledClose(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(64, obs)
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventDeleted}, Polled: true})
+	wake := sub.Wake()
+	n, ended := sub.Read(nil)
+	require.Zero(t, n)
+	require.False(t, ended)
+	h.Close()
+	select {
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not wake the parked subscriber")
+	}
+	_, ended = sub.Read(nil)
+	require.True(t, ended)
+	requireEnded(t, sub)
+	require.NoError(t, sub.Err())
+	require.Zero(t, obs.subscribers.Load())
+}

@@ -108,6 +108,11 @@ type SubscribeOptions struct {
 	// goes live; at or past the newest seq it goes live at once. If events after it
 	// have left the ring, Subscribe fails with ECOMPACTED. Nil means live events only.
 	After *int64
+	// Polled starts no goroutine for the subscription: the subscriber reads the ring
+	// itself with Subscription.Read, waiting between reads on Subscription.Wake, so
+	// that a few workers can serve many subscriptions. C then carries no event; it is
+	// closed when the subscription ends, as for any other.
+	Polled bool
 }
 
 // Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)

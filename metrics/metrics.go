@@ -1,10 +1,12 @@
 // Package metrics exposes keypool's Prometheus metrics, all named keypool_*, on a
 // registry of its own (with the Go and process collectors).
 //
-// A *Metrics is three things at once: the keystore.Observer that the store tells of
-// expiries, waits and subscribers; a collector of the pool's keys by state, read from
-// Store.Stats at scrape time; and, through Instrument, a decorator of keystore.Store that
-// counts every operation a transport makes, by outcome, and times it.
+// A *Metrics is four things at once: the keystore.Observer that the store tells of
+// expiries, waits and subscribers; the observer of the GraphQL server's event delivery
+// (graph.FanoutObserver: frames, bytes, coalesced writes, stalls, the queue for its
+// workers); a collector of the pool's keys by state, read from Store.Stats at scrape
+// time; and, through Instrument, a decorator of keystore.Store that counts every
+// operation a transport makes, by outcome, and times it.
 package metrics
 
 import (
@@ -97,6 +99,14 @@ type Metrics struct {
 	waitServed   prometheus.Observer
 	waitUnserved prometheus.Observer
 
+	fanFrames    prometheus.Counter
+	fanBytes     prometheus.Counter
+	fanWrites    prometheus.Counter
+	fanCoalesced prometheus.Counter
+	fanEncodes   prometheus.Counter
+	fanStalls    prometheus.Counter
+	fanQueued    prometheus.Gauge
+
 	store atomic.Pointer[keystore.Store]
 }
 
@@ -176,6 +186,34 @@ func New() *Metrics {
 	}, []string{"outcome"})
 	m.waitServed = wait.WithLabelValues("served")
 	m.waitUnserved = wait.WithLabelValues("unserved")
+	m.fanFrames = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_frames_total",
+		Help: "Event messages queued for subscribers (a websocket message or an SSE event each).",
+	})
+	m.fanBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_bytes_total",
+		Help: "Bytes of the event messages queued for subscribers, framing included.",
+	})
+	m.fanWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_writes_total",
+		Help: "Writes of event messages to one subscriber's connection by a delivery worker.",
+	})
+	m.fanCoalesced = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_coalesced_writes_total",
+		Help: "Writes that carried more than one event message: the subscriber was behind.",
+	})
+	m.fanEncodes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_encodes_total",
+		Help: "Events encoded for a selection; subscribers with the same selection share one encoding.",
+	})
+	m.fanStalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_fanout_stalls_total",
+		Help: "Writes a subscriber's connection could not take at once: the subscriber waits for its client, holding no worker.",
+	})
+	m.fanQueued = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keypool_fanout_queued",
+		Help: "Subscriptions with events to deliver waiting for a delivery worker now.",
+	})
 
 	for _, op := range Ops {
 		codes := append(slices.Clone(opOutcomes[op]), anyOpOutcomes...)
@@ -196,6 +234,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.operations, m.requests, m.renewals, m.released, m.expired, lateness,
 		m.subscribers, m.slowCuts, m.waiters, wait,
+		m.fanFrames, m.fanBytes, m.fanWrites, m.fanCoalesced, m.fanEncodes, m.fanStalls, m.fanQueued,
 		keysCollector{m},
 	)
 	return m
@@ -248,6 +287,25 @@ func (m *Metrics) SubscribersChanged(delta int) { m.subscribers.Add(float64(delt
 
 // SlowConsumerCut implements keystore.Observer.
 func (m *Metrics) SlowConsumerCut() { m.slowCuts.Inc() }
+
+// FanoutWrote implements graph.FanoutObserver.
+func (m *Metrics) FanoutWrote(frames, bytes int) {
+	m.fanFrames.Add(float64(frames))
+	m.fanBytes.Add(float64(bytes))
+	m.fanWrites.Inc()
+	if frames > 1 {
+		m.fanCoalesced.Inc()
+	}
+}
+
+// FanoutEncoded implements graph.FanoutObserver.
+func (m *Metrics) FanoutEncoded() { m.fanEncodes.Inc() }
+
+// FanoutStalled implements graph.FanoutObserver.
+func (m *Metrics) FanoutStalled() { m.fanStalls.Inc() }
+
+// FanoutQueued implements graph.FanoutObserver.
+func (m *Metrics) FanoutQueued(delta int) { m.fanQueued.Add(float64(delta)) }
 
 // statsTimeout bounds the Stats call of one scrape (a remote store may hang).
 const statsTimeout = 2 * time.Second

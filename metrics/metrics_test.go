@@ -85,6 +85,9 @@ func TestEveryMetricIsExposed(t *testing.T) {
 		"keypool_lease_renewals_total", "keypool_leases_expired_total", "keypool_keys_expired_total",
 		"keypool_expiry_lateness_seconds", "keypool_subscribers", "keypool_slow_consumer_cuts_total",
 		"keypool_acquire_waiters", "keypool_acquire_wait_seconds",
+		"keypool_fanout_frames_total", "keypool_fanout_bytes_total", "keypool_fanout_writes_total",
+		"keypool_fanout_coalesced_writes_total", "keypool_fanout_encodes_total", "keypool_fanout_stalls_total",
+		"keypool_fanout_queued",
 		"go_goroutines", "process_start_time_seconds",
 	} {
 		if !strings.Contains(text, "# TYPE "+name+" ") {
