@@ -74,9 +74,10 @@ func (s *Subscription) Err() error {
 // behind. Polled subscriptions sleep on the same wake-ups, through Wake.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
-	ring    []atomic.Pointer[Event]
+	ring    []atomic.Pointer[slotEvent]
 	first   atomic.Int64 // oldest retained seq
 	next    atomic.Int64 // seq the next event gets
+	gapped  atomic.Int64 // the seq after the last gap: the events before it are unknown
 	// lastOf is the seq of the newest event of each type (by typeIndex), set before
 	// next moves past it.
 	lastOf [len(allTypes)]atomic.Int64
@@ -85,6 +86,14 @@ type Hub struct {
 	closed chan struct{}
 	once   sync.Once
 	obs    Observer
+}
+
+// slotEvent is one slot's event, with the seq of the event of its type before it (0 if
+// none), so that a subscriber of some types that the ring has left behind can tell
+// whether any event of its types left with it.
+type slotEvent struct {
+	ev         Event
+	prevOfType int64
 }
 
 // allTypes is EventTypes as an array, for the hub's tables.
@@ -153,7 +162,7 @@ func NewHub(retention int, obs Observer) *Hub {
 		retention = DefaultEventRetention
 	}
 	h := &Hub{
-		ring:   make([]atomic.Pointer[Event], retention),
+		ring:   make([]atomic.Pointer[slotEvent], retention),
 		lap:    max(int64(retention)/2, 1),
 		closed: make(chan struct{}),
 		obs:    obs,
@@ -186,12 +195,17 @@ func (h *Hub) Publish(ev Event) int64 {
 		// lost some): the ring holds nothing before ev, so subscribers behind it are cut
 		// rather than shown stale slots.
 		first = ev.Seq
+		h.gapped.Store(ev.Seq)
 	}
 	size := int64(len(h.ring))
 	first = max(first, ev.Seq+1-size)
 	h.first.Store(first)
-	h.ring[ev.Seq%size].Store(&ev)
+	e := &slotEvent{ev: ev}
 	i := typeIndex(ev.Type)
+	if i >= 0 {
+		e.prevOfType = h.lastOf[i].Load()
+	}
+	h.ring[ev.Seq%size].Store(e)
 	if i >= 0 {
 		h.lastOf[i].Store(ev.Seq)
 	}
@@ -291,13 +305,13 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, curs
 		}
 		batch = batch[:0]
 		for ; cursor < next && len(batch) < subscriberBatch; cursor++ {
-			ev := h.ring[cursor%size].Load()
-			if ev == nil || ev.Seq != cursor {
+			e := h.ring[cursor%size].Load()
+			if e == nil || e.ev.Seq != cursor {
 				cut(cursor)
 				return
 			}
-			if set.has(ev.Type) {
-				batch = append(batch, ev)
+			if set.has(e.ev.Type) {
+				batch = append(batch, &e.ev)
 			}
 		}
 		for i := 0; i < len(batch); {
@@ -391,9 +405,11 @@ func (s *Subscription) Wake() <-chan struct{} {
 // Read fills buf with a Polled subscription's next events, in order, and returns how
 // many it put there; it never waits. ended reports that the subscription is over,
 // after the n events returned (deliver them first): Err then says why. A subscriber
-// whose next event has left the ring is cut here with ESLOWCONSUMER, as a fed one is;
-// with an empty buf, Read only looks for that, so that a subscriber that cannot take
-// events (its client is stalled) is still cut as soon as it falls behind.
+// whose next event has left the ring is cut here with ESLOWCONSUMER, as a fed one is,
+// unless it subscribed to some types only and none of those left (then it goes on
+// from the oldest retained event, however late it reads); with an empty buf, Read
+// only looks for that, so that a subscriber that cannot take events (its client is
+// stalled) is still cut as soon as it falls behind.
 func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 	p := s.poll
 	p.mu.Lock()
@@ -417,20 +433,50 @@ func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 		p.cursor = next // nothing of ours in between: skip it unread
 	}
 	size := int64(len(h.ring))
-	for ; p.cursor < next; p.cursor++ {
-		ev := h.ring[p.cursor%size].Load()
-		if ev == nil || ev.Seq != p.cursor {
-			p.endLocked(s, Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), p.cursor-1))
-			return n, true
-		}
-		if !p.set.has(ev.Type) {
+	for p.cursor < next {
+		e := h.ring[p.cursor%size].Load()
+		if e == nil || e.ev.Seq != p.cursor {
+			if p.set == anyType || !p.passGone(size) {
+				p.endLocked(s, Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), p.cursor-1))
+				return n, true
+			}
 			continue
 		}
-		if n == len(buf) {
-			break
+		if p.set.has(e.ev.Type) {
+			if n == len(buf) {
+				break
+			}
+			buf[n] = &e.ev
+			n++
 		}
-		buf[n] = ev
-		n++
+		p.cursor++
 	}
 	return n, false
+}
+
+// passGone moves the cursor, which the ring has left behind, to the oldest retained
+// event if no event of the subscription's types was among those that left, and
+// reports whether it could. It follows each type's events back from the newest to
+// the cursor: one that is no longer retained is lost. It costs what the subscriber
+// has to read anyway, and happens at most once a lap.
+func (p *poller) passGone(size int64) bool {
+	h := p.hub
+	first := h.first.Load()
+	if p.cursor < h.gapped.Load() {
+		return false // what came before a gap is unknown
+	}
+	for i := range allTypes {
+		if p.set&(1<<i) == 0 {
+			continue
+		}
+		for seq := h.lastOf[i].Load(); seq >= p.cursor && seq > 0; {
+			e := h.ring[seq%size].Load()
+			if seq < first || e == nil || e.ev.Seq != seq {
+				return false
+			}
+			seq = e.prevOfType
+		}
+	}
+	p.cursor = first
+	return true
 }

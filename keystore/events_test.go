@@ -517,3 +517,46 @@ func TestHubPolledClose(t *testing.T) {
 	require.NoError(t, sub.Err())
 	require.Zero(t, obs.subscribers.Load())
 }
+
+// TestHubPolledPassesWhatItDoesNotWant: a Polled subscriber of some types that reads
+// only after the ring has lapped it many times goes on if nothing of its types left
+// the ring, and is cut if something did, or if what it missed is unknown (a gap).
+func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(64, obs)
+	defer h.Close()
+	expired := []keystore.EventType{keystore.EventExpired, keystore.EventDeleted}
+	buf := make([]*keystore.Event, 10)
+
+	passes := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
+	loses := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
+	publish(h, 10) // none of theirs
+	n, ended := loses.Read(buf)
+	require.Zero(t, n)
+	require.False(t, ended)
+	lost := h.Publish(keystore.Event{Type: keystore.EventDeleted, KeyID: "lost"})
+	n, _ = passes.Read(buf) // passes reads it; loses does not
+	require.Equal(t, 1, n)
+	require.Equal(t, lost, buf[0].Seq)
+	publish(h, 1000) // 15 laps, none of theirs, no Read in between
+	want := h.Publish(keystore.Event{Type: keystore.EventExpired, KeyID: "gone"})
+	n, ended = passes.Read(buf)
+	require.False(t, ended, "cut for events it does not want")
+	require.Equal(t, 1, n)
+	require.Equal(t, want, buf[0].Seq)
+	_, ended = loses.Read(buf)
+	require.True(t, ended, "DELETED seq %d left the ring unread", lost)
+	require.Equal(t, keystore.ESLOWCONSUMER, keystore.ErrorCode(loses.Err()))
+	require.EqualValues(t, 1, obs.cuts.Load())
+
+	// A gap (a store's own seqs jump): what it skipped may have been of its types.
+	gapped := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
+	h.Publish(keystore.Event{Seq: h.LastSeq() + 100, Type: keystore.EventGenerated})
+	h.Publish(keystore.Event{Type: keystore.EventExpired})
+	_, ended = gapped.Read(buf)
+	require.True(t, ended)
+	require.Equal(t, keystore.ESLOWCONSUMER, keystore.ErrorCode(gapped.Err()))
+	_, ended = passes.Read(buf)
+	require.True(t, ended, "behind the gap too")
+}
