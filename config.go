@@ -78,7 +78,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
-	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow to before the garbage collector runs (GOGC applies above it); 0 for Go's default")
+	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow by between garbage collections, or an eighth of the live heap when more; 0 (or GOGC set) for Go's default pacing")
 	fs.Var(&cfg.CORSOrigins, "cors-origins", "comma-separated origins allowed to call from a browser (CORS and websocket), or *; same-origin always works")
 	fs.Var(&cfg.AllowedHosts, "allowed-hosts", "comma-separated host names browsers may reach the server by (*.example.com for subdomains, * for any); loopback names and IP addresses always work")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send a request's headers, and again its body (streams are not cut)")
