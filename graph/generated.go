@@ -681,7 +681,12 @@ type Subscription {
   keyEvents(
     "Only events of these types; all types when omitted or empty."
     types: [KeyEventType!]
-    "First replays the retained events whose seq is larger than this, then goes live; live events only when omitted."
+    """
+    First replays the retained events whose seq is larger than this, then goes live; live events only when
+    omitted, and at once at or past the newest seq. If events after it have already left the server's ring, the
+    subscription is refused with EVENTS_COMPACTED and extensions.oldestSeq, the oldest seq retained: resuming
+    exactly is impossible, so reread what you need and subscribe again.
+    """
     after: Int
   ): KeyEvent!
 }
