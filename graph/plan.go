@@ -57,10 +57,12 @@ type payload struct {
 }
 
 // The payload cache: each of the first maxCachedPlans distinct selections keeps the
-// payloads of its last planCacheSlots events, which covers how far apart workers serve
-// subscribers of one selection (a turn reads at most maxTurnEvents); other selections
+// payloads of its last planCacheSlots events, as many as the default event ring, so
+// that subscribers of one selection share each encoding however far apart in the
+// ring the workers find them (a subscriber a ring behind is cut); other selections
 // encode for each subscriber (a few hundred nanoseconds, still no gqlgen execution).
-// Bound: some 16 plans × 2048 payloads of a few hundred bytes, a few MiB.
+// Bound: 4 plans × 65,536 payloads of some 200 bytes, about 50 MiB at the very worst;
+// a slot holds nothing until an event is encoded into it.
 const (
 	maxCachedPlans = 4
 	planCacheSlots = 1 << 16 // a power of two
@@ -78,7 +80,7 @@ func newPlanSet(obs FanoutObserver) *planSet {
 	return &planSet{plans: map[string]*plan{}, obs: obs}
 }
 
-// keyEventImplementors is what a KeyEvent selection's fragments may name.
+// keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
 var keyEventFragmentTypes = []string{"KeyEvent"}
 
 // forField returns the plan of the keyEvents field being resolved in ctx (taking a
