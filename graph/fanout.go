@@ -41,7 +41,7 @@ type fanout struct {
 }
 
 // maxTurnEvents bounds the events one turn of a worker delivers to one subscription
-// (some 700 KiB of frames), so that a subscription far behind (a replay) takes its
+// (and maxTurnBytes their bytes: some 700 KiB of frames for the whole of KeyEvent), so that a subscription far behind (a replay) takes its
 // turns with the others. A subscriber keeps up only if its turns bring it what was
 // published in between: with many subscribers, a turn carries many events.
 const maxTurnEvents = 4096
@@ -212,7 +212,7 @@ func (f *fanout) serve(s *stream, t *turn) {
 		return
 	}
 	wake := s.sub.Wake() // before Read: a publish after it closes wake
-	n, ended := s.sub.Read(t.events)
+	n, ended := s.sub.Read(t.events[:s.plan.turn])
 	if n > 0 {
 		payloads := t.payloads[:0]
 		for _, ev := range t.events[:n] {
@@ -242,7 +242,7 @@ func (f *fanout) serve(s *stream, t *turn) {
 		f.finish(s, endSubscription)
 		return
 	}
-	if n == len(t.events) {
+	if n == s.plan.turn {
 		f.mu.Lock()
 		f.enqueueLocked(s) // more to read: behind the others
 		f.mu.Unlock()

@@ -71,7 +71,8 @@ func (k *fakeSink) got() []int64 {
 
 // seqPlan is the plan of `keyEvents { seq }`.
 func seqPlan(f *fanout) *plan {
-	p := &plan{key: "seq", root: "keyEvents", fields: []planField{{alias: "seq", value: fieldSeq}}, set: f.plans, refs: 1 << 20}
+	p := newPlan("seq", "keyEvents", []planField{{alias: "seq", value: fieldSeq}}, f.plans)
+	p.refs = 1 << 20
 	return p
 }
 
