@@ -46,6 +46,10 @@ type fanout struct {
 // published in between: with many subscribers, a turn carries many events.
 const maxTurnEvents = 4096
 
+// maxBacklog is how much may wait for a subscriber's client before the fan-out reads
+// no more for it: with one turn (maxTurnBytes) on top, what a stalled client holds.
+const maxBacklog = 64 << 10
+
 // FanoutWorkers is how many goroutines deliver events at most: half the cores the Go
 // runtime uses, at least one, so that requests always have the other half.
 func FanoutWorkers() int { return max(1, runtime.GOMAXPROCS(0)/2) }
@@ -85,6 +89,9 @@ func newFanout(workers int, obs FanoutObserver) *fanout {
 
 // sink is where a stream's frames go: a websocket operation, or an SSE response.
 type sink interface {
+	// backedUp reports whether the connection has more than maxBacklog bytes waiting
+	// for its client; if so, w is told once it has drained.
+	backedUp(w outboxWaiter) bool
 	// deliver queues one frame for each payload, in order, and writes them without
 	// waiting (outbox.kick): drained reports that all went out; if not, w is told
 	// once they have. An error means nothing more can be delivered.
@@ -209,6 +216,14 @@ func (f *fanout) work() {
 func (f *fanout) serve(s *stream, t *turn) {
 	if s.ctx.Err() != nil {
 		f.finish(s, endSubscription)
+		return
+	}
+	if s.sink.backedUp(s) {
+		// Its client is behind (other operations on its socket, or its own last turn):
+		// read nothing more for it until it has caught up, so that what a stalled
+		// client costs is bounded.
+		f.obs.FanoutStalled()
+		f.block(s)
 		return
 	}
 	wake := s.sub.Wake() // before Read: a publish after it closes wake

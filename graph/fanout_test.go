@@ -26,6 +26,8 @@ type fakeSink struct {
 	waiter  outboxWaiter
 }
 
+func (k *fakeSink) backedUp(outboxWaiter) bool { return false }
+
 func (k *fakeSink) deliver(payloads [][]byte, w outboxWaiter) (bool, int, error) {
 	n := k.busy.Add(1)
 	for m := k.maxBusy.Load(); n > m && !k.maxBusy.CompareAndSwap(m, n); m = k.maxBusy.Load() {

@@ -72,8 +72,8 @@ const (
 	planCacheBytes  = 4 << 20
 	maxCacheSlots   = 1 << 16
 	minCacheSlots   = 1 << 8
-	maxTurnBytes    = 1 << 20 // what one turn of a worker encodes for one subscriber, at most
-	maxPayloadKeyID = 64      // a key id's length, for the estimate (the pool's are 22, URL-safe)
+	maxTurnBytes    = 256 << 10 // what one turn of a worker encodes for one subscriber, at most
+	maxPayloadKeyID = 64        // a key id's length, for the estimate (the pool's are 22, URL-safe)
 )
 
 // planSet holds the plans of the live fan-out subscriptions, by selection.
