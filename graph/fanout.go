@@ -63,8 +63,9 @@ type FanoutObserver interface {
 	FanoutWrote(frames, bytes int)
 	// FanoutEncoded is called for each event encoded for a selection.
 	FanoutEncoded()
-	// FanoutStalled is called when a subscription's connection could not take its
-	// frames at once, so that it waits for the client, holding no worker.
+	// FanoutStalled is called when a subscription is left to wait for its client (its
+	// connection could not take its frames at once, or has maxBacklog waiting),
+	// holding no worker.
 	FanoutStalled()
 	// FanoutQueued is called with the change in subscriptions waiting for a worker.
 	FanoutQueued(delta int)
