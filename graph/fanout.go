@@ -41,10 +41,14 @@ type fanout struct {
 }
 
 // maxTurnEvents bounds the events one turn of a worker delivers to one subscription
-// (some 700 KiB of frames), so that a subscription far behind (a replay) takes its
+// (and maxTurnBytes their bytes: some 700 KiB of frames for the whole of KeyEvent), so that a subscription far behind (a replay) takes its
 // turns with the others. A subscriber keeps up only if its turns bring it what was
 // published in between: with many subscribers, a turn carries many events.
 const maxTurnEvents = 4096
+
+// maxBacklog is how much may wait for a subscriber's client before the fan-out reads
+// no more for it: with one turn (maxTurnBytes) on top, what a stalled client holds.
+const maxBacklog = 64 << 10
 
 // FanoutWorkers is how many goroutines deliver events at most: half the cores the Go
 // runtime uses, at least one, so that requests always have the other half.
@@ -59,8 +63,9 @@ type FanoutObserver interface {
 	FanoutWrote(frames, bytes int)
 	// FanoutEncoded is called for each event encoded for a selection.
 	FanoutEncoded()
-	// FanoutStalled is called when a subscription's connection could not take its
-	// frames at once, so that it waits for the client, holding no worker.
+	// FanoutStalled is called when a subscription is left to wait for its client (its
+	// connection could not take its frames at once, or has maxBacklog waiting),
+	// holding no worker.
 	FanoutStalled()
 	// FanoutQueued is called with the change in subscriptions waiting for a worker.
 	FanoutQueued(delta int)
@@ -85,6 +90,9 @@ func newFanout(workers int, obs FanoutObserver) *fanout {
 
 // sink is where a stream's frames go: a websocket operation, or an SSE response.
 type sink interface {
+	// backedUp reports whether the connection has more than maxBacklog bytes waiting
+	// for its client; if so, w is told once it has drained.
+	backedUp(w outboxWaiter) bool
 	// deliver queues one frame for each payload, in order, and writes them without
 	// waiting (outbox.kick): drained reports that all went out; if not, w is told
 	// once they have. An error means nothing more can be delivered.
@@ -211,8 +219,16 @@ func (f *fanout) serve(s *stream, t *turn) {
 		f.finish(s, endSubscription)
 		return
 	}
+	if s.sink.backedUp(s) {
+		// Its client is behind (other operations on its socket, or its own last turn):
+		// read nothing more for it until it has caught up, so that what a stalled
+		// client costs is bounded.
+		f.obs.FanoutStalled()
+		f.block(s)
+		return
+	}
 	wake := s.sub.Wake() // before Read: a publish after it closes wake
-	n, ended := s.sub.Read(t.events)
+	n, ended := s.sub.Read(t.events[:s.plan.turn])
 	if n > 0 {
 		payloads := t.payloads[:0]
 		for _, ev := range t.events[:n] {
@@ -242,7 +258,7 @@ func (f *fanout) serve(s *stream, t *turn) {
 		f.finish(s, endSubscription)
 		return
 	}
-	if n == len(t.events) {
+	if n == s.plan.turn {
 		f.mu.Lock()
 		f.enqueueLocked(s) // more to read: behind the others
 		f.mu.Unlock()

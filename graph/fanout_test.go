@@ -26,6 +26,8 @@ type fakeSink struct {
 	waiter  outboxWaiter
 }
 
+func (k *fakeSink) backedUp(outboxWaiter) bool { return false }
+
 func (k *fakeSink) deliver(payloads [][]byte, w outboxWaiter) (bool, int, error) {
 	n := k.busy.Add(1)
 	for m := k.maxBusy.Load(); n > m && !k.maxBusy.CompareAndSwap(m, n); m = k.maxBusy.Load() {
@@ -71,7 +73,8 @@ func (k *fakeSink) got() []int64 {
 
 // seqPlan is the plan of `keyEvents { seq }`.
 func seqPlan(f *fanout) *plan {
-	p := &plan{key: "seq", root: "keyEvents", fields: []planField{{alias: "seq", value: fieldSeq}}, set: f.plans, refs: 1 << 20}
+	p := newPlan("seq", "keyEvents", []planField{{alias: "seq", value: fieldSeq}}, f.plans)
+	p.refs = 1 << 20
 	return p
 }
 

@@ -89,6 +89,18 @@ func (o *outbox) queue(frames func([]byte) []byte) (end int64, err error) {
 	return o.queued, nil
 }
 
+// backedUp reports whether more than limit bytes wait to be written while a writer
+// waits for the peer; if so, w is told once the outbox has drained.
+func (o *outbox) backedUp(limit int, w outboxWaiter) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil || !o.writing || len(o.cur)-o.curOff+len(o.pending) <= limit {
+		return false
+	}
+	o.waiters = append(o.waiters, w)
+	return true
+}
+
 // post queues p and sees that it is written, without waiting for it.
 func (o *outbox) post(p []byte) error {
 	if _, err := o.queue(func(b []byte) []byte { return append(b, p...) }); err != nil {

@@ -120,6 +120,9 @@ func TestOutboxStallsWithoutWaiting(t *testing.T) {
 	require.Less(t, time.Since(start), time.Second, "kick does not wait for the peer")
 	require.Eventually(t, func() bool { return w.stalls.Load() >= 2 }, 10*time.Second, 10*time.Millisecond,
 		"the waiter hears of the stall while the peer reads nothing")
+	behind := newCountingWaiter()
+	require.True(t, o.backedUp(64<<10, behind), "megabytes wait for the peer")
+	require.False(t, o.backedUp(len(big), newCountingWaiter()))
 	select {
 	case <-w.drainedCh:
 		t.Fatal("drained while the peer reads nothing")
@@ -134,6 +137,8 @@ func TestOutboxStallsWithoutWaiting(t *testing.T) {
 		t.Fatal("not told of the drain")
 	}
 	require.EqualValues(t, 1, w.drains.Load())
+	<-behind.drainedCh
+	require.False(t, o.backedUp(0, behind), "drained")
 }
 
 // TestOutboxGivesUpAStalledPeer: a peer that takes nothing for the stall timeout

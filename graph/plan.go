@@ -22,12 +22,14 @@ import (
 // and its recent payloads, so that an event is encoded once per distinct selection and
 // the same bytes go to every subscriber that wants them.
 type plan struct {
-	key    string
-	root   string // the response name of keyEvents
-	fields []planField
-	cache  []atomic.Pointer[payload] // by seq, modulo its length; nil: not cached
-	set    *planSet
-	refs   int // subscriptions using it, under set.mu
+	key     string
+	root    string // the response name of keyEvents
+	fields  []planField
+	largest int                       // bytes of the largest payload it can encode, about
+	turn    int                       // events one turn may carry: as many as maxTurnBytes holds
+	cache   []atomic.Pointer[payload] // by seq, modulo its length; nil: not cached
+	set     *planSet
+	refs    int // subscriptions using it, under set.mu
 }
 
 // planField is one response entry of a KeyEvent: its response name, and what it shows.
@@ -46,6 +48,9 @@ const (
 	fieldTypename
 )
 
+// fieldWidths are the most bytes each field's value takes, about.
+var fieldWidths = [...]int{fieldSeq: 20, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldTypename: 10}
+
 var eventFields = map[string]eventField{
 	"seq": fieldSeq, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "__typename": fieldTypename,
 }
@@ -56,14 +61,19 @@ type payload struct {
 	bytes []byte
 }
 
-// The payload cache: each of the first maxCachedPlans distinct selections keeps the
-// payloads of its last planCacheSlots events, which covers how far apart workers serve
-// subscribers of one selection (a turn reads at most maxTurnEvents); other selections
-// encode for each subscriber (a few hundred nanoseconds, still no gqlgen execution).
-// Bound: some 16 plans × 2048 payloads of a few hundred bytes, a few MiB.
+// The payload cache, bounded in bytes: each of the first maxCachedPlans distinct
+// selections keeps the payloads of its last events, as many as planCacheBytes holds
+// at its largest payload (at most a ring's worth, 65,536; a selection whose payloads
+// are too large for 256 is not cached), so that subscribers of one selection share
+// each encoding however far apart the workers find them; other selections encode for
+// each subscriber (a few hundred nanoseconds, still no gqlgen execution).
 const (
-	maxCachedPlans = 4
-	planCacheSlots = 1 << 16 // a power of two
+	maxCachedPlans  = 4
+	planCacheBytes  = 4 << 20
+	maxCacheSlots   = 1 << 16
+	minCacheSlots   = 1 << 8
+	maxTurnBytes    = 256 << 10 // what one turn of a worker encodes for one subscriber, at most
+	maxPayloadKeyID = 64        // a key id's length, for the estimate (the pool's are 22, URL-safe)
 )
 
 // planSet holds the plans of the live fan-out subscriptions, by selection.
@@ -78,7 +88,7 @@ func newPlanSet(obs FanoutObserver) *planSet {
 	return &planSet{plans: map[string]*plan{}, obs: obs}
 }
 
-// keyEventImplementors is what a KeyEvent selection's fragments may name.
+// keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
 var keyEventFragmentTypes = []string{"KeyEvent"}
 
 // forField returns the plan of the keyEvents field being resolved in ctx (taking a
@@ -109,14 +119,30 @@ func (s *planSet) forField(ctx context.Context) *plan {
 	defer s.mu.Unlock()
 	p := s.plans[key.String()]
 	if p == nil {
-		p = &plan{key: key.String(), root: fc.Field.Alias, fields: fields, set: s}
-		if s.cached < maxCachedPlans {
-			p.cache = make([]atomic.Pointer[payload], planCacheSlots)
-			s.cached++
-		}
+		p = newPlan(key.String(), fc.Field.Alias, fields, s)
 		s.plans[p.key] = p
 	}
 	p.refs++
+	return p
+}
+
+// newPlan sizes a plan by its largest payload: its cache (if s has room for one) and
+// its turns.
+func newPlan(key, root string, fields []planField, s *planSet) *plan {
+	p := &plan{key: key, root: root, fields: fields, set: s}
+	p.largest = len(`{"data":{"":{}}}`) + len(root)
+	for _, f := range fields {
+		p.largest += len(f.alias) + 4 + fieldWidths[f.value]
+	}
+	p.turn = max(1, min(maxTurnEvents, maxTurnBytes/p.largest))
+	slots := maxCacheSlots
+	for slots > minCacheSlots && slots*(p.largest+48) > planCacheBytes {
+		slots /= 2
+	}
+	if slots*(p.largest+48) <= planCacheBytes && s.cached < maxCachedPlans {
+		p.cache = make([]atomic.Pointer[payload], slots)
+		s.cached++
+	}
 	return p
 }
 
@@ -140,7 +166,7 @@ func (p *plan) payload(ev *keystore.Event) []byte {
 	if p.cache == nil {
 		return p.encode(ev)
 	}
-	slot := &p.cache[ev.Seq&(planCacheSlots-1)]
+	slot := &p.cache[ev.Seq&int64(len(p.cache)-1)]
 	if c := slot.Load(); c != nil && c.seq == ev.Seq {
 		return c.bytes
 	}

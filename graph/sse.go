@@ -209,6 +209,8 @@ func (st *sseResponse) appendChunk(b []byte, size int, parts ...[]byte) []byte {
 	return b
 }
 
+func (st *sseResponse) backedUp(w outboxWaiter) bool { return st.out.backedUp(maxBacklog, w) }
+
 // deliver implements sink: the events go out in one chunk.
 func (st *sseResponse) deliver(payloads [][]byte, w outboxWaiter) (drained bool, size int, err error) {
 	_, err = st.out.queue(func(b []byte) []byte {

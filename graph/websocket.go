@@ -455,6 +455,8 @@ func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
 	return &socketSink{c: c, op: op, suffix: suffix}
 }
 
+func (k *socketSink) backedUp(w outboxWaiter) bool { return k.c.out.backedUp(maxBacklog, w) }
+
 func (k *socketSink) deliver(payloads [][]byte, w outboxWaiter) (drained bool, size int, err error) {
 	c := k.c
 	c.mu.Lock()

@@ -68,10 +68,12 @@ func (s *Subscription) Err() error {
 // behind the ring.
 //
 // A subscriber sleeps on the wake-up of its set of event types, so an event it does not
-// want wakes it not at all: a publish wakes only the sets that hold its type. Every set
-// is also woken once a lap (half the ring), so that an idle subscriber skips what it
-// does not want before the ring overwrites it, and a stalled one sees whether it fell
-// behind. Polled subscriptions sleep on the same wake-ups, through Wake.
+// want wakes it not at all: a publish wakes only the sets that hold its type. An idle
+// subscriber also wakes once a lap (half the ring) to skip what it does not want
+// before the ring overwrites it, and to see whether it fell behind while stalled.
+// Polled subscriptions sleep on the same wake-ups of their types (Wake), and need no
+// lap: each slot keeps the seq of its type's previous event, so a reader the ring has
+// left behind can tell whether anything of its types left with it.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
 	ring    []atomic.Pointer[slotEvent]
@@ -210,13 +212,12 @@ func (h *Hub) Publish(ev Event) int64 {
 		h.lastOf[i].Store(ev.Seq)
 	}
 	h.next.Store(ev.Seq + 1)
-	lapped := ev.Seq%h.lap == 0
 	for set := range anyType + 1 {
-		if lapped || i >= 0 && set&(1<<i) != 0 {
+		if i >= 0 && set&(1<<i) != 0 {
 			h.wakes[set].signal()
 		}
 	}
-	if lapped {
+	if ev.Seq%h.lap == 0 {
 		h.wakes[lapWake].signal()
 	}
 	return ev.Seq
@@ -395,10 +396,8 @@ func (p *poller) endLocked(s *Subscription, err error) {
 func (s *Subscription) Polled() bool { return s.poll != nil }
 
 // Wake returns a channel that is closed once a Polled subscription may have more to
-// Read: when an event of its types is published, when half the ring has gone by (so
-// that a subscriber shown only events it does not want skips them before they leave
-// the ring, and a stalled one notices it fell behind), or when the hub closes. It is
-// not closed when the subscription's context ends. Call Wake before Read, and wait on
+// Read: when an event of its types is published, or when the hub closes. It is not
+// closed when the subscription's context ends. Call Wake before Read, and wait on
 // the channel only if Read found nothing: an event published in between closes it.
 // Subscriptions of the same types share their channel, so one waiter can watch many.
 func (s *Subscription) Wake() <-chan struct{} {

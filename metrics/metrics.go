@@ -208,7 +208,7 @@ func New() *Metrics {
 	})
 	m.fanStalls = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keypool_fanout_stalls_total",
-		Help: "Writes a subscriber's connection could not take at once: the subscriber waits for its client, holding no worker.",
+		Help: "Times a subscriber was left to wait for its client (its connection could not take a write at once, or had 64 KiB waiting), holding no delivery worker.",
 	})
 	m.fanQueued = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keypool_fanout_queued",
