@@ -209,10 +209,16 @@ func TestHubNonMatchingCostsNothing(t *testing.T) {
 		subs = append(subs, subscribeHub(t, h, ctx, keystore.SubscribeOptions{Types: expired}))
 	}
 	publish(h, 100) // every subscriber is asleep past its first look
-	allocs := testing.AllocsPerRun(1000, func() {
-		h.Publish(keystore.Event{Type: keystore.EventAcquired, KeyID: "k"})
-	})
-	require.LessOrEqual(t, allocs, 1.0, "a publish that matches no subscriber woke some")
+	// AllocsPerRun counts every goroutine's allocations; the least of three runs leaves
+	// out a stray one of another goroutine. A publish that woke subscribers would make
+	// a new channel each time: at least 2 a publish.
+	allocs := math.Inf(1)
+	for range 3 {
+		allocs = min(allocs, testing.AllocsPerRun(5000, func() {
+			h.Publish(keystore.Event{Type: keystore.EventAcquired, KeyID: "k"})
+		}))
+	}
+	require.Less(t, allocs, 1.5, "a publish that matches no subscriber woke some")
 
 	// They still get what they asked for, after far more than a ring of others.
 	publish(h, 3<<16)
