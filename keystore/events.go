@@ -364,7 +364,10 @@ func (h *Hub) subscribePolled(ctx context.Context, cursor int64, set typeSet) *S
 	p := &poller{hub: h, ctx: ctx, set: set, cursor: cursor, out: out}
 	s := &Subscription{C: out, done: make(chan struct{}), poll: p}
 	h.obs.SubscribersChanged(1)
-	// No goroutine: the end of ctx ends the subscription from ctx's own.
+	// No goroutine: the end of ctx ends the subscription from ctx's own (once stop is
+	// set, if ctx has ended already).
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.stop = context.AfterFunc(ctx, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
