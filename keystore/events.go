@@ -364,15 +364,15 @@ func (h *Hub) subscribePolled(ctx context.Context, cursor int64, set typeSet) *S
 	p := &poller{hub: h, ctx: ctx, set: set, cursor: cursor, out: out}
 	s := &Subscription{C: out, done: make(chan struct{}), poll: p}
 	h.obs.SubscribersChanged(1)
-	// No goroutine: the end of ctx ends the subscription from ctx's own. The lock is
-	// held while stop is set, as a ctx that has ended already runs the func at once.
+	// No goroutine: the end of ctx ends the subscription from ctx's own (once stop is
+	// set, if ctx has ended already).
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.stop = context.AfterFunc(ctx, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.endLocked(s, nil)
 	})
-	p.mu.Unlock()
 	return s
 }
 

@@ -566,3 +566,19 @@ func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
 	_, ended = passes.Read(buf)
 	require.True(t, ended, "behind the gap too")
 }
+
+// TestHubPolledEndedContext: a Polled subscription on a context that has ended ends.
+func TestHubPolledEndedContext(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	obs := &hubObserver{}
+	h := keystore.NewHub(64, obs)
+	defer h.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{Polled: true})
+	requireEnded(t, sub)
+	require.NoError(t, sub.Err())
+	_, ended := sub.Read(nil)
+	require.True(t, ended)
+	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
