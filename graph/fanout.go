@@ -37,6 +37,7 @@ type fanout struct {
 	ready    []*stream // FIFO of streams with work, from head
 	head     int
 	workers  int
+	turns    []*turn // the buffers of workers that have ended, for the next ones
 	sleeping map[<-chan struct{}]*sleepers
 }
 
@@ -194,12 +195,20 @@ func (f *fanout) popLocked() *stream {
 
 // work serves ready streams until there are none.
 func (f *fanout) work() {
-	t := &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
+	var t *turn
 	for {
 		f.mu.Lock()
+		if t == nil {
+			if n := len(f.turns); n > 0 {
+				t, f.turns = f.turns[n-1], f.turns[:n-1]
+			} else {
+				t = &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
+			}
+		}
 		s := f.popLocked()
 		if s == nil {
 			f.workers--
+			f.turns = append(f.turns, t) // at most maxWorkers of them
 			if len(f.ready) == 0 && cap(f.ready) > 1024 {
 				f.ready = nil // a burst's queue is not kept
 			}

@@ -147,14 +147,14 @@ func TestFanoutStalledSinkHoldsNoWorker(t *testing.T) {
 	ctx := t.Context()
 	sub, err := hub.Subscribe(ctx, keystore.SubscribeOptions{Polled: true})
 	require.NoError(t, err)
-	stuck := &fakeSink{busy: &busy, maxBusy: &maxBusy, stalled: true}
-	stuckRun := f.start(ctx, sub, p, stuck)
 	other, err := hub.Subscribe(ctx, keystore.SubscribeOptions{Polled: true})
 	require.NoError(t, err)
+	publishN(hub, 10) // before the first turns, so that the stuck stream's takes all ten
+	stuck := &fakeSink{busy: &busy, maxBusy: &maxBusy, stalled: true}
+	stuckRun := f.start(ctx, sub, p, stuck)
 	fine := &fakeSink{busy: &busy, maxBusy: &maxBusy}
 	fineRun := f.start(ctx, other, p, fine)
 
-	publishN(hub, 10)
 	require.Eventually(t, func() bool { return len(stuck.got()) == 10 && len(fine.got()) == 10 }, 10*time.Second, time.Millisecond)
 	for i := range 10 { // far more than the ring holds; the stuck stream waits
 		publishN(hub, 30)

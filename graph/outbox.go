@@ -83,6 +83,11 @@ func (o *outbox) queue(frames func([]byte) []byte) (end int64, err error) {
 	if o.err != nil {
 		return 0, o.err
 	}
+	if cap(o.pending) == 0 {
+		if b, ok := turnBuffers.Get().(*[]byte); ok {
+			o.pending = (*b)[:0]
+		}
+	}
 	before := len(o.pending)
 	o.pending = frames(o.pending)
 	o.queued += int64(len(o.pending) - before)
@@ -265,10 +270,15 @@ func (o *outbox) releaseLocked() []outboxWaiter {
 	o.progress = make(chan struct{})
 	waiters := o.waiters
 	o.waiters = nil
-	if cap(o.cur) > maxIdleOutbox { // a burst's buffer is not kept for an idle connection
-		o.cur = nil
+	// A burst's buffer is not kept by an idle connection, but by the next that needs one.
+	if cap(o.cur) > maxIdleOutbox {
+		b := o.cur[:0]
+		turnBuffers.Put(&b)
+		o.cur, o.curOff = nil, 0
 	}
 	if cap(o.pending) > maxIdleOutbox {
+		b := o.pending[:0]
+		turnBuffers.Put(&b)
 		o.pending = nil
 	}
 	return waiters
@@ -276,6 +286,11 @@ func (o *outbox) releaseLocked() []outboxWaiter {
 
 // maxIdleOutbox is the most buffer an idle outbox keeps for the next write.
 const maxIdleOutbox = 64 << 10
+
+// turnBuffers are the large buffers idle connections gave back: a delivery turn's
+// frames are some hundreds of KiB, and a saturated fan-out would otherwise allocate
+// one for every turn.
+var turnBuffers sync.Pool
 
 // failLocked records that the connection is lost and returns the waiters to tell.
 func (o *outbox) failLocked(err error) []outboxWaiter {

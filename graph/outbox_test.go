@@ -199,6 +199,10 @@ func TestOutboxWithoutSocket(t *testing.T) {
 	require.NoError(t, o.send([]byte("end")))
 	o.close()
 	require.Equal(t, "0;1;2;3;4;5;6;7;8;9;end", conn.buf.String())
-	require.Positive(t, w.drains.Load())
+	select { // told after the writer let go
+	case <-w.drainedCh:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter was never told of the drain")
+	}
 	require.ErrorIs(t, o.send([]byte("late")), errOutboxClosed)
 }
