@@ -16,8 +16,9 @@ import (
 
 // complexityLimit is gqlgen's fixed complexity limit (extension.FixedComplexityLimit),
 // with each operation's complexity computed once rather than on every request: it
-// depends only on the document, the operation and the values of its Int variables
-// (generateKeys' count is the one argument a complexity reads).
+// depends only on the document, the operation and the values of its Int and Duration
+// variables (generateKeys' count and acquireKey's wait are the arguments a complexity
+// reads).
 type complexityLimit struct {
 	limit int
 	es    graphql.ExecutableSchema
@@ -28,11 +29,11 @@ type complexityLimit struct {
 }
 
 // complexityKey names an operation: its document by a hash of the text (the text
-// itself could be a MiB), its name, and its Int variables' values.
+// itself could be a MiB), its name, and the values of the variables it depends on.
 type complexityKey struct {
 	doc  uint64
 	op   string
-	ints string
+	vars string
 }
 
 // complexityCacheEntries bounds the operations whose complexity is remembered; the
@@ -57,7 +58,7 @@ func (c *complexityLimit) Validate(schema graphql.ExecutableSchema) error {
 
 func (c *complexityLimit) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
 	op := opCtx.Doc.Operations.ForName(opCtx.OperationName)
-	key := complexityKey{doc: maphash.String(c.seed, opCtx.RawQuery), op: opCtx.OperationName, ints: intVariables(op, opCtx.Variables)}
+	key := complexityKey{doc: maphash.String(c.seed, opCtx.RawQuery), op: opCtx.OperationName, vars: complexityVariables(op, opCtx.Variables)}
 	c.mu.Lock()
 	cost, ok := c.known[key]
 	c.mu.Unlock()
@@ -78,15 +79,15 @@ func (c *complexityLimit) MutateOperationContext(ctx context.Context, opCtx *gra
 	return nil
 }
 
-// intVariables writes out the values of op's Int variables, the only ones a
-// complexity can depend on.
-func intVariables(op *ast.OperationDefinition, vars map[string]any) string {
+// complexityVariables writes out the values of op's variables of the types that a
+// complexity reads: Int and Duration.
+func complexityVariables(op *ast.OperationDefinition, vars map[string]any) string {
 	if op == nil {
 		return ""
 	}
 	var b strings.Builder
 	for _, v := range op.VariableDefinitions {
-		if v.Type != nil && v.Type.Name() == "Int" {
+		if v.Type != nil && (v.Type.Name() == "Int" || v.Type.Name() == "Duration") {
 			fmt.Fprintf(&b, "%s=%v;", v.Variable, vars[v.Variable])
 		}
 	}

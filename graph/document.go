@@ -3,6 +3,7 @@ package graph
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/errcode"
@@ -375,21 +376,38 @@ func (admitChecked) MutateOperationContext(ctx context.Context, opCtx *graphql.O
 	return nil
 }
 
-// generateKeysComplexity returns the complexity of generateKeys: its selection once
-// per keysPerComplexityPoint keys, for a count the store accepts (1..maxGenerate; any
-// other is refused before a key is made, and costs 1). Mutation fields run one after
-// another, so without it 100 aliases of generateKeys(count: 10000) { id } would answer
-// a million keys at once; one generateKeys of up to 20000 keys with one field, or
-// 10000 with two, still fits the limit.
+// generateKeysComplexity returns the complexity of generateKeys: its selection, once
+// (its answer is written without gqlgen's per-key work: keylist.go), plus its keys'
+// share of generateShare, which -max-generate keys take whole. Making a key is what
+// costs, so a request may make -max-generate keys with any selection and some other
+// fields, and never more than 4/3 of that in all however it aliases generateKeys:
+// mutation fields run one after another, so without it 100 aliases of
+// generateKeys(count: 10000) would make a million keys at once. A count the store
+// refuses (outside 1..maxGenerate) costs 1: it is refused before a key is made.
 func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64) int {
 	return func(childComplexity int, count int64) int {
 		if count < 1 || count > int64(maxGenerate) {
 			return 1
 		}
-		points := (int(count) + keysPerComplexityPoint - 1) / keysPerComplexityPoint
-		return max(childComplexity, 1) * points
+		share := (int64(generateShare)*count + int64(maxGenerate) - 1) / int64(maxGenerate)
+		return max(childComplexity, 1) + int(share)
 	}
 }
 
-// keysPerComplexityPoint is how many generated keys cost one point per selected field.
-const keysPerComplexityPoint = 100
+// generateShare is the complexity of making -max-generate keys.
+const generateShare = ComplexityLimit * 3 / 4
+
+// acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an
+// acquire that may wait: mutation fields run one after another, so 100 aliases of
+// acquireKey(wait: "30s") would hold their request for 50 minutes. With it, an
+// operation waits at most once, for at most keystore.MaxWait.
+func acquireKeyComplexity(childComplexity int, _ *time.Duration, wait *time.Duration) int {
+	c := 1 + childComplexity
+	if wait != nil && *wait > 0 {
+		c += waitShare
+	}
+	return c
+}
+
+// waitShare is the complexity of a wait: more than half the limit, so that two never fit.
+const waitShare = ComplexityLimit * 3 / 4

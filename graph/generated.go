@@ -474,8 +474,9 @@ keypool's API: a pool of API keys leased out. Every error carries extensions.cod
 NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, SLOW_CONSUMER (a subscription cut for
 falling behind), GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens,
 nesting 32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
-COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys its
-selection once per 100 keys; or a document over 1000 fields, arguments and directives with its
+COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys 150
+more for -max-generate keys and its share of 150 for fewer, acquireKey 150 more when it may wait,
+so an operation waits once at most; or a document over 1000 fields, arguments and directives with its
 fragments written out, 16 selections of one response name in a selection set, or nesting 32; or
 __schema selected twice or aliased within), PERSISTED_QUERY_NOT_FOUND and INTERNAL_SERVER_ERROR.
 Requests refused before GraphQL sees them carry BAD_REQUEST (400: not one JSON object, a query
@@ -600,7 +601,7 @@ type Mutation {
   acquireKey(
     "The lease's length, from 1s up to the server's max lease TTL; the server's lease TTL when omitted."
     ttl: Duration
-    "How long to wait for a key when none is free, up to 30s; omitted or zero answers at once."
+    "How long to wait for a key when none is free, up to 30s; omitted or zero answers at once. One operation may wait once."
     wait: Duration
   ): Lease
   """

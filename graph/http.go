@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -321,11 +323,13 @@ func writeResponse(w http.ResponseWriter, mediaType string, resp *graphql.Respon
 		writeJSON(w, mediaType, http.StatusOK, resp)
 		return
 	}
-	body := make([]byte, 0, len(`{"data":}`)+len(resp.Data))
-	body = append(append(append(body, `{"data":`...), resp.Data...), '}')
+	const prefix, suffix = `{"data":`, "}"
 	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(prefix)+len(resp.Data)+len(suffix)))
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	_, _ = io.WriteString(w, prefix)
+	_, _ = w.Write(resp.Data)
+	_, _ = io.WriteString(w, suffix)
 }
 
 // withParams records the request decoded from r's body for httpTransport.

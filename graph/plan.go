@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 
@@ -201,9 +200,7 @@ func (p *plan) encode(ev *keystore.Event) []byte {
 		case fieldKeyID:
 			b = appendMarshaled(b, graphql.MarshalID(ev.KeyID))
 		case fieldAt:
-			b = append(b, '"')
-			b = ev.At.UTC().AppendFormat(b, time.RFC3339Nano)
-			b = append(b, '"')
+			b = keystore.AppendTime(b, ev.At)
 		case fieldTypename:
 			b = append(b, `"KeyEvent"`...)
 		}

@@ -34,6 +34,9 @@ func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*ke
 	if err != nil {
 		return nil, err
 	}
+	if takeKeyList(ctx, keys) {
+		return []*keystore.Key{}, nil // writeKeyLists writes them
+	}
 	out := make([]*keystore.Key, len(keys))
 	for i := range keys {
 		out[i] = &keys[i]

@@ -68,6 +68,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		maxGenerate = keystore.DefaultMaxGenerate
 	}
 	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every
@@ -88,6 +89,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(newComplexityLimit(ComplexityLimit))
 	exec.Use(admitChecked{})
 	exec.Use(streamErrors{})
+	exec.AroundRootFields(writeKeyLists)
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))
 

@@ -2,9 +2,9 @@ package rest
 
 import (
 	"encoding/json"
+	"net/http"
 	"strconv"
 	"sync"
-	"time"
 	"unicode/utf8"
 
 	"github.com/keypool/keypool/keystore"
@@ -17,9 +17,6 @@ import (
 // A Lease inside a Key has no "key" field (the enclosing object is its key). The Key
 // inside a Lease (acquire, renew) is a whole Key, so its "lease" repeats the lease, again
 // without "key": every Key has one shape wherever it appears, and nothing is cyclic.
-
-// timeLayout is RFC 3339 with fractional seconds (trailing zeros trimmed), as gqlgen's Time.
-const timeLayout = time.RFC3339Nano
 
 // maxPooledBuffer keeps huge bodies (a 10000-key generate) from pinning memory in the pool.
 const maxPooledBuffer = 64 << 10
@@ -34,12 +31,6 @@ func putBuffer(b *[]byte) {
 	}
 	*b = (*b)[:0]
 	bufferPool.Put(b)
-}
-
-func appendTime(b []byte, t time.Time) []byte {
-	b = append(b, '"')
-	b = t.UTC().AppendFormat(b, timeLayout)
-	return append(b, '"')
 }
 
 // appendString appends s as a JSON string. Ids, tokens and statuses are plain ASCII and
@@ -62,9 +53,9 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	b = append(b, `,"status":`...)
 	b = appendString(b, string(k.Status))
 	b = append(b, `,"createdAt":`...)
-	b = appendTime(b, k.CreatedAt)
+	b = keystore.AppendTime(b, k.CreatedAt)
 	b = append(b, `,"expiresAt":`...)
-	b = appendTime(b, k.ExpiresAt)
+	b = keystore.AppendTime(b, k.ExpiresAt)
 	b = append(b, `,"lease":`...)
 	if k.Lease != nil && k.Status == keystore.Blocked {
 		b = appendLeaseFields(b, k.Lease)
@@ -80,7 +71,7 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	if k.History.LastAcquiredAt.IsZero() {
 		b = append(b, "null"...)
 	} else {
-		b = appendTime(b, k.History.LastAcquiredAt)
+		b = keystore.AppendTime(b, k.History.LastAcquiredAt)
 	}
 	return append(b, "}}"...)
 }
@@ -92,9 +83,9 @@ func appendLeaseFields(b []byte, l *keystore.Lease) []byte {
 	b = append(b, `,"fence":`...)
 	b = strconv.AppendInt(b, l.Fence, 10)
 	b = append(b, `,"acquiredAt":`...)
-	b = appendTime(b, l.AcquiredAt)
+	b = keystore.AppendTime(b, l.AcquiredAt)
 	b = append(b, `,"expiresAt":`...)
-	return appendTime(b, l.ExpiresAt)
+	return keystore.AppendTime(b, l.ExpiresAt)
 }
 
 // appendLease appends the lease that k holds, with k as its "key".
@@ -105,16 +96,30 @@ func appendLease(b []byte, k *keystore.Key) []byte {
 	return append(b, '}')
 }
 
-func appendKeys(b []byte, keys []keystore.Key) []byte {
-	b = append(b, `{"keys":[`...)
+// writeKeys writes {"keys":[…]} a pooled buffer's worth at a time: 10000 keys are some
+// 3.5 MB, which one growing buffer would allocate twice over.
+func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
+	buf := getBuffer()
+	b := append(*buf, `{"keys":[`...)
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
 	for i := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = appendKey(b, &keys[i])
+		if len(b) >= flushBytes {
+			_, _ = w.Write(b)
+			b = b[:0]
+		}
 	}
-	return append(b, "]}"...)
+	_, _ = w.Write(append(b, "]}"...))
+	*buf = b
+	putBuffer(buf)
 }
+
+// flushBytes is how much of a long answer writeKeys gathers before writing it.
+const flushBytes = maxPooledBuffer / 2
 
 func appendStats(b []byte, s keystore.Stats) []byte {
 	b = append(b, `{"total":`...)

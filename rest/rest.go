@@ -129,7 +129,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, func(b []byte) []byte { return appendKeys(b, keys) })
+	writeKeys(w, http.StatusCreated, keys)
 }
 
 func (h *handler) acquire(w http.ResponseWriter, r *http.Request) {

@@ -14,7 +14,7 @@ import (
 // MarshalTime writes the GraphQL Time scalar: t as RFC 3339 with fractional seconds, in UTC.
 func MarshalTime(t time.Time) graphql.Marshaler {
 	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = io.WriteString(w, strconv.Quote(t.UTC().Format(time.RFC3339Nano)))
+		_, _ = w.Write(keystore.AppendTime(make([]byte, 0, 40), t))
 	})
 }
 

@@ -8,6 +8,7 @@ package costly
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -227,11 +228,36 @@ func (s shape) largest(maxBytes, maxUnits int) []byte {
 	return s.build(lo)
 }
 
+// answers are small documents with the largest answers the limits let through: as
+// many generated keys as the complexity limit allows in one request, in one field,
+// in many, and with every field of a key. They must be answered, not refused.
+var answers = []Doc{
+	answer("answers/generateKeys, the most keys",
+		"mutation { a: generateKeys(count: 10000) { id } b: generateKeys(count: 3200) { id } }"),
+	answer("answers/generateKeys, many aliases",
+		"mutation {"+repeat(100, func(i int) string { return fmt.Sprintf(" g%d: generateKeys(count: 66) { id }", i) })+" }"),
+	answer("answers/generateKeys, every field", `mutation { generateKeys(count: 10000) { id status createdAt expiresAt
+		lease { token fence acquiredAt expiresAt key { id } } history { timesAcquired leasesExpired lastAcquiredAt } } }`),
+}
+
+func answer(name, query string) Doc {
+	body, err := json.Marshal(map[string]string{"query": query})
+	if err != nil {
+		panic(err)
+	}
+	return Doc{Name: name, Body: body}
+}
+
+// IsAnswer reports whether doc is one of the largest answers, which the server must
+// answer without an error.
+func IsAnswer(doc Doc) bool { return strings.HasPrefix(doc.Name, "answers/") }
+
 // Documents returns every shape at its largest within maxBytes and, for shapes made
 // of counted tokens, also at its largest within tokenBudget tokens (named "…/under
-// the token limit"), so that the checks after the parser's are reached too.
+// the token limit"), so that the checks after the parser's are reached too; then the
+// largest answers.
 func Documents(maxBytes, tokenBudget int) []Doc {
-	var docs []Doc
+	docs := slices.Clone(answers)
 	for _, s := range shapes {
 		docs = append(docs, Doc{Name: s.name, Body: s.largest(maxBytes, 0)})
 		if s.tokens > 0 && tokenBudget > 0 {
