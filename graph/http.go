@@ -250,13 +250,15 @@ type requestParamsKey struct{}
 // cannot serve gets a coded JSON error: 405 with Allow for another method or a
 // mutation over GET, 415 for another content type, 400 for a malformed request.
 // It is the last transport, so that it answers every request the others do not.
-type httpTransport struct{}
+type httpTransport struct {
+	compiled *compiledOps // nil: every request through gqlgen
+}
 
 var _ graphql.Transport = httpTransport{}
 
 func (httpTransport) Supports(r *http.Request) bool { return r.Header.Get("Upgrade") == "" }
 
-func (httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	var params *graphql.RawParams
 	var err *gqlerror.Error
 	switch r.Method {
@@ -289,6 +291,11 @@ func (httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
 
 	mediaType := negotiate(r)
+	if r.Method == http.MethodPost {
+		if op := t.compiled.lookup(params); op != nil && t.compiled.serve(w, r, mediaType, op, params.Variables) {
+			return
+		}
+	}
 	ctx := r.Context()
 	opCtx, errs := exec.CreateOperationContext(ctx, params)
 	if errs != nil {
@@ -309,6 +316,9 @@ func (httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gra
 		refuse(w, r, http.StatusBadRequest,
 			coded(codeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream"))
 		return
+	}
+	if r.Method == http.MethodPost {
+		t.compiled.learn(params, opCtx)
 	}
 	responses, ctx := exec.DispatchOperation(ctx, opCtx)
 	writeResponse(w, mediaType, responses(ctx))

@@ -62,7 +62,8 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		pingPong = PingPongInterval
 	}
 
-	cfg := Config{Resolvers: &Resolver{Store: store}}
+	resolver := &Resolver{Store: store}
+	cfg := Config{Resolvers: resolver}
 	maxGenerate := opts.MaxGenerate
 	if maxGenerate <= 0 {
 		maxGenerate = keystore.DefaultMaxGenerate
@@ -90,8 +91,9 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(admitChecked{})
 	exec.Use(streamErrors{})
 	exec.AroundRootFields(writeKeyLists)
-	exec.SetErrorPresenter(errorPresenter(logger))
-	exec.SetRecoverFunc(recoverFunc(logger))
+	presenter, recover := errorPresenter(logger), recoverFunc(logger)
+	exec.SetErrorPresenter(presenter)
+	exec.SetRecoverFunc(recover)
 
 	gate := newCostGate()
 	fanout := newFanout(opts.FanoutWorkers, opts.Fanout)
@@ -109,7 +111,8 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 				logger:       logger,
 				fanout:       fanout,
 			}},
-			httpTransport{}, // last: it answers whatever the others do not
+			// Last: it answers whatever the others do not.
+			httpTransport{compiled: newCompiledOps(resolver, presenter, recover)},
 		},
 	}
 	return guard(srv, checkOrigin, MaxBodyBytes, gate)
