@@ -292,10 +292,9 @@ func (ops *compiledOps) serve(w http.ResponseWriter, r *http.Request, mediaType 
 		return false
 	}
 	ctx := graphql.WithResponseContext(r.Context(), ops.presenter, ops.recover)
-	parent := &graphql.FieldContext{Object: c.object}
-	ctx = graphql.WithFieldContext(ctx, parent)
 	ctx = graphql.WithFieldContext(ctx, &graphql.FieldContext{
-		Parent: parent, Object: c.object, Field: c.field, IsMethod: true, IsResolver: true, NonNull: c.nonNull,
+		Parent: &graphql.FieldContext{Object: c.object}, // as gqlgen's root: its path is the field's alone
+		Object: c.object, Field: c.field, IsMethod: true, IsResolver: true, NonNull: c.nonNull,
 	})
 	key, id, err, panicked := ops.run(ctx, call)
 	switch {
@@ -397,12 +396,4 @@ func (c *compiledOp) prepare(r *Resolver, vars map[string]any) (func(context.Con
 		}, true
 	}
 	return nil, false
-}
-
-// writeData writes a response of data alone, as writeResponse writes one.
-func writeData(w http.ResponseWriter, mediaType string, body []byte) {
-	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
 }

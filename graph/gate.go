@@ -65,9 +65,11 @@ type endpoint struct {
 }
 
 func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
 	for _, t := range e.transports {
 		if t.Supports(r) {
+			if _, ok := t.(httpTransport); !ok { // httpTransport starts it past compiled operations
+				r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+			}
 			t.Do(w, r, e.exec)
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -310,7 +309,7 @@ func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 			return
 		}
 	}
-	ctx := r.Context()
+	ctx := graphql.StartOperationTrace(r.Context())
 	opCtx, errs := exec.CreateOperationContext(ctx, params)
 	if errs != nil {
 		resp := exec.DispatchError(graphql.WithOperationContext(ctx, opCtx), errs)
@@ -347,13 +346,35 @@ func writeResponse(w http.ResponseWriter, mediaType string, resp *graphql.Respon
 		writeJSON(w, mediaType, http.StatusOK, resp)
 		return
 	}
-	const prefix, suffix = `{"data":`, "}"
-	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
-	w.Header().Set("Content-Length", strconv.Itoa(len(prefix)+len(resp.Data)+len(suffix)))
+	writeData(w, mediaType, []byte(`{"data":`), resp.Data, []byte("}"))
+}
+
+// writeData writes a response of data alone, the concatenation of parts.
+func writeData(w http.ResponseWriter, mediaType string, parts ...[]byte) {
+	h := w.Header()
+	h["Content-Type"] = contentTypes[mediaType]
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n > smallResponse { // net/http counts a smaller one itself
+		h["Content-Length"] = []string{strconv.Itoa(n)}
+	}
 	w.WriteHeader(http.StatusOK)
-	_, _ = io.WriteString(w, prefix)
-	_, _ = w.Write(resp.Data)
-	_, _ = io.WriteString(w, suffix)
+	for _, p := range parts {
+		_, _ = w.Write(p)
+	}
+}
+
+// smallResponse is the most a handler may write for net/http to send Content-Length
+// itself (its buffer before chunking).
+const smallResponse = 2048
+
+// contentTypes are the Content-Type headers of the media types, shared: net/http
+// only reads them.
+var contentTypes = map[string][]string{
+	mediaJSON:            {mediaJSON + "; charset=utf-8"},
+	mediaGraphQLResponse: {mediaGraphQLResponse + "; charset=utf-8"},
 }
 
 // withParams records the request decoded from r's body for httpTransport.
