@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/99designs/gqlgen/graphql"
+	gojson "github.com/goccy/go-json"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 )
@@ -119,6 +121,9 @@ func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
 		}
 		return nil, coded(codeBadRequest, "the request must be one JSON object")
 	}
+	if params, ok := decodeWellFormed(body); ok {
+		return params, requireQuery(params)
+	}
 	var req requestJSON
 	if err := json.Unmarshal(body, &req); err != nil {
 		if err := checkJSON(body); err != nil {
@@ -152,6 +157,41 @@ func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
 		return nil, err
 	}
 	return params, nil
+}
+
+// wellFormed is a request whose fields all have the types they should: decoded in
+// one pass, as the common case; any other is decoded again, to say what is wrong.
+type wellFormed struct {
+	Query         string         `json:"query"`
+	OperationName string         `json:"operationName"`
+	Variables     map[string]any `json:"variables"`
+	Extensions    map[string]any `json:"extensions"`
+}
+
+// decodeWellFormed decodes body if it is one well-formed request, numbers kept exact,
+// with goccy/go-json once encoding/json's scanner has found it valid: encoding/json's
+// decoding takes some 4 µs for a typical request, a sixth of the server's time for
+// it, and this some 2. What it refuses (or, were it ever to, panics on) goes to
+// encoding/json, which says what is wrong.
+func decodeWellFormed(body []byte) (params *graphql.RawParams, ok bool) {
+	defer func() {
+		if recover() != nil {
+			params, ok = nil, false
+		}
+	}()
+	if !utf8.Valid(body) || !json.Valid(body) {
+		// goccy/go-json is no validator (it takes "\0" in a string, for one), and
+		// encoding/json's replacement of bad bytes is the rule.
+		return nil, false
+	}
+	dec := gojson.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var req wellFormed
+	if err := dec.Decode(&req); err != nil || dec.InputOffset() != int64(len(body)) {
+		return nil, false // body is trimmed: anything after the object is more than space
+	}
+	return &graphql.RawParams{Query: req.Query, OperationName: req.OperationName,
+		Variables: req.Variables, Extensions: req.Extensions}, true
 }
 
 // requireQuery refuses a request with neither a query nor a persisted query's hash.
