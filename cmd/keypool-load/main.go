@@ -50,6 +50,7 @@ func main() {
 type config struct {
 	duration    time.Duration
 	warmup      time.Duration
+	rounds      int
 	concurrency int
 	keys        int
 	storm       int
@@ -70,6 +71,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("keypool-load", flag.ContinueOnError)
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to drive each target")
 	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "unmeasured load before each target")
+	fs.IntVar(&cfg.rounds, "rounds", 1, "run the targets this many times in turn and also print each ratio's median over the rounds (wrk only): on a noisy machine, ratios within a round move together")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent connections, each alternating acquire and unblock")
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")

@@ -155,25 +155,52 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 	}
 	fmt.Fprintf(out, "keypool-load: wrk, %d connections (one per thread), %v per target after %v warm-up, %d keys in the pool, %d-byte replies, %d CPUs, %s\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, replySize, runtime.NumCPU(), placement)
-	var results []result
-	for _, target := range cfg.targets {
-		run, ok := runs[target]
-		if !ok {
-			return fmt.Errorf("unknown target %q (plain, gqlgen, graphql, rest)", target)
-		}
-		run.connect = cfg.concurrency
-		if cfg.warmup >= time.Second {
-			if _, err := driveWrk(ctx, cfg, script, run, cfg.warmup); err != nil {
+	ratios := map[string][]float64{} // by target, one a round
+	for round := range max(cfg.rounds, 1) {
+		var results []result
+		for _, target := range cfg.targets {
+			run, ok := runs[target]
+			if !ok {
+				return fmt.Errorf("unknown target %q (plain, gqlgen, graphql, rest)", target)
+			}
+			run.connect = cfg.concurrency
+			if cfg.warmup >= time.Second {
+				if _, err := driveWrk(ctx, cfg, script, run, cfg.warmup); err != nil {
+					return err
+				}
+			}
+			r, err := driveWrk(ctx, cfg, script, run, cfg.duration)
+			if err != nil {
 				return err
 			}
+			results = append(results, r)
 		}
-		r, err := driveWrk(ctx, cfg, script, run, cfg.duration)
-		if err != nil {
-			return err
+		if cfg.rounds > 1 {
+			fmt.Fprintf(out, "round %d of %d:\n", round+1, cfg.rounds)
 		}
-		results = append(results, r)
+		report(out, results)
+		plain := 0.0
+		for _, r := range results {
+			if r.target == "plain" {
+				plain = r.rate()
+			}
+		}
+		for _, r := range results {
+			if plain > 0 {
+				ratios[r.target] = append(ratios[r.target], r.rate()/plain)
+			}
+		}
 	}
-	report(out, results)
+	if cfg.rounds > 1 && len(ratios) > 0 {
+		fmt.Fprintf(out, "median over %d rounds, vs plain (each round's own plain run):", cfg.rounds)
+		for _, target := range cfg.targets {
+			if rs := ratios[target]; len(rs) > 0 {
+				slices.Sort(rs)
+				fmt.Fprintf(out, " %s %.2f (%.2f–%.2f)", target, rs[len(rs)/2], rs[0], rs[len(rs)-1])
+			}
+		}
+		fmt.Fprintln(out)
+	}
 	if rss, err := processRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
 	}
