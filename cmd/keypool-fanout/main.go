@@ -28,11 +28,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,6 +42,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keypool/keypool/internal/harness"
 )
 
 func main() {
@@ -144,7 +144,7 @@ type server struct {
 }
 
 func startKeypool(ctx context.Context, cfg config) (*server, error) {
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func startKeypool(ctx context.Context, cfg config) (*server, error) {
 }
 
 func startRaw(ctx context.Context) (*server, error) {
-	addr, err := freeAddr()
+	addr, err := harness.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -170,14 +170,14 @@ func startServer(ctx context.Context, cmd *exec.Cmd, addr string) (*server, erro
 		return nil, err
 	}
 	s := &server{cmd: cmd, base: "http://" + addr}
-	if err := waitUp(ctx, s.base+"/healthz"); err != nil {
+	if err := harness.WaitUp(ctx, s.base+"/healthz"); err != nil {
 		s.stop()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *server) stop() { stopProcess(s.cmd) }
+func (s *server) stop() { harness.StopProcess(s.cmd, 10*time.Second) }
 
 func (s *server) ws() string { return "ws" + strings.TrimPrefix(s.base, "http") + "/graphql" }
 
@@ -205,7 +205,7 @@ func startSubscribers(ctx context.Context, cfg config, url, query string, resubs
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &subscriberProcess{stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid, wait: func() { stopProcess(cmd) }}
+	p := &subscriberProcess{stdin: stdin, stdout: bufio.NewReader(stdout), pid: cmd.Process.Pid, wait: func() { harness.StopProcess(cmd, 10*time.Second) }}
 	line, err := p.stdout.ReadString('\n')
 	if err != nil || strings.TrimSpace(line) != "ready" {
 		p.stop()
@@ -349,10 +349,10 @@ func requestsOnce(ctx context.Context, cfg config, withSubscribers bool) (reques
 	gen, stats := newClient(), newClient()
 	generate := []byte(fmt.Sprintf(`{"query":"mutation { generateKeys(count: %d) { id } }"}`, cfg.count))
 	statsQuery := []byte(`{"query":"{ stats { total available blocked } }"}`)
-	cpu0 := processCPU(srv.cmd.Process.Pid)
+	cpu0 := cpuSeconds(srv.cmd.Process.Pid)
 	var subsCPU0 float64
 	if subs != nil {
-		subsCPU0 = processCPU(subs.pid)
+		subsCPU0 = cpuSeconds(subs.pid)
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
@@ -376,9 +376,9 @@ func requestsOnce(ctx context.Context, cfg config, withSubscribers bool) (reques
 	})
 	wg.Wait()
 	r.elapsed = time.Since(start)
-	r.serverCPU = (processCPU(srv.cmd.Process.Pid) - cpu0) / r.elapsed.Seconds()
+	r.serverCPU = (cpuSeconds(srv.cmd.Process.Pid) - cpu0) / r.elapsed.Seconds()
 	if subs != nil {
-		r.subsCPU = (processCPU(subs.pid) - subsCPU0) / r.elapsed.Seconds()
+		r.subsCPU = (cpuSeconds(subs.pid) - subsCPU0) / r.elapsed.Seconds()
 	}
 	r.published = int64(len(r.generate.took) * cfg.count)
 	if err := ctx.Err(); err != nil {
@@ -500,7 +500,7 @@ func broadcastOnce(ctx context.Context, cfg config, target string, rate int) (br
 		_, err := post(ctx, client, srv.base+"/graphql", []byte(fmt.Sprintf(`{"query":"mutation { generateKeys(count: %d) { id } }"}`, n)))
 		return err
 	}
-	cpu0 := processCPU(srv.cmd.Process.Pid)
+	cpu0 := cpuSeconds(srv.cmd.Process.Pid)
 	start := time.Now()
 	ticker := time.NewTicker(10 * time.Millisecond)
 	for now := start; now.Sub(start) < cfg.rateDuration && ctx.Err() == nil; now = <-ticker.C {
@@ -519,7 +519,7 @@ func broadcastOnce(ctx context.Context, cfg config, target string, rate int) (br
 	if r.inWindow, err = subs.report(r.published); err != nil {
 		return r, err
 	}
-	r.serverCPU = (processCPU(srv.cmd.Process.Pid) - cpu0) / r.elapsed.Seconds()
+	r.serverCPU = (cpuSeconds(srv.cmd.Process.Pid) - cpu0) / r.elapsed.Seconds()
 	for wait := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if r.afterGrace, err = subs.report(r.published); err != nil {
 			return r, err
@@ -616,67 +616,12 @@ func do(c *http.Client, req *http.Request) ([]byte, error) {
 	return b, nil
 }
 
-func waitUp(ctx context.Context, url string) error {
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		if res, err := http.Get(url); err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s did not answer 200 within 30s", url)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-func stopProcess(cmd *exec.Cmd) {
-	if cmd.Process == nil {
-		return
-	}
-	_ = cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
-// processCPU is the CPU seconds (user and system) a process has used, from /proc; 0
-// where /proc cannot say.
-func processCPU(pid int) float64 {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// cpuSeconds is the CPU seconds (user and system) a process has used; 0 where /proc
+// cannot say.
+func cpuSeconds(pid int) float64 {
+	d, err := harness.ProcessCPU(pid)
 	if err != nil {
 		return 0
 	}
-	// The command name, in parentheses, may hold spaces: count fields after it.
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseFloat(fields[11], 64)
-	stime, err2 := strconv.ParseFloat(fields[12], 64)
-	if errors.Join(err1, err2) != nil {
-		return 0
-	}
-	return (utime + stime) / 100 // USER_HZ
+	return d.Seconds()
 }

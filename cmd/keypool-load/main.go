@@ -24,7 +24,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,6 +35,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/keypool/keypool/internal/harness"
 )
 
 func main() {
@@ -145,7 +146,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		// expire stormTTL later, mid-run; a keeper keeps the cycling pool alive.
 		keepAliveTTL = stormTTL
 	}
-	keypoolAddr, err := freeAddr()
+	keypoolAddr, err := harness.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -155,9 +156,9 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err := server.Start(); err != nil {
 		return fmt.Errorf("starting keypool: %w", err)
 	}
-	defer stopProcess(server)
+	defer harness.StopProcess(server, 5*time.Second)
 	base := "http://" + keypoolAddr
-	if err := waitUp(ctx, base+"/healthz"); err != nil {
+	if err := harness.WaitUp(ctx, base+"/healthz"); err != nil {
 		return fmt.Errorf("keypool did not come up: %w", err)
 	}
 
@@ -186,7 +187,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		return soak(ctx, cfg, client, base, pool, out)
 	}
 
-	plainAddr, err := freeAddr()
+	plainAddr, err := harness.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -199,8 +200,8 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err := plain.Start(); err != nil {
 		return err
 	}
-	defer stopProcess(plain)
-	if err := waitUp(ctx, "http://"+plainAddr+"/healthz"); err != nil {
+	defer harness.StopProcess(plain, 5*time.Second)
+	if err := harness.WaitUp(ctx, "http://"+plainAddr+"/healthz"); err != nil {
 		return fmt.Errorf("plain handler did not come up: %w", err)
 	}
 
@@ -522,48 +523,6 @@ func seed(ctx context.Context, c *http.Client, base string, n int) ([]string, er
 		n -= batch
 	}
 	return ids, nil
-}
-
-func waitUp(ctx context.Context, url string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s did not answer 200 within 30s", url)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-func stopProcess(cmd *exec.Cmd) {
-	if cmd.Process == nil {
-		return
-	}
-	_ = cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
 }
 
 // servePlain is the baseline: a net/http handler that answers a fixed JSON body of the

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keypool/keypool/internal/harness"
 )
 
 // cycleScript drives acquire→unblock cycles from wrk (see its comments).
@@ -47,7 +49,7 @@ type wrkResult struct {
 // driveWrk runs wrk with one connection per thread for d and returns the result, with
 // the CPU the server and wrk each used, in cores (CPU seconds per second).
 func driveWrk(ctx context.Context, cfg config, scriptPath string, r wrkRun, d time.Duration) (result, error) {
-	serverBefore, err := processCPU(r.pid)
+	serverBefore, err := harness.ProcessCPU(r.pid)
 	if err != nil {
 		return result{}, err
 	}
@@ -61,7 +63,7 @@ func driveWrk(ctx context.Context, cfg config, scriptPath string, r wrkRun, d ti
 		return result{}, fmt.Errorf("wrk %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	wall := time.Since(start)
-	serverAfter, err := processCPU(r.pid)
+	serverAfter, err := harness.ProcessCPU(r.pid)
 	if err != nil {
 		return result{}, err
 	}
@@ -95,26 +97,6 @@ func driveWrk(ctx context.Context, cfg config, scriptPath string, r wrkRun, d ti
 	}, nil
 }
 
-// processCPU reads the user and system time a process has used, from /proc.
-func processCPU(pid int) (time.Duration, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name may hold spaces; the fields that follow it are plain.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	const ticks = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / ticks, nil
-}
-
 // writeScript puts the cycle script where wrk can read it.
 func writeScript(dir string) (string, error) {
 	path := filepath.Join(dir, "cycle.lua")
@@ -134,7 +116,7 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		"rest":    {target: "rest", url: keypool, script: "rest", pid: keypoolPID},
 	}
 	if slices.Contains(cfg.targets, "gqlgen") {
-		addr, err := freeAddr()
+		addr, err := harness.FreeAddr()
 		if err != nil {
 			return err
 		}
@@ -143,8 +125,8 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		if err := floor.Start(); err != nil {
 			return err
 		}
-		defer stopProcess(floor)
-		if err := waitUp(ctx, "http://"+addr+"/healthz"); err != nil {
+		defer harness.StopProcess(floor, 5*time.Second)
+		if err := harness.WaitUp(ctx, "http://"+addr+"/healthz"); err != nil {
 			return fmt.Errorf("gqlgen's floor did not come up: %w", err)
 		}
 		runs["gqlgen"] = wrkRun{target: "gqlgen", url: "http://" + addr, script: "graphql", pid: floor.Process.Pid}
@@ -201,23 +183,8 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		}
 		fmt.Fprintln(out)
 	}
-	if rss, err := processRSS(keypoolPID); err == nil {
+	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
 	}
 	return nil
-}
-
-// processRSS reads a process's resident set size, from /proc.
-func processRSS(pid int) (int64, error) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
