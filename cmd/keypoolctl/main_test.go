@@ -257,10 +257,13 @@ func start(t *testing.T, server string, args ...string) *running {
 	require.NoError(t, err)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
+	// A group of its own, so that the cleanup also kills the command keypoolctl runs,
+	// which would otherwise keep the output pipes open after keypoolctl is gone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(t, cmd.Start())
 	r := &running{cmd: cmd, stdin: stdin, stdout: lines(stdout), stderr: lines(stderr), done: make(chan struct{})}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		r.wait(t)
 	})
 	return r
@@ -317,12 +320,21 @@ func (r *running) wait(t *testing.T) int {
 	return r.cmd.ProcessState.ExitCode()
 }
 
+// drain reads what is left of an output, until it ends or for lineTimeout at most.
 func drain(from chan string) string {
 	var out []string
-	for l := range from {
-		out = append(out, l)
+	timeout := time.After(lineTimeout)
+	for {
+		select {
+		case l, ok := <-from:
+			if !ok {
+				return strings.Join(out, "\n")
+			}
+			out = append(out, l)
+		case <-timeout:
+			return strings.Join(append(out, "(output still open)"), "\n")
+		}
 	}
-	return strings.Join(out, "\n")
 }
 
 // TestLeaseDoneWhen is the "done when": lease prints the key and leaves it
