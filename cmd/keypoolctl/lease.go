@@ -65,6 +65,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 		"KEYPOOL_LEASE_TOKEN="+lease.Token(),
 		"KEYPOOL_LEASE_FENCE="+strconv.FormatInt(lease.Fence(), 10),
 	)
+	keepWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		release(e, g, lease)
 		fmt.Fprintf(e.stderr, "keypoolctl: lease: %v\n", err)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -413,6 +414,22 @@ func TestLeaseLost(t *testing.T) {
 	stderr := r.restErr
 	assert.Contains(t, stderr, "lease lost")
 	assert.Contains(t, stderr, "NOT_FOUND")
+}
+
+// TestLeaseCommandDiesWithKeypoolctl: killed with SIGKILL, keypoolctl cannot stop its
+// command itself; on Linux the kernel then sends the command SIGTERM, so that it does
+// not run on after its lease.
+func TestLeaseCommandDiesWithKeypoolctl(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("a parent-death signal is Linux's")
+	}
+	ts := newTestServer(t)
+	ts.generate(t, 1)
+	r := start(t, ts.url, "lease", "--", "sh", "-c",
+		`echo "$KEYPOOL_KEY"; trap 'echo stopped; exit 0' TERM; while :; do sleep 0.05; done`)
+	r.line(t, r.stdout)
+	require.NoError(t, r.cmd.Process.Kill()) // keypoolctl alone, not its group
+	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM when keypoolctl died")
 }
 
 // TestLeaseForwardsSignals: SIGINT and SIGTERM go to the command, which decides
