@@ -185,9 +185,14 @@ func parse(e *env, fs *flag.FlagSet, args []string) (code int, ok bool) {
 
 // parseInterspersed is parse for commands whose flags may follow their arguments
 // ("unblock ID -token T"); it returns the arguments. After "--" everything is an
-// argument.
+// argument, and so is anything that starts with "-" but names no flag: one key id
+// in 64 starts with "-" ("get -WORxEWyFKXiBwY6AUU2Ew").
 func parseInterspersed(e *env, fs *flag.FlagSet, args []string) (positional []string, code int, ok bool) {
 	for {
+		for len(args) > 0 && namesNoFlag(fs, args[0]) {
+			positional = append(positional, args[0])
+			args = args[1:]
+		}
 		if code, ok := parse(e, fs, args); !ok {
 			return nil, code, false
 		}
@@ -202,6 +207,16 @@ func parseInterspersed(e *env, fs *flag.FlagSet, args []string) (positional []st
 		positional = append(positional, rest[0])
 		args = rest[1:]
 	}
+}
+
+// namesNoFlag reports whether arg looks like a flag ("-x", "--x=v") that fs does not
+// define (help aside).
+func namesNoFlag(fs *flag.FlagSet, arg string) bool {
+	if len(arg) < 2 || arg[0] != '-' || arg == "--" {
+		return false
+	}
+	name, _, _ := strings.Cut(strings.TrimPrefix(arg[1:], "-"), "=")
+	return name != "h" && name != "help" && fs.Lookup(name) == nil
 }
 
 // usageError reports a misuse of a command and returns exitUsage.

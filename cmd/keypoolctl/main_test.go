@@ -152,6 +152,9 @@ func TestCommands(t *testing.T) {
 	var stats client.Stats
 	ctl(t, ts.url, "stats").decode(t, &stats)
 	ctl(t, ts.url, "get", "nope").failed(t, exitError, "NOT_FOUND")
+	// One key id in 64 starts with "-": an argument, not an unknown flag.
+	ctl(t, ts.url, "get", "-WORxEWyFKXiBwY6AUU2Ew").failed(t, exitError, "NOT_FOUND")
+	ctl(t, ts.url, "unblock", "-WORxEWyFKXiBwY6AUU2Ew", "-token", "t").failed(t, exitError, "NOT_FOUND")
 
 	var keys []client.Key
 	ctlIn(t, ts.url, "generate", "2").decode(t, &keys)
@@ -401,7 +404,7 @@ func TestLeaseLost(t *testing.T) {
 	ts := newTestServer(t)
 	ts.generate(t, 1)
 	r := start(t, ts.url, "lease", "-ttl", "1s", "-grace", "5s", "--", "sh", "-c",
-		`echo "$KEYPOOL_KEY"; trap 'echo stopped; exit 0' TERM; while :; do sleep 0.05; done`)
+		`trap 'echo stopped; exit 0' TERM; echo "$KEYPOOL_KEY"; while :; do sleep 0.05; done`)
 	id := r.line(t, r.stdout)
 
 	other, err := client.New(ts.url)
@@ -426,8 +429,8 @@ func TestLeaseCommandDiesWithKeypoolctl(t *testing.T) {
 	ts := newTestServer(t)
 	ts.generate(t, 1)
 	r := start(t, ts.url, "lease", "--", "sh", "-c",
-		`echo "$KEYPOOL_KEY"; trap 'echo stopped; exit 0' TERM; while :; do sleep 0.05; done`)
-	r.line(t, r.stdout)
+		`trap 'echo stopped; exit 0' TERM; echo "$KEYPOOL_KEY"; while :; do sleep 0.05; done`)
+	r.line(t, r.stdout) // the trap is set
 	require.NoError(t, r.cmd.Process.Kill()) // keypoolctl alone, not its group
 	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM when keypoolctl died")
 }
