@@ -430,7 +430,7 @@ func TestLeaseCommandDiesWithKeypoolctl(t *testing.T) {
 	ts.generate(t, 1)
 	r := start(t, ts.url, "lease", "--", "sh", "-c",
 		`trap 'echo stopped; exit 0' TERM; echo "$KEYPOOL_KEY"; while :; do sleep 0.05; done`)
-	r.line(t, r.stdout) // the trap is set
+	r.line(t, r.stdout)                      // the trap is set
 	require.NoError(t, r.cmd.Process.Kill()) // keypoolctl alone, not its group
 	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM when keypoolctl died")
 }
