@@ -265,11 +265,6 @@ func (c *compiledOp) argument(name string, vars map[string]any) (value *string, 
 	return nil, false
 }
 
-// id returns the ID argument called name.
-func (c *compiledOp) id(name string, vars map[string]any) (*string, bool) {
-	return c.argument(name, vars)
-}
-
 // duration returns the Duration argument called name, parsed as gqlgen's unmarshaler
 // parses it; a value it refuses is left to gqlgen to refuse.
 func (c *compiledOp) duration(name string, vars map[string]any) (*time.Duration, bool) {
@@ -305,7 +300,7 @@ func (ops *compiledOps) serve(w http.ResponseWriter, r *http.Request, mediaType 
 	case key == nil && id == nil && c.nonNull:
 		graphql.AddInvalidNullError(ctx, "")
 	case key == nil && id == nil:
-		c.write(w, mediaType, []byte("null"))
+		writeData(w, mediaType, c.prefix, []byte("null}}"))
 		return true
 	default:
 		b := make([]byte, 0, 512)
@@ -324,12 +319,6 @@ func (ops *compiledOps) serve(w http.ResponseWriter, r *http.Request, mediaType 
 	}
 	writeResponse(w, mediaType, &graphql.Response{Errors: graphql.GetErrors(ctx), Data: data})
 	return true
-}
-
-// write answers with value as the data of c's field.
-func (c *compiledOp) write(w http.ResponseWriter, mediaType string, value []byte) {
-	b := append(append(append([]byte(nil), c.prefix...), value...), "}}"...)
-	writeData(w, mediaType, b)
 }
 
 // run calls the resolver, recovering a panic as gqlgen does.
@@ -353,7 +342,7 @@ func (c *compiledOp) prepare(r *Resolver, vars map[string]any) (func(context.Con
 		return l.Key, nil, err
 	}
 	key := func(k *keystore.Key, err error) (*keystore.Key, *string, error) { return k, nil, err }
-	id, ok := c.id("id", vars)
+	id, ok := c.argument("id", vars)
 	if !ok || (id == nil && c.root != rootAcquireKey) {
 		return nil, false // a required id that is missing: gqlgen's error
 	}
@@ -368,12 +357,12 @@ func (c *compiledOp) prepare(r *Resolver, vars map[string]any) (func(context.Con
 			return lease(r.Mutation().AcquireKey(ctx, ttl, wait))
 		}, true
 	case rootUnblockKey:
-		token, ok := c.id("token", vars)
+		token, ok := c.argument("token", vars)
 		return func(ctx context.Context) (*keystore.Key, *string, error) {
 			return key(r.Mutation().UnblockKey(ctx, *id, token))
 		}, ok
 	case rootRenewLease:
-		token, ok1 := c.id("token", vars)
+		token, ok1 := c.argument("token", vars)
 		ttl, ok2 := c.duration("ttl", vars)
 		return func(ctx context.Context) (*keystore.Key, *string, error) {
 			return lease(r.Mutation().RenewLease(ctx, *id, *token, ttl))
