@@ -129,11 +129,17 @@ func setOf(types []EventType) typeSet {
 	}
 	var set typeSet
 	for _, t := range types {
-		if i := typeIndex(t); i >= 0 {
-			set |= 1 << i
-		}
+		set |= typeBit(t)
 	}
 	return set
+}
+
+// typeBit is the set of t alone; empty if t is no known type.
+func typeBit(t EventType) typeSet {
+	if i := typeIndex(t); i >= 0 {
+		return 1 << i
+	}
+	return 0
 }
 
 // wake is a wake-up channel that the next publish closes if anyone armed it.
@@ -184,12 +190,41 @@ func NewHub(retention int, obs Observer) *Hub {
 func (h *Hub) Publish(ev Event) int64 {
 	h.publish.Lock()
 	defer h.publish.Unlock()
+	from := h.next.Load()
+	seq, ok := h.put(ev, new(slotEvent))
+	if ok {
+		h.wake(typeBit(ev.Type), from, seq+1)
+	}
+	return seq
+}
+
+// PublishAll appends evs, each with a zero Seq, in order: as many Publish calls would,
+// with one lock, one allocation and one round of wake-ups for them all.
+func (h *Hub) PublishAll(evs []Event) {
+	if len(evs) == 0 {
+		return
+	}
+	h.publish.Lock()
+	defer h.publish.Unlock()
+	slots := make([]slotEvent, len(evs))
+	from := h.next.Load()
+	var types typeSet
+	for i, ev := range evs {
+		h.put(ev, &slots[i])
+		types |= typeBit(ev.Type)
+	}
+	h.wake(types, from, h.next.Load())
+}
+
+// put stores ev in slot e of the ring and moves next past it; it reports false, and
+// stores nothing, for a duplicate. The caller holds h.publish.
+func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 	next := h.next.Load()
 	switch {
 	case ev.Seq == 0:
 		ev.Seq = next
 	case ev.Seq < next:
-		return ev.Seq
+		return ev.Seq, false
 	}
 	first := h.first.Load()
 	if ev.Seq > next {
@@ -202,7 +237,7 @@ func (h *Hub) Publish(ev Event) int64 {
 	size := int64(len(h.ring))
 	first = max(first, ev.Seq+1-size)
 	h.first.Store(first)
-	e := &slotEvent{ev: ev}
+	e.ev = ev
 	i := typeIndex(ev.Type)
 	if i >= 0 {
 		e.prevOfType = h.lastOf[i].Load()
@@ -212,15 +247,20 @@ func (h *Hub) Publish(ev Event) int64 {
 		h.lastOf[i].Store(ev.Seq)
 	}
 	h.next.Store(ev.Seq + 1)
+	return ev.Seq, true
+}
+
+// wake signals the subscribers of every set that holds one of types, after seqs
+// from..to-1 were published, and the lap wake-up if a seq of them ends a lap.
+func (h *Hub) wake(types typeSet, from, to int64) {
 	for set := range anyType + 1 {
-		if i >= 0 && set&(1<<i) != 0 {
+		if set&types != 0 {
 			h.wakes[set].signal()
 		}
 	}
-	if ev.Seq%h.lap == 0 {
+	if (to-1)/h.lap != (from-1)/h.lap {
 		h.wakes[lapWake].signal()
 	}
-	return ev.Seq
 }
 
 // LastSeq returns the seq of the newest event, 0 if none.

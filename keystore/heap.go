@@ -1,9 +1,11 @@
 package keystore
 
+import "math"
+
 // The in-memory pool's structures hold no pointers: entries live in a slab of fixed
-// chunks and refer to each other by slot, the map from key number to slot holds two
-// integers, and the heap, queue and AVAILABLE list are slices of slots. A GC cycle then
-// has nothing to scan in them, however many keys the pool holds.
+// chunks and refer to each other by slot, a key's number names its slot, and the heap,
+// queue and AVAILABLE buckets are slices of slots. A GC cycle then has nothing to scan
+// in them, however many keys the pool holds.
 
 // slot names an entry of a slab; noSlot names none.
 type slot = int32
@@ -37,12 +39,19 @@ func (s *slab) alloc() *entry {
 		s.used++
 	}
 	e := s.get(i)
-	*e = entry{self: i, older: noSlot, newer: noSlot, leaseIndex: -1, availIndex: -1}
+	*e = entry{self: i, older: noSlot, newer: noSlot, leaseIndex: -1, availBucket: -1, availIndex: -1, gen: e.gen}
 	return e
 }
 
-// release gives e's slot back for reuse.
-func (s *slab) release(e *entry) { s.free = append(s.free, e.self) }
+// release gives e's slot back for reuse, under the next generation; a slot that has
+// been through every generation is retired, so that no key number ever repeats.
+func (s *slab) release(e *entry) {
+	if e.gen == math.MaxUint32 {
+		return
+	}
+	e.gen++
+	s.free = append(s.free, e.self)
+}
 
 // leaseHeap is a binary min-heap of BLOCKED entries by lease deadline. Each entry keeps
 // its own position in the heap, so fix and remove cost O(log n) with no search.

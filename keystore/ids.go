@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // IDCodec turns counters into key ids and fences into lease tokens, and back.
@@ -71,14 +72,33 @@ func (c *IDCodec) ParseToken(token string) (int64, bool) {
 	return int64(n), ok
 }
 
+// AppendKeyID appends the id of the key numbered n to dst.
+func (c *IDCodec) AppendKeyID(dst []byte, n uint64) []byte { return c.appendID(dst, keyTag, n) }
+
 func (c *IDCodec) encode(tag, n uint64) string {
 	var block [aes.BlockSize]byte
-	binary.BigEndian.PutUint64(block[:8], tag)
-	binary.BigEndian.PutUint64(block[8:], n)
-	c.block.Encrypt(block[:], block[:])
+	c.seal(block[:], tag, n)
 	var text [IDLength]byte
 	idEncoding.Encode(text[:], block[:])
 	return string(text[:])
+}
+
+// appendID appends the text of (tag, n). The block is sealed in dst's spare capacity,
+// past the text's place, so that no buffer of its own escapes to the heap.
+func (c *IDCodec) appendID(dst []byte, tag, n uint64) []byte {
+	at := len(dst)
+	dst = slices.Grow(dst, IDLength+aes.BlockSize)[:at+IDLength+aes.BlockSize]
+	block := dst[at+IDLength:]
+	c.seal(block, tag, n)
+	idEncoding.Encode(dst[at:at+IDLength], block)
+	return dst[:at+IDLength]
+}
+
+// seal writes the encrypted block of (tag, n) into block.
+func (c *IDCodec) seal(block []byte, tag, n uint64) {
+	binary.BigEndian.PutUint64(block[:8], tag)
+	binary.BigEndian.PutUint64(block[8:], n)
+	c.block.Encrypt(block, block)
 }
 
 func (c *IDCodec) decode(tag uint64, s string) (uint64, bool) {

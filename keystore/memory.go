@@ -3,7 +3,6 @@ package keystore
 import (
 	"context"
 	"math"
-	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
@@ -31,7 +30,6 @@ const (
 // entry is one key. Times are nanoseconds on the store's monotonic timeline (see
 // memory.now). It holds no pointers (see heap.go) and takes 80 bytes.
 type entry struct {
-	n            uint64   // the counter behind the key's id
 	created      int64    // when generated
 	deadline     [2]int64 // indexed by leaseDeadline, keepAliveDeadline
 	acquiredAt   int64    // start of the current (or last) lease
@@ -39,16 +37,43 @@ type entry struct {
 	self         slot     // where the entry is in the slab
 	older, newer slot     // neighbours in the keep-alive queue
 	leaseIndex   int32    // position in the lease heap; -1 unless BLOCKED
-	availIndex   int32    // position in memory.available; -1 unless AVAILABLE
+	availBucket  int32    // bucket of memory.avail; -1 unless AVAILABLE
+	availIndex   int32    // position in that bucket; -1 unless AVAILABLE
 
 	timesAcquired uint32
 	leasesExpired uint32
+	// gen counts the keys the entry's slot has held before this one; with the slot it
+	// makes the key's number, and so its id (see keyNumber).
+	gen uint32
 }
 
 func (e *entry) blocked() bool { return e.leaseIndex >= 0 }
 
-// memory is the in-memory Backend: a map of keys, a slice of AVAILABLE keys for O(1)
-// uniform picks, an indexed min-heap of lease deadlines and a queue of keep-alive
+// live reports whether the entry holds a key, AVAILABLE or BLOCKED.
+func (e *entry) live() bool { return e.leaseIndex >= 0 || e.availIndex >= 0 }
+
+// keyNumber is the number behind e's key id: its slot and the slot's generation. No
+// two keys ever share one: a slot's generation grows with each key it holds, and a
+// slot whose generation runs out is never used again (slab.release). So a key is found
+// from its id with no index of ids, and an id of a deleted key finds nothing.
+func keyNumber(e *entry) uint64 { return uint64(e.gen)<<32 | uint64(uint32(e.self)) }
+
+// find returns the live entry whose key number is n, or nil.
+func (m *memory) find(n uint64) *entry {
+	i := uint32(n)
+	if i >= uint32(m.slab.used) {
+		return nil
+	}
+	e := m.slab.get(slot(i))
+	if e.gen != uint32(n>>32) || !e.live() {
+		return nil
+	}
+	return e
+}
+
+// memory is the in-memory Backend: a slab of keys found by their numbers, a set of
+// AVAILABLE keys for uniform
+// picks that skip dead keys (available.go), an indexed min-heap of lease deadlines and a queue of keep-alive
 // deadlines. A background expirer sleeps until the earliest deadline and applies due
 // transitions in bounded batches; every request also settles the deadlines of the key
 // it touches, so it never sees a transition that is due but not yet applied.
@@ -60,18 +85,22 @@ type memory struct {
 	waiters *WaitQueue
 	base    time.Time // timeline origin: a reading of clock with the monotonic clock in it
 
-	mu        sync.Mutex
-	slab      slab
-	keys      map[uint64]slot
-	available []slot
+	mu    sync.Mutex
+	slab  slab
+	count int // live keys
+	avail *availableSet
 	// availHorizon is at or after the keep-alive deadline of every AVAILABLE key: once
 	// it has passed, no AVAILABLE key is alive, whatever the expirer has yet to apply.
 	availHorizon int64
 	leases       leaseHeap
 	keepAlive    keepAliveQueue
-	lastKey      uint64
 	lastFence    int64
 	wakeAt       int64 // the deadline the expirer sleeps until
+	// The events of the lock hold so far, published together before it ends (unlock),
+	// and the key numbers behind their ids.
+	pending     []Event
+	pendingKeys []uint64
+	idText      []byte
 
 	kick      chan struct{} // tells the expirer of a deadline earlier than wakeAt
 	stop      chan struct{}
@@ -96,13 +125,13 @@ func NewMemory(clock clockwork.Clock, opts Options) (*Pool, error) {
 			hub:     env.Events,
 			waiters: env.Waiters,
 			base:    clock.Now(),
-			keys:    make(map[uint64]slot),
 			wakeAt:  math.MaxInt64,
 			kick:    make(chan struct{}, 1),
 			stop:    make(chan struct{}),
 			done:    make(chan struct{}),
 		}
 		m.leases.slab = &m.slab
+		m.avail = newAvailableSet(&m.slab, int64(env.Options.KeepAliveTTL))
 		m.keepAlive = keepAliveQueue{front: noSlot, back: noSlot, slab: &m.slab}
 		go m.expire()
 		return m, ids, nil
@@ -123,25 +152,24 @@ func (m *memory) Generate(ctx context.Context, count int) ([]Record, error) {
 	now := m.now()
 	deadline := now + int64(m.opts.KeepAliveTTL)
 	for i := range count {
-		m.lastKey++
 		e := m.slab.alloc()
-		e.n, e.created, e.deadline[keepAliveDeadline] = m.lastKey, now, deadline
-		m.keys[e.n] = e.self
+		e.created, e.deadline[keepAliveDeadline] = now, deadline
+		m.count++
 		m.keepAlive.pushBack(e)
 		m.emit(EventGenerated, e, now)
-		m.makeAvailable(e)
+		m.makeAvailable(e, now)
 		recs[i] = m.record(e)
 	}
 	m.noteDeadline(deadline)
 	m.serveWaiters(now)
-	m.mu.Unlock()
+	m.unlock()
 	return recs, nil
 }
 
 // Acquire implements Backend.
 func (m *memory) Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	now := m.now()
 	m.applyDue(now, RequestBatch)
 	e := m.pickAvailable(now)
@@ -154,7 +182,7 @@ func (m *memory) Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Rec
 		if e = m.pickAvailable(now); e != nil || !m.mayFree(now) {
 			break
 		}
-		m.mu.Unlock()
+		m.unlock()
 		runtime.Gosched()
 		m.mu.Lock()
 		now = m.now()
@@ -174,7 +202,7 @@ func (m *memory) Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Rec
 // AVAILABLE key may still be alive, or a lease has run out.
 func (m *memory) mayFree(now int64) bool {
 	lease := m.leases.peek()
-	return len(m.available) > 0 && m.availHorizon > now ||
+	return m.avail.len() > 0 && m.availHorizon > now ||
 		lease != nil && lease.deadline[leaseDeadline] <= now
 }
 
@@ -189,7 +217,7 @@ func (m *memory) Unblock(ctx context.Context, n uint64, fence int64) (Record, er
 		}
 		m.leases.remove(e)
 		m.emit(EventUnblocked, e, now)
-		m.makeAvailable(e)
+		m.makeAvailable(e, now)
 		return nil
 	})
 }
@@ -216,7 +244,8 @@ func (m *memory) KeepAlive(ctx context.Context, n uint64) (Record, error) {
 		e.deadline[keepAliveDeadline] = now + int64(m.opts.KeepAliveTTL)
 		m.keepAlive.moveToBack(e)
 		if !e.blocked() {
-			m.availHorizon = max(m.availHorizon, e.deadline[keepAliveDeadline])
+			m.avail.remove(e) // to the bucket of its new deadline
+			m.makeAvailable(e, now)
 		}
 		return nil
 	})
@@ -230,8 +259,8 @@ func (m *memory) Get(ctx context.Context, n uint64) (Record, error) {
 // Delete implements Backend.
 func (m *memory) Delete(ctx context.Context, n uint64) error {
 	_, err := m.update(n, func(e *entry, now int64) error {
+		m.emit(EventDeleted, e, now) // while e still holds the key's number
 		m.remove(e)
-		m.emit(EventDeleted, e, now)
 		return nil
 	})
 	return err
@@ -242,14 +271,10 @@ func (m *memory) Delete(ctx context.Context, n uint64) error {
 // waiters, which may lease the entry anew.
 func (m *memory) update(n uint64, change func(e *entry, now int64) error) (Record, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	now := m.now()
-	i, ok := m.keys[n]
-	if !ok {
-		return Record{}, ErrNoKey
-	}
-	e := m.slab.get(i)
-	if !m.settle(e, now) {
+	e := m.find(n)
+	if e == nil || !m.settle(e, now) {
 		return Record{}, ErrNoKey
 	}
 	if err := change(e, now); err != nil {
@@ -267,10 +292,10 @@ func (m *memory) update(n uint64, change func(e *entry, now int64) error) (Recor
 // rest, which the expirer finishes within the storm's drain time.
 func (m *memory) Stats(ctx context.Context) (Stats, error) {
 	m.lockSettled(statsBatches)
-	defer m.mu.Unlock()
+	defer m.unlock()
 	return Stats{
-		Total:     len(m.keys),
-		Available: len(m.available),
+		Total:     m.count,
+		Available: m.avail.len(),
 		Blocked:   m.leases.len(),
 	}, nil
 }
@@ -300,7 +325,7 @@ func (m *memory) Close() error {
 // record copies e for the Pool.
 func (m *memory) record(e *entry) Record {
 	r := Record{
-		N:             e.n,
+		N:             keyNumber(e),
 		CreatedAt:     m.at(e.created),
 		ExpiresAt:     m.at(e.deadline[keepAliveDeadline]),
 		AcquiredAt:    m.at(e.acquiredAt),
@@ -316,22 +341,54 @@ func (m *memory) record(e *entry) Record {
 
 // The transitions below run under m.mu.
 
+// emit records an event of e, to be published when the lock hold ends.
 func (m *memory) emit(t EventType, e *entry, at int64) {
-	m.hub.Publish(Event{Type: t, KeyID: m.ids.KeyID(e.n), At: m.at(at)})
+	m.pending = append(m.pending, Event{Type: t, At: m.at(at)})
+	m.pendingKeys = append(m.pendingKeys, keyNumber(e))
 }
 
-// pickAvailable returns a uniformly random AVAILABLE key that is still alive,
-// deleting the dead ones it lands on, or nil.
+// publish hands the pending events to the hub, in order, at once: their ids are cut
+// from one string, and the hub takes them under one lock.
+func (m *memory) publish() {
+	if len(m.pending) == 0 {
+		return
+	}
+	m.idText = m.idText[:0]
+	for _, n := range m.pendingKeys {
+		m.idText = m.ids.AppendKeyID(m.idText, n)
+	}
+	text := string(m.idText)
+	for i := range m.pending {
+		m.pending[i].KeyID = text[i*IDLength : (i+1)*IDLength]
+	}
+	m.hub.PublishAll(m.pending)
+	clear(m.pending) // drop the ids for the GC
+	m.pending, m.pendingKeys = m.pending[:0], m.pendingKeys[:0]
+	if cap(m.pending) > 1<<16 { // after a large Generate
+		m.pending, m.pendingKeys, m.idText = nil, nil, nil
+	}
+}
+
+// unlock ends a lock hold: its events are published, in order, before any later
+// hold's.
+func (m *memory) unlock() {
+	m.publish()
+	m.mu.Unlock()
+}
+
+// pickAvailable returns a uniformly random AVAILABLE key that is still alive, or nil.
+// It deletes the dead keys it lands on; MaxPicks bounds those and the dead buckets.
 func (m *memory) pickAvailable(now int64) *entry {
 	for range MaxPicks {
-		if len(m.available) == 0 {
+		e := m.avail.pick(now)
+		switch {
+		case e != nil && e.deadline[keepAliveDeadline] > now:
+			return e
+		case e != nil:
+			m.expireKey(e, now)
+		case !m.avail.pickable():
 			return nil
 		}
-		e := m.slab.get(m.available[rand.IntN(len(m.available))])
-		if e.deadline[keepAliveDeadline] > now {
-			return e
-		}
-		m.expireKey(e, now)
 	}
 	return nil
 }
@@ -354,9 +411,8 @@ func (m *memory) lease(e *entry, now, ttl int64) {
 // makeAvailable puts e, no longer leased, among the AVAILABLE keys. Callers then
 // serveWaiters, after taking their own record: whoever freed the key must not see
 // the next holder's token.
-func (m *memory) makeAvailable(e *entry) {
-	e.availIndex = int32(len(m.available))
-	m.available = append(m.available, e.self)
+func (m *memory) makeAvailable(e *entry, now int64) {
+	m.avail.add(e, now)
 	m.availHorizon = max(m.availHorizon, e.deadline[keepAliveDeadline])
 }
 
@@ -364,7 +420,7 @@ func (m *memory) makeAvailable(e *entry) {
 // are waiters only while no key is free, so this leases what was just freed. A waiter
 // is taken out of line only once a live key is in hand for it.
 func (m *memory) serveWaiters(now int64) {
-	for m.waiters.Len() > 0 && len(m.available) > 0 {
+	for m.waiters.Len() > 0 && m.avail.len() > 0 {
 		e := m.pickAvailable(now)
 		if e == nil {
 			return // dead keys only, so far: the expirer serves the waiters after them
@@ -374,26 +430,22 @@ func (m *memory) serveWaiters(now int64) {
 			return
 		}
 		m.lease(e, now, int64(w.TTL))
+		m.publish() // before the waiter can answer
 		m.waiters.Serve(w, m.record(e))
 	}
 }
 
-// takeAvailable removes e from the AVAILABLE slice: swap with the last, shrink.
+// takeAvailable removes e from the AVAILABLE keys.
 func (m *memory) takeAvailable(e *entry) {
-	i, last := e.availIndex, len(m.available)-1
-	moved := m.available[last]
-	m.available[i] = moved
-	m.slab.get(moved).availIndex = i
-	m.available = m.available[:last]
-	e.availIndex = -1
-	if last == 0 {
+	m.avail.remove(e)
+	if m.avail.len() == 0 {
 		m.availHorizon = 0 // none AVAILABLE: the bound can start afresh
 	}
 }
 
 // remove deletes e from every structure.
 func (m *memory) remove(e *entry) {
-	delete(m.keys, e.n)
+	m.count--
 	if e.blocked() {
 		m.leases.remove(e)
 	} else {
@@ -423,14 +475,14 @@ func (m *memory) releaseLease(e *entry, now int64) {
 	e.leasesExpired++
 	m.emit(EventReleased, e, deadline)
 	m.opts.Observer.Expired(EventReleased, time.Duration(now-deadline))
-	m.makeAvailable(e)
+	m.makeAvailable(e, now)
 }
 
 // expireKey deletes e, which was not kept alive.
 func (m *memory) expireKey(e *entry, now int64) {
 	deadline := e.deadline[keepAliveDeadline]
+	m.emit(EventExpired, e, deadline) // while e still holds the key's number
 	m.remove(e)
-	m.emit(EventExpired, e, deadline)
 	m.opts.Observer.Expired(EventExpired, time.Duration(now-deadline))
 }
 
@@ -489,7 +541,7 @@ func (m *memory) lockSettled(maxBatches int) int64 {
 		if m.applyDue(now, expiryBatch) < expiryBatch || batch == maxBatches {
 			return now
 		}
-		m.mu.Unlock()
+		m.unlock()
 		runtime.Gosched()
 	}
 }
@@ -522,7 +574,7 @@ func (m *memory) expire() {
 		if busy {
 			m.wakeAt = now // more is due: no kicks needed, we come straight back
 		}
-		m.mu.Unlock()
+		m.unlock()
 
 		if busy {
 			select {

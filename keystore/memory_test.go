@@ -695,9 +695,11 @@ func TestMemoryConcurrent(t *testing.T) {
 }
 
 // TestMemoryAcquireUniform checks that Acquire picks uniformly among the AVAILABLE
-// keys, and never a BLOCKED one, with a chi-square test. With 20 free keys the
-// statistic has 19 degrees of freedom; P(chi2 > 63.68) = 1e-6, so a correct store
-// fails this test about once in a million runs.
+// keys, and never a BLOCKED or dead one, with a chi-square test. The keys' keep-alive
+// deadlines spread over the TTL, so that they sit in different buckets of the
+// AVAILABLE set. With 20 free keys the statistic has 19 degrees of freedom;
+// P(chi2 > 63.68) = 1e-6, so a correct store fails this test about once in a million
+// runs.
 func TestMemoryAcquireUniform(t *testing.T) {
 	const (
 		free      = 20
@@ -709,8 +711,14 @@ func TestMemoryAcquireUniform(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, store.Close()) }()
 	ctx := t.Context()
-	_, err = store.Generate(ctx, free+10)
+	_, err = store.Generate(ctx, 10) // these die before the draws
 	require.NoError(t, err)
+	clock.Advance(keystore.DefaultKeepAliveTTL / 2)
+	for range 3 {
+		_, err = store.Generate(ctx, (free+10)/3)
+		require.NoError(t, err)
+		clock.Advance(keystore.DefaultKeepAliveTTL/6 + time.Millisecond)
+	}
 	blocked := map[string]bool{}
 	for range 10 { // these stay BLOCKED: they must never come out
 		k, err := store.Acquire(ctx, keystore.AcquireOptions{})

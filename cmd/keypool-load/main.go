@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("keypool-load", flag.ContinueOnError)
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to drive each target")
 	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "unmeasured load before each target")
-	fs.IntVar(&cfg.rounds, "rounds", 1, "run the targets this many times in turn and also print each ratio's median over the rounds (wrk only): on a noisy machine, ratios within a round move together")
+	fs.IntVar(&cfg.rounds, "rounds", 1, "run the targets this many times in turn and also print each ratio's median over the rounds (with -storm: the storm's p99.9 ratio): on a noisy machine, ratios within a round move together")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent connections, each alternating acquire and unblock")
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")
@@ -210,42 +210,51 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "keypool-load: %d clients, %v per target after %v warm-up, %d keys in the pool, %d-byte replies, GOMAXPROCS %d\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, len(sample), runtime.GOMAXPROCS(0))
-	var results []result
-	for _, target := range cfg.targets {
-		cycle, err := cycleFor(target, base, "http://"+plainAddr)
-		if err != nil {
-			return err
-		}
-		if cfg.warmup > 0 {
-			drive(ctx, client, cfg.concurrency, cfg.warmup, cycle)
-		}
-		duration := cfg.duration
-		var stormFrom, stormTo time.Time
-		if cfg.storm > 0 && target != "plain" {
-			generated := time.Now()
-			if err := generate(ctx, client, base, cfg.storm, cfg.concurrency); err != nil {
+	stormRatios := map[string][]float64{} // p99.9 in the storm over p99.9 before it
+	for round := range cfg.rounds {
+		var results []result
+		for _, target := range cfg.targets {
+			cycle, err := cycleFor(target, base, "http://"+plainAddr)
+			if err != nil {
 				return err
 			}
-			// The storm's deadlines span the generation; its window runs until two
-			// seconds after the last, time enough to drain a million.
-			stormFrom, stormTo = generated.Add(stormTTL), time.Now().Add(stormTTL+2*time.Second)
-			fmt.Fprintf(out, "%s: %d storm keys generated in %v; their keep-alive deadlines fall %v later\n",
-				target, cfg.storm, time.Since(generated).Round(time.Millisecond), stormTTL)
-			duration = max(duration, time.Until(stormTo.Add(3*time.Second)))
+			if cfg.warmup > 0 {
+				drive(ctx, client, cfg.concurrency, cfg.warmup, cycle)
+			}
+			duration := cfg.duration
+			var stormFrom, stormTo time.Time
+			if cfg.storm > 0 && target != "plain" {
+				generated := time.Now()
+				if err := generate(ctx, client, base, cfg.storm, cfg.concurrency); err != nil {
+					return err
+				}
+				// The storm's deadlines span the generation; its window runs until two
+				// seconds after the last, time enough to drain a million.
+				stormFrom, stormTo = generated.Add(stormTTL), time.Now().Add(stormTTL+2*time.Second)
+				fmt.Fprintf(out, "%s: %d storm keys generated in %v; their keep-alive deadlines fall %v later\n",
+					target, cfg.storm, time.Since(generated).Round(time.Millisecond), stormTTL)
+				duration = max(duration, time.Until(stormTo.Add(3*time.Second)))
+			}
+			r := drive(ctx, client, cfg.concurrency, duration, cycle)
+			r.target = target
+			results = append(results, r)
+			if !stormFrom.IsZero() {
+				in, before := r.window(target+" in storm", stormFrom, stormTo), r.window(target+" before", stormFrom.Add(-stormTo.Sub(stormFrom)), stormFrom)
+				results = append(results, in, before)
+				stormRatios[target] = append(stormRatios[target], float64(in.p999)/float64(before.p999))
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 		}
-		r := drive(ctx, client, cfg.concurrency, duration, cycle)
-		r.target = target
-		results = append(results, r)
-		if !stormFrom.IsZero() {
-			results = append(results,
-				r.window(target+" in storm", stormFrom, stormTo),
-				r.window(target+" before", stormFrom.Add(-stormTo.Sub(stormFrom)), stormFrom))
+		if cfg.rounds > 1 {
+			fmt.Fprintf(out, "round %d of %d:\n", round+1, cfg.rounds)
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		report(out, results)
 	}
-	report(out, results)
+	if len(stormRatios) > 0 {
+		printMedians(out, fmt.Sprintf("p99.9 in the storm / before it, median over %d rounds:", cfg.rounds), cfg.targets, stormRatios)
+	}
 	return nil
 }
 

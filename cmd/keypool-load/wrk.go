@@ -173,18 +173,23 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 			}
 		}
 	}
-	if cfg.rounds > 1 && len(ratios) > 0 {
-		fmt.Fprintf(out, "median over %d rounds, vs plain (each round's own plain run):", cfg.rounds)
-		for _, target := range cfg.targets {
-			if rs := ratios[target]; len(rs) > 0 {
-				slices.Sort(rs)
-				fmt.Fprintf(out, " %s %.2f (%.2f–%.2f)", target, rs[len(rs)/2], rs[0], rs[len(rs)-1])
-			}
-		}
-		fmt.Fprintln(out)
+	if cfg.rounds > 1 {
+		printMedians(out, fmt.Sprintf("median over %d rounds, vs plain (each round's own plain run):", cfg.rounds), cfg.targets, ratios)
 	}
 	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
 	}
 	return nil
+}
+
+// printMedians prints, after title, the median and range of each target's ratios.
+func printMedians(out io.Writer, title string, targets []string, ratios map[string][]float64) {
+	fmt.Fprint(out, title)
+	for _, target := range targets {
+		if rs := ratios[target]; len(rs) > 0 {
+			slices.Sort(rs)
+			fmt.Fprintf(out, " %s %.2f (%.2f–%.2f)", target, rs[len(rs)/2], rs[0], rs[len(rs)-1])
+		}
+	}
+	fmt.Fprintln(out)
 }

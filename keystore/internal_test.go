@@ -1,0 +1,166 @@
+package keystore
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/require"
+)
+
+// TestAvailableSetInvariants runs random adds, removes, keep-alives, picks and clock
+// jumps (some past the ring's whole span) against availableSet and checks, after each
+// step, what picks rely on: every live key sits in a ring bucket, the tree counts the
+// ring buckets exactly, and a pick returns only keys of the set.
+func TestAvailableSetInvariants(t *testing.T) {
+	const ttl = int64(time.Second)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var s slab
+	a := newAvailableSet(&s, ttl)
+	members := map[slot]bool{}
+	now := int64(0)
+	epoch := int64(1) << a.shift
+	for step := range 5000 {
+		switch r := rng.IntN(100); {
+		case r < 35: // a key comes: generated now, or unblocked with an older deadline
+			e := s.alloc()
+			e.deadline[keepAliveDeadline] = now + ttl - rng.Int64N(ttl+epoch) // a few already dead
+			a.add(e, now)
+			members[e.self] = true
+		case r < 60 && len(members) > 0: // a key goes: leased, deleted or expired
+			for i := range members {
+				a.remove(s.get(i))
+				delete(members, i)
+				s.release(s.get(i))
+				break
+			}
+		case r < 70 && len(members) > 0: // a keep-alive moves a key to the newest epoch
+			for i := range members {
+				e := s.get(i)
+				a.remove(e)
+				e.deadline[keepAliveDeadline] = now + ttl
+				a.add(e, now)
+				break
+			}
+		case r < 90:
+			if e := a.pick(now); e != nil {
+				require.True(t, members[e.self], "step %d: picked a key not in the set", step)
+			}
+		default: // time passes: within an epoch, past the TTL, or past the whole ring
+			now += []int64{1, epoch, ttl, ringSize * epoch, 3 * ringSize * epoch}[rng.IntN(5)]
+		}
+
+		require.Equal(t, len(members), a.len(), "step %d", step)
+		inRing := 0
+		for pos, id := range a.ring {
+			var n int32
+			if id >= 0 {
+				b := a.buckets[id]
+				if b.pos != int32(pos) {
+					t.Fatalf("step %d: bucket %d at %d says it is at %d", step, id, pos, b.pos)
+				}
+				n = int32(len(b.items))
+				inRing += len(b.items)
+			}
+			if got := a.tree.sum(pos) - a.tree.sum(pos-1); got != n {
+				t.Fatalf("step %d: the tree counts %d keys at %d, the bucket holds %d", step, got, pos, n)
+			}
+		}
+		require.Equal(t, inRing, a.inRing, "step %d", step)
+		for i := range members {
+			e := s.get(i)
+			b := a.buckets[e.availBucket]
+			require.Equal(t, i, b.items[e.availIndex], "step %d", step)
+			if e.deadline[keepAliveDeadline] > now {
+				require.GreaterOrEqual(t, b.pos, int32(0), "step %d: a live key is out of the ring", step)
+			}
+		}
+	}
+}
+
+// sum returns the counts of positions 0..pos (0 when pos < 0), for the test.
+func (f *fenwick) sum(pos int) int32 {
+	var n int32
+	for i := pos + 1; i > 0; i -= i & -i {
+		n += f[i]
+	}
+	return n
+}
+
+// TestAcquireSkipsDeadKeys: with 100,000 dead AVAILABLE keys that the expirer has not
+// reached (it is stopped here) and 10 live ones, Acquires find the live ones at once
+// and leave the dead to the expirer: they delete no more than the dead keys their
+// picks land on. A flat list of AVAILABLE keys made each of them drain the dead first.
+func TestAcquireSkipsDeadKeys(t *testing.T) {
+	const dead, live, acquires = 100_000, 10, 100
+	clock := clockwork.NewFakeClockAt(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	pool, err := NewMemory(clock, Options{})
+	require.NoError(t, err)
+	defer pool.Close()
+	m := pool.backend.(*memory)
+	require.NoError(t, m.Close()) // the expirer stops; the store still answers
+	ctx := context.Background()
+	for range dead / DefaultMaxGenerate {
+		_, err := pool.Generate(ctx, DefaultMaxGenerate)
+		require.NoError(t, err)
+	}
+	clock.Advance(DefaultKeepAliveTTL / 2)
+	_, err = pool.Generate(ctx, live)
+	require.NoError(t, err)
+	clock.Advance(DefaultKeepAliveTTL/2 + time.Second) // the first keys are dead, epochs ago; the last alive
+	for range acquires {
+		k, err := pool.Acquire(ctx, AcquireOptions{})
+		require.NoError(t, err)
+		_, err = pool.Unblock(ctx, k.ID, k.Lease.Token)
+		require.NoError(t, err)
+	}
+	m.mu.Lock()
+	left := m.count
+	m.mu.Unlock()
+	// Each Acquire may apply RequestBatch due transitions on its way in, and delete the
+	// dead keys its picks land on.
+	require.Greater(t, left, dead+live-acquires*(RequestBatch+MaxPicks), "the acquires drained the dead keys")
+}
+
+// TestKeyNumbersNeverRepeat: a key's id names its slot and the slot's generation, so
+// the id of a deleted key must find nothing once its slot holds another key, and a slot
+// whose generations have run out must never be used again.
+func TestKeyNumbersNeverRepeat(t *testing.T) {
+	pool, err := NewMemory(clockwork.NewFakeClock(), Options{})
+	require.NoError(t, err)
+	defer pool.Close()
+	m := pool.backend.(*memory)
+	ctx := context.Background()
+
+	keys, err := pool.Generate(ctx, 1)
+	require.NoError(t, err)
+	old := keys[0].ID
+	require.NoError(t, pool.Delete(ctx, old))
+	keys, err = pool.Generate(ctx, 1)
+	require.NoError(t, err)
+	require.NotEqual(t, old, keys[0].ID)
+	m.mu.Lock()
+	require.Equal(t, slot(1), m.slab.used, "the slot was not reused")
+	m.mu.Unlock()
+	_, err = pool.Get(ctx, old)
+	require.Equal(t, ENOTFOUND, ErrorCode(err), "the old id found the slot's new key")
+	_, err = pool.Get(ctx, keys[0].ID)
+	require.NoError(t, err)
+
+	// The slot comes back once more, in its last generation, and is then retired.
+	require.NoError(t, pool.Delete(ctx, keys[0].ID))
+	m.mu.Lock()
+	m.slab.get(0).gen = math.MaxUint32
+	m.mu.Unlock()
+	keys, err = pool.Generate(ctx, 1)
+	require.NoError(t, err)
+	require.NoError(t, pool.Delete(ctx, keys[0].ID))
+	_, err = pool.Generate(ctx, 1)
+	require.NoError(t, err)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	require.Equal(t, slot(2), m.slab.used, "a slot was used past its last generation")
+}
