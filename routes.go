@@ -17,7 +17,9 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL),
 		graph.ServerOptions{Logger: logger, CheckOrigin: cfg.CORSOrigins.CheckOrigin, MaxGenerate: cfg.MaxGenerate, Fanout: m}))
-	mux.Handle("/v1/", middleware.JSONBodies(middleware.RESTError, rest.New(m.Instrument(store, metrics.REST), logger)))
+	rest.Mount(mux, m.Instrument(store, metrics.REST), logger, func(h http.Handler) http.Handler {
+		return middleware.JSONBodies(middleware.RESTError, h)
+	})
 	mux.Handle("/healthz", rest.Healthz()) // no method: they answer a wrong one in JSON
 	mux.Handle("/readyz", rest.Readyz(store, logger))
 	mux.Handle("GET /metrics", m.Handler())

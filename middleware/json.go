@@ -36,6 +36,10 @@ func JSONBodies(refuse ErrorWriter, next http.Handler) http.Handler {
 			return
 		}
 		contentType := r.Header.Get("Content-Type")
+		if contentType == "application/json" { // the usual case, with nothing to parse
+			next.ServeHTTP(w, r)
+			return
+		}
 		var mediaType string
 		if contentType != "" {
 			var err error

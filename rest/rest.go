@@ -17,8 +17,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
+	"github.com/keypool/keypool/internal/fastjson"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/redact"
 )
@@ -35,42 +37,52 @@ type handler struct {
 	logger *slog.Logger
 }
 
-// New returns the handler of the /v1 routes; mount it at "/v1/". Paths under /v1 that
+// New returns the handler of the /v1 routes alone (see Mount).
+func New(store keystore.Store, logger *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	Mount(mux, store, logger, nil)
+	return mux
+}
+
+// Mount adds the /v1 routes to mux, each wrapped in wrap (nil for none), so that a
+// request is routed once however many routes the server has. Paths under /v1 that
 // name no route answer 404, and a route asked with the wrong method answers 405, both
 // in the JSON error shape.
-func New(store keystore.Store, logger *slog.Logger) http.Handler {
+func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap func(http.Handler) http.Handler) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if wrap == nil {
+		wrap = func(h http.Handler) http.Handler { return h }
+	}
 	h := &handler{store: store, logger: logger}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/keys", h.generate)
-	mux.HandleFunc("POST /v1/keys/acquire", h.acquire)
-	mux.HandleFunc("GET /v1/keys/{id}", h.get)
-	mux.HandleFunc("DELETE /v1/keys/{id}", h.delete)
-	mux.HandleFunc("POST /v1/keys/{id}/unblock", h.unblock)
-	mux.HandleFunc("POST /v1/keys/{id}/keepalive", h.keepAlive)
-	mux.HandleFunc("POST /v1/keys/{id}/renew", h.renew)
-	mux.HandleFunc("GET /v1/stats", h.stats)
-	mux.HandleFunc("GET /v1/openapi.json", serveOpenAPI)
-	mux.HandleFunc("GET /v1/docs", serveDocs)
+	route := func(pattern string, serve http.Handler) { mux.Handle(pattern, wrap(limitBody(serve))) }
+	route("POST /v1/keys", http.HandlerFunc(h.generate))
+	route("POST /v1/keys/acquire", http.HandlerFunc(h.acquire))
+	route("GET /v1/keys/{id}", http.HandlerFunc(h.get))
+	route("DELETE /v1/keys/{id}", http.HandlerFunc(h.delete))
+	route("POST /v1/keys/{id}/unblock", http.HandlerFunc(h.unblock))
+	route("POST /v1/keys/{id}/keepalive", http.HandlerFunc(h.keepAlive))
+	route("POST /v1/keys/{id}/renew", http.HandlerFunc(h.renew))
+	route("GET /v1/stats", http.HandlerFunc(h.stats))
+	route("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
+	route("GET /v1/docs", http.HandlerFunc(serveDocs))
 
 	// ServeMux answers a wrong method with a plain-text 405; these method-less patterns
 	// are less specific than the routes above, so they catch exactly the wrong methods
 	// and answer in JSON. "/v1/keys/acquire" gets none: a method-less pattern for it
 	// would conflict with GET and DELETE /v1/keys/{id}, which serve it (as an unknown id).
-	mux.Handle("/v1/keys", methodNotAllowed("POST"))
-	mux.Handle("/v1/keys/{id}", methodNotAllowed("GET, HEAD, DELETE"))
-	mux.Handle("/v1/keys/{id}/unblock", methodNotAllowed("POST"))
-	mux.Handle("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
-	mux.Handle("/v1/keys/{id}/renew", methodNotAllowed("POST"))
-	mux.Handle("/v1/stats", methodNotAllowed("GET, HEAD"))
-	mux.Handle("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
-	mux.Handle("/v1/docs", methodNotAllowed("GET, HEAD"))
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+	route("/v1/keys", methodNotAllowed("POST"))
+	route("/v1/keys/{id}", methodNotAllowed("GET, HEAD, DELETE"))
+	route("/v1/keys/{id}/unblock", methodNotAllowed("POST"))
+	route("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
+	route("/v1/keys/{id}/renew", methodNotAllowed("POST"))
+	route("/v1/stats", methodNotAllowed("GET, HEAD"))
+	route("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
+	route("/v1/docs", methodNotAllowed("GET, HEAD"))
+	route("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
-	})
-	return limitBody(mux)
+	}))
 }
 
 // limitBody refuses a body over MaxBodyBytes with 413 before any route runs, also on
@@ -117,7 +129,7 @@ type generateRequest struct {
 
 func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
 	var req generateRequest
-	if !h.decodeBody(w, r, &req) {
+	if !decodeBody(h, w, r, &req) {
 		return
 	}
 	count := 1
@@ -199,7 +211,7 @@ type unblockRequest struct {
 
 func (h *handler) unblock(w http.ResponseWriter, r *http.Request) {
 	var req unblockRequest
-	if !h.decodeBody(w, r, &req) {
+	if !decodeBody(h, w, r, &req) {
 		return
 	}
 	k, err := h.store.Unblock(r.Context(), r.PathValue("id"), req.Token)
@@ -220,7 +232,7 @@ type renewRequest struct {
 
 func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 	var req renewRequest
-	if !h.decodeBody(w, r, &req) {
+	if !decodeBody(h, w, r, &req) {
 		return
 	}
 	var ttl *time.Duration
@@ -251,15 +263,40 @@ func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
 
 // decodeBody decodes an optional JSON object into dst. An empty body leaves dst as it
 // is; an oversized, malformed or unexpected one is answered here (false returned).
-func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+// limitBody has bounded the body and made its length known.
+func decodeBody[T any](h *handler, w http.ResponseWriter, r *http.Request, dst *T) bool {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 {
 		return true
 	}
-	body := &firstByteReader{r: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
-	dec := json.NewDecoder(body)
+	buf := getBuffer()
+	defer putBuffer(buf)
+	// One byte more than the length, so that the read goes on to the body's end (and
+	// BodyDeadline lifts its deadline there).
+	*buf = slices.Grow(*buf, int(r.ContentLength)+1)[:r.ContentLength+1]
+	n, err := io.ReadFull(r.Body, *buf)
+	switch {
+	case err == nil:
+		err = errors.New("the body is longer than its Content-Length")
+	case err == io.ErrUnexpectedEOF && int64(n) == r.ContentLength:
+		err = nil
+	}
+	if err != nil {
+		h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
+		return false
+	}
+	body := bytes.Trim((*buf)[:n], " \t\r\n")
+	if len(body) == 0 {
+		return true
+	}
+	if body[0] == '{' && json.Valid(body) && fastjson.Decode(body, dst, fastjson.Options{DisallowUnknownFields: true}) {
+		return true
+	}
+	var zero T
+	*dst = zero // of what the fast decoder may have left in it
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(dst)
-	if err == nil && body.first != '{' {
+	err = dec.Decode(dst)
+	if err == nil && body[0] != '{' {
 		// encoding/json decodes null into a struct as nothing at all; anything else
 		// but an object already failed.
 		err = errors.New("the body must be a JSON object")
@@ -270,31 +307,9 @@ func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bo
 		} else if err == nil {
 			err = errors.New("unexpected data after the JSON object")
 		}
-	} else if err == io.EOF {
-		return true
-	}
-	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-		writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
-		return false
 	}
 	h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
 	return false
-}
-
-// firstByteReader remembers the first byte of its input that is not JSON whitespace.
-type firstByteReader struct {
-	r     io.Reader
-	first byte
-}
-
-func (f *firstByteReader) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	for i := 0; f.first == 0 && i < n; i++ {
-		if c := p[i]; c != ' ' && c != '\t' && c != '\n' && c != '\r' {
-			f.first = c
-		}
-	}
-	return n, err
 }
 
 // describeJSONError words a decoding error for clients without Go type names.
