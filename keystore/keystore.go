@@ -96,7 +96,8 @@ const (
 	// expirer last ran, at a bounded cost.
 	RequestBatch = 32
 	// MaxPicks bounds the random picks of one Acquire that land on keys whose
-	// keep-alive deadline has passed (each such pick deletes that key).
+	// keep-alive deadline has passed (each such pick deletes that key, or, in the
+	// in-memory store, takes a bucket of such keys out of the picks).
 	MaxPicks = 64
 )
 

@@ -23,7 +23,7 @@ echo "== 1e3 and 1e7 keys, back to back"
 load -pin=false -rounds 5 -duration 5s -warmup 1s -targets plain,graphql,rest
 load -pin=false -rounds 5 -duration 5s -warmup 1s -targets plain,graphql,rest -keys 10000000
 echo "== an expiry storm of 1e6 keys at 32 clients"
-load -pin=false -storm 1000000 -concurrency 32 -targets graphql,rest
+load -pin=false -storm 1000000 -concurrency 32 -targets graphql,rest -rounds 3
 echo "== fan-out: requests under 1,000 subscribers (issue 17), and keypool against a raw broadcast"
 "$bin/keypool-fanout" -server "$bin/keypool" -parts requests -nice 0 2>&1 | grep -v '^{'
 "$bin/keypool-fanout" -server "$bin/keypool" -parts broadcast 2>&1 | grep -v '^{'
