@@ -194,11 +194,7 @@ func (o *outbox) kick(w outboxWaiter) (drained bool, err error) {
 		o.mu.Unlock()
 		n, err := o.writeNow(buf)
 		o.mu.Lock()
-		o.advanceLocked(n)
-		if err != nil {
-			waiters := o.failLocked(err)
-			o.mu.Unlock()
-			notify(waiters)
+		if !o.wroteLocked(n, err) {
 			return false, err
 		}
 		if n < len(buf) {
@@ -226,11 +222,7 @@ func (o *outbox) write(until int64) {
 		o.mu.Unlock()
 		n, err := o.writeWaiting(buf)
 		o.mu.Lock()
-		o.advanceLocked(n)
-		if err != nil {
-			waiters := o.failLocked(err)
-			o.mu.Unlock()
-			notify(waiters)
+		if !o.wroteLocked(n, err) {
 			return
 		}
 	}
@@ -251,6 +243,19 @@ func (o *outbox) takeLocked() []byte {
 		o.curOff = 0
 	}
 	return o.cur[o.curOff:]
+}
+
+// wroteLocked records a write of n bytes that ended with err, holding o.mu. On an error
+// it fails the outbox, releases o.mu, tells the waiters, and reports false.
+func (o *outbox) wroteLocked(n int, err error) bool {
+	o.advanceLocked(n)
+	if err == nil {
+		return true
+	}
+	waiters := o.failLocked(err)
+	o.mu.Unlock()
+	notify(waiters)
+	return false
 }
 
 func (o *outbox) advanceLocked(n int) {
