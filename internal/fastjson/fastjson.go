@@ -33,6 +33,12 @@ func Decode(body []byte, dst any, opts Options) (ok bool) {
 	if !utf8.Valid(body) {
 		return false // encoding/json's replacement of bad bytes is the rule
 	}
+	if !opts.DisallowUnknownFields && (!opts.UseNumber || !hasNumber(body)) {
+		// Decoding the whole body at once is some three times faster than the stream
+		// decoder, which alone has the two options; UseNumber changes nothing in a body
+		// without numbers.
+		return gojson.Unmarshal(body, dst) == nil
+	}
 	dec := gojson.NewDecoder(bytes.NewReader(body))
 	if opts.UseNumber {
 		dec.UseNumber()
@@ -41,4 +47,22 @@ func Decode(body []byte, dst any, opts Options) (ok bool) {
 		dec.DisallowUnknownFields()
 	}
 	return dec.Decode(dst) == nil && dec.InputOffset() == int64(len(body))
+}
+
+// hasNumber reports whether body, valid JSON, holds a number: a digit or a minus sign
+// outside its strings (true, false and null have neither).
+func hasNumber(body []byte) bool {
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; {
+		case c == '"':
+			for i++; i < len(body) && body[i] != '"'; i++ {
+				if body[i] == '\\' {
+					i++
+				}
+			}
+		case c == '-' || c >= '0' && c <= '9':
+			return true
+		}
+	}
+	return false
 }
