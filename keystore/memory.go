@@ -72,11 +72,11 @@ func (m *memory) find(n uint64) *entry {
 }
 
 // memory is the in-memory Backend: a slab of keys found by their numbers, a set of
-// AVAILABLE keys for uniform
-// picks that skip dead keys (available.go), an indexed min-heap of lease deadlines and a queue of keep-alive
-// deadlines. A background expirer sleeps until the earliest deadline and applies due
-// transitions in bounded batches; every request also settles the deadlines of the key
-// it touches, so it never sees a transition that is due but not yet applied.
+// AVAILABLE keys for uniform picks that skip dead keys (available.go), an indexed
+// min-heap of lease deadlines and a queue of keep-alive deadlines. A background
+// expirer sleeps until the earliest deadline and applies due transitions in bounded
+// batches; every request also settles the deadlines of the key it touches, so it
+// never sees a transition that is due but not yet applied.
 type memory struct {
 	clock   clockwork.Clock
 	opts    Options
