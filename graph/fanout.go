@@ -154,10 +154,13 @@ type sleepers struct {
 // until the subscription ends or sink fails; done is closed then.
 func (f *fanout) start(ctx context.Context, sub *keystore.Subscription, p *plan, to sink) *stream {
 	s := &stream{f: f, ctx: ctx, sub: sub, plan: p, sink: to, done: make(chan struct{})}
-	s.stopCtx = context.AfterFunc(ctx, s.left)
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.enqueueLocked(s)
-	f.mu.Unlock()
+	// Under the lock, after the enqueue: the end of ctx runs left on a goroutine of its
+	// own (at once if ctx has ended), and left takes the lock first, so it finds s
+	// queued and its stop function set.
+	s.stopCtx = context.AfterFunc(ctx, s.left)
 	return s
 }
 

@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -202,5 +203,35 @@ func TestFanoutLeavesAtOnce(t *testing.T) {
 		require.Equal(t, endSubscription, s.wait())
 	}
 	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 && len(f.sleeping) == 0 },
+		10*time.Second, time.Millisecond)
+}
+
+// TestFanoutStartsOnAnEndedContext: a subscriber that leaves as its stream starts (its
+// context ends before start returns) ends the stream cleanly. The end of the context
+// used to run on a goroutine of its own that could read the stream's stop function
+// before start had stored it: a data race, and a nil call that crashed the server.
+func TestFanoutStartsOnAnEndedContext(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	hub := keystore.NewHub(1024, nil)
+	defer hub.Close()
+	f := newFanout(2, nil)
+	p := seqPlan(f)
+	var busy, maxBusy atomic.Int64
+	for range 200 {
+		ctx, cancel := context.WithCancel(t.Context())
+		sub, err := hub.Subscribe(ctx, keystore.SubscribeOptions{Polled: true})
+		require.NoError(t, err)
+		cancel()
+		// The fan-out's lock is held while start runs, so that the context's end (on
+		// its own goroutine) and start's own step under the lock contend for it.
+		started := make(chan *stream)
+		f.mu.Lock()
+		go func() { started <- f.start(ctx, sub, p, &fakeSink{busy: &busy, maxBusy: &maxBusy}) }()
+		runtime.Gosched()
+		f.mu.Unlock()
+		s := <-started
+		require.Equal(t, endSubscription, s.wait())
+	}
+	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 },
 		10*time.Second, time.Millisecond)
 }
