@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql/handler"
@@ -26,15 +29,7 @@ func serveFloor(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", gql)
 	mux.HandleFunc("/healthz", func(http.ResponseWriter, *http.Request) {})
-	srv := &http.Server{Addr: addr, Handler: mux}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serve(ctx, addr, mux)
 }
 
 // floorKey is the key every floor answer names.
@@ -59,4 +54,55 @@ func (floorMutation) UnblockKey(context.Context, string, *string) (*keystore.Key
 	k := floorKey
 	k.Status, k.Lease = keystore.Available, nil
 	return &k, nil
+}
+
+// The answers that ServeMux's floor replays: a REST acquire's and unblock's, recorded
+// from keypool at the start of the run.
+const (
+	acquireAnswer = "acquire.json"
+	unblockAnswer = "unblock.json"
+)
+
+// serveMuxFloor is net/http's floor for REST: a ServeMux with the cycle's two routes of
+// /v1, which read what keypool's read (the id in the path, the body) and answer the
+// bytes keypool answered. What keypool's REST costs beyond it is keypool's.
+func serveMuxFloor(ctx context.Context, addr, answers string) error {
+	lease, err := os.ReadFile(filepath.Join(answers, acquireAnswer))
+	if err != nil {
+		return err
+	}
+	key, err := os.ReadFile(filepath.Join(answers, unblockAnswer))
+	if err != nil {
+		return err
+	}
+	json := []string{"application/json"}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/keys/acquire", func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = json
+		_, _ = w.Write(lease)
+	})
+	mux.HandleFunc("POST /v1/keys/{id}/unblock", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.PathValue("id") == "" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header()["Content-Type"] = json
+		_, _ = w.Write(key)
+	})
+	mux.HandleFunc("/healthz", func(http.ResponseWriter, *http.Request) {})
+	return serve(ctx, addr, mux)
+}
+
+// serve serves h on addr until ctx ends.
+func serve(ctx context.Context, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

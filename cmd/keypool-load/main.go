@@ -1,9 +1,10 @@
 // Command keypool-load measures keypool under load against a plain net/http handler.
 //
 // In one run it builds and starts the real server (a separate process, in-memory pool),
-// a plain handler that answers a lease-shaped JSON body of the same size, and gqlgen's
-// floor: keypool's schema on handler.New with constant answers (both separate
-// processes: this program re-executed). wrk, a C load generator (Debian's wrk), then
+// a plain handler that answers a lease-shaped JSON body of the same size, and two
+// floors: gqlgen's (keypool's schema on handler.New with constant answers) and net/http's
+// ServeMux (REST's two routes answering recorded answers) (all separate processes: this
+// program re-executed). wrk, a C load generator (Debian's wrk), then
 // drives acquire→unblock cycles, one connection per wrk thread, against each in turn,
 // and the program prints req/s, p50/p99/p99.9 latency, the ratios to the plain handler
 // and the CPU the server and wrk each used.
@@ -20,7 +21,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -64,6 +64,8 @@ type config struct {
 	plainAddr   string // set in the re-executed plain-server process
 	plainSize   int
 	floorAddr   string // set in the re-executed gqlgen-floor process
+	muxAddr     string // set in the re-executed ServeMux-floor process
+	muxAnswers  string
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -77,7 +79,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")
 	fs.DurationVar(&cfg.soak, "soak", 0, "instead of the comparison: mixed REST load at half the measured maximum rate for this long, reporting RSS and goroutines")
-	fs.StringVar(&targets, "targets", "plain,gqlgen,graphql,rest", "comma-separated targets, in order (gqlgen: gqlgen's floor, wrk only)")
+	fs.StringVar(&targets, "targets", "plain,gqlgen,mux,graphql,rest", "comma-separated targets, in order (gqlgen and mux: gqlgen's and net/http ServeMux's floors, wrk only)")
 	fs.StringVar(&cfg.driver, "driver", "wrk", "load generator: wrk, or go (this program's own client; storm and soak always use it)")
 	fs.BoolVar(&cfg.pin, "pin", runtime.NumCPU() >= 2, "run the servers on CPU 0 and the load generator on the others (taskset), so that neither takes the other's cores")
 	fs.StringVar(&cfg.serverArgs, "server-args", "", "extra flags for keypool, space-separated (e.g. \"-gc-percent 400\")")
@@ -85,6 +87,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cfg.plainAddr, "serve-plain", "", "internal: serve the plain handler on this address")
 	fs.IntVar(&cfg.plainSize, "plain-size", 0, "internal: body size of the plain handler")
 	fs.StringVar(&cfg.floorAddr, "serve-gqlgen", "", "internal: serve gqlgen's floor on this address")
+	fs.StringVar(&cfg.muxAddr, "serve-mux", "", "internal: serve ServeMux's floor on this address")
+	fs.StringVar(&cfg.muxAnswers, "mux-answers", "", "internal: directory of the answers ServeMux's floor replays")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -93,6 +97,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if cfg.floorAddr != "" {
 		return serveFloor(ctx, cfg.floorAddr)
+	}
+	if cfg.muxAddr != "" {
+		return serveMuxFloor(ctx, cfg.muxAddr, cfg.muxAnswers)
 	}
 	if cfg.storm > 0 || cfg.soak > 0 {
 		cfg.driver = "go"
@@ -179,7 +186,15 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := post(ctx, client, base+"/v1/keys/"+lease.Key.ID+"/unblock", nil); err != nil {
+	unblocked, err := post(ctx, client, base+"/v1/keys/"+lease.Key.ID+"/unblock", nil)
+	if err != nil {
+		return err
+	}
+	// ServeMux's floor replays these two answers.
+	if err := os.WriteFile(filepath.Join(dir, acquireAnswer), sample, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, unblockAnswer), unblocked, 0o644); err != nil {
 		return err
 	}
 
@@ -545,15 +560,7 @@ func servePlain(ctx context.Context, addr string, size int) error {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 	})
-	srv := &http.Server{Addr: addr, Handler: mux}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serve(ctx, addr, mux)
 }
 
 // soak finds the REST maximum, then drives a mix of every operation at half that rate

@@ -131,6 +131,22 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		}
 		runs["gqlgen"] = wrkRun{target: "gqlgen", url: "http://" + addr, script: "graphql", pid: floor.Process.Pid}
 	}
+	if slices.Contains(cfg.targets, "mux") {
+		addr, err := harness.FreeAddr()
+		if err != nil {
+			return err
+		}
+		floor := pinned(ctx, cfg, serverCPUs, self, "-serve-mux", addr, "-mux-answers", dir)
+		floor.Stderr = os.Stderr
+		if err := floor.Start(); err != nil {
+			return err
+		}
+		defer harness.StopProcess(floor, 5*time.Second)
+		if err := harness.WaitUp(ctx, "http://"+addr+"/healthz"); err != nil {
+			return fmt.Errorf("ServeMux's floor did not come up: %w", err)
+		}
+		runs["mux"] = wrkRun{target: "mux", url: "http://" + addr, script: "rest", pid: floor.Process.Pid}
+	}
 	placement := "unpinned"
 	if cfg.pin {
 		placement = "servers on CPU " + serverCPUs + ", wrk on the others"
@@ -143,7 +159,7 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		for _, target := range cfg.targets {
 			run, ok := runs[target]
 			if !ok {
-				return fmt.Errorf("unknown target %q (plain, gqlgen, graphql, rest)", target)
+				return fmt.Errorf("unknown target %q (plain, gqlgen, mux, graphql, rest)", target)
 			}
 			run.connect = cfg.concurrency
 			if cfg.warmup >= time.Second {
@@ -175,6 +191,13 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 	}
 	if cfg.rounds > 1 {
 		printMedians(out, fmt.Sprintf("median over %d rounds, vs plain (each round's own plain run):", cfg.rounds), cfg.targets, ratios)
+		beyond := map[string][]float64{} // keypool's ratio over its framework's floor, a round at a time
+		for over, floor := range map[string]string{"graphql": "gqlgen", "rest": "mux"} {
+			for i := range min(len(ratios[over]), len(ratios[floor])) {
+				beyond[over] = append(beyond[over], ratios[over][i]/ratios[floor][i])
+			}
+		}
+		printMedians(out, "median vs its framework's floor (graphql/gqlgen, rest/mux):", []string{"graphql", "rest"}, beyond)
 	}
 	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
