@@ -394,6 +394,7 @@ func hostileHTTPCases() []httpCase {
 		{name: "rest/generate not UTF-8", req: restReq("POST", "/v1/keys", "text/plain", []byte("{\"count\": 1, \"\xff\": 1}")), status: 415},
 		{name: "rest/unblock wrong token", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte("{\"token\": \"\xff\xfe\"}")), status: 409},
 		{name: "rest/unblock token wrong type", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte(`{"token": 1}`)), status: 400},
+		{name: "rest/unblock escaped unknown field", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte(`{"to\u006Be": ""}`)), status: 400},
 		{name: "rest/unblock truncated", req: restReq("POST", "/v1/keys/KNOWN/unblock", "application/json", []byte(`{"token": "`)), status: 400},
 		{name: "rest/renew without token", req: restReq("POST", "/v1/keys/KNOWN/renew", "application/json", []byte(`{}`)), status: 400},
 		{name: "rest/renew bad ttl", req: restReq("POST", "/v1/keys/KNOWN/renew", "application/json", []byte(`{"token": "x", "ttl": "\u00ff"}`)), status: 400},
