@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -84,10 +85,14 @@ type Hub struct {
 	// next moves past it.
 	lastOf [len(allTypes)]atomic.Int64
 	wakes  [lapWake + 1]wake // by typeSet; lapWake once a lap
-	lap    int64
-	closed chan struct{}
-	once   sync.Once
-	obs    Observer
+	// armedSets has the bit of each typeSet whose wake-up may be armed, so that a
+	// publish looks at those only. A bit is set after its wake-up is armed and cleared
+	// before it is signalled.
+	armedSets atomic.Uint64
+	lap       int64
+	closed    chan struct{}
+	once      sync.Once
+	obs       Observer
 }
 
 // slotEvent is one slot's event, with the seq of the event of its type before it (0 if
@@ -160,6 +165,26 @@ func (w *wake) signal() {
 		close(*w.ch.Swap(&ch))
 	}
 }
+
+// arm arms the wake-up of set and returns its channel.
+func (h *Hub) arm(set typeSet) <-chan struct{} {
+	ch := h.wakes[set].arm()
+	h.armedSets.Or(1 << set)
+	return ch
+}
+
+// setsHolding is, by set of types, the bits (as in armedSets) of every set that holds
+// one of them.
+var setsHolding = func() (t [anyType + 1]uint64) {
+	for types := range anyType + 1 {
+		for set := range anyType + 1 {
+			if set&types != 0 {
+				t[types] |= 1 << set
+			}
+		}
+	}
+	return t
+}()
 
 // NewHub returns a hub that retains the last retention events for replay.
 func NewHub(retention int, obs Observer) *Hub {
@@ -253,10 +278,10 @@ func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 // wake signals the subscribers of every set that holds one of types, after seqs
 // from..to-1 were published, and the lap wake-up if a seq of them ends a lap.
 func (h *Hub) wake(types typeSet, from, to int64) {
-	for set := range anyType + 1 {
-		if set&types != 0 {
-			h.wakes[set].signal()
-		}
+	for sets := h.armedSets.Load() & setsHolding[types]; sets != 0; sets &= sets - 1 {
+		set := bits.TrailingZeros64(sets)
+		h.armedSets.And(^(1 << set))
+		h.wakes[set].signal()
 	}
 	if (to-1)/h.lap != (from-1)/h.lap {
 		h.wakes[lapWake].signal()
@@ -339,7 +364,7 @@ func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, curs
 	batch := make([]*Event, 0, subscriberBatch)
 	for {
 		// Arm the wake-ups before looking, so that no publish falls between.
-		wanted, lap := h.wakes[set].arm(), h.wakes[lapWake].arm()
+		wanted, lap := h.arm(set), h.wakes[lapWake].arm()
 		next := h.next.Load()
 		if set != anyType && h.newestOf(set) < cursor {
 			cursor = next // nothing of ours in between: skip it unread
@@ -441,7 +466,7 @@ func (s *Subscription) Polled() bool { return s.poll != nil }
 // the channel only if Read found nothing: an event published in between closes it.
 // Subscriptions of the same types share their channel, so one waiter can watch many.
 func (s *Subscription) Wake() <-chan struct{} {
-	return s.poll.hub.wakes[s.poll.set].arm()
+	return s.poll.hub.arm(s.poll.set)
 }
 
 // Read fills buf with a Polled subscription's next events, in order, and returns how
