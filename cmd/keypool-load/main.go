@@ -61,7 +61,7 @@ type config struct {
 	driver      string
 	pin         bool
 	serverArgs  string
-	plainAddr   string // set in the re-executed plain-server process
+	plainAddr   string // set in the re-executed plain-server process (see startHelper)
 	plainSize   int
 	floorAddr   string // set in the re-executed gqlgen-floor process
 	muxAddr     string // set in the re-executed ServeMux-floor process
@@ -202,26 +202,18 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		return soak(ctx, cfg, client, base, pool, out)
 	}
 
-	plainAddr, err := harness.FreeAddr()
-	if err != nil {
-		return err
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	plain := pinned(ctx, cfg, serverCPUs, self, "-serve-plain", plainAddr, "-plain-size", fmt.Sprint(len(sample)))
-	plain.Stderr = os.Stderr
-	if err := plain.Start(); err != nil {
+	plain, plainURL, err := startHelper(ctx, cfg, self, "-serve-plain", "-plain-size", fmt.Sprint(len(sample)))
+	if err != nil {
 		return err
 	}
 	defer harness.StopProcess(plain, 5*time.Second)
-	if err := harness.WaitUp(ctx, "http://"+plainAddr+"/healthz"); err != nil {
-		return fmt.Errorf("plain handler did not come up: %w", err)
-	}
 
 	if cfg.driver == "wrk" {
-		return measureWrk(ctx, cfg, dir, out, server.Process.Pid, base, plain.Process.Pid, "http://"+plainAddr, self, len(sample))
+		return measureWrk(ctx, cfg, dir, out, server.Process.Pid, base, plain.Process.Pid, plainURL, self, len(sample))
 	}
 	fmt.Fprintf(out, "keypool-load: %d clients, %v per target after %v warm-up, %d keys in the pool, %d-byte replies, GOMAXPROCS %d\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, len(sample), runtime.GOMAXPROCS(0))
@@ -229,7 +221,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	for round := range cfg.rounds {
 		var results []result
 		for _, target := range cfg.targets {
-			cycle, err := cycleFor(target, base, "http://"+plainAddr)
+			cycle, err := cycleFor(target, base, plainURL)
 			if err != nil {
 				return err
 			}
@@ -741,4 +733,27 @@ func pinned(ctx context.Context, cfg config, cpus, name string, args ...string) 
 		return exec.CommandContext(ctx, name, args...)
 	}
 	return exec.CommandContext(ctx, "taskset", append([]string{"-c", cpus, name}, args...)...)
+}
+
+// startHelper starts this program (self) again as one of its helper servers: args
+// start with the flag that names it (-serve-plain, -serve-gqlgen, -serve-mux), which is
+// given a free address, and go on with that server's own flags. It waits until the
+// server answers; the caller stops it.
+func startHelper(ctx context.Context, cfg config, self string, args ...string) (*exec.Cmd, string, error) {
+	addr, err := harness.FreeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	flag := args[0]
+	cmd := pinned(ctx, cfg, serverCPUs, self, append([]string{flag, addr}, args[1:]...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	url := "http://" + addr
+	if err := harness.WaitUp(ctx, url+"/healthz"); err != nil {
+		harness.StopProcess(cmd, 5*time.Second)
+		return nil, "", fmt.Errorf("%s %s did not come up: %w", self, flag, err)
+	}
+	return cmd, url, nil
 }

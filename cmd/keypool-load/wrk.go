@@ -115,37 +115,21 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		"graphql": {target: "graphql", url: keypool, script: "graphql", pid: keypoolPID},
 		"rest":    {target: "rest", url: keypool, script: "rest", pid: keypoolPID},
 	}
-	if slices.Contains(cfg.targets, "gqlgen") {
-		addr, err := harness.FreeAddr()
+	for _, floor := range []struct {
+		target, script string
+		args           []string
+	}{
+		{"gqlgen", "graphql", []string{"-serve-gqlgen"}}, {"mux", "rest", []string{"-serve-mux", "-mux-answers", dir}},
+	} {
+		if !slices.Contains(cfg.targets, floor.target) {
+			continue
+		}
+		cmd, url, err := startHelper(ctx, cfg, self, floor.args...)
 		if err != nil {
 			return err
 		}
-		floor := pinned(ctx, cfg, serverCPUs, self, "-serve-gqlgen", addr)
-		floor.Stderr = os.Stderr
-		if err := floor.Start(); err != nil {
-			return err
-		}
-		defer harness.StopProcess(floor, 5*time.Second)
-		if err := harness.WaitUp(ctx, "http://"+addr+"/healthz"); err != nil {
-			return fmt.Errorf("gqlgen's floor did not come up: %w", err)
-		}
-		runs["gqlgen"] = wrkRun{target: "gqlgen", url: "http://" + addr, script: "graphql", pid: floor.Process.Pid}
-	}
-	if slices.Contains(cfg.targets, "mux") {
-		addr, err := harness.FreeAddr()
-		if err != nil {
-			return err
-		}
-		floor := pinned(ctx, cfg, serverCPUs, self, "-serve-mux", addr, "-mux-answers", dir)
-		floor.Stderr = os.Stderr
-		if err := floor.Start(); err != nil {
-			return err
-		}
-		defer harness.StopProcess(floor, 5*time.Second)
-		if err := harness.WaitUp(ctx, "http://"+addr+"/healthz"); err != nil {
-			return fmt.Errorf("ServeMux's floor did not come up: %w", err)
-		}
-		runs["mux"] = wrkRun{target: "mux", url: "http://" + addr, script: "rest", pid: floor.Process.Pid}
+		defer harness.StopProcess(cmd, 5*time.Second)
+		runs[floor.target] = wrkRun{target: floor.target, url: url, script: floor.script, pid: cmd.Process.Pid}
 	}
 	placement := "unpinned"
 	if cfg.pin {
