@@ -12,6 +12,7 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"github.com/keypool/keypool/graph/model"
+	"github.com/keypool/keypool/internal/bufpool"
 	"github.com/keypool/keypool/keystore"
 )
 
@@ -287,10 +288,12 @@ func (ops *compiledOps) serve(w http.ResponseWriter, r *http.Request, mediaType 
 		return false
 	}
 	ctx := graphql.WithResponseContext(r.Context(), ops.presenter, ops.recover)
-	ctx = graphql.WithFieldContext(ctx, &graphql.FieldContext{
-		Parent: &graphql.FieldContext{Object: c.object}, // as gqlgen's root: its path is the field's alone
-		Object: c.object, Field: c.field, IsMethod: true, IsResolver: true, NonNull: c.nonNull,
-	})
+	fields := &struct{ field, root graphql.FieldContext }{ // one allocation for the two
+		field: graphql.FieldContext{Object: c.object, Field: c.field, IsMethod: true, IsResolver: true, NonNull: c.nonNull},
+		root:  graphql.FieldContext{Object: c.object}, // as gqlgen's root: its path is the field's alone
+	}
+	fields.field.Parent = &fields.root
+	ctx = graphql.WithFieldContext(ctx, &fields.field)
 	key, id, err, panicked := ops.run(ctx, call)
 	switch {
 	case panicked:
@@ -303,14 +306,16 @@ func (ops *compiledOps) serve(w http.ResponseWriter, r *http.Request, mediaType 
 		writeData(w, mediaType, c.prefix, []byte("null}}"))
 		return true
 	default:
-		b := make([]byte, 0, 512)
-		b = append(b, c.prefix...)
+		buf := bufpool.Get()
+		defer bufpool.Put(buf)
+		*buf = append(*buf, c.prefix...)
 		if id != nil {
-			b = appendString(b, *id)
+			*buf = appendString(*buf, *id)
 		} else {
-			b = appendObject(b, c.fields, key)
+			*buf = appendObject(*buf, c.fields, key)
 		}
-		writeData(w, mediaType, append(b, "}}"...))
+		*buf = append(*buf, "}}"...)
+		writeData(w, mediaType, *buf)
 		return true
 	}
 	data := json.RawMessage("null")

@@ -313,15 +313,14 @@ func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 		refuse(w, r, http.StatusBadRequest, err)
 		return
 	}
-	params.Headers = r.Header
-	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
-
 	mediaType := negotiate(r)
 	if r.Method == http.MethodPost {
 		if op := t.compiled.lookup(params); op != nil && t.compiled.serve(w, r, mediaType, op, params.Variables) {
 			return
 		}
 	}
+	params.Headers = r.Header
+	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
 	ctx := graphql.StartOperationTrace(r.Context())
 	opCtx, errs := exec.CreateOperationContext(ctx, params)
 	if errs != nil {

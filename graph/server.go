@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -226,10 +225,17 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64,
 			}
 			r = withParams(r, params)
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		read := &bufferedBody{}
+		read.Reset(body)
+		r.Body = read
 		next.ServeHTTP(w, r)
 	})
 }
+
+// bufferedBody is a body that guard has read, given again to the handlers after it.
+type bufferedBody struct{ bytes.Reader }
+
+func (*bufferedBody) Close() error { return nil }
 
 // decodeGated decodes a request body, through the gate if it is large.
 func decodeGated(ctx context.Context, gate costGate, body []byte) (*graphql.RawParams, *gqlerror.Error) {

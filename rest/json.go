@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"sync"
 	"unicode/utf8"
 
+	"github.com/keypool/keypool/internal/bufpool"
 	"github.com/keypool/keypool/keystore"
 )
 
@@ -17,21 +17,6 @@ import (
 // A Lease inside a Key has no "key" field (the enclosing object is its key). The Key
 // inside a Lease (acquire, renew) is a whole Key, so its "lease" repeats the lease, again
 // without "key": every Key has one shape wherever it appears, and nothing is cyclic.
-
-// maxPooledBuffer keeps huge bodies (a 10000-key generate) from pinning memory in the pool.
-const maxPooledBuffer = 64 << 10
-
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-func getBuffer() *[]byte { return bufferPool.Get().(*[]byte) }
-
-func putBuffer(b *[]byte) {
-	if cap(*b) > maxPooledBuffer {
-		return
-	}
-	*b = (*b)[:0]
-	bufferPool.Put(b)
-}
 
 // appendString appends s as a JSON string. Ids, tokens and statuses are plain ASCII and
 // take the fast path; anything else goes through encoding/json's escaping.
@@ -99,7 +84,7 @@ func appendLease(b []byte, k *keystore.Key) []byte {
 // writeKeys writes {"keys":[…]} a pooled buffer's worth at a time: 10000 keys are some
 // 3.5 MB, which one growing buffer would allocate twice over.
 func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
-	buf := getBuffer()
+	buf := bufpool.Get()
 	b := append(*buf, `{"keys":[`...)
 	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
@@ -115,11 +100,11 @@ func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
 	}
 	_, _ = w.Write(append(b, "]}"...))
 	*buf = b
-	putBuffer(buf)
+	bufpool.Put(buf)
 }
 
 // flushBytes is how much of a long answer writeKeys gathers before writing it.
-const flushBytes = maxPooledBuffer / 2
+const flushBytes = bufpool.MaxSize / 2
 
 func appendStats(b []byte, s keystore.Stats) []byte {
 	b = append(b, `{"total":`...)

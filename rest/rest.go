@@ -20,6 +20,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/keypool/keypool/internal/bufpool"
 	"github.com/keypool/keypool/internal/fastjson"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/redact"
@@ -268,8 +269,8 @@ func decodeBody[T any](h *handler, w http.ResponseWriter, r *http.Request, dst *
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 {
 		return true
 	}
-	buf := getBuffer()
-	defer putBuffer(buf)
+	buf := bufpool.Get()
+	defer bufpool.Put(buf)
 	// One byte more than the length, so that the read goes on to the body's end (and
 	// BodyDeadline lifts its deadline there).
 	*buf = slices.Grow(*buf, int(r.ContentLength)+1)[:r.ContentLength+1]
@@ -344,12 +345,12 @@ func (h *handler) writeLease(w http.ResponseWriter, r *http.Request, k *keystore
 
 // writeJSON writes the body that appendBody appends, from a pooled buffer.
 func writeJSON(w http.ResponseWriter, status int, appendBody func([]byte) []byte) {
-	buf := getBuffer()
+	buf := bufpool.Get()
 	*buf = appendBody(*buf)
 	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
 	w.Write(*buf)
-	putBuffer(buf)
+	bufpool.Put(buf)
 }
 
 // statusOf maps an error code to its HTTP status: the one place REST does so.
