@@ -243,3 +243,11 @@ func ParseDuration(name, s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// AppendTime appends t as every transport writes an instant: a JSON string in RFC 3339
+// with fractional seconds (trailing zeros trimmed), in UTC.
+func AppendTime(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
