@@ -181,7 +181,9 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 				beyond[over] = append(beyond[over], ratios[over][i]/ratios[floor][i])
 			}
 		}
-		printMedians(out, "median vs its framework's floor (graphql/gqlgen, rest/mux):", []string{"graphql", "rest"}, beyond)
+		if len(beyond) > 0 {
+			printMedians(out, "median vs its framework's floor (graphql/gqlgen, rest/mux):", []string{"graphql", "rest"}, beyond)
+		}
 	}
 	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
