@@ -15,7 +15,7 @@ go build -o "$bin/keypool-load" ./cmd/keypool-load
 go build -o "$bin/keypool-fanout" ./cmd/keypool-fanout
 load() { "$bin/keypool-load" -server "$bin/keypool" "$@" 2>&1 | grep -v '^{'; }
 
-echo "== acquire+unblock against plain net/http and gqlgen's floor, 1e3 keys, unpinned, 5 rounds"
+echo "== acquire+unblock against plain net/http, gqlgen's floor and ServeMux's floor, 1e3 keys, unpinned, 5 rounds"
 load -pin=false -rounds 5 -duration 5s -warmup 1s
 echo "== the same, pinned (servers on CPU 0, wrk on the others)"
 load -rounds 5 -duration 5s -warmup 1s
