@@ -11,6 +11,7 @@
 //
 //	go run ./cmd/keypool-load                      # 1e3 keys, 8 connections, 10 s per target
 //	go run ./cmd/keypool-load -keys 10000000       # the same cycle on a pool of 1e7
+//	go run ./cmd/keypool-load -compare-keys 10000000   # 1e3, then 1e7, and their quotients
 //	go run ./cmd/keypool-load -storm 1000000       # 1e6 more keys expire together mid-run (Go driver)
 //	go run ./cmd/keypool-load -soak 10m            # mixed load at half the REST maximum (Go driver)
 //
@@ -66,6 +67,7 @@ type config struct {
 	floorAddr   string // set in the re-executed gqlgen-floor process
 	muxAddr     string // set in the re-executed ServeMux-floor process
 	muxAnswers  string
+	compareKeys int
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -77,6 +79,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&cfg.rounds, "rounds", 1, "run the targets this many times in turn and also print each ratio's median over the rounds (with -storm: the storm's p99.9 ratio): on a noisy machine, ratios within a round move together")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent connections, each alternating acquire and unblock")
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
+	fs.IntVar(&cfg.compareKeys, "compare-keys", 0, "then run again on a fresh pool of this many keys, and print each target's ratio to plain and p99 there over those at -keys (wrk only)")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")
 	fs.DurationVar(&cfg.soak, "soak", 0, "instead of the comparison: mixed REST load at half the measured maximum rate for this long, reporting RSS and goroutines")
 	fs.StringVar(&targets, "targets", "plain,gqlgen,mux,graphql,rest", "comma-separated targets, in order (gqlgen and mux: gqlgen's and net/http ServeMux's floors, wrk only)")
@@ -105,7 +108,33 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		cfg.driver = "go"
 	}
 	cfg.targets = strings.Split(targets, ",")
-	return measure(ctx, cfg, out)
+	small, err := measure(ctx, cfg, out)
+	if err != nil || cfg.compareKeys == 0 {
+		return err
+	}
+	large := cfg
+	large.keys = cfg.compareKeys
+	big, err := measure(ctx, large, out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d keys vs %d, medians of the rounds:", large.keys, cfg.keys)
+	for _, target := range cfg.targets {
+		a, b := small[target], big[target]
+		if target == "plain" || a.ratio == 0 || b.ratio == 0 {
+			continue
+		}
+		fmt.Fprintf(out, " %s rate %.2f (%.2f/%.2f of plain), p99 %.2fx (%v/%v);", target, b.ratio/a.ratio, b.ratio, a.ratio,
+			float64(b.p99)/float64(a.p99), b.p99.Round(10*time.Microsecond), a.p99.Round(10*time.Microsecond))
+	}
+	fmt.Fprintln(out)
+	return nil
+}
+
+// medians are one target's medians over the rounds of a wrk run.
+type medians struct {
+	ratio float64 // req/s over plain's in the same round
+	p99   time.Duration
 }
 
 // result is what one target sustained.
@@ -131,10 +160,12 @@ type sample struct {
 
 func (r result) rate() float64 { return float64(r.requests) / r.elapsed.Seconds() }
 
-func measure(ctx context.Context, cfg config, out io.Writer) error {
+// measure runs cfg and reports it to out; with wrk it also returns each target's
+// medians.
+func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians, error) {
 	dir, err := os.MkdirTemp("", "keypool-load")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 
@@ -144,7 +175,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
-			return fmt.Errorf("building keypool: %w", err)
+			return nil, fmt.Errorf("building keypool: %w", err)
 		}
 	}
 	keepAliveTTL := time.Hour
@@ -155,24 +186,24 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	keypoolAddr, err := harness.FreeAddr()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	server := pinned(ctx, cfg, serverCPUs, bin, append([]string{"-addr", keypoolAddr, "-keepalive-ttl", keepAliveTTL.String(),
 		"-max-generate", "10000", "-log-format", "json"}, strings.Fields(cfg.serverArgs)...)...)
 	server.Stderr = os.Stderr
 	if err := server.Start(); err != nil {
-		return fmt.Errorf("starting keypool: %w", err)
+		return nil, fmt.Errorf("starting keypool: %w", err)
 	}
 	defer harness.StopProcess(server, 5*time.Second)
 	base := "http://" + keypoolAddr
 	if err := harness.WaitUp(ctx, base+"/healthz"); err != nil {
-		return fmt.Errorf("keypool did not come up: %w", err)
+		return nil, fmt.Errorf("keypool did not come up: %w", err)
 	}
 
 	client := newClient(cfg.concurrency)
 	pool, err := seed(ctx, client, base, cfg.keys)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if cfg.storm > 0 {
 		go keepPoolAlive(ctx, client, base, pool)
@@ -180,35 +211,35 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	// The plain handler answers the size of a REST acquire, the larger of the two replies.
 	sample, err := post(ctx, client, base+"/v1/keys/acquire", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lease, err := parseLease(sample)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	unblocked, err := post(ctx, client, base+"/v1/keys/"+lease.Key.ID+"/unblock", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// ServeMux's floor replays these two answers.
 	if err := os.WriteFile(filepath.Join(dir, acquireAnswer), sample, 0o644); err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, unblockAnswer), unblocked, 0o644); err != nil {
-		return err
+		return nil, err
 	}
 
 	if cfg.soak > 0 {
-		return soak(ctx, cfg, client, base, pool, out)
+		return nil, soak(ctx, cfg, client, base, pool, out)
 	}
 
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	plain, plainURL, err := startHelper(ctx, cfg, self, "-serve-plain", "-plain-size", fmt.Sprint(len(sample)))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer harness.StopProcess(plain, 5*time.Second)
 
@@ -223,7 +254,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 		for _, target := range cfg.targets {
 			cycle, err := cycleFor(target, base, plainURL)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if cfg.warmup > 0 {
 				drive(ctx, client, cfg.concurrency, cfg.warmup, cycle)
@@ -233,7 +264,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 			if cfg.storm > 0 && target != "plain" {
 				generated := time.Now()
 				if err := generate(ctx, client, base, cfg.storm, cfg.concurrency); err != nil {
-					return err
+					return nil, err
 				}
 				// The storm's deadlines span the generation; its window runs until two
 				// seconds after the last, time enough to drain a million.
@@ -251,7 +282,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 				stormRatios[target] = append(stormRatios[target], float64(in.p999)/float64(before.p999))
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 		}
 		if cfg.rounds > 1 {
@@ -262,7 +293,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) error {
 	if len(stormRatios) > 0 {
 		printMedians(out, fmt.Sprintf("p99.9 in the storm / before it, median over %d rounds:", cfg.rounds), cfg.targets, stormRatios)
 	}
-	return nil
+	return nil, nil
 }
 
 // stormTTL is the keep-alive TTL of a storm run: long enough to generate a million keys

@@ -103,12 +103,13 @@ func writeScript(dir string) (string, error) {
 	return path, os.WriteFile(path, cycleScript, 0o644)
 }
 
-// measureWrk drives every target with wrk, each after a warm-up, and reports.
+// measureWrk drives every target with wrk, each after a warm-up, reports, and returns
+// each target's medians over the rounds.
 func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keypoolPID int, keypool string,
-	plainPID int, plain, self string, replySize int) error {
+	plainPID int, plain, self string, replySize int) (map[string]medians, error) {
 	script, err := writeScript(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	runs := map[string]wrkRun{
 		"plain":   {target: "plain", url: plain, script: "plain", pid: plainPID},
@@ -126,7 +127,7 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		}
 		cmd, url, err := startHelper(ctx, cfg, self, floor.args...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer harness.StopProcess(cmd, 5*time.Second)
 		runs[floor.target] = wrkRun{target: floor.target, url: url, script: floor.script, pid: cmd.Process.Pid}
@@ -138,22 +139,23 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 	fmt.Fprintf(out, "keypool-load: wrk, %d connections (one per thread), %v per target after %v warm-up, %d keys in the pool, %d-byte replies, %d CPUs, %s\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, replySize, runtime.NumCPU(), placement)
 	ratios := map[string][]float64{} // by target, one a round
+	p99s := map[string][]time.Duration{}
 	for round := range max(cfg.rounds, 1) {
 		var results []result
 		for _, target := range cfg.targets {
 			run, ok := runs[target]
 			if !ok {
-				return fmt.Errorf("unknown target %q (plain, gqlgen, mux, graphql, rest)", target)
+				return nil, fmt.Errorf("unknown target %q (plain, gqlgen, mux, graphql, rest)", target)
 			}
 			run.connect = cfg.concurrency
 			if cfg.warmup >= time.Second {
 				if _, err := driveWrk(ctx, cfg, script, run, cfg.warmup); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			r, err := driveWrk(ctx, cfg, script, run, cfg.duration)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			results = append(results, r)
 		}
@@ -171,6 +173,7 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 			if plain > 0 {
 				ratios[r.target] = append(ratios[r.target], r.rate()/plain)
 			}
+			p99s[r.target] = append(p99s[r.target], r.p99)
 		}
 	}
 	if cfg.rounds > 1 {
@@ -188,7 +191,13 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
 		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
 	}
-	return nil
+	all := map[string]medians{}
+	for _, target := range cfg.targets {
+		if len(p99s[target]) > 0 {
+			all[target] = medians{ratio: median(ratios[target]), p99: median(p99s[target])}
+		}
+	}
+	return all, nil
 }
 
 // printMedians prints, after title, the median and range of each target's ratios.
@@ -196,9 +205,18 @@ func printMedians(out io.Writer, title string, targets []string, ratios map[stri
 	fmt.Fprint(out, title)
 	for _, target := range targets {
 		if rs := ratios[target]; len(rs) > 0 {
-			slices.Sort(rs)
-			fmt.Fprintf(out, " %s %.2f (%.2f–%.2f)", target, rs[len(rs)/2], rs[0], rs[len(rs)-1])
+			fmt.Fprintf(out, " %s %.2f (%.2f–%.2f)", target, median(rs), slices.Min(rs), slices.Max(rs))
 		}
 	}
 	fmt.Fprintln(out)
+}
+
+// median returns the middle of vs (the upper one of an even count), 0 for none.
+func median[T float64 | time.Duration](vs []T) T {
+	if len(vs) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(vs)
+	slices.Sort(sorted)
+	return sorted[len(sorted)/2]
 }
