@@ -128,11 +128,7 @@ func TestFanoutBoundsWorkers(t *testing.T) {
 	}
 	require.LessOrEqual(t, maxBusy.Load(), int64(2), "at most two workers deliver at once")
 	cancel()
-	for _, s := range runs {
-		require.Equal(t, endSubscription, s.wait())
-	}
-	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 && len(f.sleeping) == 0 },
-		10*time.Second, time.Millisecond, "no worker or watcher outlives the streams")
+	requireEnded(t, f, runs)
 }
 
 // TestFanoutStalledSinkHoldsNoWorker: with one worker, a stream whose connection does
@@ -199,11 +195,7 @@ func TestFanoutLeavesAtOnce(t *testing.T) {
 	for _, cancel := range cancels {
 		cancel()
 	}
-	for _, s := range runs {
-		require.Equal(t, endSubscription, s.wait())
-	}
-	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 && len(f.sleeping) == 0 },
-		10*time.Second, time.Millisecond)
+	requireEnded(t, f, runs)
 }
 
 // TestFanoutStartsOnAnEndedContext: a subscriber that leaves as its stream starts (its
@@ -234,4 +226,15 @@ func TestFanoutStartsOnAnEndedContext(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 },
 		10*time.Second, time.Millisecond)
+}
+
+// requireEnded waits for every run to end as a subscription ends, then for the fan-out
+// to hold no worker and no watcher.
+func requireEnded(t *testing.T, f *fanout, runs []*stream) {
+	t.Helper()
+	for _, s := range runs {
+		require.Equal(t, endSubscription, s.wait())
+	}
+	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.workers == 0 && len(f.sleeping) == 0 },
+		10*time.Second, time.Millisecond, "no worker or watcher outlives the streams")
 }
