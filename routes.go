@@ -34,7 +34,7 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 
 // edgeError answers a request refused before its route ran in the route's error shape:
 // GraphQL's at /graphql, REST's everywhere else.
-func edgeError(w http.ResponseWriter, r *http.Request, status int, code, message string) {
+func edgeError(w http.ResponseWriter, r *http.Request, status int, code keystore.Code, message string) {
 	if r.URL.Path == "/graphql" {
 		middleware.GraphQLError(w, r, status, code, message)
 		return

@@ -10,6 +10,8 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
+
+	"github.com/keypool/keypool/wire"
 )
 
 // codeComplexity is gqlgen's code for an operation that asks too much at once; the
@@ -40,8 +42,11 @@ func (documentLimits) ExtensionName() string                          { return "
 func (documentLimits) Validate(schema graphql.ExecutableSchema) error { return nil }
 
 func (d documentLimits) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
-	if params.Query == "" || d.docs.Contains(params.Query) {
-		return nil // gqlgen answers a missing query; a cached one passed before
+	if params.Query == "" {
+		return coded(wire.CodeBadRequest, "the request has no query")
+	}
+	if d.docs.Contains(params.Query) {
+		return nil // it passed before
 	}
 	tokens, err := checkDocument(params.Query)
 	if err != nil {

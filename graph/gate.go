@@ -9,6 +9,8 @@ import (
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/keypool/keypool/wire"
 )
 
 // costGate bounds how many requests do their costly part at once: decoding a large
@@ -50,7 +52,7 @@ func (e gatedExecutor) CreateOperationContext(ctx context.Context, params *graph
 		return e.Executor.CreateOperationContext(ctx, params) // cached, or a persisted query's hash
 	}
 	if err := e.gate.enter(ctx); err != nil {
-		return &graphql.OperationContext{}, gqlerror.List{coded(codeBadRequest, "the request was cancelled")}
+		return &graphql.OperationContext{}, gqlerror.List{coded(wire.CodeBadRequest, "the request was cancelled")}
 	}
 	defer e.gate.leave()
 	return e.Executor.CreateOperationContext(ctx, params)
@@ -67,12 +69,9 @@ type endpoint struct {
 func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, t := range e.transports {
 		if t.Supports(r) {
-			if _, ok := t.(httpTransport); !ok { // httpTransport starts it past compiled operations
-				r = r.WithContext(graphql.StartOperationTrace(r.Context()))
-			}
-			t.Do(w, r, e.exec)
+			t.Do(w, r.WithContext(graphql.StartOperationTrace(r.Context())), e.exec)
 			return
 		}
 	}
-	refuse(w, r, http.StatusBadRequest, coded(codeBadRequest, "not a GraphQL request"))
+	refuse(w, r, coded(wire.CodeBadRequest, "not a GraphQL request"))
 }

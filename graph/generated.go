@@ -30,8 +30,6 @@ func NewExecutableSchema(cfg Config) graphql.ExecutableSchema {
 type Config = graphql.Config[ResolverRoot, DirectiveRoot, ComplexityRoot]
 
 type ResolverRoot interface {
-	Key() KeyResolver
-	KeyHistory() KeyHistoryResolver
 	Mutation() MutationResolver
 	Query() QueryResolver
 	Subscription() SubscriptionResolver
@@ -42,12 +40,12 @@ type DirectiveRoot struct {
 
 type ComplexityRoot struct {
 	Key struct {
-		CreatedAt func(childComplexity int) int
-		ExpiresAt func(childComplexity int) int
-		History   func(childComplexity int) int
-		ID        func(childComplexity int) int
-		Lease     func(childComplexity int) int
-		Status    func(childComplexity int) int
+		CreatedAt    func(childComplexity int) int
+		CurrentLease func(childComplexity int) int
+		ExpiresAt    func(childComplexity int) int
+		History      func(childComplexity int) int
+		ID           func(childComplexity int) int
+		Status       func(childComplexity int) int
 	}
 
 	KeyEvent struct {
@@ -58,9 +56,9 @@ type ComplexityRoot struct {
 	}
 
 	KeyHistory struct {
-		LastAcquiredAt func(childComplexity int) int
-		LeasesExpired  func(childComplexity int) int
-		TimesAcquired  func(childComplexity int) int
+		LastAcquired  func(childComplexity int) int
+		LeasesExpired func(childComplexity int) int
+		TimesAcquired func(childComplexity int) int
 	}
 
 	Lease struct {
@@ -100,22 +98,16 @@ type ComplexityRoot struct {
 
 // region    ************************** generated!.gotpl **************************
 
-type KeyResolver interface {
-	Lease(ctx context.Context, obj *keystore.Key) (*model.Lease, error)
-}
-type KeyHistoryResolver interface {
-	LastAcquiredAt(ctx context.Context, obj *keystore.History) (*time.Time, error)
-}
 type MutationResolver interface {
-	GenerateKeys(ctx context.Context, count int64) ([]*keystore.Key, error)
+	GenerateKeys(ctx context.Context, count int64) ([]*model.Key, error)
 	AcquireKey(ctx context.Context, ttl *time.Duration, wait *time.Duration) (*model.Lease, error)
-	UnblockKey(ctx context.Context, id string, token *string) (*keystore.Key, error)
+	UnblockKey(ctx context.Context, id string, token *string) (*model.Key, error)
 	RenewLease(ctx context.Context, id string, token string, ttl *time.Duration) (*model.Lease, error)
 	DeleteKey(ctx context.Context, id string) (string, error)
-	KeepAlive(ctx context.Context, id string) (*keystore.Key, error)
+	KeepAlive(ctx context.Context, id string) (*model.Key, error)
 }
 type QueryResolver interface {
-	Key(ctx context.Context, id string) (*keystore.Key, error)
+	Key(ctx context.Context, id string) (*model.Key, error)
 	Stats(ctx context.Context) (*keystore.Stats, error)
 }
 type SubscriptionResolver interface {
@@ -146,6 +138,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Key.CreatedAt(childComplexity), true
+	case "Key.lease":
+		if e.ComplexityRoot.Key.CurrentLease == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Key.CurrentLease(childComplexity), true
 	case "Key.expiresAt":
 		if e.ComplexityRoot.Key.ExpiresAt == nil {
 			break
@@ -164,12 +162,6 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Key.ID(childComplexity), true
-	case "Key.lease":
-		if e.ComplexityRoot.Key.Lease == nil {
-			break
-		}
-
-		return e.ComplexityRoot.Key.Lease(childComplexity), true
 	case "Key.status":
 		if e.ComplexityRoot.Key.Status == nil {
 			break
@@ -203,11 +195,11 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		return e.ComplexityRoot.KeyEvent.Type(childComplexity), true
 
 	case "KeyHistory.lastAcquiredAt":
-		if e.ComplexityRoot.KeyHistory.LastAcquiredAt == nil {
+		if e.ComplexityRoot.KeyHistory.LastAcquired == nil {
 			break
 		}
 
-		return e.ComplexityRoot.KeyHistory.LastAcquiredAt(childComplexity), true
+		return e.ComplexityRoot.KeyHistory.LastAcquired(childComplexity), true
 	case "KeyHistory.leasesExpired":
 		if e.ComplexityRoot.KeyHistory.LeasesExpired == nil {
 			break
@@ -1127,7 +1119,7 @@ func (ec *executionContext) field___Type_inputFields_args(ctx context.Context, r
 
 // region    **************************** field.gotpl *****************************
 
-func (ec *executionContext) _Key_id(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_id(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1150,7 +1142,7 @@ func (ec *executionContext) fieldContext_Key_id(_ context.Context, field graphql
 	return graphql.NewScalarFieldContext("Key", field, false, false, "ID")
 }
 
-func (ec *executionContext) _Key_status(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_status(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1173,7 +1165,7 @@ func (ec *executionContext) fieldContext_Key_status(_ context.Context, field gra
 	return graphql.NewScalarFieldContext("Key", field, false, false, "KeyStatus")
 }
 
-func (ec *executionContext) _Key_createdAt(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_createdAt(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1196,7 +1188,7 @@ func (ec *executionContext) fieldContext_Key_createdAt(_ context.Context, field 
 	return graphql.NewScalarFieldContext("Key", field, false, false, "Time")
 }
 
-func (ec *executionContext) _Key_expiresAt(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_expiresAt(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1219,7 +1211,7 @@ func (ec *executionContext) fieldContext_Key_expiresAt(_ context.Context, field 
 	return graphql.NewScalarFieldContext("Key", field, false, false, "Time")
 }
 
-func (ec *executionContext) _Key_lease(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_lease(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1228,7 +1220,7 @@ func (ec *executionContext) _Key_lease(ctx context.Context, field graphql.Collec
 			return ec.fieldContext_Key_lease(ctx, field)
 		},
 		func(ctx context.Context) (any, error) {
-			return ec.Resolvers.Key().Lease(ctx, obj)
+			return obj.CurrentLease(), nil
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.Lease) graphql.Marshaler {
@@ -1243,7 +1235,7 @@ func (ec *executionContext) fieldContext_Key_lease(_ context.Context, field grap
 		Object:     "Key",
 		Field:      field,
 		IsMethod:   true,
-		IsResolver: true,
+		IsResolver: false,
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_Lease(ctx, field)
 		},
@@ -1251,7 +1243,7 @@ func (ec *executionContext) fieldContext_Key_lease(_ context.Context, field grap
 	return fc, nil
 }
 
-func (ec *executionContext) _Key_history(ctx context.Context, field graphql.CollectedField, obj *keystore.Key) (ret graphql.Marshaler) {
+func (ec *executionContext) _Key_history(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
 		ec.OperationContext,
@@ -1430,7 +1422,7 @@ func (ec *executionContext) _KeyHistory_lastAcquiredAt(ctx context.Context, fiel
 			return ec.fieldContext_KeyHistory_lastAcquiredAt(ctx, field)
 		},
 		func(ctx context.Context) (any, error) {
-			return ec.Resolvers.KeyHistory().LastAcquiredAt(ctx, obj)
+			return obj.LastAcquired(), nil
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *time.Time) graphql.Marshaler {
@@ -1441,7 +1433,7 @@ func (ec *executionContext) _KeyHistory_lastAcquiredAt(ctx context.Context, fiel
 	)
 }
 func (ec *executionContext) fieldContext_KeyHistory_lastAcquiredAt(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
-	return graphql.NewScalarFieldContext("KeyHistory", field, true, true, "Time")
+	return graphql.NewScalarFieldContext("KeyHistory", field, true, false, "Time")
 }
 
 func (ec *executionContext) _Lease_token(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
@@ -1548,8 +1540,8 @@ func (ec *executionContext) _Lease_key(ctx context.Context, field graphql.Collec
 			return obj.Key, nil
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
-			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, selections, v)
 		},
 		true,
 		true,
@@ -1581,8 +1573,8 @@ func (ec *executionContext) _Mutation_generateKeys(ctx context.Context, field gr
 			return ec.Resolvers.Mutation().GenerateKeys(ctx, fc.Args["count"].(int64))
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v []*keystore.Key) graphql.Marshaler {
-			return ec.marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyᚄ(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v []*model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyᚄ(ctx, selections, v)
 		},
 		true,
 		true,
@@ -1669,8 +1661,8 @@ func (ec *executionContext) _Mutation_unblockKey(ctx context.Context, field grap
 			return ec.Resolvers.Mutation().UnblockKey(ctx, fc.Args["id"].(string), fc.Args["token"].(*string))
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
-			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, selections, v)
 		},
 		true,
 		true,
@@ -1801,8 +1793,8 @@ func (ec *executionContext) _Mutation_keepAlive(ctx context.Context, field graph
 			return ec.Resolvers.Mutation().KeepAlive(ctx, fc.Args["id"].(string))
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
-			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, selections, v)
 		},
 		true,
 		true,
@@ -1845,8 +1837,8 @@ func (ec *executionContext) _Query_key(ctx context.Context, field graphql.Collec
 			return ec.Resolvers.Query().Key(ctx, fc.Args["id"].(string))
 		},
 		nil,
-		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
-			return ec.marshalOKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx, selections, v)
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
+			return ec.marshalOKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, selections, v)
 		},
 		true,
 		false,
@@ -3180,7 +3172,7 @@ func (ec *executionContext) fieldContext___Type_isOneOf(_ context.Context, field
 
 var keyImplementors = []string{"Key"}
 
-func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj *keystore.Key) graphql.Marshaler {
+func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj *model.Key) graphql.Marshaler {
 	fields := graphql.CollectFields(ec.OperationContext, sel, keyImplementors)
 
 	out := graphql.NewFieldSet(fields)
@@ -3192,33 +3184,32 @@ func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj 
 		case "id":
 			out.Values[i] = ec._Key_id(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "status":
 			out.Values[i] = ec._Key_status(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "createdAt":
 			out.Values[i] = ec._Key_createdAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "expiresAt":
 			out.Values[i] = ec._Key_expiresAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "lease":
-			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
-				true, false,
-				func(ctx context.Context) graphql.Marshaler {
-					return ec._Key_lease(ctx, field, obj)
-				})
+			out.Values[i] = ec._Key_lease(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
 		case "history":
 			out.Values[i] = ec._Key_history(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
@@ -3299,19 +3290,18 @@ func (ec *executionContext) _KeyHistory(ctx context.Context, sel ast.SelectionSe
 		case "timesAcquired":
 			out.Values[i] = ec._KeyHistory_timesAcquired(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "leasesExpired":
 			out.Values[i] = ec._KeyHistory_leasesExpired(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				atomic.AddUint32(&out.Invalids, 1)
+				out.Invalids++
 			}
 		case "lastAcquiredAt":
-			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
-				true, false,
-				func(ctx context.Context) graphql.Marshaler {
-					return ec._KeyHistory_lastAcquiredAt(ctx, field, obj)
-				})
+			out.Values[i] = ec._KeyHistory_lastAcquiredAt(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -4003,11 +3993,11 @@ func (ec *executionContext) marshalNInt2int64(ctx context.Context, sel ast.Selec
 	return res
 }
 
-func (ec *executionContext) marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyᚄ(ctx context.Context, sel ast.SelectionSet, v []*keystore.Key) graphql.Marshaler {
+func (ec *executionContext) marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyᚄ(ctx context.Context, sel ast.SelectionSet, v []*model.Key) graphql.Marshaler {
 	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
 		fc := graphql.GetFieldContext(ctx)
 		fc.Result = &v[i]
-		return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx, sel, v[i])
+		return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, sel, v[i])
 	})
 
 	for _, e := range ret {
@@ -4019,7 +4009,7 @@ func (ec *executionContext) marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypool�
 	return ret
 }
 
-func (ec *executionContext) marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx context.Context, sel ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
+func (ec *executionContext) marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx context.Context, sel ast.SelectionSet, v *model.Key) graphql.Marshaler {
 	if v == nil {
 		graphql.AddInvalidNullError(ctx, "Key!")
 		return graphql.Null
@@ -4369,7 +4359,7 @@ func (ec *executionContext) marshalOInt2ᚖint64(ctx context.Context, sel ast.Se
 	return res
 }
 
-func (ec *executionContext) marshalOKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKey(ctx context.Context, sel ast.SelectionSet, v *keystore.Key) graphql.Marshaler {
+func (ec *executionContext) marshalOKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx context.Context, sel ast.SelectionSet, v *model.Key) graphql.Marshaler {
 	if v == nil {
 		return graphql.Null
 	}

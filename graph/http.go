@@ -7,46 +7,133 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/keypool/keypool/internal/fastjson"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
-// Codes of the answers that refuse a request before GraphQL sees it.
-const (
-	// codeBadRequest: not a GraphQL request: a body that is not one JSON object, a
-	// query that is not a string, variables or extensions that are not objects, JSON
-	// nested or numerous beyond the limits, an unsupported content type (415), or a
-	// subscription over plain HTTP.
-	codeBadRequest = "BAD_REQUEST"
-	// codeMethodNotAllowed: a method /graphql does not serve, or a mutation over GET
-	// (405, with an Allow header).
-	codeMethodNotAllowed = "METHOD_NOT_ALLOWED"
-	// codeTooLarge: a body over MaxBodyBytes (413).
-	codeTooLarge = "REQUEST_TOO_LARGE"
-	// codeForbidden: a websocket upgrade from a foreign origin (403).
-	codeForbidden = "FORBIDDEN"
-	// codeOperationLimit: a websocket operation beyond MaxSocketOperations.
-	codeOperationLimit = "OPERATION_LIMIT_EXCEEDED"
-)
+// httpTransport is GraphQL over HTTP: gqlgen's own POST and GET transports, with what
+// they answer otherwise than GraphQL-over-HTTP (and graphql-http's audit of it) has
+// it mended around them, and nothing else:
+//   - a request error (one that never ran: parse, validation, variables, complexity)
+//     is 200 under application/json and 400 under application/graphql-response+json,
+//     and carries no data entry at all;
+//   - a body gqlgen cannot read as a request (a query that is not a string, say) is
+//     400 BAD_REQUEST, without echoing the body;
+//   - a mutation over GET is 405 with Allow: POST; another method 405 with Allow;
+//     a body that is not JSON 415; a subscription over plain HTTP 400;
+//   - every refusal is a coded JSON error.
+//
+// guard has bounded and checked the body before (the body limits).
+type httpTransport struct {
+	post transport.POST
+	get  transport.GET
+}
 
-// Media types of GraphQL-over-HTTP responses.
-const (
-	mediaJSON             = "application/json"
-	mediaGraphQLResponse  = "application/graphql-response+json"
-	allowedMethods        = "GET, POST, OPTIONS"
-	allowedMethodsForPost = "POST"
-)
+var _ graphql.Transport = httpTransport{}
 
-// coded returns an error with an extensions.code, as clients see it.
-func coded(code, format string, args ...any) *gqlerror.Error {
-	err := gqlerror.Errorf(format, args...)
-	err.Extensions = map[string]any{"code": code}
-	return err
+// Supports takes every request the websocket and SSE transports do not: it is last.
+func (httpTransport) Supports(r *http.Request) bool { return !isWebsocket(r) }
+
+func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	switch r.Method {
+	case http.MethodOptions:
+		w.Header().Set("Allow", allowedMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	case http.MethodGet:
+		if err := checkQueryString(r.URL.RawQuery); err != nil {
+			refuse(w, r, err)
+			return
+		}
+		aw := &answerWriter{ResponseWriter: w}
+		t.get.Do(aw, withPlainHTTP(r), exec)
+		aw.finish()
+	case http.MethodPost:
+		if !isJSON(r) {
+			refuse(w, r, coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json"))
+			return
+		}
+		aw := &answerWriter{ResponseWriter: w}
+		t.post.Do(aw, withPlainHTTP(r), exec)
+		aw.finish()
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		refuse(w, r, coded(wire.CodeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method))
+	}
+}
+
+const allowedMethods = "GET, POST, OPTIONS"
+
+// answerWriter passes a successful answer of gqlgen's POST or GET through untouched,
+// and holds back any other (it is small: a list of errors) to mend it in finish.
+type answerWriter struct {
+	http.ResponseWriter
+	status int // what gqlgen wrote, while held back
+	held   bytes.Buffer
+}
+
+func (a *answerWriter) WriteHeader(status int) {
+	if status == http.StatusOK {
+		a.ResponseWriter.WriteHeader(status)
+		return
+	}
+	a.status = status
+}
+
+func (a *answerWriter) Write(p []byte) (int, error) {
+	if a.status == 0 {
+		return a.ResponseWriter.Write(p)
+	}
+	return a.held.Write(p)
+}
+
+// gqlgenUnreadable is how gqlgen's POST words a body it cannot decode into a request.
+const gqlgenUnreadable = "json request body could not be decoded"
+
+// finish writes the held-back answer as GraphQL-over-HTTP has it.
+func (a *answerWriter) finish() {
+	if a.status == 0 {
+		return
+	}
+	w := a.ResponseWriter
+	mediaType := wire.MediaJSON
+	if strings.HasPrefix(w.Header().Get("Content-Type"), wire.MediaGraphQLResponse) {
+		mediaType = wire.MediaGraphQLResponse
+	}
+	w.Header().Del("Content-Type")
+	var resp errorsOnly
+	_ = json.Unmarshal(a.held.Bytes(), &resp)
+	switch {
+	case a.status == http.StatusNotAcceptable: // gqlgen's GET, for what is not a query
+		w.Header().Set("Allow", "POST")
+		wire.WriteGraphQLError(w, mediaType, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed, "only a query may be sent with GET; send it with POST")
+		return
+	case len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable):
+		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest,
+			"the body is not a GraphQL request: query and operationName must be strings, variables and extensions objects")
+		return
+	}
+	status := http.StatusOK // a request error, under application/json
+	switch code := keystore.Code(codeOf(resp.Errors[0])); {
+	case code == wire.CodeMethodNotAllowed:
+		w.Header().Set("Allow", "POST")
+		status = http.StatusMethodNotAllowed
+	case code == wire.CodeBadRequest || mediaType == wire.MediaGraphQLResponse:
+		status = http.StatusBadRequest
+	}
+	writeJSON(w, mediaType, status, resp)
+}
+
+func codeOf(e *gqlerror.Error) string {
+	code, _ := e.Extensions["code"].(string)
+	return code
 }
 
 // errorsOnly is a response to a request error: the GraphQL-over-HTTP spec has it
@@ -56,156 +143,77 @@ type errorsOnly struct {
 	Extensions map[string]any `json:"extensions,omitempty"`
 }
 
-// writeJSON writes v as the response, in the negotiated media type.
+// writeJSON writes v as the response, in mediaType.
 func writeJSON(w http.ResponseWriter, mediaType string, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		body, _ = json.Marshal(errorsOnly{Errors: gqlerror.List{coded("INTERNAL_SERVER_ERROR", internalMessage)}})
-		status = http.StatusInternalServerError
+		wire.WriteGraphQLError(w, mediaType, http.StatusInternalServerError, keystore.EINTERNAL, wire.InternalMessage)
+		return
 	}
 	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }
 
-// refuse answers a request that is not served, with one coded error.
-func refuse(w http.ResponseWriter, r *http.Request, status int, err *gqlerror.Error) {
-	writeJSON(w, negotiate(r), status, errorsOnly{Errors: gqlerror.List{err}})
+// refuse answers a request that is not served, with one coded error, at its code's status.
+func refuse(w http.ResponseWriter, r *http.Request, err *gqlerror.Error) {
+	code := keystore.Code(codeOf(err))
+	wire.WriteGraphQLError(w, negotiate(r), wire.Status(code), code, err.Message)
 }
 
-// negotiate picks the response's media type from the Accept header: the
-// GraphQL-over-HTTP one when the client names it first, application/json otherwise
-// (also when Accept is absent, or names neither).
+// coded returns an error with an extensions.code, as clients see it.
+func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
+	err := gqlerror.Errorf(format, args...)
+	err.Extensions = map[string]any{"code": string(code)}
+	return err
+}
+
+// negotiate picks the media type of a refusal from the Accept header: the
+// GraphQL-over-HTTP one when the client names it first, application/json otherwise.
 func negotiate(r *http.Request) string {
-	switch accept := r.Header.Get("Accept"); accept {
-	case "", "*/*", mediaJSON: // the common cases, without parsing
-		return mediaJSON
-	}
 	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
 		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil || params["q"] == "0" {
 			continue
 		}
 		switch mediaType {
-		case mediaGraphQLResponse:
-			return mediaGraphQLResponse
-		case mediaJSON, "application/*", "*/*":
-			return mediaJSON
+		case wire.MediaGraphQLResponse:
+			return wire.MediaGraphQLResponse
+		case wire.MediaJSON, "application/*", "*/*":
+			return wire.MediaJSON
 		}
 	}
-	return mediaJSON
+	return wire.MediaJSON
 }
 
-// requestJSON is a POST body (or websocket subscribe payload) as JSON has it; the
-// fields' types are checked after decoding, so that a wrong one is a clear refusal.
-type requestJSON struct {
-	Query         any             `json:"query"`
-	OperationName any             `json:"operationName"`
-	Variables     json.RawMessage `json:"variables"`
-	Extensions    json.RawMessage `json:"extensions"`
+// isJSON reports whether r's body is declared JSON.
+func isJSON(r *http.Request) bool {
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mediaType == wire.MediaJSON
 }
 
-// decodeRequest reads a GraphQL request from one JSON object: every transport's
-// body or payload goes through it, so that one rule set holds for all.
-func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
-	if err := checkJSON(body); err != nil {
-		return nil, err
+// isWebsocket reports whether r asks to become a websocket. Another Upgrade (h2c,
+// which curl --http2 offers) is ignored, as RFC 9110 7.8 lets a server do.
+func isWebsocket(r *http.Request) bool {
+	for _, v := range r.Header.Values("Upgrade") {
+		for token := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(token), "websocket") {
+				return true
+			}
+		}
 	}
-	body = bytes.TrimSpace(body)
-	if len(body) == 0 || body[0] != '{' {
-		return nil, coded(codeBadRequest, "the request must be one JSON object")
-	}
-	if params, ok := decodeWellFormed(body); ok {
-		return params, requireQuery(params)
-	}
-	var req requestJSON
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, coded(codeBadRequest, "the request could not be decoded")
-	}
-	params := &graphql.RawParams{}
-	switch q := req.Query.(type) {
-	case string:
-		params.Query = q
-	case nil:
-	default:
-		return nil, coded(codeBadRequest, "query must be a string")
-	}
-	switch name := req.OperationName.(type) {
-	case string:
-		params.OperationName = name
-	case nil:
-	default:
-		return nil, coded(codeBadRequest, "operationName must be a string")
-	}
-	var err *gqlerror.Error
-	if params.Variables, err = decodeObject("variables", req.Variables); err != nil {
-		return nil, err
-	}
-	if params.Extensions, err = decodeObject("extensions", req.Extensions); err != nil {
-		return nil, err
-	}
-	if err := requireQuery(params); err != nil {
-		return nil, err
-	}
-	return params, nil
+	return false
 }
 
-// wellFormed is a request whose fields all have the types they should: decoded in
-// one pass, as the common case; any other is decoded again, to say what is wrong.
-type wellFormed struct {
-	Query         string         `json:"query"`
-	OperationName string         `json:"operationName"`
-	Variables     map[string]any `json:"variables"`
-	Extensions    map[string]any `json:"extensions"`
-}
-
-// decodeWellFormed decodes body, which checkJSON has found to be one JSON value, if it
-// is one well-formed request, numbers kept exact, with the fast decoder: encoding/json's
-// decoding takes some 4 µs for a typical request, a sixth of the server's time for it,
-// and this some 2. What it does not decode goes to encoding/json, which says what is
-// wrong.
-func decodeWellFormed(body []byte) (*graphql.RawParams, bool) {
-	var req wellFormed
-	if !fastjson.Decode(body, &req, fastjson.Options{UseNumber: true}) {
-		return nil, false
-	}
-	return &graphql.RawParams{Query: req.Query, OperationName: req.OperationName,
-		Variables: req.Variables, Extensions: req.Extensions}, true
-}
-
-// requireQuery refuses a request with neither a query nor a persisted query's hash.
-func requireQuery(params *graphql.RawParams) *gqlerror.Error {
-	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
-		return coded(codeBadRequest, "the request has no query")
-	}
-	return nil
-}
-
-// decodeObject decodes an optional JSON object (absent or null: nil), with numbers
-// kept exact, as gqlgen expects.
-func decodeObject(name string, raw []byte) (map[string]any, *gqlerror.Error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	if raw[0] != '{' {
-		return nil, coded(codeBadRequest, "%s must be an object", name)
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
-		return nil, coded(codeBadRequest, "%s could not be decoded", name)
-	}
-	return obj, nil
-}
-
-// checkJSON refuses what is not one JSON value, or what holds more values or nests
-// deeper than the limits, before anything is decoded: decoding allocates many times
+// checkJSON refuses what is not one JSON object, or what holds more values or nests
+// deeper than the limits, before anything decodes it: decoding allocates many times
 // the size of a list of small values.
 func checkJSON(b []byte) *gqlerror.Error {
 	if !json.Valid(b) {
-		return coded(codeBadRequest, "the request is not one JSON value")
+		return coded(wire.CodeBadRequest, "the request is not one JSON value")
+	}
+	if b = bytes.TrimSpace(b); len(b) == 0 || b[0] != '{' {
+		return coded(wire.CodeBadRequest, "the request must be one JSON object")
 	}
 	values, depth := 0, 0
 	for i := 0; i < len(b); i++ {
@@ -220,7 +228,7 @@ func checkJSON(b []byte) *gqlerror.Error {
 			values++
 			depth++
 			if depth > MaxJSONDepth {
-				return coded(codeBadRequest, "the request's JSON nests deeper than %d", MaxJSONDepth)
+				return coded(wire.CodeBadRequest, "the request's JSON nests deeper than %d", MaxJSONDepth)
 			}
 		case '}', ']':
 			depth--
@@ -228,168 +236,125 @@ func checkJSON(b []byte) *gqlerror.Error {
 			values++
 		}
 		if values > MaxJSONValues {
-			return coded(codeBadRequest, "the request's JSON holds more than %d values", MaxJSONValues)
+			return coded(wire.CodeBadRequest, "the request's JSON holds more than %d values", MaxJSONValues)
 		}
 	}
 	return nil
 }
 
-// decodeQueryString reads a GraphQL request from a GET's query string.
-func decodeQueryString(rawQuery string) (*graphql.RawParams, *gqlerror.Error) {
+// checkQueryString refuses a GET's query string that gqlgen could not read, or whose
+// variables or extensions are over the JSON limits.
+func checkQueryString(rawQuery string) *gqlerror.Error {
 	values, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, coded(codeBadRequest, "the query string could not be decoded")
+		return coded(wire.CodeBadRequest, "the query string could not be decoded")
 	}
-	params := &graphql.RawParams{Query: values.Get("query"), OperationName: values.Get("operationName")}
-	var gqlErr *gqlerror.Error
-	for _, p := range []struct {
-		name string
-		dst  *map[string]any
-	}{{"variables", &params.Variables}, {"extensions", &params.Extensions}} {
-		raw := values.Get(p.name)
-		if raw == "" {
-			continue
-		}
-		if gqlErr = checkJSON([]byte(raw)); gqlErr != nil {
-			return nil, gqlErr
-		}
-		if *p.dst, gqlErr = decodeObject(p.name, []byte(raw)); gqlErr != nil {
-			return nil, gqlErr
+	if values.Get("query") == "" && values.Get("extensions") == "" {
+		return coded(wire.CodeBadRequest, "the request has no query")
+	}
+	for _, name := range []string{"variables", "extensions"} {
+		if raw := values.Get(name); raw != "" {
+			if err := checkJSON([]byte(raw)); err != nil {
+				err.Message = name + ": " + err.Message
+				return err
+			}
 		}
 	}
-	if err := requireQuery(params); err != nil {
+	return nil
+}
+
+// plainHTTPKey marks the context of an operation sent over plain HTTP, with its
+// method: a subscription cannot be served there, nor anything but a query over GET.
+type plainHTTPKey struct{}
+
+func withPlainHTTP(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method))
+}
+
+// plainHTTPSubscriptions refuses, before it runs, a subscription over plain HTTP, and
+// over GET anything but a query.
+type plainHTTPSubscriptions struct{}
+
+var (
+	_ graphql.HandlerExtension        = plainHTTPSubscriptions{}
+	_ graphql.OperationContextMutator = plainHTTPSubscriptions{}
+)
+
+func (plainHTTPSubscriptions) ExtensionName() string                          { return "PlainHTTPSubscriptions" }
+func (plainHTTPSubscriptions) Validate(schema graphql.ExecutableSchema) error { return nil }
+
+func (plainHTTPSubscriptions) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
+	method, _ := ctx.Value(plainHTTPKey{}).(string)
+	switch op := opCtx.Operation; {
+	case method == "" || op == nil:
+	case method == http.MethodGet && op.Operation != ast.Query:
+		return coded(wire.CodeMethodNotAllowed, "a %s must be sent with POST", op.Operation)
+	case op.Operation == ast.Subscription:
+		return coded(wire.CodeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream")
+	}
+	return nil
+}
+
+// requestJSON is a request as JSON has it, for the transports that read their own
+// (SSE's body, a websocket's subscribe payload): the fields' types are checked after
+// decoding, so that a wrong one is a clear refusal.
+type requestJSON struct {
+	Query         any             `json:"query"`
+	OperationName any             `json:"operationName"`
+	Variables     json.RawMessage `json:"variables"`
+	Extensions    json.RawMessage `json:"extensions"`
+}
+
+// decodeRequest reads a GraphQL request from one JSON object, under the JSON limits.
+func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
+	if err := checkJSON(body); err != nil {
 		return nil, err
+	}
+	var req requestJSON
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, coded(wire.CodeBadRequest, "the request could not be decoded")
+	}
+	params := &graphql.RawParams{}
+	var ok bool
+	if params.Query, ok = stringOrNull(req.Query); !ok {
+		return nil, coded(wire.CodeBadRequest, "query must be a string")
+	}
+	if params.OperationName, ok = stringOrNull(req.OperationName); !ok {
+		return nil, coded(wire.CodeBadRequest, "operationName must be a string")
+	}
+	var err *gqlerror.Error
+	if params.Variables, err = decodeObject("variables", req.Variables); err != nil {
+		return nil, err
+	}
+	if params.Extensions, err = decodeObject("extensions", req.Extensions); err != nil {
+		return nil, err
+	}
+	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
+		return nil, coded(wire.CodeBadRequest, "the request has no query")
 	}
 	return params, nil
 }
 
-// requestParamsKey finds, in a request's context, the *graphql.RawParams that guard
-// decoded from its JSON body.
-type requestParamsKey struct{}
-
-// httpTransport is GraphQL over HTTP as the GraphQL-over-HTTP spec (and graphql-http's
-// audit of it) has it: POST with a JSON body, GET for queries, responses in
-// application/json or application/graphql-response+json as the client accepts.
-// With application/json every well-formed request is answered 200, request errors
-// included; with application/graphql-response+json a request error (one with no
-// data: parse, validation, variables, complexity) is 400. Anything else /graphql
-// cannot serve gets a coded JSON error: 405 with Allow for another method or a
-// mutation over GET, 415 for another content type, 400 for a malformed request.
-// It is the last transport, so that it answers every request the others do not.
-type httpTransport struct {
-	compiled *compiledOps // nil: every request through gqlgen
+func stringOrNull(v any) (string, bool) {
+	s, ok := v.(string)
+	return s, ok || v == nil
 }
 
-var _ graphql.Transport = httpTransport{}
-
-func (httpTransport) Supports(r *http.Request) bool { return r.Header.Get("Upgrade") == "" }
-
-func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	var params *graphql.RawParams
-	var err *gqlerror.Error
-	switch r.Method {
-	case http.MethodOptions:
-		w.Header().Set("Allow", allowedMethods)
-		w.WriteHeader(http.StatusNoContent)
-		return
-	case http.MethodGet:
-		params, err = decodeQueryString(r.URL.RawQuery)
-	case http.MethodPost:
-		if !isJSON(r) {
-			refuse(w, r, http.StatusUnsupportedMediaType,
-				coded(codeBadRequest, "a POST body must be application/json"))
-			return
-		}
-		params, _ = r.Context().Value(requestParamsKey{}).(*graphql.RawParams)
-		if params == nil {
-			err = coded(codeBadRequest, "the request has no body")
-		}
-	default:
-		w.Header().Set("Allow", allowedMethods)
-		refuse(w, r, http.StatusMethodNotAllowed, coded(codeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method))
-		return
+// decodeObject decodes an optional JSON object (absent or null: nil), with numbers
+// kept exact, as gqlgen expects.
+func decodeObject(name string, raw []byte) (map[string]any, *gqlerror.Error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
 	}
-	if err != nil {
-		refuse(w, r, http.StatusBadRequest, err)
-		return
+	if raw[0] != '{' {
+		return nil, coded(wire.CodeBadRequest, "%s must be an object", name)
 	}
-	mediaType := negotiate(r)
-	if r.Method == http.MethodPost {
-		if op := t.compiled.lookup(params); op != nil && t.compiled.serve(w, r, mediaType, op, params.Variables) {
-			return
-		}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
+		return nil, coded(wire.CodeBadRequest, "%s could not be decoded", name)
 	}
-	params.Headers = r.Header
-	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
-	ctx := graphql.StartOperationTrace(r.Context())
-	opCtx, errs := exec.CreateOperationContext(ctx, params)
-	if errs != nil {
-		resp := exec.DispatchError(graphql.WithOperationContext(ctx, opCtx), errs)
-		status := http.StatusOK
-		if mediaType == mediaGraphQLResponse {
-			status = http.StatusBadRequest
-		}
-		writeJSON(w, mediaType, status, errorsOnly{Errors: resp.Errors, Extensions: resp.Extensions})
-		return
-	}
-	switch op := opCtx.Operation.Operation; {
-	case r.Method == http.MethodGet && op != ast.Query:
-		w.Header().Set("Allow", allowedMethodsForPost)
-		refuse(w, r, http.StatusMethodNotAllowed, coded(codeMethodNotAllowed, "a %s must be sent with POST", op))
-		return
-	case op == ast.Subscription:
-		refuse(w, r, http.StatusBadRequest,
-			coded(codeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream"))
-		return
-	}
-	if r.Method == http.MethodPost {
-		t.compiled.learn(params, opCtx)
-	}
-	responses, ctx := exec.DispatchOperation(ctx, opCtx)
-	writeResponse(w, mediaType, responses(ctx))
-}
-
-// writeResponse writes an operation's response. One with data alone (a successful
-// query or mutation, the common case) is written as it is, without re-encoding the
-// data gqlgen encoded already.
-func writeResponse(w http.ResponseWriter, mediaType string, resp *graphql.Response) {
-	if resp == nil || len(resp.Errors) > 0 || len(resp.Extensions) > 0 || resp.Label != "" || resp.Path != nil ||
-		resp.HasNext != nil || len(resp.Data) == 0 {
-		writeJSON(w, mediaType, http.StatusOK, resp)
-		return
-	}
-	writeData(w, mediaType, []byte(`{"data":`), resp.Data, []byte("}"))
-}
-
-// writeData writes a response of data alone, the concatenation of parts.
-func writeData(w http.ResponseWriter, mediaType string, parts ...[]byte) {
-	h := w.Header()
-	h["Content-Type"] = contentTypes[mediaType]
-	n := 0
-	for _, p := range parts {
-		n += len(p)
-	}
-	if n > smallResponse { // net/http counts a smaller one itself
-		h["Content-Length"] = []string{strconv.Itoa(n)}
-	}
-	w.WriteHeader(http.StatusOK)
-	for _, p := range parts {
-		_, _ = w.Write(p)
-	}
-}
-
-// smallResponse is the most a handler may write for net/http to send Content-Length
-// itself (its buffer before chunking).
-const smallResponse = 2048
-
-// contentTypes are the Content-Type headers of the media types, shared: net/http
-// only reads them.
-var contentTypes = map[string][]string{
-	mediaJSON:            {mediaJSON + "; charset=utf-8"},
-	mediaGraphQLResponse: {mediaGraphQLResponse + "; charset=utf-8"},
-}
-
-// withParams records the request decoded from r's body for httpTransport.
-func withParams(r *http.Request, params *graphql.RawParams) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), requestParamsKey{}, params))
+	return obj, nil
 }

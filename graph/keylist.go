@@ -11,17 +11,18 @@ import (
 
 // generateKeys answers with up to -max-generate keys, and gqlgen's executor marshals
 // a list of objects with a goroutine, a field context and a field set for every
-// element and every field: 10,000 keys cost some 45 ms of CPU and 14 MB on top of
-// making them, past what one request may cost (issue 12). So the answer of
-// generateKeys is written here, straight from the keys, in the bytes gqlgen would
-// write: the selection is resolved once by gqlgen's own CollectFields (aliases,
-// fragments, @skip and @include), and each value by the scalars' own marshalers
-// (objects.go). A selection this does not write exactly (a deferred fragment) is left
-// to gqlgen.
+// element and every field: 10,000 keys allocate 35 to 75 MB there, with the selection,
+// far past what one request may cost (TestCostlyDocuments). So generateKeys' value is
+// marshalled by a graphql.Marshaler of its own, keyList, straight from the keys, in
+// the bytes gqlgen would write: the selection is resolved once by gqlgen's own
+// CollectFields (aliases, fragments, @skip and @include), and each value by the
+// scalars' own marshalers (objects.go). A selection this does not write exactly (a
+// deferred fragment) is left to gqlgen.
 //
-// The resolver still runs inside gqlgen's ResolveField, so arguments, errors and
-// their paths are gqlgen's; it hands the keys over through the context and returns an
-// empty list, which writeKeyLists then replaces.
+// Everything else is the executor's: the operation, its extensions, the resolver's
+// call inside gqlgen's ResolveField (arguments, errors and their paths); the resolver
+// hands the keys over through the context and returns an empty list, whose
+// marshaler writeKeyLists, a root field middleware, then replaces.
 
 // keyListOut carries the keys from the resolver to writeKeyLists.
 type keyListOut struct {

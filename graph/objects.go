@@ -1,16 +1,18 @@
 package graph
 
 import (
+	"bytes"
 	"strconv"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // Writers of Key, KeyHistory and Lease selections in the bytes gqlgen writes for
-// them, for the answers written without gqlgen's executor (keylist.go, compiled.go).
+// them, for generateKeys' list of keys (keylist.go).
 // The selection is resolved once by gqlgen's own CollectFields (aliases, fragments,
 // @skip and @include, merged fields) and each value written as the schema's scalar
 // marshalers write it. Every object of such an answer is a view of one key: a Key,
@@ -122,9 +124,9 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 		case keyStatus:
 			b = appendString(b, string(k.Status))
 		case keyCreatedAt:
-			b = keystore.AppendTime(b, k.CreatedAt)
+			b = wire.AppendTime(b, k.CreatedAt)
 		case keyExpiresAt:
-			b = keystore.AppendTime(b, k.ExpiresAt)
+			b = wire.AppendTime(b, k.ExpiresAt)
 		case keyLease:
 			if k.Lease == nil {
 				b = append(b, "null"...)
@@ -143,7 +145,7 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 			if k.History.LastAcquiredAt.IsZero() {
 				b = append(b, "null"...)
 			} else {
-				b = keystore.AppendTime(b, k.History.LastAcquiredAt)
+				b = wire.AppendTime(b, k.History.LastAcquiredAt)
 			}
 		case historyTypename:
 			b = append(b, `"KeyHistory"`...)
@@ -152,9 +154,9 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 		case leaseFence:
 			b = strconv.AppendInt(b, k.Lease.Fence, 10)
 		case leaseAcquiredAt:
-			b = keystore.AppendTime(b, k.Lease.AcquiredAt)
+			b = wire.AppendTime(b, k.Lease.AcquiredAt)
 		case leaseExpiresAt:
-			b = keystore.AppendTime(b, k.Lease.ExpiresAt)
+			b = wire.AppendTime(b, k.Lease.ExpiresAt)
 		case leaseTypename:
 			b = append(b, `"Lease"`...)
 		}
@@ -173,4 +175,11 @@ func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
+}
+
+// appendMarshaled appends what a gqlgen marshaler writes.
+func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
+	w := bytes.NewBuffer(b)
+	m.MarshalGQL(w)
+	return w.Bytes()
 }

@@ -3,7 +3,6 @@ package graph
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -11,30 +10,35 @@ import (
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/stretchr/testify/require"
 
+	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
 )
 
-// hubStore subscribes to a hub the test publishes to.
-type hubStore struct {
-	keystore.Store
-	hub *keystore.Hub
+// eventsResolver answers keyEvents through gqlgen's own execution of each event: the
+// events of its channel, and the plan the fan-out would have used.
+type eventsResolver struct {
+	*Resolver
+	events chan *keystore.Event
+	plan   **fanout.Plan
 }
 
-func (s hubStore) Subscribe(ctx context.Context, opts keystore.SubscribeOptions) (*keystore.Subscription, error) {
-	return s.hub.Subscribe(ctx, opts)
+func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubscription(r) }
+
+type eventsSubscription eventsResolver
+
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64) (<-chan *keystore.Event, error) {
+	*r.plan = r.Plans.ForField(ctx)
+	return r.events, nil
 }
 
 // TestPlanEncodesAsGqlgen: for every shape of selection, the fan-out's payload of an
 // event is byte for byte the response gqlgen executes and marshals for it.
 func TestPlanEncodesAsGqlgen(t *testing.T) {
-	hub := keystore.NewHub(64, nil)
-	defer hub.Close()
-	exec := executor.New(NewExecutableSchema(Config{Resolvers: &Resolver{Store: hubStore{hub: hub}}}))
-	f := newFanout(1, nil)
+	fan := fanout.New(1, nil)
 	events := []keystore.Event{
-		{Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
-		{Type: keystore.EventExpired, KeyID: `a<b>&c"d\e` + "\u2028\x01", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
-		{Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local)},
+		{Seq: 1, Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
+		{Seq: 2, Type: keystore.EventExpired, KeyID: `a<b>&c"d\e` + "\u2028\x01", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
+		{Seq: 1 << 40, Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local)},
 	}
 	cases := []struct {
 		query string
@@ -52,87 +56,50 @@ func TestPlanEncodesAsGqlgen(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.query, func(t *testing.T) {
+			var plan *fanout.Plan
+			resolvers := eventsResolver{Resolver: &Resolver{Plans: fan.Plans()}, events: make(chan *keystore.Event, 1), plan: &plan}
+			exec := executor.New(NewExecutableSchema(Config{Resolvers: resolvers}))
 			ctx := graphql.StartOperationTrace(t.Context())
-			start := func(withSlot bool) (graphql.ResponseHandler, context.Context, *fanoutSlot) {
-				opCtx, errs := exec.CreateOperationContext(ctx, &graphql.RawParams{Query: tc.query, Variables: tc.vars})
-				require.Empty(t, errs)
-				octx := graphql.WithOperationContext(ctx, opCtx)
-				var slot *fanoutSlot
-				if withSlot {
-					octx, slot = withFanoutSlot(octx, f)
-				}
-				responses, rctx := exec.DispatchOperation(octx, opCtx)
-				return responses, rctx, slot
-			}
-			gqlgen, gctx, _ := start(false)
-			_, _, slot := start(true)
-			require.NotNil(t, slot.sub, "the resolver left a polled subscription")
-			require.True(t, slot.sub.Polled())
-			defer slot.plan.release()
-			buf := make([]*keystore.Event, 1)
+			opCtx, errs := exec.CreateOperationContext(ctx, &graphql.RawParams{Query: tc.query, Variables: tc.vars})
+			require.Empty(t, errs)
+			responses, ctx := exec.DispatchOperation(graphql.WithOperationContext(ctx, opCtx), opCtx)
+			require.NotNil(t, plan)
+			defer plan.Release()
 			for _, ev := range events {
-				hub.Publish(ev)
-				want, err := json.Marshal(gqlgen(gctx))
+				resolvers.events <- &ev
+				want, err := json.Marshal(responses(ctx))
 				require.NoError(t, err)
-				n, _ := slot.sub.Read(buf)
-				require.Equal(t, 1, n)
-				require.Equal(t, string(want), string(slot.plan.payload(buf[0])))
-				require.Equal(t, string(want), string(slot.plan.payload(buf[0])), "from the cache")
+				require.Equal(t, string(want), string(plan.Payload(&ev)))
+				require.Equal(t, string(want), string(plan.Payload(&ev)), "from the cache")
 			}
 		})
 	}
 }
 
-// TestPlansAreShared: subscriptions with the same selection share a plan (and its
-// cache); a different alias is another plan; the last release forgets a plan.
+// TestPlansAreShared: subscriptions with the same selection share a plan, and so one
+// encoding of each event; a different alias is another plan.
 func TestPlansAreShared(t *testing.T) {
-	hub := keystore.NewHub(64, nil)
-	defer hub.Close()
-	exec := executor.New(NewExecutableSchema(Config{Resolvers: &Resolver{Store: hubStore{hub: hub}}}))
-	f := newFanout(1, nil)
-	planOf := func(query string) *plan {
+	fan := fanout.New(1, nil)
+	planOf := func(query string) *fanout.Plan {
+		var plan *fanout.Plan
+		resolvers := eventsResolver{Resolver: &Resolver{Plans: fan.Plans()}, events: make(chan *keystore.Event), plan: &plan}
+		exec := executor.New(NewExecutableSchema(Config{Resolvers: resolvers}))
 		ctx := graphql.StartOperationTrace(t.Context())
 		opCtx, errs := exec.CreateOperationContext(ctx, &graphql.RawParams{Query: query})
 		require.Empty(t, errs)
-		octx, slot := withFanoutSlot(graphql.WithOperationContext(ctx, opCtx), f)
-		exec.DispatchOperation(octx, opCtx)
-		require.NotNil(t, slot.plan)
-		return slot.plan
+		exec.DispatchOperation(graphql.WithOperationContext(ctx, opCtx), opCtx)
+		require.NotNil(t, plan)
+		return plan
 	}
 	a := planOf(`subscription { keyEvents { seq keyId } }`)
 	b := planOf(`subscription { keyEvents { ...F } } fragment F on KeyEvent { seq keyId }`)
 	c := planOf(`subscription { keyEvents { seq id: keyId } }`)
 	require.Same(t, a, b)
 	require.NotSame(t, a, c)
-	require.NotNil(t, a.cache)
 	ev := &keystore.Event{Seq: 7, Type: keystore.EventDeleted, KeyID: "k"}
-	require.Equal(t, &a.payload(ev)[0], &b.payload(ev)[0], "one encoding for both")
-	a.release()
-	b.release()
-	c.release()
-	f.plans.mu.Lock()
-	defer f.plans.mu.Unlock()
-	require.Empty(t, f.plans.plans)
-	require.Zero(t, f.plans.cached)
-}
-
-// TestPlansAreBoundedInBytes: a plan's cache and turns shrink with its payloads, so
-// that a selection of many long aliases can neither take more than planCacheBytes
-// with its cache nor queue a huge write in one turn.
-func TestPlansAreBoundedInBytes(t *testing.T) {
-	f := newFanout(1, nil)
-	small := newPlan("a", "keyEvents", []planField{{"seq", fieldSeq}, {"type", fieldType}, {"keyId", fieldKeyID}, {"at", fieldAt}}, f.plans)
-	require.Greater(t, small.turn, 1000, "a turn carries many events")
-	require.LessOrEqual(t, small.turn*small.largest, maxTurnBytes)
-	require.GreaterOrEqual(t, len(small.cache), 1<<14, "a ring's worth, or near it, for the usual selection")
-	require.True(t, len(small.cache)*(small.largest+48) <= planCacheBytes, "its cache holds %d", len(small.cache))
-	var fields []planField
-	for i := range 200 { // the complexity limit's worth of 256-byte aliases
-		fields = append(fields, planField{alias: fmt.Sprintf("%0256d", i), value: fieldKeyID})
-	}
-	huge := newPlan("b", "keyEvents", fields, f.plans)
-	require.Greater(t, huge.largest, 50_000)
-	require.True(t, len(huge.cache)*(huge.largest+48) <= planCacheBytes, "its cache holds %d", len(huge.cache))
-	require.Equal(t, maxTurnBytes/huge.largest, huge.turn)
-	require.LessOrEqual(t, huge.turn*huge.largest, maxTurnBytes)
+	require.Same(t, &a.Payload(ev)[0], &b.Payload(ev)[0], "one encoding for both")
+	a.Release()
+	b.Release()
+	c.Release()
+	require.NotSame(t, a, planOf(`subscription { keyEvents { seq keyId } }`), "the last release forgot it")
 }

@@ -3,11 +3,17 @@
 // where errors become extensions.code.
 package graph
 
-import "github.com/keypool/keypool/keystore"
+import (
+	"github.com/keypool/keypool/graph/fanout"
+	"github.com/keypool/keypool/graph/model"
+	"github.com/keypool/keypool/keystore"
+)
 
-// Resolver is the root resolver. It holds the store every request goes to.
+// Resolver is the root resolver. It holds the store every request goes to, and the
+// plans that encode keyEvents for the fan-out.
 type Resolver struct {
 	Store keystore.Store
+	Plans *fanout.Plans
 }
 
 // orZero returns *p, or the zero value when p is nil: GraphQL's omitted arguments are
@@ -21,9 +27,9 @@ func orZero[T any](p *T) T {
 }
 
 // keyOrError adapts a Store method's (Key, error) to a resolver's (*Key, error).
-func keyOrError(key keystore.Key, err error) (*keystore.Key, error) {
+func keyOrError(key keystore.Key, err error) (*model.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &key, nil
+	return model.NewKey(key), nil
 }

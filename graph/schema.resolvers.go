@@ -14,32 +14,19 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// Lease is the resolver for the lease field.
-func (r *keyResolver) Lease(ctx context.Context, obj *keystore.Key) (*model.Lease, error) {
-	return model.NewLease(*obj), nil
-}
-
-// LastAcquiredAt is the resolver for the lastAcquiredAt field.
-func (r *keyHistoryResolver) LastAcquiredAt(ctx context.Context, obj *keystore.History) (*time.Time, error) {
-	if obj.LastAcquiredAt.IsZero() {
-		return nil, nil
-	}
-	return &obj.LastAcquiredAt, nil
-}
-
 // GenerateKeys is the resolver for the generateKeys field.
-func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*keystore.Key, error) {
+func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*model.Key, error) {
 	// Exact wherever int has 64 bits; elsewhere saturated, which the pool refuses too.
 	keys, err := r.Store.Generate(ctx, int(max(min(count, math.MaxInt), math.MinInt)))
 	if err != nil {
 		return nil, err
 	}
 	if takeKeyList(ctx, keys) {
-		return []*keystore.Key{}, nil // writeKeyLists writes them
+		return []*model.Key{}, nil // writeKeyLists writes them
 	}
-	out := make([]*keystore.Key, len(keys))
+	out := make([]*model.Key, len(keys))
 	for i := range keys {
-		out[i] = &keys[i]
+		out[i] = model.NewKey(keys[i])
 	}
 	return out, nil
 }
@@ -54,7 +41,7 @@ func (r *mutationResolver) AcquireKey(ctx context.Context, ttl *time.Duration, w
 }
 
 // UnblockKey is the resolver for the unblockKey field.
-func (r *mutationResolver) UnblockKey(ctx context.Context, id string, token *string) (*keystore.Key, error) {
+func (r *mutationResolver) UnblockKey(ctx context.Context, id string, token *string) (*model.Key, error) {
 	return keyOrError(r.Store.Unblock(ctx, id, orZero(token)))
 }
 
@@ -79,12 +66,12 @@ func (r *mutationResolver) DeleteKey(ctx context.Context, id string) (string, er
 }
 
 // KeepAlive is the resolver for the keepAlive field.
-func (r *mutationResolver) KeepAlive(ctx context.Context, id string) (*keystore.Key, error) {
+func (r *mutationResolver) KeepAlive(ctx context.Context, id string) (*model.Key, error) {
 	return keyOrError(r.Store.KeepAlive(ctx, id))
 }
 
 // Key is the resolver for the key field.
-func (r *queryResolver) Key(ctx context.Context, id string) (*keystore.Key, error) {
+func (r *queryResolver) Key(ctx context.Context, id string) (*model.Key, error) {
 	key, err := r.Store.Get(ctx, id)
 	if keystore.ErrorCode(err) == keystore.ENOTFOUND {
 		return nil, nil // the contract: an unknown key is null, not an error
@@ -103,12 +90,8 @@ func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
 
 // KeyEvents is the resolver for the keyEvents field.
 func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
-	return subscribeKeyEvents(ctx, r.Store, types, after)
+	return r.subscribeKeyEvents(ctx, types, after)
 }
-
-func (r *Resolver) Key() KeyResolver { return &keyResolver{r} }
-
-func (r *Resolver) KeyHistory() KeyHistoryResolver { return &keyHistoryResolver{r} }
 
 func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 
@@ -117,8 +100,6 @@ func (r *Resolver) Query() QueryResolver { return &queryResolver{r} }
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
 type (
-	keyResolver          struct{ *Resolver }
-	keyHistoryResolver   struct{ *Resolver }
 	mutationResolver     struct{ *Resolver }
 	queryResolver        struct{ *Resolver }
 	subscriptionResolver struct{ *Resolver }

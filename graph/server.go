@@ -5,30 +5,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"mime"
 	"net/http"
-	"net/url"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/errcode"
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/middleware"
+	"github.com/keypool/keypool/wire"
 )
 
 // ServerOptions tune NewServer. The zero value is ready to use.
 type ServerOptions struct {
 	// Logger receives internal errors and panics; nil means slog.Default().
 	Logger *slog.Logger
-	// CheckOrigin widens which websocket upgrades may proceed: same-origin ones
-	// (and those without an Origin header) always may; others only if CheckOrigin
-	// says so. Nil allows no others. A CORS option sets it.
+	// CheckOrigin widens which websocket upgrades may proceed: those without an
+	// Origin header and same-origin ones always may (middleware.Origins' rule);
+	// others only if CheckOrigin says so. Nil allows no others.
 	CheckOrigin func(r *http.Request) bool
 	// PingPongInterval overrides the default PingPongInterval (for tests).
 	PingPongInterval time.Duration
@@ -38,31 +40,39 @@ type ServerOptions struct {
 	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
 	MaxGenerate int
 	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
-	Fanout FanoutObserver
-	// FanoutWorkers bounds the goroutines that deliver events; 0 means FanoutWorkers().
+	Fanout fanout.Observer
+	// FanoutWorkers bounds the subscriptions that encode events at once; 0 means
+	// fanout.Workers().
 	FanoutWorkers int
 }
 
+func init() {
+	// Refusals of a request before it runs are request errors, as gqlgen's own parse
+	// and validation failures are: gqlgen's transports answer them with a status of
+	// their own, which httpTransport then mends.
+	for _, code := range []string{string(wire.CodeBadRequest), string(wire.CodeMethodNotAllowed),
+		string(wire.CodeOperationLimit), codeComplexity, errcode.ParseFailed, errcode.ValidationFailed,
+		"PERSISTED_QUERY_NOT_FOUND"} {
+		errcode.RegisterErrorType(code, errcode.KindProtocol)
+	}
+}
+
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
-// (graphql-transport-ws and graphql-ws), with a query cache, automatic persisted
-// queries, a complexity limit, a request body limit, and errors coded in one place.
+// (graphql-transport-ws and graphql-ws), every operation through gqlgen's executor and
+// its extensions: a query cache and automatic persisted queries bounded in bytes, the
+// document limits, a complexity limit, and errors coded in one place.
 func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.Default()
 	}
-	checkOrigin := SameOrigin
+	checkOrigin := middleware.Origins{}.CheckOrigin
 	if widen := opts.CheckOrigin; widen != nil {
-		checkOrigin = func(r *http.Request) bool { return SameOrigin(r) || widen(r) }
+		checkOrigin = func(r *http.Request) bool { return middleware.Origins{}.CheckOrigin(r) || widen(r) }
 	}
+	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
 
-	pingPong := opts.PingPongInterval
-	if pingPong <= 0 {
-		pingPong = PingPongInterval
-	}
-
-	resolver := &Resolver{Store: store}
-	cfg := Config{Resolvers: resolver}
+	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
 	maxGenerate := opts.MaxGenerate
 	if maxGenerate <= 0 {
 		maxGenerate = keystore.DefaultMaxGenerate
@@ -87,38 +97,34 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
 	exec.Use(documentLimits{docs: docs})
 	exec.Use(newComplexityLimit(ComplexityLimit))
+	exec.Use(plainHTTPSubscriptions{})
 	exec.Use(admitChecked{})
 	exec.Use(streamErrors{})
 	exec.AroundRootFields(writeKeyLists)
-	presenter, recover := errorPresenter(logger), recoverFunc(logger)
-	exec.SetErrorPresenter(presenter)
-	exec.SetRecoverFunc(recover)
+	exec.SetErrorPresenter(errorPresenter(logger))
+	exec.SetRecoverFunc(recoverFunc(logger))
 
 	gate := newCostGate()
-	fanout := newFanout(opts.FanoutWorkers, opts.Fanout)
 	srv := endpoint{
 		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
 		transports: []graphql.Transport{
-			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fanout, logger: logger},
 			websocketTransport{opts: socketOptions{
 				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
 				writeTimeout: WebsocketWriteTimeout,
-				pingInterval: pingPong,
+				pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
 				keepAlive:    KeepAlivePingInterval,
 				logger:       logger,
-				fanout:       fanout,
+				fanout:       fan,
 			}},
+			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
+			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
 			// Last: it answers whatever the others do not.
-			httpTransport{compiled: newCompiledOps(resolver, presenter, recover)},
+			httpTransport{},
 		},
 	}
-	return guard(srv, checkOrigin, MaxBodyBytes, gate)
+	return guard(srv, checkOrigin, gate)
 }
-
-// internalMessage is all a client learns of an internal error.
-const internalMessage = "internal error"
 
 // errorPresenter is the one place where errors become extensions.code. A keystore
 // error shows its code and message; gqlgen's own errors (parse, validation,
@@ -151,7 +157,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		} else {
 			logger.ErrorContext(ctx, "internal error", "err", err, "path", presented.Path.String())
 		}
-		presented.Message = internalMessage
+		presented.Message = wire.InternalMessage
 		presented.Err = nil
 		setCode(presented, keystore.EINTERNAL)
 		return presented
@@ -166,117 +172,75 @@ func setCode(e *gqlerror.Error, code keystore.Code) {
 }
 
 // recoverFunc logs a resolver's panic with its stack and answers
-// INTERNAL_SERVER_ERROR. It returns a finished *gqlerror.Error because the websocket
-// transport sends a recovered error as it is, without the presenter.
+// INTERNAL_SERVER_ERROR.
 func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 	return func(ctx context.Context, p any) error {
 		logger.ErrorContext(ctx, "panic in resolver", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		return &gqlerror.Error{
-			Message:    internalMessage,
-			Extensions: map[string]any{"code": string(keystore.EINTERNAL)},
-		}
+		return coded(keystore.EINTERNAL, wire.InternalMessage)
 	}
 }
 
-// SameOrigin allows a request without an Origin header (not a browser) or whose
-// Origin names the host the request was sent to.
-func SameOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
-		return false
-	}
-	return strings.EqualFold(u.Host, r.Host)
-}
-
-// guard refuses, before gqlgen sees them, websocket upgrades from a foreign origin
-// (403) and request bodies over limit (413), and decodes a JSON body once for every
-// transport that takes one (400 if it is not a GraphQL request), each answer a
-// coded JSON error. The body is read here, bounded, and handed on.
-func guard(next http.Handler, checkOrigin func(*http.Request) bool, limit int64, gate costGate) http.Handler {
+// guard refuses, before any transport sees them, websocket upgrades from a foreign
+// origin (403) and request bodies over MaxBodyBytes (413), and a JSON body that is not
+// one JSON object within the JSON limits (400). The body is read here, bounded, and
+// handed on.
+func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGate) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" {
-			if !checkOrigin(r) {
-				refuse(w, r, http.StatusForbidden, coded(codeForbidden, "websocket origin not allowed"))
-				return
-			}
+		if isWebsocket(r) && !checkOrigin(r) {
+			refuse(w, r, coded(wire.CodeForbidden, "websocket origin not allowed"))
+			return
 		}
-		if r.Body == nil || r.Body == http.NoBody {
-			if r.Method == http.MethodPost && isJSON(r) {
-				refuse(w, r, http.StatusBadRequest, coded(codeBadRequest, "the request has no body"))
-				return
-			}
+		if r.Method != http.MethodPost {
 			next.ServeHTTP(w, r)
 			return
 		}
-		body, status, err := readBody(w, r, limit)
+		body, err := readBody(w, r)
+		if err == nil && isJSON(r) {
+			if len(body) == 0 {
+				err = coded(wire.CodeBadRequest, "the request has no body")
+			} else {
+				err = checkGated(r.Context(), gate, body)
+			}
+		}
 		if err != nil {
-			refuse(w, r, status, err)
+			refuse(w, r, err)
 			return
 		}
-		if r.Method == http.MethodPost && isJSON(r) {
-			params, err := decodeGated(r.Context(), gate, body)
-			if err != nil {
-				refuse(w, r, http.StatusBadRequest, err)
-				return
-			}
-			r = withParams(r, params)
-		}
-		read := &bufferedBody{}
-		read.Reset(body)
-		r.Body = read
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
 }
 
-// bufferedBody is a body that guard has read, given again to the handlers after it.
-type bufferedBody struct{ bytes.Reader }
-
-func (*bufferedBody) Close() error { return nil }
-
-// decodeGated decodes a request body, through the gate if it is large.
-func decodeGated(ctx context.Context, gate costGate, body []byte) (*graphql.RawParams, *gqlerror.Error) {
+// checkGated checks a JSON body, through the gate if it is large.
+func checkGated(ctx context.Context, gate costGate, body []byte) *gqlerror.Error {
 	if len(body) >= costlyBodyBytes {
 		if gate.enter(ctx) != nil {
-			return nil, coded(codeBadRequest, "the request was cancelled")
+			return coded(wire.CodeBadRequest, "the request was cancelled")
 		}
 		defer gate.leave()
 	}
-	return decodeRequest(body)
+	return checkJSON(body)
 }
 
-// readBody reads r's body, at most limit bytes, into one buffer of its size.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, int, *gqlerror.Error) {
-	tooLarge := func() *gqlerror.Error { return coded(codeTooLarge, "the request body is larger than %d bytes", limit) }
-	if r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge()
+// readBody reads r's body, at most MaxBodyBytes, into one buffer of its size.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) {
+	tooLarge := func() *gqlerror.Error {
+		return coded(wire.CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
+	}
+	if r.ContentLength > MaxBodyBytes {
+		return nil, tooLarge()
 	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength) + bytes.MinRead) // room for the read that finds the end
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var maxBytes *http.MaxBytesError
-		if errors.As(err, &maxBytes) {
-			return nil, http.StatusRequestEntityTooLarge, tooLarge()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge()
 		}
-		return nil, http.StatusBadRequest, coded(codeBadRequest, "the request body could not be read")
+		return nil, coded(wire.CodeBadRequest, "the request body could not be read")
 	}
-	return buf.Bytes(), 0, nil
-}
-
-// isJSON reports whether r's body is declared JSON (the POST and SSE transports').
-func isJSON(r *http.Request) bool {
-	contentType := r.Header.Get("Content-Type")
-	if contentType == mediaJSON { // the common case, without parsing
-		return true
-	}
-	mediaType, _, err := mime.ParseMediaType(contentType)
-	return err == nil && mediaType == mediaJSON
+	return buf.Bytes(), nil
 }
 
 func orDefault(d, fallback time.Duration) time.Duration {

@@ -39,9 +39,10 @@ func (p *pipeResponse) Write(b []byte) (int, error) {
 }
 func (p *pipeResponse) Flush() {}
 
-// TestSSEWithoutHijack: where the connection cannot be taken over, SSE is written
-// through the ResponseWriter, events and all, and ends with complete.
-func TestSSEWithoutHijack(t *testing.T) {
+// TestSSEThroughResponseWriter: SSE is written through the ResponseWriter alone (it
+// need not be a connection that could be taken over), events and all, and ends with
+// complete and its empty data line.
+func TestSSEThroughResponseWriter(t *testing.T) {
 	store, err := keystore.NewMemory(clockwork.NewFakeClock(), keystore.Options{})
 	require.NoError(t, err)
 	defer store.Close()
@@ -84,7 +85,7 @@ func TestSSEWithoutHijack(t *testing.T) {
 	cancel() // the client leaves
 	rest, err := io.ReadAll(lines)
 	require.NoError(t, err)
-	assert.True(t, strings.HasSuffix(string(rest), "event: complete\n\n"), "%q", rest)
+	assert.True(t, strings.HasSuffix(string(rest), "event: complete\ndata:\n\n"), "%q", rest)
 	<-served
 	goleak.VerifyNone(t, ignore)
 }

@@ -8,67 +8,67 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
 )
 
-// eventStream hands gqlgen the store subscription's own channel: no goroutine of
-// ours stands between the hub and the client. The subscription is recorded in the
-// operation's streamEnd, so that when the channel closes, streamErrors can send the
-// reason (SLOW_CONSUMER) as the stream's last response.
-func eventStream(ctx context.Context, sub *keystore.Subscription) <-chan *keystore.Event {
+// streamSlotKey finds an operation's *streamSlot in its context.
+type streamSlotKey struct{}
+
+// streamSlot is where the keyEvents resolver leaves its subscription and the plan of
+// its selection for the transport that dispatched the operation, which delivers the
+// events through the fan-out rather than through gqlgen's execution of every event
+// for every subscriber. gqlgen still parses, validates, coerces the variables, checks
+// the complexity and calls the resolver, so every refusal and every store error is
+// answered as for any operation; once delivery is over, the channel the resolver
+// gave gqlgen closes, and gqlgen's stream ends as it would (streamErrors sends the
+// subscription's end, SLOW_CONSUMER for one).
+type streamSlot struct {
+	sub  *keystore.Subscription
+	plan *fanout.Plan
+	end  chan *keystore.Event
+}
+
+// withStreamSlot gives an operation's context a slot for its keyEvents stream.
+func withStreamSlot(ctx context.Context) (context.Context, *streamSlot) {
+	slot := &streamSlot{end: make(chan *keystore.Event)}
+	return context.WithValue(ctx, streamSlotKey{}, slot), slot
+}
+
+// deliver runs the stream the resolver left in the slot, if it did, and reports
+// whether the sink failed (nothing more can be sent). ctx is the operation's.
+func (slot *streamSlot) deliver(ctx context.Context, fan *fanout.Fanout, sink fanout.Sink) (sinkFailed bool) {
+	if slot.sub == nil {
+		return false // the resolver failed: gqlgen's stream carries its error
+	}
+	err := fan.Deliver(ctx, slot.sub, slot.plan, sink)
+	close(slot.end)
+	return err != nil
+}
+
+// subscribeKeyEvents is the keyEvents resolver: it leaves the subscription and its
+// plan in the operation's slot, and hands gqlgen the slot's channel.
+func (r *Resolver) subscribeKeyEvents(ctx context.Context, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
+	slot, _ := ctx.Value(streamSlotKey{}).(*streamSlot)
+	if slot == nil || slot.sub != nil {
+		// Plain HTTP refuses subscriptions before they run; one operation has one root
+		// subscription field.
+		return nil, keystore.Errorf(keystore.EINTERNAL, "keyEvents outside a streaming transport")
+	}
+	p := r.Plans.ForField(ctx)
+	if p == nil {
+		return nil, keystore.Errorf(keystore.EINVALID, "keyEvents cannot be deferred")
+	}
+	sub, err := r.Store.Subscribe(ctx, keystore.SubscribeOptions{Types: types, After: after})
+	if err != nil {
+		p.Release()
+		return nil, err
+	}
+	slot.sub, slot.plan = sub, p
 	if end, ok := ctx.Value(streamEndKey{}).(*streamEnd); ok {
 		end.set(sub)
 	}
-	return sub.C
-}
-
-// fanoutSlotKey finds an operation's *fanoutSlot in its context.
-type fanoutSlotKey struct{}
-
-// fanoutSlot is where the keyEvents resolver leaves a Polled subscription and the
-// plan of its selection for the transport that dispatched the operation, which then
-// delivers it through the fan-out rather than through gqlgen's execution of every
-// event for every subscriber. gqlgen still parses, validates, coerces the variables,
-// checks the complexity and calls the resolver, so that every refusal and every
-// store error is answered exactly as for any operation; and once the delivery is
-// over, the transport lets gqlgen's stream end as it would (streamErrors sends the
-// subscription's end, SLOW_CONSUMER). Without a slot (another transport), or for a
-// selection no plan encodes, gqlgen executes the stream itself.
-type fanoutSlot struct {
-	fanout *fanout
-	sub    *keystore.Subscription
-	plan   *plan
-}
-
-// withFanoutSlot gives an operation's context a slot for f.
-func withFanoutSlot(ctx context.Context, f *fanout) (context.Context, *fanoutSlot) {
-	slot := &fanoutSlot{fanout: f}
-	return context.WithValue(ctx, fanoutSlotKey{}, slot), slot
-}
-
-// subscribeKeyEvents is the keyEvents resolver: a Polled subscription left in the
-// operation's fanoutSlot, if it has one, else a fed one handed to gqlgen.
-func subscribeKeyEvents(ctx context.Context, store keystore.Store, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
-	slot, _ := ctx.Value(fanoutSlotKey{}).(*fanoutSlot)
-	var p *plan
-	if slot != nil && slot.sub == nil {
-		p = slot.fanout.plans.forField(ctx)
-	}
-	sub, err := store.Subscribe(ctx, keystore.SubscribeOptions{Types: types, After: after, Polled: p != nil})
-	if err != nil {
-		if p != nil {
-			p.release()
-		}
-		return nil, err
-	}
-	if p != nil {
-		if sub.Polled() {
-			slot.sub, slot.plan = sub, p
-		} else {
-			p.release() // a store that feeds its subscriptions regardless
-		}
-	}
-	return eventStream(ctx, sub), nil
+	return slot.end, nil
 }
 
 // streamEndKey finds an operation's *streamEnd in its context.
@@ -88,8 +88,8 @@ func (s *streamEnd) set(sub *keystore.Subscription) {
 }
 
 // take returns, once, the error that ended the stream; later calls return nil. It is
-// called when gqlgen finds the stream over, so the subscription has ended or is
-// ending with its context, and Err returns at once.
+// called when gqlgen finds the stream over, once delivery has returned: the
+// subscription has ended (Err returns at once), or its context has.
 func (s *streamEnd) take() error {
 	s.mu.Lock()
 	sub := s.sub
@@ -99,7 +99,12 @@ func (s *streamEnd) take() error {
 	if sub == nil || !first {
 		return nil
 	}
-	return sub.Err()
+	select {
+	case <-sub.Done():
+		return sub.Err()
+	default:
+		return nil // its context ended: the client left, or the server is stopping
+	}
 }
 
 // streamErrors lets a subscription end with an error on every transport. gqlgen

@@ -3,22 +3,23 @@ package graph
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/keypool/keypool/graph/fanout"
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // The websocket subprotocols: graphql-ws's graphql-transport-ws, and the legacy
@@ -30,20 +31,20 @@ const (
 
 // Close codes of graphql-transport-ws (graphql-ws's PROTOCOL.md), used for both.
 const (
-	closeInvalidMessage  = 4400
-	closeUnauthorized    = 4401
-	closeInitTimeout     = 4408
-	closeDuplicateID     = 4409
-	closeTooManyInits    = 4429
-	closeGraceAfterClose = time.Second // how long the client may take to answer our close
+	closeInvalidMessage websocket.StatusCode = 4400
+	closeUnauthorized   websocket.StatusCode = 4401
+	closeInitTimeout    websocket.StatusCode = 4408
+	closeDuplicateID    websocket.StatusCode = 4409
+	closeTooManyInits   websocket.StatusCode = 4429
 )
 
-// websocketTransport is GraphQL over a websocket, in both subprotocols, written for
-// keypool rather than taken from gqlgen, whose transport sends complete after an
-// operation's error (graphql-transport-ws forbids it, and graphql-ws clients then
-// miscount their operations), answers the complexity limit with next and complete,
-// lets a duplicate operation id replace the first, and bounds neither the operations
-// of a socket nor how long it may stay idle. Here, as PROTOCOL.md has it:
+// websocketTransport is GraphQL over a websocket, in both subprotocols: a small state
+// machine of the protocol on coder/websocket's connection, every operation through
+// the executor. It is keypool's rather than gqlgen's, whose transport sends complete
+// after an operation's error (graphql-transport-ws forbids it, and graphql-ws clients
+// then miscount their operations), lets a duplicate operation id replace the first,
+// and bounds neither the operations of a socket nor how long it may stay idle. Here,
+// as PROTOCOL.md has it:
 //   - an operation refused before it runs (a bad payload, parse, validation,
 //     variables, complexity, or one operation more than MaxSocketOperations) gets one
 //     error message and nothing after it;
@@ -51,16 +52,11 @@ const (
 //     completed it first: then nothing more;
 //   - a subscribe whose id is live closes the socket with 4409, one before
 //     connection_init with 4401, a second connection_init with 4429, an invalid
-//     message with 4400 (binary ones with 1003), a missing connection_init after
-//     WebsocketInitTimeout with 4408, and a socket with no operation for
-//     WebsocketIdleTimeout with 1000;
+//     message with 4400 (a binary one with 1003, one over MaxBodyBytes with 1009), a
+//     missing connection_init after WebsocketInitTimeout with 4408, and a socket with
+//     no operation for WebsocketIdleTimeout with 1000;
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
-//
-// Every frame reaches the connection through its outbox, gorilla's own (the
-// handshake, pongs, closes) included: keyEvents subscriptions are delivered by the
-// fan-out's workers, which queue frames and write without waiting for the client, and
-// coalesce the frames of a subscriber that is behind into one write.
 type websocketTransport struct {
 	opts socketOptions
 }
@@ -73,53 +69,75 @@ type socketOptions struct {
 	pingInterval time.Duration // graphql-transport-ws: ping, and drop after twice this
 	keepAlive    time.Duration // legacy graphql-ws: ka messages
 	logger       *slog.Logger
-	fanout       *fanout
+	fanout       *fanout.Fanout
 }
 
 var _ graphql.Transport = websocketTransport{}
 
-func (websocketTransport) Supports(r *http.Request) bool { return r.Header.Get("Upgrade") != "" }
+func (websocketTransport) Supports(r *http.Request) bool { return isWebsocket(r) }
 
 func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	upgrader := websocket.Upgrader{
-		Subprotocols: []string{protocolTransportWS, protocolLegacyWS},
-		CheckOrigin:  func(*http.Request) bool { return true }, // guard has checked it
-		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
-			refuse(w, r, status, coded(codeBadRequest, "websocket upgrade refused: %v", reason))
-		},
+	if msg := handshakeProblem(r); msg != "" {
+		refuse(w, r, coded(wire.CodeBadRequest, "websocket upgrade refused: %s", msg))
+		return
 	}
+	held := &heldConn{}
+	conn, err := websocket.Accept(hijackInto{ResponseWriter: w, held: held}, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{protocolTransportWS, protocolLegacyWS},
+		InsecureSkipVerify: true, // guard has checked the origin
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return // the connection could not be taken over; Accept has answered
+	}
+	conn.SetReadLimit(MaxBodyBytes)
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &socket{
 		opts:   t.opts,
+		conn:   conn,
+		held:   held,
+		legacy: conn.Subprotocol() != protocolTransportWS,
 		exec:   exec,
 		header: r.Header,
 		ctx:    ctx,
 		cancel: cancel,
 		ops:    map[string]*socketOp{},
-		idle:   time.NewTimer(time.Hour),
 	}
-	c.idle.Stop()
-	// gorilla writes through the outbox, like everything else.
-	hijack := hijackInto{ResponseWriter: w, wrap: func(raw net.Conn) net.Conn {
-		c.raw = raw
-		c.out = newOutbox(raw, c.opts.writeTimeout, c.writeFailed)
-		return gorillaConn{Conn: raw, out: c.out}
-	}}
-	conn, err := upgrader.Upgrade(hijack, r, nil)
-	if err != nil {
-		cancel()
-		return // Error has answered
-	}
-	conn.SetReadLimit(MaxBodyBytes)
-	c.conn = conn
-	c.legacy = conn.Subprotocol() != protocolTransportWS
 	c.serve()
 }
 
-// hijackInto hands the connection that Hijack takes over to wrap first.
+// handshakeProblem says what makes r no websocket handshake that the library would
+// accept, so that it is refused with a coded JSON error rather than the library's text.
+func handshakeProblem(r *http.Request) string {
+	switch {
+	case r.Method != http.MethodGet:
+		return "the handshake must be a GET"
+	case !headerHasToken(r.Header, "Connection", "upgrade"):
+		return "Connection: upgrade is missing"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		return "Sec-WebSocket-Version must be 13"
+	case r.Header.Get("Sec-WebSocket-Key") == "":
+		return "Sec-WebSocket-Key is missing"
+	}
+	return ""
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hijackInto hands the library the connection Hijack takes over as a heldConn, so
+// that what it writes can be held and written in one go.
 type hijackInto struct {
 	http.ResponseWriter
-	wrap func(net.Conn) net.Conn
+	held *heldConn
 }
 
 func (h hijackInto) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -127,33 +145,87 @@ func (h hijackInto) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return h.wrap(conn), rw, nil
+	h.held.Conn = conn
+	return h.held, bufio.NewReadWriter(rw.Reader, bufio.NewWriter(h.held)), nil
 }
 
-// gorillaConn is the connection as gorilla sees it: it reads the socket, and what it
-// writes itself (the handshake's answer, pongs, closes) is posted to the outbox,
-// behind what is queued already; the outbox keeps its own deadlines.
-type gorillaConn struct {
+// heldConn is the connection under the websocket library. Between hold and release,
+// what the library writes (whole frames) is gathered rather than sent, and release
+// sends it in one write: the events of a subscriber that is behind go out together.
+type heldConn struct {
 	net.Conn
-	out *outbox
+	mu      sync.Mutex
+	holding bool
+	buf     []byte
 }
 
-func (c gorillaConn) Write(p []byte) (int, error) {
-	if err := c.out.post(p); err != nil {
-		return 0, err
+func (c *heldConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holding {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
 	}
-	return len(p), nil
+	return c.Conn.Write(p)
 }
 
-func (c gorillaConn) SetWriteDeadline(time.Time) error { return nil }
-func (c gorillaConn) SetDeadline(t time.Time) error    { return c.Conn.SetReadDeadline(t) }
+func (c *heldConn) hold() {
+	c.mu.Lock()
+	c.holding = true
+	c.mu.Unlock()
+}
+
+// abandon drops what was held: the connection is being given up.
+func (c *heldConn) abandon() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holding = false
+	c.buf = fanout.Recycle(c.buf)
+}
+
+// stallCheck is how often a release that waits for its client calls stalled.
+const stallCheck = 250 * time.Millisecond
+
+// release writes what was held, and gives up once the client has taken nothing for
+// timeout. On a TCP connection, which a write that timed out leaves usable, it waits
+// in slices of stallCheck and calls stalled (if not nil) after each.
+func (c *heldConn) release(timeout time.Duration, stalled func()) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holding = false
+	defer func() { c.buf = fanout.Recycle(c.buf) }()
+	defer c.Conn.SetWriteDeadline(time.Time{})
+	_, sliced := c.Conn.(*net.TCPConn)
+	sliced = sliced && stalled != nil
+	lastProgress := time.Now()
+	for written := 0; written < len(c.buf); {
+		deadline := lastProgress.Add(timeout)
+		if next := time.Now().Add(stallCheck); sliced && next.Before(deadline) {
+			deadline = next
+		}
+		_ = c.Conn.SetWriteDeadline(deadline)
+		n, err := c.Conn.Write(c.buf[written:])
+		written += n
+		if n > 0 {
+			lastProgress = time.Now()
+		}
+		if err == nil {
+			continue
+		}
+		if ne, ok := errors.AsType[net.Error](err); sliced && ok && ne.Timeout() && time.Since(lastProgress) < timeout {
+			stalled()
+			continue
+		}
+		return err
+	}
+	return nil
+}
 
 // socket is one websocket connection.
 type socket struct {
 	opts   socketOptions
 	conn   *websocket.Conn
-	raw    net.Conn // the connection under gorilla
-	out    *outbox  // every write to raw
+	held   *heldConn
 	legacy bool
 	exec   graphql.GraphExecutor
 	header http.Header
@@ -161,19 +233,21 @@ type socket struct {
 	cancel context.CancelFunc
 
 	closing  atomic.Bool  // a close has begun: nothing more is written but the close
+	acked    atomic.Bool  // connection_init was answered
 	lastPong atomic.Int64 // unix nanoseconds of the last pong (or of the ack)
-	acked    atomic.Bool
-	idle     *time.Timer // runs while no operation does
 	wg       sync.WaitGroup
 
-	mu  sync.Mutex // orders what is queued on out, and guards ops
-	ops map[string]*socketOp
+	writing sync.Mutex // one message (or one fan-out flush) at a time
+
+	mu       sync.Mutex // guards ops and idleFrom
+	ops      map[string]*socketOp
+	idleFrom time.Time // when the last operation ended; zero while one runs
 }
 
 // socketOp is one running operation.
 type socketOp struct {
 	cancel   context.CancelFunc
-	silenced bool // the client completed it: nothing more is sent for it
+	silenced atomic.Bool // the client completed it: nothing more is sent for it
 }
 
 // inbound is a client's message, in either subprotocol.
@@ -192,28 +266,28 @@ type outbound struct {
 }
 
 func (c *socket) serve() {
-	c.wg.Add(1)
-	go c.supervise()
+	c.mu.Lock()
+	c.idleFrom = time.Now()
+	c.mu.Unlock()
+	c.wg.Go(c.supervise)
 	defer func() {
 		c.closing.Store(true)
 		c.cancel()
-		c.lingeringClose()
 		c.wg.Wait()
+		_ = c.conn.CloseNow()
 	}()
-	_ = c.conn.SetReadDeadline(time.Now().Add(c.opts.initTimeout))
 	for {
-		typ, data, err := c.conn.ReadMessage()
+		// The read ends when the connection does: the library closes it on a protocol
+		// error or a message over the limit, and closeWith on ours.
+		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
-			if isTimeout(err) && !c.acked.Load() && !c.closing.Load() {
-				c.closeWith(closeInitTimeout, "Connection initialisation timeout")
-			}
 			return
 		}
 		if c.closing.Load() {
 			continue // waiting for the client's close
 		}
-		if typ != websocket.TextMessage {
-			c.closeWith(websocket.CloseUnsupportedData, "binary messages are not supported")
+		if typ != websocket.MessageText {
+			c.closeWith(websocket.StatusUnsupportedData, "binary messages are not supported")
 			continue
 		}
 		var msg inbound
@@ -240,20 +314,18 @@ func (c *socket) handle(msg inbound) {
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
 			return
 		}
-		_ = c.conn.SetReadDeadline(time.Time{})
 		c.lastPong.Store(time.Now().UnixNano())
 		c.acked.Store(true)
 		c.write(nil, outbound{Type: "connection_ack"})
 		if c.legacy {
 			c.write(nil, outbound{Type: "ka"})
 		}
-		c.idle.Reset(c.opts.idleTimeout)
 	case subscribe:
 		c.subscribe(msg.ID, msg.Payload)
 	case complete:
 		c.mu.Lock()
 		if op := c.ops[msg.ID]; op != nil {
-			op.silenced = true
+			op.silenced.Store(true)
 			op.cancel()
 			c.removeLocked(msg.ID, op)
 		}
@@ -272,7 +344,7 @@ func (c *socket) handle(msg inbound) {
 		c.closeWith(closeInvalidMessage, "Invalid message received")
 	case "connection_terminate":
 		if c.legacy {
-			c.closeWith(websocket.CloseNormalClosure, "terminated")
+			c.closeWith(websocket.StatusNormalClosure, "terminated")
 			return
 		}
 		c.closeWith(closeInvalidMessage, "Invalid message received")
@@ -301,7 +373,7 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 		return
 	}
 	if running >= MaxSocketOperations {
-		c.sendError(id, gqlerror.List{coded(codeOperationLimit,
+		c.sendError(id, gqlerror.List{coded(wire.CodeOperationLimit,
 			"this socket runs %d operations already, the most it may", MaxSocketOperations)})
 		return
 	}
@@ -325,15 +397,13 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 	op := &socketOp{cancel: cancel}
 	c.mu.Lock()
 	c.ops[id] = op
-	c.idle.Stop()
+	c.idleFrom = time.Time{}
 	c.mu.Unlock()
-	c.wg.Add(1)
-	go c.run(ctx, id, op, opCtx)
+	c.wg.Go(func() { c.run(ctx, id, op, opCtx) })
 }
 
 // run executes one operation and sends its results, then complete.
 func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphql.OperationContext) {
-	defer c.wg.Done()
 	defer func() {
 		c.mu.Lock()
 		c.removeLocked(id, op)
@@ -345,30 +415,21 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 			err := opCtx.Recover(ctx, p)
 			var gqlErr *gqlerror.Error
 			if !errors.As(err, &gqlErr) {
-				gqlErr = coded("INTERNAL_SERVER_ERROR", internalMessage)
+				gqlErr = coded(keystore.EINTERNAL, wire.InternalMessage)
 			}
 			c.sendError(id, gqlerror.List{gqlErr}, op)
 		}
 	}()
-	ctx, slot := withFanoutSlot(ctx, c.opts.fanout)
-	responses, ctx := c.exec.DispatchOperation(ctx, opCtx)
 	next := "next"
 	if c.legacy {
 		next = "data"
 	}
-	if slot.sub != nil {
-		// keyEvents: the fan-out delivers the events; then gqlgen's stream ends as
-		// it would (with the subscription's error, if any).
-		delivery := c.opts.fanout.start(ctx, slot.sub, slot.plan, newSocketSink(c, op, id, next))
-		if delivery.wait() == endSink {
-			op.cancel()
-		}
+	ctx, slot := withStreamSlot(ctx)
+	responses, ctx := c.exec.DispatchOperation(ctx, opCtx)
+	if slot.deliver(ctx, c.opts.fanout, newSocketSink(c, op, id, next)) {
+		return
 	}
-	for {
-		resp := responses(ctx)
-		if resp == nil {
-			break
-		}
+	for resp := responses(ctx); resp != nil; resp = responses(ctx) {
 		if !c.write(op, outbound{ID: id, Type: next, Payload: resp}) {
 			return
 		}
@@ -385,8 +446,8 @@ func (c *socket) removeLocked(id string, op *socketOp) {
 		return
 	}
 	delete(c.ops, id)
-	if len(c.ops) == 0 && !c.closing.Load() {
-		c.idle.Reset(c.opts.idleTimeout)
+	if len(c.ops) == 0 {
+		c.idleFrom = time.Now()
 	}
 }
 
@@ -400,47 +461,50 @@ func (c *socket) sendError(id string, errs gqlerror.List, op ...*socketOp) {
 }
 
 // write sends msg unless the socket is closing or op (if any) was completed by the
-// client, and reports whether it did. It waits until msg is written, as long as the
-// client takes something within the write timeout.
+// client, and reports whether it did. It waits until msg is written, for at most the
+// write timeout: a client that takes nothing for that long is given up.
 func (c *socket) write(op *socketOp, msg outbound) bool {
 	data, err := json.Marshal(msg)
 	if err != nil {
 		c.opts.logger.Error("websocket message not encodable", "err", err)
 		return false
 	}
-	c.mu.Lock()
-	if c.closing.Load() || op != nil && op.silenced {
-		c.mu.Unlock()
-		return false
-	}
-	end, err := c.out.queue(func(b []byte) []byte {
-		return append(appendFrameHeader(b, websocket.TextMessage, len(data)), data...)
-	})
-	c.mu.Unlock()
-	if err == nil {
-		err = c.out.wait(end)
-	}
-	if err != nil {
-		c.writeFailed(err)
-		return false
-	}
-	return true
+	return c.send(op, func(ctx context.Context) error {
+		return c.conn.Write(ctx, websocket.MessageText, data)
+	}) == nil
 }
 
-// writeFailed gives up a socket whose writes failed, or whose client took nothing for
-// the write timeout: no close message could reach it, so the connection is closed.
-func (c *socket) writeFailed(err error) {
-	c.opts.logger.Debug("websocket write", "err", err)
-	c.closing.Store(true)
-	c.cancel()
-	_ = c.raw.Close()
+// errSilenced: the operation or its socket is over; nothing more is sent for it.
+var errSilenced = errors.New("the operation is over")
+
+// send runs write, which writes through the library, one at a time, unless the socket
+// is closing or op was completed by the client. A write that fails, or that the
+// client does not take within the write timeout, loses the connection.
+func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error {
+	c.writing.Lock()
+	defer c.writing.Unlock()
+	if c.closing.Load() || op != nil && op.silenced.Load() {
+		return errSilenced
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.writeTimeout)
+	defer cancel()
+	if err := write(ctx); err != nil {
+		c.opts.logger.Debug("websocket write", "err", err)
+		c.closing.Store(true)
+		c.cancel()
+		_ = c.conn.CloseNow()
+		return err
+	}
+	return nil
 }
 
-// socketSink delivers a keyEvents operation's frames to its socket.
+// socketSink delivers a keyEvents operation's messages to its socket.
 type socketSink struct {
-	c      *socket
-	op     *socketOp
-	suffix []byte // after the payload: ,"id":…,"type":"next"}
+	c       *socket
+	op      *socketOp
+	suffix  []byte // after the payload: ,"id":…,"type":"next"}
+	pending []byte // the queued messages, back to back
+	ends    []int  // where each queued message ends in pending
 }
 
 // socketNextPrefix opens a next (or legacy data) message, as outbound is marshalled.
@@ -455,119 +519,94 @@ func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
 	return &socketSink{c: c, op: op, suffix: suffix}
 }
 
-func (k *socketSink) backedUp(w outboxWaiter) bool { return k.c.out.backedUp(maxBacklog, w) }
-
-func (k *socketSink) deliver(payloads [][]byte, w outboxWaiter) (drained bool, size int, err error) {
-	c := k.c
-	c.mu.Lock()
-	if c.closing.Load() || k.op.silenced {
-		c.mu.Unlock()
-		return false, 0, errSinkClosed
+// Queue implements fanout.Sink: each payload becomes one message, written at Flush.
+func (k *socketSink) Queue(payloads [][]byte) (int, error) {
+	before := len(k.pending)
+	for _, p := range payloads {
+		k.pending = append(k.pending, socketNextPrefix...)
+		k.pending = append(k.pending, p...)
+		k.pending = append(k.pending, k.suffix...)
+		k.ends = append(k.ends, len(k.pending))
 	}
-	_, err = c.out.queue(func(b []byte) []byte {
-		before := len(b)
-		need := 0
-		for _, p := range payloads {
-			need += 10 + len(socketNextPrefix) + len(p) + len(k.suffix)
-		}
-		b = slices.Grow(b, need)
-		for _, p := range payloads {
-			b = appendFrameHeader(b, websocket.TextMessage, len(socketNextPrefix)+len(p)+len(k.suffix))
-			b = append(b, socketNextPrefix...)
-			b = append(b, p...)
-			b = append(b, k.suffix...)
-		}
-		size = len(b) - before
-		return b
-	})
-	c.mu.Unlock()
-	if err != nil {
-		return false, 0, err
-	}
-	drained, err = c.out.kick(w)
-	return drained, size, err
+	return len(k.pending) - before, nil
 }
 
-// errSinkClosed: the operation or its connection is over.
-var errSinkClosed = errors.New("the stream is closed")
-
-// appendFrameHeader appends the header of an unmasked, final websocket frame (RFC
-// 6455, 5.2) of opcode carrying n bytes: what a server sends.
-func appendFrameHeader(b []byte, opcode int, n int) []byte {
-	b = append(b, 0x80|byte(opcode))
-	switch {
-	case n <= 125:
-		return append(b, byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
-	}
+// Flush implements fanout.Sink: the library frames each message, and the frames go
+// out in one write.
+func (k *socketSink) Flush(stalled func()) error {
+	defer func() {
+		k.pending = fanout.Recycle(k.pending)
+		k.ends = k.ends[:0]
+	}()
+	return k.c.send(k.op, func(ctx context.Context) error {
+		k.c.held.hold()
+		start := 0
+		for _, end := range k.ends {
+			if err := k.c.conn.Write(ctx, websocket.MessageText, k.pending[start:end]); err != nil {
+				k.c.held.abandon()
+				return err
+			}
+			start = end
+		}
+		return k.c.held.release(k.c.opts.writeTimeout, stalled)
+	})
 }
 
 // closeWith begins closing the socket with code: operations stop silently, the close
-// message goes out (at once, whatever a stalled write holds), and the reader waits a
-// moment for the client's answer.
-func (c *socket) closeWith(code int, reason string) {
+// message goes out, and the reader waits for the client's answer (the library gives
+// it a few seconds, then closes the connection).
+func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 	if c.closing.Swap(true) {
 		return
 	}
 	c.cancel()
-	err := c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason),
-		time.Now().Add(closeGraceAfterClose))
-	if err != nil {
-		_ = c.conn.Close() // the client cannot be told: no use waiting for it
-		return
-	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(closeGraceAfterClose))
+	c.wg.Go(func() { _ = c.conn.Close(code, reason) })
 }
 
-// lingeringClose ends the connection without resetting it: it half-closes, then
-// reads what the client still sends (a message in flight, its close) for a moment,
-// so that the client gets our close message rather than a reset.
-func (c *socket) lingeringClose() {
-	c.out.drain(time.Now().Add(closeGraceAfterClose)) // the close message, and what is before it
-	if tcp, ok := c.raw.(*net.TCPConn); ok {
-		_ = tcp.CloseWrite()
-		_ = tcp.SetReadDeadline(time.Now().Add(closeGraceAfterClose))
-		_, _ = io.Copy(io.Discard, io.LimitReader(tcp, 4*MaxBodyBytes))
-	}
-	_ = c.conn.Close()
-}
-
-// supervise keeps the socket's clocks: it pings graphql-transport-ws clients (and
-// drops one that stops answering), sends legacy clients keep-alives, closes an idle
-// socket, and closes every socket when the server shuts down.
+// supervise keeps the socket's clocks: it closes a socket that sent no
+// connection_init in time, pings graphql-transport-ws clients (and drops one that
+// stops answering), sends legacy clients keep-alives, closes an idle socket, and
+// closes every socket when the server shuts down.
 func (c *socket) supervise() {
-	defer c.wg.Done()
 	interval := c.opts.pingInterval
 	if c.legacy {
 		interval = c.opts.keepAlive
 	}
-	ticker := time.NewTicker(interval)
+	// Each clock is looked at four times within its span, so none runs late by more
+	// than a quarter of it.
+	ticker := time.NewTicker(max(min(interval, c.opts.initTimeout, c.opts.idleTimeout)/4, 10*time.Millisecond))
 	defer ticker.Stop()
+	started := time.Now()
+	nextBeat := started.Add(interval)
 	for {
 		select {
 		case <-c.ctx.Done():
-			c.closeWith(websocket.CloseNormalClosure, "terminated")
+			c.closeWith(websocket.StatusNormalClosure, "terminated")
 			return
-		case <-c.idle.C:
+		case now := <-ticker.C:
 			c.mu.Lock()
-			idle := len(c.ops) == 0
+			idleFrom := c.idleFrom
 			c.mu.Unlock()
-			if idle {
-				c.closeWith(websocket.CloseNormalClosure, "idle for too long")
-				return
-			}
-		case <-ticker.C:
 			switch {
 			case !c.acked.Load():
-			case c.legacy:
-				c.write(nil, outbound{Type: "ka"})
-			case time.Since(time.Unix(0, c.lastPong.Load())) > 2*interval:
-				c.closeWith(websocket.CloseGoingAway, "ping not answered")
+				if now.Sub(started) >= c.opts.initTimeout {
+					c.closeWith(closeInitTimeout, "Connection initialisation timeout")
+					return
+				}
+				continue
+			case !idleFrom.IsZero() && now.Sub(idleFrom) >= c.opts.idleTimeout:
+				c.closeWith(websocket.StatusNormalClosure, "idle for too long")
 				return
-			default:
+			case !c.legacy && now.Sub(time.Unix(0, c.lastPong.Load())) > 2*interval:
+				c.closeWith(websocket.StatusGoingAway, "ping not answered")
+				return
+			case now.Before(nextBeat):
+				continue
+			}
+			nextBeat = now.Add(interval)
+			if c.legacy {
+				c.write(nil, outbound{Type: "ka"})
+			} else {
 				c.write(nil, outbound{Type: "ping"})
 			}
 		}
@@ -585,9 +624,4 @@ func closeReason(s string) string {
 		return strings.ToValidUTF8(s[:120], "") + "..."
 	}
 	return s
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -429,23 +429,20 @@ func BenchmarkExpiryLateness(b *testing.B) {
 		b.StartTimer()
 		var lateness []time.Duration
 		wrongAt := 0
-		timeout := time.After(30 * time.Second)
+		waitCtx, stop := context.WithTimeout(ctx, 30*time.Second)
 		for len(lateness) < leases {
-			select {
-			case ev, ok := <-sub.C:
-				if !ok {
-					b.Fatalf("subscription ended: %v", sub.Err())
-				}
-				now := time.Now()
-				deadline := deadlines[ev.KeyID]
-				if !ev.At.Equal(deadline) {
-					wrongAt++
-				}
-				lateness = append(lateness, now.Sub(deadline))
-			case <-timeout:
-				b.Fatalf("only %d of %d RELEASED events arrived", len(lateness), leases)
+			ev, err := sub.Next(waitCtx)
+			if ev == nil {
+				b.Fatalf("only %d of %d RELEASED events arrived: %v", len(lateness), leases, err)
 			}
+			now := time.Now()
+			deadline := deadlines[ev.KeyID]
+			if !ev.At.Equal(deadline) {
+				wrongAt++
+			}
+			lateness = append(lateness, now.Sub(deadline))
 		}
+		stop()
 		b.StopTimer()
 		b.ReportMetric(float64(probe.worst().Microseconds())/1000, "max-oversleep-ms")
 		cancel()

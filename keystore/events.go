@@ -39,24 +39,35 @@ type Event struct {
 	At time.Time
 }
 
-// Subscription is a live stream of events. C is closed when the stream ends; Err then
-// tells why: nil when the subscriber left or the store closed, an ESLOWCONSUMER *Error
-// when the subscriber fell further behind than the store retains. The events are
-// shared by every subscriber: never modify one.
-//
-// A Polled subscription delivers nothing on C: its subscriber calls Read instead.
+// Subscription is one subscriber's reading of the pool's events: a cursor of its own
+// in the hub's ring, moved by Read (or Next), with no goroutine of its own. Its one
+// rule for being cut: a Read that finds an event of its types gone from the ring
+// unread ends it with ESLOWCONSUMER (events of other types that left do not count,
+// however late it reads; what came before a gap in the seqs is unknown, so counts).
+// It also ends when its context ends or the hub closes. The events are shared by every subscriber: never modify one.
 type Subscription struct {
-	C    <-chan *Event
-	done chan struct{}
-	err  error
-	poll *poller // nil unless Polled
+	hub *Hub
+	ctx context.Context
+	set typeSet
+
+	mu     sync.Mutex // Read, and the end, one at a time
+	cursor int64      // the next seq to look at
+	ended  bool
+	err    error
+	done   chan struct{} // closed at the end
+	stop   func() bool   // stops watching ctx
 }
 
-// Err returns why the stream ended; call it after C is closed.
+// Err returns why the subscription ended, once Done is closed: nil when its context
+// ended or the hub closed, an ESLOWCONSUMER *Error when it fell behind.
 func (s *Subscription) Err() error {
 	<-s.done
 	return s.err
 }
+
+// Done is closed when the subscription has ended. A cut is found by Read, so Done is
+// closed by a Read that finds it.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
 
 // Hub fans events out to subscribers without ever blocking a publisher: events go into
 // a bounded ring, and each subscriber reads the ring with its own cursor in its own
@@ -69,12 +80,7 @@ func (s *Subscription) Err() error {
 // behind the ring.
 //
 // A subscriber sleeps on the wake-up of its set of event types, so an event it does not
-// want wakes it not at all: a publish wakes only the sets that hold its type. An idle
-// subscriber also wakes once a lap (half the ring) to skip what it does not want
-// before the ring overwrites it, and to see whether it fell behind while stalled.
-// Polled subscriptions sleep on the same wake-ups of their types (Wake), and need no
-// lap: each slot keeps the seq of its type's previous event, so a reader the ring has
-// left behind can tell whether anything of its types left with it.
+// want wakes it not at all: a publish wakes only the sets that hold its type.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
 	ring    []atomic.Pointer[slotEvent]
@@ -84,12 +90,11 @@ type Hub struct {
 	// lastOf is the seq of the newest event of each type (by typeIndex), set before
 	// next moves past it.
 	lastOf [len(allTypes)]atomic.Int64
-	wakes  [lapWake + 1]wake // by typeSet; lapWake once a lap
+	wakes  [anyType + 1]wake // by typeSet
 	// armedSets has the bit of each typeSet whose wake-up may be armed, so that a
 	// publish looks at those only. A bit is set after its wake-up is armed and cleared
 	// before it is signalled.
 	armedSets atomic.Uint64
-	lap       int64
 	closed    chan struct{}
 	once      sync.Once
 	obs       Observer
@@ -109,10 +114,7 @@ var allTypes = [...]EventType{EventGenerated, EventAcquired, EventUnblocked, Eve
 // typeSet is a set of event types, a bit per typeIndex.
 type typeSet uint8
 
-const (
-	anyType typeSet = 1<<len(allTypes) - 1
-	lapWake         = int(anyType) + 1
-)
+const anyType typeSet = 1<<len(allTypes) - 1
 
 func typeIndex(t EventType) int {
 	for i, at := range allTypes {
@@ -196,7 +198,6 @@ func NewHub(retention int, obs Observer) *Hub {
 	}
 	h := &Hub{
 		ring:   make([]atomic.Pointer[slotEvent], retention),
-		lap:    max(int64(retention)/2, 1),
 		closed: make(chan struct{}),
 		obs:    obs,
 	}
@@ -215,10 +216,9 @@ func NewHub(retention int, obs Observer) *Hub {
 func (h *Hub) Publish(ev Event) int64 {
 	h.publish.Lock()
 	defer h.publish.Unlock()
-	from := h.next.Load()
 	seq, ok := h.put(ev, new(slotEvent))
 	if ok {
-		h.wake(typeBit(ev.Type), from, seq+1)
+		h.wake(typeBit(ev.Type))
 	}
 	return seq
 }
@@ -232,13 +232,12 @@ func (h *Hub) PublishAll(evs []Event) {
 	h.publish.Lock()
 	defer h.publish.Unlock()
 	slots := make([]slotEvent, len(evs))
-	from := h.next.Load()
 	var types typeSet
 	for i, ev := range evs {
 		h.put(ev, &slots[i])
 		types |= typeBit(ev.Type)
 	}
-	h.wake(types, from, h.next.Load())
+	h.wake(types)
 }
 
 // put stores ev in slot e of the ring and moves next past it; it reports false, and
@@ -275,16 +274,12 @@ func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 	return ev.Seq, true
 }
 
-// wake signals the subscribers of every set that holds one of types, after seqs
-// from..to-1 were published, and the lap wake-up if a seq of them ends a lap.
-func (h *Hub) wake(types typeSet, from, to int64) {
+// wake signals the subscribers of every set that holds one of types.
+func (h *Hub) wake(types typeSet) {
 	for sets := h.armedSets.Load() & setsHolding[types]; sets != 0; sets &= sets - 1 {
 		set := bits.TrailingZeros64(sets)
 		h.armedSets.And(^(1 << set))
 		h.wakes[set].signal()
-	}
-	if (to-1)/h.lap != (from-1)/h.lap {
-		h.wakes[lapWake].signal()
 	}
 }
 
@@ -295,7 +290,7 @@ func (h *Hub) LastSeq() int64 { return h.next.Load() - 1 }
 func (h *Hub) Close() {
 	h.once.Do(func() {
 		close(h.closed)
-		// Polled subscribers sleep on the wake-ups only: wake them to see the end.
+		// Subscribers sleep on the wake-ups: wake them to see the end.
 		h.publish.Lock()
 		defer h.publish.Unlock()
 		for i := range h.wakes {
@@ -303,9 +298,6 @@ func (h *Hub) Close() {
 		}
 	})
 }
-
-// subscriberBatch bounds how many events a subscriber copies out of the ring at once.
-const subscriberBatch = 256
 
 // Subscribe starts a subscription that lives until ctx ends, the hub closes or the
 // subscriber falls behind the ring. With opts.After older than the ring it fails with
@@ -325,13 +317,17 @@ func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscripti
 		}
 		cursor = *opts.After + 1
 	}
-	if opts.Polled {
-		return h.subscribePolled(ctx, cursor, setOf(opts.Types)), nil
-	}
-	out := make(chan *Event, subscriberBatch)
-	s := &Subscription{C: out, done: make(chan struct{})}
+	s := &Subscription{hub: h, ctx: ctx, set: setOf(opts.Types), cursor: cursor, done: make(chan struct{})}
 	h.obs.SubscribersChanged(1)
-	go h.feed(ctx, s, out, cursor, setOf(opts.Types))
+	// No goroutine: the end of ctx ends the subscription from ctx's own (once stop is
+	// set, if ctx has ended already).
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stop = context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.endLocked(nil)
+	})
 	return s, nil
 }
 
@@ -346,177 +342,69 @@ func (h *Hub) newestOf(set typeSet) int64 {
 	return newest
 }
 
-// feed copies the events of set from the ring to out, batch by batch, until the
-// subscription ends. While the client is not reading, it wakes once a lap to check
-// that the first event it has not delivered is still in the ring; once it is not,
-// the subscription is cut.
-func (h *Hub) feed(ctx context.Context, s *Subscription, out chan<- *Event, cursor int64, set typeSet) {
-	defer func() {
-		h.obs.SubscribersChanged(-1)
-		close(out)
-		close(s.done)
-	}()
-	cut := func(undelivered int64) {
-		s.err = Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), undelivered-1)
-		h.obs.SlowConsumerCut()
-	}
-	size := int64(len(h.ring))
-	batch := make([]*Event, 0, subscriberBatch)
-	for {
-		// Arm the wake-ups before looking, so that no publish falls between.
-		wanted, lap := h.arm(set), h.wakes[lapWake].arm()
-		next := h.next.Load()
-		if set != anyType && h.newestOf(set) < cursor {
-			cursor = next // nothing of ours in between: skip it unread
-		}
-		batch = batch[:0]
-		for ; cursor < next && len(batch) < subscriberBatch; cursor++ {
-			e := h.ring[cursor%size].Load()
-			if e == nil || e.ev.Seq != cursor {
-				cut(cursor)
-				return
-			}
-			if set.has(e.ev.Type) {
-				batch = append(batch, &e.ev)
-			}
-		}
-		for i := 0; i < len(batch); {
-			select {
-			case out <- batch[i]:
-				i++
-			case <-lap:
-				if batch[i].Seq < h.first.Load() {
-					cut(batch[i].Seq)
-					return
-				}
-				lap = h.wakes[lapWake].arm()
-			case <-ctx.Done():
-				return
-			case <-h.closed:
-				return
-			}
-		}
-		if cursor < next {
-			continue // the batch was full: more to read
-		}
-		select {
-		case <-wanted:
-		case <-lap:
-		case <-ctx.Done():
-			return
-		case <-h.closed:
-			return
-		}
-	}
-}
-
-// poller is a Polled subscription's own reading of the ring: the cursor its
-// subscriber moves with Read, in place of a feed goroutine.
-type poller struct {
-	hub *Hub
-	ctx context.Context
-	set typeSet
-
-	mu     sync.Mutex // Read, and the end, one at a time
-	cursor int64      // the next seq to look at
-	ended  bool
-	out    chan *Event // C: closed at the end
-	stop   func() bool // stops watching ctx
-}
-
-func (h *Hub) subscribePolled(ctx context.Context, cursor int64, set typeSet) *Subscription {
-	out := make(chan *Event)
-	p := &poller{hub: h, ctx: ctx, set: set, cursor: cursor, out: out}
-	s := &Subscription{C: out, done: make(chan struct{}), poll: p}
-	h.obs.SubscribersChanged(1)
-	// No goroutine: the end of ctx ends the subscription from ctx's own (once stop is
-	// set, if ctx has ended already).
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.stop = context.AfterFunc(ctx, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		p.endLocked(s, nil)
-	})
-	return s
-}
-
 // endLocked ends the subscription with err, once.
-func (p *poller) endLocked(s *Subscription, err error) {
-	if p.ended {
+func (s *Subscription) endLocked(err error) {
+	if s.ended {
 		return
 	}
-	p.ended = true
-	p.stop()
+	s.ended = true
+	s.stop()
 	s.err = err
 	if err != nil {
-		p.hub.obs.SlowConsumerCut()
+		s.hub.obs.SlowConsumerCut()
 	}
-	p.hub.obs.SubscribersChanged(-1)
-	close(p.out)
+	s.hub.obs.SubscribersChanged(-1)
 	close(s.done)
 }
 
-// Polled reports whether the subscription is read with Read (SubscribeOptions.Polled).
-func (s *Subscription) Polled() bool { return s.poll != nil }
-
-// Wake returns a channel that is closed once a Polled subscription may have more to
-// Read: when an event of its types is published, or when the hub closes. It is not
-// closed when the subscription's context ends. Call Wake before Read, and wait on
+// Wake returns a channel that is closed once the subscription may have more to Read:
+// when an event of its types is published, or when the hub closes. It is not closed
+// when the subscription's context ends (Done is). Call Wake before Read, and wait on
 // the channel only if Read found nothing: an event published in between closes it.
-// Subscriptions of the same types share their channel, so one waiter can watch many.
+// Subscriptions of the same types share their channel.
 func (s *Subscription) Wake() <-chan struct{} {
-	return s.poll.hub.arm(s.poll.set)
+	return s.hub.arm(s.set)
 }
 
-// Read fills buf with a Polled subscription's next events, in order, and returns how
-// many it put there; it never waits. ended reports that the subscription is over,
-// after the n events returned (deliver them first): Err then says why. A subscriber
-// whose next event has left the ring is cut here with ESLOWCONSUMER, as a fed one is,
-// unless it subscribed to some types only and none of those left (then it goes on
-// from the oldest retained event, however late it reads); with an empty buf, Read
-// only looks for that, so that a subscriber that cannot take events (its client is
-// stalled) is still cut as soon as it falls behind.
+// Read fills buf with the subscription's next events, in order, and returns how many
+// it put there; it never waits. ended reports that the subscription is over, after
+// the n events returned (deliver them first): Err then says why. With an empty buf,
+// Read only looks whether the subscription has fallen behind (and is cut).
 func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
-	p := s.poll
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ended {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
 		return 0, true
 	}
-	h := p.hub
+	h := s.hub
 	select {
 	case <-h.closed:
-		p.endLocked(s, nil)
+		s.endLocked(nil)
 		return 0, true
 	default:
 	}
-	if p.ctx.Err() != nil {
-		p.endLocked(s, nil)
-		return 0, true
-	}
 	next := h.next.Load()
-	if p.set != anyType && h.newestOf(p.set) < p.cursor {
-		p.cursor = next // nothing of ours in between: skip it unread
+	if s.set != anyType && h.newestOf(s.set) < s.cursor {
+		s.cursor = next // nothing of ours in between: skip it unread
 	}
 	size := int64(len(h.ring))
-	for p.cursor < next {
-		e := h.ring[p.cursor%size].Load()
-		if e == nil || e.ev.Seq != p.cursor {
-			if p.set == anyType || !p.passGone(size) {
-				p.endLocked(s, Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), p.cursor-1))
+	for s.cursor < next {
+		e := h.ring[s.cursor%size].Load()
+		if e == nil || e.ev.Seq != s.cursor {
+			if s.set == anyType || !s.passGone(size) {
+				s.endLocked(Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), s.cursor-1))
 				return n, true
 			}
 			continue
 		}
-		if p.set.has(e.ev.Type) {
+		if s.set.has(e.ev.Type) {
 			if n == len(buf) {
 				break
 			}
 			buf[n] = &e.ev
 			n++
 		}
-		p.cursor++
+		s.cursor++
 	}
 	return n, false
 }
@@ -526,17 +414,17 @@ func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 // reports whether it could. It follows each type's events back from the newest to
 // the cursor: one that is no longer retained is lost. It costs what the subscriber
 // has to read anyway, and happens at most once a lap.
-func (p *poller) passGone(size int64) bool {
-	h := p.hub
+func (s *Subscription) passGone(size int64) bool {
+	h := s.hub
 	first := h.first.Load()
-	if p.cursor < h.gapped.Load() {
+	if s.cursor < h.gapped.Load() {
 		return false // what came before a gap is unknown
 	}
 	for i := range allTypes {
-		if p.set&(1<<i) == 0 {
+		if s.set&(1<<i) == 0 {
 			continue
 		}
-		for seq := h.lastOf[i].Load(); seq >= p.cursor && seq > 0; {
+		for seq := h.lastOf[i].Load(); seq >= s.cursor && seq > 0; {
 			e := h.ring[seq%size].Load()
 			if seq < first || e == nil || e.ev.Seq != seq {
 				return false
@@ -544,6 +432,26 @@ func (p *poller) passGone(size int64) bool {
 			seq = e.prevOfType
 		}
 	}
-	p.cursor = first
+	s.cursor = first
 	return true
+}
+
+// Next waits for the subscription's next event, and returns it; once the subscription
+// has ended (or ctx has), it returns nil and why (nil when it ended without an error).
+func (s *Subscription) Next(ctx context.Context) (*Event, error) {
+	var one [1]*Event
+	for {
+		wake := s.Wake()
+		if n, ended := s.Read(one[:]); n == 1 {
+			return one[0], nil
+		} else if ended {
+			return nil, s.Err()
+		}
+		select {
+		case <-wake:
+		case <-s.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }

@@ -42,48 +42,30 @@ func publish(h *keystore.Hub, n int) []keystore.Event {
 // receive reads n events from sub, failing if they do not come in time.
 func receive(t *testing.T, sub *keystore.Subscription, n int) []keystore.Event {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
 	var got []keystore.Event
-	timeout := time.After(10 * time.Second)
 	for len(got) < n {
-		select {
-		case ev, ok := <-sub.C:
-			if !ok {
-				t.Fatalf("stream ended after %d of %d events: %v", len(got), n, sub.Err())
-			}
-			got = append(got, *ev)
-		case <-timeout:
-			t.Fatalf("got %d of %d events", len(got), n)
+		ev, err := sub.Next(ctx)
+		if ev == nil {
+			t.Fatalf("got %d of %d events: %v", len(got), n, err)
 		}
+		got = append(got, *ev)
 	}
 	return got
 }
 
-// requireEnded waits for sub's channel to close, dropping what is left in it.
+// requireEnded reads sub to its end, dropping what is left in it.
 func requireEnded(t *testing.T, sub *keystore.Subscription) {
 	t.Helper()
-	timeout := time.After(10 * time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
 	for {
-		select {
-		case _, ok := <-sub.C:
-			if !ok {
-				return
-			}
-		case <-timeout:
-			t.Fatal("the subscription did not end")
+		ev, err := sub.Next(ctx)
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "the subscription did not end")
+		if ev == nil {
+			return
 		}
-	}
-}
-
-// requireErrSoon waits, without reading sub.C, for the stream to end with code.
-func requireErrSoon(t *testing.T, sub *keystore.Subscription, code keystore.Code) {
-	t.Helper()
-	errs := make(chan error, 1)
-	go func() { errs <- sub.Err() }()
-	select {
-	case err := <-errs:
-		require.Equal(t, code, keystore.ErrorCode(err), "error: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a subscriber that reads nothing was never cut")
 	}
 }
 
@@ -97,11 +79,10 @@ func subscribeHub(t *testing.T, h *keystore.Hub, ctx context.Context, opts keyst
 
 func requireSilent(t *testing.T, sub *keystore.Subscription) {
 	t.Helper()
-	select {
-	case ev, ok := <-sub.C:
-		t.Fatalf("unexpected event %+v (open %v)", ev, ok)
-	case <-time.After(20 * time.Millisecond):
-	}
+	buf := make([]*keystore.Event, 1)
+	n, ended := sub.Read(buf)
+	require.Zero(t, n, "unexpected event %+v", buf[0])
+	require.False(t, ended, "the subscription ended")
 }
 
 func TestHubOrdering(t *testing.T) {
@@ -291,7 +272,10 @@ func TestHubSlowConsumer(t *testing.T) {
 	done := make(chan struct{})
 	go func() { // keeps up: reads everything as it comes
 		defer close(done)
-		for range keeper.C {
+		for {
+			if ev, _ := keeper.Next(context.Background()); ev == nil {
+				return
+			}
 			kept.Add(1)
 		}
 	}()
@@ -307,10 +291,13 @@ func TestHubSlowConsumer(t *testing.T) {
 	}
 	require.EqualValues(t, bursts*burst, kept.Load(), "a subscriber that keeps up gets everything")
 
-	// It is cut while it still reads nothing: Err answers before C is drained.
-	requireErrSoon(t, slow, keystore.ESLOWCONSUMER)
+	// Its first read finds it cut: what it had not read left the ring.
 	var got []keystore.Event
-	for ev := range slow.C {
+	for {
+		ev, _ := slow.Next(t.Context())
+		if ev == nil {
+			break
+		}
 		got = append(got, *ev)
 	}
 	require.Less(t, len(got), bursts*burst, "the slow subscriber was not cut")
@@ -332,7 +319,7 @@ func TestHubClose(t *testing.T) {
 	obs := &hubObserver{}
 	h := keystore.NewHub(1<<10, obs)
 	idle := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
-	full := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{}) // never read: its feeder blocks on send
+	full := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{}) // never read before the close
 	publish(h, 1000)
 	_ = receive(t, idle, 1000)
 	h.Close()
@@ -358,7 +345,7 @@ func TestHubContextEndsSubscription(t *testing.T) {
 		subs = append(subs, subscribeHub(t, h, ctx, keystore.SubscribeOptions{}))
 		cancels = append(cancels, cancel)
 		if i%2 == 0 {
-			publish(h, 300) // some subscribers end with a full channel, some idle
+			publish(h, 300) // some subscribers end with events unread, some idle
 		}
 	}
 	for _, cancel := range cancels {
@@ -368,10 +355,10 @@ func TestHubContextEndsSubscription(t *testing.T) {
 		requireEnded(t, sub)
 		require.NoError(t, sub.Err())
 	}
-	// goleak, deferred above, checks that every feeder goroutine is gone.
+	// goleak, deferred above, checks that no goroutine is left.
 }
 
-// pollAll reads a Polled subscription as a worker would: Wake, Read, and wait on the
+// pollAll reads a subscription as a worker would: Wake, Read, and wait on the
 // wake-up only when Read found nothing. It returns what it read once the
 // subscription ends or want events have come.
 func pollAll(t *testing.T, sub *keystore.Subscription, want int) (got []keystore.Event, ended bool) {
@@ -398,13 +385,13 @@ func pollAll(t *testing.T, sub *keystore.Subscription, want int) (got []keystore
 	return got, false
 }
 
-func TestHubPolled(t *testing.T) {
+func TestHubRead(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(1024, obs)
 	defer h.Close()
 	ctx, cancel := context.WithCancel(t.Context())
-	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{Polled: true})
+	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{})
 	require.EqualValues(t, 1, obs.subscribers.Load())
 
 	wake := sub.Wake()
@@ -447,14 +434,14 @@ func TestHubPolled(t *testing.T) {
 	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
 }
 
-// TestHubPolledSkipsUnwanted: a Polled subscriber of one type that reads only when
+// TestHubReadSkipsUnwanted: a subscriber of one type that reads only when
 // woken is not cut by laps of events it does not want, and gets its own.
-func TestHubPolledSkipsUnwanted(t *testing.T) {
+func TestHubReadSkipsUnwanted(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(64, obs)
 	defer h.Close()
-	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventExpired}, Polled: true})
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventExpired}})
 	done := make(chan []keystore.Event)
 	go func() {
 		got, _ := pollAll(t, sub, 3)
@@ -472,14 +459,14 @@ func TestHubPolledSkipsUnwanted(t *testing.T) {
 	require.Zero(t, obs.cuts.Load())
 }
 
-// TestHubPolledSlowConsumer: a Polled subscriber that does not read is cut as soon as
+// TestHubReadSlowConsumer: a subscriber that does not read is cut as soon as
 // it looks (an empty Read), with the seq to resume after, and only once.
-func TestHubPolledSlowConsumer(t *testing.T) {
+func TestHubReadSlowConsumer(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(64, obs)
 	defer h.Close()
-	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Polled: true})
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
 	buf := make([]*keystore.Event, 10)
 	publish(h, 10)
 	n, ended := sub.Read(buf)
@@ -501,12 +488,12 @@ func TestHubPolledSlowConsumer(t *testing.T) {
 
 }
 
-// TestHubPolledClose: Close wakes a parked Polled subscriber, whose Read then ends.
-func TestHubPolledClose(t *testing.T) {
+// TestHubReadClose: Close wakes a parked subscriber, whose Read then ends.
+func TestHubReadClose(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(64, obs)
-	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventDeleted}, Polled: true})
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventDeleted}})
 	wake := sub.Wake()
 	n, ended := sub.Read(nil)
 	require.Zero(t, n)
@@ -524,10 +511,10 @@ func TestHubPolledClose(t *testing.T) {
 	require.Zero(t, obs.subscribers.Load())
 }
 
-// TestHubPolledPassesWhatItDoesNotWant: a Polled subscriber of some types that reads
+// TestHubReadPassesWhatItDoesNotWant: a subscriber of some types that reads
 // only after the ring has lapped it many times goes on if nothing of its types left
 // the ring, and is cut if something did, or if what it missed is unknown (a gap).
-func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
+func TestHubReadPassesWhatItDoesNotWant(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(64, obs)
@@ -535,8 +522,8 @@ func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
 	expired := []keystore.EventType{keystore.EventExpired, keystore.EventDeleted}
 	buf := make([]*keystore.Event, 10)
 
-	passes := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
-	loses := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
+	passes := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired})
+	loses := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired})
 	publish(h, 10) // none of theirs
 	n, ended := loses.Read(buf)
 	require.Zero(t, n)
@@ -557,7 +544,7 @@ func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
 	require.EqualValues(t, 1, obs.cuts.Load())
 
 	// A gap (a store's own seqs jump): what it skipped may have been of its types.
-	gapped := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired, Polled: true})
+	gapped := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Types: expired})
 	h.Publish(keystore.Event{Seq: h.LastSeq() + 100, Type: keystore.EventGenerated})
 	h.Publish(keystore.Event{Type: keystore.EventExpired})
 	_, ended = gapped.Read(buf)
@@ -567,15 +554,15 @@ func TestHubPolledPassesWhatItDoesNotWant(t *testing.T) {
 	require.True(t, ended, "behind the gap too")
 }
 
-// TestHubPolledEndedContext: a Polled subscription on a context that has ended ends.
-func TestHubPolledEndedContext(t *testing.T) {
+// TestHubReadEndedContext: a subscription on a context that has ended ends.
+func TestHubReadEndedContext(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	obs := &hubObserver{}
 	h := keystore.NewHub(64, obs)
 	defer h.Close()
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{Polled: true})
+	sub := subscribeHub(t, h, ctx, keystore.SubscribeOptions{})
 	requireEnded(t, sub)
 	require.NoError(t, sub.Err())
 	_, ended := sub.Read(nil)

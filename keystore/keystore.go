@@ -9,7 +9,6 @@ package keystore
 
 import (
 	"context"
-	"strings"
 	"time"
 )
 
@@ -62,6 +61,14 @@ type History struct {
 	LastAcquiredAt time.Time
 }
 
+// LastAcquired is LastAcquiredAt, or nil if the key was never acquired.
+func (h History) LastAcquired() *time.Time {
+	if h.LastAcquiredAt.IsZero() {
+		return nil
+	}
+	return &h.LastAcquiredAt
+}
+
 // Stats counts the keys of the pool by state.
 type Stats struct {
 	Total     int
@@ -109,11 +116,6 @@ type SubscribeOptions struct {
 	// goes live; at or past the newest seq it goes live at once. If events after it
 	// have left the ring, Subscribe fails with ECOMPACTED. Nil means live events only.
 	After *int64
-	// Polled starts no goroutine for the subscription: the subscriber reads the ring
-	// itself with Subscription.Read, waiting between reads on Subscription.Wake, so
-	// that a few workers can serve many subscriptions. C then carries no event; it is
-	// closed when the subscription ends, as for any other.
-	Polled bool
 }
 
 // Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)
@@ -230,24 +232,3 @@ func (NopObserver) SlowConsumerCut()                 {}
 
 // TTL returns d as an explicit lease TTL, for AcquireOptions.TTL and Renew.
 func TTL(d time.Duration) *time.Duration { return &d }
-
-// ParseDuration parses what a client sent as the duration called name, in Go syntax
-// ("90s", "1m30s"); the Pool checks its range.
-func ParseDuration(name, s string) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, Errorf(EINVALID, "%s must be a duration in Go syntax such as \"90s\" or \"1m30s\", got %.32q", name, s)
-	}
-	if strings.HasPrefix(s, "-") { // "-0s" too: no duration a client sends is negative
-		return 0, Errorf(EINVALID, "%s must not be negative, got %.32q", name, s)
-	}
-	return d, nil
-}
-
-// AppendTime appends t as every transport writes an instant: a JSON string in RFC 3339
-// with fractional seconds (trailing zeros trimmed), in UTC.
-func AppendTime(b []byte, t time.Time) []byte {
-	b = append(b, '"')
-	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
-	return append(b, '"')
-}

@@ -794,13 +794,11 @@ func TestMemoryClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a waiting Acquire outlived Close")
 	}
-	select {
-	case _, open := <-sub.C:
-		require.False(t, open)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a subscription outlived Close")
-	}
-	require.NoError(t, sub.Err())
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ev, err := sub.Next(waitCtx)
+	require.Nil(t, ev)
+	require.NoError(t, err, "a subscription outlived Close")
 	require.Equal(t, keystore.EUNAVAILABLE, keystore.ErrorCode(store.Ready(ctx)))
 	_, err = store.Subscribe(ctx, keystore.SubscribeOptions{})
 	require.Error(t, err)

@@ -3,7 +3,7 @@
 //
 // A *Metrics is four things at once: the keystore.Observer that the store tells of
 // expiries, waits and subscribers; the observer of the GraphQL server's event delivery
-// (graph.FanoutObserver: frames, bytes, coalesced writes, stalls, the queue for its
+// (fanout.Observer: frames, bytes, coalesced writes, stalls, the queue for its
 // workers); a collector of the pool's keys by state, read from Store.Stats at scrape
 // time; and, through Instrument, a decorator of keystore.Store that counts every
 // operation a transport makes, by outcome, and times it.
@@ -208,11 +208,11 @@ func New() *Metrics {
 	})
 	m.fanStalls = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keypool_fanout_stalls_total",
-		Help: "Times a subscriber was left to wait for its client (its connection could not take a write at once, or had 64 KiB waiting), holding no delivery worker.",
+		Help: "Writes to a subscriber that waited more than 10 ms for its client (holding no delivery turn).",
 	})
 	m.fanQueued = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keypool_fanout_queued",
-		Help: "Subscriptions with events to deliver waiting for a delivery worker now.",
+		Help: "Subscriptions with events to deliver waiting for a delivery turn now.",
 	})
 
 	for _, op := range Ops {
@@ -288,7 +288,7 @@ func (m *Metrics) SubscribersChanged(delta int) { m.subscribers.Add(float64(delt
 // SlowConsumerCut implements keystore.Observer.
 func (m *Metrics) SlowConsumerCut() { m.slowCuts.Inc() }
 
-// FanoutWrote implements graph.FanoutObserver.
+// FanoutWrote implements fanout.Observer.
 func (m *Metrics) FanoutWrote(frames, bytes int) {
 	m.fanFrames.Add(float64(frames))
 	m.fanBytes.Add(float64(bytes))
@@ -298,13 +298,13 @@ func (m *Metrics) FanoutWrote(frames, bytes int) {
 	}
 }
 
-// FanoutEncoded implements graph.FanoutObserver.
+// FanoutEncoded implements fanout.Observer.
 func (m *Metrics) FanoutEncoded() { m.fanEncodes.Inc() }
 
-// FanoutStalled implements graph.FanoutObserver.
+// FanoutStalled implements fanout.Observer.
 func (m *Metrics) FanoutStalled() { m.fanStalls.Inc() }
 
-// FanoutQueued implements graph.FanoutObserver.
+// FanoutQueued implements fanout.Observer.
 func (m *Metrics) FanoutQueued(delta int) { m.fanQueued.Add(float64(delta)) }
 
 // statsTimeout bounds the Stats call of one scrape (a remote store may hang).

@@ -210,7 +210,7 @@ func TestWaitersAndSubscribers(t *testing.T) {
 	if _, err := store.Generate(ctx, 100); err != nil {
 		t.Fatal(err)
 	}
-	for range sub.C {
+	for ev, _ := sub.Next(ctx); ev != nil; ev, _ = sub.Next(ctx) {
 	}
 	if keystore.ErrorCode(sub.Err()) != keystore.ESLOWCONSUMER {
 		t.Fatalf("subscription ended with %v", sub.Err())

@@ -1,63 +1,27 @@
 package middleware
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
-)
 
-// The codes of the refusals made here, in REST's error.code and GraphQL's
-// extensions.code.
-const (
-	// CodeForbidden refuses a browser's request from a page that may not make it: one
-	// from another site that CORS did not allow, or one to a host name that is not
-	// keypool's (DNS rebinding). HTTP 403.
-	CodeForbidden = "FORBIDDEN"
-	// CodeUnsupportedMediaType refuses a request body that is not declared as JSON.
-	// HTTP 415.
-	CodeUnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE"
+	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // An ErrorWriter answers a request refused before its route ran, in the error shape of
 // that route.
-type ErrorWriter func(w http.ResponseWriter, r *http.Request, status int, code, message string)
+type ErrorWriter func(w http.ResponseWriter, r *http.Request, status int, code keystore.Code, message string)
 
 // RESTError answers in REST's shape: {"error":{"code":…,"message":…}}.
-func RESTError(w http.ResponseWriter, _ *http.Request, status int, code, message string) {
-	type restError struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	}
-	writeJSONError(w, status, struct {
-		Error restError `json:"error"`
-	}{restError{code, message}})
+func RESTError(w http.ResponseWriter, _ *http.Request, status int, code keystore.Code, message string) {
+	wire.WriteRESTError(w, status, code, message)
 }
 
 // GraphQLError answers in GraphQL's shape: {"errors":[{"message":…,"extensions":{"code":…}}]}.
-func GraphQLError(w http.ResponseWriter, _ *http.Request, status int, code, message string) {
-	type extensions struct {
-		Code string `json:"code"`
-	}
-	type gqlError struct {
-		Message    string     `json:"message"`
-		Extensions extensions `json:"extensions"`
-	}
-	writeJSONError(w, status, struct {
-		Errors []gqlError `json:"errors"`
-	}{[]gqlError{{message, extensions{code}}}})
-}
-
-func writeJSONError(w http.ResponseWriter, status int, body any) {
-	data, err := json.Marshal(body)
-	if err != nil { // only strings inside: cannot happen
-		panic(err)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(data, '\n'))
+func GraphQLError(w http.ResponseWriter, _ *http.Request, status int, code keystore.Code, message string) {
+	wire.WriteGraphQLError(w, wire.MediaJSON, status, code, message)
 }
 
 // changesState reports whether a request with method may change the pool: every
@@ -98,7 +62,7 @@ const maxEcho = 100
 //     the request's own host nor allowed by origins. An allowed origin passes: its
 //     requests went through CORS.
 //
-// Both are answered 403 with CodeForbidden through refuse. Requests from scripts (no
+// Both are answered 403 with wire.CodeForbidden through refuse. Requests from scripts (no
 // Origin, no Sec-Fetch-*) pass; so do same-origin pages and reads from anywhere (CORS
 // keeps their answers from other origins' pages).
 func Browsers(hosts Hosts, origins Origins, refuse ErrorWriter, next http.Handler) http.Handler {
@@ -109,12 +73,12 @@ func Browsers(hosts Hosts, origins Origins, refuse ErrorWriter, next http.Handle
 		}
 		if !hosts.Allows(r.Host) {
 			host := echo(normalHost(hostOnly(r.Host)))
-			refuse(w, r, http.StatusForbidden, CodeForbidden, fmt.Sprintf(
+			refuse(w, r, http.StatusForbidden, wire.CodeForbidden, fmt.Sprintf(
 				"browsers may not reach this server as %q (a DNS-rebinding defence); if that is its name, start it with -allowed-hosts %s", host, host))
 			return
 		}
 		if changesState(r.Method) && crossSite(r, origins) {
-			refuse(w, r, http.StatusForbidden, CodeForbidden, fmt.Sprintf(
+			refuse(w, r, http.StatusForbidden, wire.CodeForbidden, fmt.Sprintf(
 				"a cross-site %s from origin %q is refused; allow the origin with -cors-origins", r.Method, echo(r.Header.Get("Origin"))))
 			return
 		}

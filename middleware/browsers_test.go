@@ -2,6 +2,7 @@ package middleware_test
 
 import (
 	"encoding/json"
+	"github.com/keypool/keypool/keystore"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -88,7 +89,7 @@ func guarded(hosts middleware.Hosts, origins middleware.Origins) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", middleware.JSONBodies(middleware.RESTError, route))
 	mux.Handle("/graphql", route)
-	refuse := func(w http.ResponseWriter, r *http.Request, status int, code, message string) {
+	refuse := func(w http.ResponseWriter, r *http.Request, status int, code keystore.Code, message string) {
 		if r.URL.Path == "/graphql" {
 			middleware.GraphQLError(w, r, status, code, message)
 		} else {
@@ -187,7 +188,7 @@ func TestBrowsersAndJSONBodies(t *testing.T) {
 				}
 				return
 			}
-			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+			if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 				t.Errorf("Content-Type %q", ct)
 			}
 			var rest struct {

@@ -10,13 +10,14 @@ import (
 	"strings"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // sniffBytes bounds how far JSONBodies looks into a form-encoded body for the start of
 // a JSON value (past white space).
 const sniffBytes = 4 << 10
 
-// JSONBodies refuses, with 415 and CodeUnsupportedMediaType through refuse, a request
+// JSONBodies refuses, with 415 and wire.CodeUnsupportedMediaType through refuse, a request
 // that may change state (see changesState) and has a body not declared as JSON. HTML
 // forms can send a body of another type (text/plain, a form, multipart) to any site
 // without a preflight; fetch and XMLHttpRequest can send application/json only after
@@ -44,7 +45,7 @@ func JSONBodies(refuse ErrorWriter, next http.Handler) http.Handler {
 		if contentType != "" {
 			var err error
 			if mediaType, _, err = mime.ParseMediaType(contentType); err != nil {
-				refuse(w, r, http.StatusUnsupportedMediaType, CodeUnsupportedMediaType,
+				refuse(w, r, http.StatusUnsupportedMediaType, wire.CodeUnsupportedMediaType,
 					fmt.Sprintf("Content-Type %q does not parse; send JSON with Content-Type: application/json", echo(contentType)))
 				return
 			}
@@ -56,7 +57,7 @@ func JSONBodies(refuse ErrorWriter, next http.Handler) http.Handler {
 		case mediaType == "" || mediaType == "application/x-www-form-urlencoded":
 			start, err := sniff(r)
 			if err != nil {
-				refuse(w, r, http.StatusBadRequest, string(keystore.EINVALID), "could not read the request body: "+bodyError(err))
+				refuse(w, r, http.StatusBadRequest, keystore.EINVALID, "could not read the request body: "+bodyError(err))
 				return
 			}
 			if mediaType == "" && start == none || mediaType != "" && (start == '{' || start == '[') {
@@ -68,7 +69,7 @@ func JSONBodies(refuse ErrorWriter, next http.Handler) http.Handler {
 		if shown == "" {
 			shown = "none"
 		}
-		refuse(w, r, http.StatusUnsupportedMediaType, CodeUnsupportedMediaType,
+		refuse(w, r, http.StatusUnsupportedMediaType, wire.CodeUnsupportedMediaType,
 			fmt.Sprintf("a request body must be JSON, sent with Content-Type: application/json (got Content-Type %s)", echo(shown)))
 	})
 }

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"context"
+	"github.com/keypool/keypool/wire"
 	"log/slog"
 	"net/http"
 	"time"
@@ -47,7 +48,7 @@ func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
 		code, message := keystore.ErrorCode(err), keystore.ErrorMessage(err)
 		if code != keystore.EUNAVAILABLE {
 			logger.Error("readiness check failed", "err", err)
-			code, message = keystore.EINTERNAL, internalMessage
+			code, message = keystore.EINTERNAL, wire.InternalMessage
 		}
 		if ctx.Err() != nil && r.Context().Err() == nil {
 			code, message = keystore.EUNAVAILABLE, "store did not answer within "+readyTimeout.String()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/keypool/keypool/internal/bufpool"
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // The response bodies are appended by hand into pooled buffers: the shapes are fixed and
@@ -38,9 +39,9 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	b = append(b, `,"status":`...)
 	b = appendString(b, string(k.Status))
 	b = append(b, `,"createdAt":`...)
-	b = keystore.AppendTime(b, k.CreatedAt)
+	b = wire.AppendTime(b, k.CreatedAt)
 	b = append(b, `,"expiresAt":`...)
-	b = keystore.AppendTime(b, k.ExpiresAt)
+	b = wire.AppendTime(b, k.ExpiresAt)
 	b = append(b, `,"lease":`...)
 	if k.Lease != nil && k.Status == keystore.Blocked {
 		b = appendLeaseFields(b, k.Lease)
@@ -56,7 +57,7 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	if k.History.LastAcquiredAt.IsZero() {
 		b = append(b, "null"...)
 	} else {
-		b = keystore.AppendTime(b, k.History.LastAcquiredAt)
+		b = wire.AppendTime(b, k.History.LastAcquiredAt)
 	}
 	return append(b, "}}"...)
 }
@@ -68,9 +69,9 @@ func appendLeaseFields(b []byte, l *keystore.Lease) []byte {
 	b = append(b, `,"fence":`...)
 	b = strconv.AppendInt(b, l.Fence, 10)
 	b = append(b, `,"acquiredAt":`...)
-	b = keystore.AppendTime(b, l.AcquiredAt)
+	b = wire.AppendTime(b, l.AcquiredAt)
 	b = append(b, `,"expiresAt":`...)
-	return keystore.AppendTime(b, l.ExpiresAt)
+	return wire.AppendTime(b, l.ExpiresAt)
 }
 
 // appendLease appends the lease that k holds, with k as its "key".
@@ -114,12 +115,4 @@ func appendStats(b []byte, s keystore.Stats) []byte {
 	b = append(b, `,"blocked":`...)
 	b = strconv.AppendInt(b, int64(s.Blocked), 10)
 	return append(b, '}')
-}
-
-func appendError(b []byte, code keystore.Code, message string) []byte {
-	b = append(b, `{"error":{"code":`...)
-	b = appendString(b, string(code))
-	b = append(b, `,"message":`...)
-	b = appendString(b, message)
-	return append(b, "}}"...)
 }

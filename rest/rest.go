@@ -17,13 +17,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"time"
 
 	"github.com/keypool/keypool/internal/bufpool"
-	"github.com/keypool/keypool/internal/fastjson"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/redact"
+	"github.com/keypool/keypool/wire"
 )
 
 // MaxBodyBytes is the largest request body accepted; larger ones get 413.
@@ -94,12 +93,12 @@ func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.ContentLength > MaxBodyBytes:
-			writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+			writeErrorStatus(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
 			return
 		case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				writeErrorStatus(w, http.StatusRequestEntityTooLarge, keystore.EINVALID, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+				writeErrorStatus(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
 				return
 			} else if err != nil {
 				writeErrorStatus(w, http.StatusBadRequest, keystore.EINVALID, "could not read the request body")
@@ -119,7 +118,7 @@ func methodNotAllowed(allow string) http.Handler {
 			a = "GET, HEAD, POST, DELETE"
 		}
 		w.Header().Set("Allow", a)
-		writeErrorStatus(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" is not allowed here; allowed: "+a)
+		writeErrorStatus(w, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed, r.Method+" is not allowed here; allowed: "+a)
 	})
 }
 
@@ -177,7 +176,7 @@ func acquireOptions(u *url.URL) (keystore.AcquireOptions, error) {
 		var d time.Duration
 		switch name {
 		case "ttl", "wait":
-			if d, err = keystore.ParseDuration(name, values[0]); err != nil {
+			if d, err = wire.ParseDuration(name, values[0]); err != nil {
 				return opts, err
 			}
 		default:
@@ -238,7 +237,7 @@ func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 	}
 	var ttl *time.Duration
 	if req.TTL != "" {
-		d, err := keystore.ParseDuration("ttl", req.TTL)
+		d, err := wire.ParseDuration("ttl", req.TTL)
 		if err != nil {
 			h.writeError(w, r, err)
 			return
@@ -262,52 +261,34 @@ func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendStats(b, s) })
 }
 
-// decodeBody decodes an optional JSON object into dst. An empty body leaves dst as it
-// is; an oversized, malformed or unexpected one is answered here (false returned).
-// limitBody has bounded the body and made its length known.
+// decodeBody decodes an optional JSON object into dst, strictly: no unknown field,
+// nothing after it. An empty body leaves dst as it is; an oversized, malformed or
+// unexpected one is answered here (false returned). limitBody has bounded the body.
 func decodeBody[T any](h *handler, w http.ResponseWriter, r *http.Request, dst *T) bool {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 {
+	if r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	buf := bufpool.Get()
-	defer bufpool.Put(buf)
-	// One byte more than the length, so that the read goes on to the body's end (and
-	// BodyDeadline lifts its deadline there).
-	*buf = slices.Grow(*buf, int(r.ContentLength)+1)[:r.ContentLength+1]
-	n, err := io.ReadFull(r.Body, *buf)
-	switch {
-	case err == nil:
-		err = errors.New("the body is longer than its Content-Length")
-	case err == io.ErrUnexpectedEOF && int64(n) == r.ContentLength:
-		err = nil
-	}
+	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
+		h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "could not read the request body"))
 		return false
 	}
-	body := bytes.Trim((*buf)[:n], " \t\r\n")
+	body = bytes.Trim(body, " \t\r\n")
 	if len(body) == 0 {
 		return true
 	}
-	if body[0] == '{' && json.Valid(body) && fastjson.Decode(body, dst, fastjson.Options{DisallowUnknownFields: true}) {
-		return true
-	}
-	var zero T
-	*dst = zero // of what the fast decoder may have left in it
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	err = dec.Decode(dst)
-	if err == nil && body[0] != '{' {
+	switch {
+	case err == nil && body[0] != '{':
 		// encoding/json decodes null into a struct as nothing at all; anything else
 		// but an object already failed.
 		err = errors.New("the body must be a JSON object")
-	} else if err == nil {
-		// One JSON value and nothing after it.
-		if _, err = dec.Token(); err == io.EOF {
-			return true
-		} else if err == nil {
-			err = errors.New("unexpected data after the JSON object")
-		}
+	case err == nil && dec.More():
+		err = errors.New("unexpected data after the JSON object")
+	case err == nil:
+		return true
 	}
 	h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "bad JSON body: %s", describeJSONError(err)))
 	return false
@@ -353,30 +334,11 @@ func writeJSON(w http.ResponseWriter, status int, appendBody func([]byte) []byte
 	bufpool.Put(buf)
 }
 
-// statusOf maps an error code to its HTTP status: the one place REST does so.
-func statusOf(code keystore.Code) int {
-	switch code {
-	case keystore.ENOTFOUND:
-		return http.StatusNotFound
-	case keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH:
-		return http.StatusConflict
-	case keystore.EINVALID:
-		return http.StatusBadRequest
-	case keystore.EUNAVAILABLE:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
-	}
-}
-
-// internalMessage is all a client learns of an error without a known code.
-const internalMessage = "internal error"
-
 // writeError answers err in the JSON error shape. Errors that map to 500 are logged and
 // shown only as internal errors.
 func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := keystore.ErrorCode(err)
-	status := statusOf(code)
+	status := wire.Status(code)
 	message := keystore.ErrorMessage(err)
 	if status == http.StatusInternalServerError {
 		if r.Context().Err() != nil && errors.Is(err, context.Cause(r.Context())) {
@@ -385,11 +347,11 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		} else {
 			h.logger.Error("internal error", "method", r.Method, "path", redact.Path(r.URL.Path), "err", err)
 		}
-		code, message = keystore.EINTERNAL, internalMessage
+		code, message = keystore.EINTERNAL, wire.InternalMessage
 	}
 	writeErrorStatus(w, status, code, message)
 }
 
 func writeErrorStatus(w http.ResponseWriter, status int, code keystore.Code, message string) {
-	writeJSON(w, status, func(b []byte) []byte { return appendError(b, code, message) })
+	wire.WriteRESTError(w, status, code, message)
 }

@@ -50,10 +50,10 @@ func (floorMutation) AcquireKey(context.Context, *time.Duration, *time.Duration)
 	return model.NewLease(floorKey), nil
 }
 
-func (floorMutation) UnblockKey(context.Context, string, *string) (*keystore.Key, error) {
+func (floorMutation) UnblockKey(context.Context, string, *string) (*model.Key, error) {
 	k := floorKey
 	k.Status, k.Lease = keystore.Available, nil
-	return &k, nil
+	return model.NewKey(k), nil
 }
 
 // The answers that ServeMux's floor replays: a REST acquire's and unblock's, recorded

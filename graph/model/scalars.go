@@ -1,5 +1,5 @@
 // Package model holds the GraphQL-side types that the domain does not have: the Time and
-// Duration scalars, and Lease, which carries the key it holds.
+// Duration scalars, and Key and Lease, whose lease carries the key it holds.
 package model
 
 import (
@@ -9,12 +9,13 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // MarshalTime writes the GraphQL Time scalar: t as RFC 3339 with fractional seconds, in UTC.
 func MarshalTime(t time.Time) graphql.Marshaler {
 	return graphql.WriterFunc(func(w io.Writer) {
-		_, _ = w.Write(keystore.AppendTime(make([]byte, 0, 40), t))
+		_, _ = w.Write(wire.AppendTime(make([]byte, 0, 40), t))
 	})
 }
 
@@ -45,29 +46,29 @@ func UnmarshalDuration(v any) (time.Duration, error) {
 	if !ok {
 		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be a string in Go syntax such as \"90s\", got %T", v)
 	}
-	return keystore.ParseDuration("Duration", s)
+	return wire.ParseDuration("Duration", s)
 }
 
-// Lease is a lease together with a snapshot of the key it holds, taken in the same
-// atomic step, so that Lease.key needs no second read of the store.
-type Lease struct {
-	Token      string
-	Fence      int64
-	AcquiredAt time.Time
-	ExpiresAt  time.Time
-	Key        *keystore.Key
-}
+// Key is a key as GraphQL shows it: the domain's snapshot, with Key.lease.
+type Key struct{ keystore.Key }
 
-// NewLease returns the lease held on k, or nil if k is not under a lease.
-func NewLease(k keystore.Key) *Lease {
+// CurrentLease is Key.lease: the lease that holds the key, nil unless it is BLOCKED.
+func (k *Key) CurrentLease() *Lease {
 	if k.Lease == nil {
 		return nil
 	}
-	return &Lease{
-		Token:      k.Lease.Token,
-		Fence:      k.Lease.Fence,
-		AcquiredAt: k.Lease.AcquiredAt,
-		ExpiresAt:  k.Lease.ExpiresAt,
-		Key:        &k,
-	}
+	return &Lease{Lease: k.Lease, Key: k}
 }
+
+// Lease is a lease with a snapshot of the key it holds, taken in the same atomic step,
+// so that Lease.key needs no second read of the store.
+type Lease struct {
+	*keystore.Lease
+	Key *Key
+}
+
+// NewKey returns k as GraphQL shows it.
+func NewKey(k keystore.Key) *Key { return &Key{k} }
+
+// NewLease returns the lease held on k, or nil if k is not under a lease.
+func NewLease(k keystore.Key) *Lease { return NewKey(k).CurrentLease() }

@@ -76,16 +76,14 @@ func TestPoolLostRefusesEverything(t *testing.T) {
 		t.Fatalf("the new pool: %+v", st)
 	}
 	// The old replica's subscription ended without an event of the new pool.
-	for {
-		select {
-		case ev, ok := <-sub.C:
-			if !ok {
-				return
-			}
-			t.Fatalf("the old replica passed on an event of the new pool: %+v", *ev)
-		case <-time.After(5 * time.Second):
-			t.Fatal("the old replica's subscription goes on")
-		}
+	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ev, err := sub.Next(waitCtx)
+	if ev != nil {
+		t.Fatalf("the old replica passed on an event of the new pool: %+v", *ev)
+	}
+	if err != nil {
+		t.Fatalf("the old replica's subscription goes on: %v", err)
 	}
 }
 

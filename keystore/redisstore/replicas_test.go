@@ -97,11 +97,11 @@ func TestReplicasReleaseOnce(t *testing.T) {
 	}
 	// The transition was applied once, by one replica, and told to its Observer only.
 	waitFor(t, func() bool { return obsA.released.Load()+obsB.released.Load() == 1 })
-	select {
-	case ev := <-subB.C:
-		t.Fatalf("a second event %+v", ev)
-	case <-time.After(100 * time.Millisecond):
+	quiet, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	if ev, _ := subB.Next(quiet); ev != nil {
+		t.Fatalf("a second event %+v", *ev)
 	}
+	cancel()
 	if n := obsA.released.Load() + obsB.released.Load(); n != 1 {
 		t.Fatalf("observers heard %d releases", n)
 	}

@@ -34,16 +34,13 @@ func wantCode(t testing.TB, err error, code keystore.Code) {
 // nextEvent waits (real time, for delivery only) for the next event of sub.
 func nextEvent(t testing.TB, sub *keystore.Subscription) keystore.Event {
 	t.Helper()
-	select {
-	case ev, ok := <-sub.C:
-		if !ok {
-			t.Fatalf("subscription ended: %v", sub.Err())
-		}
-		return *ev
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event within 5s")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := sub.Next(ctx)
+	if ev == nil {
+		t.Fatalf("no event within 5s: %v", err)
 	}
-	return keystore.Event{}
+	return *ev
 }
 
 func wantEvent(t testing.TB, sub *keystore.Subscription, typ keystore.EventType, id string) keystore.Event {
@@ -192,7 +189,7 @@ func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter still waiting after Close")
 	}
-	if _, ok := <-sub.C; ok {
+	if ev, _ := sub.Next(ctx); ev != nil {
 		t.Fatal("event after Close")
 	}
 	if err := sub.Err(); err != nil {

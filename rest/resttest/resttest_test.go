@@ -72,7 +72,7 @@ func TestCheckAccepts(t *testing.T) {
 		"renew":                 {method: "POST", target: "/v1/keys/x/renew", contentType: "application/json", body: `{"token":"t","ttl":"1m30s"}`, status: 200, answer: leaseJSON},
 		"stats":                 {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blocked":0}`},
 		"no route":              {method: "GET", target: "/v1/nope", status: 404, answer: errorJSON("NOT_FOUND")},
-		"no route, too large":   {method: "POST", target: "/v1/nope", status: 413, answer: errorJSON("BAD_USER_INPUT")},
+		"no route, too large":   {method: "POST", target: "/v1/nope", status: 413, answer: errorJSON("REQUEST_TOO_LARGE")},
 		"wrong method":          {method: "PUT", target: "/v1/keys", status: 405, header: map[string]string{"Allow": "POST"}, answer: errorJSON("METHOD_NOT_ALLOWED")},
 		"healthz":               {method: "GET", target: "/healthz", status: 200, header: map[string]string{"Content-Type": "text/plain; charset=utf-8"}, answer: "ok\n"},
 		"readyz, internal":      {method: "GET", target: "/readyz", status: 503, answer: errorJSON("INTERNAL_SERVER_ERROR")},

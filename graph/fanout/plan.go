@@ -1,4 +1,4 @@
-package graph
+package fanout
 
 import (
 	"bytes"
@@ -12,22 +12,23 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
-// A plan encodes the events of one keyEvents selection straight to the response
+// A Plan encodes the events of one keyEvents selection straight to the response
 // gqlgen would send for each (`{"data":{"keyEvents":{…}}}`, aliases, fragments and
 // @skip/@include resolved by graphql.CollectFields), without executing the selection
 // per event and per subscriber. Subscriptions with the same selection share one plan,
 // and its recent payloads, so that an event is encoded once per distinct selection and
 // the same bytes go to every subscriber that wants them.
-type plan struct {
+type Plan struct {
 	key     string
 	root    string // the response name of keyEvents
 	fields  []planField
 	largest int                       // bytes of the largest payload it can encode, about
 	turn    int                       // events one turn may carry: as many as maxTurnBytes holds
 	cache   []atomic.Pointer[payload] // by seq, modulo its length; nil: not cached
-	set     *planSet
+	set     *Plans
 	refs    int // subscriptions using it, under set.mu
 }
 
@@ -78,25 +79,25 @@ const (
 	maxPayloadKeyID = 64        // a key id's length, for the estimate (the pool's are 22, URL-safe)
 )
 
-// planSet holds the plans of the live fan-out subscriptions, by selection.
-type planSet struct {
+// Plans holds the plans of the live subscriptions, by selection.
+type Plans struct {
 	mu     sync.Mutex
-	plans  map[string]*plan
+	plans  map[string]*Plan
 	cached int
-	obs    FanoutObserver
+	obs    Observer
 }
 
-func newPlanSet(obs FanoutObserver) *planSet {
-	return &planSet{plans: map[string]*plan{}, obs: obs}
+func newPlans(obs Observer) *Plans {
+	return &Plans{plans: map[string]*Plan{}, obs: obs}
 }
 
 // keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
 var keyEventFragmentTypes = []string{"KeyEvent"}
 
-// forField returns the plan of the keyEvents field being resolved in ctx (taking a
-// reference: release it), or nil if its selection is not one a plan encodes exactly
-// (a deferred fragment), in which case gqlgen executes it.
-func (s *planSet) forField(ctx context.Context) *plan {
+// ForField returns the plan of the keyEvents field being resolved in ctx (taking a
+// reference: Release it), or nil if its selection is not one a plan encodes exactly
+// (a deferred fragment).
+func (s *Plans) ForField(ctx context.Context) *Plan {
 	fc := graphql.GetFieldContext(ctx)
 	opCtx := graphql.GetOperationContext(ctx)
 	if fc == nil || opCtx == nil {
@@ -130,8 +131,8 @@ func (s *planSet) forField(ctx context.Context) *plan {
 
 // newPlan sizes a plan by its largest payload: its cache (if s has room for one) and
 // its turns.
-func newPlan(key, root string, fields []planField, s *planSet) *plan {
-	p := &plan{key: key, root: root, fields: fields, set: s}
+func newPlan(key, root string, fields []planField, s *Plans) *Plan {
+	p := &Plan{key: key, root: root, fields: fields, set: s}
 	p.largest = len(`{"data":{"":{}}}`) + len(root)
 	for _, f := range fields {
 		p.largest += len(f.alias) + 4 + fieldWidths[f.value]
@@ -149,7 +150,7 @@ func newPlan(key, root string, fields []planField, s *planSet) *plan {
 }
 
 // release drops a reference to p; the last one forgets it.
-func (p *plan) release() {
+func (p *Plan) Release() {
 	s := p.set
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -162,9 +163,9 @@ func (p *plan) release() {
 	}
 }
 
-// payload returns ev as this plan's subscribers receive it: the response's JSON.
+// Payload returns ev as this plan's subscribers receive it: the response's JSON.
 // Safe for concurrent use; the bytes are shared and must not be modified.
-func (p *plan) payload(ev *keystore.Event) []byte {
+func (p *Plan) Payload(ev *keystore.Event) []byte {
 	if p.cache == nil {
 		return p.encode(ev)
 	}
@@ -180,7 +181,7 @@ func (p *plan) payload(ev *keystore.Event) []byte {
 // encode writes the response gqlgen writes for ev: its data, marshalled by gqlgen's
 // own marshalers for each field, in the selection's order, as encoding/json then
 // writes a graphql.Response (which escapes <, > and & in strings).
-func (p *plan) encode(ev *keystore.Event) []byte {
+func (p *Plan) encode(ev *keystore.Event) []byte {
 	p.set.obs.FanoutEncoded()
 	b := make([]byte, 0, 64+len(p.root)+24*len(p.fields)+len(ev.KeyID))
 	b = append(b, `{"data":{`...)
@@ -200,7 +201,7 @@ func (p *plan) encode(ev *keystore.Event) []byte {
 		case fieldKeyID:
 			b = appendMarshaled(b, graphql.MarshalID(ev.KeyID))
 		case fieldAt:
-			b = keystore.AppendTime(b, ev.At)
+			b = wire.AppendTime(b, ev.At)
 		case fieldTypename:
 			b = append(b, `"KeyEvent"`...)
 		}
@@ -227,3 +228,8 @@ func (w *sliceWriter) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
 	return len(p), nil
 }
+
+// maxTurnEvents bounds the events one turn delivers to one subscription (and
+// maxTurnBytes their bytes), so that a subscription far behind (a replay) takes its
+// turns with the others.
+const maxTurnEvents = 4096

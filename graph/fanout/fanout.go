@@ -1,0 +1,167 @@
+// Package fanout delivers keyEvents subscriptions to their clients: each event is
+// encoded once per distinct selection (a Plan) and the same bytes are queued for every
+// subscriber that wants them, a subscriber that is behind gets many events in one
+// write, and at most a few subscriptions encode and queue at once, so that requests
+// keep the other cores whatever the number of subscribers.
+//
+// Delivery runs on the goroutine of the subscription's own operation (a websocket
+// operation, an SSE response): it sleeps on the subscription's wake-up, takes a turn
+// (one of a bounded number), reads and encodes what is new, queues it on its Sink,
+// gives the turn back, then flushes the sink, which waits for its client holding no
+// turn. A subscriber whose client does not keep up falls behind the hub's ring and is
+// cut with SLOW_CONSUMER at its next read, which it is told as soon as its client
+// takes a message again.
+package fanout
+
+import (
+	"context"
+	"runtime"
+	"time"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// Sink is where one subscription's messages go.
+type Sink interface {
+	// Queue adds one message per payload (the JSON of one response each), in order,
+	// to what the next Flush writes; it never waits for the client, and returns the
+	// bytes it queued.
+	Queue(payloads [][]byte) (bytes int, err error)
+	// Flush writes what was queued, waiting for the client within its write timeout;
+	// while it waits, it calls stalled now and then (if it can), so that the
+	// subscription is cut as soon as it falls behind the ring, not once its client
+	// reads again.
+	Flush(stalled func()) error
+}
+
+// Observer hears what delivery does, for metrics. Its methods must be fast and safe
+// for concurrent use.
+type Observer interface {
+	// FanoutWrote is called for each flush of frames (an event each) of bytes in all
+	// to one subscriber: coalesced when frames > 1.
+	FanoutWrote(frames, bytes int)
+	// FanoutEncoded is called for each event encoded for a selection.
+	FanoutEncoded()
+	// FanoutStalled is called for each flush that waited more than stallAfter for its
+	// client.
+	FanoutStalled()
+	// FanoutQueued is called with the change in subscriptions waiting for a turn.
+	FanoutQueued(delta int)
+}
+
+// stallAfter is how long a flush may take before it counts as a stall: a client that
+// takes what it is sent needs far less.
+const stallAfter = 10 * time.Millisecond
+
+type nopObserver struct{}
+
+func (nopObserver) FanoutWrote(int, int) {}
+func (nopObserver) FanoutEncoded()       {}
+func (nopObserver) FanoutStalled()       {}
+func (nopObserver) FanoutQueued(int)     {}
+
+// Workers is how many subscriptions encode and queue at once by default: half the
+// cores the Go runtime uses, at least one, so that requests always have the other half.
+func Workers() int { return max(1, runtime.GOMAXPROCS(0)/2) }
+
+// Fanout delivers subscriptions. Its zero value is not usable: use New.
+type Fanout struct {
+	turns chan *turn // a turn's buffers; taking one is taking a turn
+	plans *Plans
+	obs   Observer
+}
+
+// turn holds the buffers of one turn: a turn's events, and their payloads.
+type turn struct {
+	events   []*keystore.Event
+	payloads [][]byte
+}
+
+// New returns a fan-out with at most workers turns at once (Workers() if workers is
+// not positive), reporting to obs (nil: nothing).
+func New(workers int, obs Observer) *Fanout {
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	if workers <= 0 {
+		workers = Workers()
+	}
+	f := &Fanout{turns: make(chan *turn, workers), plans: newPlans(obs), obs: obs}
+	for range workers {
+		f.turns <- &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
+	}
+	return f
+}
+
+// Plans returns the plans of the fan-out's subscriptions.
+func (f *Fanout) Plans() *Plans { return f.plans }
+
+// Deliver writes sub's events, encoded by p, to sink until the subscription ends (its
+// Err says why: the transport sends that as the stream's end), ctx ends, or the sink
+// fails (that error is returned). It releases p.
+func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Plan, sink Sink) error {
+	defer p.Release()
+	for {
+		wake := sub.Wake() // before Read: a publish after it closes wake
+		f.obs.FanoutQueued(1)
+		var t *turn
+		select {
+		case t = <-f.turns:
+			f.obs.FanoutQueued(-1)
+		case <-ctx.Done():
+			f.obs.FanoutQueued(-1)
+			return nil
+		}
+		n, ended := sub.Read(t.events[:p.turn])
+		payloads := t.payloads[:0]
+		for _, ev := range t.events[:n] {
+			payloads = append(payloads, p.Payload(ev))
+		}
+		clear(t.events[:n])
+		var size int
+		var err error
+		if n > 0 {
+			size, err = sink.Queue(payloads)
+		}
+		clear(payloads)
+		f.turns <- t
+		if n > 0 {
+			if err == nil {
+				start := time.Now()
+				err = sink.Flush(func() { sub.Read(nil) })
+				if time.Since(start) > stallAfter {
+					f.obs.FanoutStalled()
+				}
+			}
+			if err != nil {
+				return err
+			}
+			f.obs.FanoutWrote(n, size)
+		}
+		switch {
+		case ended:
+			return nil
+		case n == p.turn:
+			continue // more to read, after the others' turns
+		}
+		select {
+		case <-wake:
+		case <-sub.Done():
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// maxIdleBuffer is the most buffer a sink keeps between flushes: a burst's is left to
+// the collector.
+const maxIdleBuffer = 64 << 10
+
+// Recycle returns b emptied for the next turn, or nil if it is larger than a sink
+// keeps while idle.
+func Recycle(b []byte) []byte {
+	if cap(b) > maxIdleBuffer {
+		return nil
+	}
+	return b[:0]
+}

@@ -1,0 +1,122 @@
+// Package wire is what every transport (GraphQL over each of its protocols, and REST)
+// writes the same way: the codes of errors and their HTTP statuses, and the text of
+// instants and durations. A rule of how clients see keypool lives here once.
+package wire
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/keypool/keypool/keystore"
+)
+
+// Codes of requests refused before they reach the pool; the pool's own codes are
+// keystore's.
+const (
+	// CodeBadRequest: not a request keypool can read (malformed JSON, a body of
+	// another media type, a query that is not a string, JSON over the limits).
+	CodeBadRequest keystore.Code = "BAD_REQUEST"
+	// CodeMethodNotAllowed: a method the route does not serve, or a mutation over GET.
+	CodeMethodNotAllowed keystore.Code = "METHOD_NOT_ALLOWED"
+	// CodeTooLarge: a request body over the 1 MiB limit.
+	CodeTooLarge keystore.Code = "REQUEST_TOO_LARGE"
+	// CodeForbidden: a request a browser sent from a page of another origin.
+	CodeForbidden keystore.Code = "FORBIDDEN"
+	// CodeUnsupportedMediaType: a request body not declared as JSON.
+	CodeUnsupportedMediaType keystore.Code = "UNSUPPORTED_MEDIA_TYPE"
+	// CodeOperationLimit: one websocket operation more than a socket may run at once.
+	CodeOperationLimit keystore.Code = "OPERATION_LIMIT_EXCEEDED"
+)
+
+// statuses is the HTTP status of each code that has one; any other code is 500.
+var statuses = map[keystore.Code]int{
+	keystore.ENOTFOUND:       http.StatusNotFound,
+	keystore.ENOTBLOCKED:     http.StatusConflict,
+	keystore.ELEASEMISMATCH:  http.StatusConflict,
+	keystore.EINVALID:        http.StatusBadRequest,
+	keystore.EUNAVAILABLE:    http.StatusServiceUnavailable,
+	CodeBadRequest:           http.StatusBadRequest,
+	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
+	CodeTooLarge:             http.StatusRequestEntityTooLarge,
+	CodeForbidden:            http.StatusForbidden,
+	CodeUnsupportedMediaType: http.StatusUnsupportedMediaType,
+}
+
+// Status is the HTTP status of an answer whose error has code.
+func Status(code keystore.Code) int {
+	if status, ok := statuses[code]; ok {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
+// InternalMessage is all a client learns of an internal error.
+const InternalMessage = "internal error"
+
+// ParseDuration parses what a client sent as the duration called name, in Go syntax
+// ("90s", "1m30s"); the pool checks its range.
+func ParseDuration(name, s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, keystore.Errorf(keystore.EINVALID, "%s must be a duration in Go syntax such as \"90s\" or \"1m30s\", got %.32q", name, s)
+	}
+	if strings.HasPrefix(s, "-") { // "-0s" too: no duration a client sends is negative
+		return 0, keystore.Errorf(keystore.EINVALID, "%s must not be negative, got %.32q", name, s)
+	}
+	return d, nil
+}
+
+// AppendTime appends t as every transport writes an instant: a JSON string in RFC 3339
+// with fractional seconds (trailing zeros trimmed), in UTC.
+func AppendTime(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+// WriteRESTError answers in REST's error shape: {"error":{"code":…,"message":…}}.
+func WriteRESTError(w http.ResponseWriter, status int, code keystore.Code, message string) {
+	type restError struct {
+		Code    keystore.Code `json:"code"`
+		Message string        `json:"message"`
+	}
+	writeJSON(w, MediaJSON, status, struct {
+		Error restError `json:"error"`
+	}{restError{code, message}})
+}
+
+// WriteGraphQLError answers a GraphQL request refused before it ran, in mediaType
+// (MediaJSON or MediaGraphQLResponse): {"errors":[{"message":…,"extensions":{"code":…}}]},
+// with no data entry, as GraphQL-over-HTTP has a request error.
+func WriteGraphQLError(w http.ResponseWriter, mediaType string, status int, code keystore.Code, message string) {
+	type extensions struct {
+		Code keystore.Code `json:"code"`
+	}
+	type gqlError struct {
+		Message    string     `json:"message"`
+		Extensions extensions `json:"extensions"`
+	}
+	writeJSON(w, mediaType+"; charset=utf-8", status, struct {
+		Errors []gqlError `json:"errors"`
+	}{[]gqlError{{message, extensions{code}}}})
+}
+
+// The media types of JSON answers.
+const (
+	MediaJSON            = "application/json"
+	MediaGraphQLResponse = "application/graphql-response+json"
+)
+
+func writeJSON(w http.ResponseWriter, contentType string, status int, body any) {
+	data, err := json.Marshal(body)
+	if err != nil { // only strings inside: cannot happen
+		panic(err)
+	}
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(data, '\n'))
+}
