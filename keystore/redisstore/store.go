@@ -124,6 +124,7 @@ type config struct {
 	resolved   func(n uint64, fence int64, start, end time.Time)
 	scripts    *scriptSet
 	noSlots    bool
+	afterTry   func()
 }
 
 // WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
@@ -139,6 +140,10 @@ func withResolved(f func(n uint64, fence int64, start, end time.Time)) Option {
 
 // withScripts runs other scripts (tests break one on purpose).
 func withScripts(set scriptSet) Option { return func(c *config) { c.scripts = &set } }
+
+// withAfterFailedTry calls f each time a waiting Acquire's own try has found no key,
+// before that Acquire returns: a test frees a key and races a fresh Acquire there.
+func withAfterFailedTry(f func()) Option { return func(c *config) { c.afterTry = f } }
 
 // withoutSlots sends every request without a slot, so that a retry runs it again: the
 // defect the slots fix, for a test to show that the linearizability check sees it.
@@ -169,6 +174,7 @@ type Store struct {
 	resolve    chan struct{}
 	resolved   func(n uint64, fence int64, start, end time.Time)
 	noSlots    bool
+	afterTry   func() // test seam: after a waiting Acquire's own try found no key
 
 	// lost is set once a script finds that the pool in Redis is not the one this
 	// replica joined; the replica then refuses everything.
@@ -276,6 +282,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		resolve:    make(chan struct{}, 1),
 		resolved:   cfg.resolved,
 		noSlots:    cfg.noSlots,
+		afterTry:   cfg.afterTry,
 	}
 	if cfg.scripts != nil {
 		s.scripts = *cfg.scripts
@@ -544,6 +551,9 @@ func (s *Store) Acquire(ctx context.Context, ttl time.Duration, w *keystore.Wait
 	}
 	rec, err := s.acquireOnce(ctx, ttl)
 	if w != nil && errors.Is(err, keystore.ErrNoKey) {
+		if s.afterTry != nil {
+			s.afterTry()
+		}
 		s.queue(w)
 	}
 	return rec, err
