@@ -542,33 +542,55 @@ func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, err
 	return recs, nil
 }
 
-// Acquire implements keystore.Backend. Those already waiting on this replica come
-// before a new waiter.
+// Acquire implements keystore.Backend.
+//
+// The try for a waiting Acquire is a script in Redis and the line is in this process,
+// so no one step can do both; queued after a try that found no key, a waiter would
+// miss a key freed in between, to a fresh Acquire or to a later waiter. So the waiter
+// joins the line before its try (WaitQueue.Join) and is taken back out if the try
+// finds a key (Withdraw), else it stays where it joined (Stay): it is in line, in the
+// order of arrival, from before the step that found no key, as the Backend promises.
+//
+// Each try leaves the keys owed to waiters to them: the script is told how many wait
+// on this replica before the Acquire (all of them for a fresh Acquire, none for the
+// dispatcher's try for the first in line) and takes a key only if more are free. So
+// a key freed after a waiter's try goes to the waiters, whom the dispatcher serves in
+// order as it learns of the key (it does not pass a waiter whose try is under way),
+// before any Acquire this replica begins after the waiter joined. This holds no lock
+// across a round trip and adds no request: tries still run at once, pipelined, and
+// the script counts the free keys in O(1) (O(log n) in a backlog of due deadlines, as
+// Stats does). The count errs on the waiters' side: a waiter whose try is taking a
+// key at that moment still counts, so an Acquire racing it near the end of the free
+// keys may leave one that is not owed (a fresh one answers NOT_FOUND, a waiting one
+// waits for the dispatcher). Other replicas' Acquires may take any key: waiters are
+// served first among one replica's Acquires only.
 func (s *Store) Acquire(ctx context.Context, ttl time.Duration, w *keystore.Waiter) (keystore.Record, error) {
-	if w != nil && s.waiters.Len() > 0 {
-		s.queue(w)
-		return keystore.Record{}, keystore.ErrNoKey
+	if w == nil {
+		return s.acquireOnce(ctx, ttl, s.waiters.Len())
 	}
-	rec, err := s.acquireOnce(ctx, ttl)
-	if w != nil && errors.Is(err, keystore.ErrNoKey) {
+	rec, err := s.acquireOnce(ctx, ttl, s.waiters.Join(w))
+	var wake bool
+	if errors.Is(err, keystore.ErrNoKey) {
 		if s.afterTry != nil {
 			s.afterTry()
 		}
-		s.queue(w)
+		var stays bool
+		if stays, wake = s.waiters.Stay(w); !stays {
+			err = ctx.Err() // its client left during the try: it does not wait
+		}
+	} else {
+		wake = s.waiters.Withdraw(w)
+	}
+	if wake {
+		s.poke() // the dispatcher stopped at w: now it serves w, or the next in line
 	}
 	return rec, err
 }
 
-// queue puts w in line and wakes the dispatcher, so that a key freed before w was in
-// line is not missed.
-func (s *Store) queue(w *keystore.Waiter) {
-	s.waiters.Push(w)
-	s.poke()
-}
-
-// acquireOnce runs the acquire script: a key, or ErrNoKey.
-func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Record, error) {
-	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33)
+// acquireOnce runs the acquire script: a key, or ErrNoKey. The script leaves reserve
+// free keys to this replica's waiters.
+func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration, reserve int) (keystore.Record, error) {
+	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33, reserve)
 	if err != nil {
 		return keystore.Record{}, err
 	}
