@@ -164,3 +164,82 @@ func TestKeyNumbersNeverRepeat(t *testing.T) {
 	defer m.mu.Unlock()
 	require.Equal(t, slot(2), m.slab.used, "a slot was used past its last generation")
 }
+
+// countWaiters counts what a WaitQueue tells its Observer.
+type countWaiters struct {
+	NopObserver
+	n int
+}
+
+func (c *countWaiters) WaitersChanged(d int) { c.n += d }
+
+// TestWaitQueueJoin: a waiter that joins is in line, in the order of arrival, while
+// its backend tries for it: it counts in Len (the Observer hears of it only if it
+// stays), and Take stops at it while it is first, serving no one behind it.
+func TestWaitQueueJoin(t *testing.T) {
+	ctx := context.Background()
+	obs := &countWaiters{}
+	q := newWaitQueue(obs)
+
+	// A try that finds a key: the waiter leaves, unseen by the Observer.
+	w := newWaiter(ctx, time.Second)
+	require.Equal(t, 0, q.Join(w))
+	require.Equal(t, 1, q.Len())
+	require.False(t, q.Withdraw(w), "no one to serve behind it")
+	require.Equal(t, 0, q.Len())
+	require.Equal(t, 0, obs.n)
+
+	// Two tries that find none, the second's ending first.
+	first, second := newWaiter(ctx, time.Second), newWaiter(ctx, time.Second)
+	require.Equal(t, 0, q.Join(first))
+	require.Equal(t, 1, q.Join(second), "the second leaves a key to the first")
+	require.Equal(t, 2, q.Len())
+	stays, wake := q.Stay(second)
+	require.True(t, stays)
+	require.False(t, wake, "the second is not first")
+	require.Equal(t, 1, obs.n)
+	require.Nil(t, q.Take(), "the first is trying: no one behind it is served")
+	stays, wake = q.Stay(first)
+	require.True(t, stays)
+	require.True(t, wake, "the first now waits to be served")
+	require.Equal(t, 2, obs.n)
+	require.Same(t, first, q.Take(), "arrival order, not the order the tries ended in")
+	q.Serve(first, Record{N: 7})
+	require.Equal(t, uint64(7), (<-first.got).N)
+	require.Same(t, second, q.Take())
+	q.Return(second)
+	require.True(t, q.leave(second))
+	require.Equal(t, 0, q.Len())
+	require.Equal(t, 0, obs.n)
+
+	// A waiter behind one that is trying, and a try that ends after its client left:
+	// out of the queue, unseen, and the waiter behind it is next.
+	behind := newWaiter(ctx, time.Second)
+	gone, cancel := context.WithCancel(ctx)
+	w = newWaiter(gone, time.Second)
+	require.Equal(t, 0, q.Join(w))
+	q.Push(behind)
+	require.Nil(t, q.Take())
+	cancel()
+	stays, wake = q.Stay(w)
+	require.False(t, stays)
+	require.True(t, wake, "the waiter behind it is next")
+	require.Equal(t, 1, q.Len())
+	require.Equal(t, 1, obs.n)
+	require.Same(t, behind, q.Take())
+	q.Return(behind)
+	require.True(t, q.leave(behind))
+	require.Equal(t, 0, q.Len())
+	require.Equal(t, 0, obs.n)
+
+	// A try that finds a key, with a waiter behind it: that one is next.
+	w, behind = newWaiter(ctx, time.Second), newWaiter(ctx, time.Second)
+	require.Equal(t, 0, q.Join(w))
+	q.Push(behind)
+	require.True(t, q.Withdraw(w), "the waiter behind it is next")
+	require.Same(t, behind, q.Take())
+	q.Return(behind)
+	require.True(t, q.leave(behind))
+	require.Equal(t, 0, q.Len())
+	require.Equal(t, 0, obs.n)
+}

@@ -46,8 +46,9 @@ type Backend interface {
 	Generate(ctx context.Context, count int) ([]Record, error)
 	// Acquire leases a uniformly random live AVAILABLE key for ttl. With none free it
 	// returns ErrNoKey, and if w is not nil it first queues w (WaitQueue.Push) in the
-	// same atomic step, so that a key freed after the step goes to the waiters (see
-	// WaitQueue).
+	// same atomic step, or has queued it before the step (WaitQueue.Join), so that a
+	// key freed after the step goes to the waiters (see WaitQueue). A key owed to a
+	// waiter that the backend has yet to serve does not count as free.
 	Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error)
 	// Unblock returns key n to AVAILABLE. fence 0 accepts any lease; another fence
 	// only the current lease's.

@@ -250,8 +250,9 @@ func (s *Store) poke() {
 }
 
 // serveLoop is the dispatcher: woken by an event that may have freed a key (from any
-// replica), a new waiter, or fallbackTick, it runs the acquire script for the oldest
-// waiter of this replica until a try finds no key.
+// replica), a waiter whose own try found no key, or fallbackTick, it runs the acquire
+// script for the oldest waiter of this replica until a try finds no key or the oldest
+// is a waiter whose own try is under way (its Acquire wakes the dispatcher after it).
 func (s *Store) serveLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(fallbackTick)
@@ -268,7 +269,7 @@ func (s *Store) serveLoop() {
 			if w == nil {
 				break
 			}
-			rec, err := s.acquireOnce(s.ctx, w.TTL)
+			rec, err := s.acquireOnce(s.ctx, w.TTL, 0)
 			if err != nil {
 				s.waiters.Return(w) // none free, or Redis is away: the next wake-up tries again
 				break

@@ -249,7 +249,8 @@ return done({1, now, first, e})
 `)
 
 // ARGV[8] lease TTL, ARGV[9] a random seed (Redis seeds math.random the same way for
-// every call). Reply: a key, or {-1, now} when none is free.
+// every call), ARGV[10] how many free keys to leave to the replica's waiting Acquires
+// (absent: 0). Reply: a key, or {-1, now} when none is free beyond those.
 //
 // The pick is uniform among the live AVAILABLE keys by rejection sampling, alternating
 // two samplers: SRANDMEMBER of the AVAILABLE set, rejecting keys whose keep-alive has
@@ -263,7 +264,22 @@ var scriptAcquire = newScript(acquireSource)
 var acquireSource = prelude + `
 local ttl = tonumber(ARGV[8])
 math.randomseed(tonumber(ARGV[9]) or 1)
-apply_due(` + requestBatch + `)
+local _, due = apply_due(` + requestBatch + `)
+
+-- The keys owed to waiters: take one only if more than reserve are free. The free
+-- keys are counted as Stats counts them: exactly once the batch applied every due
+-- transition (the AVAILABLE set), else the live keys less the leases that hold.
+local reserve = tonumber(ARGV[10]) or 0
+if reserve > 0 then
+  local free
+  if due < 0 or due > now then
+    free = redis.call('SCARD', AVAIL)
+  else
+    free = redis.call('ZCARD', ALIVE) - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
+    free = free - math.min(free, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
+  end
+  if free <= reserve then return done({-1, now}) end
+end
 
 local function take(n)
   local h = P .. 'k:' .. n

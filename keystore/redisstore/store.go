@@ -124,6 +124,7 @@ type config struct {
 	resolved   func(n uint64, fence int64, start, end time.Time)
 	scripts    *scriptSet
 	noSlots    bool
+	afterTry   func()
 }
 
 // WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
@@ -139,6 +140,10 @@ func withResolved(f func(n uint64, fence int64, start, end time.Time)) Option {
 
 // withScripts runs other scripts (tests break one on purpose).
 func withScripts(set scriptSet) Option { return func(c *config) { c.scripts = &set } }
+
+// withAfterFailedTry calls f each time a waiting Acquire's own try has found no key,
+// before that Acquire returns: a test frees a key and races a fresh Acquire there.
+func withAfterFailedTry(f func()) Option { return func(c *config) { c.afterTry = f } }
 
 // withoutSlots sends every request without a slot, so that a retry runs it again: the
 // defect the slots fix, for a test to show that the linearizability check sees it.
@@ -169,6 +174,7 @@ type Store struct {
 	resolve    chan struct{}
 	resolved   func(n uint64, fence int64, start, end time.Time)
 	noSlots    bool
+	afterTry   func() // test seam: after a waiting Acquire's own try found no key
 
 	// lost is set once a script finds that the pool in Redis is not the one this
 	// replica joined; the replica then refuses everything.
@@ -276,6 +282,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		resolve:    make(chan struct{}, 1),
 		resolved:   cfg.resolved,
 		noSlots:    cfg.noSlots,
+		afterTry:   cfg.afterTry,
 	}
 	if cfg.scripts != nil {
 		s.scripts = *cfg.scripts
@@ -535,30 +542,55 @@ func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, err
 	return recs, nil
 }
 
-// Acquire implements keystore.Backend. Those already waiting on this replica come
-// before a new waiter.
+// Acquire implements keystore.Backend.
+//
+// The try for a waiting Acquire is a script in Redis and the line is in this process,
+// so no one step can do both; queued after a try that found no key, a waiter would
+// miss a key freed in between, to a fresh Acquire or to a later waiter. So the waiter
+// joins the line before its try (WaitQueue.Join) and is taken back out if the try
+// finds a key (Withdraw), else it stays where it joined (Stay): it is in line, in the
+// order of arrival, from before the step that found no key, as the Backend promises.
+//
+// Each try leaves the keys owed to waiters to them: the script is told how many wait
+// on this replica before the Acquire (all of them for a fresh Acquire, none for the
+// dispatcher's try for the first in line) and takes a key only if more are free. So
+// a key freed after a waiter's try goes to the waiters, whom the dispatcher serves in
+// order as it learns of the key (it does not pass a waiter whose try is under way),
+// before any Acquire this replica begins after the waiter joined. This holds no lock
+// across a round trip and adds no request: tries still run at once, pipelined, and
+// the script counts the free keys in O(1) (O(log n) in a backlog of due deadlines, as
+// Stats does). The count errs on the waiters' side: a waiter whose try is taking a
+// key at that moment still counts, so an Acquire racing it near the end of the free
+// keys may leave one that is not owed (a fresh one answers NOT_FOUND, a waiting one
+// waits for the dispatcher). Other replicas' Acquires may take any key: waiters are
+// served first among one replica's Acquires only.
 func (s *Store) Acquire(ctx context.Context, ttl time.Duration, w *keystore.Waiter) (keystore.Record, error) {
-	if w != nil && s.waiters.Len() > 0 {
-		s.queue(w)
-		return keystore.Record{}, keystore.ErrNoKey
+	if w == nil {
+		return s.acquireOnce(ctx, ttl, s.waiters.Len())
 	}
-	rec, err := s.acquireOnce(ctx, ttl)
-	if w != nil && errors.Is(err, keystore.ErrNoKey) {
-		s.queue(w)
+	rec, err := s.acquireOnce(ctx, ttl, s.waiters.Join(w))
+	var wake bool
+	if errors.Is(err, keystore.ErrNoKey) {
+		if s.afterTry != nil {
+			s.afterTry()
+		}
+		var stays bool
+		if stays, wake = s.waiters.Stay(w); !stays {
+			err = ctx.Err() // its client left during the try: it does not wait
+		}
+	} else {
+		wake = s.waiters.Withdraw(w)
+	}
+	if wake {
+		s.poke() // the dispatcher stopped at w: now it serves w, or the next in line
 	}
 	return rec, err
 }
 
-// queue puts w in line and wakes the dispatcher, so that a key freed before w was in
-// line is not missed.
-func (s *Store) queue(w *keystore.Waiter) {
-	s.waiters.Push(w)
-	s.poke()
-}
-
-// acquireOnce runs the acquire script: a key, or ErrNoKey.
-func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration) (keystore.Record, error) {
-	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33)
+// acquireOnce runs the acquire script: a key, or ErrNoKey. The script leaves reserve
+// free keys to this replica's waiters.
+func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration, reserve int) (keystore.Record, error) {
+	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33, reserve)
 	if err != nil {
 		return keystore.Record{}, err
 	}
