@@ -19,11 +19,14 @@ import (
 // exit before it is killed.
 const defaultGrace = 10 * time.Second
 
-// forwarded are the signals lease passes on to its command.
-var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+// handled are the signals lease takes itself once it has connected, so that none of
+// them kills keypoolctl while it holds a key (which would leave the key BLOCKED until
+// the lease ran out): during the acquire each gives it up; while the command runs,
+// each is the command's (see forward).
+var handled = []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM}
 
-// runLease acquires a key, runs the command with it while renewing the lease,
-// forwards SIGINT and SIGTERM to it, unblocks the key as soon as it exits, and exits
+// runLease acquires a key, runs the command with it while renewing the lease, passes
+// signals on to it (see forward), unblocks the key as soon as it exits, and exits
 // with its status. If the lease is lost meanwhile, the command is stopped.
 func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	var f leaseFlags
@@ -48,7 +51,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	// From here on a signal never kills keypoolctl itself while it holds a key: it
 	// stops the acquire, or goes to the command.
 	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, forwarded...)
+	signal.Notify(signals, handled...)
 	defer signal.Stop(signals)
 
 	lease, cancel, code, ok := acquireLease(e, g, c, f, signals)
@@ -82,7 +85,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	for {
 		select {
 		case s := <-signals:
-			_ = cmd.Process.Signal(s)
+			forward(cmd, s)
 		case <-lostLease:
 			lostLease = nil
 			fmt.Fprintf(e.stderr, "keypoolctl: %s; stopping %s (SIGTERM, then SIGKILL after %s)\n",
@@ -109,6 +112,22 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			return status
 		}
 	}
+}
+
+// forward passes s on to the command, unless the terminal sent it to the command as
+// well. The command stays in keypoolctl's process group, so that it keeps the
+// terminal (a shell or a prompt must read it without being stopped); when that group
+// is the terminal's foreground one, Ctrl-C and Ctrl-\ reach the command directly,
+// and a second SIGINT would read to many programs as a second Ctrl-C, "abort now".
+// So those are left to the terminal, as system(3) does. A signal cannot tell who sent
+// it: SIGINT or SIGQUIT sent to keypoolctl alone while it is in the foreground is
+// dropped too; sent while it is not (by a supervisor, or to a job in the background),
+// it is passed on.
+func forward(cmd *exec.Cmd, s os.Signal) {
+	if (s == syscall.SIGINT || s == syscall.SIGQUIT) && inTerminalForeground() {
+		return
+	}
+	_ = cmd.Process.Signal(s)
 }
 
 // acquireLease acquires the key, or gives up on a signal (exit 128+n) or after

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"strings"
 	"syscall"
@@ -31,11 +33,49 @@ import (
 // tests run the real command, signals, exit status and all.
 const asKeypoolctl = "KEYPOOLCTL_TEST_AS_MAIN"
 
+// asPrompt, in the environment, makes the test binary run as prompt.
+const asPrompt = "KEYPOOLCTL_TEST_AS_PROMPT"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(asPrompt) == "1" { // before asKeypoolctl, which keypoolctl passes on
+		os.Exit(prompt())
+	}
 	if os.Getenv(asKeypoolctl) == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
 	}
 	goleak.VerifyTestMain(m)
+}
+
+// prompt is a command for keypoolctl lease to run: an interactive one that says
+// "INT" or "QUIT" for each SIGINT or SIGQUIT it takes, until it reads a line; then
+// it prints the line and the counts, and exits 0. (A shell's trap would do, but
+// a signal that comes just before the shell's read blocks is seen only after the
+// next one, so the test could not wait for each to be seen.)
+func prompt() int {
+	signals := make(chan os.Signal, 100)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGQUIT)
+	line := make(chan string)
+	go func() {
+		l, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
+	fmt.Println("ready")
+	var ints, quits int
+	for {
+		select {
+		case s := <-signals:
+			if s == syscall.SIGINT {
+				ints++
+				fmt.Println("INT")
+			} else {
+				quits++
+				fmt.Println("QUIT")
+			}
+		case l := <-line:
+			fmt.Printf("line=%s ints=%d quits=%d\n", l, ints, quits)
+			return 0
+		}
+	}
 }
 
 // testServer is the real GraphQL endpoint on an in-memory pool on the real clock,
