@@ -23,7 +23,7 @@ const defaultGrace = 10 * time.Second
 // them kills keypoolctl while it holds a key (which would leave the key BLOCKED until
 // the lease ran out): during the acquire each gives it up; while the command runs,
 // each is the command's (see forward).
-var handled = []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM}
+var handled = []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP}
 
 // runLease acquires a key, runs the command with it while renewing the lease, passes
 // signals on to it (see forward), unblocks the key as soon as it exits, and exits

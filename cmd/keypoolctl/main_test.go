@@ -46,37 +46,38 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// prompt is a command for keypoolctl lease to run: an interactive one that says
-// "INT" or "QUIT" for each SIGINT or SIGQUIT it takes, until it reads a line; then
-// it prints the line and the counts, and exits 0. (A shell's trap would do, but
-// a signal that comes just before the shell's read blocks is seen only after the
-// next one, so the test could not wait for each to be seen.)
+// prompt is a command for keypoolctl lease to run: an interactive one that says the
+// name of each signal it takes (INT, QUIT, TERM, HUP), until it reads a line; then
+// it prints the line and how many of each it took, and exits promptStatus. (A shell's
+// trap would do, but a signal that comes just before the shell's read blocks is seen
+// only after the next one: a test could not wait for each to be seen.)
 func prompt() int {
+	names := map[os.Signal]string{syscall.SIGINT: "INT", syscall.SIGQUIT: "QUIT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}
 	signals := make(chan os.Signal, 100)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGQUIT)
+	for sig := range names {
+		signal.Notify(signals, sig)
+	}
 	line := make(chan string)
 	go func() {
 		l, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		line <- strings.TrimSpace(l)
 	}()
 	fmt.Println("ready")
-	var ints, quits int
+	taken := map[string]int{}
 	for {
 		select {
 		case s := <-signals:
-			if s == syscall.SIGINT {
-				ints++
-				fmt.Println("INT")
-			} else {
-				quits++
-				fmt.Println("QUIT")
-			}
+			taken[names[s]]++
+			fmt.Println(names[s])
 		case l := <-line:
-			fmt.Printf("line=%s ints=%d quits=%d\n", l, ints, quits)
-			return 0
+			fmt.Printf("line=%s INT=%d QUIT=%d TERM=%d HUP=%d\n", l, taken["INT"], taken["QUIT"], taken["TERM"], taken["HUP"])
+			return promptStatus
 		}
 	}
 }
+
+// promptStatus is prompt's exit status.
+const promptStatus = 42
 
 // testServer is the real GraphQL endpoint on an in-memory pool on the real clock,
 // reached directly (url) or through a proxy that the test can cut (proxyURL).
@@ -475,27 +476,58 @@ func TestLeaseCommandDiesWithKeypoolctl(t *testing.T) {
 	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM when keypoolctl died")
 }
 
-// TestLeaseForwardsSignals: SIGINT and SIGTERM go to the command, which decides
-// what to do; keypoolctl then exits as it did and frees the key.
+// TestLeaseForwardsSignals: SIGINT, SIGTERM and SIGHUP sent to keypoolctl alone (not
+// on a terminal, which would have sent SIGINT to the command itself) go to the command
+// once, which decides what to do: keypoolctl lives on through them, then exits as the
+// command did and frees the key.
 func TestLeaseForwardsSignals(t *testing.T) {
 	for _, tc := range []struct {
-		sig    syscall.Signal
-		script string
-		status int
-	}{
-		{syscall.SIGINT, `trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.05; done`, 42},
-		{syscall.SIGTERM, `echo ready; exec sleep 30`, 128 + int(syscall.SIGTERM)},
-	} {
-		t.Run(tc.sig.String(), func(t *testing.T) {
+		sig  syscall.Signal
+		name string // as prompt names it
+	}{{syscall.SIGINT, "INT"}, {syscall.SIGTERM, "TERM"}, {syscall.SIGHUP, "HUP"}} {
+		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t)
 			keys := ts.generate(t, 1)
-			r := start(t, ts.url, "lease", "--", "sh", "-c", tc.script)
+			r := start(t, ts.url, "lease", "--", "env", asPrompt+"=1", os.Args[0])
 			require.Equal(t, "ready", r.line(t, r.stdout))
 			require.NoError(t, r.cmd.Process.Signal(tc.sig))
-			assert.Equal(t, tc.status, r.wait(t), "stderr: %s", r.restErr)
+			require.Equal(t, tc.name, r.line(t, r.stdout))
+			_, err := io.WriteString(r.stdin, "done\n")
+			require.NoError(t, err)
+			want := map[string]string{
+				"INT":  "line=done INT=1 QUIT=0 TERM=0 HUP=0",
+				"TERM": "line=done INT=0 QUIT=0 TERM=1 HUP=0",
+				"HUP":  "line=done INT=0 QUIT=0 TERM=0 HUP=1",
+			}[tc.name]
+			assert.Equal(t, want, r.line(t, r.stdout), "once")
+			assert.Equal(t, promptStatus, r.wait(t), "stderr: %s", r.restErr)
 			assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status)
 		})
 	}
+	// A command that does not handle the signal dies of it; keypoolctl says so as a
+	// shell would.
+	t.Run("ended by it", func(t *testing.T) {
+		ts := newTestServer(t)
+		keys := ts.generate(t, 1)
+		r := start(t, ts.url, "lease", "--", "sh", "-c", `echo ready; exec sleep 30`)
+		require.Equal(t, "ready", r.line(t, r.stdout))
+		require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
+		assert.Equal(t, 128+int(syscall.SIGTERM), r.wait(t), "stderr: %s", r.restErr)
+		assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status)
+	})
+}
+
+// TestLeaseHangup: SIGHUP (the terminal closed, or a supervisor's "reload") is handled
+// as SIGTERM is: the command gets it, and the key is freed when the command ends.
+func TestLeaseHangup(t *testing.T) {
+	ts := newTestServer(t)
+	keys := ts.generate(t, 1)
+	r := start(t, ts.url, "lease", "--", "sh", "-c",
+		`trap 'exit 5' HUP; echo ready; while :; do sleep 0.05; done`)
+	require.Equal(t, "ready", r.line(t, r.stdout))
+	require.NoError(t, r.cmd.Process.Signal(syscall.SIGHUP))
+	assert.Equal(t, 5, r.wait(t), "the command's status; stderr: %s", r.restErr)
+	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
 }
 
 func TestLeaseCommandFails(t *testing.T) {

@@ -127,7 +127,8 @@ func TestLeaseTerminalSignals(t *testing.T) {
 	term.typeIn(t, "\x1c") // Ctrl-\
 	term.expect(t, "QUIT")
 	term.typeIn(t, "hello\n")
-	assert.Equal(t, fmt.Sprintf("line=hello ints=%d quits=1", ctrlCs), term.expect(t, "line="), "the terminal showed:\n%s", term.screen())
-	assert.Equal(t, 0, term.wait(t), "the command's status; the terminal showed:\n%s", term.screen())
+	assert.Equal(t, fmt.Sprintf("line=hello INT=%d QUIT=1 TERM=0 HUP=0", ctrlCs), term.expect(t, "line="),
+		"the terminal showed:\n%s", term.screen())
+	assert.Equal(t, promptStatus, term.wait(t), "the command's status; the terminal showed:\n%s", term.screen())
 	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
 }
