@@ -19,6 +19,12 @@ import (
 // exit before it is killed.
 const defaultGrace = 10 * time.Second
 
+// releaseTimeout bounds the unblock once the command has ended (or could not start).
+// The client would retry an unreachable server until the lease ran out, an hour with
+// -ttl 1h, and keypoolctl would outlive its command by that long; a key left BLOCKED
+// frees itself when its lease runs out.
+const releaseTimeout = 5 * time.Second
+
 // handled are the signals lease takes itself once it has connected, so that none of
 // them kills keypoolctl while it holds a key (which would leave the key BLOCKED until
 // the lease ran out): during the acquire each gives it up; while the command runs,
@@ -59,7 +65,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 		return code
 	}
 	defer cancel()
-	defer lease.Release(context.Background()) // a no-op once released below
+	defer func() { _ = unblock(lease) }() // a no-op once released below
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
@@ -102,12 +108,13 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			if lostLease == nil {
 				return exitLeaseLost
 			}
-			if err := lease.Release(context.Background()); err != nil {
-				if errors.Is(err, client.ErrLeaseLost) {
-					fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
-					return exitLeaseLost
-				}
-				fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s (it frees itself when the lease runs out)\n", describe(g, err))
+			err = unblock(lease)
+			if errors.Is(err, client.ErrLeaseLost) {
+				fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
+				return exitLeaseLost
+			}
+			if err != nil {
+				notFreed(e, g, lease, err)
 			}
 			return status
 		}
@@ -174,9 +181,30 @@ func acquireLease(e *env, g *globals, c *client.Client, f leaseFlags, signals <-
 
 // release unblocks the key, saying so if it could not.
 func release(e *env, g *globals, lease *client.Lease) {
-	if err := lease.Release(context.Background()); err != nil {
-		fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s\n", describe(g, err))
+	if err := unblock(lease); err != nil {
+		notFreed(e, g, lease, err)
 	}
+}
+
+// unblock ends the lease and unblocks the key, giving up after releaseTimeout.
+func unblock(lease *client.Lease) error {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	return lease.Release(ctx)
+}
+
+// notFreed says that the key could not be unblocked, and until when it stays BLOCKED.
+func notFreed(e *env, g *globals, lease *client.Lease, err error) {
+	if errors.Is(err, client.ErrLeaseLost) {
+		fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s\n", describe(g, err))
+		return
+	}
+	why := describe(g, err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		why = "no answer from " + g.server // not describe's: -timeout did not bound it
+	}
+	fmt.Fprintf(e.stderr, "keypoolctl: lease: could not unblock the key within %s (%s); its lease will run out by itself at %s\n",
+		releaseTimeout, why, lease.Info().ExpiresAt.Format(time.RFC3339))
 }
 
 // exitStatus is what a shell would report for the command: its exit code, or

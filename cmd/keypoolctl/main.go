@@ -94,7 +94,8 @@ The lease is renewed while CMD runs, so CMD may run far longer than -ttl. CMD ke
 terminal: Ctrl-C and Ctrl-\ reach it from the terminal, once, and keypoolctl lives on. SIGTERM
 and SIGHUP are forwarded to CMD, and so are SIGINT and SIGQUIT when keypoolctl is not in the
 terminal's foreground (no terminal sent them to CMD then). The key is unblocked as soon as CMD
-exits, and keypoolctl exits with CMD's status (128+N if signal N ended it; 127 if CMD cannot
+exits (if the server does not answer within 5s, keypoolctl says so and leaves the lease to run
+out), and keypoolctl exits with CMD's status (128+N if signal N ended it; 127 if CMD cannot
 be found, 126 if it cannot run). If the lease is lost while CMD runs (the key was deleted,
 another holder has it, or it could not be renewed in time), CMD gets SIGTERM, then SIGKILL
 after -grace, and keypoolctl exits 3.`

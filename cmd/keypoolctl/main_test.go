@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -528,6 +529,68 @@ func TestLeaseHangup(t *testing.T) {
 	require.NoError(t, r.cmd.Process.Signal(syscall.SIGHUP))
 	assert.Equal(t, 5, r.wait(t), "the command's status; stderr: %s", r.restErr)
 	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
+}
+
+// TestLeaseServerGone: when the server cannot be reached after the command ends,
+// keypoolctl does not retry the unblock until the lease runs out (an hour here): it
+// gives up after releaseTimeout, says the lease will run out by itself, and exits with
+// the command's status. The server is gone either as a stopped one is (connections
+// refused) or as a hung one is (connections accepted, never answered).
+func TestLeaseServerGone(t *testing.T) {
+	for _, hung := range []bool{false, true} {
+		t.Run(map[bool]string{false: "refused", true: "hung"}[hung], func(t *testing.T) {
+			ts := newTestServer(t)
+			keys := ts.generate(t, 1)
+			r := start(t, ts.proxyURL, "lease", "-ttl", "1h", "--", "sh", "-c",
+				`echo ready; read line; exit 7`)
+			require.Equal(t, "ready", r.line(t, r.stdout))
+			ts.proxy.Close()
+			if hung {
+				hangOn(t, ts.proxy.Addr())
+			}
+			_, err := io.WriteString(r.stdin, "done\n")
+			require.NoError(t, err)
+			ended := time.Now()
+			status := r.wait(t)
+			took := time.Since(ended)
+			assert.Equal(t, 7, status, "the command's status; stderr: %s", r.restErr)
+			assert.Less(t, took, releaseTimeout+5*time.Second, "bounded by releaseTimeout")
+			assert.Contains(t, r.restErr, "will run out by itself")
+			assert.Equal(t, keystore.Blocked, ts.key(t, keys[0].ID).Status, "left to run out")
+		})
+	}
+}
+
+// hangOn listens on addr, which must be free, and accepts connections that it never
+// answers, until the test ends.
+func hangOn(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- c:
+			default:
+				_ = c.Close()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		close(accepted)
+		for c := range accepted {
+			_ = c.Close()
+		}
+	})
 }
 
 func TestLeaseCommandFails(t *testing.T) {
