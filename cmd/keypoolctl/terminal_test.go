@@ -34,7 +34,9 @@ type onTerminal struct {
 func startOnTerminal(t *testing.T, server string, args ...string) *onTerminal {
 	t.Helper()
 	ptmx, tty, err := pty.Open()
-	require.NoError(t, err)
+	if err != nil {
+		t.Skipf("no pseudo-terminal to run keypoolctl on: %v", err)
+	}
 	t.Cleanup(func() { _ = ptmx.Close() })
 	// keypoolctl and its command hold the terminal's side from here on: once they are
 	// gone, the master reads EIO, which ends lines.
