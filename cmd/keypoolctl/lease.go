@@ -19,11 +19,20 @@ import (
 // exit before it is killed.
 const defaultGrace = 10 * time.Second
 
-// forwarded are the signals lease passes on to its command.
-var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+// releaseTimeout bounds the unblock once the command has ended (or could not start).
+// The client would retry an unreachable server until the lease ran out, an hour with
+// -ttl 1h, and keypoolctl would outlive its command by that long; a key left BLOCKED
+// frees itself when its lease runs out.
+const releaseTimeout = 5 * time.Second
 
-// runLease acquires a key, runs the command with it while renewing the lease,
-// forwards SIGINT and SIGTERM to it, unblocks the key as soon as it exits, and exits
+// handled are the signals lease takes itself once it has connected, so that none of
+// them kills keypoolctl while it holds a key (which would leave the key BLOCKED until
+// the lease ran out): during the acquire each gives it up; while the command runs,
+// each is the command's (see forward).
+var handled = []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP}
+
+// runLease acquires a key, runs the command with it while renewing the lease, passes
+// signals on to it (see forward), unblocks the key as soon as it exits, and exits
 // with its status. If the lease is lost meanwhile, the command is stopped.
 func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	var f leaseFlags
@@ -48,7 +57,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	// From here on a signal never kills keypoolctl itself while it holds a key: it
 	// stops the acquire, or goes to the command.
 	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, forwarded...)
+	signal.Notify(signals, handled...)
 	defer signal.Stop(signals)
 
 	lease, cancel, code, ok := acquireLease(e, g, c, f, signals)
@@ -56,7 +65,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 		return code
 	}
 	defer cancel()
-	defer lease.Release(context.Background()) // a no-op once released below
+	defer func() { _ = unblock(lease) }() // a no-op once released below
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
@@ -82,7 +91,7 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	for {
 		select {
 		case s := <-signals:
-			_ = cmd.Process.Signal(s)
+			forward(cmd, s)
 		case <-lostLease:
 			lostLease = nil
 			fmt.Fprintf(e.stderr, "keypoolctl: %s; stopping %s (SIGTERM, then SIGKILL after %s)\n",
@@ -99,16 +108,33 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			if lostLease == nil {
 				return exitLeaseLost
 			}
-			if err := lease.Release(context.Background()); err != nil {
-				if errors.Is(err, client.ErrLeaseLost) {
-					fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
-					return exitLeaseLost
-				}
-				fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s (it frees itself when the lease runs out)\n", describe(g, err))
+			err = unblock(lease)
+			if errors.Is(err, client.ErrLeaseLost) {
+				fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
+				return exitLeaseLost
+			}
+			if err != nil {
+				notFreed(e, g, lease, err)
 			}
 			return status
 		}
 	}
+}
+
+// forward passes s on to the command, unless the terminal sent it to the command as
+// well. The command stays in keypoolctl's process group, so that it keeps the
+// terminal (a shell or a prompt must read it without being stopped); when that group
+// is the terminal's foreground one, Ctrl-C and Ctrl-\ reach the command directly,
+// and a second SIGINT would read to many programs as a second Ctrl-C, "abort now".
+// So those are left to the terminal, as system(3) does. A signal cannot tell who sent
+// it: SIGINT or SIGQUIT sent to keypoolctl alone while it is in the foreground is
+// dropped too; sent while it is not (by a supervisor, or to a job in the background),
+// it is passed on.
+func forward(cmd *exec.Cmd, s os.Signal) {
+	if (s == syscall.SIGINT || s == syscall.SIGQUIT) && inTerminalForeground() {
+		return
+	}
+	_ = cmd.Process.Signal(s)
 }
 
 // acquireLease acquires the key, or gives up on a signal (exit 128+n) or after
@@ -155,9 +181,30 @@ func acquireLease(e *env, g *globals, c *client.Client, f leaseFlags, signals <-
 
 // release unblocks the key, saying so if it could not.
 func release(e *env, g *globals, lease *client.Lease) {
-	if err := lease.Release(context.Background()); err != nil {
-		fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s\n", describe(g, err))
+	if err := unblock(lease); err != nil {
+		notFreed(e, g, lease, err)
 	}
+}
+
+// unblock ends the lease and unblocks the key, giving up after releaseTimeout.
+func unblock(lease *client.Lease) error {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	return lease.Release(ctx)
+}
+
+// notFreed says that the key could not be unblocked, and until when it stays BLOCKED.
+func notFreed(e *env, g *globals, lease *client.Lease, err error) {
+	if errors.Is(err, client.ErrLeaseLost) {
+		fmt.Fprintf(e.stderr, "keypoolctl: lease: unblocking the key: %s\n", describe(g, err))
+		return
+	}
+	why := describe(g, err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		why = "no answer from " + g.server // not describe's: -timeout did not bound it
+	}
+	fmt.Fprintf(e.stderr, "keypoolctl: lease: could not unblock the key within %s (%s); its lease will run out by itself at %s\n",
+		releaseTimeout, why, lease.Info().ExpiresAt.Format(time.RFC3339))
 }
 
 // exitStatus is what a shell would report for the command: its exit code, or

@@ -90,11 +90,15 @@ last seq printed, so that no event is missed or printed twice; it says so on std
 const leaseHelp = `Acquires a key (waiting up to -wait for one to come free), then runs CMD with, in its
 environment, KEYPOOL_KEY (the key), KEYPOOL_LEASE_TOKEN and KEYPOOL_LEASE_FENCE (a number that
 grows with every lease: pass it to systems that should refuse a holder whose lease is gone).
-The lease is renewed while CMD runs, so CMD may run far longer than -ttl. SIGINT and SIGTERM
-are forwarded to CMD. The key is unblocked as soon as CMD exits, and keypoolctl exits with
-CMD's status (128+N if signal N ended it; 127 if CMD cannot be found, 126 if it cannot run).
-If the lease is lost while CMD runs (the key was deleted, another holder has it, or it could
-not be renewed in time), CMD gets SIGTERM, then SIGKILL after -grace, and keypoolctl exits 3.`
+The lease is renewed while CMD runs, so CMD may run far longer than -ttl. CMD keeps the
+terminal: Ctrl-C and Ctrl-\ reach it from the terminal, once, and keypoolctl lives on. SIGTERM
+and SIGHUP are forwarded to CMD, and so are SIGINT and SIGQUIT when keypoolctl is not in the
+terminal's foreground (no terminal sent them to CMD then). The key is unblocked as soon as CMD
+exits (if the server does not answer within 5s, keypoolctl says so and leaves the lease to run
+out), and keypoolctl exits with CMD's status (128+N if signal N ended it; 127 if CMD cannot
+be found, 126 if it cannot run). If the lease is lost while CMD runs (the key was deleted,
+another holder has it, or it could not be renewed in time), CMD gets SIGTERM, then SIGKILL
+after -grace, and keypoolctl exits 3.`
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"strings"
 	"syscall"
@@ -31,12 +34,51 @@ import (
 // tests run the real command, signals, exit status and all.
 const asKeypoolctl = "KEYPOOLCTL_TEST_AS_MAIN"
 
+// asPrompt, in the environment, makes the test binary run as prompt.
+const asPrompt = "KEYPOOLCTL_TEST_AS_PROMPT"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(asPrompt) == "1" { // before asKeypoolctl, which keypoolctl passes on
+		os.Exit(prompt())
+	}
 	if os.Getenv(asKeypoolctl) == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
 	}
 	goleak.VerifyTestMain(m)
 }
+
+// prompt is a command for keypoolctl lease to run: an interactive one that says the
+// name of each signal it takes (INT, QUIT, TERM, HUP), until it reads a line; then
+// it prints the line and how many of each it took, and exits promptStatus. (A shell's
+// trap would do, but a signal that comes just before the shell's read blocks is seen
+// only after the next one: a test could not wait for each to be seen.)
+func prompt() int {
+	names := map[os.Signal]string{syscall.SIGINT: "INT", syscall.SIGQUIT: "QUIT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}
+	signals := make(chan os.Signal, 100)
+	for sig := range names {
+		signal.Notify(signals, sig)
+	}
+	line := make(chan string)
+	go func() {
+		l, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
+	fmt.Println("ready")
+	taken := map[string]int{}
+	for {
+		select {
+		case s := <-signals:
+			taken[names[s]]++
+			fmt.Println(names[s])
+		case l := <-line:
+			fmt.Printf("line=%s INT=%d QUIT=%d TERM=%d HUP=%d\n", l, taken["INT"], taken["QUIT"], taken["TERM"], taken["HUP"])
+			return promptStatus
+		}
+	}
+}
+
+// promptStatus is prompt's exit status.
+const promptStatus = 42
 
 // testServer is the real GraphQL endpoint on an in-memory pool on the real clock,
 // reached directly (url) or through a proxy that the test can cut (proxyURL).
@@ -435,27 +477,120 @@ func TestLeaseCommandDiesWithKeypoolctl(t *testing.T) {
 	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM when keypoolctl died")
 }
 
-// TestLeaseForwardsSignals: SIGINT and SIGTERM go to the command, which decides
-// what to do; keypoolctl then exits as it did and frees the key.
+// TestLeaseForwardsSignals: SIGINT, SIGTERM and SIGHUP sent to keypoolctl alone (not
+// on a terminal, which would have sent SIGINT to the command itself) go to the command
+// once, which decides what to do: keypoolctl lives on through them, then exits as the
+// command did and frees the key.
 func TestLeaseForwardsSignals(t *testing.T) {
 	for _, tc := range []struct {
-		sig    syscall.Signal
-		script string
-		status int
-	}{
-		{syscall.SIGINT, `trap 'echo got INT; exit 42' INT; echo ready; while :; do sleep 0.05; done`, 42},
-		{syscall.SIGTERM, `echo ready; exec sleep 30`, 128 + int(syscall.SIGTERM)},
-	} {
-		t.Run(tc.sig.String(), func(t *testing.T) {
+		sig  syscall.Signal
+		name string // as prompt names it
+	}{{syscall.SIGINT, "INT"}, {syscall.SIGTERM, "TERM"}, {syscall.SIGHUP, "HUP"}} {
+		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t)
 			keys := ts.generate(t, 1)
-			r := start(t, ts.url, "lease", "--", "sh", "-c", tc.script)
+			r := start(t, ts.url, "lease", "--", "env", asPrompt+"=1", os.Args[0])
 			require.Equal(t, "ready", r.line(t, r.stdout))
 			require.NoError(t, r.cmd.Process.Signal(tc.sig))
-			assert.Equal(t, tc.status, r.wait(t), "stderr: %s", r.restErr)
+			require.Equal(t, tc.name, r.line(t, r.stdout))
+			_, err := io.WriteString(r.stdin, "done\n")
+			require.NoError(t, err)
+			want := map[string]string{
+				"INT":  "line=done INT=1 QUIT=0 TERM=0 HUP=0",
+				"TERM": "line=done INT=0 QUIT=0 TERM=1 HUP=0",
+				"HUP":  "line=done INT=0 QUIT=0 TERM=0 HUP=1",
+			}[tc.name]
+			assert.Equal(t, want, r.line(t, r.stdout), "once")
+			assert.Equal(t, promptStatus, r.wait(t), "stderr: %s", r.restErr)
 			assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status)
 		})
 	}
+	// A command that does not handle the signal dies of it; keypoolctl says so as a
+	// shell would.
+	t.Run("ended by it", func(t *testing.T) {
+		ts := newTestServer(t)
+		keys := ts.generate(t, 1)
+		r := start(t, ts.url, "lease", "--", "sh", "-c", `echo ready; exec sleep 30`)
+		require.Equal(t, "ready", r.line(t, r.stdout))
+		require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
+		assert.Equal(t, 128+int(syscall.SIGTERM), r.wait(t), "stderr: %s", r.restErr)
+		assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status)
+	})
+}
+
+// TestLeaseHangup: SIGHUP (the terminal closed, or a supervisor's "reload") is handled
+// as SIGTERM is: the command gets it, and the key is freed when the command ends.
+func TestLeaseHangup(t *testing.T) {
+	ts := newTestServer(t)
+	keys := ts.generate(t, 1)
+	r := start(t, ts.url, "lease", "--", "sh", "-c",
+		`trap 'exit 5' HUP; echo ready; while :; do sleep 0.05; done`)
+	require.Equal(t, "ready", r.line(t, r.stdout))
+	require.NoError(t, r.cmd.Process.Signal(syscall.SIGHUP))
+	assert.Equal(t, 5, r.wait(t), "the command's status; stderr: %s", r.restErr)
+	assert.Equal(t, keystore.Available, ts.key(t, keys[0].ID).Status, "freed")
+}
+
+// TestLeaseServerGone: when the server cannot be reached after the command ends,
+// keypoolctl does not retry the unblock until the lease runs out (an hour here): it
+// gives up after releaseTimeout, says the lease will run out by itself, and exits with
+// the command's status. The server is gone either as a stopped one is (connections
+// refused) or as a hung one is (connections accepted, never answered).
+func TestLeaseServerGone(t *testing.T) {
+	for _, hung := range []bool{false, true} {
+		t.Run(map[bool]string{false: "refused", true: "hung"}[hung], func(t *testing.T) {
+			ts := newTestServer(t)
+			keys := ts.generate(t, 1)
+			r := start(t, ts.proxyURL, "lease", "-ttl", "1h", "--", "sh", "-c",
+				`echo ready; read line; exit 7`)
+			require.Equal(t, "ready", r.line(t, r.stdout))
+			ts.proxy.Close()
+			if hung {
+				hangOn(t, ts.proxy.Addr())
+			}
+			_, err := io.WriteString(r.stdin, "done\n")
+			require.NoError(t, err)
+			ended := time.Now()
+			status := r.wait(t)
+			took := time.Since(ended)
+			assert.Equal(t, 7, status, "the command's status; stderr: %s", r.restErr)
+			assert.Less(t, took, releaseTimeout+5*time.Second, "bounded by releaseTimeout")
+			assert.Contains(t, r.restErr, "will run out by itself")
+			assert.Equal(t, keystore.Blocked, ts.key(t, keys[0].ID).Status, "left to run out")
+		})
+	}
+}
+
+// hangOn listens on addr, which must be free, and accepts connections that it never
+// answers, until the test ends.
+func hangOn(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- c:
+			default:
+				_ = c.Close()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		close(accepted)
+		for c := range accepted {
+			_ = c.Close()
+		}
+	})
 }
 
 func TestLeaseCommandFails(t *testing.T) {
