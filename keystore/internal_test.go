@@ -243,3 +243,22 @@ func TestWaitQueueJoin(t *testing.T) {
 	require.Equal(t, 0, q.Len())
 	require.Equal(t, 0, obs.n)
 }
+
+// TestWaitGivenUpIsNoKey: a waiter the line gave up (its client left) answers with
+// its context's error, never with the empty record of its closed channel as a key.
+func TestWaitGivenUpIsNoKey(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	p, err := NewMemory(clock, Options{})
+	require.NoError(t, err)
+	defer p.Close()
+	for range 200 { // the old select took the closed channel half the time
+		ctx, cancel := context.WithCancel(t.Context())
+		w := &Waiter{TTL: time.Minute, ctx: ctx, got: make(chan Record, 1)}
+		p.waiters.Push(w)
+		cancel()
+		require.Nil(t, p.waiters.Take(), "a waiter whose client left is given up")
+		key, err := p.wait(ctx, w, clock.NewTimer(time.Hour), time.Hour)
+		require.ErrorIs(t, err, context.Canceled)
+		require.Empty(t, key.ID)
+	}
+}

@@ -209,8 +209,12 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 func (p *Pool) wait(ctx context.Context, w *Waiter, timer clockwork.Timer, d time.Duration) (Key, error) {
 	var err error
 	select {
-	case rec := <-w.got:
-		return p.key(rec), nil
+	case rec, served := <-w.got:
+		if served {
+			return p.key(rec), nil
+		}
+		// Given up, which happens only once its client has left.
+		err = context.Cause(ctx)
 	case <-timer.Chan():
 		err = Errorf(ENOTFOUND, "no key became available within %v", d)
 	case <-ctx.Done():
