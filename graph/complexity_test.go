@@ -9,10 +9,10 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// TestComplexityRemembered: an operation's complexity is remembered per document,
-// operation and Int variables, so the same document with a larger count is judged
-// again, and a refused one stays refused.
-func TestComplexityRemembered(t *testing.T) {
+// TestComplexityFollowsVariables: an operation's complexity follows its variables,
+// so the same document with a larger count is judged again, and a refused one stays
+// refused (the second time from the query cache).
+func TestComplexityFollowsVariables(t *testing.T) {
 	e := newEnv(t, keystore.Options{})
 	const query = `mutation($n: Int!) {
 		a: generateKeys(count: $n) { id status createdAt expiresAt }
@@ -35,7 +35,7 @@ func TestOneWaitPerOperation(t *testing.T) {
 	e := newEnv(t, keystore.Options{})
 	ids := e.generate(t, 1)
 	const two = `mutation($w: Duration) { a: acquireKey(wait: $w) { token } b: acquireKey(wait: $w) { token } }`
-	for range 2 { // the second time from the complexity's cache
+	for range 2 { // the second time from the query cache
 		resp := e.post(t, two, map[string]any{"w": "0s"})
 		assert.Equal(t, []string{"NOT_FOUND"}, resp.codes(), "no waits: both run, the second finds no key")
 		e.mustPost(t, `mutation($id: ID!) { unblockKey(id: $id) { id } }`, map[string]any{"id": ids[0]}, nil)

@@ -116,8 +116,7 @@ func (a *answerWriter) finish() {
 		wire.WriteGraphQLError(w, mediaType, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed, "only a query may be sent with GET; send it with POST")
 		return
 	case len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable):
-		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest,
-			"the body is not a GraphQL request: query and operationName must be strings, variables and extensions objects")
+		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest, notARequest)
 		return
 	}
 	status := http.StatusOK // a request error, under application/json
@@ -295,66 +294,21 @@ func (plainHTTPSubscriptions) MutateOperationContext(ctx context.Context, opCtx 
 	return nil
 }
 
-// requestJSON is a request as JSON has it, for the transports that read their own
-// (SSE's body, a websocket's subscribe payload): the fields' types are checked after
-// decoding, so that a wrong one is a clear refusal.
-type requestJSON struct {
-	Query         any             `json:"query"`
-	OperationName any             `json:"operationName"`
-	Variables     json.RawMessage `json:"variables"`
-	Extensions    json.RawMessage `json:"extensions"`
-}
-
-// decodeRequest reads a GraphQL request from one JSON object, under the JSON limits.
+// decodeRequest reads a GraphQL request from one JSON object under the JSON limits,
+// as gqlgen's POST does (numbers kept exact), for the transports that read their own:
+// SSE's body, a websocket's subscribe payload.
 func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
 	if err := checkJSON(body); err != nil {
 		return nil, err
 	}
-	var req requestJSON
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, coded(wire.CodeBadRequest, "the request could not be decoded")
-	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
 	params := &graphql.RawParams{}
-	var ok bool
-	if params.Query, ok = stringOrNull(req.Query); !ok {
-		return nil, coded(wire.CodeBadRequest, "query must be a string")
-	}
-	if params.OperationName, ok = stringOrNull(req.OperationName); !ok {
-		return nil, coded(wire.CodeBadRequest, "operationName must be a string")
-	}
-	var err *gqlerror.Error
-	if params.Variables, err = decodeObject("variables", req.Variables); err != nil {
-		return nil, err
-	}
-	if params.Extensions, err = decodeObject("extensions", req.Extensions); err != nil {
-		return nil, err
-	}
-	if params.Query == "" && params.Extensions["persistedQuery"] == nil {
-		return nil, coded(wire.CodeBadRequest, "the request has no query")
+	if err := dec.Decode(params); err != nil {
+		return nil, coded(wire.CodeBadRequest, "%s", notARequest)
 	}
 	return params, nil
 }
 
-func stringOrNull(v any) (string, bool) {
-	s, ok := v.(string)
-	return s, ok || v == nil
-}
-
-// decodeObject decodes an optional JSON object (absent or null: nil), with numbers
-// kept exact, as gqlgen expects.
-func decodeObject(name string, raw []byte) (map[string]any, *gqlerror.Error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	if raw[0] != '{' {
-		return nil, coded(wire.CodeBadRequest, "%s must be an object", name)
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
-		return nil, coded(wire.CodeBadRequest, "%s could not be decoded", name)
-	}
-	return obj, nil
-}
+// notARequest says what a request must be.
+const notARequest = "the body is not a GraphQL request: query and operationName must be strings, variables and extensions objects"

@@ -96,7 +96,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
 	exec.Use(documentLimits{docs: docs})
-	exec.Use(newComplexityLimit(ComplexityLimit))
+	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
 	exec.Use(plainHTTPSubscriptions{})
 	exec.Use(admitChecked{})
 	exec.Use(streamErrors{})
