@@ -1,6 +1,13 @@
-// Package graph is keypool's GraphQL API: gqlgen's generated executor (generated.go),
-// thin resolvers that translate between GraphQL and the keystore, and the one place
-// where errors become extensions.code.
+// Package graph is keypool's GraphQL API, a gqlgen adapter: gqlgen's generated
+// executor (generated.go) with thin resolvers that translate between GraphQL and the
+// keystore, and the extensions every operation passes through on every transport
+// (the document limits, the complexity limit, caches bounded in bytes, the one place
+// where errors become extensions.code). Its transports are gqlgen's POST and GET with
+// what they answer wrongly mended (http.go), a websocket protocol state machine on
+// coder/websocket (websocket.go) and GraphQL over SSE (sse.go); keyEvents is
+// delivered through the fan-out (package fanout), each event encoded once per
+// distinct selection. generateKeys' list of up to -max-generate keys is marshalled by
+// a writer of its own (keylist.go), since gqlgen's costs some kilobytes a key.
 package graph
 
 import (
