@@ -14,11 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The real-client tests (issue 12) drive a server started by startServer with the
-// clients users run, from e2e/node/clients.mjs: the graphql-ws client library,
-// Apollo Client's HttpLink and GraphQLWsLink, and graphql-http's audit of the
-// GraphQL-over-HTTP spec. Their npm packages are pinned by e2e/node/package-lock.json
-// and installed with `npm ci` on first use; they skip where node or npm is missing.
+// The real-client tests (issues 12 and 22) drive a server started by startServer with
+// the clients users run, from e2e/node/clients.mjs: the graphql-ws client library,
+// Apollo Client's HttpLink and GraphQLWsLink, graphql-http's audit of the
+// GraphQL-over-HTTP spec, urql, graphql-request, subscriptions-transport-ws (the legacy
+// graphql-ws subprotocol) and graphql-sse. Their npm packages are pinned by
+// e2e/node/package-lock.json and installed with `npm ci` on first use, or again when
+// the lock file names packages that node_modules does not hold; they skip where node
+// or npm is missing.
 
 // clientsDir holds the Node script and its packages.
 var clientsDir = filepath.Join("e2e", "node")
@@ -41,7 +44,7 @@ func nodeClients(t *testing.T) string {
 		t.Skip("npm is not installed (apt-get install npm; .ci/run installs it): skipping the real-client tests")
 	}
 	npmOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(clientsDir, "node_modules", ".package-lock.json")); err == nil {
+		if installed(clientsDir) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -52,6 +55,40 @@ func nodeClients(t *testing.T) string {
 	})
 	require.NoError(t, npmErr, "npm ci in %s:\n%s", clientsDir, npmOut)
 	return node
+}
+
+// installed reports whether dir's node_modules holds what its package-lock.json pins:
+// npm's record of the tree it installed (node_modules/.package-lock.json) names every
+// package of the lock file at its version. A tree installed from an older lock file
+// does not, and is installed anew.
+func installed(dir string) bool {
+	type lock struct {
+		Packages map[string]struct {
+			Version string `json:"version"`
+		} `json:"packages"`
+	}
+	read := func(path string) (lock, bool) {
+		var l lock
+		b, err := os.ReadFile(path)
+		return l, err == nil && json.Unmarshal(b, &l) == nil
+	}
+	want, ok := read(filepath.Join(dir, "package-lock.json"))
+	if !ok {
+		return false
+	}
+	have, ok := read(filepath.Join(dir, "node_modules", ".package-lock.json"))
+	if !ok {
+		return false
+	}
+	for path, p := range want.Packages {
+		if path == "" {
+			continue // the project itself
+		}
+		if h, ok := have.Packages[path]; !ok || h.Version != p.Version {
+			return false
+		}
+	}
+	return true
 }
 
 // runClients runs one scenario of clients.mjs against s and returns its summary.
@@ -92,4 +129,36 @@ func TestE2EApolloClient(t *testing.T) {
 // failure (MAY notices, if any, are logged).
 func TestE2EGraphQLHTTPAudit(t *testing.T) {
 	runClients(t, startServer(t), "audit")
+}
+
+// TestE2EUrql: @urql/core with its fetchExchange (queries over GET, mutations over
+// POST, coded errors) and subscriptionExchange forwarding subscriptions to a graphql-ws
+// client: GENERATED events with seqs 1, 2, 3, and the lazy socket closed at the end.
+func TestE2EUrql(t *testing.T) {
+	runClients(t, startServer(t), "urql")
+}
+
+// TestE2EGraphQLRequest: graphql-request's GraphQLClient: queries over GET, mutations
+// with variables, and errors as ClientError carrying extensions.code (NOT_FOUND on an
+// empty pool with data.acquireKey null, LEASE_MISMATCH, NOT_BLOCKED, BAD_USER_INPUT,
+// and a validation error's 400).
+func TestE2EGraphQLRequest(t *testing.T) {
+	runClients(t, startServer(t), "graphql-request")
+}
+
+// TestE2ESubscriptionsTransportWs: subscriptions-transport-ws's SubscriptionClient on
+// the legacy graphql-ws subprotocol: events in seq order, operations refused before
+// they run answered by one error and nothing after it while the live subscription on
+// the same socket keeps delivering, a query's data then complete, stop honoured, and
+// connection_terminate closing the socket.
+func TestE2ESubscriptionsTransportWs(t *testing.T) {
+	runClients(t, startServer(t), "subscriptions-transport-ws")
+}
+
+// TestE2EGraphQLSSE: graphql-sse's client in distinct connections mode: a live
+// subscription's events in seq order, a mutation and a query each a stream of next
+// then complete, errors with their codes, and a disposed subscription completed
+// cleanly and let go by the server.
+func TestE2EGraphQLSSE(t *testing.T) {
+	runClients(t, startServer(t), "graphql-sse")
 }
