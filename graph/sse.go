@@ -14,6 +14,7 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 
 	"github.com/keypool/keypool/graph/fanout"
+	"github.com/keypool/keypool/wire"
 )
 
 // sseTransport is GraphQL over server-sent events, as the GraphQL-over-SSE protocol's
@@ -31,13 +32,23 @@ type sseTransport struct {
 
 var _ graphql.Transport = sseTransport{}
 
+// Supports takes a POST whose Accept header prefers an event stream: it names
+// text/event-stream before any JSON media type (urql names every type it reads, an
+// event stream last, and gets JSON).
 func (sseTransport) Supports(r *http.Request) bool {
 	if r.Method != http.MethodPost || !isJSON(r) {
 		return false
 	}
 	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		if mediaType, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mediaType == "text/event-stream" {
+		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil || params["q"] == "0" {
+			continue
+		}
+		switch mediaType {
+		case "text/event-stream":
 			return true
+		case wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json":
+			return false
 		}
 	}
 	return false

@@ -43,3 +43,28 @@ func TestUpgradeOtherThanWebsocketIsIgnored(t *testing.T) {
 		})
 	}
 }
+
+// TestEventStreamOnlyWhenPreferred: a POST is answered as an event stream only when its
+// Accept header names text/event-stream before JSON; urql names every type it reads,
+// an event stream last, and gets JSON.
+func TestEventStreamOnlyWhenPreferred(t *testing.T) {
+	e := newEnv(t, keystore.Options{})
+	for accept, want := range map[string]string{
+		"application/graphql-response+json, application/graphql+json, application/json, text/event-stream, multipart/mixed": "application/graphql-response+json",
+		"text/event-stream":                         "text/event-stream",
+		"text/event-stream, application/json":       "text/event-stream",
+		"application/json;q=0.9, text/event-stream": "application/json",
+	} {
+		req, err := http.NewRequest(http.MethodPost, e.srv.URL, strings.NewReader(`{"query":"{ stats { total } }"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", accept)
+		res, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+		require.True(t, strings.HasPrefix(res.Header.Get("Content-Type"), want), "Accept %q: %s", accept, res.Header.Get("Content-Type"))
+	}
+}
