@@ -246,14 +246,13 @@ func (l latencies) max() time.Duration {
 
 // requestsRun is one run of the requests part.
 type requestsRun struct {
-	name                string
-	elapsed             time.Duration
-	generate, stats     latencies
-	published           int64
-	subs                *subscriberReport
-	serverCPU, subsCPU  float64 // cores kept busy
-	metrics             map[string]float64
-	subscribersAtTheEnd float64
+	name               string
+	elapsed            time.Duration
+	generate, stats    latencies
+	published          int64
+	subs               *subscriberReport
+	serverCPU, subsCPU float64 // cores kept busy
+	metrics            map[string]float64
 }
 
 func measureRequests(ctx context.Context, cfg config, out io.Writer) error {
