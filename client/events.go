@@ -30,7 +30,7 @@ const (
 	// again from reconnectMin once a connection has delivered an event.
 	reconnectMin = 100 * time.Millisecond
 	reconnectMax = 5 * time.Second
-	// maxMessageBytes bounds one incoming message; an event takes about 150 bytes.
+	// maxMessageBytes bounds one incoming message, far above what an event takes.
 	maxMessageBytes = 1 << 20
 )
 

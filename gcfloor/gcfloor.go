@@ -4,8 +4,8 @@
 //
 // A small pool's live heap is a few MiB, so with GOGC=100 the collector would run
 // hundreds of times a second under load, each cycle for a few hundred KiB of garbage.
-// A large pool (ten million keys, over a GiB live) would, with GOGC=100, use twice its
-// live heap; its keys are in pointer-free memory (keystore's slab) that a cycle does not
+// A large pool's live heap runs to GiB, and with GOGC=100 the process would use twice
+// that; its keys are in pointer-free memory (keystore's slab) that a cycle does not
 // scan, so collecting it more often costs little. After each cycle the tuner sets GOGC
 // so that the next cycle starts at live + max(floor, live/8).
 package gcfloor

@@ -91,10 +91,3 @@ func (c *boundedCache[V]) store(key string, value V, cost int) {
 	c.entries[key] = c.order.PushFront(&cacheEntry[V]{key: key, value: value, cost: cost})
 	c.used += cost
 }
-
-// usage returns the bytes the entries cost and how many there are.
-func (c *boundedCache[V]) usage() (bytes, entries int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.used, len(c.entries)
-}

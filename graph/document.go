@@ -75,8 +75,9 @@ func checkDocument(query string) (int, *gqlerror.Error) {
 }
 
 // astBytesPerToken estimates what a parsed document costs in memory per token of its
-// text (gqlparser allocates a node, a position and often a slice per token; measured
-// at 150-300 bytes), so that the query cache is bounded by what it really holds.
+// text (gqlparser allocates a node, a position and often a slice per token), rounded
+// up from what it was measured at, so that the query cache is bounded by what it
+// really holds (TestCachesAreBoundedInBytes checks the heap).
 const astBytesPerToken = 400
 
 // documentCost is the query cache's estimate of a parsed document's memory.

@@ -36,7 +36,8 @@ func (g costGate) enter(ctx context.Context) error {
 func (g costGate) leave() { <-g }
 
 // costlyBodyBytes is the body size from which decoding a request goes through the
-// gate (a 1 MiB body costs some 10 ms to decode and check).
+// gate: what decoding and checking cost grows with the body (BENCHMARKS.md, "Costly
+// documents").
 const costlyBodyBytes = 64 << 10
 
 // gatedExecutor is gqlgen's executor with CreateOperationContext, where a new

@@ -11,9 +11,9 @@ import (
 
 // generateKeys answers with up to -max-generate keys, and gqlgen's executor marshals
 // a list of objects with a goroutine, a field context and a field set for every
-// element and every field: 10,000 keys allocate 35 to 75 MB there, with the selection,
-// far past what one request may cost (TestCostlyDocuments). So generateKeys' value is
-// marshalled by a graphql.Marshaler of its own, keyList, straight from the keys, in
+// element and every field: for -max-generate keys, far past what one request may
+// cost (TestCostlyDocuments; the figures are in BENCHMARKS.md). So generateKeys' value
+// is marshalled by a graphql.Marshaler of its own, keyList, straight from the keys, in
 // the bytes gqlgen would write: the selection is resolved once by gqlgen's own
 // CollectFields (aliases, fragments, @skip and @include), and each value by the
 // scalars' own marshalers (objects.go). A selection this does not write exactly (a

@@ -9,8 +9,8 @@ import "time"
 // The document limits bound what a request can make the server do before the
 // complexity limit can look at it: parsing, validation and the complexity walk
 // itself. Each is far above what a real client sends (GraphiQL's introspection query
-// has about 400 tokens, 400 nodes and depth 13) and low enough that the worst
-// document of any shape costs a few milliseconds (BENCHMARKS.md).
+// among them) and low enough that the worst document of any shape costs a few
+// milliseconds (BENCHMARKS.md).
 const (
 	// MaxBodyBytes is the largest request accepted: an HTTP body (413 above it) or a
 	// websocket message (the socket is closed with 1009 above it).
@@ -50,7 +50,7 @@ const (
 
 	// MaxJSONValues is how many JSON values (objects, arrays and scalars, at any
 	// depth) a request's variables and extensions may hold together; decoding a
-	// 1 MiB list of zeros would otherwise cost some 30 MB.
+	// body-sized list of zeros would otherwise cost many times the body.
 	MaxJSONValues = 1000
 	// MaxJSONDepth is how deeply a request's JSON may nest.
 	MaxJSONDepth = MaxDocumentDepth

@@ -12,7 +12,7 @@ type slot = int32
 
 const noSlot slot = -1
 
-// chunkBits sets the size of a slab chunk: 4096 entries, 320 KiB.
+// chunkBits sets the size of a slab chunk: 1<<chunkBits entries.
 const chunkBits = 12
 
 // slab holds entries in chunks that never move, so that a *entry stays valid while

@@ -28,7 +28,7 @@ const (
 )
 
 // entry is one key. Times are nanoseconds on the store's monotonic timeline (see
-// memory.now). It holds no pointers (see heap.go) and takes 80 bytes.
+// memory.now). It holds no pointers (see heap.go).
 type entry struct {
 	created      int64    // when generated
 	deadline     [2]int64 // indexed by leaseDeadline, keepAliveDeadline

@@ -251,13 +251,6 @@ func (m *Metrics) Handler() http.Handler {
 // WatchStore makes the keys gauge read store's Stats at every scrape.
 func (m *Metrics) WatchStore(store keystore.Store) { m.store.Store(&store) }
 
-func outcomeOf(err error) string {
-	if err == nil {
-		return OutcomeOK
-	}
-	return string(keystore.ErrorCode(err))
-}
-
 // Expired implements keystore.Observer.
 func (m *Metrics) Expired(t keystore.EventType, lateness time.Duration) {
 	switch t {

@@ -16,7 +16,7 @@ import (
 )
 
 // TestLargestGenerateIsBounded: the largest answer REST gives, -max-generate keys,
-// allocates less than the 16 MiB a request may cost (issue 12): the keys are written
+// allocates less than the 16 MiB a request may cost: the keys are written
 // a pooled buffer at a time, not gathered into one growing body.
 func TestLargestGenerateIsBounded(t *testing.T) {
 	store, err := keystore.NewMemory(clockwork.NewFakeClock(), keystore.Options{})

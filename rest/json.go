@@ -82,8 +82,9 @@ func appendLease(b []byte, k *keystore.Key) []byte {
 	return append(b, '}')
 }
 
-// writeKeys writes {"keys":[…]} a pooled buffer's worth at a time: 10000 keys are some
-// 3.5 MB, which one growing buffer would allocate twice over.
+// writeKeys writes {"keys":[…]} a pooled buffer's worth at a time: the largest answer
+// runs to megabytes, which one growing buffer would allocate twice over
+// (TestLargestGenerateIsBounded).
 func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
 	buf := bufpool.Get()
 	b := append(*buf, `{"keys":[`...)

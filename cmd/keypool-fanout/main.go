@@ -1,22 +1,21 @@
-// Command keypool-fanout measures keyEvents fan-out under load (issues 14 and 17), with
-// every party in a process of its own: the real server (built from the working
-// directory), the subscribers (gorilla/websocket clients, this program re-executed,
-// niced by default: they stand for clients on other machines), and the load generator
-// (this program).
+// Command keypool-fanout measures keyEvents fan-out under load, with every party in a
+// process of its own: the real server (built from the working directory), the
+// subscribers (gorilla/websocket clients, this program re-executed, niced by default:
+// they stand for clients on other machines), and the load generator (this program).
 //
 //	go run ./cmd/keypool-fanout                      # both parts, 1,000 subscribers
-//	go run ./cmd/keypool-fanout -parts requests      # issue 17 only
-//	go run ./cmd/keypool-fanout -parts broadcast     # issue 14's comparison only
+//	go run ./cmd/keypool-fanout -parts requests      # requests only
+//	go run ./cmd/keypool-fanout -parts broadcast     # the comparison with a raw broadcast only
 //
-// requests (issue 17): one client calls generateKeys(count: 20) back to back for
-// -duration while another queries stats every 20 ms, first with no subscriber, then
-// with -subscribers following keyEvents(types: [GENERATED]) (each resumes with after
+// requests: one client calls generateKeys(count: 20) back to back for -duration
+// while another queries stats every 20 ms, first with no subscriber, then with
+// -subscribers following keyEvents(types: [GENERATED]) (each resumes with after
 // when cut, as the error says). It prints the requests' rate and latency, what the
 // subscribers received (every event in order, or cut with SLOW_CONSUMER), and the
 // server's fan-out metrics.
 //
-// broadcast (issue 14): events offered at each of -rates for -rate-duration to
-// -subscribers following keyEvents { seq type keyId at }, from keypool (generateKeys
+// broadcast: events offered at each of -rates for -rate-duration to -subscribers
+// following keyEvents { seq type keyId at }, from keypool (generateKeys
 // every 10 ms) and from a raw broadcast of the same bytes (raw.go), each on a fresh
 // server and fresh subscribers; it prints what was delivered and whether every
 // subscriber kept up, and the ratios of keypool to the raw broadcast.
@@ -74,7 +73,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var parts, rates string
 	var subscribeURL, subscribeQuery, rawAddr string
 	fs := flag.NewFlagSet("keypool-fanout", flag.ContinueOnError)
-	fs.StringVar(&parts, "parts", "requests,broadcast", "what to measure: requests (issue 17), broadcast (issue 14)")
+	fs.StringVar(&parts, "parts", "requests,broadcast", "what to measure: requests (next to subscribers), broadcast (against a raw broadcast)")
 	fs.IntVar(&cfg.subscribers, "subscribers", 1000, "websocket subscribers")
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "requests: how long the generator runs flat out, per run")
 	fs.IntVar(&cfg.count, "count", 20, "requests: keys per generateKeys call")
@@ -246,14 +245,13 @@ func (l latencies) max() time.Duration {
 
 // requestsRun is one run of the requests part.
 type requestsRun struct {
-	name                string
-	elapsed             time.Duration
-	generate, stats     latencies
-	published           int64
-	subs                *subscriberReport
-	serverCPU, subsCPU  float64 // cores kept busy
-	metrics             map[string]float64
-	subscribersAtTheEnd float64
+	name               string
+	elapsed            time.Duration
+	generate, stats    latencies
+	published          int64
+	subs               *subscriberReport
+	serverCPU, subsCPU float64 // cores kept busy
+	metrics            map[string]float64
 }
 
 func measureRequests(ctx context.Context, cfg config, out io.Writer) error {

@@ -383,8 +383,8 @@ func drain(from chan string) string {
 	}
 }
 
-// TestLeaseDoneWhen is the "done when": lease prints the key and leaves it
-// free.
+// TestLeaseDoneWhen: lease runs its command with the key in KEYPOOL_KEY, and leaves
+// the key free when the command is done.
 func TestLeaseDoneWhen(t *testing.T) {
 	ts := newTestServer(t)
 	keys := ts.generate(t, 1)

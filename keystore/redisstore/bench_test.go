@@ -281,10 +281,9 @@ func BenchmarkExpiryStorm(b *testing.B) {
 //
 // redis-benchmark cannot pass a reply to the next call, so its cycle is computed from
 // two rounds as 1/(1/acquire + 1/unblock). Its unblock round is measured after an
-// acquire round has leased every key, so that most unblocks (about 88 %: 25 000 draws
-// of 1e5 keys) find their key BLOCKED and do the work the Store's unblocks do. The
-// ratios against the old way of BenchmarkLuaDirect (issue 8's 0.31) are reported too,
-// as "-old": an acquire round leasing a quarter of the pool, then an unblock round on
+// acquire round has leased every key, so that most unblocks find their key BLOCKED
+// and do the work the Store's unblocks do. The ratios against the old way of
+// BenchmarkLuaDirect (BENCHMARKS.md, "Redis store") are reported too, as "-old": an acquire round leasing a quarter of the pool, then an unblock round on
 // random keys, of which most answer NOT_BLOCKED after a lookup.
 //
 //	go test -run '^$' -bench 'VersusLua' -benchtime 60000x -count 1 -v ./keystore/redisstore

@@ -123,8 +123,9 @@ func (s *Store) sleepUntilDue() bool {
 }
 
 // timerUntil returns a timer of the store's clock that fires at Redis time next, or
-// nil and a nil channel for MaxInt64. Like keystore.Memory's, it re-arms while a fake
-// clock moves between reading it and arming the timer.
+// nil and a nil channel for MaxInt64. It re-arms (a few times at most) while a fake
+// clock moves between reading it and arming the timer: a timer armed for the earlier
+// reading would fire after next.
 func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 	if next == math.MaxInt64 {
 		return nil, nil

@@ -460,7 +460,8 @@ var defaultScripts = scriptSet{
 	check:     scriptCheck,
 }
 
-// scripts lists every script by name, for loading and for the benchmark.
+// scripts lists every script by name, for the benchmarks that run them by hand
+// (bench_test.go); the Store loads and runs its scriptSet.
 var scripts = map[string]*script{
 	"generate":  scriptGenerate,
 	"acquire":   scriptAcquire,

@@ -313,8 +313,8 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 // client and for Redis), and never retries on its own: the store retries, and only
 // what is safe to send again (see Store.send). A connection whose replies stop coming
 // for ioTimeout is dropped, so a paused Redis is noticed within it, and the callers'
-// deadlines bound every wait. It pipelines on one connection (two measured no faster
-// on two cores), from the first request on, so that the goroutines it runs for it
+// deadlines bound every wait. It pipelines on one connection (a second measured no
+// faster), from the first request on, so that the goroutines it runs for it
 // exist from the start rather than appearing under the first concurrent load (a
 // second connection would start its own later, at random). The pool is never in a
 // cluster, and is not cached in the client.

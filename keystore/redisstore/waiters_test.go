@@ -41,7 +41,7 @@ func served(t *testing.T, done <-chan acquired, want keystore.Key, what string) 
 	}
 }
 
-// TestWaiterGetsKeyFreedAfterItsTry (issue 22): a waiting Acquire's try finds no key,
+// TestWaiterGetsKeyFreedAfterItsTry: a waiting Acquire's try finds no key,
 // and a key comes free before that Acquire has returned (an unblock on this replica or
 // another, a lease that runs out). The waiter is in line from the step that found no
 // key, as keystore.Backend promises, so the key is its: a fresh Acquire without a wait

@@ -1197,7 +1197,7 @@ func testEvents(t *testing.T, open Opener) {
 		e := setup(t, open, keystore.Options{})
 		sub := e.subscribe(keystore.SubscribeOptions{})
 		keys := e.generate(2)
-		events := sub.waitFor(t, 2)
+		sub.waitFor(t, 2)
 		e.advance(time.Second)
 		x := e.acquire(keystore.AcquireOptions{})
 		e.advance(time.Second)
@@ -1217,7 +1217,7 @@ func testEvents(t *testing.T, open Opener) {
 		require.NoError(t, e.store.Delete(e.ctx, other.ID))
 		sub.waitFor(t, 7)
 		e.advance(keystore.DefaultKeepAliveTTL - keystore.DefaultLeaseTTL - 3*time.Second)
-		events = sub.waitFor(t, 8)
+		events := sub.waitFor(t, 8)
 		require.Len(t, events, 8)
 		requireConsecutive(t, events)
 
