@@ -63,19 +63,18 @@ type payload struct {
 
 // The payload cache, bounded in bytes: each of the first maxCachedPlans distinct
 // selections keeps the payloads of its last events, as many as planCacheBytes holds
-// at its largest payload, up to a ring's worth (65,536: the whole of KeyEvent, some
-// 14 MB once full), so that subscribers of one selection share each encoding however
-// far apart in the ring the workers find them (under overload they are far apart: a
-// measured 10 encodings an event with a quarter of the ring, under one with all of
-// it). A selection whose payloads are too large for 256 is not cached, nor are the
-// selections after the first two: they encode for each subscriber (a few hundred
-// nanoseconds, still no gqlgen execution).
+// at its largest payload, up to a ring's worth (the whole of KeyEvent fits), so that
+// subscribers of one selection share each encoding however far apart in the ring
+// their turns find them (under overload they are far apart). A selection whose
+// payloads are too large for minCacheSlots is not cached, nor are the selections
+// after the first maxCachedPlans: they encode for each subscriber, still without
+// gqlgen's execution.
 const (
 	maxCachedPlans  = 2
 	planCacheBytes  = 16 << 20
 	maxCacheSlots   = 1 << 16
 	minCacheSlots   = 1 << 8
-	maxTurnBytes    = 256 << 10 // what one turn of a worker encodes for one subscriber, at most
+	maxTurnBytes    = 256 << 10 // what one turn encodes for one subscriber, at most
 	maxPayloadKeyID = 64        // a key id's length, for the estimate (the pool's are 22, URL-safe)
 )
 
