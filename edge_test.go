@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -12,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -211,14 +212,16 @@ func TestDNSRebinding(t *testing.T) {
 		})
 	}
 	t.Run("websocket", func(t *testing.T) {
-		d := websocket.Dialer{Subprotocols: []string{transportWS}, HandshakeTimeout: hostileTimeout}
 		header := http.Header{}
 		for k, v := range rebound(h, nil) {
 			header.Set(k, v)
 		}
-		conn, res, err := d.Dial(h.wsURL(), header)
+		ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+		defer cancel()
+		conn, res, err := dialWebsocket(ctx, h.wsURL(), websocket.DialOptions{
+			Subprotocols: []string{transportWS}, HTTPHeader: header, Host: header.Get("Host")})
 		if conn != nil {
-			conn.Close()
+			conn.CloseNow()
 		}
 		require.Error(t, err, "a rebound page opened a websocket: it would read every key id from keyEvents")
 		require.NotNil(t, res)
@@ -236,11 +239,12 @@ func TestDNSRebinding(t *testing.T) {
 				header: map[string]string{"Host": host + ":" + port, "Origin": origin, "Sec-Fetch-Site": "same-origin"}})
 			require.Equal(t, 201, status, "%s", body)
 
-			d := websocket.Dialer{Subprotocols: []string{transportWS}, HandshakeTimeout: hostileTimeout}
-			conn, res, err := d.Dial(h.wsURL(), http.Header{"Host": {host + ":" + port}, "Origin": {origin}})
+			ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+			defer cancel()
+			conn, _, err := dialWebsocket(ctx, h.wsURL(), websocket.DialOptions{
+				Subprotocols: []string{transportWS}, HTTPHeader: http.Header{"Origin": {origin}}, Host: host + ":" + port})
 			require.NoError(t, err)
-			res.Body.Close()
-			conn.Close()
+			conn.CloseNow()
 		})
 	}
 	t.Run("allowed/not a browser", func(t *testing.T) {

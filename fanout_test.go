@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -129,33 +129,32 @@ type fanSub struct {
 // dialFanSub subscribes with query (which must select seq) on a graphql-transport-ws
 // socket; rcvbuf, if positive, is the client's receive buffer.
 func dialFanSub(ctx context.Context, url, query string, rcvbuf int) (*fanSub, error) {
-	d := websocket.Dialer{
-		Subprotocols:     []string{"graphql-transport-ws"},
-		HandshakeTimeout: 30 * time.Second,
-		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	dialCtx, cancelDial := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelDial()
+	conn, _, err := dialWebsocket(dialCtx, url, websocket.DialOptions{
+		Subprotocols: []string{"graphql-transport-ws"},
+		HTTPClient: websocketClient(func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if tc, ok := c.(*net.TCPConn); ok && rcvbuf > 0 {
 				_ = tc.SetReadBuffer(rcvbuf)
 			}
 			return c, err
-		},
-	}
-	conn, res, err := d.DialContext(ctx, url, nil)
+		}),
+	})
 	if err != nil {
 		return nil, err
 	}
-	res.Body.Close()
-	fail := func(err error) (*fanSub, error) { conn.Close(); return nil, err }
-	if err := conn.WriteJSON(map[string]any{"type": "connection_init"}); err != nil {
+	fail := func(err error) (*fanSub, error) { conn.CloseNow(); return nil, err }
+	if err := writeJSON(conn, map[string]any{"type": "connection_init"}); err != nil {
 		return fail(err)
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	ackCtx, cancelAck := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelAck()
 	var ack wsMessage
-	if err := conn.ReadJSON(&ack); err != nil || ack.Type != "connection_ack" {
+	if err := readJSON(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
 		return fail(fmt.Errorf("no connection_ack: %v %q", err, ack.Type))
 	}
-	_ = conn.SetReadDeadline(time.Time{})
-	if err := conn.WriteJSON(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}); err != nil {
+	if err := writeJSON(conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}); err != nil {
 		return fail(err)
 	}
 	s := &fanSub{conn: conn, done: make(chan struct{})}
@@ -174,7 +173,7 @@ func (s *fanSub) read() {
 	go func() {
 		defer close(s.done)
 		for {
-			_, msg, err := s.conn.ReadMessage()
+			_, msg, err := s.conn.Read(context.Background())
 			if err != nil {
 				return // closed: by us at the end, or by the server after an error
 			}
@@ -201,7 +200,7 @@ func (s *fanSub) read() {
 			}
 			switch m.Type {
 			case "ping":
-				_ = s.conn.WriteJSON(map[string]any{"type": "pong"})
+				_ = writeJSON(s.conn, map[string]any{"type": "pong"})
 			case "pong":
 			case "next", "error":
 				var p struct {
@@ -275,7 +274,7 @@ func dialFanSubs(t testing.TB, url, query string, n int) []*fanSub {
 func closeFanSubs(subs []*fanSub) {
 	for _, s := range subs {
 		if s != nil {
-			s.conn.Close()
+			s.conn.CloseNow()
 		}
 	}
 	for _, s := range subs {
@@ -322,7 +321,7 @@ func TestFanout(t *testing.T) {
 	subs := dialFanSubs(t, env.ws, `subscription { keyEvents(after: 0) { seq } }`, subscribers)
 	slow, err := dialFanSub(context.Background(), env.ws, `subscription { keyEvents(after: 0) { seq type keyId at } }`, 4<<10)
 	require.NoError(t, err)
-	t.Cleanup(func() { slow.conn.Close() })
+	t.Cleanup(func() { slow.conn.CloseNow() })
 	require.Eventually(t, func() bool { return env.obs.subs.Load() == subscribers+1 }, 30*time.Second, 5*time.Millisecond,
 		"%d of %d subscriptions live", env.obs.subs.Load(), subscribers+1)
 
@@ -375,7 +374,7 @@ func TestFanout(t *testing.T) {
 	assert.Equal(t, int64(1), env.obs.cuts.Load(), "no subscriber that keeps up is cut")
 
 	// Everyone leaves; every goroutine the subscriptions cost is returned.
-	slow.conn.Close()
+	slow.conn.CloseNow()
 	closeFanSubs(subs)
 	require.Eventually(t, func() bool { return env.obs.subs.Load() == 0 }, 30*time.Second, 5*time.Millisecond)
 	env.srv.CloseClientConnections()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -489,52 +490,89 @@ func (h *hostile) wsURL() string { return "ws" + strings.TrimPrefix(h.url, "http
 // dialWS opens a websocket speaking protocols (none if empty).
 func (h *hostile) dialWS(t *testing.T, protocols ...string) (*websocket.Conn, *http.Response, error) {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: protocols, HandshakeTimeout: hostileTimeout}
-	conn, res, err := d.Dial(h.wsURL(), nil)
-	if res != nil && res.Body != nil {
-		res.Body.Close()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+	defer cancel()
+	conn, res, err := dialWebsocket(ctx, h.wsURL(), websocket.DialOptions{Subprotocols: protocols})
 	if conn != nil {
-		t.Cleanup(func() { conn.Close() })
+		t.Cleanup(func() { conn.CloseNow() })
 	}
 	return conn, res, err
 }
 
 // cleanCloseCodes are the codes with which the server may close a socket on garbage.
-var cleanCloseCodes = map[int]bool{
-	websocket.CloseNormalClosure: true, websocket.CloseProtocolError: true, websocket.CloseUnsupportedData: true,
-	websocket.CloseInvalidFramePayloadData: true, websocket.ClosePolicyViolation: true, websocket.CloseMessageTooBig: true,
+var cleanCloseCodes = map[websocket.StatusCode]bool{
+	websocket.StatusNormalClosure: true, websocket.StatusProtocolError: true, websocket.StatusUnsupportedData: true,
+	websocket.StatusInvalidFramePayloadData: true, websocket.StatusPolicyViolation: true, websocket.StatusMessageTooBig: true,
 	4400: true, 4401: true, 4403: true, 4408: true, 4409: true, 4429: true,
 }
 
 // expectClose reads until the server closes the socket and asserts that it did so
 // with a close frame, cleanly, in time. Messages before the close are returned.
-func expectClose(t *testing.T, conn *websocket.Conn) (int, []string) {
+func expectClose(t *testing.T, conn *websocket.Conn) (websocket.StatusCode, []string) {
 	t.Helper()
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
+	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+	defer cancel()
 	var got []string
 	for {
-		_, msg, err := conn.ReadMessage()
+		_, msg, err := conn.Read(ctx)
 		if err == nil {
 			got = append(got, string(msg))
 			continue
 		}
-		require.False(t, isTimeout(err), "the server kept the socket open; got %q", got)
-		var ce *websocket.CloseError
-		require.True(t, errors.As(err, &ce), "closed without a close frame: %v; got %q", err, got)
-		assert.True(t, cleanCloseCodes[ce.Code], "close code %d (%s); got %q", ce.Code, ce.Text, got)
-		for _, m := range got {
-			assert.NotContains(t, m, "INTERNAL_SERVER_ERROR")
-		}
-		return ce.Code, got
+		return closedBy(t, err, got), got
 	}
+}
+
+// closedBy asserts that err, which ended the reading of a socket, is the server's
+// close frame, in time, with a clean code, and that no message before it (got) is an
+// internal error. It returns the code.
+func closedBy(t *testing.T, err error, got []string) websocket.StatusCode {
+	t.Helper()
+	require.False(t, isTimeout(err), "the server kept the socket open; got %q", got)
+	var ce websocket.CloseError
+	require.True(t, errors.As(err, &ce), "closed without a close frame: %v; got %q", err, got)
+	assert.True(t, cleanCloseCodes[ce.Code], "close code %d (%s); got %q", ce.Code, ce.Reason, got)
+	for _, m := range got {
+		assert.NotContains(t, m, "INTERNAL_SERVER_ERROR")
+	}
+	return ce.Code
+}
+
+// closeWith closes the socket as a client does, with a close frame of code, and
+// asserts of the server's answer what expectClose does; it returns the answer's code
+// and the messages before it. The library's Close sends the frame and waits (5 s at
+// most) for the server's, discarding the data messages it reads meanwhile: they are
+// read instead by a reader started first, which is waiting for them unless Close's
+// own wait began before it.
+func closeWith(t *testing.T, conn *websocket.Conn, code websocket.StatusCode) (websocket.StatusCode, []string) {
+	t.Helper()
+	var got []string
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		for {
+			_, msg, err := conn.Read(context.Background())
+			if err != nil {
+				return // the server's close frame, or Close's end
+			}
+			got = append(got, string(msg))
+		}
+	}()
+	err := conn.Close(code, "")
+	<-read
+	if err == nil {
+		// The server answered with a close frame of the same code: Close says nothing
+		// more. Its timeouts bound the wait.
+		err = websocket.CloseError{Code: code}
+	}
+	return closedBy(t, err, got), got
 }
 
 func writeText(t *testing.T, conn *websocket.Conn, msgs ...string) {
 	t.Helper()
 	for _, m := range msgs {
 		// The server may close while we write: that is its answer, read by expectClose.
-		if err := conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
+		if err := conn.Write(context.Background(), websocket.MessageText, []byte(m)); err != nil {
 			return
 		}
 	}
@@ -542,10 +580,11 @@ func writeText(t *testing.T, conn *websocket.Conn, msgs ...string) {
 
 func initAck(t *testing.T, conn *websocket.Conn) {
 	t.Helper()
-	require.NoError(t, conn.WriteJSON(map[string]any{"type": "connection_init"}))
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
+	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
+	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+	defer cancel()
 	var msg wsMessage
-	require.NoError(t, conn.ReadJSON(&msg))
+	require.NoError(t, readJSON(ctx, conn, &msg))
 	require.Equal(t, "connection_ack", msg.Type)
 }
 
@@ -587,13 +626,13 @@ func TestHostileWebSocket(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
 			require.NoError(t, err)
 			initAck(t, conn)
-			_ = conn.WriteMessage(websocket.BinaryMessage, []byte{0, 1, 2, 0xff, 0xfe})
+			_ = conn.Write(context.Background(), websocket.MessageBinary, []byte{0, 1, 2, 0xff, 0xfe})
 			expectClose(t, conn)
 		}},
 		{"binary frame that is JSON, before init", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
 			require.NoError(t, err)
-			_ = conn.WriteMessage(websocket.BinaryMessage, []byte(subscribe))
+			_ = conn.Write(context.Background(), websocket.MessageBinary, []byte(subscribe))
 			expectClose(t, conn)
 		}},
 		{"unknown message type", func(t *testing.T) {
@@ -626,7 +665,7 @@ func TestHostileWebSocket(t *testing.T) {
 			require.NoError(t, err)
 			initAck(t, conn)
 			for range 1000 {
-				if conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"connection_init"}`)) != nil {
+				if conn.Write(context.Background(), websocket.MessageText, []byte(`{"type":"connection_init"}`)) != nil {
 					break
 				}
 			}
@@ -653,7 +692,8 @@ func TestHostileWebSocket(t *testing.T) {
 			// Each ends with one error (refused before it runs) or a coded result and
 			// complete, and nothing is sent for an operation after its end
 			// (graphql-transport-ws: no complete after an error); the socket stays up.
-			require.NoError(t, conn.SetReadDeadline(time.Now().Add(hostileTimeout)))
+			ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+			defer cancel()
 			ended := map[string]string{}
 			for len(ended) < 5 {
 				var msg struct {
@@ -661,9 +701,9 @@ func TestHostileWebSocket(t *testing.T) {
 					Type    string
 					Payload json.RawMessage
 				}
-				require.NoError(t, conn.ReadJSON(&msg))
+				require.NoError(t, readJSON(ctx, conn, &msg))
 				if msg.Type == "ping" {
-					require.NoError(t, conn.WriteJSON(map[string]any{"type": "pong"}))
+					require.NoError(t, writeJSON(conn, map[string]any{"type": "pong"}))
 					continue
 				}
 				require.NotContains(t, ended, msg.ID, "%s after operation %s's %s", msg.Type, msg.ID, ended[msg.ID])
@@ -681,13 +721,12 @@ func TestHostileWebSocket(t *testing.T) {
 			writeText(t, conn, `{"id":"6","type":"subscribe","payload":{"query":"{ stats { total } }"}}`)
 			for _, want := range []string{"next", "complete"} {
 				var msg struct{ ID, Type string }
-				require.NoError(t, conn.ReadJSON(&msg))
+				require.NoError(t, readJSON(ctx, conn, &msg))
 				require.Equal(t, "6", msg.ID, "a message for operation %s after its end", msg.ID)
 				require.Equal(t, want, msg.Type)
 			}
-			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
-			code, _ := expectClose(t, conn)
-			assert.Equal(t, websocket.CloseNormalClosure, code)
+			code, _ := closeWith(t, conn, websocket.StatusNormalClosure)
+			assert.Equal(t, websocket.StatusNormalClosure, code)
 		}},
 		{"duplicate subscription id", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
@@ -695,7 +734,7 @@ func TestHostileWebSocket(t *testing.T) {
 			initAck(t, conn)
 			writeText(t, conn, subscribe, subscribe, subscribe)
 			code, _ := expectClose(t, conn)
-			assert.Equal(t, 4409, code, "graphql-transport-ws: Subscriber for 1 already exists")
+			assert.Equal(t, websocket.StatusCode(4409), code, "graphql-transport-ws: Subscriber for 1 already exists")
 		}},
 		{"huge frame", func(t *testing.T) {
 			conn, _, err := h.dialWS(t, transportWS)
@@ -727,29 +766,29 @@ func TestHostileWebSocket(t *testing.T) {
 		{"no subprotocol, then close", func(t *testing.T) {
 			conn, _, err := h.dialWS(t)
 			require.NoError(t, err)
-			require.NoError(t, conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")))
-			expectClose(t, conn)
+			closeWith(t, conn, websocket.StatusNormalClosure)
 		}},
 		{"connection_init from many sockets", func(t *testing.T) {
 			var wg sync.WaitGroup
 			errs := make(chan error, 100)
 			for range 100 {
 				wg.Go(func() {
-					d := websocket.Dialer{Subprotocols: []string{transportWS}, HandshakeTimeout: hostileTimeout}
-					conn, res, err := d.Dial(h.wsURL(), nil)
+					dialCtx, cancelDial := context.WithTimeout(context.Background(), hostileTimeout)
+					defer cancelDial()
+					conn, _, err := dialWebsocket(dialCtx, h.wsURL(), websocket.DialOptions{Subprotocols: []string{transportWS}})
 					if err != nil {
 						errs <- err
 						return
 					}
-					res.Body.Close()
-					defer conn.Close()
-					_ = conn.SetReadDeadline(time.Now().Add(hostileTimeout))
+					defer conn.CloseNow()
+					ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
+					defer cancel()
 					for range 3 {
-						_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"connection_init"}`))
+						_ = conn.Write(context.Background(), websocket.MessageText, []byte(`{"type":"connection_init"}`))
 					}
 					for {
-						if _, _, err := conn.ReadMessage(); err != nil {
-							var ce *websocket.CloseError
+						if _, _, err := conn.Read(ctx); err != nil {
+							var ce websocket.CloseError
 							if !errors.As(err, &ce) || !cleanCloseCodes[ce.Code] {
 								errs <- fmt.Errorf("not a clean close: %w", err)
 							}
@@ -812,7 +851,7 @@ func TestHostileIdleSockets(t *testing.T) {
 	h.mustPost(t, `mutation($id: ID!) { deleteKey(id: $id) }`, map[string]any{"id": gen.GenerateKeys[0].ID}, nil)
 	for readEvent(t, sub).KeyID != gen.GenerateKeys[0].ID { // earlier events, replayed
 	}
-	require.NoError(t, sub.Close())
+	require.NoError(t, sub.CloseNow())
 	require.Equal(t, before, h.snapshot(t))
 
 	// The server closes every idle socket after its init timeout (10 s), cleanly.
@@ -820,17 +859,18 @@ func TestHostileIdleSockets(t *testing.T) {
 	closes := make(chan error, idle)
 	for _, conn := range conns {
 		wg.Go(func() {
-			_ = conn.SetReadDeadline(opened.Add(hostileTimeout))
-			_, _, err := conn.ReadMessage()
+			ctx, cancel := context.WithDeadline(context.Background(), opened.Add(hostileTimeout))
+			defer cancel()
+			_, _, err := conn.Read(ctx)
 			closes <- err
-			conn.Close()
+			conn.CloseNow()
 		})
 	}
 	wg.Wait()
 	close(closes)
 	var clean int
 	for err := range closes {
-		var ce *websocket.CloseError
+		var ce websocket.CloseError
 		if errors.As(err, &ce) && cleanCloseCodes[ce.Code] {
 			clean++
 		} else {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -217,15 +218,14 @@ func TestCORSOrigins(t *testing.T) {
 		if origin != "" {
 			h.Set("Origin", origin)
 		}
-		d := websocket.Dialer{Subprotocols: []string{"graphql-transport-ws"}}
-		conn, res, err := d.Dial("ws"+strings.TrimPrefix(s.url, "http")+"/graphql", h)
+		conn, res, err := dialWebsocket(context.Background(), "ws"+strings.TrimPrefix(s.url, "http")+"/graphql",
+			websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}, HTTPHeader: h})
 		if conn != nil {
-			conn.Close()
+			conn.CloseNow()
 		}
 		if res == nil {
 			return 0, err
 		}
-		res.Body.Close()
 		return res.StatusCode, err
 	}
 	for origin, want := range map[string]int{
@@ -286,9 +286,10 @@ func TestGracefulShutdown(t *testing.T) {
 
 	closed := make(chan error, 1)
 	go func() {
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
+			if _, _, err := conn.Read(ctx); err != nil {
 				closed <- err
 				return
 			}
@@ -302,7 +303,7 @@ func TestGracefulShutdown(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, a.status, "the waiting acquire is told the server is going")
 	assert.Equal(t, "UNAVAILABLE", a.code)
 	err := <-closed
-	assert.True(t, websocket.IsCloseError(err, websocket.CloseNormalClosure), "subscription closed cleanly: %v", err)
+	assert.Equal(t, websocket.StatusNormalClosure, websocket.CloseStatus(err), "subscription closed cleanly: %v", err)
 }
 
 func TestConfigLogLevel(t *testing.T) {
@@ -332,7 +333,7 @@ func TestRequestLog(t *testing.T) {
 	require.Equal(t, 200, s.rest(t, "POST", "/v1/keys/"+id+"/keepalive", "", nil))
 	go func() { // answer the server's close, as a browser does
 		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
+			if _, _, err := conn.Read(context.Background()); err != nil {
 				return
 			}
 		}

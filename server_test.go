@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -12,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -119,17 +121,54 @@ func (s *server) stats(t *testing.T) string {
 	return string(out.Stats)
 }
 
+// dialWebsocket opens a websocket to url as every test's client does: on a connection
+// of its own (websocketClient(nil) unless opts has a client), closed if the handshake
+// is refused, and with no limit on the size of a message read. ctx bounds the
+// handshake only. A refused handshake's response carries the first 1024 bytes of its
+// body; a successful one's has none to close.
+func dialWebsocket(ctx context.Context, url string, opts websocket.DialOptions) (*websocket.Conn, *http.Response, error) {
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = websocketClient(nil)
+	}
+	conn, res, err := websocket.Dial(ctx, url, &opts)
+	if err != nil {
+		return nil, res, err
+	}
+	conn.SetReadLimit(-1) // the library's default is 32 KiB
+	return conn, res, nil
+}
+
+// websocketClient makes the HTTP client of one websocket handshake: a fresh connection
+// (through dial, if not nil) that is closed, not kept, when the handshake is refused.
+func websocketClient(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true, DisableCompression: true}}
+}
+
+// writeJSON sends v as one text message.
+func writeJSON(conn *websocket.Conn, v any) error {
+	return wsjson.Write(context.Background(), conn, v)
+}
+
+// readJSON reads the next message into v. When ctx ends first, the library closes the
+// connection.
+func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
 // subscribe opens a graphql-transport-ws subscription.
 func (s *server) subscribe(t *testing.T, query string) *websocket.Conn {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: []string{"graphql-transport-ws"}}
-	conn, res, err := d.Dial("ws"+strings.TrimPrefix(s.url, "http")+"/graphql", nil)
+	conn, _, err := dialWebsocket(context.Background(), "ws"+strings.TrimPrefix(s.url, "http")+"/graphql",
+		websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	require.NoError(t, err)
-	res.Body.Close()
-	t.Cleanup(func() { conn.Close() })
-	require.NoError(t, conn.WriteJSON(map[string]any{"type": "connection_init"}))
+	t.Cleanup(func() { conn.CloseNow() })
+	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
 	require.Equal(t, "connection_ack", readWS(t, conn).Type)
-	require.NoError(t, conn.WriteJSON(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}))
+	require.NoError(t, writeJSON(conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}))
 	return conn
 }
 
@@ -141,11 +180,13 @@ type wsMessage struct {
 func readWS(t *testing.T, conn *websocket.Conn) wsMessage {
 	t.Helper()
 	for {
-		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var msg wsMessage
-		require.NoError(t, conn.ReadJSON(&msg))
+		err := readJSON(ctx, conn, &msg)
+		cancel()
+		require.NoError(t, err)
 		if msg.Type == "ping" {
-			require.NoError(t, conn.WriteJSON(map[string]any{"type": "pong"}))
+			require.NoError(t, writeJSON(conn, map[string]any{"type": "pong"}))
 			continue
 		}
 		return msg
@@ -206,9 +247,10 @@ func TestEndToEnd(t *testing.T) {
 	// hanging. The client keeps reading, as a browser does, to answer the close.
 	closed := make(chan error, 1)
 	go func() {
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
+			if _, _, err := conn.Read(ctx); err != nil {
 				closed <- err
 				return
 			}
@@ -219,12 +261,14 @@ func TestEndToEnd(t *testing.T) {
 	assert.Less(t, time.Since(start), 3*time.Second, "shutdown is prompt")
 	err := <-closed
 	assert.False(t, isTimeout(err), "the socket was not closed: %v", err)
-	assert.True(t, websocket.IsCloseError(err, websocket.CloseNormalClosure), "closed cleanly: %v", err)
+	assert.Equal(t, websocket.StatusNormalClosure, websocket.CloseStatus(err), "closed cleanly: %v", err)
 }
 
+// isTimeout says whether err is, or wraps, a timeout: a deadline of a net.Conn, or a
+// websocket read's context that ended.
 func isTimeout(err error) bool {
-	te, ok := err.(interface{ Timeout() bool })
-	return ok && te.Timeout()
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 // TestShutdownEndsSSE checks that an SSE stream does not hold up shutdown.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/client"
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -481,18 +482,18 @@ func TestAutomaticPersistedQueries(t *testing.T) {
 
 func TestWebsocketOrigin(t *testing.T) {
 	e := newEnv(t, keystore.Options{})
-	url := "ws" + strings.TrimPrefix(e.srv.URL, "http")
-	d := websocketDialer("graphql-transport-ws")
+	dial := func(srvURL string, header http.Header) (*websocket.Conn, *http.Response, error) {
+		return dialWebsocket(srvURL, "graphql-transport-ws", header)
+	}
 
-	_, res, err := d.Dial(url, http.Header{"Origin": {"http://evil.example"}})
+	_, res, err := dial(e.srv.URL, http.Header{"Origin": {"http://evil.example"}})
 	require.Error(t, err)
 	require.NotNil(t, res)
 	assert.Equal(t, http.StatusForbidden, res.StatusCode)
 
-	conn, res, err := d.Dial(url, http.Header{"Origin": {e.srv.URL}})
+	conn, _, err := dial(e.srv.URL, http.Header{"Origin": {e.srv.URL}})
 	require.NoError(t, err)
-	res.Body.Close()
-	conn.Close()
+	conn.CloseNow()
 
 	t.Run("a wider check can be configured", func(t *testing.T) {
 		store, err := keystore.NewMemory(e.clock, keystore.Options{})
@@ -503,12 +504,11 @@ func TestWebsocketOrigin(t *testing.T) {
 			CheckOrigin: func(r *http.Request) bool { return r.Header.Get("Origin") == "http://trusted.example" },
 		}))
 		for _, origin := range []string{"http://trusted.example", srv.URL} {
-			conn, res, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), http.Header{"Origin": {origin}})
+			conn, _, err := dial(srv.URL, http.Header{"Origin": {origin}})
 			require.NoError(t, err, origin)
-			res.Body.Close()
-			conn.Close()
+			conn.CloseNow()
 		}
-		_, res, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), http.Header{"Origin": {"http://evil.example"}})
+		_, res, err := dial(srv.URL, http.Header{"Origin": {"http://evil.example"}})
 		require.Error(t, err)
 		assert.Equal(t, http.StatusForbidden, res.StatusCode)
 	})

@@ -17,7 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/require"
 
@@ -238,6 +239,44 @@ func dialer(opts []dialOption) func(ctx context.Context, network, addr string) (
 	}
 }
 
+// dialWebsocket opens a websocket to the server at srvURL (its http:// URL) offering
+// protocol, with header (nil for none), as every test's client does: on a connection of
+// its own (through dialer(opts)), closed if the handshake fails, and with no limit on
+// the size of a message read. A failed handshake's response carries the first 1024
+// bytes of its body; a successful one's has none to close.
+func dialWebsocket(srvURL, protocol string, header http.Header, opts ...dialOption) (*websocket.Conn, *http.Response, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext:        dialer(opts),
+		DisableKeepAlives:  true, // a refused handshake's connection is closed, not kept
+		DisableCompression: true,
+	}}
+	conn, res, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(srvURL, "http"), &websocket.DialOptions{
+		HTTPClient:   client,
+		HTTPHeader:   header,
+		Subprotocols: []string{protocol},
+	})
+	if err != nil {
+		return nil, res, err
+	}
+	conn.SetReadLimit(-1) // the library's default is 32 KiB
+	return conn, res, nil
+}
+
+// writeJSON sends v as one text message.
+func writeJSON(conn *websocket.Conn, v any) error {
+	return wsjson.Write(context.Background(), conn, v)
+}
+
+// readJSON reads the next message into v. When ctx ends first, the library closes the
+// connection.
+func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
 // wsStream is a subscription over a raw websocket, in either subprotocol.
 type wsStream struct {
 	conn     *websocket.Conn
@@ -247,22 +286,20 @@ type wsStream struct {
 
 func (e *testEnv) subscribeWS(t *testing.T, protocol, query string, vars map[string]any, opts ...dialOption) *wsStream {
 	t.Helper()
-	d := websocket.Dialer{Subprotocols: []string{protocol}, NetDialContext: dialer(opts)}
-	conn, res, err := d.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http"), nil)
+	conn, _, err := dialWebsocket(e.srv.URL, protocol, nil, opts...)
 	require.NoError(t, err)
-	res.Body.Close()
 	require.Equal(t, protocol, conn.Subprotocol())
 	s := &wsStream{conn: conn, protocol: protocol}
 	t.Cleanup(s.close)
 
-	require.NoError(t, conn.WriteJSON(map[string]any{"type": "connection_init"}))
+	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
 	msg := s.read(t)
 	require.Equal(t, "connection_ack", msg.Type)
 	start := "subscribe"
 	if protocol == "graphql-ws" {
 		start = "start"
 	}
-	require.NoError(t, conn.WriteJSON(map[string]any{
+	require.NoError(t, writeJSON(conn, map[string]any{
 		"id": "1", "type": start, "payload": map[string]any{"query": query, "variables": vars},
 	}))
 	return s
@@ -278,14 +315,16 @@ type wsMessage struct {
 func (s *wsStream) read(t *testing.T) wsMessage {
 	t.Helper()
 	for {
-		require.NoError(t, s.conn.SetReadDeadline(time.Now().Add(streamTimeout)))
+		ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
 		var msg wsMessage
-		require.NoError(t, s.conn.ReadJSON(&msg))
+		err := readJSON(ctx, s.conn, &msg)
+		cancel()
+		require.NoError(t, err)
 		switch msg.Type {
 		case "ka", "pong":
 			continue
 		case "ping":
-			require.NoError(t, s.conn.WriteJSON(map[string]any{"type": "pong"}))
+			require.NoError(t, writeJSON(s.conn, map[string]any{"type": "pong"}))
 			continue
 		}
 		return msg
@@ -315,7 +354,7 @@ func (s *wsStream) next(t *testing.T) (response, bool) {
 	return response{}, true
 }
 
-func (s *wsStream) close() { s.once.Do(func() { _ = s.conn.Close() }) }
+func (s *wsStream) close() { s.once.Do(func() { _ = s.conn.CloseNow() }) }
 
 // sseStream is a subscription over server-sent events.
 type sseStream struct {

@@ -81,7 +81,7 @@ func TestEveryErrorIsCodedJSON(t *testing.T) {
 	}
 
 	t.Run("a websocket from a foreign origin", func(t *testing.T) {
-		_, res, err := websocketDialer("graphql-transport-ws").Dial("ws"+strings.TrimPrefix(e.srv.URL, "http"), http.Header{"Origin": {"http://evil.example"}})
+		_, res, err := dialWebsocket(e.srv.URL, "graphql-transport-ws", http.Header{"Origin": {"http://evil.example"}})
 		require.Error(t, err)
 		defer res.Body.Close()
 		body, _ := io.ReadAll(res.Body)

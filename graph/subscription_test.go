@@ -5,7 +5,6 @@ import (
 	"errors"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -222,20 +221,20 @@ func TestHalfOpenWebsocketIsDropped(t *testing.T) {
 		PingPongInterval: 50 * time.Millisecond,
 	}))
 
-	conn, res, err := websocketDialer("graphql-transport-ws").Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	conn, _, err := dialWebsocket(srv.URL, "graphql-transport-ws", nil)
 	require.NoError(t, err)
-	res.Body.Close()
-	defer conn.Close()
-	require.NoError(t, conn.WriteJSON(map[string]any{"type": "connection_init"}))
-	require.NoError(t, conn.WriteJSON(map[string]any{"id": "1", "type": "subscribe",
+	defer conn.CloseNow()
+	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
+	require.NoError(t, writeJSON(conn, map[string]any{"id": "1", "type": "subscribe",
 		"payload": map[string]any{"query": `subscription { keyEvents { seq } }`}}))
 
 	// Read without ever answering a ping: the server must close the socket.
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(streamTimeout)))
+	ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
+	defer cancel()
 	pings := 0
 	for {
 		var msg wsMessage
-		if err := conn.ReadJSON(&msg); err != nil {
+		if err := readJSON(ctx, conn, &msg); err != nil {
 			require.False(t, isTimeout(err), "the server never dropped the silent client")
 			break
 		}

@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
-
-	"github.com/gorilla/websocket"
 )
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
@@ -16,10 +14,6 @@ func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 func sha256Hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
-}
-
-func websocketDialer(protocol string) *websocket.Dialer {
-	return &websocket.Dialer{Subprotocols: []string{protocol}}
 }
 
 func httptestServer(t *testing.T, h http.Handler) *httptest.Server {

@@ -1,6 +1,7 @@
 package graph_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -26,16 +27,15 @@ type rawSocket struct {
 
 func dialSocket(t *testing.T, url, protocol string) *rawSocket {
 	t.Helper()
-	conn, res, err := websocketDialer(protocol).Dial("ws"+strings.TrimPrefix(url, "http"), nil)
+	conn, _, err := dialWebsocket(url, protocol, nil)
 	require.NoError(t, err)
-	res.Body.Close()
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.CloseNow() })
 	return &rawSocket{t: t, conn: conn, legacy: protocol == "graphql-ws"}
 }
 
 func (s *rawSocket) send(msg map[string]any) {
 	s.t.Helper()
-	require.NoError(s.t, s.conn.WriteJSON(msg))
+	require.NoError(s.t, writeJSON(s.conn, msg))
 }
 
 func (s *rawSocket) init() *rawSocket {
@@ -58,9 +58,11 @@ func (s *rawSocket) subscribe(id, query string, vars map[string]any) {
 func (s *rawSocket) read() wsMessage {
 	s.t.Helper()
 	for {
-		require.NoError(s.t, s.conn.SetReadDeadline(time.Now().Add(streamTimeout)))
+		ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
 		var msg wsMessage
-		require.NoError(s.t, s.conn.ReadJSON(&msg))
+		err := readJSON(ctx, s.conn, &msg)
+		cancel()
+		require.NoError(s.t, err)
 		switch msg.Type {
 		case "ka", "pong":
 			continue
@@ -73,21 +75,22 @@ func (s *rawSocket) read() wsMessage {
 }
 
 // closed reads until the server closes the socket and returns its close code.
-func (s *rawSocket) closed() (int, string) {
+func (s *rawSocket) closed() (websocket.StatusCode, string) {
 	s.t.Helper()
-	require.NoError(s.t, s.conn.SetReadDeadline(time.Now().Add(streamTimeout)))
+	ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
+	defer cancel()
 	for {
-		_, data, err := s.conn.ReadMessage()
+		_, data, err := s.conn.Read(ctx)
 		if err == nil {
 			var msg wsMessage
 			if json.Unmarshal(data, &msg) == nil && msg.Type == "ping" {
-				_ = s.conn.WriteJSON(map[string]any{"type": "pong"})
+				_ = writeJSON(s.conn, map[string]any{"type": "pong"})
 			}
 			continue
 		}
-		var ce *websocket.CloseError
+		var ce websocket.CloseError
 		require.True(s.t, errors.As(err, &ce), "closed without a close message: %v", err)
-		return ce.Code, ce.Text
+		return ce.Code, ce.Reason
 	}
 }
 
@@ -182,7 +185,7 @@ func TestWebsocketDuplicateID(t *testing.T) {
 			e.waitSubscribers(t, 1)
 			s.subscribe("x", eventsQuery, nil)
 			code, reason := s.closed()
-			assert.Equal(t, 4409, code)
+			assert.Equal(t, websocket.StatusCode(4409), code)
 			assert.Equal(t, "Subscriber for x already exists", reason)
 			e.waitSubscribers(t, 0)
 		})
@@ -237,11 +240,11 @@ func TestWebsocketIdleAndInitTimeouts(t *testing.T) {
 	legacyIdle := dialSocket(t, srv.URL, "graphql-ws").init()
 
 	code, reason := neverInit.closed()
-	assert.Equal(t, 4408, code)
+	assert.Equal(t, websocket.StatusCode(4408), code)
 	assert.Equal(t, "Connection initialisation timeout", reason)
 	for _, s := range []*rawSocket{idle, legacyIdle} {
 		code, _ := s.closed()
-		assert.Equal(t, websocket.CloseNormalClosure, code)
+		assert.Equal(t, websocket.StatusNormalClosure, code)
 	}
 	require.GreaterOrEqual(t, time.Since(start), timeout, "never early")
 
@@ -257,5 +260,5 @@ func TestWebsocketIdleAndInitTimeouts(t *testing.T) {
 	require.Equal(t, "next", q.read().Type)
 	require.Equal(t, "complete", q.read().Type)
 	code, _ = q.closed()
-	assert.Equal(t, websocket.CloseNormalClosure, code)
+	assert.Equal(t, websocket.StatusNormalClosure, code)
 }

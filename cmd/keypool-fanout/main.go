@@ -1,6 +1,6 @@
 // Command keypool-fanout measures keyEvents fan-out under load, with every party in a
 // process of its own: the real server (built from the working directory), the
-// subscribers (gorilla/websocket clients, this program re-executed, niced by default:
+// subscribers (coder/websocket clients, this program re-executed, niced by default:
 // they stand for clients on other machines), and the load generator (this program).
 //
 //	go run ./cmd/keypool-fanout                      # both parts, 1,000 subscribers

@@ -12,15 +12,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
 )
 
-// The raw broadcast: the floor that keypool's fan-out is measured against. A gorilla
-// websocket server that speaks just enough graphql-transport-ws for the subscriber
+// The raw broadcast: the floor that keypool's fan-out is measured against. A
+// coder/websocket server that speaks just enough graphql-transport-ws for the subscriber
 // process (connection_ack, one subscribe) and broadcasts, for each event, the very
 // bytes keypool sends for `keyEvents { seq type keyId at }` to every socket: the
 // message is built once and written to each socket by that socket's own goroutine
-// (gorilla, one write per message), from a queue as deep as keypool's event ring; a
+// (one write per message), from a queue as deep as keypool's event ring; a
 // socket whose queue is full is dropped (a raw broadcast has no replay). POST
 // /publish?n=N broadcasts N events, as generateKeys(count: N) publishes N.
 
@@ -68,23 +68,23 @@ func serveRaw(ctx context.Context, addr string) error {
 }
 
 func (b *rawBroadcast) accept(w http.ResponseWriter, r *http.Request) {
-	up := websocket.Upgrader{Subprotocols: []string{"graphql-transport-ws"}}
-	conn, err := up.Upgrade(w, r, nil)
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	if err != nil {
 		return
 	}
-	defer conn.Close()
+	defer conn.CloseNow()
+	ctx := context.Background() // no deadlines: a socket ends when its client or publish closes it
 	var msg struct {
 		ID   string
 		Type string
 	}
-	if conn.ReadJSON(&msg) != nil || msg.Type != "connection_init" {
+	if readJSON(ctx, conn, &msg) != nil || msg.Type != "connection_init" {
 		return
 	}
-	if conn.WriteJSON(map[string]string{"type": "connection_ack"}) != nil {
+	if writeJSON(conn, map[string]string{"type": "connection_ack"}) != nil {
 		return
 	}
-	if conn.ReadJSON(&msg) != nil || msg.Type != "subscribe" {
+	if readJSON(ctx, conn, &msg) != nil || msg.Type != "subscribe" {
 		return
 	}
 	s := &rawSocket{conn: conn, queue: make(chan []byte, rawQueue), done: make(chan struct{}), id: msg.ID}
@@ -98,7 +98,7 @@ func (b *rawBroadcast) accept(w http.ResponseWriter, r *http.Request) {
 	}()
 	go func() { // the client's messages (pongs, its close)
 		for {
-			if _, _, err := conn.ReadMessage(); err != nil {
+			if _, _, err := conn.Read(ctx); err != nil {
 				close(s.done)
 				return
 			}
@@ -107,7 +107,7 @@ func (b *rawBroadcast) accept(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case m := <-s.queue:
-			if err := conn.WriteMessage(websocket.TextMessage, m); err != nil {
+			if err := conn.Write(ctx, websocket.MessageText, m); err != nil {
 				return
 			}
 		case <-s.done:
@@ -138,7 +138,7 @@ func (b *rawBroadcast) publish(w http.ResponseWriter, r *http.Request) {
 			default:
 				delete(b.sockets, s)
 				b.dropped++
-				s.conn.Close()
+				s.conn.CloseNow()
 			}
 		}
 	}

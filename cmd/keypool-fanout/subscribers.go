@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -15,10 +17,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 )
 
-// The subscriber process: n gorilla/websocket clients, each on its own socket with one
+// The subscriber process: n coder/websocket clients, each on its own socket with one
 // graphql-transport-ws subscription, checking that events come in seq order without a
 // gap. It says "ready" once every subscription is sent, then answers commands read from
 // stdin, one a line:
@@ -95,7 +98,7 @@ func runSubscribers(ctx context.Context, url string, n int, query string, resubs
 			fmt.Println(string(b))
 		case len(fields) == 1 && fields[0] == "quit":
 			for _, s := range subs {
-				s.conn.Close()
+				s.conn.CloseNow()
 			}
 			return nil
 		}
@@ -129,32 +132,52 @@ func report(subs []*subscriber, published int64) subscriberReport {
 }
 
 func dialSubscriber(ctx context.Context, url, query string, resubscribe bool) (*subscriber, error) {
-	d := websocket.Dialer{Subprotocols: []string{"graphql-transport-ws"}, HandshakeTimeout: 30 * time.Second,
-		NetDialContext: (&net.Dialer{}).DialContext}
-	conn, res, err := d.DialContext(ctx, url, nil)
+	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(dialCtx, url, &websocket.DialOptions{
+		Subprotocols: []string{"graphql-transport-ws"},
+		// Each socket on a connection of its own, closed if the handshake is refused.
+		HTTPClient: &http.Client{Transport: &http.Transport{
+			DialContext: (&net.Dialer{}).DialContext, DisableKeepAlives: true, DisableCompression: true}},
+	})
 	if err != nil {
 		return nil, err
 	}
-	res.Body.Close()
-	if err := conn.WriteJSON(map[string]any{"type": "connection_init"}); err != nil {
-		conn.Close()
+	conn.SetReadLimit(-1) // the library's default is 32 KiB
+	if err := writeJSON(conn, map[string]any{"type": "connection_init"}); err != nil {
+		conn.CloseNow()
 		return nil, err
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	ackCtx, cancelAck := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelAck()
 	var ack struct{ Type string }
-	if err := conn.ReadJSON(&ack); err != nil || ack.Type != "connection_ack" {
-		conn.Close()
+	if err := readJSON(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
+		conn.CloseNow()
 		return nil, fmt.Errorf("no connection_ack: %v %q", err, ack.Type)
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	s := &subscriber{conn: conn, query: query, resubscribe: resubscribe}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.subscribeLocked(0, true); err != nil {
-		conn.Close()
+		conn.CloseNow()
 		return nil, err
 	}
 	return s, nil
+}
+
+// writeJSON sends v as one text message.
+func writeJSON(conn *websocket.Conn, v any) error {
+	return wsjson.Write(context.Background(), conn, v)
+}
+
+// readJSON reads the next message into v. When ctx ends first, the library closes the
+// connection.
+func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
 }
 
 // subscribeLocked starts the next subscription, after seq after if withAfter.
@@ -166,7 +189,7 @@ func (s *subscriber) subscribeLocked(after int64, withAfter bool) error {
 		vars["after"] = after
 		s.next = after + 1
 	}
-	return s.conn.WriteJSON(map[string]any{"id": strconv.Itoa(s.sub), "type": "subscribe",
+	return writeJSON(s.conn, map[string]any{"id": strconv.Itoa(s.sub), "type": "subscribe",
 		"payload": map[string]any{"query": s.query, "variables": vars}})
 }
 
@@ -178,7 +201,7 @@ var (
 // read consumes the socket until it closes.
 func (s *subscriber) read() {
 	for {
-		_, msg, err := s.conn.ReadMessage()
+		_, msg, err := s.conn.Read(context.Background())
 		if err != nil {
 			s.mu.Lock()
 			if !s.ended && s.problem == "" && !isClosed(err) {
@@ -191,8 +214,9 @@ func (s *subscriber) read() {
 	}
 }
 
+// isClosed says whether err is that of a socket closed by this process (quit).
 func isClosed(err error) bool {
-	return strings.Contains(err.Error(), "use of closed network connection")
+	return errors.Is(err, net.ErrClosed)
 }
 
 func (s *subscriber) handle(msg []byte) {
@@ -227,7 +251,7 @@ func (s *subscriber) handle(msg []byte) {
 	}
 	switch m.Type {
 	case "ping":
-		_ = s.conn.WriteJSON(map[string]any{"type": "pong"})
+		_ = writeJSON(s.conn, map[string]any{"type": "pong"})
 	case "pong":
 	case "complete":
 		if m.ID == strconv.Itoa(s.sub) && !s.ended && s.problem == "" {
