@@ -168,15 +168,21 @@ func (st *sseStream) Queue(payloads [][]byte) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	before := len(st.pending)
+	need := 0
+	for _, p := range payloads {
+		need += len("event: next\ndata: \n\n") + len(p)
+	}
+	st.pending = fanout.Grow(st.pending, need)
 	for _, p := range payloads {
 		st.pending = appendNextEvent(st.pending, p)
 	}
 	return len(st.pending) - before, nil
 }
 
-// Flush implements fanout.Sink. An HTTP response cannot be written on after a write
-// timed out, so it waits for its client in one go, without calling stalled.
-func (st *sseStream) Flush(func()) error {
+// Flush implements fanout.Sink: the events go out in one write. An HTTP response cannot
+// be written on after a write timed out, so it waits for its client in one go,
+// without calling stalled.
+func (st *sseStream) Flush(_ func(func()), _ func()) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	err := st.writeLocked(st.pending)

@@ -169,9 +169,11 @@ func (c *heldConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-func (c *heldConn) hold() {
+// hold gathers what the library writes from now on, about size bytes.
+func (c *heldConn) hold(size int) {
 	c.mu.Lock()
 	c.holding = true
+	c.buf = fanout.Grow(c.buf, size)
 	c.mu.Unlock()
 }
 
@@ -522,6 +524,11 @@ func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
 // Queue implements fanout.Sink: each payload becomes one message, written at Flush.
 func (k *socketSink) Queue(payloads [][]byte) (int, error) {
 	before := len(k.pending)
+	need := 0
+	for _, p := range payloads {
+		need += len(socketNextPrefix) + len(p) + len(k.suffix)
+	}
+	k.pending = fanout.Grow(k.pending, need)
 	for _, p := range payloads {
 		k.pending = append(k.pending, socketNextPrefix...)
 		k.pending = append(k.pending, p...)
@@ -531,22 +538,30 @@ func (k *socketSink) Queue(payloads [][]byte) (int, error) {
 	return len(k.pending) - before, nil
 }
 
-// Flush implements fanout.Sink: the library frames each message, and the frames go
-// out in one write.
-func (k *socketSink) Flush(stalled func()) error {
+// Flush implements fanout.Sink: the library frames each message, in a turn, into the
+// held connection, and the frames go out in one write.
+func (k *socketSink) Flush(inTurn func(func()), stalled func()) error {
 	defer func() {
 		k.pending = fanout.Recycle(k.pending)
 		k.ends = k.ends[:0]
 	}()
-	return k.c.send(k.op, func(ctx context.Context) error {
-		k.c.held.hold()
-		start := 0
-		for _, end := range k.ends {
-			if err := k.c.conn.Write(ctx, websocket.MessageText, k.pending[start:end]); err != nil {
-				k.c.held.abandon()
-				return err
+	return k.c.send(k.op, func(context.Context) error {
+		var err error
+		inTurn(func() {
+			k.c.held.hold(len(k.pending) + 10*len(k.ends)) // and a frame header each
+			start := 0
+			for _, end := range k.ends {
+				// Held: the write reaches no network, so it needs no deadline (a
+				// context without one spares the library a timer per message).
+				if err = k.c.conn.Write(context.Background(), websocket.MessageText, k.pending[start:end]); err != nil {
+					return
+				}
+				start = end
 			}
-			start = end
+		})
+		if err != nil {
+			k.c.held.abandon()
+			return err
 		}
 		return k.c.held.release(k.c.opts.writeTimeout, stalled)
 	})

@@ -16,6 +16,8 @@ package fanout
 import (
 	"context"
 	"runtime"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/keypool/keypool/keystore"
@@ -27,11 +29,13 @@ type Sink interface {
 	// to what the next Flush writes; it never waits for the client, and returns the
 	// bytes it queued.
 	Queue(payloads [][]byte) (bytes int, err error)
-	// Flush writes what was queued, waiting for the client within its write timeout;
-	// while it waits, it calls stalled now and then (if it can), so that the
+	// Flush writes what was queued, waiting for the client within its write timeout.
+	// Work on the queued messages that costs CPU in proportion to them (framing
+	// them, say) it does inside inTurn, which runs its function in a turn; while it
+	// waits for the client, it calls stalled now and then (if it can), so that the
 	// subscription is cut as soon as it falls behind the ring, not once its client
 	// reads again.
-	Flush(stalled func()) error
+	Flush(inTurn func(func()), stalled func()) error
 }
 
 // Observer hears what delivery does, for metrics. Its methods must be fast and safe
@@ -128,7 +132,7 @@ func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Pla
 		if n > 0 {
 			if err == nil {
 				start := time.Now()
-				err = sink.Flush(func() { sub.Read(nil) })
+				err = sink.Flush(f.inTurn, func() { sub.Read(nil) })
 				if time.Since(start) > stallAfter {
 					f.obs.FanoutStalled()
 				}
@@ -153,15 +157,45 @@ func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Pla
 	}
 }
 
-// maxIdleBuffer is the most buffer a sink keeps between flushes: a burst's is left to
-// the collector.
+// maxIdleBuffer is the most buffer a sink keeps between flushes; larger ones go back
+// to a pool shared by every sink, so that a saturated fan-out does not allocate a
+// turn's worth of buffer for every flush.
 const maxIdleBuffer = 64 << 10
 
+// buffers are the large buffers of flushes that ended.
+var buffers sync.Pool
+
 // Recycle returns b emptied for the next turn, or nil if it is larger than a sink
-// keeps while idle.
+// keeps while idle (it then goes back to the pool).
 func Recycle(b []byte) []byte {
-	if cap(b) > maxIdleBuffer {
-		return nil
+	if cap(b) <= maxIdleBuffer {
+		return b[:0]
 	}
-	return b[:0]
+	b = b[:0]
+	buffers.Put(&b)
+	return nil
+}
+
+// Grow returns b with room for n more bytes, taking a pooled buffer for an empty one
+// that has not.
+func Grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	if len(b) == 0 {
+		if p, ok := buffers.Get().(*[]byte); ok {
+			if cap(*p) >= n {
+				return *p
+			}
+			buffers.Put(p)
+		}
+	}
+	return slices.Grow(b, n)
+}
+
+// inTurn runs fn in a turn.
+func (f *Fanout) inTurn(fn func()) {
+	t := <-f.turns
+	defer func() { f.turns <- t }()
+	fn()
 }

@@ -48,7 +48,8 @@ func (k *fakeSink) Queue(payloads [][]byte) (int, error) {
 	return size, nil
 }
 
-func (k *fakeSink) Flush(func()) error {
+func (k *fakeSink) Flush(inTurn func(func()), _ func()) error {
+	inTurn(func() {})
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.flushes++
