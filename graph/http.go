@@ -127,7 +127,7 @@ func (a *answerWriter) finish() {
 	case code == wire.CodeBadRequest || mediaType == wire.MediaGraphQLResponse:
 		status = http.StatusBadRequest
 	}
-	writeJSON(w, mediaType, status, resp)
+	wire.WriteJSON(w, mediaType+"; charset=utf-8", status, resp)
 }
 
 func codeOf(e *gqlerror.Error) string {
@@ -140,18 +140,6 @@ func codeOf(e *gqlerror.Error) string {
 type errorsOnly struct {
 	Errors     gqlerror.List  `json:"errors"`
 	Extensions map[string]any `json:"extensions,omitempty"`
-}
-
-// writeJSON writes v as the response, in mediaType.
-func writeJSON(w http.ResponseWriter, mediaType string, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		wire.WriteGraphQLError(w, mediaType, http.StatusInternalServerError, keystore.EINTERNAL, wire.InternalMessage)
-		return
-	}
-	w.Header().Set("Content-Type", mediaType+"; charset=utf-8")
-	w.WriteHeader(status)
-	_, _ = w.Write(body)
 }
 
 // refuse answers a request that is not served, with one coded error, at its code's status.

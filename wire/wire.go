@@ -82,7 +82,7 @@ func WriteRESTError(w http.ResponseWriter, status int, code keystore.Code, messa
 		Code    keystore.Code `json:"code"`
 		Message string        `json:"message"`
 	}
-	writeJSON(w, MediaJSON, status, struct {
+	WriteJSON(w, MediaJSON, status, struct {
 		Error restError `json:"error"`
 	}{restError{code, message}})
 }
@@ -98,7 +98,7 @@ func WriteGraphQLError(w http.ResponseWriter, mediaType string, status int, code
 		Message    string     `json:"message"`
 		Extensions extensions `json:"extensions"`
 	}
-	writeJSON(w, mediaType+"; charset=utf-8", status, struct {
+	WriteJSON(w, mediaType+"; charset=utf-8", status, struct {
 		Errors []gqlError `json:"errors"`
 	}{[]gqlError{{message, extensions{code}}}})
 }
@@ -109,9 +109,11 @@ const (
 	MediaGraphQLResponse = "application/graphql-response+json"
 )
 
-func writeJSON(w http.ResponseWriter, contentType string, status int, body any) {
+// WriteJSON writes body, an error answer, as JSON in contentType: the one writer of
+// error bodies, whatever their shape.
+func WriteJSON(w http.ResponseWriter, contentType string, status int, body any) {
 	data, err := json.Marshal(body)
-	if err != nil { // only strings inside: cannot happen
+	if err != nil { // error bodies hold strings and maps of them: cannot happen
 		panic(err)
 	}
 	h := w.Header()
