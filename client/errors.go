@@ -32,6 +32,10 @@ const (
 	ErrUnavailable Code = "UNAVAILABLE"
 	// ErrSlowConsumer: a keyEvents stream fell too far behind and was cut.
 	ErrSlowConsumer Code = "SLOW_CONSUMER"
+	// ErrStreamChanged: keyEvents was asked to resume a stream of events that has
+	// started again from seq 1 since (the server restarted, a Redis pool was made
+	// anew); Extensions["stream"] names the current one. Subscribe handles it.
+	ErrStreamChanged Code = "STREAM_CHANGED"
 	// ErrInternal: a failure inside the server.
 	ErrInternal Code = "INTERNAL_SERVER_ERROR"
 	// ErrParseFailed and ErrValidationFailed: the operation is not valid for the

@@ -56,6 +56,15 @@ type SubscribeOptions struct {
 	// After, when set, first replays the retained events whose Seq is larger, then
 	// goes live; nil means live events only.
 	After *int64
+	// Stream, when set, is the stream After counts in (Event.Stream): if the server's
+	// events have started again since, the subscription starts over from the new
+	// stream's first retained event rather than skipping up to After.
+	Stream string
+	// OnRestart, if set, is called from the subscription's goroutine when the
+	// server's stream of events has started again (it restarted, or its Redis pool
+	// was made anew), with the new stream's id, before the new stream's first event:
+	// the subscription then delivers the new stream from its first retained event.
+	OnRestart func(stream string)
 	// IdleTimeout is how long a connection may stay silent before it is replaced;
 	// zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
@@ -71,12 +80,14 @@ type SubscribeOptions struct {
 // delivered, so that no event is missed or repeated. SLOW_CONSUMER and UNAVAILABLE
 // end only a connection. Any other coded error ends the subscription.
 type Subscription struct {
-	events chan Event
-	done   chan struct{}
-	cancel context.CancelFunc
+	events    chan Event
+	done      chan struct{}
+	cancel    context.CancelFunc
+	onRestart func(stream string)
 
 	mu     sync.Mutex
 	err    error
+	stream string // of the last event delivered, or as asked for
 	last   int64
 	seen   bool
 	closed bool
@@ -119,11 +130,11 @@ func (c *Client) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	s := &Subscription{events: make(chan Event), done: make(chan struct{}), cancel: cancel}
+	s := &Subscription{events: make(chan Event), done: make(chan struct{}), cancel: cancel, onRestart: opts.OnRestart, stream: opts.Stream}
 	if opts.After != nil {
 		s.last, s.seen = *opts.After, true
 	}
-	conn, err := c.dialEvents(ctx, opts.Types, opts.After)
+	conn, err := c.dialEvents(ctx, opts.Types, opts.After, opts.Stream)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -161,7 +172,17 @@ func (s *Subscription) run(ctx context.Context, c *Client, opts SubscribeOptions
 			delay = reconnectMin
 		}
 		for {
-			after := s.resumeAfter()
+			if e, ok := errors.AsType[*Error](err); ok && e.Code == ErrStreamChanged {
+				// The server's events started again: its first retained event on,
+				// at once.
+				if conn, err = c.dialEvents(ctx, opts.Types, s.restart(e), ""); err == nil {
+					break
+				}
+				if ctx.Err() != nil || !resumable(err) {
+					return
+				}
+			}
+			after, stream := s.resumeAfter()
 			if opts.OnReconnect != nil {
 				opts.OnReconnect(err, after, delay)
 			}
@@ -173,7 +194,7 @@ func (s *Subscription) run(ctx context.Context, c *Client, opts SubscribeOptions
 			case <-timer.C:
 			}
 			delay = min(2*delay, reconnectMax)
-			conn, err = c.dialEvents(ctx, opts.Types, after)
+			conn, err = c.dialEvents(ctx, opts.Types, after, stream)
 			if err == nil {
 				break
 			}
@@ -184,14 +205,31 @@ func (s *Subscription) run(ctx context.Context, c *Client, opts SubscribeOptions
 	}
 }
 
-func (s *Subscription) resumeAfter() *int64 {
+// resumeAfter returns where a new connection resumes: after the last seq delivered
+// (nil if none was), in the stream it was delivered from.
+func (s *Subscription) resumeAfter() (*int64, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.seen {
-		return nil
+		return nil, s.stream
 	}
 	after := s.last
-	return &after
+	return &after, s.stream
+}
+
+// restart follows the stream that e names from its first retained event: it forgets
+// the last seq of the old stream, tells OnRestart, and returns the after to resume
+// with.
+func (s *Subscription) restart(e *Error) *int64 {
+	stream, _ := e.Extensions["stream"].(string)
+	s.mu.Lock()
+	s.stream, s.last, s.seen = stream, 0, true
+	s.mu.Unlock()
+	if s.onRestart != nil {
+		s.onRestart(stream)
+	}
+	zero := int64(0)
+	return &zero
 }
 
 // resumable reports whether the subscription should outlive the error that ended a
@@ -199,7 +237,7 @@ func (s *Subscription) resumeAfter() *int64 {
 func resumable(err error) bool {
 	var e *Error
 	if errors.As(err, &e) {
-		return e.Code == ErrSlowConsumer || e.Code == ErrUnavailable ||
+		return e.Code == ErrSlowConsumer || e.Code == ErrUnavailable || e.Code == ErrStreamChanged ||
 			e.Code == "" && e.StatusCode >= 500
 	}
 	return err != nil // the network, the server going away or completing the stream
@@ -213,7 +251,7 @@ type wsMessage struct {
 }
 
 // dialEvents opens a connection, completes the handshake and subscribes.
-func (c *Client) dialEvents(ctx context.Context, types []EventType, after *int64) (*websocket.Conn, error) {
+func (c *Client) dialEvents(ctx context.Context, types []EventType, after *int64, stream string) (*websocket.Conn, error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	conn, resp, err := websocket.Dial(hctx, c.endpoint, &websocket.DialOptions{
@@ -231,14 +269,14 @@ func (c *Client) dialEvents(ctx context.Context, types []EventType, after *int64
 		return nil, fmt.Errorf("keyEvents: the server does not speak %s", subprotocol)
 	}
 	conn.SetReadLimit(maxMessageBytes)
-	if err := c.handshake(hctx, conn, types, after); err != nil {
+	if err := c.handshake(hctx, conn, types, after, stream); err != nil {
 		_ = conn.CloseNow()
 		return nil, fmt.Errorf("keyEvents: %w", err)
 	}
 	return conn, nil
 }
 
-func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, types []EventType, after *int64) error {
+func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, types []EventType, after *int64, stream string) error {
 	if err := wsjson.Write(ctx, conn, wsMessage{Type: msgInit, Payload: json.RawMessage(`{}`)}); err != nil {
 		return err
 	}
@@ -265,6 +303,9 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, types []Ev
 	}
 	if after != nil {
 		vars["after"] = *after
+	}
+	if stream != "" {
+		vars["stream"] = stream
 	}
 	payload, err := json.Marshal(graphql.Request{Query: gen.KeyEvents_Operation, OpName: opNameEvents, Variables: vars})
 	if err != nil {
@@ -313,8 +354,8 @@ func (s *Subscription) follow(ctx context.Context, conn *websocket.Conn, idle ti
 				return delivered, errors.New("keyEvents: a response without data")
 			}
 			ev := resp.Data.KeyEvents
-			event := Event{Seq: int64(ev.Seq), Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At}
-			if !s.advance(event.Seq) {
+			event := Event{Seq: int64(ev.Seq), Stream: ev.Stream, Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At}
+			if !s.advance(event) {
 				continue // already delivered before a reconnection
 			}
 			select {
@@ -329,13 +370,15 @@ func (s *Subscription) follow(ctx context.Context, conn *websocket.Conn, idle ti
 	}
 }
 
-// advance records seq as the last delivered, unless it is not past it.
-func (s *Subscription) advance(seq int64) bool {
+// advance records ev as the last delivered, unless it is not past the last one of
+// its stream. An event of another stream than the last one's starts that stream: the
+// server has started again.
+func (s *Subscription) advance(ev Event) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seen && seq <= s.last {
+	if s.seen && ev.Stream == s.stream && ev.Seq <= s.last {
 		return false
 	}
-	s.last, s.seen = seq, true
+	s.stream, s.last, s.seen = ev.Stream, ev.Seq, true
 	return true
 }

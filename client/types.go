@@ -79,10 +79,13 @@ var EventTypes = []EventType{Generated, Acquired, Unblocked, Released, Deleted, 
 
 // Event is one thing that happened to one key.
 type Event struct {
-	// Seq grows by one per event across the pool.
-	Seq   int64     `json:"seq"`
-	Type  EventType `json:"type"`
-	KeyID string    `json:"keyId"`
+	// Seq grows by one per event across the pool's stream of events.
+	Seq int64 `json:"seq"`
+	// Stream names that stream: it changes when the pool's events start again from
+	// seq 1 (an in-memory server restarted, a Redis pool made anew).
+	Stream string    `json:"stream"`
+	Type   EventType `json:"type"`
+	KeyID  string    `json:"keyId"`
 	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
 	At time.Time `json:"at"`
 }

@@ -49,10 +49,11 @@ type ComplexityRoot struct {
 	}
 
 	KeyEvent struct {
-		At    func(childComplexity int) int
-		KeyID func(childComplexity int) int
-		Seq   func(childComplexity int) int
-		Type  func(childComplexity int) int
+		At     func(childComplexity int) int
+		KeyID  func(childComplexity int) int
+		Seq    func(childComplexity int) int
+		Stream func(childComplexity int) int
+		Type   func(childComplexity int) int
 	}
 
 	KeyHistory struct {
@@ -90,7 +91,7 @@ type ComplexityRoot struct {
 	}
 
 	Subscription struct {
-		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64) int
+		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, stream *string) int
 	}
 }
 
@@ -111,7 +112,7 @@ type QueryResolver interface {
 	Stats(ctx context.Context) (*keystore.Stats, error)
 }
 type SubscriptionResolver interface {
-	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error)
+	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string) (<-chan *keystore.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -187,6 +188,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.KeyEvent.Seq(childComplexity), true
+	case "KeyEvent.stream":
+		if e.ComplexityRoot.KeyEvent.Stream == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyEvent.Stream(childComplexity), true
 	case "KeyEvent.type":
 		if e.ComplexityRoot.KeyEvent.Type == nil {
 			break
@@ -358,7 +365,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64)), true
+		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["stream"].(*string)), true
 
 	}
 	return 0, false
@@ -464,7 +471,7 @@ var sources = []*ast.Source{
 	{Name: "../schema.graphqls", Input: `"""
 keypool's API: a pool of API keys leased out. Every error carries extensions.code: NOT_FOUND,
 NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, SLOW_CONSUMER (a subscription cut for
-falling behind), GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens,
+falling behind), STREAM_CHANGED (keyEvents asked to resume a stream that has started again), GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens,
 nesting 32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
 COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys 150
 more for -max-generate keys and its share of 150 for fewer, acquireKey 150 more when it may wait,
@@ -653,8 +660,14 @@ enum KeyEventType {
 One thing that happened to one key.
 """
 type KeyEvent {
-  "Grows by one per event across the pool; pass the last one seen as after to resume."
+  "Grows by one per event across the pool's stream of events; pass the last one seen as after to resume."
   seq: Int!
+  """
+  Names the pool's stream of events: it changes when the pool's events start again from seq 1 (an in-memory
+  server restarted, a Redis pool made anew). Pass it as stream with after to resume, so that a stream that has
+  started again is told (STREAM_CHANGED) rather than skipped up to the old seq.
+  """
+  stream: ID!
   "What happened."
   type: KeyEventType!
   "The key it happened to."
@@ -681,6 +694,12 @@ type Subscription {
     exactly is impossible, so reread what you need and subscribe again.
     """
     after: Int
+    """
+    The stream that after counts in (KeyEvent.stream). If the pool's events have started again since, the
+    subscription is refused with STREAM_CHANGED and extensions.stream, the current stream: start over with
+    after: 0 and that stream.
+    """
+    stream: ID
   ): KeyEvent!
 }
 `, BuiltIn: false},
@@ -713,6 +732,8 @@ func (ec *executionContext) childFields_KeyEvent(ctx context.Context, field grap
 	switch field.Name {
 	case "seq":
 		return ec.fieldContext_KeyEvent_seq(ctx, field)
+	case "stream":
+		return ec.fieldContext_KeyEvent_stream(ctx, field)
 	case "type":
 		return ec.fieldContext_KeyEvent_type(ctx, field)
 	case "keyId":
@@ -1042,6 +1063,14 @@ func (ec *executionContext) field_Subscription_keyEvents_args(ctx context.Contex
 		return nil, err
 	}
 	args["after"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "stream",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOID2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["stream"] = arg2
 	return args, nil
 }
 
@@ -1296,6 +1325,29 @@ func (ec *executionContext) _KeyEvent_seq(ctx context.Context, field graphql.Col
 }
 func (ec *executionContext) fieldContext_KeyEvent_seq(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "Int")
+}
+
+func (ec *executionContext) _KeyEvent_stream(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyEvent_stream(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Stream, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNID2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyEvent_stream(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "ID")
 }
 
 func (ec *executionContext) _KeyEvent_type(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
@@ -2055,7 +2107,7 @@ func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field g
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64))
+			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["stream"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Event) graphql.Marshaler {
@@ -3241,6 +3293,11 @@ func (ec *executionContext) _KeyEvent(ctx context.Context, sel ast.SelectionSet,
 			out.Values[i] = graphql.MarshalString("KeyEvent")
 		case "seq":
 			out.Values[i] = ec._KeyEvent_seq(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "stream":
+			out.Values[i] = ec._KeyEvent_stream(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}

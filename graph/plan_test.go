@@ -26,7 +26,7 @@ func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubsc
 
 type eventsSubscription eventsResolver
 
-func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64) (<-chan *keystore.Event, error) {
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *string) (<-chan *keystore.Event, error) {
 	*r.plan = r.Plans.ForField(ctx)
 	return r.events, nil
 }
@@ -36,7 +36,7 @@ func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventTyp
 func TestPlanEncodesAsGqlgen(t *testing.T) {
 	fan := fanout.New(1, nil)
 	events := []keystore.Event{
-		{Seq: 1, Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
+		{Seq: 1, Stream: "TBAHoTaQrFmnysU_zXrV2w", Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
 		{Seq: 2, Type: keystore.EventExpired, KeyID: `a<b>&c"d\e` + "\u2028\x01", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
 		{Seq: 1 << 40, Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local)},
 	}
@@ -44,7 +44,7 @@ func TestPlanEncodesAsGqlgen(t *testing.T) {
 		query string
 		vars  map[string]any
 	}{
-		{query: `subscription { keyEvents { seq type keyId at } }`},
+		{query: `subscription { keyEvents { seq type keyId at stream } }`},
 		{query: `subscription { keyEvents { at keyId } }`},
 		{query: `subscription { e: keyEvents { s: seq, type, t: type, __typename } }`},
 		{query: `subscription { keyEvents { seq seq ...F ... on KeyEvent { at } } } fragment F on KeyEvent { keyId type }`},

@@ -137,8 +137,11 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		if errors.As(err, &storeErr) && storeErr.Code != keystore.EINTERNAL {
 			presented.Message = storeErr.Message
 			setCode(presented, storeErr.Code)
-			if storeErr.Code == keystore.ECOMPACTED {
+			switch storeErr.Code {
+			case keystore.ECOMPACTED:
 				presented.Extensions["oldestSeq"] = storeErr.OldestSeq
+			case keystore.ESTREAMCHANGED:
+				presented.Extensions["stream"] = storeErr.Stream
 			}
 			return presented
 		}

@@ -48,7 +48,7 @@ func (slot *streamSlot) deliver(ctx context.Context, fan *fanout.Fanout, sink fa
 
 // subscribeKeyEvents is the keyEvents resolver: it leaves the subscription and its
 // plan in the operation's slot, and hands gqlgen the slot's channel.
-func (r *Resolver) subscribeKeyEvents(ctx context.Context, types []keystore.EventType, after *int64) (<-chan *keystore.Event, error) {
+func (r *Resolver) subscribeKeyEvents(ctx context.Context, opts keystore.SubscribeOptions) (<-chan *keystore.Event, error) {
 	slot, _ := ctx.Value(streamSlotKey{}).(*streamSlot)
 	if slot == nil || slot.sub != nil {
 		// Plain HTTP refuses subscriptions before they run; one operation has one root
@@ -59,7 +59,7 @@ func (r *Resolver) subscribeKeyEvents(ctx context.Context, types []keystore.Even
 	if p == nil {
 		return nil, keystore.Errorf(keystore.EINVALID, "keyEvents cannot be deferred")
 	}
-	sub, err := r.Store.Subscribe(ctx, keystore.SubscribeOptions{Types: types, After: after})
+	sub, err := r.Store.Subscribe(ctx, opts)
 	if err != nil {
 		p.Release()
 		return nil, err

@@ -2,6 +2,7 @@ package graph_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"regexp"
 	"strconv"
@@ -267,6 +268,40 @@ func TestSubscriptionStoreUnavailable(t *testing.T) {
 			requireCode(t, resp, "UNAVAILABLE")
 			_, done = s.next(t)
 			assert.True(t, done)
+		})
+	}
+}
+
+// TestSubscriptionStreamChanged: events name their stream, and resuming another
+// stream (one from before a restart) is refused with STREAM_CHANGED naming the
+// current one, on every transport, so that a client starts over instead of skipping
+// up to its old seq.
+func TestSubscriptionStreamChanged(t *testing.T) {
+	const query = `subscription($after: Int, $stream: ID) { keyEvents(after: $after, stream: $stream) { seq stream } }`
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			e := newEnv(t, keystore.Options{})
+			e.generate(t, 1)
+			s := tr.subscribe(t, e, query, map[string]any{"after": 0})
+			resp, done := s.next(t)
+			require.False(t, done)
+			require.Empty(t, resp.Errors)
+			var data struct{ KeyEvents struct{ Stream string } }
+			require.NoError(t, json.Unmarshal(resp.Data, &data))
+			stream := data.KeyEvents.Stream
+			require.GreaterOrEqual(t, len(stream), 20)
+
+			same := tr.subscribe(t, e, query, map[string]any{"after": 0, "stream": stream})
+			resp, done = same.next(t)
+			require.False(t, done)
+			require.Empty(t, resp.Errors, "resuming the current stream")
+
+			s = tr.subscribe(t, e, query, map[string]any{"after": 7, "stream": "before-the-restart"})
+			resp, done = s.next(t)
+			require.False(t, done)
+			require.NotEmpty(t, resp.Errors)
+			assert.Equal(t, "STREAM_CHANGED", resp.Errors[0].code())
+			assert.Equal(t, stream, resp.Errors[0].Extensions["stream"])
 		})
 	}
 }

@@ -20,7 +20,10 @@ const (
 	// ECOMPACTED: a subscription asked to resume after events that the pool no longer
 	// retains; Error.OldestSeq names the oldest it does.
 	ECOMPACTED Code = "EVENTS_COMPACTED"
-	EINTERNAL  Code = "INTERNAL_SERVER_ERROR"
+	// ESTREAMCHANGED: a subscription asked to resume a stream of events that has
+	// started again from seq 1 since; Error.Stream names the current one.
+	ESTREAMCHANGED Code = "STREAM_CHANGED"
+	EINTERNAL      Code = "INTERNAL_SERVER_ERROR"
 )
 
 // Error is an error with a code and a message fit for clients.
@@ -31,6 +34,8 @@ type Error struct {
 	Err error
 	// OldestSeq is the oldest retained event's seq, with ECOMPACTED.
 	OldestSeq int64
+	// Stream is the current stream's id, with ESTREAMCHANGED.
+	Stream string
 }
 
 func (e *Error) Error() string {

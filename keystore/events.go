@@ -2,6 +2,8 @@ package keystore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"math/bits"
 	"slices"
@@ -30,11 +32,15 @@ var EventTypes = []EventType{EventGenerated, EventAcquired, EventUnblocked, Even
 // Valid reports whether t is one of EventTypes.
 func (t EventType) Valid() bool { return slices.Contains(EventTypes, t) }
 
-// Event is one thing that happened to one key. Seq grows by one per event across the pool.
+// Event is one thing that happened to one key. Seq grows by one per event across the
+// pool's stream of events, which Stream names.
 type Event struct {
-	Seq   int64
-	Type  EventType
-	KeyID string
+	Seq int64
+	// Stream names the stream the event is part of: it changes when the pool's events
+	// start again from seq 1 (an in-memory pool restarted, a Redis pool made anew).
+	Stream string
+	Type   EventType
+	KeyID  string
 	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
 	At time.Time
 }
@@ -83,6 +89,7 @@ func (s *Subscription) Done() <-chan struct{} { return s.done }
 // want wakes it not at all: a publish wakes only the sets that hold its type.
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
+	stream  string     // the stream's id; set before the first publish
 	ring    []atomic.Pointer[slotEvent]
 	first   atomic.Int64 // oldest retained seq
 	next    atomic.Int64 // seq the next event gets
@@ -197,6 +204,7 @@ func NewHub(retention int, obs Observer) *Hub {
 		retention = DefaultEventRetention
 	}
 	h := &Hub{
+		stream: newStreamID(),
 		ring:   make([]atomic.Pointer[slotEvent], retention),
 		closed: make(chan struct{}),
 		obs:    obs,
@@ -209,6 +217,20 @@ func NewHub(retention int, obs Observer) *Hub {
 	}
 	return h
 }
+
+// newStreamID names a new stream: 128 random bits, URL-safe.
+func newStreamID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Stream returns the id of the hub's stream of events.
+func (h *Hub) Stream() string { return h.stream }
+
+// SetStream names the hub's stream id, for a store whose events outlive the process
+// (its pool's own id). It must be called before the first Publish and Subscribe.
+func (h *Hub) SetStream(id string) { h.stream = id }
 
 // Publish appends ev to the stream. A zero ev.Seq gets the next seq; a non-zero one
 // (from a store that numbers events itself) must be larger than every seq before it,
@@ -261,6 +283,7 @@ func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 	size := int64(len(h.ring))
 	first = max(first, ev.Seq+1-size)
 	h.first.Store(first)
+	ev.Stream = h.stream
 	e.ev = ev
 	i := typeIndex(ev.Type)
 	if i >= 0 {
@@ -300,9 +323,18 @@ func (h *Hub) Close() {
 }
 
 // Subscribe starts a subscription that lives until ctx ends, the hub closes or the
-// subscriber falls behind the ring. With opts.After older than the ring it fails with
-// ECOMPACTED, naming the oldest retained seq.
+// subscriber falls behind the ring. With opts.Stream naming another stream than the
+// hub's it fails with ESTREAMCHANGED, naming the hub's; with opts.After older than
+// the ring, with ECOMPACTED, naming the oldest retained seq.
 func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
+	if opts.Stream != "" && opts.Stream != h.stream {
+		return nil, &Error{
+			Code: ESTREAMCHANGED,
+			Message: fmt.Sprintf("the stream of events has started again since: it is now %s; start over from its first event "+
+				"(after: 0, stream: %q)", h.stream, h.stream),
+			Stream: h.stream,
+		}
+	}
 	next := h.next.Load()
 	cursor := next
 	if opts.After != nil && *opts.After < next-1 { // so that after+1 never overflows

@@ -33,7 +33,7 @@ func publish(h *keystore.Hub, n int) []keystore.Event {
 	events := make([]keystore.Event, n)
 	for i := range events {
 		ev := keystore.Event{Type: hubTypes[i%len(hubTypes)], KeyID: fmt.Sprintf("key-%d", i), At: time.Unix(int64(i), 0)}
-		ev.Seq = h.Publish(ev)
+		ev.Seq, ev.Stream = h.Publish(ev), h.Stream()
 		events[i] = ev
 	}
 	return events
@@ -451,7 +451,7 @@ func TestHubReadSkipsUnwanted(t *testing.T) {
 	for range 3 {
 		publish(h, 1000) // 15 laps of the ring, none of them EXPIRED
 		ev := keystore.Event{Type: keystore.EventExpired, KeyID: "gone"}
-		ev.Seq = h.Publish(ev)
+		ev.Seq, ev.Stream = h.Publish(ev), h.Stream()
 		want = append(want, ev)
 		time.Sleep(time.Millisecond)
 	}
@@ -568,4 +568,28 @@ func TestHubReadEndedContext(t *testing.T) {
 	_, ended := sub.Read(nil)
 	require.True(t, ended)
 	require.Eventually(t, func() bool { return obs.subscribers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+// TestHubStream: every event names the hub's stream; two hubs (a restarted server)
+// have different ones; resuming another stream than the hub's is refused with
+// STREAM_CHANGED naming the current one, and resuming its own is not.
+func TestHubStream(t *testing.T) {
+	h, restarted := keystore.NewHub(16, nil), keystore.NewHub(16, nil)
+	defer h.Close()
+	defer restarted.Close()
+	require.NotEqual(t, h.Stream(), restarted.Stream())
+	require.GreaterOrEqual(t, len(h.Stream()), 20)
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Stream: h.Stream()})
+	publish(h, 1)
+	require.Equal(t, h.Stream(), receive(t, sub, 1)[0].Stream)
+
+	after := int64(5)
+	_, err := restarted.Subscribe(t.Context(), keystore.SubscribeOptions{After: &after, Stream: h.Stream()})
+	require.Equal(t, keystore.ESTREAMCHANGED, keystore.ErrorCode(err), "error: %v", err)
+	var kerr *keystore.Error
+	require.ErrorAs(t, err, &kerr)
+	require.Equal(t, restarted.Stream(), kerr.Stream)
+
+	h.SetStream("the-pool-id")
+	require.Equal(t, "the-pool-id", h.Stream())
 }

@@ -116,6 +116,9 @@ type SubscribeOptions struct {
 	// goes live; at or past the newest seq it goes live at once. If events after it
 	// have left the ring, Subscribe fails with ECOMPACTED. Nil means live events only.
 	After *int64
+	// Stream, when set, is the stream After counts in: if the pool's events have
+	// started again since (another stream), Subscribe fails with ESTREAMCHANGED.
+	Stream string
 }
 
 // Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)

@@ -20,6 +20,7 @@ import (
 func runEvents(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	typesFlag := fs.String("types", "", "only events of these types, comma-separated ("+typeNames()+"); all when empty")
 	afterFlag := fs.Int64("after", 0, "first replay the retained events with a larger seq, then follow (default: live events only)")
+	streamFlag := fs.String("stream", "", "the stream -after counts in (an event's \"stream\"): if the server's events have started again since, print the new stream from its first event")
 	args, code, ok := parseInterspersed(e, fs, args)
 	if !ok {
 		return code
@@ -35,6 +36,10 @@ func runEvents(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			}
 			fmt.Fprintf(e.stderr, "keypoolctl: events: connection lost (%v); resuming %s in %s\n", err, from, delay)
 		},
+		OnRestart: func(stream string) {
+			fmt.Fprintf(e.stderr, "keypoolctl: events: the server's events started again (stream %s, seq from 1); printing them from its first retained event\n", stream)
+		},
+		Stream: *streamFlag,
 	}
 	if *typesFlag != "" {
 		for _, name := range strings.Split(*typesFlag, ",") {

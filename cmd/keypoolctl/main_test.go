@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -87,14 +88,17 @@ type testServer struct {
 	url      string
 	proxy    *cutproxy.Proxy
 	proxyURL string
+	graphql  atomic.Pointer[http.Handler] // the current server's, which restart replaces
 }
 
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
-	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{})
-	require.NoError(t, err)
+	ts := &testServer{}
+	ts.start(t)
 	mux := http.NewServeMux()
-	mux.Handle("/graphql", graph.NewServer(store, graph.ServerOptions{Logger: slog.New(slog.DiscardHandler)}))
+	mux.Handle("/graphql", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*ts.graphql.Load()).ServeHTTP(w, r)
+	}))
 	srv := httptest.NewServer(mux)
 	proxy, err := cutproxy.New(srv.Listener.Addr().String())
 	require.NoError(t, err)
@@ -102,9 +106,27 @@ func newTestServer(t *testing.T) *testServer {
 		proxy.Close()
 		srv.CloseClientConnections()
 		srv.Close()
-		_ = store.Close()
 	})
-	return &testServer{store: store, url: srv.URL, proxy: proxy, proxyURL: "http://" + proxy.Addr()}
+	ts.url, ts.proxy, ts.proxyURL = srv.URL, proxy, "http://"+proxy.Addr()
+	return ts
+}
+
+// start serves a new in-memory pool at the server's address.
+func (ts *testServer) start(t *testing.T) {
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	h := graph.NewServer(store, graph.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
+	ts.store = store
+	ts.graphql.Store(&h)
+}
+
+// restart stands for the in-memory server restarting: a new pool, its events
+// starting again from seq 1, at the same address; the old one's streams end.
+func (ts *testServer) restart(t *testing.T) {
+	old := ts.store
+	ts.start(t)
+	require.NoError(t, old.Close())
 }
 
 func (ts *testServer) generate(t *testing.T, n int) []keystore.Key {
@@ -637,6 +659,40 @@ func TestEvents(t *testing.T) {
 	assert.Equal(t, 0, r.wait(t), "an interrupt is the normal end")
 }
 
+// TestEventsAcrossRestart: keypoolctl events prints every event of both servers when
+// the in-memory server restarts between them (its seqs start again at 1), and says
+// so once on stderr.
+func TestEventsAcrossRestart(t *testing.T) {
+	ts := newTestServer(t)
+	r := start(t, ts.url, "events", "-after", "0")
+	ts.generate(t, 5)
+	var streams []string
+	read := func(n int) []int64 {
+		var got []int64
+		for range n {
+			var ev client.Event
+			require.NoError(t, json.Unmarshal([]byte(r.line(t, r.stdout)), &ev))
+			got = append(got, ev.Seq)
+			if len(streams) == 0 || streams[len(streams)-1] != ev.Stream {
+				streams = append(streams, ev.Stream)
+			}
+		}
+		return got
+	}
+	assert.Equal(t, []int64{1, 2, 3, 4, 5}, read(5))
+	ts.restart(t)
+	ts.generate(t, 3)
+	assert.Equal(t, []int64{1, 2, 3}, read(3), "every event of the new server")
+	require.Len(t, streams, 2)
+	said := r.line(t, r.stderr) // the lost connection first
+	if !strings.Contains(said, "started again") {
+		said = r.line(t, r.stderr)
+	}
+	assert.Contains(t, said, "started again")
+	require.NoError(t, r.cmd.Process.Signal(syscall.SIGINT))
+	assert.Equal(t, 0, r.wait(t))
+}
+
 func TestEventsTypes(t *testing.T) {
 	ts := newTestServer(t)
 	keys := ts.generate(t, 2)
@@ -644,7 +700,7 @@ func TestEventsTypes(t *testing.T) {
 	r := start(t, ts.url, "events", "-after", "0", "-types", "deleted,EXPIRED")
 	var ev client.Event
 	require.NoError(t, json.Unmarshal([]byte(r.line(t, r.stdout)), &ev))
-	assert.Equal(t, client.Event{Seq: 3, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
+	assert.Equal(t, client.Event{Seq: 3, Stream: ev.Stream, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
 	require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, r.wait(t))
 }

@@ -45,14 +45,15 @@ const (
 	fieldType
 	fieldKeyID
 	fieldAt
+	fieldStream
 	fieldTypename
 )
 
 // fieldWidths are the most bytes each field's value takes, about.
-var fieldWidths = [...]int{fieldSeq: 20, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldTypename: 10}
+var fieldWidths = [...]int{fieldSeq: 20, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldStream: maxPayloadKeyID + 2, fieldTypename: 10}
 
 var eventFields = map[string]eventField{
-	"seq": fieldSeq, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "__typename": fieldTypename,
+	"seq": fieldSeq, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
 }
 
 // payload is one event encoded by one plan.
@@ -201,6 +202,8 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 			b = appendMarshaled(b, graphql.MarshalID(ev.KeyID))
 		case fieldAt:
 			b = wire.AppendTime(b, ev.At)
+		case fieldStream:
+			b = appendMarshaled(b, graphql.MarshalID(ev.Stream))
 		case fieldTypename:
 			b = append(b, `"KeyEvent"`...)
 		}

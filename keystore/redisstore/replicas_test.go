@@ -368,3 +368,24 @@ func TestLateReplicaReplays(t *testing.T) {
 	k := must(a.Generate(ctx, 1))(t)[0]
 	wantEvent(t, sub, keystore.EventGenerated, k.ID)
 }
+
+// TestReplicasShareTheStream: replicas of one pool name its events' stream alike
+// (the pool's id), so that a client that resumes on another replica is not told the
+// stream changed; a pool made anew in another namespace has another.
+func TestReplicasShareTheStream(t *testing.T) {
+	a, b, _, _, srv := replicas(t, keystore.Options{})
+	ctx := context.Background()
+	subA := must(a.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
+	k := must(b.Generate(ctx, 1))(t)[0]
+	ev := wantEvent(t, subA, keystore.EventGenerated, k.ID)
+	if ev.Stream == "" {
+		t.Fatal("an event without its stream")
+	}
+	after := ev.Seq
+	if _, err := b.Subscribe(ctx, keystore.SubscribeOptions{After: &after, Stream: ev.Stream}); err != nil {
+		t.Fatalf("resuming the stream on the other replica: %v", err)
+	}
+	other := openNamespace(t, srv, newFakeClock(), keystore.Options{}, fmt.Sprintf("pool%d", namespaces.Add(1)))
+	_, err := other.Subscribe(ctx, keystore.SubscribeOptions{After: &after, Stream: ev.Stream})
+	wantCode(t, err, keystore.ESTREAMCHANGED)
+}

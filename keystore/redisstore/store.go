@@ -392,6 +392,7 @@ func (s *Store) start(ctx context.Context) (string, error) {
 	}
 	s.fixedArgs[4] = pool
 	s.stream = s.prefix + "events:" + pool
+	s.hub.SetStream(pool) // a pool made anew has another id, and its events start again
 	if err := s.agreeOnClock(ctx, setNX, get); err != nil {
 		return "", err
 	}

@@ -120,7 +120,7 @@ var AllKeyEventType = []KeyEventType{
 //
 // One thing that happened to one key.
 type KeyEventsKeyEventsKeyEvent struct {
-	// Grows by one per event across the pool; pass the last one seen as after to resume.
+	// Grows by one per event across the pool's stream of events; pass the last one seen as after to resume.
 	Seq int `json:"seq"`
 	// What happened.
 	Type KeyEventType `json:"type"`
@@ -128,6 +128,10 @@ type KeyEventsKeyEventsKeyEvent struct {
 	KeyId string `json:"keyId"`
 	// When it happened; for RELEASED and EXPIRED, the deadline that passed.
 	At time.Time `json:"at"`
+	// Names the pool's stream of events: it changes when the pool's events start again from seq 1 (an in-memory
+	// server restarted, a Redis pool made anew). Pass it as stream with after to resume, so that a stream that has
+	// started again is told (STREAM_CHANGED) rather than skipped up to the old seq.
+	Stream string `json:"stream"`
 }
 
 // GetSeq returns KeyEventsKeyEventsKeyEvent.Seq, and is useful for accessing the field via an interface.
@@ -141,6 +145,9 @@ func (v *KeyEventsKeyEventsKeyEvent) GetKeyId() string { return v.KeyId }
 
 // GetAt returns KeyEventsKeyEventsKeyEvent.At, and is useful for accessing the field via an interface.
 func (v *KeyEventsKeyEventsKeyEvent) GetAt() time.Time { return v.At }
+
+// GetStream returns KeyEventsKeyEventsKeyEvent.Stream, and is useful for accessing the field via an interface.
+func (v *KeyEventsKeyEventsKeyEvent) GetStream() string { return v.Stream }
 
 // KeyEventsResponse is returned by KeyEvents on success.
 type KeyEventsResponse struct {
@@ -352,8 +359,9 @@ func (v *__KeepAliveInput) GetId() string { return v.Id }
 
 // __KeyEventsInput is used internally by genqlient
 type __KeyEventsInput struct {
-	Types []KeyEventType `json:"types,omitempty"`
-	After *int           `json:"after,omitempty"`
+	Types  []KeyEventType `json:"types,omitempty"`
+	After  *int           `json:"after,omitempty"`
+	Stream *string        `json:"stream,omitempty"`
 }
 
 // GetTypes returns __KeyEventsInput.Types, and is useful for accessing the field via an interface.
@@ -361,6 +369,9 @@ func (v *__KeyEventsInput) GetTypes() []KeyEventType { return v.Types }
 
 // GetAfter returns __KeyEventsInput.After, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetAfter() *int { return v.After }
+
+// GetStream returns __KeyEventsInput.Stream, and is useful for accessing the field via an interface.
+func (v *__KeyEventsInput) GetStream() *string { return v.Stream }
 
 // __RenewLeaseInput is used internally by genqlient
 type __RenewLeaseInput struct {
@@ -673,12 +684,13 @@ func KeepAlive(
 
 // The subscription executed by KeyEvents.
 const KeyEvents_Operation = `
-subscription KeyEvents ($types: [KeyEventType!], $after: Int) {
-	keyEvents(types: $types, after: $after) {
+subscription KeyEvents ($types: [KeyEventType!], $after: Int, $stream: ID) {
+	keyEvents(types: $types, after: $after, stream: $stream) {
 		seq
 		type
 		keyId
 		at
+		stream
 	}
 }
 `
@@ -689,13 +701,15 @@ func KeyEvents(
 	client_ graphql.WebSocketClient,
 	types []KeyEventType,
 	after *int,
+	stream *string,
 ) (dataChan_ chan KeyEventsWsResponse, subscriptionID_ string, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "KeyEvents",
 		Query:  KeyEvents_Operation,
 		Variables: &__KeyEventsInput{
-			Types: types,
-			After: after,
+			Types:  types,
+			After:  after,
+			Stream: stream,
 		},
 	}
 
