@@ -53,6 +53,8 @@ const (
 type SubscribeOptions struct {
 	// Types keeps only events of these types; empty means all.
 	Types []EventType
+	// Keys keeps only events of these keys (by id, at most 100); empty means all.
+	Keys []string
 	// After, when set, first replays the retained events whose Seq is larger, then
 	// goes live; nil means live events only.
 	After *int64
@@ -134,7 +136,7 @@ func (c *Client) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 	if opts.After != nil {
 		s.last, s.seen = *opts.After, true
 	}
-	conn, err := c.dialEvents(ctx, opts.Types, opts.After, opts.Stream)
+	conn, err := c.dialEvents(ctx, opts, opts.After, opts.Stream)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -175,7 +177,7 @@ func (s *Subscription) run(ctx context.Context, c *Client, opts SubscribeOptions
 			if e, ok := errors.AsType[*Error](err); ok && e.Code == ErrStreamChanged {
 				// The server's events started again: its first retained event on,
 				// at once.
-				if conn, err = c.dialEvents(ctx, opts.Types, s.restart(e), ""); err == nil {
+				if conn, err = c.dialEvents(ctx, opts, s.restart(e), ""); err == nil {
 					break
 				}
 				if ctx.Err() != nil || !resumable(err) {
@@ -194,7 +196,7 @@ func (s *Subscription) run(ctx context.Context, c *Client, opts SubscribeOptions
 			case <-timer.C:
 			}
 			delay = min(2*delay, reconnectMax)
-			conn, err = c.dialEvents(ctx, opts.Types, after, stream)
+			conn, err = c.dialEvents(ctx, opts, after, stream)
 			if err == nil {
 				break
 			}
@@ -251,7 +253,7 @@ type wsMessage struct {
 }
 
 // dialEvents opens a connection, completes the handshake and subscribes.
-func (c *Client) dialEvents(ctx context.Context, types []EventType, after *int64, stream string) (*websocket.Conn, error) {
+func (c *Client) dialEvents(ctx context.Context, opts SubscribeOptions, after *int64, stream string) (*websocket.Conn, error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	conn, resp, err := websocket.Dial(hctx, c.endpoint, &websocket.DialOptions{
@@ -269,14 +271,14 @@ func (c *Client) dialEvents(ctx context.Context, types []EventType, after *int64
 		return nil, fmt.Errorf("keyEvents: the server does not speak %s", subprotocol)
 	}
 	conn.SetReadLimit(maxMessageBytes)
-	if err := c.handshake(hctx, conn, types, after, stream); err != nil {
+	if err := c.handshake(hctx, conn, opts, after, stream); err != nil {
 		_ = conn.CloseNow()
 		return nil, fmt.Errorf("keyEvents: %w", err)
 	}
 	return conn, nil
 }
 
-func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, types []EventType, after *int64, stream string) error {
+func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, opts SubscribeOptions, after *int64, stream string) error {
 	if err := wsjson.Write(ctx, conn, wsMessage{Type: msgInit, Payload: json.RawMessage(`{}`)}); err != nil {
 		return err
 	}
@@ -298,8 +300,11 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, types []Ev
 		break
 	}
 	vars := map[string]any{}
-	if len(types) > 0 {
-		vars["types"] = types
+	if len(opts.Types) > 0 {
+		vars["types"] = opts.Types
+	}
+	if len(opts.Keys) > 0 {
+		vars["keys"] = opts.Keys
 	}
 	if after != nil {
 		vars["after"] = *after

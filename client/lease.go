@@ -22,6 +22,9 @@ var (
 	ErrLeaseExpired = errors.New("lease expired")
 	// ErrReleased: Release ended the lease.
 	ErrReleased = errors.New("lease released")
+	// ErrLeaseTaken: the key's events showed it freed by another party, deleted,
+	// expired, or acquired under another lease.
+	ErrLeaseTaken = errors.New("the key was taken away")
 )
 
 // Bounds of a held lease's background work.
@@ -71,7 +74,8 @@ type Lease struct {
 	loopCtx  context.Context // the background loop's requests; ended by Release
 	stopLoop context.CancelFunc
 	done     chan struct{} // closed when the lease ends
-	exited   chan struct{} // closed when the loop has returned
+	exited   chan struct{} // closed when the loop and the watch have returned
+	watching sync.WaitGroup
 
 	mu          sync.Mutex
 	info        LeaseInfo // without its Key: that is key
@@ -112,8 +116,30 @@ func (c *Client) Lease(ctx context.Context, opts AcquireOptions) (*Lease, error)
 	l.ctx, l.endCtx = context.WithCancelCause(ctx)
 	l.loopCtx, l.stopLoop = context.WithCancel(ctx)
 	calibrate := received.Sub(sent) > l.length/calibrateDivisor
+	l.watching.Go(l.watch)
 	go l.run(ctx, calibrate)
 	return l, nil
+}
+
+// lossEvents are the events of a key that end a lease held on it: once the lease is
+// held, each means another party freed the key, or took it under a lease of its own.
+var lossEvents = []EventType{Unblocked, Released, Deleted, Expired, Acquired}
+
+// watch follows the key's events while the lease is held, and ends the lease as lost
+// as soon as one of lossEvents comes: within the time an event takes to arrive,
+// rather than at the next renewal. If the stream cannot be had (an older server, a
+// network that drops websockets), the renewals still find the loss.
+func (l *Lease) watch() {
+	sub, err := l.c.Subscribe(l.loopCtx, SubscribeOptions{Keys: []string{l.id}, Types: lossEvents})
+	if err != nil {
+		return
+	}
+	defer sub.Close()
+	ev, ok := <-sub.Events()
+	if !ok || l.loopCtx.Err() != nil {
+		return // ended, or released: an unblock then is the holder's own
+	}
+	l.lose(fmt.Errorf("%w: the key was %s (event %d)", ErrLeaseTaken, ev.Type, ev.Seq))
 }
 
 // KeyID returns the id of the key the lease holds: the API key to use.
@@ -185,17 +211,19 @@ func (l *Lease) deadlines() (lease, keepAlive time.Time) {
 	return l.local(l.info.ExpiresAt), l.local(l.key.ExpiresAt)
 }
 
-// end records why the lease ended and tells the holder, once.
-func (l *Lease) end(err error) {
+// end records why the lease ended and tells the holder, once, and reports whether it
+// did (false: it had ended already).
+func (l *Lease) end(err error) bool {
 	l.mu.Lock()
 	if l.err != nil {
 		l.mu.Unlock()
-		return
+		return false
 	}
 	l.err = err
 	l.mu.Unlock()
 	l.endCtx(err)
 	close(l.done)
+	return true
 }
 
 func lost(cause error) error { return fmt.Errorf("%w: %w", ErrLeaseLost, cause) }
@@ -204,8 +232,11 @@ func lost(cause error) error { return fmt.Errorf("%w: %w", ErrLeaseLost, cause) 
 // the key unless it was lost. calibrate asks for a renewal at once (see
 // calibrateDivisor).
 func (l *Lease) run(parent context.Context, calibrate bool) {
-	defer close(l.exited)
-	defer l.stopLoop()
+	defer func() {
+		l.stopLoop()
+		l.watching.Wait()
+		close(l.exited)
+	}()
 	leaseEnd, _ := l.deadlines()
 	renewAt := leaseEnd.Add(-l.length / renewDivisor)
 	if calibrate {
@@ -232,7 +263,14 @@ func (l *Lease) run(parent context.Context, calibrate bool) {
 			case <-timer.Chan():
 			case <-l.loopCtx.Done():
 				timer.Stop()
+			case <-l.done: // the watch found it lost
+				timer.Stop()
 			}
+		}
+		select {
+		case <-l.done:
+			return // lost (the watch found it): the key is not the holder's to free
+		default:
 		}
 		if l.loopCtx.Err() != nil {
 			l.stop(parent)
@@ -313,10 +351,12 @@ func (l *Lease) run(parent context.Context, calibrate bool) {
 	}
 }
 
-// lose ends the lease as lost because of cause.
+// lose ends the lease as lost because of cause, unless it has ended already.
 func (l *Lease) lose(cause error) {
 	err := lost(cause)
-	l.end(err)
+	if !l.end(err) {
+		return
+	}
 	l.mu.Lock()
 	l.releaseErr = err
 	l.mu.Unlock()

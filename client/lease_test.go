@@ -187,8 +187,32 @@ func TestLeaseLost(t *testing.T) {
 			client.ErrNotBlocked,
 		},
 	} {
-		t.Run(name, func(t *testing.T) {
+		t.Run(name+", told by the key's events", func(t *testing.T) {
 			e := newLeaseEnv(t, keystore.Options{LeaseTTL: 30 * time.Second}, 1)
+			l := e.lease(t, client.AcquireOptions{})
+			e.steps(t, l, 1, time.Second)
+			e.ts.waitSubscribers(t, 1) // the lease follows its key
+			taken := time.Now()
+			require.NoError(t, tc.takeAway(e, l))
+			select { // no clock moves: only the event can tell
+			case <-l.Done():
+			case <-time.After(time.Second):
+				t.Fatal("the loss was not reported within a second")
+			}
+			t.Logf("reported %v after the key was taken", time.Since(taken))
+			err := l.Err()
+			assert.ErrorIs(t, err, client.ErrLeaseLost)
+			assert.ErrorIs(t, err, client.ErrLeaseTaken)
+			assert.Equal(t, err, l.Release(context.Background()), "Release reports the loss")
+			if tc.code == client.ErrLeaseMismatch {
+				key, err := e.ts.store.Get(context.Background(), l.KeyID())
+				require.NoError(t, err)
+				assert.Equal(t, keystore.Blocked, key.Status, "Release leaves the other holder's lease alone")
+			}
+		})
+		t.Run(name+", found by the renewal without a stream", func(t *testing.T) {
+			e := newLeaseEnv(t, keystore.Options{LeaseTTL: 30 * time.Second}, 1)
+			e.ts.noStreams.Store(true)
 			l := e.lease(t, client.AcquireOptions{})
 			e.steps(t, l, 5, time.Second)
 			require.NoError(t, tc.takeAway(e, l))

@@ -34,6 +34,8 @@ type testServer struct {
 	srv   *httptest.Server
 	obs   *observer
 	down  atomic.Bool
+	// noStreams refuses websocket upgrades: event streams cannot be had.
+	noStreams atomic.Bool
 
 	mu   sync.Mutex
 	sent []sentOperation
@@ -63,6 +65,10 @@ func newTestServer(t *testing.T, clock clockwork.Clock, opts keystore.Options) *
 	gql := graph.NewServer(store, graph.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
 	mux := http.NewServeMux()
 	mux.Handle("/graphql", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ts.noStreams.Load() && r.Header.Get("Upgrade") != "" {
+			http.Error(w, "no streams here", http.StatusServiceUnavailable)
+			return
+		}
 		if r.Method == http.MethodPost {
 			body, err := io.ReadAll(r.Body)
 			if err != nil {
@@ -152,4 +158,11 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// waitSubscribers waits until the store has n live subscriptions.
+func (ts *testServer) waitSubscribers(t *testing.T, n int64) {
+	t.Helper()
+	require.Eventually(t, func() bool { return ts.obs.subscribers.Load() == n }, 10*time.Second, time.Millisecond,
+		"want %d subscribers, have %d", n, ts.obs.subscribers.Load())
 }

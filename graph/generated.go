@@ -91,7 +91,7 @@ type ComplexityRoot struct {
 	}
 
 	Subscription struct {
-		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, stream *string) int
+		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, stream *string, keys []string) int
 	}
 }
 
@@ -112,7 +112,7 @@ type QueryResolver interface {
 	Stats(ctx context.Context) (*keystore.Stats, error)
 }
 type SubscriptionResolver interface {
-	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string) (<-chan *keystore.Event, error)
+	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string, keys []string) (<-chan *keystore.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -365,7 +365,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["stream"].(*string)), true
+		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["stream"].(*string), args["keys"].([]string)), true
 
 	}
 	return 0, false
@@ -700,6 +700,8 @@ type Subscription {
     after: 0 and that stream.
     """
     stream: ID
+    "Only events of these keys (at most 100); every key when omitted or empty."
+    keys: [ID!]
   ): KeyEvent!
 }
 `, BuiltIn: false},
@@ -1071,6 +1073,14 @@ func (ec *executionContext) field_Subscription_keyEvents_args(ctx context.Contex
 		return nil, err
 	}
 	args["stream"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
+		func(ctx context.Context, v any) ([]string, error) {
+			return ec.unmarshalOID2ᚕstringᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["keys"] = arg3
 	return args, nil
 }
 
@@ -2107,7 +2117,7 @@ func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field g
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["stream"].(*string))
+			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["stream"].(*string), fc.Args["keys"].([]string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Event) graphql.Marshaler {
@@ -4378,6 +4388,41 @@ func (ec *executionContext) marshalODuration2ᚖtimeᚐDuration(ctx context.Cont
 	_ = ctx
 	res := model.MarshalDuration(*v)
 	return res
+}
+
+func (ec *executionContext) unmarshalOID2ᚕstringᚄ(ctx context.Context, v any) ([]string, error) {
+	if v == nil {
+		return nil, nil
+	}
+	vSlice := graphql.CoerceList(v)
+	var err error
+	res := make([]string, len(vSlice))
+	for i := range vSlice {
+		ctx := graphql.WithPathContext(ctx, graphql.NewPathWithIndex(i))
+		res[i], err = ec.unmarshalNID2string(ctx, vSlice[i])
+		if err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+func (ec *executionContext) marshalOID2ᚕstringᚄ(ctx context.Context, sel ast.SelectionSet, v []string) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	ret := make(graphql.Array, len(v))
+	for i := range v {
+		ret[i] = ec.marshalNID2string(ctx, sel, v[i])
+	}
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
 }
 
 func (ec *executionContext) unmarshalOID2ᚖstring(ctx context.Context, v any) (*string, error) {

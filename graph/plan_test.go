@@ -26,7 +26,7 @@ func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubsc
 
 type eventsSubscription eventsResolver
 
-func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *string) (<-chan *keystore.Event, error) {
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
 	*r.plan = r.Plans.ForField(ctx)
 	return r.events, nil
 }

@@ -89,8 +89,8 @@ func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
 }
 
 // KeyEvents is the resolver for the keyEvents field.
-func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string) (<-chan *keystore.Event, error) {
-	return r.subscribeKeyEvents(ctx, keystore.SubscribeOptions{Types: types, After: after, Stream: orZero(stream)})
+func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string, keys []string) (<-chan *keystore.Event, error) {
+	return r.subscribeKeyEvents(ctx, keystore.SubscribeOptions{Types: types, After: after, Stream: orZero(stream), Keys: keys})
 }
 
 func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"regexp"
 	"strconv"
 	"testing"
@@ -304,4 +305,33 @@ func TestSubscriptionStreamChanged(t *testing.T) {
 			assert.Equal(t, stream, resp.Errors[0].Extensions["stream"])
 		})
 	}
+}
+
+// TestSubscriptionKeys: keyEvents(keys:) delivers the events of those keys only.
+func TestSubscriptionKeys(t *testing.T) {
+	const query = `subscription($keys: [ID!]) { keyEvents(keys: $keys) { keyId type } }`
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			e := newEnv(t, keystore.Options{})
+			ids := e.generate(t, 3)
+			s := tr.subscribe(t, e, query, map[string]any{"keys": []string{ids[1]}})
+			e.waitSubscribers(t, 1)
+			for _, id := range ids {
+				require.NoError(t, e.store.Delete(t.Context(), id))
+			}
+			resp, done := s.next(t)
+			require.False(t, done)
+			require.Empty(t, resp.Errors)
+			assert.JSONEq(t, `{"keyEvents":{"keyId":"`+ids[1]+`","type":"DELETED"}}`, string(resp.Data))
+		})
+	}
+	e := newEnv(t, keystore.Options{})
+	many := make([]string, keystore.MaxEventKeys+1)
+	for i := range many {
+		many[i] = fmt.Sprint(i)
+	}
+	s := transports[0].subscribe(t, e, query, map[string]any{"keys": many})
+	resp, _ := s.next(t)
+	require.NotEmpty(t, resp.Errors)
+	assert.Equal(t, "BAD_USER_INPUT", resp.Errors[0].code())
 }

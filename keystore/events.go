@@ -52,9 +52,10 @@ type Event struct {
 // however late it reads; what came before a gap in the seqs is unknown, so counts).
 // It also ends when its context ends or the hub closes. The events are shared by every subscriber: never modify one.
 type Subscription struct {
-	hub *Hub
-	ctx context.Context
-	set typeSet
+	hub  *Hub
+	ctx  context.Context
+	set  typeSet
+	keys map[string]struct{} // nil: every key
 
 	mu     sync.Mutex // Read, and the end, one at a time
 	cursor int64      // the next seq to look at
@@ -350,6 +351,12 @@ func (h *Hub) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscripti
 		cursor = *opts.After + 1
 	}
 	s := &Subscription{hub: h, ctx: ctx, set: setOf(opts.Types), cursor: cursor, done: make(chan struct{})}
+	if len(opts.Keys) > 0 {
+		s.keys = make(map[string]struct{}, len(opts.Keys))
+		for _, id := range opts.Keys {
+			s.keys[id] = struct{}{}
+		}
+	}
 	h.obs.SubscribersChanged(1)
 	// No goroutine: the end of ctx ends the subscription from ctx's own (once stop is
 	// set, if ctx has ended already).
@@ -429,7 +436,7 @@ func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 			}
 			continue
 		}
-		if s.set.has(e.ev.Type) {
+		if s.set.has(e.ev.Type) && s.wants(e.ev.KeyID) {
 			if n == len(buf) {
 				break
 			}
@@ -439,6 +446,15 @@ func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 		s.cursor++
 	}
 	return n, false
+}
+
+// wants reports whether the subscription follows the key id.
+func (s *Subscription) wants(id string) bool {
+	if s.keys == nil {
+		return true
+	}
+	_, ok := s.keys[id]
+	return ok
 }
 
 // passGone moves the cursor, which the ring has left behind, to the oldest retained

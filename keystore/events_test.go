@@ -593,3 +593,17 @@ func TestHubStream(t *testing.T) {
 	h.SetStream("the-pool-id")
 	require.Equal(t, "the-pool-id", h.Stream())
 }
+
+// TestHubKeys: a subscription of some keys gets their events only, of its types.
+func TestHubKeys(t *testing.T) {
+	h := keystore.NewHub(64, nil)
+	defer h.Close()
+	sub := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Keys: []string{"key-3", "key-7"}})
+	all := publish(h, 10)
+	require.Equal(t, []keystore.Event{all[3], all[7]}, receive(t, sub, 2))
+	requireSilent(t, sub)
+	typed := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{Keys: []string{"key-0", "key-1"}, Types: []keystore.EventType{keystore.EventAcquired}})
+	again := publish(h, 3) // key-0 GENERATED, key-1 ACQUIRED, key-2 UNBLOCKED
+	require.Equal(t, []keystore.Event{again[1]}, receive(t, typed, 1))
+	requireSilent(t, typed)
+}

@@ -108,6 +108,9 @@ const (
 	MaxPicks = 64
 )
 
+// MaxEventKeys is how many keys one subscription may follow by id.
+const MaxEventKeys = 100
+
 // SubscribeOptions select the events a subscription receives.
 type SubscribeOptions struct {
 	// Types keeps only events of these types; empty means all.
@@ -119,6 +122,9 @@ type SubscribeOptions struct {
 	// Stream, when set, is the stream After counts in: if the pool's events have
 	// started again since (another stream), Subscribe fails with ESTREAMCHANGED.
 	Stream string
+	// Keys keeps only events of these keys (by id), at most MaxEventKeys; empty means
+	// every key.
+	Keys []string
 }
 
 // Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)

@@ -396,6 +396,9 @@ func (p *Pool) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 	if opts.After != nil && *opts.After < 0 {
 		return nil, Errorf(EINVALID, "after must be at least 0, got %d", *opts.After)
 	}
+	if len(opts.Keys) > MaxEventKeys {
+		return nil, Errorf(EINVALID, "keys may name at most %d keys, got %d", MaxEventKeys, len(opts.Keys))
+	}
 	if err := p.backend.CatchUp(ctx); err != nil {
 		return nil, err
 	}

@@ -89,7 +89,16 @@ type testServer struct {
 	proxy    *cutproxy.Proxy
 	proxyURL string
 	graphql  atomic.Pointer[http.Handler] // the current server's, which restart replaces
+	subs     subscribers
 }
+
+// subscribers counts the live event subscriptions of a server's pools.
+type subscribers struct {
+	keystore.NopObserver
+	n atomic.Int64
+}
+
+func (s *subscribers) SubscribersChanged(delta int) { s.n.Add(int64(delta)) }
 
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
@@ -113,7 +122,7 @@ func newTestServer(t *testing.T) *testServer {
 
 // start serves a new in-memory pool at the server's address.
 func (ts *testServer) start(t *testing.T) {
-	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{})
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{Observer: &ts.subs})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
 	h := graph.NewServer(store, graph.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
@@ -480,7 +489,34 @@ func TestLeaseLost(t *testing.T) {
 	assert.Equal(t, exitLeaseLost, r.wait(t))
 	stderr := r.restErr
 	assert.Contains(t, stderr, "lease lost")
-	assert.Contains(t, stderr, "NOT_FOUND")
+	// Told by the key's events (DELETED), or by the renewal (NOT_FOUND), whichever
+	// comes first.
+	assert.Regexp(t, "DELETED|NOT_FOUND", stderr)
+}
+
+// TestLeaseTakenAwayIsToldAtOnce: a third party unblocks the key 30 s before the
+// lease's first renewal is due; the command is told (SIGTERM) within a second or
+// two, from the key's events, not at that renewal.
+func TestLeaseTakenAwayIsToldAtOnce(t *testing.T) {
+	ts := newTestServer(t)
+	ts.generate(t, 1)
+	r := start(t, ts.url, "lease", "-ttl", "45s", "--", "sh", "-c",
+		`trap 'echo stopped; exit 0' TERM; echo "$KEYPOOL_KEY"; while :; do sleep 0.05; done`)
+	id := r.line(t, r.stdout)
+	require.Eventually(t, func() bool { return ts.subs.n.Load() == 1 }, 10*time.Second, time.Millisecond,
+		"the lease follows its key's events")
+	other, err := client.New(ts.url)
+	require.NoError(t, err)
+	defer other.Close()
+	taken := time.Now()
+	_, err = other.UnblockKey(context.Background(), id, "")
+	require.NoError(t, err)
+	assert.Equal(t, "stopped", r.line(t, r.stdout), "the command got SIGTERM")
+	told := time.Since(taken)
+	t.Logf("told %v after the key was taken", told)
+	assert.Less(t, told, 2*time.Second)
+	assert.Equal(t, exitLeaseLost, r.wait(t))
+	assert.Contains(t, r.restErr, "UNBLOCKED")
 }
 
 // TestLeaseCommandDiesWithKeypoolctl: killed with SIGKILL, keypoolctl cannot stop its

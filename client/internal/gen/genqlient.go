@@ -362,6 +362,7 @@ type __KeyEventsInput struct {
 	Types  []KeyEventType `json:"types,omitempty"`
 	After  *int           `json:"after,omitempty"`
 	Stream *string        `json:"stream,omitempty"`
+	Keys   []string       `json:"keys,omitempty"`
 }
 
 // GetTypes returns __KeyEventsInput.Types, and is useful for accessing the field via an interface.
@@ -372,6 +373,9 @@ func (v *__KeyEventsInput) GetAfter() *int { return v.After }
 
 // GetStream returns __KeyEventsInput.Stream, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetStream() *string { return v.Stream }
+
+// GetKeys returns __KeyEventsInput.Keys, and is useful for accessing the field via an interface.
+func (v *__KeyEventsInput) GetKeys() []string { return v.Keys }
 
 // __RenewLeaseInput is used internally by genqlient
 type __RenewLeaseInput struct {
@@ -684,8 +688,8 @@ func KeepAlive(
 
 // The subscription executed by KeyEvents.
 const KeyEvents_Operation = `
-subscription KeyEvents ($types: [KeyEventType!], $after: Int, $stream: ID) {
-	keyEvents(types: $types, after: $after, stream: $stream) {
+subscription KeyEvents ($types: [KeyEventType!], $after: Int, $stream: ID, $keys: [ID!]) {
+	keyEvents(types: $types, after: $after, stream: $stream, keys: $keys) {
 		seq
 		type
 		keyId
@@ -702,6 +706,7 @@ func KeyEvents(
 	types []KeyEventType,
 	after *int,
 	stream *string,
+	keys []string,
 ) (dataChan_ chan KeyEventsWsResponse, subscriptionID_ string, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "KeyEvents",
@@ -710,6 +715,7 @@ func KeyEvents(
 			Types:  types,
 			After:  after,
 			Stream: stream,
+			Keys:   keys,
 		},
 	}
 
