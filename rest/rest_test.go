@@ -28,8 +28,13 @@ type pool struct {
 
 func newPool(t *testing.T) *pool {
 	t.Helper()
+	return newPoolWith(t, keystore.Options{})
+}
+
+func newPoolWith(t *testing.T, opts keystore.Options) *pool {
+	t.Helper()
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 24, 14, 0, 0, 123456789, time.FixedZone("CET", 3600)))
-	store, err := keystore.NewMemory(clock, keystore.Options{})
+	store, err := keystore.NewMemory(clock, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +258,42 @@ func TestAcquireWait(t *testing.T) {
 	}
 	p.clock.Advance(5 * time.Second)
 	expect[errorBody](t, <-served, 404, "NOT_FOUND")
+}
+
+// TestAcquireTooManyWaiters: with MaxWaiters acquires waiting, one more that would
+// wait is answered at once, on a clock that does not move, with 429 TOO_MANY_WAITERS
+// in the error shape (the document's, as every exchange here is checked), and changes
+// nothing; one that does not wait still gets 404.
+func TestAcquireTooManyWaiters(t *testing.T) {
+	const bound = 2
+	p := newPoolWith(t, keystore.Options{MaxWaiters: bound})
+	p.generate(1)
+	p.acquire() // the expirer now waits on the clock for the lease and the keep-alive
+	waiting := make(chan *httptest.ResponseRecorder, bound)
+	for range bound {
+		go func() { waiting <- p.do("POST", "/v1/keys/acquire?wait=5s", "") }()
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := p.clock.BlockUntilContext(ctx, 1+bound); err != nil { // the expirer and the waiters' timers
+		t.Fatal(err)
+	}
+	refused := make(chan *httptest.ResponseRecorder, 1)
+	go func() { refused <- p.do("POST", "/v1/keys/acquire?wait=5s", "") }()
+	select {
+	case w := <-refused:
+		expect[errorBody](t, w, http.StatusTooManyRequests, "TOO_MANY_WAITERS")
+	case <-ctx.Done():
+		t.Fatal("the acquire past the bound waited")
+	}
+	expect[errorBody](t, p.do("POST", "/v1/keys/acquire", ""), 404, "NOT_FOUND")
+	if s := p.stats(); s != (statsJSON{Total: 1, Blocked: 1}) {
+		t.Fatalf("stats %+v", s)
+	}
+	p.clock.Advance(5 * time.Second)
+	for range bound {
+		expect[errorBody](t, <-waiting, 404, "NOT_FOUND")
+	}
 }
 
 func TestUnblock(t *testing.T) {

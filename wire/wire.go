@@ -37,6 +37,7 @@ var statuses = map[keystore.Code]int{
 	keystore.ELEASEMISMATCH:  http.StatusConflict,
 	keystore.EINVALID:        http.StatusBadRequest,
 	keystore.EUNAVAILABLE:    http.StatusServiceUnavailable,
+	keystore.ETOOMANYWAITERS: http.StatusTooManyRequests,
 	CodeBadRequest:           http.StatusBadRequest,
 	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	CodeTooLarge:             http.StatusRequestEntityTooLarge,
