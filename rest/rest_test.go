@@ -462,6 +462,48 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestNonCanonicalPaths: a path under /v1 with an empty, . or .. segment, or one that
+// cleans up to a path under /v1, and /v1 itself, answer 404 NOT_FOUND in JSON (and the
+// document says so: every exchange here is checked), not net/http's redirect in
+// text/html, whatever the method; and the pool is untouched, even where the cleaned
+// path names a route that would change it.
+func TestNonCanonicalPaths(t *testing.T) {
+	p := newPool(t)
+	id := p.generate(1)[0].ID
+	before := p.stats()
+	for _, c := range []struct{ method, target string }{
+		{"GET", "/v1//stats"},
+		{"GET", "/v1/keys//" + id},
+		{"POST", "/v1/keys//keepalive"},
+		{"POST", "/v1/keys/" + id + "//unblock"},
+		{"DELETE", "/v1/keys/" + id + "/."},
+		{"POST", "/v1/keys/" + id + "/../acquire"},
+		{"GET", "/v1/./stats"},
+		{"GET", "/v1/stats/"},
+		{"GET", "/v1"},
+		{"POST", "/v1"},
+		{"GET", "//v1/stats"},
+		{"GET", "/graphql/../v1/stats"},
+		{"PUT", "/v1/keys//x/renew"},
+	} {
+		t.Run(c.method+" "+c.target, func(t *testing.T) {
+			w := p.do(c.method, c.target, "")
+			e := expect[errorBody](t, w, http.StatusNotFound, "NOT_FOUND")
+			if !strings.HasPrefix(e.Error.Message, "no such route") {
+				t.Fatalf("message %q", e.Error.Message)
+			}
+			if loc := w.Header().Get("Location"); loc != "" {
+				t.Fatalf("Location %q", loc)
+			}
+		})
+	}
+	if after := p.stats(); after != before {
+		t.Fatalf("stats %+v, were %+v", after, before)
+	}
+	// The canonical path of the key is still served.
+	expect[keyJSON](t, p.do("GET", "/v1/keys/"+id, ""), 200, "")
+}
+
 func TestMethodNotAllowedAllow(t *testing.T) {
 	p := newPool(t)
 	for path, allow := range map[string]string{
