@@ -79,13 +79,26 @@ func AppendTime(b []byte, t time.Time) []byte {
 
 // WriteRESTError answers in REST's error shape: {"error":{"code":…,"message":…}}.
 func WriteRESTError(w http.ResponseWriter, status int, code keystore.Code, message string) {
-	type restError struct {
-		Code    keystore.Code `json:"code"`
-		Message string        `json:"message"`
-	}
-	writeJSON(w, MediaJSON, status, struct {
-		Error restError `json:"error"`
-	}{restError{code, message}})
+	writeJSON(w, MediaJSON, status, restErrorOf(code, message))
+}
+
+// RESTErrorBody is the body WriteRESTError writes, for an answer written without an
+// http.ResponseWriter.
+func RESTErrorBody(code keystore.Code, message string) []byte {
+	return marshal(restErrorOf(code, message))
+}
+
+type restError struct {
+	Error restErrorFields `json:"error"`
+}
+
+type restErrorFields struct {
+	Code    keystore.Code `json:"code"`
+	Message string        `json:"message"`
+}
+
+func restErrorOf(code keystore.Code, message string) restError {
+	return restError{restErrorFields{code, message}}
 }
 
 // WriteGraphQLError answers a GraphQL request refused before it ran, in mediaType
@@ -111,13 +124,19 @@ const (
 )
 
 func writeJSON(w http.ResponseWriter, contentType string, status int, body any) {
-	data, err := json.Marshal(body)
-	if err != nil { // only strings inside: cannot happen
-		panic(err)
-	}
+	data := marshal(body)
 	h := w.Header()
 	h.Set("Content-Type", contentType)
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(data, '\n'))
+	_, _ = w.Write(data)
+}
+
+// marshal is body in JSON, with a newline.
+func marshal(body any) []byte {
+	data, err := json.Marshal(body)
+	if err != nil { // only strings inside: cannot happen
+		panic(err)
+	}
+	return append(data, '\n')
 }
