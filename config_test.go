@@ -27,6 +27,7 @@ func TestConfigDefaults(t *testing.T) {
 		KeepAliveTTL: 5 * time.Minute,
 		MaxLeaseTTL:  time.Hour,
 		MaxGenerate:  10000,
+		MaxWaiters:   1000,
 		Store:        "memory",
 		LogFormat:    "text",
 		GCHeapFloor:  64,
@@ -43,6 +44,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 		"KEYPOOL_KEEPALIVE_TTL": "10m",
 		"KEYPOOL_MAX_LEASE_TTL": "2h",
 		"KEYPOOL_MAX_GENERATE":  "50",
+		"KEYPOOL_MAX_WAITERS":   "20000",
 		"KEYPOOL_STORE":         "redis://localhost:6379/0",
 		"KEYPOOL_LOG_FORMAT":    "json",
 		"KEYPOOL_GC_HEAP_FLOOR": "0",
@@ -59,6 +61,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			KeepAliveTTL: 10 * time.Minute,
 			MaxLeaseTTL:  2 * time.Hour,
 			MaxGenerate:  50,
+			MaxWaiters:   20000,
 			Store:        "redis://localhost:6379/0",
 			LogFormat:    "json",
 			AllowedHosts: mustHosts(t, "keypool.lan"),
@@ -69,7 +72,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 	t.Run("flags beat env", func(t *testing.T) {
 		cfg, err := parseConfig([]string{
 			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
-			"-max-generate", "7", "-store", "memory", "-log-format", "text",
+			"-max-generate", "7", "-max-waiters", "5", "-store", "memory", "-log-format", "text",
 			"-gc-heap-floor", "128", "-allowed-hosts", "*.example.com,*", "-read-timeout", "3s", "-idle-timeout", "30s",
 		}, env, io.Discard)
 		require.NoError(t, err)
@@ -79,6 +82,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			KeepAliveTTL: time.Hour,
 			MaxLeaseTTL:  3 * time.Hour,
 			MaxGenerate:  7,
+			MaxWaiters:   5,
 			Store:        "memory",
 			LogFormat:    "text",
 			GCHeapFloor:  128,
@@ -110,6 +114,9 @@ func TestConfigBadValues(t *testing.T) {
 		{"lease ttl over max from env", nil, map[string]string{"KEYPOOL_MAX_LEASE_TTL": "30s"}, "-lease-ttl"},
 		{"max generate zero", []string{"-max-generate", "0"}, nil, "-max-generate"},
 		{"max generate not a number", nil, map[string]string{"KEYPOOL_MAX_GENERATE": "lots"}, "-max-generate"},
+		{"max waiters zero", []string{"-max-waiters", "0"}, nil, "-max-waiters"},
+		{"max waiters negative from env", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "-1"}, "-max-waiters"},
+		{"max waiters not a number", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "many"}, "-max-waiters"},
 		{"store scheme", []string{"-store", "postgres://db"}, nil, "-store"},
 		{"store without host", []string{"-store", "redis://"}, nil, "-store"},
 		{"log format", []string{"-log-format", "xml"}, nil, "-log-format"},
@@ -144,4 +151,6 @@ func TestConfigHelp(t *testing.T) {
 	_, err := parseConfig([]string{"-h"}, envOf(nil), &usage)
 	assert.True(t, errors.Is(err, flag.ErrHelp))
 	assert.Contains(t, usage.String(), "KEYPOOL_LEASE_TTL")
+	assert.Contains(t, usage.String(), "-max-waiters int\n")
+	assert.Contains(t, usage.String(), "KEYPOOL_MAX_WAITERS")
 }

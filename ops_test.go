@@ -306,6 +306,66 @@ func TestGracefulShutdown(t *testing.T) {
 	assert.Equal(t, websocket.StatusNormalClosure, websocket.CloseStatus(err), "subscription closed cleanly: %v", err)
 }
 
+// TestMaxWaiters: with -max-waiters acquires waiting, one more that would wait is
+// answered at once, over GraphQL with TOO_MANY_WAITERS and over REST with 429 in the
+// error shape the OpenAPI document gives (restClient checks it), and the pool is as
+// it was; the waiters are still served.
+func TestMaxWaiters(t *testing.T) {
+	const bound = 2
+	s := startServer(t, "-max-waiters", strconv.Itoa(bound))
+	type answer struct {
+		resp gqlResponse
+		err  error
+	}
+	waiting := make(chan answer, bound)
+	for range bound {
+		go func() {
+			body := `{"query":"mutation { acquireKey(wait: \"30s\") { key { id } } }"}`
+			res, err := http.Post(s.url+"/graphql", "application/json", strings.NewReader(body))
+			if err != nil {
+				waiting <- answer{err: err}
+				return
+			}
+			defer res.Body.Close()
+			var a answer
+			a.err = json.NewDecoder(res.Body).Decode(&a.resp)
+			waiting <- a
+		}()
+	}
+	require.Eventually(t, func() bool { return metricValues(t, s)["keypool_acquire_waiters"] == bound },
+		10*time.Second, 10*time.Millisecond)
+	before := s.stats(t)
+
+	// The refusals come at once, long before their 10s wait would run out.
+	start := time.Now()
+	status, resp := s.post(t, `mutation { acquireKey(wait: "10s") { key { id } } }`, nil)
+	require.Equal(t, http.StatusOK, status)
+	require.Len(t, resp.Errors, 1, "%s", resp.Data)
+	assert.Equal(t, "TOO_MANY_WAITERS", resp.Errors[0].Extensions["code"])
+	assert.JSONEq(t, `{"acquireKey":null}`, string(resp.Data))
+
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	require.Equal(t, http.StatusTooManyRequests, s.rest(t, "POST", "/v1/keys/acquire?wait=10s", "", &e))
+	assert.Equal(t, "TOO_MANY_WAITERS", e.Error.Code)
+	assert.NotEmpty(t, e.Error.Message)
+	assert.Less(t, time.Since(start), 5*time.Second, "the refused acquires waited")
+	assert.Equal(t, before, s.stats(t), "a refused acquire changed the pool")
+	assert.EqualValues(t, bound, metricValues(t, s)["keypool_acquire_waiters"])
+
+	// An acquire that does not wait is answered as ever.
+	require.Equal(t, http.StatusNotFound, s.rest(t, "POST", "/v1/keys/acquire", "", &e))
+	assert.Equal(t, "NOT_FOUND", e.Error.Code)
+
+	s.mustPost(t, `mutation { generateKeys(count: 2) { id } }`, nil, nil)
+	for range bound {
+		a := <-waiting
+		require.NoError(t, a.err)
+		require.Empty(t, a.resp.Errors, "a waiter within the bound is served")
+	}
+}
+
 func TestConfigLogLevel(t *testing.T) {
 	cfg, err := parseConfig(nil, envOf(map[string]string{"KEYPOOL_LOG_LEVEL": "debug"}), io.Discard)
 	require.NoError(t, err)

@@ -29,7 +29,7 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 	return middleware.Log(logger,
 		middleware.BodyDeadline(cfg.ReadTimeout,
 			middleware.Browsers(cfg.AllowedHosts, cfg.CORSOrigins, edgeError,
-				middleware.CORS(cfg.CORSOrigins, mux))))
+				middleware.CORS(cfg.CORSOrigins, rest.CanonicalPaths(mux)))))
 }
 
 // edgeError answers a request refused before its route ran in the route's error shape:

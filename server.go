@@ -27,6 +27,7 @@ import (
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/metrics"
+	"github.com/keypool/keypool/middleware"
 	"github.com/keypool/keypool/redact"
 )
 
@@ -69,10 +70,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("-addr: %v", err)
 	}
+	// What net/http refuses before any handler (a bad %-escape in a path, a malformed
+	// header) is answered in JSON too; websockets still get the plain TCP connection.
+	ln = middleware.ServerRefusals(ln)
 
 	streams := newStreamTracker()
 	srv := &http.Server{
-		Handler: streams.wrap(newHandler(store, cfg, logger, metricSet)),
+		Handler: middleware.RawConnections(streams.wrap(newHandler(store, cfg, logger, metricSet))),
 		// Slow clients: headers and idle keep-alive connections are bounded here, bodies
 		// by middleware.BodyDeadline (in routes.go), whose deadline is lifted once the
 		// body is in, so that SSE streams and waiting acquires, which read nothing for

@@ -470,9 +470,12 @@ func newExecutionContext(
 var sources = []*ast.Source{
 	{Name: "../schema.graphqls", Input: `"""
 keypool's API: a pool of API keys leased out. Every error carries extensions.code: NOT_FOUND,
-NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, SLOW_CONSUMER (a subscription cut for
-falling behind), STREAM_CHANGED (keyEvents asked to resume a stream that has started again), GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens,
-nesting 32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
+NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, TOO_MANY_WAITERS (an acquireKey that
+would wait while -max-waiters acquires, 1000 by default, wait already: answered at once, nothing
+changed; one that finds a key free is served), SLOW_CONSUMER (a subscription cut for falling
+behind), STREAM_CHANGED (keyEvents asked to resume a stream that has started again),
+GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens, nesting
+32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
 COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys 150
 more for -max-generate keys and its share of 150 for fewer, acquireKey 150 more when it may wait,
 so an operation waits once at most; or a document over 1000 fields, arguments and directives with its

@@ -16,7 +16,10 @@ const (
 	ELEASEMISMATCH Code = "LEASE_MISMATCH"
 	EINVALID       Code = "BAD_USER_INPUT"
 	EUNAVAILABLE   Code = "UNAVAILABLE"
-	ESLOWCONSUMER  Code = "SLOW_CONSUMER"
+	// ETOOMANYWAITERS: an Acquire that would wait, refused at once because
+	// Options.MaxWaiters Acquires wait already; nothing changed.
+	ETOOMANYWAITERS Code = "TOO_MANY_WAITERS"
+	ESLOWCONSUMER   Code = "SLOW_CONSUMER"
 	// ECOMPACTED: a subscription asked to resume after events that the pool no longer
 	// retains; Error.OldestSeq names the oldest it does.
 	ECOMPACTED Code = "EVENTS_COMPACTED"

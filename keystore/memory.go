@@ -113,7 +113,12 @@ var _ Backend = (*memory)(nil)
 // NewMemory returns a pool kept in this process's memory, on clock
 // (clockwork.NewRealClock() in production), and starts its expirer; Close stops it.
 func NewMemory(clock clockwork.Clock, opts Options) (*Pool, error) {
-	return NewPool(clock, opts, func(env Env) (Backend, *IDCodec, error) {
+	return NewPool(clock, opts, openMemory(clock))
+}
+
+// openMemory is NewMemory's backend, for NewPool.
+func openMemory(clock clockwork.Clock) func(Env) (Backend, *IDCodec, error) {
+	return func(env Env) (Backend, *IDCodec, error) {
 		ids, err := NewIDCodec(NewSecret())
 		if err != nil {
 			return nil, nil, err
@@ -135,7 +140,7 @@ func NewMemory(clock clockwork.Clock, opts Options) (*Pool, error) {
 		m.keepAlive = keepAliveQueue{front: noSlot, back: noSlot, slab: &m.slab}
 		go m.expire()
 		return m, ids, nil
-	})
+	}
 }
 
 // now reads the clock as nanoseconds since base. Real clock readings carry the

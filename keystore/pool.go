@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -25,6 +26,9 @@ type Pool struct {
 	opts    Options
 	hub     *Hub
 	waiters *WaitQueue
+	// waitSlots counts the Acquires that may wait, at most opts.MaxWaiters: each takes
+	// a slot before its first try and gives it back when it returns.
+	waitSlots atomic.Int64
 
 	stop      chan struct{} // closed when waiting ends: StopWaiting or Close
 	stopOnce  sync.Once
@@ -142,6 +146,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("max generate must be at least 1, got %d", o.MaxGenerate)
 	case o.EventRetention < 1:
 		return fmt.Errorf("event retention must be at least 1, got %d", o.EventRetention)
+	case o.MaxWaiters < 1:
+		return fmt.Errorf("max waiters must be at least 1, got %d", o.MaxWaiters)
 	}
 	return nil
 }
@@ -189,6 +195,16 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	if err := p.waitStopped(); err != nil {
 		return Key{}, err
 	}
+	if !p.takeWaitSlot() {
+		// As many Acquires wait as the pool allows: this one may not wait, but a key
+		// that is free now is still its, as if it had asked for no wait.
+		rec, err := p.backend.Acquire(ctx, ttl, nil)
+		if errors.Is(err, ErrNoKey) {
+			return Key{}, Errorf(ETOOMANYWAITERS, "no key is available, and %d acquires are waiting already, the most this server allows: retry later", p.opts.MaxWaiters)
+		}
+		return p.keyOr(rec, err, "")
+	}
+	defer p.waitSlots.Add(-1)
 	// The timer exists before the backend may queue the waiter, so that whoever sees
 	// it queued (a test moving a fake clock) moves the clock after the timer is armed.
 	start := p.clock.Now()
@@ -202,6 +218,21 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	key, err := p.wait(ctx, w, timer, opts.Wait)
 	p.opts.Observer.Waited(p.clock.Since(start), err == nil)
 	return key, err
+}
+
+// takeWaitSlot takes one of the Options.MaxWaiters slots of waiting Acquires, or
+// reports false when none is left. The bound is the pool's, whatever its backend: each
+// waiter costs this process a goroutine, a request and its connection.
+func (p *Pool) takeWaitSlot() bool {
+	for {
+		n := p.waitSlots.Load()
+		if n >= int64(p.opts.MaxWaiters) {
+			return false
+		}
+		if p.waitSlots.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // wait blocks until w is handed a key, its wait runs out, its client leaves or

@@ -1,6 +1,8 @@
 // Package middleware wraps keypool's HTTP handlers with what every route shares: a
 // debug log line per request, CORS, the guards against what browsers may be made to
-// send (Browsers, JSONBodies) and a deadline on request bodies (BodyDeadline).
+// send (Browsers, JSONBodies) and a deadline on request bodies (BodyDeadline); and,
+// under them all, the listener that answers in JSON what net/http's server refuses
+// before any handler runs (ServerRefusals, RawConnections).
 package middleware
 
 import (

@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/keypool/keypool/internal/bufpool"
@@ -37,11 +39,53 @@ type handler struct {
 	logger *slog.Logger
 }
 
-// New returns the handler of the /v1 routes alone (see Mount).
+// New returns the handler of the /v1 routes alone (see Mount), behind CanonicalPaths.
 func New(store keystore.Store, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	Mount(mux, store, logger, nil)
-	return mux
+	return CanonicalPaths(mux)
+}
+
+// CanonicalPaths goes in front of the ServeMux that the /v1 routes are mounted on
+// (Mount), which would otherwise answer, before any route runs, a path that is not
+// canonical ("//", "." or ".." segments: /v1//stats, /v1/keys//ID, /v1/keys/ID/..) and
+// /v1 itself with a redirect in text/html. CanonicalPaths answers those of them that
+// are, or clean up to, paths under /v1 with 404 NOT_FOUND in the JSON error shape, as
+// any path that names no route. Not a redirect: programs build these paths from
+// templates, so such a path is a bug (an empty id) that a redirect would hide, and
+// its cleaned form may name another route than it seems to (/v1/keys/ID/../acquire
+// is /v1/keys/acquire), which a 307 or 308 would take the method and body to.
+func CanonicalPaths(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.EscapedPath()
+		if clean := cleanPath(p); p == "/v1" || clean != p && (underV1(p) || underV1(clean)) {
+			writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND,
+				"no such route: "+r.Method+" "+redact.Path(r.URL.Path)+" (paths under /v1 have no empty, . or .. segments)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func underV1(p string) bool { return p == "/v1" || strings.HasPrefix(p, "/v1/") }
+
+// cleanPath is the form ServeMux redirects p to when it differs (net/http's
+// cleanPath): path.Clean, keeping a trailing slash. It allocates only when it differs.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		if len(p) == len(np)+1 && strings.HasPrefix(p, np) {
+			return p
+		}
+		return np + "/"
+	}
+	return np
 }
 
 // Mount adds the /v1 routes to mux, each wrapped in wrap (nil for none), so that a

@@ -28,8 +28,13 @@ type pool struct {
 
 func newPool(t *testing.T) *pool {
 	t.Helper()
+	return newPoolWith(t, keystore.Options{})
+}
+
+func newPoolWith(t *testing.T, opts keystore.Options) *pool {
+	t.Helper()
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 24, 14, 0, 0, 123456789, time.FixedZone("CET", 3600)))
-	store, err := keystore.NewMemory(clock, keystore.Options{})
+	store, err := keystore.NewMemory(clock, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +260,42 @@ func TestAcquireWait(t *testing.T) {
 	expect[errorBody](t, <-served, 404, "NOT_FOUND")
 }
 
+// TestAcquireTooManyWaiters: with MaxWaiters acquires waiting, one more that would
+// wait is answered at once, on a clock that does not move, with 429 TOO_MANY_WAITERS
+// in the error shape (the document's, as every exchange here is checked), and changes
+// nothing; one that does not wait still gets 404.
+func TestAcquireTooManyWaiters(t *testing.T) {
+	const bound = 2
+	p := newPoolWith(t, keystore.Options{MaxWaiters: bound})
+	p.generate(1)
+	p.acquire() // the expirer now waits on the clock for the lease and the keep-alive
+	waiting := make(chan *httptest.ResponseRecorder, bound)
+	for range bound {
+		go func() { waiting <- p.do("POST", "/v1/keys/acquire?wait=5s", "") }()
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := p.clock.BlockUntilContext(ctx, 1+bound); err != nil { // the expirer and the waiters' timers
+		t.Fatal(err)
+	}
+	refused := make(chan *httptest.ResponseRecorder, 1)
+	go func() { refused <- p.do("POST", "/v1/keys/acquire?wait=5s", "") }()
+	select {
+	case w := <-refused:
+		expect[errorBody](t, w, http.StatusTooManyRequests, "TOO_MANY_WAITERS")
+	case <-ctx.Done():
+		t.Fatal("the acquire past the bound waited")
+	}
+	expect[errorBody](t, p.do("POST", "/v1/keys/acquire", ""), 404, "NOT_FOUND")
+	if s := p.stats(); s != (statsJSON{Total: 1, Blocked: 1}) {
+		t.Fatalf("stats %+v", s)
+	}
+	p.clock.Advance(5 * time.Second)
+	for range bound {
+		expect[errorBody](t, <-waiting, 404, "NOT_FOUND")
+	}
+}
+
 func TestUnblock(t *testing.T) {
 	p := newPool(t)
 	expect[errorBody](t, p.do("POST", "/v1/keys/nope/unblock", ""), 404, "NOT_FOUND")
@@ -419,6 +460,48 @@ func TestBadInput(t *testing.T) {
 		!k.Lease.ExpiresAt.Equal(held.Lease.ExpiresAt) || k.History.TimesAcquired != 1 || !k.ExpiresAt.Equal(held.ExpiresAt) {
 		t.Fatalf("bad requests changed the held key: %+v, was %+v", k, held)
 	}
+}
+
+// TestNonCanonicalPaths: a path under /v1 with an empty, . or .. segment, or one that
+// cleans up to a path under /v1, and /v1 itself, answer 404 NOT_FOUND in JSON (and the
+// document says so: every exchange here is checked), not net/http's redirect in
+// text/html, whatever the method; and the pool is untouched, even where the cleaned
+// path names a route that would change it.
+func TestNonCanonicalPaths(t *testing.T) {
+	p := newPool(t)
+	id := p.generate(1)[0].ID
+	before := p.stats()
+	for _, c := range []struct{ method, target string }{
+		{"GET", "/v1//stats"},
+		{"GET", "/v1/keys//" + id},
+		{"POST", "/v1/keys//keepalive"},
+		{"POST", "/v1/keys/" + id + "//unblock"},
+		{"DELETE", "/v1/keys/" + id + "/."},
+		{"POST", "/v1/keys/" + id + "/../acquire"},
+		{"GET", "/v1/./stats"},
+		{"GET", "/v1/stats/"},
+		{"GET", "/v1"},
+		{"POST", "/v1"},
+		{"GET", "//v1/stats"},
+		{"GET", "/graphql/../v1/stats"},
+		{"PUT", "/v1/keys//x/renew"},
+	} {
+		t.Run(c.method+" "+c.target, func(t *testing.T) {
+			w := p.do(c.method, c.target, "")
+			e := expect[errorBody](t, w, http.StatusNotFound, "NOT_FOUND")
+			if !strings.HasPrefix(e.Error.Message, "no such route") {
+				t.Fatalf("message %q", e.Error.Message)
+			}
+			if loc := w.Header().Get("Location"); loc != "" {
+				t.Fatalf("Location %q", loc)
+			}
+		})
+	}
+	if after := p.stats(); after != before {
+		t.Fatalf("stats %+v, were %+v", after, before)
+	}
+	// The canonical path of the key is still served.
+	expect[keyJSON](t, p.do("GET", "/v1/keys/"+id, ""), 200, "")
 }
 
 func TestMethodNotAllowedAllow(t *testing.T) {

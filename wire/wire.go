@@ -37,6 +37,7 @@ var statuses = map[keystore.Code]int{
 	keystore.ELEASEMISMATCH:  http.StatusConflict,
 	keystore.EINVALID:        http.StatusBadRequest,
 	keystore.EUNAVAILABLE:    http.StatusServiceUnavailable,
+	keystore.ETOOMANYWAITERS: http.StatusTooManyRequests,
 	CodeBadRequest:           http.StatusBadRequest,
 	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	CodeTooLarge:             http.StatusRequestEntityTooLarge,
@@ -78,13 +79,26 @@ func AppendTime(b []byte, t time.Time) []byte {
 
 // WriteRESTError answers in REST's error shape: {"error":{"code":…,"message":…}}.
 func WriteRESTError(w http.ResponseWriter, status int, code keystore.Code, message string) {
-	type restError struct {
-		Code    keystore.Code `json:"code"`
-		Message string        `json:"message"`
-	}
-	WriteJSON(w, MediaJSON, status, struct {
-		Error restError `json:"error"`
-	}{restError{code, message}})
+	WriteJSON(w, MediaJSON, status, restErrorOf(code, message))
+}
+
+// RESTErrorBody is the body WriteRESTError writes, for an answer written without an
+// http.ResponseWriter.
+func RESTErrorBody(code keystore.Code, message string) []byte {
+	return marshal(restErrorOf(code, message))
+}
+
+type restError struct {
+	Error restErrorFields `json:"error"`
+}
+
+type restErrorFields struct {
+	Code    keystore.Code `json:"code"`
+	Message string        `json:"message"`
+}
+
+func restErrorOf(code keystore.Code, message string) restError {
+	return restError{restErrorFields{code, message}}
 }
 
 // WriteGraphQLError answers a GraphQL request refused before it ran, in mediaType
@@ -112,13 +126,19 @@ const (
 // WriteJSON writes body, an error answer, as JSON in contentType: the one writer of
 // error bodies, whatever their shape.
 func WriteJSON(w http.ResponseWriter, contentType string, status int, body any) {
-	data, err := json.Marshal(body)
-	if err != nil { // error bodies hold strings and maps of them: cannot happen
-		panic(err)
-	}
+	data := marshal(body)
 	h := w.Header()
 	h.Set("Content-Type", contentType)
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(data, '\n'))
+	_, _ = w.Write(data)
+}
+
+// marshal is body in JSON, with a newline.
+func marshal(body any) []byte {
+	data, err := json.Marshal(body)
+	if err != nil { // error bodies hold strings and maps of them: cannot happen
+		panic(err)
+	}
+	return append(data, '\n')
 }

@@ -903,6 +903,32 @@ func (e *env) result(done <-chan acquireResult) acquireResult {
 	}
 }
 
+// requireRefused checks that, while waiting Acquires wait, one more that would wait is
+// refused at once (on a clock that does not move) with TOO_MANY_WAITERS, and changes
+// nothing.
+func (e *env) requireRefused(waiting int64) {
+	e.t.Helper()
+	before := e.stats()
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	done := make(chan acquireResult, 1)
+	go func() {
+		k, err := e.store.Acquire(ctx, keystore.AcquireOptions{Wait: 10 * time.Second})
+		done <- acquireResult{k, err}
+	}()
+	select {
+	case r := <-done:
+		requireCode(e.t, r.err, keystore.ETOOMANYWAITERS)
+		require.Equal(e.t, keystore.Key{}, r.key)
+	case <-time.After(waitFor):
+		cancel()
+		<-done
+		e.t.Fatal("an acquire past the bound on waiters waited instead of being refused")
+	}
+	require.EqualValues(e.t, waiting, e.obs.waiting.Load())
+	require.Equal(e.t, before, e.stats())
+}
+
 // requirePending checks that a waiter has not returned.
 func requirePending(t *testing.T, done <-chan acquireResult) {
 	t.Helper()
@@ -1106,6 +1132,57 @@ func testWait(t *testing.T, open Opener) {
 		// A key freed later is not taken by the waiter that left.
 		e.generate(1)
 		e.requireStats(1, 1, 0)
+	})
+	t.Run("at most MaxWaiters wait: one more is refused at once and changes nothing", func(t *testing.T) {
+		const bound = 3
+		e := setup(t, open, keystore.Options{MaxWaiters: bound})
+		e.generate(1)
+		held := e.acquire(keystore.AcquireOptions{})
+		ctx, leave := context.WithCancel(e.ctx)
+		waiters := []<-chan acquireResult{e.startWaiter(ctx, keystore.AcquireOptions{Wait: 20 * time.Second}, 1)}
+		for i := 1; i < bound; i++ {
+			waiters = append(waiters, e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 20 * time.Second}, int64(i+1)))
+		}
+		e.requireRefused(bound)
+		e.requireUnchanged(held)
+
+		// An acquire that does not wait is none of the bound's business.
+		_, err := e.store.Acquire(e.ctx, keystore.AcquireOptions{})
+		requireCode(t, err, keystore.ENOTFOUND)
+
+		// A waiter that leaves gives its place back.
+		leave()
+		require.Error(t, e.result(waiters[0]).err)
+		waiters[0] = e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 20 * time.Second}, bound)
+		e.requireRefused(bound)
+
+		// So does one that is served: the freed key goes to the first in line.
+		_, err = e.store.Unblock(e.ctx, held.ID, held.Lease.Token)
+		require.NoError(t, err)
+		r := e.result(waiters[1])
+		require.NoError(t, r.err)
+		require.Equal(t, held.ID, r.key.ID)
+		waiters[1] = e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 20 * time.Second}, bound)
+		e.requireRefused(bound)
+
+		// And those whose wait runs out; then the bound admits as many again.
+		e.advance(20 * time.Second)
+		for _, w := range waiters {
+			requireCode(t, e.result(w).err, keystore.ENOTFOUND)
+		}
+		for i := range bound {
+			waiters[i] = e.startWaiter(e.ctx, keystore.AcquireOptions{Wait: 10 * time.Second}, int64(i+1))
+		}
+		e.requireRefused(bound)
+		// A key that comes free goes to the waiters, not past them.
+		fresh := e.generate(bound + 1)
+		for _, w := range waiters {
+			require.NoError(t, e.result(w).err)
+		}
+		// With one left free and no one waiting, an acquire that may wait takes it.
+		got := e.acquire(keystore.AcquireOptions{Wait: 10 * time.Second})
+		require.True(t, slices.ContainsFunc(fresh, func(k keystore.Key) bool { return k.ID == got.ID }))
+		e.requireStats(bound+2, 0, bound+2)
 	})
 	t.Run("a cancelled waiter never gets a key", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{})
