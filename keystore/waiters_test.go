@@ -51,6 +51,9 @@ func TestMaxWaitersLeavesFreeKeys(t *testing.T) {
 	ctx := t.Context()
 	free, err := p.Generate(ctx, 1)
 	require.NoError(t, err)
+	// The expirer's pass after Generate hands free keys to waiters: let it end (it then
+	// sleeps on the clock) before any waiter queues beside the free key.
+	require.NoError(t, clock.BlockUntilContext(ctx, 1))
 
 	backend.park.Store(true)
 	results := make(chan acquired, bound)
