@@ -9,10 +9,13 @@
 # orchestrator probe over HTTP: GET /healthz for liveness and GET /readyz for readiness,
 # on port 8080 (Kubernetes: httpGet probes). Both answer 200 when all is well.
 #
+# The builder's name is written out in full (docker.io/library/golang) so that podman,
+# which resolves no short names by default, builds it as docker does.
+#
 # Machines that cannot pull these base images build Dockerfile.local from a binary built
 # on the host instead; scripts/image-check.sh does, and checks the result.
 
-FROM golang:1.26 AS build
+FROM docker.io/library/golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
