@@ -32,6 +32,8 @@ type config struct {
 	AllowedHosts middleware.Hosts
 	ReadTimeout  time.Duration
 	IdleTimeout  time.Duration
+	// ShowVersion (-version): print the version and exit; nothing else is checked.
+	ShowVersion bool
 }
 
 // DefaultGCHeapFloor is the default -gc-heap-floor, in MiB: a small pool's heap grows to
@@ -86,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Var(&cfg.AllowedHosts, "allowed-hosts", "comma-separated host names browsers may reach the server by (*.example.com for subdomains, * for any); loopback names and IP addresses always work")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send a request's headers, and again its body (streams are not cut)")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", defaultIdleTimeout, "longest a keep-alive connection may wait for its next request")
+	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version (module version, VCS revision and time, Go version) and exit")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env, ok := envVars[f.Name]; ok {
 			f.Usage += " (env " + env + ")"
@@ -105,9 +108,6 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 			}
 		}
 	})
-	if envErr != nil {
-		return config{}, envErr
-	}
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: keypool [flags]")
 		fs.PrintDefaults()
@@ -119,6 +119,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 			return config{}, err
 		}
 		return config{}, errors.New(firstLine(err.Error()))
+	}
+	if cfg.ShowVersion { // whatever else the flags and the environment say
+		return config{ShowVersion: true}, nil
+	}
+	if envErr != nil {
+		return config{}, envErr
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"io"
+	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/middleware"
 )
 
@@ -153,4 +157,22 @@ func TestConfigHelp(t *testing.T) {
 	assert.Contains(t, usage.String(), "KEYPOOL_LEASE_TTL")
 	assert.Contains(t, usage.String(), "-max-waiters int\n")
 	assert.Contains(t, usage.String(), "KEYPOOL_MAX_WAITERS")
+}
+
+// TestVersion: keypool -version prints one line (the module's version, the VCS revision
+// and time when the build recorded them, the Go version) and exits 0, serving nothing and
+// whatever else the flags and the environment say.
+func TestVersion(t *testing.T) {
+	bad := envOf(map[string]string{"KEYPOOL_LEASE_TTL": "soon", "KEYPOOL_STORE": "postgres://db"})
+	for _, args := range [][]string{{"-version"}, {"--version"}, {"-addr", "", "-version"}} {
+		var stdout, stderr strings.Builder
+		err := run(context.Background(), append([]string{"keypool"}, args...), bad, &stdout, &stderr, func(net.Addr) {
+			t.Errorf("%v: the server started", args)
+		})
+		require.NoError(t, err, "%v", args)
+		assert.Empty(t, stderr.String())
+		assert.Equal(t, "keypool "+buildinfo.Read().String()+"\n", stdout.String(), "%v", args)
+		assert.Regexp(t, `^keypool (\(devel\)|v\S+)( \(revision [0-9a-f]+(-modified)?(, \S+)?\))? go\S+\n$`, stdout.String())
+		assert.Contains(t, stdout.String(), " "+runtime.Version()+"\n")
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/keypool/keypool/gcfloor"
+	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/metrics"
@@ -54,6 +55,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg, err := parseConfig(args[1:], getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintln(stdout, "keypool", buildinfo.Read())
+		return nil
 	}
 	logger := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
 	gcfloor.Set(uint64(cfg.GCHeapFloor) << 20)

@@ -10,6 +10,7 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/keystore"
 )
 
@@ -229,7 +231,20 @@ func New() *Metrics {
 		m.opCounters[op] = c
 	}
 
+	build := buildinfo.Read()
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keypool_build_info",
+		Help: "Always 1; its labels say which build is running: the module's version, the Go version, and the VCS revision (unknown when the build recorded none).",
+		ConstLabels: prometheus.Labels{
+			"version":   build.Version,
+			"goversion": build.GoVersion,
+			"revision":  cmp.Or(build.Revision, "unknown"),
+		},
+	})
+	buildInfo.Set(1)
+
 	m.registry.MustRegister(
+		buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.operations, m.requests, m.renewals, m.released, m.expired, lateness,

@@ -3,7 +3,9 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/metrics"
 )
@@ -87,7 +90,7 @@ func TestEveryMetricIsExposed(t *testing.T) {
 		"keypool_acquire_waiters", "keypool_acquire_wait_seconds",
 		"keypool_fanout_frames_total", "keypool_fanout_bytes_total", "keypool_fanout_writes_total",
 		"keypool_fanout_coalesced_writes_total", "keypool_fanout_encodes_total", "keypool_fanout_stalls_total",
-		"keypool_fanout_queued",
+		"keypool_fanout_queued", "keypool_build_info",
 		"go_goroutines", "process_start_time_seconds",
 	} {
 		if !strings.Contains(text, "# TYPE "+name+" ") {
@@ -103,6 +106,23 @@ func TestEveryMetricIsExposed(t *testing.T) {
 			t.Errorf("unprefixed metric: %s", line)
 		}
 	}
+}
+
+// TestBuildInfo scrapes keypool_build_info: one series, value 1, labelled with what
+// the binary recorded of its build.
+func TestBuildInfo(t *testing.T) {
+	m := metrics.New()
+	build := buildinfo.Read()
+	revision := build.Revision
+	if revision == "" {
+		revision = "unknown" // go test records no VCS revision
+	}
+	want := fmt.Sprintf("keypool_build_info{goversion=%q,revision=%q,version=%q} 1\n", runtime.Version(), revision, build.Version)
+	text := scrape(t, m)
+	require.Contains(t, text, "# TYPE keypool_build_info gauge\n")
+	require.Contains(t, text, want)
+	require.Equal(t, 1, strings.Count(text, "keypool_build_info{"), "one series")
+	require.Equal(t, 1.0, value(t, m, "keypool_build_info", "goversion", runtime.Version(), "version", build.Version))
 }
 
 func TestCountersMove(t *testing.T) {

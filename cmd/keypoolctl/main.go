@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool/client"
+	"github.com/keypool/keypool/internal/buildinfo"
 )
 
 // Exit statuses of keypoolctl itself; lease otherwise exits with its command's.
@@ -108,9 +109,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 	}
 	root := flag.NewFlagSet("keypoolctl", flag.ContinueOnError)
 	g.register(root)
+	version := root.Bool("version", false, "print the version (module version, VCS revision and time, Go version) and exit")
 	root.Usage = func() { usage(root) }
 	if code, ok := parse(e, root, args); !ok {
 		return code
+	}
+	if *version {
+		fmt.Fprintln(e.stdout, "keypoolctl", buildinfo.Read())
+		return exitOK
 	}
 	args = root.Args()
 	if len(args) == 0 {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/keypool/keypool/client"
 	"github.com/keypool/keypool/graph"
+	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/internal/cutproxy"
 	"github.com/keypool/keypool/keystore"
 )
@@ -311,6 +312,21 @@ func TestUsage(t *testing.T) {
 		assert.Equal(t, exitUsage, r.code, "%v: %s", args, r.stderr)
 		assert.NotEmpty(t, r.stderr, "%v", args)
 	}
+}
+
+// TestVersion: keypoolctl -version prints one line (the module's version, the VCS
+// revision and time when the build recorded them, the Go version) and exits 0, without
+// reaching for a server.
+func TestVersion(t *testing.T) {
+	want := "keypoolctl " + buildinfo.Read().String() + "\n"
+	r := ctl(t, "http://127.0.0.1:1", "-version") // its own process: the exit status
+	assert.Equal(t, result{stdout: want, code: exitOK}, r)
+	assert.Regexp(t, `^keypoolctl (\(devel\)|v\S+)( \(revision [0-9a-f]+(-modified)?(, \S+)?\))? go\S+\n$`, r.stdout)
+	assert.Contains(t, r.stdout, " "+runtime.Version()+"\n")
+	r = ctlIn(t, "http://127.0.0.1:1", "-server", "http://127.0.0.1:1", "--version")
+	assert.Equal(t, result{stdout: want, code: exitOK}, r)
+	r = ctlIn(t, "http://127.0.0.1:1", "-h")
+	assert.Contains(t, r.stdout, "-version")
 }
 
 // running is keypoolctl started with its stdin, stdout and stderr in the test's
