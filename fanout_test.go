@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -145,16 +146,16 @@ func dialFanSub(ctx context.Context, url, query string, rcvbuf int) (*fanSub, er
 		return nil, err
 	}
 	fail := func(err error) (*fanSub, error) { conn.CloseNow(); return nil, err }
-	if err := writeJSON(conn, map[string]any{"type": "connection_init"}); err != nil {
+	if err := wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}); err != nil {
 		return fail(err)
 	}
 	ackCtx, cancelAck := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancelAck()
 	var ack wsMessage
-	if err := readJSON(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
+	if err := wsjson.Read(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
 		return fail(fmt.Errorf("no connection_ack: %v %q", err, ack.Type))
 	}
-	if err := writeJSON(conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}); err != nil {
+	if err := wsjson.Write(context.Background(), conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}); err != nil {
 		return fail(err)
 	}
 	s := &fanSub{conn: conn, done: make(chan struct{})}
@@ -200,7 +201,7 @@ func (s *fanSub) read() {
 			}
 			switch m.Type {
 			case "ping":
-				_ = writeJSON(s.conn, map[string]any{"type": "pong"})
+				_ = wsjson.Write(context.Background(), s.conn, map[string]any{"type": "pong"})
 			case "pong":
 			case "next", "error":
 				var p struct {

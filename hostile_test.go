@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -618,11 +619,11 @@ func writeText(t *testing.T, conn *websocket.Conn, msgs ...string) {
 
 func initAck(t *testing.T, conn *websocket.Conn) {
 	t.Helper()
-	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}))
 	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
 	defer cancel()
 	var msg wsMessage
-	require.NoError(t, readJSON(ctx, conn, &msg))
+	require.NoError(t, wsjson.Read(ctx, conn, &msg))
 	require.Equal(t, "connection_ack", msg.Type)
 }
 
@@ -739,9 +740,9 @@ func TestHostileWebSocket(t *testing.T) {
 					Type    string
 					Payload json.RawMessage
 				}
-				require.NoError(t, readJSON(ctx, conn, &msg))
+				require.NoError(t, wsjson.Read(ctx, conn, &msg))
 				if msg.Type == "ping" {
-					require.NoError(t, writeJSON(conn, map[string]any{"type": "pong"}))
+					require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "pong"}))
 					continue
 				}
 				require.NotContains(t, ended, msg.ID, "%s after operation %s's %s", msg.Type, msg.ID, ended[msg.ID])
@@ -759,7 +760,7 @@ func TestHostileWebSocket(t *testing.T) {
 			writeText(t, conn, `{"id":"6","type":"subscribe","payload":{"query":"{ stats { total } }"}}`)
 			for _, want := range []string{"next", "complete"} {
 				var msg struct{ ID, Type string }
-				require.NoError(t, readJSON(ctx, conn, &msg))
+				require.NoError(t, wsjson.Read(ctx, conn, &msg))
 				require.Equal(t, "6", msg.ID, "a message for operation %s after its end", msg.ID)
 				require.Equal(t, want, msg.Type)
 			}

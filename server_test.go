@@ -144,21 +144,6 @@ func websocketClient(dial func(ctx context.Context, network, addr string) (net.C
 	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true, DisableCompression: true}}
 }
 
-// writeJSON sends v as one text message.
-func writeJSON(conn *websocket.Conn, v any) error {
-	return wsjson.Write(context.Background(), conn, v)
-}
-
-// readJSON reads the next message into v. When ctx ends first, the library closes the
-// connection.
-func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
-	_, data, err := conn.Read(ctx)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(data, v)
-}
-
 // subscribe opens a graphql-transport-ws subscription.
 func (s *server) subscribe(t *testing.T, query string) *websocket.Conn {
 	t.Helper()
@@ -166,9 +151,9 @@ func (s *server) subscribe(t *testing.T, query string) *websocket.Conn {
 		websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.CloseNow() })
-	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}))
 	require.Equal(t, "connection_ack", readWS(t, conn).Type)
-	require.NoError(t, writeJSON(conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}))
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": query}}))
 	return conn
 }
 
@@ -182,11 +167,11 @@ func readWS(t *testing.T, conn *websocket.Conn) wsMessage {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var msg wsMessage
-		err := readJSON(ctx, conn, &msg)
+		err := wsjson.Read(ctx, conn, &msg)
 		cancel()
 		require.NoError(t, err)
 		if msg.Type == "ping" {
-			require.NoError(t, writeJSON(conn, map[string]any{"type": "pong"}))
+			require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "pong"}))
 			continue
 		}
 		return msg

@@ -262,21 +262,6 @@ func dialWebsocket(srvURL, protocol string, header http.Header, opts ...dialOpti
 	return conn, res, nil
 }
 
-// writeJSON sends v as one text message.
-func writeJSON(conn *websocket.Conn, v any) error {
-	return wsjson.Write(context.Background(), conn, v)
-}
-
-// readJSON reads the next message into v. When ctx ends first, the library closes the
-// connection.
-func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
-	_, data, err := conn.Read(ctx)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(data, v)
-}
-
 // wsStream is a subscription over a raw websocket, in either subprotocol.
 type wsStream struct {
 	conn     *websocket.Conn
@@ -292,14 +277,14 @@ func (e *testEnv) subscribeWS(t *testing.T, protocol, query string, vars map[str
 	s := &wsStream{conn: conn, protocol: protocol}
 	t.Cleanup(s.close)
 
-	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}))
 	msg := s.read(t)
 	require.Equal(t, "connection_ack", msg.Type)
 	start := "subscribe"
 	if protocol == "graphql-ws" {
 		start = "start"
 	}
-	require.NoError(t, writeJSON(conn, map[string]any{
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{
 		"id": "1", "type": start, "payload": map[string]any{"query": query, "variables": vars},
 	}))
 	return s
@@ -317,14 +302,14 @@ func (s *wsStream) read(t *testing.T) wsMessage {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
 		var msg wsMessage
-		err := readJSON(ctx, s.conn, &msg)
+		err := wsjson.Read(ctx, s.conn, &msg)
 		cancel()
 		require.NoError(t, err)
 		switch msg.Type {
 		case "ka", "pong":
 			continue
 		case "ping":
-			require.NoError(t, writeJSON(s.conn, map[string]any{"type": "pong"}))
+			require.NoError(t, wsjson.Write(context.Background(), s.conn, map[string]any{"type": "pong"}))
 			continue
 		}
 		return msg

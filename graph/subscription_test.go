@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/coder/websocket/wsjson"
 	"regexp"
 	"strconv"
 	"testing"
@@ -226,8 +227,8 @@ func TestHalfOpenWebsocketIsDropped(t *testing.T) {
 	conn, _, err := dialWebsocket(srv.URL, "graphql-transport-ws", nil)
 	require.NoError(t, err)
 	defer conn.CloseNow()
-	require.NoError(t, writeJSON(conn, map[string]any{"type": "connection_init"}))
-	require.NoError(t, writeJSON(conn, map[string]any{"id": "1", "type": "subscribe",
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}))
+	require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"id": "1", "type": "subscribe",
 		"payload": map[string]any{"query": `subscription { keyEvents { seq } }`}}))
 
 	// Read without ever answering a ping: the server must close the socket.
@@ -236,7 +237,7 @@ func TestHalfOpenWebsocketIsDropped(t *testing.T) {
 	pings := 0
 	for {
 		var msg wsMessage
-		if err := readJSON(ctx, conn, &msg); err != nil {
+		if err := wsjson.Read(ctx, conn, &msg); err != nil {
 			require.False(t, isTimeout(err), "the server never dropped the silent client")
 			break
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -35,7 +36,7 @@ func dialSocket(t *testing.T, url, protocol string) *rawSocket {
 
 func (s *rawSocket) send(msg map[string]any) {
 	s.t.Helper()
-	require.NoError(s.t, writeJSON(s.conn, msg))
+	require.NoError(s.t, wsjson.Write(context.Background(), s.conn, msg))
 }
 
 func (s *rawSocket) init() *rawSocket {
@@ -60,7 +61,7 @@ func (s *rawSocket) read() wsMessage {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), streamTimeout)
 		var msg wsMessage
-		err := readJSON(ctx, s.conn, &msg)
+		err := wsjson.Read(ctx, s.conn, &msg)
 		cancel()
 		require.NoError(s.t, err)
 		switch msg.Type {
@@ -84,7 +85,7 @@ func (s *rawSocket) closed() (websocket.StatusCode, string) {
 		if err == nil {
 			var msg wsMessage
 			if json.Unmarshal(data, &msg) == nil && msg.Type == "ping" {
-				_ = writeJSON(s.conn, map[string]any{"type": "pong"})
+				_ = wsjson.Write(context.Background(), s.conn, map[string]any{"type": "pong"})
 			}
 			continue
 		}

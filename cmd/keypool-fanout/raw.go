@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 )
 
 // The raw broadcast: the floor that keypool's fan-out is measured against. A
@@ -78,13 +79,13 @@ func (b *rawBroadcast) accept(w http.ResponseWriter, r *http.Request) {
 		ID   string
 		Type string
 	}
-	if readJSON(ctx, conn, &msg) != nil || msg.Type != "connection_init" {
+	if wsjson.Read(ctx, conn, &msg) != nil || msg.Type != "connection_init" {
 		return
 	}
-	if writeJSON(conn, map[string]string{"type": "connection_ack"}) != nil {
+	if wsjson.Write(context.Background(), conn, map[string]string{"type": "connection_ack"}) != nil {
 		return
 	}
-	if readJSON(ctx, conn, &msg) != nil || msg.Type != "subscribe" {
+	if wsjson.Read(ctx, conn, &msg) != nil || msg.Type != "subscribe" {
 		return
 	}
 	s := &rawSocket{conn: conn, queue: make(chan []byte, rawQueue), done: make(chan struct{}), id: msg.ID}

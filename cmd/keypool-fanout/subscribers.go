@@ -144,14 +144,14 @@ func dialSubscriber(ctx context.Context, url, query string, resubscribe bool) (*
 		return nil, err
 	}
 	conn.SetReadLimit(-1) // the library's default is 32 KiB
-	if err := writeJSON(conn, map[string]any{"type": "connection_init"}); err != nil {
+	if err := wsjson.Write(context.Background(), conn, map[string]any{"type": "connection_init"}); err != nil {
 		conn.CloseNow()
 		return nil, err
 	}
 	ackCtx, cancelAck := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancelAck()
 	var ack struct{ Type string }
-	if err := readJSON(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
+	if err := wsjson.Read(ackCtx, conn, &ack); err != nil || ack.Type != "connection_ack" {
 		conn.CloseNow()
 		return nil, fmt.Errorf("no connection_ack: %v %q", err, ack.Type)
 	}
@@ -165,21 +165,6 @@ func dialSubscriber(ctx context.Context, url, query string, resubscribe bool) (*
 	return s, nil
 }
 
-// writeJSON sends v as one text message.
-func writeJSON(conn *websocket.Conn, v any) error {
-	return wsjson.Write(context.Background(), conn, v)
-}
-
-// readJSON reads the next message into v. When ctx ends first, the library closes the
-// connection.
-func readJSON(ctx context.Context, conn *websocket.Conn, v any) error {
-	_, data, err := conn.Read(ctx)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(data, v)
-}
-
 // subscribeLocked starts the next subscription, after seq after if withAfter.
 func (s *subscriber) subscribeLocked(after int64, withAfter bool) error {
 	s.sub++
@@ -189,7 +174,7 @@ func (s *subscriber) subscribeLocked(after int64, withAfter bool) error {
 		vars["after"] = after
 		s.next = after + 1
 	}
-	return writeJSON(s.conn, map[string]any{"id": strconv.Itoa(s.sub), "type": "subscribe",
+	return wsjson.Write(context.Background(), s.conn, map[string]any{"id": strconv.Itoa(s.sub), "type": "subscribe",
 		"payload": map[string]any{"query": s.query, "variables": vars}})
 }
 
@@ -251,7 +236,7 @@ func (s *subscriber) handle(msg []byte) {
 	}
 	switch m.Type {
 	case "ping":
-		_ = writeJSON(s.conn, map[string]any{"type": "pong"})
+		_ = wsjson.Write(context.Background(), s.conn, map[string]any{"type": "pong"})
 	case "pong":
 	case "complete":
 		if m.ID == strconv.Itoa(s.sub) && !s.ended && s.problem == "" {
