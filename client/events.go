@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -307,7 +308,7 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, opts Subsc
 		vars["keys"] = opts.Keys
 	}
 	if after != nil {
-		vars["after"] = *after
+		vars["after64"] = strconv.FormatInt(*after, 10)
 	}
 	if stream != "" {
 		vars["stream"] = stream
@@ -359,7 +360,7 @@ func (s *Subscription) follow(ctx context.Context, conn *websocket.Conn, idle ti
 				return delivered, errors.New("keyEvents: a response without data")
 			}
 			ev := resp.Data.KeyEvents
-			event := Event{Seq: int64(ev.Seq), Stream: ev.Stream, Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At}
+			event := Event{Seq: bigInt(ev.Seq64), Seq64: ev.Seq64, Stream: ev.Stream, Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At}
 			if !s.advance(event) {
 				continue // already delivered before a reconnection
 			}

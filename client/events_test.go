@@ -101,7 +101,7 @@ func TestSubscribeAfterAndTypes(t *testing.T) {
 	s, err = c.Subscribe(ctx, client.SubscribeOptions{After: after(0), Types: []client.EventType{client.Deleted}})
 	require.NoError(t, err)
 	ev := nextEvent(t, s)
-	assert.Equal(t, client.Event{Seq: 4, Stream: ev.Stream, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
+	assert.Equal(t, client.Event{Seq: 4, Seq64: "4", Stream: ev.Stream, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
 	s.Close()
 }
 
@@ -246,7 +246,7 @@ func (c *wsConn) accept(t *testing.T) map[string]any {
 
 func (c *wsConn) event(t *testing.T, seq int) {
 	c.send(t, wsMsg{Type: "next", ID: "1", Payload: json.RawMessage(
-		`{"data":{"keyEvents":{"seq":` + strconv.Itoa(seq) + `,"type":"GENERATED","keyId":"k` + strconv.Itoa(seq) + `","at":"2026-01-01T00:00:00Z"}}}`)})
+		`{"data":{"keyEvents":{"seq64":"` + strconv.Itoa(seq) + `","type":"GENERATED","keyId":"k` + strconv.Itoa(seq) + `","at":"2026-01-01T00:00:00Z"}}}`)})
 }
 
 // TestSubscribeSlowConsumerResumes: a stream cut with SLOW_CONSUMER is resumed
@@ -256,7 +256,7 @@ func TestSubscribeSlowConsumerResumes(t *testing.T) {
 	srv := scriptedServer(t,
 		func(t *testing.T, c *wsConn) {
 			vars := c.accept(t)
-			assert.Equal(t, float64(5), vars["after"])
+			assert.Equal(t, "5", vars["after64"])
 			assert.Equal(t, []any{"GENERATED"}, vars["types"])
 			c.send(t, wsMsg{Type: "ping"})
 			c.read(t, "pong")
@@ -269,7 +269,7 @@ func TestSubscribeSlowConsumerResumes(t *testing.T) {
 		},
 		func(t *testing.T, c *wsConn) {
 			vars := c.accept(t)
-			assert.Equal(t, float64(7), vars["after"], "resumed after the last seq delivered")
+			assert.Equal(t, "7", vars["after64"], "resumed after the last seq delivered")
 			c.event(t, 7) // a repeat is not delivered twice
 			c.event(t, 8)
 			c.send(t, wsMsg{Type: "error", ID: "1", Payload: json.RawMessage(
@@ -326,4 +326,25 @@ func TestSubscribeIdleTimeout(t *testing.T) {
 	defer s.Close()
 	assert.Equal(t, int64(1), nextEvent(t, s).Seq, "from the second connection")
 	assert.ErrorIs(t, <-reconnected, context.DeadlineExceeded)
+}
+
+// TestSubscribePast2To53: seqs past 2^31 and 2^53 travel as BigInt strings, both ways,
+// and come through exact.
+func TestSubscribePast2To53(t *testing.T) {
+	const big = int64(1<<62 + 1)
+	srv := scriptedServer(t, func(t *testing.T, c *wsConn) {
+		vars := c.accept(t)
+		assert.Equal(t, "4611686018427387904", vars["after64"])
+		c.event(t, int(big))
+		_, _, _ = c.conn.Read(c.ctx)
+	})
+	c, err := client.New(srv.URL)
+	require.NoError(t, err)
+	defer c.Close()
+	s, err := c.Subscribe(testContext(t), client.SubscribeOptions{After: after(big - 1)})
+	require.NoError(t, err)
+	defer s.Close()
+	ev := nextEvent(t, s)
+	assert.Equal(t, big, ev.Seq)
+	assert.Equal(t, "4611686018427387905", ev.Seq64)
 }

@@ -23,7 +23,8 @@ var (
 	// ErrReleased: Release ended the lease.
 	ErrReleased = errors.New("lease released")
 	// ErrLeaseTaken: the key's events showed it freed by another party, deleted,
-	// expired, or acquired under another lease.
+	// expired, or acquired under another lease (a lease the server let run out is
+	// ErrLeaseExpired).
 	ErrLeaseTaken = errors.New("the key was taken away")
 )
 
@@ -139,7 +140,11 @@ func (l *Lease) watch() {
 	if !ok || l.loopCtx.Err() != nil {
 		return // ended, or released: an unblock then is the holder's own
 	}
-	l.lose(fmt.Errorf("%w: the key was %s (event %d)", ErrLeaseTaken, ev.Type, ev.Seq))
+	why := ErrLeaseTaken
+	if ev.Type == Released {
+		why = ErrLeaseExpired // the server's deadline passed before a renewal reached it
+	}
+	l.lose(fmt.Errorf("%w: the key was %s (event %d)", why, ev.Type, ev.Seq))
 }
 
 // KeyID returns the id of the key the lease holds: the API key to use.

@@ -264,6 +264,7 @@ func TestLeaseRetriesTransientErrors(t *testing.T) {
 // out; the holder is told at its deadline, not later, and not sooner.
 func TestLeaseExpiresWithoutRenewal(t *testing.T) {
 	e := newLeaseEnv(t, keystore.Options{LeaseTTL: 30 * time.Second}, 1)
+	e.ts.noStreams.Store(true) // nor does it stream the key's events
 	l := e.lease(t, client.AcquireOptions{})
 	e.ts.down.Store(true)
 	for range 29 {
@@ -342,6 +343,7 @@ func TestLeaseContextCancelled(t *testing.T) {
 	l, err := e.c.Lease(ctx, client.AcquireOptions{})
 	require.NoError(t, err)
 	e.settle(t, l)
+	e.ts.waitSubscribers(t, 1) // the lease follows its key: its stream's goroutines are running
 	ignore := goleak.IgnoreCurrent()
 
 	cancel()
@@ -351,6 +353,7 @@ func TestLeaseContextCancelled(t *testing.T) {
 	key, err := e.ts.store.Get(context.Background(), l.KeyID())
 	require.NoError(t, err)
 	assert.Equal(t, keystore.Available, key.Status)
+	e.ts.waitSubscribers(t, 0)
 	goleak.VerifyNone(t, ignore)
 }
 
@@ -366,6 +369,7 @@ func TestLeaseReleaseLeavesNothingBehind(t *testing.T) {
 	assert.True(t, isDone(l))
 	e.c.Close()
 	e.ts.srv.CloseClientConnections()
+	e.ts.waitSubscribers(t, 0) // the server's side of the lease's stream has ended too
 	goleak.VerifyNone(t, ignore)
 }
 

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/keypool/keypool/client/internal/gen"
@@ -38,7 +39,10 @@ type LeaseInfo struct {
 	Token string `json:"token"`
 	// Fence grows with every lease the pool grants: pass it to systems downstream so
 	// that they can refuse a holder whose lease has since been granted to another.
-	Fence      int64     `json:"fence"`
+	Fence int64 `json:"fence"`
+	// Fence64 is Fence as a string of decimal digits, for readers of this JSON (jq,
+	// JavaScript) whose numbers are not exact past 2^53.
+	Fence64    string    `json:"fence64"`
 	AcquiredAt time.Time `json:"acquiredAt"`
 	ExpiresAt  time.Time `json:"expiresAt"`
 	// Key is the key the lease holds, as it was when the lease was read; nil for the
@@ -81,6 +85,9 @@ var EventTypes = []EventType{Generated, Acquired, Unblocked, Released, Deleted, 
 type Event struct {
 	// Seq grows by one per event across the pool's stream of events.
 	Seq int64 `json:"seq"`
+	// Seq64 is Seq as a string of decimal digits, for readers of this JSON whose
+	// numbers are not exact past 2^53.
+	Seq64 string `json:"seq64"`
 	// Stream names that stream: it changes when the pool's events start again from
 	// seq 1 (an in-memory server restarted, a Redis pool made anew).
 	Stream string    `json:"stream"`
@@ -103,12 +110,19 @@ func keyFrom(k *gen.KeyFields) Key {
 		},
 	}
 	if l := k.Lease; l != nil {
-		key.Lease = &LeaseInfo{Token: l.Token, Fence: int64(l.Fence), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt}
+		key.Lease = &LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt}
 	}
 	return key
 }
 
 func leaseFrom(l *gen.LeaseFields) LeaseInfo {
 	key := keyFrom(&l.Key)
-	return LeaseInfo{Token: l.Token, Fence: int64(l.Fence), AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Key: &key}
+	return LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Key: &key}
+}
+
+// bigInt reads a BigInt the server wrote: a string of decimal digits (schema.graphqls
+// has it so; anything else reads as 0).
+func bigInt(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
 }

@@ -91,7 +91,7 @@ type ComplexityRoot struct {
 	}
 
 	Subscription struct {
-		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, stream *string, keys []string) int
+		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) int
 	}
 }
 
@@ -112,7 +112,7 @@ type QueryResolver interface {
 	Stats(ctx context.Context) (*keystore.Stats, error)
 }
 type SubscriptionResolver interface {
-	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string, keys []string) (<-chan *keystore.Event, error)
+	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -182,7 +182,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.KeyEvent.KeyID(childComplexity), true
-	case "KeyEvent.seq":
+	case "KeyEvent.seq", "KeyEvent.seq64":
 		if e.ComplexityRoot.KeyEvent.Seq == nil {
 			break
 		}
@@ -232,7 +232,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Lease.ExpiresAt(childComplexity), true
-	case "Lease.fence":
+	case "Lease.fence", "Lease.fence64":
 		if e.ComplexityRoot.Lease.Fence == nil {
 			break
 		}
@@ -365,7 +365,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["stream"].(*string), args["keys"].([]string)), true
+		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["after64"].(*int64), args["stream"].(*string), args["keys"].([]string)), true
 
 	}
 	return 0, false
@@ -507,6 +507,14 @@ A length of time in Go syntax, for example "90s", "1m30s" or "1h".
 scalar Duration
 
 """
+A signed 64-bit integer, written as a string of decimal digits (for example "2147483648"): exact in every
+client, where Int is 32 bits by the spec and JSON numbers past 2^53 are not read exactly by JavaScript. The
+fields and arguments of type Int that can grow past 2^31 (Lease.fence, KeyEvent.seq, keyEvents' after) have a
+BigInt twin ending in 64; the Int ones keep answering as before.
+"""
+scalar BigInt
+
+"""
 The state of a key.
 """
 enum KeyStatus {
@@ -554,6 +562,8 @@ type Lease {
   token: ID!
   "A fencing token: it grows with every lease the pool grants, so a later lease always has a larger fence."
   fence: Int!
+  "fence as a BigInt, exact in every client past 2^31."
+  fence64: BigInt!
   "When the lease was granted; renewals never move it."
   acquiredAt: Time!
   "When the key returns to AVAILABLE unless unblocked or renewed first."
@@ -665,6 +675,8 @@ One thing that happened to one key.
 type KeyEvent {
   "Grows by one per event across the pool's stream of events; pass the last one seen as after to resume."
   seq: Int!
+  "seq as a BigInt, exact in every client past 2^31; pass it as after64 to resume."
+  seq64: BigInt!
   """
   Names the pool's stream of events: it changes when the pool's events start again from seq 1 (an in-memory
   server restarted, a Redis pool made anew). Pass it as stream with after to resume, so that a stream that has
@@ -693,10 +705,13 @@ type Subscription {
     """
     First replays the retained events whose seq is larger than this, then goes live; live events only when
     omitted, and at once at or past the newest seq. If events after it have already left the server's ring, the
-    subscription is refused with EVENTS_COMPACTED and extensions.oldestSeq, the oldest seq retained: resuming
+    subscription is refused with EVENTS_COMPACTED and extensions.oldestSeq (and oldestSeq64, the same as a
+    BigInt), the oldest seq retained: resuming
     exactly is impossible, so reread what you need and subscribe again.
     """
     after: Int
+    "after as a BigInt (give one of the two): exact in every client past 2^31."
+    after64: BigInt
     """
     The stream that after counts in (KeyEvent.stream). If the pool's events have started again since, the
     subscription is refused with STREAM_CHANGED and extensions.stream, the current stream: start over with
@@ -737,6 +752,8 @@ func (ec *executionContext) childFields_KeyEvent(ctx context.Context, field grap
 	switch field.Name {
 	case "seq":
 		return ec.fieldContext_KeyEvent_seq(ctx, field)
+	case "seq64":
+		return ec.fieldContext_KeyEvent_seq64(ctx, field)
 	case "stream":
 		return ec.fieldContext_KeyEvent_stream(ctx, field)
 	case "type":
@@ -767,6 +784,8 @@ func (ec *executionContext) childFields_Lease(ctx context.Context, field graphql
 		return ec.fieldContext_Lease_token(ctx, field)
 	case "fence":
 		return ec.fieldContext_Lease_fence(ctx, field)
+	case "fence64":
+		return ec.fieldContext_Lease_fence64(ctx, field)
 	case "acquiredAt":
 		return ec.fieldContext_Lease_acquiredAt(ctx, field)
 	case "expiresAt":
@@ -1068,22 +1087,30 @@ func (ec *executionContext) field_Subscription_keyEvents_args(ctx context.Contex
 		return nil, err
 	}
 	args["after"] = arg1
-	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "stream",
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "after64",
+		func(ctx context.Context, v any) (*int64, error) {
+			return ec.unmarshalOBigInt2ᚖint64(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after64"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "stream",
 		func(ctx context.Context, v any) (*string, error) {
 			return ec.unmarshalOID2ᚖstring(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["stream"] = arg2
-	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
+	args["stream"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
 		func(ctx context.Context, v any) ([]string, error) {
 			return ec.unmarshalOID2ᚕstringᚄ(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["keys"] = arg3
+	args["keys"] = arg4
 	return args, nil
 }
 
@@ -1340,6 +1367,29 @@ func (ec *executionContext) fieldContext_KeyEvent_seq(_ context.Context, field g
 	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "Int")
 }
 
+func (ec *executionContext) _KeyEvent_seq64(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyEvent_seq64(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Seq, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNBigInt2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyEvent_seq64(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "BigInt")
+}
+
 func (ec *executionContext) _KeyEvent_stream(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -1545,6 +1595,29 @@ func (ec *executionContext) _Lease_fence(ctx context.Context, field graphql.Coll
 }
 func (ec *executionContext) fieldContext_Lease_fence(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Lease", field, false, false, "Int")
+}
+
+func (ec *executionContext) _Lease_fence64(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Lease_fence64(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Fence, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNBigInt2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Lease_fence64(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Lease", field, false, false, "BigInt")
 }
 
 func (ec *executionContext) _Lease_acquiredAt(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
@@ -2120,7 +2193,7 @@ func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field g
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["stream"].(*string), fc.Args["keys"].([]string))
+			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["after64"].(*int64), fc.Args["stream"].(*string), fc.Args["keys"].([]string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Event) graphql.Marshaler {
@@ -3309,6 +3382,11 @@ func (ec *executionContext) _KeyEvent(ctx context.Context, sel ast.SelectionSet,
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "seq64":
+			out.Values[i] = ec._KeyEvent_seq64(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		case "stream":
 			out.Values[i] = ec._KeyEvent_stream(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
@@ -3407,6 +3485,11 @@ func (ec *executionContext) _Lease(ctx context.Context, sel ast.SelectionSet, ob
 			}
 		case "fence":
 			out.Values[i] = ec._Lease_fence(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "fence64":
+			out.Values[i] = ec._Lease_fence64(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -4007,6 +4090,20 @@ func (ec *executionContext) ___Type(ctx context.Context, sel ast.SelectionSet, o
 
 // region    ***************************** type.gotpl *****************************
 
+func (ec *executionContext) unmarshalNBigInt2int64(ctx context.Context, v any) (int64, error) {
+	res, err := model.UnmarshalBigInt(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalNBigInt2int64(ctx context.Context, sel ast.SelectionSet, v int64) graphql.Marshaler {
+	_ = sel
+	res := model.MarshalBigInt(v)
+	if res == graphql.Null {
+		graphql.AddInvalidNullFromMarshaler(ctx, "BigInt!")
+	}
+	return res
+}
+
 func (ec *executionContext) unmarshalNBoolean2bool(ctx context.Context, v any) (bool, error) {
 	res, err := graphql.UnmarshalBoolean(v)
 	return res, graphql.ErrorOnPath(ctx, err)
@@ -4342,6 +4439,24 @@ func (ec *executionContext) marshalN__TypeKind2string(ctx context.Context, sel a
 	if res == graphql.Null {
 		graphql.AddInvalidNullFromMarshaler(ctx, "__TypeKind!")
 	}
+	return res
+}
+
+func (ec *executionContext) unmarshalOBigInt2ᚖint64(ctx context.Context, v any) (*int64, error) {
+	if v == nil {
+		return nil, nil
+	}
+	res, err := model.UnmarshalBigInt(v)
+	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOBigInt2ᚖint64(ctx context.Context, sel ast.SelectionSet, v *int64) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	_ = sel
+	_ = ctx
+	res := model.MarshalBigInt(*v)
 	return res
 }
 

@@ -26,7 +26,7 @@ func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubsc
 
 type eventsSubscription eventsResolver
 
-func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
 	*r.plan = r.Plans.ForField(ctx)
 	return r.events, nil
 }
@@ -44,7 +44,7 @@ func TestPlanEncodesAsGqlgen(t *testing.T) {
 		query string
 		vars  map[string]any
 	}{
-		{query: `subscription { keyEvents { seq type keyId at stream } }`},
+		{query: `subscription { keyEvents { seq seq64 type keyId at stream } }`},
 		{query: `subscription { keyEvents { at keyId } }`},
 		{query: `subscription { e: keyEvents { s: seq, type, t: type, __typename } }`},
 		{query: `subscription { keyEvents { seq seq ...F ... on KeyEvent { at } } } fragment F on KeyEvent { keyId type }`},

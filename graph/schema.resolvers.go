@@ -89,7 +89,13 @@ func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
 }
 
 // KeyEvents is the resolver for the keyEvents field.
-func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, stream *string, keys []string) (<-chan *keystore.Event, error) {
+func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error) {
+	if after != nil && after64 != nil {
+		return nil, keystore.Errorf(keystore.EINVALID, "give after or after64, not both")
+	}
+	if after64 != nil {
+		after = after64
+	}
 	return r.subscribeKeyEvents(ctx, keystore.SubscribeOptions{Types: types, After: after, Stream: orZero(stream), Keys: keys})
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -140,6 +141,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 			switch storeErr.Code {
 			case keystore.ECOMPACTED:
 				presented.Extensions["oldestSeq"] = storeErr.OldestSeq
+				presented.Extensions["oldestSeq64"] = strconv.FormatInt(storeErr.OldestSeq, 10)
 			case keystore.ESTREAMCHANGED:
 				presented.Extensions["stream"] = storeErr.Stream
 			}

@@ -336,3 +336,42 @@ func TestSubscriptionKeys(t *testing.T) {
 	require.NotEmpty(t, resp.Errors)
 	assert.Equal(t, "BAD_USER_INPUT", resp.Errors[0].code())
 }
+
+// TestBigIntTwins: fence64 and seq64 answer fence and seq as strings of digits, and
+// after64 resumes as after does (giving both is refused); EVENTS_COMPACTED names the
+// oldest retained seq as oldestSeq64 too.
+func TestBigIntTwins(t *testing.T) {
+	e := newEnv(t, keystore.Options{EventRetention: 4})
+	e.generate(t, 6)
+	var acquired struct {
+		AcquireKey struct {
+			Fence   int64
+			Fence64 string
+		}
+	}
+	e.mustPost(t, `mutation { acquireKey { fence fence64 } }`, nil, &acquired)
+	assert.Equal(t, int64(1), acquired.AcquireKey.Fence)
+	assert.Equal(t, "1", acquired.AcquireKey.Fence64)
+
+	const query = `subscription($after: Int, $after64: BigInt) { keyEvents(after: $after, after64: $after64) { seq seq64 } }`
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			s := tr.subscribe(t, e, query, map[string]any{"after64": "5"})
+			resp, done := s.next(t)
+			require.False(t, done)
+			require.Empty(t, resp.Errors)
+			assert.JSONEq(t, `{"keyEvents":{"seq":6,"seq64":"6"}}`, string(resp.Data))
+
+			s = tr.subscribe(t, e, query, map[string]any{"after": 5, "after64": "5"})
+			resp, _ = s.next(t)
+			require.NotEmpty(t, resp.Errors)
+			assert.Equal(t, "BAD_USER_INPUT", resp.Errors[0].code())
+
+			s = tr.subscribe(t, e, query, map[string]any{"after64": "0"})
+			resp, _ = s.next(t)
+			require.NotEmpty(t, resp.Errors)
+			assert.Equal(t, "EVENTS_COMPACTED", resp.Errors[0].code())
+			assert.Equal(t, "4", resp.Errors[0].Extensions["oldestSeq64"])
+		})
+	}
+}

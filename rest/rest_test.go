@@ -113,6 +113,7 @@ type (
 	leaseJSON struct {
 		Token      string    `json:"token"`
 		Fence      int64     `json:"fence"`
+		Fence64    string    `json:"fence64"`
 		ExpiresAt  time.Time `json:"expiresAt"`
 		AcquiredAt time.Time `json:"acquiredAt"`
 		Key        *keyJSON  `json:"key"`
@@ -185,7 +186,7 @@ func TestWireFormat(t *testing.T) {
 		Fence int64
 	}
 	json.Unmarshal(w.Body.Bytes(), &lease)
-	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z"`, lease.Token, lease.Fence)
+	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"fence64":"%d","acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z"`, lease.Token, lease.Fence, lease.Fence)
 	want = fmt.Sprintf(`{%s,"key":{"id":%q,"status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{%s},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:00:00.123456789Z"}}}`, leaseFields, k["id"], leaseFields)
 	if got := w.Body.String(); got != want {
 		t.Fatalf("acquire body\n got %s\nwant %s", got, want)

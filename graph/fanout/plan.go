@@ -42,6 +42,7 @@ type eventField uint8
 
 const (
 	fieldSeq eventField = iota
+	fieldSeq64
 	fieldType
 	fieldKeyID
 	fieldAt
@@ -50,10 +51,10 @@ const (
 )
 
 // fieldWidths are the most bytes each field's value takes, about.
-var fieldWidths = [...]int{fieldSeq: 20, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldStream: maxPayloadKeyID + 2, fieldTypename: 10}
+var fieldWidths = [...]int{fieldSeq: 20, fieldSeq64: 22, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldStream: maxPayloadKeyID + 2, fieldTypename: 10}
 
 var eventFields = map[string]eventField{
-	"seq": fieldSeq, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
+	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
 }
 
 // payload is one event encoded by one plan.
@@ -196,6 +197,8 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 		switch f.value {
 		case fieldSeq:
 			b = strconv.AppendInt(b, ev.Seq, 10)
+		case fieldSeq64:
+			b = append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
 		case fieldType:
 			b = appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
 		case fieldKeyID:

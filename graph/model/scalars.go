@@ -3,6 +3,7 @@
 package model
 
 import (
+	"encoding/json"
 	"io"
 	"strconv"
 	"time"
@@ -47,6 +48,36 @@ func UnmarshalDuration(v any) (time.Duration, error) {
 		return 0, keystore.Errorf(keystore.EINVALID, "Duration must be a string in Go syntax such as \"90s\", got %T", v)
 	}
 	return wire.ParseDuration("Duration", s)
+}
+
+// MarshalBigInt writes the GraphQL BigInt scalar: n as a string of decimal digits.
+func MarshalBigInt(n int64) graphql.Marshaler {
+	return graphql.WriterFunc(func(w io.Writer) {
+		_, _ = w.Write(strconv.AppendQuote(nil, strconv.FormatInt(n, 10)))
+	})
+}
+
+// UnmarshalBigInt reads a BigInt: a string of decimal digits, exactly; a JSON number
+// is taken too where it is an integer (a client that sends one gets what it sent).
+func UnmarshalBigInt(v any) (int64, error) {
+	var s string
+	switch v := v.(type) {
+	case string:
+		s = v
+	case json.Number:
+		s = v.String()
+	case int64:
+		return v, nil
+	case int:
+		return int64(v), nil
+	default:
+		return 0, keystore.Errorf(keystore.EINVALID, "BigInt must be a string of decimal digits, got %T", v)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, keystore.Errorf(keystore.EINVALID, "BigInt must be a 64-bit integer in decimal digits, got %.32q", s)
+	}
+	return n, nil
 }
 
 // Key is a key as GraphQL shows it: the domain's snapshot, with Key.lease.

@@ -38,3 +38,19 @@ func TestDurationIsGoSyntax(t *testing.T) {
 	MarshalDuration(90 * time.Second).MarshalGQL(&buf)
 	assert.Equal(t, `"1m30s"`, buf.String())
 }
+
+// TestBigIntIsExactPast2To53: a BigInt is a string of digits both ways, exact where a
+// float64 (JavaScript's numbers, jq's) is not.
+func TestBigIntIsExactPast2To53(t *testing.T) {
+	const n = int64(1<<62 + 1)
+	var buf bytes.Buffer
+	MarshalBigInt(n).MarshalGQL(&buf)
+	assert.Equal(t, `"4611686018427387905"`, buf.String())
+	back, err := UnmarshalBigInt("4611686018427387905")
+	require.NoError(t, err)
+	assert.Equal(t, n, back)
+	for _, bad := range []any{"1e3", "0x10", "", "99999999999999999999", 1.5, true} {
+		_, err := UnmarshalBigInt(bad)
+		assert.Equal(t, keystore.EINVALID, keystore.ErrorCode(err), "%v", bad)
+	}
+}

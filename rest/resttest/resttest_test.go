@@ -13,7 +13,7 @@ import (
 const (
 	keyJSON = `{"id":"Zx9_-aQ3kLmN0pRsTuVwXy","status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z",` +
 		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null}}`
-	leaseFields = `"token":"Tk4_pQ2rS7uVwXyZ01aB3c","fence":7,"acquiredAt":"2026-11-24T13:01:00.25Z","expiresAt":"2026-11-24T13:02:00.25Z"`
+	leaseFields = `"token":"Tk4_pQ2rS7uVwXyZ01aB3c","fence":7,"fence64":"7","acquiredAt":"2026-11-24T13:01:00.25Z","expiresAt":"2026-11-24T13:02:00.25Z"`
 	blockedJSON = `{"id":"Zx9_-aQ3kLmN0pRsTuVwXy","status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z",` +
 		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{` + leaseFields + `},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:01:00.25Z"}}`
 	leaseJSON = `{` + leaseFields + `,"key":` + blockedJSON + `}`

@@ -120,8 +120,8 @@ var AllKeyEventType = []KeyEventType{
 //
 // One thing that happened to one key.
 type KeyEventsKeyEventsKeyEvent struct {
-	// Grows by one per event across the pool's stream of events; pass the last one seen as after to resume.
-	Seq int `json:"seq"`
+	// seq as a BigInt, exact in every client past 2^31; pass it as after64 to resume.
+	Seq64 string `json:"seq64"`
 	// What happened.
 	Type KeyEventType `json:"type"`
 	// The key it happened to.
@@ -134,8 +134,8 @@ type KeyEventsKeyEventsKeyEvent struct {
 	Stream string `json:"stream"`
 }
 
-// GetSeq returns KeyEventsKeyEventsKeyEvent.Seq, and is useful for accessing the field via an interface.
-func (v *KeyEventsKeyEventsKeyEvent) GetSeq() int { return v.Seq }
+// GetSeq64 returns KeyEventsKeyEventsKeyEvent.Seq64, and is useful for accessing the field via an interface.
+func (v *KeyEventsKeyEventsKeyEvent) GetSeq64() string { return v.Seq64 }
 
 // GetType returns KeyEventsKeyEventsKeyEvent.Type, and is useful for accessing the field via an interface.
 func (v *KeyEventsKeyEventsKeyEvent) GetType() KeyEventType { return v.Type }
@@ -225,8 +225,8 @@ func (v *KeyFieldsHistoryKeyHistory) GetLastAcquiredAt() *time.Time { return v.L
 type KeyFieldsLease struct {
 	// Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now.
 	Token string `json:"token"`
-	// A fencing token: it grows with every lease the pool grants, so a later lease always has a larger fence.
-	Fence int `json:"fence"`
+	// fence as a BigInt, exact in every client past 2^31.
+	Fence64 string `json:"fence64"`
 	// When the lease was granted; renewals never move it.
 	AcquiredAt time.Time `json:"acquiredAt"`
 	// When the key returns to AVAILABLE unless unblocked or renewed first.
@@ -236,8 +236,8 @@ type KeyFieldsLease struct {
 // GetToken returns KeyFieldsLease.Token, and is useful for accessing the field via an interface.
 func (v *KeyFieldsLease) GetToken() string { return v.Token }
 
-// GetFence returns KeyFieldsLease.Fence, and is useful for accessing the field via an interface.
-func (v *KeyFieldsLease) GetFence() int { return v.Fence }
+// GetFence64 returns KeyFieldsLease.Fence64, and is useful for accessing the field via an interface.
+func (v *KeyFieldsLease) GetFence64() string { return v.Fence64 }
 
 // GetAcquiredAt returns KeyFieldsLease.AcquiredAt, and is useful for accessing the field via an interface.
 func (v *KeyFieldsLease) GetAcquiredAt() time.Time { return v.AcquiredAt }
@@ -267,8 +267,8 @@ var AllKeyStatus = []KeyStatus{
 type LeaseFields struct {
 	// Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now.
 	Token string `json:"token"`
-	// A fencing token: it grows with every lease the pool grants, so a later lease always has a larger fence.
-	Fence int `json:"fence"`
+	// fence as a BigInt, exact in every client past 2^31.
+	Fence64 string `json:"fence64"`
 	// When the lease was granted; renewals never move it.
 	AcquiredAt time.Time `json:"acquiredAt"`
 	// When the key returns to AVAILABLE unless unblocked or renewed first.
@@ -280,8 +280,8 @@ type LeaseFields struct {
 // GetToken returns LeaseFields.Token, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetToken() string { return v.Token }
 
-// GetFence returns LeaseFields.Fence, and is useful for accessing the field via an interface.
-func (v *LeaseFields) GetFence() int { return v.Fence }
+// GetFence64 returns LeaseFields.Fence64, and is useful for accessing the field via an interface.
+func (v *LeaseFields) GetFence64() string { return v.Fence64 }
 
 // GetAcquiredAt returns LeaseFields.AcquiredAt, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetAcquiredAt() time.Time { return v.AcquiredAt }
@@ -359,17 +359,17 @@ func (v *__KeepAliveInput) GetId() string { return v.Id }
 
 // __KeyEventsInput is used internally by genqlient
 type __KeyEventsInput struct {
-	Types  []KeyEventType `json:"types,omitempty"`
-	After  *int           `json:"after,omitempty"`
-	Stream *string        `json:"stream,omitempty"`
-	Keys   []string       `json:"keys,omitempty"`
+	Types   []KeyEventType `json:"types,omitempty"`
+	After64 *string        `json:"after64,omitempty"`
+	Stream  *string        `json:"stream,omitempty"`
+	Keys    []string       `json:"keys,omitempty"`
 }
 
 // GetTypes returns __KeyEventsInput.Types, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetTypes() []KeyEventType { return v.Types }
 
-// GetAfter returns __KeyEventsInput.After, and is useful for accessing the field via an interface.
-func (v *__KeyEventsInput) GetAfter() *int { return v.After }
+// GetAfter64 returns __KeyEventsInput.After64, and is useful for accessing the field via an interface.
+func (v *__KeyEventsInput) GetAfter64() *string { return v.After64 }
 
 // GetStream returns __KeyEventsInput.Stream, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetStream() *string { return v.Stream }
@@ -414,7 +414,7 @@ mutation AcquireKey ($ttl: Duration, $wait: Duration) {
 }
 fragment LeaseFields on Lease {
 	token
-	fence
+	fence64
 	acquiredAt
 	expiresAt
 	key {
@@ -428,7 +428,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
@@ -515,7 +515,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
@@ -566,7 +566,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
@@ -649,7 +649,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
@@ -688,9 +688,9 @@ func KeepAlive(
 
 // The subscription executed by KeyEvents.
 const KeyEvents_Operation = `
-subscription KeyEvents ($types: [KeyEventType!], $after: Int, $stream: ID, $keys: [ID!]) {
-	keyEvents(types: $types, after: $after, stream: $stream, keys: $keys) {
-		seq
+subscription KeyEvents ($types: [KeyEventType!], $after64: BigInt, $stream: ID, $keys: [ID!]) {
+	keyEvents(types: $types, after64: $after64, stream: $stream, keys: $keys) {
+		seq64
 		type
 		keyId
 		at
@@ -704,7 +704,7 @@ func KeyEvents(
 	ctx_ context.Context,
 	client_ graphql.WebSocketClient,
 	types []KeyEventType,
-	after *int,
+	after64 *string,
 	stream *string,
 	keys []string,
 ) (dataChan_ chan KeyEventsWsResponse, subscriptionID_ string, err_ error) {
@@ -712,10 +712,10 @@ func KeyEvents(
 		OpName: "KeyEvents",
 		Query:  KeyEvents_Operation,
 		Variables: &__KeyEventsInput{
-			Types:  types,
-			After:  after,
-			Stream: stream,
-			Keys:   keys,
+			Types:   types,
+			After64: after64,
+			Stream:  stream,
+			Keys:    keys,
 		},
 	}
 
@@ -759,7 +759,7 @@ mutation RenewLease ($id: ID!, $token: ID!, $ttl: Duration) {
 }
 fragment LeaseFields on Lease {
 	token
-	fence
+	fence64
 	acquiredAt
 	expiresAt
 	key {
@@ -773,7 +773,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
@@ -828,7 +828,7 @@ fragment KeyFields on Key {
 	expiresAt
 	lease {
 		token
-		fence
+		fence64
 		acquiredAt
 		expiresAt
 	}
