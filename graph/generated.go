@@ -483,8 +483,8 @@ fragments written out, 16 selections of one response name in a selection set, or
 __schema selected twice or aliased within), PERSISTED_QUERY_NOT_FOUND and INTERNAL_SERVER_ERROR.
 Requests refused before GraphQL sees them carry BAD_REQUEST (400: not one JSON object, a query
 that is not a string, variables or extensions that are not objects or hold over 1000 JSON
-values; 415: a body that is not application/json; a subscription over plain HTTP),
-METHOD_NOT_ALLOWED (405 with Allow: another method, or a mutation over GET), REQUEST_TOO_LARGE
+values; a subscription over plain HTTP), UNSUPPORTED_MEDIA_TYPE (415: a body that is not
+application/json), METHOD_NOT_ALLOWED (405 with Allow: another method, or a mutation over GET), REQUEST_TOO_LARGE
 (413: a body over 1 MiB) and FORBIDDEN (403: a websocket from another origin). A websocket runs at
 most 100 operations at once (one more gets OPERATION_LIMIT_EXCEEDED), must send connection_init
 within 10s (else close 4408) and is closed after 2 minutes without an operation.
