@@ -174,8 +174,8 @@ func TestOperationsEndpoints(t *testing.T) {
 	} {
 		assert.Equal(t, delta, after[series]-before[series], series)
 	}
-	assert.Equal(t, 1.0, after[`keypool_keys{state="AVAILABLE"}`])
-	assert.Equal(t, 2.0, after[`keypool_keys{state="BLOCKED"}`])
+	assert.Equal(t, 1.0, after[`keypool_keys{pool="default",state="AVAILABLE"}`])
+	assert.Equal(t, 2.0, after[`keypool_keys{pool="default",state="BLOCKED"}`])
 
 	// The 1s leases run out on the real clock: released by expiry, lateness observed.
 	require.Eventually(t, func() bool {

@@ -123,7 +123,7 @@ func TestSubscribeResumesAfterDrop(t *testing.T) {
 			resumedAfter = append(resumedAfter, after)
 			if len(resumedAfter) == 1 {
 				// Disconnected: these events can reach the client only by replay.
-				_, err := ts.store.Generate(context.Background(), 3)
+				_, err := ts.store.Generate(context.Background(), "", 3)
 				assert.NoError(t, err)
 			}
 		},

@@ -17,7 +17,7 @@ import (
 // GenerateKeys is the resolver for the generateKeys field.
 func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*model.Key, error) {
 	// Exact wherever int has 64 bits; elsewhere saturated, which the pool refuses too.
-	keys, err := r.Store.Generate(ctx, int(max(min(count, math.MaxInt), math.MinInt)))
+	keys, err := r.Store.Generate(ctx, "", int(max(min(count, math.MaxInt), math.MinInt)))
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +81,7 @@ func (r *queryResolver) Key(ctx context.Context, id string) (*model.Key, error) 
 
 // Stats is the resolver for the stats field.
 func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
-	stats, err := r.Store.Stats(ctx)
+	stats, err := r.Store.Stats(ctx, "")
 	if err != nil {
 		return nil, err
 	}

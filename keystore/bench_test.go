@@ -81,7 +81,7 @@ func closeBenchPools() {
 func generate(tb testing.TB, store keystore.Store, n int) []string {
 	ids := make([]string, 0, n)
 	for len(ids) < n {
-		keys, err := store.Generate(context.Background(), min(n-len(ids), keystore.DefaultMaxGenerate))
+		keys, err := store.Generate(context.Background(), "", min(n-len(ids), keystore.DefaultMaxGenerate))
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -163,7 +163,7 @@ func BenchmarkGenerate(b *testing.B) {
 		var onClock time.Duration
 		start, n := time.Now(), 0
 		for b.Loop() {
-			keys, err := p.store.Generate(ctx, batch)
+			keys, err := p.store.Generate(ctx, "", batch)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -237,7 +237,7 @@ func BenchmarkHeapPerKey(b *testing.B) {
 			b.Fatal(err)
 		}
 		for made := 0; made < n; made += keystore.DefaultMaxGenerate {
-			if _, err := store.Generate(context.Background(), keystore.DefaultMaxGenerate); err != nil {
+			if _, err := store.Generate(context.Background(), "", keystore.DefaultMaxGenerate); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -360,7 +360,7 @@ func benchExpiryStorm(b *testing.B, blocked bool) {
 		var longestStats time.Duration
 		for {
 			statsStart := time.Now()
-			s, err := store.Stats(ctx)
+			s, err := store.Stats(ctx, "")
 			longestStats = max(longestStats, time.Since(statsStart))
 			if err != nil {
 				b.Fatal(err)

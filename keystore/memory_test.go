@@ -290,7 +290,7 @@ func (r *runner) step(o op) {
 			break
 		}
 		r.log = append(r.log, fmt.Sprintf("generate %d", count))
-		keys, err := r.store.Generate(ctx, count)
+		keys, err := r.store.Generate(ctx, "", count)
 		if count < 1 || count > modelOpts.MaxGenerate {
 			r.expectCode(err, keystore.EINVALID)
 			break
@@ -439,7 +439,7 @@ func (r *runner) check() {
 	r.t.Helper()
 	m := r.m
 	m.settle(r.clock.Now())
-	got, err := r.store.Stats(r.ctx)
+	got, err := r.store.Stats(r.ctx, "")
 	r.expectCode(err, "")
 	if want := m.stats(); got != want {
 		r.fail("stats: want %+v, got %+v", want, got)
@@ -560,7 +560,7 @@ func TestMemoryConcurrent(t *testing.T) {
 		violations []string
 	)
 	var maxFence atomic.Int64 // the largest fence any Acquire has returned so far
-	first, err := store.Generate(ctx, 50)
+	first, err := store.Generate(ctx, "", 50)
 	require.NoError(t, err)
 	for _, k := range first {
 		ids = append(ids, k.ID)
@@ -656,7 +656,7 @@ func TestMemoryConcurrent(t *testing.T) {
 						unexpected(err, keystore.ENOTFOUND)
 					}
 				case x < 84:
-					keys, err := store.Generate(ctx, 1+rng.IntN(5))
+					keys, err := store.Generate(ctx, "", 1+rng.IntN(5))
 					unexpected(err)
 					mu.Lock()
 					for _, k := range keys {
@@ -668,7 +668,7 @@ func TestMemoryConcurrent(t *testing.T) {
 					_, err := store.Get(ctx, randomID(rng))
 					unexpected(err, keystore.ENOTFOUND)
 				default:
-					s, err := store.Stats(ctx)
+					s, err := store.Stats(ctx, "")
 					unexpected(err)
 					if s.Available+s.Blocked != s.Total {
 						unexpected(fmt.Errorf("stats %+v do not add up", s))
@@ -684,7 +684,7 @@ func TestMemoryConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	require.Empty(t, violations)
-	s, err := store.Stats(ctx)
+	s, err := store.Stats(ctx, "")
 	require.NoError(t, err)
 	require.Equal(t, keystore.Stats{Total: generated - deleted, Available: generated - deleted}, s)
 	slices.Sort(fences)
@@ -711,11 +711,11 @@ func TestMemoryAcquireUniform(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, store.Close()) }()
 	ctx := t.Context()
-	_, err = store.Generate(ctx, 10) // these die before the draws
+	_, err = store.Generate(ctx, "", 10) // these die before the draws
 	require.NoError(t, err)
 	clock.Advance(keystore.DefaultKeepAliveTTL / 2)
 	for range 3 {
-		_, err = store.Generate(ctx, (free+10)/3)
+		_, err = store.Generate(ctx, "", (free+10)/3)
 		require.NoError(t, err)
 		clock.Advance(keystore.DefaultKeepAliveTTL/6 + time.Millisecond)
 	}
@@ -754,7 +754,7 @@ func TestMemoryMillionIDs(t *testing.T) {
 	defer func() { require.NoError(t, store.Close()) }()
 	ids := make([]string, 0, total)
 	for len(ids) < total {
-		keys, err := store.Generate(t.Context(), keystore.DefaultMaxGenerate)
+		keys, err := store.Generate(t.Context(), "", keystore.DefaultMaxGenerate)
 		require.NoError(t, err)
 		for _, k := range keys {
 			ids = append(ids, k.ID)
@@ -766,7 +766,7 @@ func TestMemoryMillionIDs(t *testing.T) {
 			t.Fatalf("id %q issued twice", ids[i])
 		}
 	}
-	s, err := store.Stats(t.Context())
+	s, err := store.Stats(t.Context(), "")
 	require.NoError(t, err)
 	require.Equal(t, total, s.Total)
 }

@@ -180,7 +180,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
 	if req.Count != nil {
 		count = *req.Count
 	}
-	keys, err := h.store.Generate(r.Context(), count)
+	keys, err := h.store.Generate(r.Context(), "", count)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -297,7 +297,7 @@ func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
-	s, err := h.store.Stats(r.Context())
+	s, err := h.store.Stats(r.Context(), "")
 	if err != nil {
 		h.writeError(w, r, err)
 		return

@@ -531,8 +531,10 @@ type failingStore struct {
 func (s failingStore) Get(context.Context, string) (keystore.Key, error) {
 	return keystore.Key{}, s.err
 }
-func (s failingStore) Stats(context.Context) (keystore.Stats, error) { return keystore.Stats{}, s.err }
-func (s failingStore) Ready(context.Context) error                   { return s.err }
+func (s failingStore) Stats(context.Context, string) (keystore.Stats, error) {
+	return keystore.Stats{}, s.err
+}
+func (s failingStore) Ready(context.Context) error { return s.err }
 
 func TestStoreFailures(t *testing.T) {
 	secret := errors.New("dial tcp 10.0.0.7:6379: secret internals")

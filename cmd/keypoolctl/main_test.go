@@ -141,7 +141,7 @@ func (ts *testServer) restart(t *testing.T) {
 
 func (ts *testServer) generate(t *testing.T, n int) []keystore.Key {
 	t.Helper()
-	keys, err := ts.store.Generate(context.Background(), n)
+	keys, err := ts.store.Generate(context.Background(), "", n)
 	require.NoError(t, err)
 	return keys
 }

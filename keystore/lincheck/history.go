@@ -218,7 +218,7 @@ func (h *History) Run(t testing.TB, cfg Config) {
 	var keys []keystore.Key
 	for attempt := 0; ; attempt++ {
 		var err error
-		if keys, err = cfg.Stores[0].Generate(ctx, cfg.Keys); err == nil {
+		if keys, err = cfg.Stores[0].Generate(ctx, "", cfg.Keys); err == nil {
 			break
 		}
 		if attempt == 100 {
@@ -476,7 +476,7 @@ func (c *client) generate(t testing.TB, count int) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	start := c.w.h.now()
-	keys, err := c.store.Generate(ctx, count)
+	keys, err := c.store.Generate(ctx, "", count)
 	end := c.w.h.now()
 	out := c.answer(t, keystore.Key{}, err)
 	if err == nil {
