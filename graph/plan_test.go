@@ -26,7 +26,7 @@ func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubsc
 
 type eventsSubscription eventsResolver
 
-func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ *string, _ []keystore.EventType, _ *int64, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
 	*r.plan = r.Plans.ForField(ctx)
 	return r.events, nil
 }
@@ -38,13 +38,15 @@ func TestPlanEncodesAsGqlgen(t *testing.T) {
 	events := []keystore.Event{
 		{Seq: 1, Stream: "TBAHoTaQrFmnysU_zXrV2w", Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
 		{Seq: 2, Type: keystore.EventExpired, KeyID: `a<b>&c"d\e` + "\u2028\x01", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
-		{Seq: 1 << 40, Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local)},
+		{Seq: 1 << 40, Pool: "a.b", Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local), Holder: "ci <job> & \"x\"\u00e9\u2029"},
+		{Seq: 3, Pool: "default", Type: keystore.EventAcquired, KeyID: "k", Holder: "\t\x7f"},
 	}
 	cases := []struct {
 		query string
 		vars  map[string]any
 	}{
 		{query: `subscription { keyEvents { seq seq64 type keyId at stream } }`},
+		{query: `subscription { keyEvents(pool: "a.b") { pool holder h: holder keyId } }`},
 		{query: `subscription { keyEvents { at keyId } }`},
 		{query: `subscription { e: keyEvents { s: seq, type, t: type, __typename } }`},
 		{query: `subscription { keyEvents { seq seq ...F ... on KeyEvent { at } } } fragment F on KeyEvent { keyId type }`},

@@ -80,6 +80,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	}
 	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
+	cfg.Complexity.Query.Keys = keysComplexity
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every

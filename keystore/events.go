@@ -49,6 +49,15 @@ type Event struct {
 	Holder string
 }
 
+// HolderOrNull is Holder, or nil when there is none, for transports that show no
+// holder as null.
+func (e *Event) HolderOrNull() *string {
+	if e.Holder == "" {
+		return nil
+	}
+	return &e.Holder
+}
+
 // Subscription is one subscriber's reading of the pool's events: a cursor of its own
 // in the hub's ring, moved by Read (or Next), with no goroutine of its own. Its one
 // rule for being cut: a Read that finds an event of its types gone from the ring

@@ -151,7 +151,8 @@ const (
 
 // Listing.
 const (
-	// DefaultListFirst is the size of a page of List when ListOptions.First is 0.
+	// DefaultListFirst is the size of a page that transports ask for when their client
+	// names none.
 	DefaultListFirst = 100
 	// MaxListFirst is the largest page List returns.
 	MaxListFirst = 1000
@@ -163,7 +164,7 @@ type ListOptions struct {
 	Pool string
 	// Status keeps only keys in that state; "" keeps every key.
 	Status Status
-	// First is the most keys the page holds, 1..MaxListFirst; 0 means DefaultListFirst.
+	// First is the most keys the page holds, 1..MaxListFirst.
 	First int
 	// After is the EndCursor of the page before; "" starts at the first key.
 	After string

@@ -498,7 +498,7 @@ func (p *Pool) Pools(ctx context.Context) ([]PoolStats, error) {
 // List implements Store. Without a pool it walks the pools in order of name, skipping
 // those with no key of the state asked for.
 func (p *Pool) List(ctx context.Context, opts ListOptions) (Page, error) {
-	first := cmp.Or(opts.First, DefaultListFirst)
+	first := opts.First
 	if first < 1 || first > MaxListFirst {
 		return Page{}, Errorf(EINVALID, "first must be between 1 and %d, got %d", MaxListFirst, opts.First)
 	}

@@ -47,14 +47,18 @@ const (
 	fieldKeyID
 	fieldAt
 	fieldStream
+	fieldPool
+	fieldHolder
 	fieldTypename
 )
 
 // fieldWidths are the most bytes each field's value takes, about.
-var fieldWidths = [...]int{fieldSeq: 20, fieldSeq64: 22, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldStream: maxPayloadKeyID + 2, fieldTypename: 10}
+var fieldWidths = [...]int{fieldSeq: 20, fieldSeq64: 22, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40,
+	fieldStream: maxPayloadKeyID + 2, fieldPool: keystore.MaxPoolName + 2, fieldHolder: 6*keystore.MaxHolder + 2, fieldTypename: 10}
 
 var eventFields = map[string]eventField{
-	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
+	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream,
+	"pool": fieldPool, "holder": fieldHolder, "__typename": fieldTypename,
 }
 
 // payload is one event encoded by one plan.
@@ -207,6 +211,14 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 			b = wire.AppendTime(b, ev.At)
 		case fieldStream:
 			b = appendMarshaled(b, graphql.MarshalID(ev.Stream))
+		case fieldPool:
+			b = appendMarshaled(b, graphql.MarshalString(ev.Pool))
+		case fieldHolder:
+			if ev.Holder == "" {
+				b = append(b, "null"...)
+			} else {
+				b = appendMarshaled(b, graphql.MarshalString(ev.Holder))
+			}
 		case fieldTypename:
 			b = append(b, `"KeyEvent"`...)
 		}

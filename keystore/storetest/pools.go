@@ -106,7 +106,7 @@ func testPools(t *testing.T, open Opener) {
 		require.Greater(t, next.Lease.Fence, fa)
 		// Empty pool a, then fill it again.
 		require.NoError(t, e.store.Delete(e.ctx, keys[0].ID))
-		page, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "a"})
+		page, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "a", First: 100})
 		require.NoError(t, err)
 		for _, k := range page.Keys {
 			require.NoError(t, e.store.Delete(e.ctx, k.ID))
@@ -298,7 +298,7 @@ func testList(t *testing.T, open Opener) {
 
 		onlyBlocked := e.walk(keystore.ListOptions{Pool: "a", Status: keystore.Blocked, First: 2})
 		require.Equal(t, blocked, idsOf(onlyBlocked))
-		onlyAvailable := e.walk(keystore.ListOptions{Pool: "a", Status: keystore.Available})
+		onlyAvailable := e.walk(keystore.ListOptions{Pool: "a", Status: keystore.Available, First: 100})
 		require.Len(t, onlyAvailable, 22)
 		for _, k := range onlyAvailable {
 			require.False(t, blocked[k.ID])
@@ -310,19 +310,19 @@ func testList(t *testing.T, open Opener) {
 			require.Equal(t, i >= 25, k.Pool == "b", "pools in order of name: key %d is of %s", i, k.Pool)
 		}
 		require.Equal(t, idsOf(b), idsOf(every[25:]))
-		everyBlocked := e.walk(keystore.ListOptions{Status: keystore.Blocked})
+		everyBlocked := e.walk(keystore.ListOptions{Status: keystore.Blocked, First: 100})
 		require.Equal(t, blocked, idsOf(everyBlocked))
 
-		empty, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "never"})
+		empty, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "never", First: 100})
 		require.NoError(t, err)
 		require.Empty(t, empty.Keys)
 		require.False(t, empty.HasNext)
 		require.Empty(t, empty.EndCursor)
-		last, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "b"})
+		last, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "b", First: 100})
 		require.NoError(t, err)
 		require.Len(t, last.Keys, 5)
 		require.False(t, last.HasNext)
-		after, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "b", After: last.EndCursor})
+		after, err := e.store.List(e.ctx, keystore.ListOptions{Pool: "b", After: last.EndCursor, First: 100})
 		require.NoError(t, err)
 		require.Empty(t, after.Keys)
 	})
@@ -335,12 +335,13 @@ func testList(t *testing.T, open Opener) {
 		require.NoError(t, err)
 		for _, opts := range []keystore.ListOptions{
 			{First: -1},
+			{First: 0},
 			{First: keystore.MaxListFirst + 1},
-			{Status: "GONE"},
-			{Pool: "-x"},
-			{After: "not a cursor"},
-			{After: page.EndCursor + "x"},
-			{Pool: "b", After: page.EndCursor}, // a cursor of pool a's listing
+			{Status: "GONE", First: 1},
+			{Pool: "-x", First: 1},
+			{After: "not a cursor", First: 1},
+			{After: page.EndCursor + "x", First: 1},
+			{Pool: "b", After: page.EndCursor, First: 1}, // a cursor of pool a's listing
 		} {
 			_, err := e.store.List(e.ctx, opts)
 			requireCode(t, err, keystore.EINVALID)
@@ -355,12 +356,12 @@ func testList(t *testing.T, open Opener) {
 		e.generateIn("a", 2)
 		k := e.acquire(keystore.AcquireOptions{Pool: "a"})
 		e.advance(keystore.DefaultLeaseTTL)
-		require.Empty(t, e.walk(keystore.ListOptions{Status: keystore.Blocked}))
-		for _, got := range e.walk(keystore.ListOptions{Pool: "a"}) {
+		require.Empty(t, e.walk(keystore.ListOptions{Status: keystore.Blocked, First: 100}))
+		for _, got := range e.walk(keystore.ListOptions{Pool: "a", First: 100}) {
 			require.Equal(t, keystore.Available, got.Status, "key %s (leased: %v)", got.ID, got.ID == k.ID)
 		}
 		e.advance(keystore.DefaultKeepAliveTTL)
-		require.Empty(t, e.walk(keystore.ListOptions{}))
+		require.Empty(t, e.walk(keystore.ListOptions{First: 100}))
 	})
 
 	t.Run("a walk while keys come, go and change state sees each lasting key once", func(t *testing.T) {

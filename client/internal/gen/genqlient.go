@@ -50,7 +50,7 @@ func (v *GetKeyResponse) GetKey() *KeyFields { return v.Key }
 
 // GetStatsResponse is returned by GetStats on success.
 type GetStatsResponse struct {
-	// How many keys the pool holds, by state.
+	// How many keys a pool holds by state; every pool together when pool is omitted. A pool never made counts zero.
 	Stats GetStatsStats `json:"stats"`
 }
 
@@ -60,9 +60,9 @@ func (v *GetStatsResponse) GetStats() GetStatsStats { return v.Stats }
 // GetStatsStats includes the requested fields of the GraphQL type Stats.
 // The GraphQL type's documentation follows.
 //
-// How many keys the pool holds, by state.
+// How many keys a pool holds, or every pool together, by state.
 type GetStatsStats struct {
-	// All keys of the pool.
+	// All keys.
 	Total int `json:"total"`
 	// Keys free to be acquired.
 	Available int `json:"available"`
@@ -151,7 +151,7 @@ func (v *KeyEventsKeyEventsKeyEvent) GetStream() string { return v.Stream }
 
 // KeyEventsResponse is returned by KeyEvents on success.
 type KeyEventsResponse struct {
-	// Streams the pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
+	// Streams one pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
 	// may resume with after.
 	KeyEvents KeyEventsKeyEventsKeyEvent `json:"keyEvents"`
 }
@@ -162,7 +162,7 @@ func (v *KeyEventsResponse) GetKeyEvents() KeyEventsKeyEventsKeyEvent { return v
 // KeyFields includes the GraphQL fields of Key requested by the fragment KeyFields.
 // The GraphQL type's documentation follows.
 //
-// An API key of the pool.
+// An API key of a pool.
 type KeyFields struct {
 	// The key itself: an opaque, URL-safe string that is never issued twice.
 	Id string `json:"id"`
