@@ -812,3 +812,83 @@ type waitCounter struct {
 }
 
 func (o *waitCounter) WaitersChanged(delta int) { o.waiting.Add(int64(delta)) }
+
+// TestListWalkOfAMillionKeys walks every page of a pool of a million keys (1e5 under
+// the race detector) while other clients add, acquire, free and delete keys between
+// and during the pages: each key that existed throughout is listed exactly once, and
+// no key twice.
+func TestListWalkOfAMillionKeys(t *testing.T) {
+	n := 1_000_000
+	if raceEnabled || testing.Short() {
+		n = 100_000
+	}
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{LeaseTTL: time.Hour, KeepAliveTTL: 24 * time.Hour, MaxLeaseTTL: 24 * time.Hour})
+	require.NoError(t, err)
+	defer store.Close()
+	ctx := t.Context()
+	var initial []string
+	for len(initial) < n {
+		keys, err := store.Generate(ctx, "", keystore.DefaultMaxGenerate)
+		require.NoError(t, err)
+		for _, k := range keys {
+			initial = append(initial, k.ID)
+		}
+	}
+	_, err = store.Generate(ctx, "other", 1000) // another pool, in the walk of every pool
+	require.NoError(t, err)
+
+	// The churn: deleted keys are not lasting; every other initial key lasts.
+	deleted := make(map[string]bool)
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range 2 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				switch rng.IntN(4) {
+				case 0:
+					_, _ = store.Generate(ctx, "", 1+rng.IntN(5))
+				case 1:
+					if k, err := store.Acquire(ctx, keystore.AcquireOptions{}); err == nil && rng.IntN(2) == 0 {
+						_, _ = store.Unblock(ctx, k.ID, k.Lease.Token)
+					}
+				default:
+					id := initial[rng.IntN(len(initial))]
+					mu.Lock()
+					deleted[id] = true // from now on it may be gone
+					mu.Unlock()
+					_ = store.Delete(ctx, id)
+				}
+			}
+		})
+	}
+	seen := make(map[string]int, n+n/10)
+	pages := 0
+	for page := (keystore.Page{HasNext: true}); page.HasNext; pages++ {
+		page, err = store.List(ctx, keystore.ListOptions{First: keystore.MaxListFirst, After: page.EndCursor})
+		require.NoError(t, err)
+		for _, k := range page.Keys {
+			seen[k.ID]++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	lasting := 0
+	for _, id := range initial {
+		if !deleted[id] {
+			lasting++
+			require.Equal(t, 1, seen[id], "key %s lasted the walk", id)
+		}
+	}
+	for id, times := range seen {
+		require.Equal(t, 1, times, "key %s listed twice", id)
+	}
+	t.Logf("%d pages; %d keys listed, %d of %d initial keys lasted the walk", pages, len(seen), lasting, n)
+	require.Greater(t, lasting, n/2, "the churn left too few lasting keys to test")
+}
