@@ -105,3 +105,24 @@ func TestPlansAreShared(t *testing.T) {
 	c.Release()
 	require.NotSame(t, a, planOf(`subscription { keyEvents { seq keyId } }`), "the last release forgot it")
 }
+
+// TestPlanCacheKnowsStreams: a plan is shared by subscriptions of every pool, whose
+// streams number their events alike; its cache must never answer one pool's event
+// with another's encoding of the same seq.
+func TestPlanCacheKnowsStreams(t *testing.T) {
+	fan := fanout.New(1, nil)
+	var plan *fanout.Plan
+	resolvers := eventsResolver{Resolver: &Resolver{Plans: fan.Plans()}, events: make(chan *keystore.Event), plan: &plan}
+	exec := executor.New(NewExecutableSchema(Config{Resolvers: resolvers}))
+	ctx := graphql.StartOperationTrace(t.Context())
+	opCtx, errs := exec.CreateOperationContext(ctx, &graphql.RawParams{Query: `subscription { keyEvents { seq keyId pool } }`})
+	require.Empty(t, errs)
+	exec.DispatchOperation(graphql.WithOperationContext(ctx, opCtx), opCtx)
+	require.NotNil(t, plan)
+	defer plan.Release()
+	a := keystore.Event{Seq: 1, Stream: "streamA", Pool: "a", Type: keystore.EventGenerated, KeyID: "ka"}
+	b := keystore.Event{Seq: 1, Stream: "streamB", Pool: "b", Type: keystore.EventGenerated, KeyID: "kb"}
+	require.Contains(t, string(plan.Payload(&a)), `"ka"`)
+	require.Contains(t, string(plan.Payload(&b)), `"kb"`, "pool b's event answered from pool a's cache")
+	require.Contains(t, string(plan.Payload(&a)), `"ka"`)
+}

@@ -63,8 +63,9 @@ var eventFields = map[string]eventField{
 
 // payload is one event encoded by one plan.
 type payload struct {
-	seq   int64
-	bytes []byte
+	seq    int64
+	stream string // each pool's stream numbers its events from 1: a seq alone names none
+	bytes  []byte
 }
 
 // The payload cache, bounded in bytes: each of the first maxCachedPlans distinct
@@ -175,11 +176,11 @@ func (p *Plan) Payload(ev *keystore.Event) []byte {
 		return p.encode(ev)
 	}
 	slot := &p.cache[ev.Seq&int64(len(p.cache)-1)]
-	if c := slot.Load(); c != nil && c.seq == ev.Seq {
+	if c := slot.Load(); c != nil && c.seq == ev.Seq && c.stream == ev.Stream {
 		return c.bytes
 	}
 	b := p.encode(ev)
-	slot.Store(&payload{seq: ev.Seq, bytes: b})
+	slot.Store(&payload{seq: ev.Seq, stream: ev.Stream, bytes: b})
 	return b
 }
 
