@@ -152,8 +152,8 @@ func BenchmarkLuaDirect(b *testing.B) {
 		b.Fatal(err)
 	}
 	withStream := used()
-	pool := must(rdb.do("GET", "{bench}:pool").ToString())(b)
-	stream := "{bench}:events:" + pool
+	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
+	stream := "{bench:default}:events:" + pool
 	streamLen := must(rdb.do("XLEN", stream).AsInt64())(b)
 	must(rdb.do("DEL", stream).AsInt64())(b)
 	withoutStream := used()
@@ -162,14 +162,14 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withStream-before)/benchKeys, "B/key+stream")
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
-	// The scripts' common arguments: prefix, "T" (Redis's TIME), stream length, replica,
-	// pool id, then a request slot and generation: a slot drawn from 10^15 (three random
-	// numbers), so that each call records its reply in a fresh slot, as the Store's
-	// requests do, rather than replaying an earlier one.
-	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
+	// The scripts' key (the pool's meta hash) and common arguments: prefix, "T" (Redis's
+	// TIME), stream length, replica, pool id, then a request slot and generation: a slot
+	// drawn from 10^15 (three random numbers), so that each call records its reply in a
+	// fresh slot, as the Store's requests do, rather than replaying an earlier one.
+	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash(), "0"}, common...)
+			"EVALSHA", scripts[name].Hash()}, common...)
 		cmd = append(cmd, args...)
 		b.Logf("redis-benchmark %s", strings.Join(cmd, " "))
 		cpu0 := redisCPU(b, srv)
@@ -200,7 +200,7 @@ func BenchmarkLuaDirect(b *testing.B) {
 		b.ReportMetric(1/(1/acquire+1/unblock), fmt.Sprintf("cycles/s@c%d", clients))
 		b.ReportMetric(acquireCPU+unblockCPU, fmt.Sprintf("redis-cpu-µs/cycle@c%d", clients))
 	}
-	st := must(rdb.do("SCARD", "{bench}:avail").AsInt64())(b)
+	st := must(rdb.do("ZCARD", "{bench:default}:avail").AsInt64())(b)
 	if st == 0 || st == benchKeys {
 		b.Fatalf("the scripts did not run as intended: %d keys AVAILABLE", st)
 	}
@@ -254,7 +254,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	cpu0 = redisCPU(b, srv)
 	b.ResetTimer()
 	clock.Advance(time.Minute)
-	for must(rdb.do("ZCARD", "{storm}:alive").AsInt64())(b) > 0 {
+	for must(rdb.do("ZCARD", "{storm:default}:alive").AsInt64())(b) > 0 {
 		time.Sleep(time.Millisecond) // polling the storm's progress, not a TTL rule
 	}
 	elapsed := b.Elapsed()
@@ -314,11 +314,11 @@ func versusLua(b *testing.B, clients int) {
 	for range benchKeys / keystore.DefaultMaxGenerate {
 		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
-	pool := must(rdb.do("GET", "{bench}:pool").ToString())(b)
-	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
+	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
+	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	lua := func(name string, n int, args ...string) (rate, cpu float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash(), "0"}, common...)
+			"EVALSHA", scripts[name].Hash()}, common...)
 		cmd = append(cmd, args...)
 		cpu0, failed0 := redisCPU(b, srv), failedScripts(b, rdb)
 		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
@@ -339,8 +339,8 @@ func versusLua(b *testing.B, clients int) {
 		}
 		return rate, float64(used.Microseconds()) / float64(n)
 	}
-	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA 0 %s ARGS…", clients, strings.Join(common, " "))
-	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench}:leases").AsInt64())(b) }
+	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(common, " "))
+	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench:default}:leases").AsInt64())(b) }
 
 	var rateRatios, cpuRatios, oldRateRatios, oldCPURatios []float64
 	per := max(b.N/versusRounds/clients, 1)
@@ -436,12 +436,15 @@ func freeAll(b *testing.B, rdb *admin) {
 local ns = redis.call('ZRANGE', KEYS[1], 0, 4999)
 for _, n in ipairs(ns) do
   redis.call('HSET', KEYS[3] .. n, 'f', 0)
-  redis.call('SADD', KEYS[2], n)
+  redis.call('ZADD', KEYS[2], n, n)
 end
-if #ns > 0 then redis.call('ZREM', KEYS[1], unpack(ns)) end
+if #ns > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ns))
+  redis.call('ZREM', KEYS[4], unpack(ns))
+end
 return #ns`
 	for {
-		n := must(rdb.do("EVAL", free, "3", "{bench}:leases", "{bench}:avail", "{bench}:k:").AsInt64())(b)
+		n := must(rdb.do("EVAL", free, "4", "{bench:default}:leases", "{bench:default}:avail", "{bench:default}:k:", "{bench:default}:blocked").AsInt64())(b)
 		if n == 0 {
 			return
 		}
