@@ -1,43 +1,57 @@
 // Package redisstore is a keystore.Store kept in Redis, so that several replicas of the
-// server share one pool.
+// server share one namespace of named pools.
 //
-// Each Store method is one Lua script, atomic inside Redis and O(1) or O(log n): a SET
-// of AVAILABLE key numbers for uniform random picks, sorted sets for the lease and
-// keep-alive deadlines, a HASH per key, INCR counters behind key ids, fences and event
-// seqs, and a STREAM of events (see scripts.go for the layout). Deadlines come from
-// Redis's own TIME, one clock for every replica, in whole microseconds; with a
-// *clockwork.FakeClock (tests) the store passes the fake clock's reading to the scripts
-// instead, in nanoseconds since the pool was created.
+// Each pool lives under a hash tag of its own ({ns:pool}), and each Store method is one
+// Lua script on one pool's keys, atomic inside Redis and O(1) or O(log n): sorted sets
+// of the AVAILABLE and the BLOCKED key numbers, scored by number (a uniform pick is a
+// random rank, a page of List a range by score), sorted sets of the lease and
+// keep-alive deadlines, a HASH per key, and a meta HASH with the pool's counters behind
+// key numbers, fences and event seqs, which outlive its keys, and a STREAM of the
+// pool's events. The namespace's own tag ({ns}) holds what the pools share: the layout
+// version, the id secret, the clock, and the registry of pools, which only grows and
+// which replicas cache (see scripts.go for the layout). A key's id encrypts its pool's
+// index above its number within the pool, so any replica finds the pool of a key from
+// its id. Deadlines come from Redis's own TIME, one clock for every replica, in whole
+// microseconds; with a *clockwork.FakeClock (tests) the store passes the fake clock's
+// reading to the scripts instead, in nanoseconds since the namespace was created.
 //
 // Each replica runs four goroutines: an expirer that sleeps until the earliest
-// deadline and applies due transitions in bounded batches (any replica may; the
-// scripts pop each due entry as they apply it, so none is applied twice); a reader
-// that follows the event stream with XREAD BLOCK, letting events gather for
-// streamCoalesce between reads, and publishes into a local keystore.Hub, for
-// subscribers and for waking waiters; a dispatcher that serves this replica's waiting
-// Acquires, first come first served; and a resolver that settles the requests whose
-// outcome the replica never learned (see below).
+// deadline of any pool and applies the due transitions of each pool in bounded batches
+// (any replica may; the scripts pop each due entry as they apply it, so none is applied
+// twice), and passes over every pool once a second; a reader that follows, in one
+// XREAD BLOCK, the stream of pools made (so it learns of the pools other replicas make)
+// and the event stream of every pool, letting events gather for streamCoalesce
+// between reads, and publishes each pool's events into the pool's keystore.Hub (its
+// Lane's), with the pool's own seqs and its id as the stream's, for subscribers and for
+// waking waiters; a dispatcher that serves this replica's waiting Acquires, pool by
+// pool, first come first served within a pool; and a resolver that settles the
+// requests whose outcome the replica never learned (see below).
 //
 // The client is rueidis, which pipelines the requests of concurrent callers on one
 // connection: under load one write and one read carry many scripts, for this process
 // and for Redis, instead of a round trip of system calls each.
 //
-// Faults. A request that changes the pool runs at most once however often it is sent
+// Faults. A request that changes a pool runs at most once however often it is sent
 // (see scripts.go: a slot and generation per request, its reply recorded with its
 // effects), so the store itself retries a request whose reply was lost, for up to
 // retryFor, and the retry answers what the first run did; the client never retries on
 // its own. When the outcome stays unknown the caller gets EUNAVAILABLE saying so, and
 // the request is settled in the background as soon as Redis answers again: it either
 // ran, or it never will; an Acquire that ran has its key (whose token nobody has)
-// freed. Every script refuses a pool other than the one the replica joined; once one
-// does, the replica stops for good (Ready fails) until it is restarted.
+// freed. Every script refuses a namespace or pool other than the one the replica
+// joined; once one does, the replica stops for good (Ready fails) until it is
+// restarted. A replica refuses at start a namespace of another layout version.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
-// only; the local hub holds the newest EventRetention events, loaded from the stream
-// at start, and After replays from it; a reader that fell more than the stream's
-// length behind would miss events; the scripts declare no KEYS, so Redis Cluster is
-// not supported although every key shares one hash slot.
+// only; each pool's hub holds its newest EventRetention events, loaded from its stream
+// at start, and After replays from it; a reader that fell more than a stream's length
+// behind would miss events; a pass over every pool (Pools, Stats without a pool, the
+// reader's XREAD, the expirer's pass once a second) costs O(pools), at most
+// Options.MaxPools. Redis Cluster: the layout is ready for it (each script declares the
+// one key of its hash tag that it reads first, and touches that tag's keys only), but
+// the client connects to one node and the reader reads every pool's stream in one
+// XREAD, which a cluster would refuse across slots.
 package redisstore
 
 import (
@@ -60,7 +74,7 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// DefaultNamespace names the pool in Redis when no other is given.
+// DefaultNamespace names the namespace of pools in Redis when no other is given.
 const DefaultNamespace = "keypool"
 
 // Tuning of the background work.
@@ -70,10 +84,11 @@ const (
 	expiryBatch = 128
 	// fallbackTick bounds how long the expirer and dispatcher sleep without news: a
 	// deadline set by another replica that emits no event (a Renew that shortens a
-	// lease) is applied within it even if that replica has gone. Real time, also under
+	// lease) is applied within it even if that replica has gone; the expirer passes over
+	// every pool once in each. Real time, also under
 	// a fake clock, so that it never counts as a sleeper of the fake clock.
 	fallbackTick = time.Second
-	// minStreamLength is the least number of events the stream keeps, whatever
+	// minStreamLength is the least number of events a pool's stream keeps, whatever
 	// EventRetention: it carries events from the scripts to every replica's reader, which
 	// must find them there even after a Generate of MaxGenerate keys.
 	minStreamLength = 1 << 16
@@ -127,9 +142,9 @@ type config struct {
 	afterTry   func()
 }
 
-// WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
-// several pools can share one Redis. A "namespace" query parameter of the URL does the
-// same.
+// WithNamespace keeps the pools under the namespace ns in Redis (default "keypool":
+// keys "{keypool}:…" and "{keypool:<pool>}:…"), so that several servers' pools can
+// share one Redis. A "namespace" query parameter of the URL does the same.
 func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
 
 // withResolved tells f of every key the resolver frees (tests record it in their
