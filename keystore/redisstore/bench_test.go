@@ -2,7 +2,9 @@ package redisstore
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -448,5 +450,81 @@ return #ns`
 		if n == 0 {
 			return
 		}
+	}
+}
+
+// BenchmarkListPage measures pages of List through the Store, in one pool of 1e3, then
+// 1e5, then 1e6 AVAILABLE keys, 10 of them BLOCKED, scripts on Redis's TIME: a page of
+// 100 AVAILABLE keys and a page of 100 keys of any state, each from a random key on
+// (as a cursor of a walk names it), and the page of the 10 BLOCKED keys. A page costs
+// O(log n + the page) in Redis: its cost should not grow with the pool, nor the rare
+// state's page cost more than the common one's. Each size also reports the Redis CPU
+// per page. The pool is filled through the Store, and each size is measured once the
+// stream reader has caught up with the pool's events.
+//
+//	go test -run '^$' -bench 'ListPage' -benchtime 2000x -timeout 30m -v ./keystore/redisstore
+func BenchmarkListPage(b *testing.B) {
+	const pool, blocked = "list", 10
+	srv := startRedis(b)
+	s := openNamespace(b, srv, clockwork.NewRealClock(),
+		keystore.Options{LeaseTTL: time.Hour, KeepAliveTTL: 4 * time.Hour}, "listbench")
+	ctx := context.Background()
+	have := 0
+	for _, n := range []int{1e3, 1e5, 1e6} {
+		start := time.Now()
+		for have < n {
+			count := min(keystore.DefaultMaxGenerate, n-have)
+			must(s.Generate(ctx, pool, count))(b)
+			have += count
+		}
+		if n == 1e3 {
+			for range blocked {
+				must(s.Acquire(ctx, keystore.AcquireOptions{Pool: pool}))(b)
+			}
+		}
+		for { // the reader idle again
+			err := s.b.CatchUp(ctx, pool)
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 10*time.Minute {
+				b.Fatal(err)
+			}
+		}
+		p := s.b.reg.get(pool)
+		b.Logf("%d keys in %v", n, time.Since(start).Round(time.Millisecond))
+		st := must(s.Stats(ctx, pool))(b)
+		if st.Total != n || st.Blocked != blocked {
+			b.Fatalf("stats %+v, want %d keys, %d BLOCKED", st, n, blocked)
+		}
+		// Cursors naming random keys of the pool, as a walk's pages name their last.
+		cursors := make([]string, 1024)
+		for i := range cursors {
+			id := s.b.ids.KeyID(p.keyN(int64(1 + rand.IntN(n-200))))
+			cursors[i] = base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + id))
+		}
+		page := func(name string, opts func(i int) keystore.ListOptions, want int) {
+			b.Run(fmt.Sprintf("keys=%d/%s", n, name), func(b *testing.B) {
+				redis0 := redisCPU(b, srv)
+				i := 0
+				for b.Loop() {
+					got := must(s.List(ctx, opts(i)))(b)
+					if len(got.Keys) != want {
+						b.Fatalf("a page of %d keys, want %d", len(got.Keys), want)
+					}
+					i++
+				}
+				b.ReportMetric(float64((redisCPU(b, srv)-redis0).Microseconds())/float64(b.N), "redis-cpu-µs/page")
+			})
+		}
+		page("available-100", func(i int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, Status: keystore.Available, First: 100, After: cursors[i%len(cursors)]}
+		}, 100)
+		page("any-100", func(i int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, First: 100, After: cursors[i%len(cursors)]}
+		}, 100)
+		page("blocked-10", func(int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, Status: keystore.Blocked, First: blocked}
+		}, blocked)
 	}
 }

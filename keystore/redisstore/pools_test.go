@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -331,4 +332,37 @@ func evalshaCalls(t testing.TB, srv *redisServer) int64 {
 		}
 	}
 	return 0
+}
+
+// TestListOrder: a walk of every state merges the AVAILABLE and BLOCKED keys in the
+// order of their numbers, whatever the page size.
+func TestListOrder(t *testing.T) {
+	srv := startRedis(t)
+	s := openStore(t, srv, newFakeClock(), keystore.Options{})
+	ctx := context.Background()
+	must(s.Generate(ctx, "o", 50))(t)
+	blocked := map[string]bool{}
+	for range 20 {
+		blocked[must(s.Acquire(ctx, keystore.AcquireOptions{Pool: "o"}))(t).ID] = true
+	}
+	for _, first := range []int{1, 7, 50, 100} {
+		opts := keystore.ListOptions{Pool: "o", First: first}
+		var ns []uint64
+		for {
+			page := must(s.List(ctx, opts))(t)
+			for _, k := range page.Keys {
+				n, ok := s.b.ids.ParseKeyID(k.ID)
+				require.True(t, ok)
+				require.Equal(t, blocked[k.ID], k.Status == keystore.Blocked)
+				ns = append(ns, n)
+			}
+			if !page.HasNext {
+				break
+			}
+			opts.After = page.EndCursor
+		}
+		require.Len(t, ns, 50, "pages of %d", first)
+		require.True(t, slices.IsSorted(ns), "pages of %d: numbers %v", first, ns)
+		require.Len(t, slices.Compact(ns), 50, "pages of %d: a key twice", first)
+	}
 }

@@ -539,10 +539,16 @@ end
 local function candidates(k)
   if status == 1 then return range(AVAIL, k) end
   if status == 2 then return range(BLOCKED, k) end
-  local ns = range(AVAIL, k)
-  for _, n in ipairs(range(BLOCKED, k)) do ns[#ns + 1] = n end
-  table.sort(ns, function(a, b) return tonumber(a) < tonumber(b) end)
-  for i = #ns, k + 1, -1 do ns[i] = nil end
+  -- The first k of the two, merged in order of number.
+  local a, b, ns = range(AVAIL, k), range(BLOCKED, k), {}
+  local i, j = 1, 1
+  while #ns < k and (a[i] or b[j]) do
+    if not b[j] or a[i] and tonumber(a[i]) < tonumber(b[j]) then
+      ns[#ns + 1], i = a[i], i + 1
+    else
+      ns[#ns + 1], j = b[j], j + 1
+    end
+  end
   return ns
 end
 local recs, holders = {}, {}
@@ -557,13 +563,23 @@ while #holders < limit do
     end
     budget = budget - 1
     from = tonumber(n) + 1
-    if settle(n) then
-      local r = reply(n)
-      local blocked = r[6] ~= 0
-      if status == 0 or (status == 2) == blocked then
-        for i = 3, 10 do recs[#recs + 1] = r[i] end
-        holders[#holders + 1] = r[11]
+    -- One read of the key, unless a deadline of it is due: then settle it, and read
+    -- what is left.
+    local v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h')
+    local e, f, ld = tonumber(v[2]), num(v[3]), num(v[5])
+    if e and (e <= now or f ~= 0 and ld <= now) then
+      if settle(n) then
+        v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h')
+        f = num(v[3])
+      else
+        e = nil
       end
+    end
+    if e and (status == 0 or (status == 2) == (f ~= 0)) then
+      local i = #recs
+      recs[i + 1], recs[i + 2], recs[i + 3], recs[i + 4] = tonumber(n), num(v[1]), num(v[2]), f
+      recs[i + 5], recs[i + 6], recs[i + 7], recs[i + 8] = num(v[4]), num(v[5]), num(v[6]), num(v[7])
+      holders[#holders + 1] = (f ~= 0 and v[8]) or ''
     end
   end
   if resume >= 0 then break end
