@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"math"
 	"runtime"
 	"strconv"
@@ -284,7 +285,7 @@ func (s *Store) learnMade(entries []rueidis.XRangeEntry, lastID string) (string,
 			lastID = msg.ID // not a pool: skip it
 			continue
 		}
-		if _, err := s.learn(s.ctx, msg.FieldValues["p"], index); err != nil {
+		if _, err := s.learn(s.ctx, msg.FieldValues["p"], index); err != nil && !errors.Is(err, errTagTaken) {
 			return lastID, err
 		}
 		lastID = msg.ID

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -117,7 +118,7 @@ func (s *Store) learn(ctx context.Context, name string, index uint64) (*rpool, e
 		return nil, err
 	}
 	if len(res) > 0 && res[0] == statusForeignKeys {
-		return nil, fmt.Errorf("redis store: the hash tag of pool %q (%s) holds keys this store did not write, or of another layout: is another namespace named like it?", name, prefix)
+		return nil, fmt.Errorf("%w: pool %q (%s)", errTagTaken, name, prefix)
 	}
 	if _, err := s.status(res); err != nil {
 		return nil, err
@@ -140,6 +141,10 @@ func (s *Store) learn(ctx context.Context, name string, index uint64) (*rpool, e
 	s.wakeBy(p, math.MinInt64) // the expirer runs it
 	return p, nil
 }
+
+// errTagTaken refuses a pool whose hash tag holds keys of something else. The pool is
+// registered, but no replica uses it; the others are not held up by it.
+var errTagTaken = errors.New("redis store: the hash tag of a pool holds keys this store did not write, or of another layout (is another namespace named like it?)")
 
 // poolNamed returns the pool named name, or nil if none was made; with create, it makes
 // the pool if need be (ErrTooManyPools beyond Options.MaxPools).
@@ -197,7 +202,7 @@ func (s *Store) readRegistry(ctx context.Context) error {
 	}
 	for i, name := range names {
 		index := uint64(ints[2+i])
-		if _, err := s.learn(ctx, name, index); err != nil {
+		if _, err := s.learn(ctx, name, index); err != nil && !errors.Is(err, errTagTaken) {
 			return err
 		}
 		s.reg.mu.Lock()

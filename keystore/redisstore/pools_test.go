@@ -60,7 +60,15 @@ func TestPoolTagTaken(t *testing.T) {
 	_, err := s.Generate(ctx, "p", 1)
 	require.Error(t, err)
 	require.EqualValues(t, 1, must(rdb.do("ZCARD", "{ns:p}:alive").AsInt64())(t))
-	must(s.Generate(ctx, "q", 1))(t) // other pools are made as usual
+	// Other pools are made as usual, and found by other replicas, the refused one aside.
+	must(s.Generate(ctx, "q", 1))(t)
+	other := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "ns")
+	pools := must(other.Pools(ctx))(t)
+	require.Len(t, pools, 2)
+	require.Equal(t, "q", pools[1].Name)
+	require.Equal(t, 1, pools[1].Stats.Total)
+	_, err = other.Stats(ctx, "p")
+	require.Error(t, err)
 }
 
 // TestPoolKeysUnderTheirTag: every Redis key a pool's scripts write is under the pool's
