@@ -374,3 +374,46 @@ func TestListOrder(t *testing.T) {
 		require.Len(t, slices.Compact(ns), 50, "pages of %d: a key twice", first)
 	}
 }
+
+// TestExpirerRunsEveryPool: one expirer, with one timer, applies the deadlines of every
+// pool at their instants, with no request to help: leases of two pools that end at
+// different instants, set on one replica, applied by the other (the first is closed).
+func TestExpirerRunsEveryPool(t *testing.T) {
+	a, b, _, obsB, _ := replicas(t, keystore.Options{KeepAliveTTL: time.Hour})
+	ctx := context.Background()
+	clock := a.b.clock.(interface {
+		Advance(time.Duration)
+		BlockUntilContext(context.Context, int) error
+	})
+	subs := map[string]*keystore.Subscription{}
+	leases := map[string]keystore.Key{}
+	for i, pool := range []string{"a", "b"} {
+		subs[pool] = must(b.Subscribe(ctx, keystore.SubscribeOptions{Pool: pool, Types: []keystore.EventType{keystore.EventReleased}}))(t)
+		must(a.Generate(ctx, pool, 1))(t)
+		leases[pool] = must(a.Acquire(ctx, keystore.AcquireOptions{Pool: pool, TTL: keystore.TTL(time.Duration(10*(i+1)) * time.Second)}))(t)
+	}
+	require.NoError(t, a.Close())
+	// b learns of both leases from the streams; its expirer then sleeps on one timer.
+	waitFor(t, func() bool {
+		b.b.mu.Lock()
+		defer b.b.mu.Unlock()
+		return b.b.wakeAt == b.b.units(leases["a"].Lease.ExpiresAt.Sub(b.b.base))
+	})
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	require.NoError(t, clock.BlockUntilContext(wait, 1))
+
+	clock.Advance(10 * time.Second)
+	ev := wantEvent(t, subs["a"], keystore.EventReleased, leases["a"].ID)
+	require.True(t, ev.At.Equal(leases["a"].Lease.ExpiresAt))
+	quiet, cancelQuiet := context.WithTimeout(ctx, 100*time.Millisecond)
+	if ev, _ := subs["b"].Next(quiet); ev != nil {
+		t.Fatalf("pool b's lease released early: %+v", *ev)
+	}
+	cancelQuiet()
+	require.NoError(t, clock.BlockUntilContext(wait, 1))
+	clock.Advance(10 * time.Second)
+	ev = wantEvent(t, subs["b"], keystore.EventReleased, leases["b"].ID)
+	require.True(t, ev.At.Equal(leases["b"].Lease.ExpiresAt))
+	waitFor(t, func() bool { return obsB.released.Load() == 2 })
+}
