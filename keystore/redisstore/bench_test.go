@@ -2,7 +2,9 @@ package redisstore
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -152,8 +154,8 @@ func BenchmarkLuaDirect(b *testing.B) {
 		b.Fatal(err)
 	}
 	withStream := used()
-	pool := must(rdb.do("GET", "{bench}:pool").ToString())(b)
-	stream := "{bench}:events:" + pool
+	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
+	stream := "{bench:default}:events:" + pool
 	streamLen := must(rdb.do("XLEN", stream).AsInt64())(b)
 	must(rdb.do("DEL", stream).AsInt64())(b)
 	withoutStream := used()
@@ -162,14 +164,14 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withStream-before)/benchKeys, "B/key+stream")
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
-	// The scripts' common arguments: prefix, "T" (Redis's TIME), stream length, replica,
-	// pool id, then a request slot and generation: a slot drawn from 10^15 (three random
-	// numbers), so that each call records its reply in a fresh slot, as the Store's
-	// requests do, rather than replaying an earlier one.
-	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
+	// The scripts' key (the pool's meta hash) and common arguments: prefix, "T" (Redis's
+	// TIME), stream length, replica, pool id, then a request slot and generation: a slot
+	// drawn from 10^15 (three random numbers), so that each call records its reply in a
+	// fresh slot, as the Store's requests do, rather than replaying an earlier one.
+	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash(), "0"}, common...)
+			"EVALSHA", scripts[name].Hash()}, common...)
 		cmd = append(cmd, args...)
 		b.Logf("redis-benchmark %s", strings.Join(cmd, " "))
 		cpu0 := redisCPU(b, srv)
@@ -200,7 +202,7 @@ func BenchmarkLuaDirect(b *testing.B) {
 		b.ReportMetric(1/(1/acquire+1/unblock), fmt.Sprintf("cycles/s@c%d", clients))
 		b.ReportMetric(acquireCPU+unblockCPU, fmt.Sprintf("redis-cpu-µs/cycle@c%d", clients))
 	}
-	st := must(rdb.do("SCARD", "{bench}:avail").AsInt64())(b)
+	st := must(rdb.do("ZCARD", "{bench:default}:avail").AsInt64())(b)
 	if st == 0 || st == benchKeys {
 		b.Fatalf("the scripts did not run as intended: %d keys AVAILABLE", st)
 	}
@@ -254,7 +256,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	cpu0 = redisCPU(b, srv)
 	b.ResetTimer()
 	clock.Advance(time.Minute)
-	for must(rdb.do("ZCARD", "{storm}:alive").AsInt64())(b) > 0 {
+	for must(rdb.do("ZCARD", "{storm:default}:alive").AsInt64())(b) > 0 {
 		time.Sleep(time.Millisecond) // polling the storm's progress, not a TTL rule
 	}
 	elapsed := b.Elapsed()
@@ -314,11 +316,11 @@ func versusLua(b *testing.B, clients int) {
 	for range benchKeys / keystore.DefaultMaxGenerate {
 		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
-	pool := must(rdb.do("GET", "{bench}:pool").ToString())(b)
-	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
+	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
+	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	lua := func(name string, n int, args ...string) (rate, cpu float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash(), "0"}, common...)
+			"EVALSHA", scripts[name].Hash()}, common...)
 		cmd = append(cmd, args...)
 		cpu0, failed0 := redisCPU(b, srv), failedScripts(b, rdb)
 		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
@@ -339,8 +341,8 @@ func versusLua(b *testing.B, clients int) {
 		}
 		return rate, float64(used.Microseconds()) / float64(n)
 	}
-	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA 0 %s ARGS…", clients, strings.Join(common, " "))
-	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench}:leases").AsInt64())(b) }
+	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(common, " "))
+	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench:default}:leases").AsInt64())(b) }
 
 	var rateRatios, cpuRatios, oldRateRatios, oldCPURatios []float64
 	per := max(b.N/versusRounds/clients, 1)
@@ -436,14 +438,93 @@ func freeAll(b *testing.B, rdb *admin) {
 local ns = redis.call('ZRANGE', KEYS[1], 0, 4999)
 for _, n in ipairs(ns) do
   redis.call('HSET', KEYS[3] .. n, 'f', 0)
-  redis.call('SADD', KEYS[2], n)
+  redis.call('ZADD', KEYS[2], n, n)
 end
-if #ns > 0 then redis.call('ZREM', KEYS[1], unpack(ns)) end
+if #ns > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ns))
+  redis.call('ZREM', KEYS[4], unpack(ns))
+end
 return #ns`
 	for {
-		n := must(rdb.do("EVAL", free, "3", "{bench}:leases", "{bench}:avail", "{bench}:k:").AsInt64())(b)
+		n := must(rdb.do("EVAL", free, "4", "{bench:default}:leases", "{bench:default}:avail", "{bench:default}:k:", "{bench:default}:blocked").AsInt64())(b)
 		if n == 0 {
 			return
 		}
+	}
+}
+
+// BenchmarkListPage measures pages of List through the Store, in one pool of 1e3, then
+// 1e5, then 1e6 AVAILABLE keys, 10 of them BLOCKED, scripts on Redis's TIME: a page of
+// 100 AVAILABLE keys and a page of 100 keys of any state, each from a random key on
+// (as a cursor of a walk names it), and the page of the 10 BLOCKED keys. A page costs
+// O(log n + the page) in Redis: its cost should not grow with the pool, nor the rare
+// state's page cost more than the common one's. Each size also reports the Redis CPU
+// per page. The pool is filled through the Store, and each size is measured once the
+// stream reader has caught up with the pool's events.
+//
+//	go test -run '^$' -bench 'ListPage' -benchtime 2000x -timeout 30m -v ./keystore/redisstore
+func BenchmarkListPage(b *testing.B) {
+	const pool, blocked = "list", 10
+	srv := startRedis(b)
+	s := openNamespace(b, srv, clockwork.NewRealClock(),
+		keystore.Options{LeaseTTL: time.Hour, KeepAliveTTL: 4 * time.Hour}, "listbench")
+	ctx := context.Background()
+	have := 0
+	for _, n := range []int{1e3, 1e5, 1e6} {
+		start := time.Now()
+		for have < n {
+			count := min(keystore.DefaultMaxGenerate, n-have)
+			must(s.Generate(ctx, pool, count))(b)
+			have += count
+		}
+		if n == 1e3 {
+			for range blocked {
+				must(s.Acquire(ctx, keystore.AcquireOptions{Pool: pool}))(b)
+			}
+		}
+		for { // the reader idle again
+			err := s.b.CatchUp(ctx, pool)
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 10*time.Minute {
+				b.Fatal(err)
+			}
+		}
+		p := s.b.reg.get(pool)
+		b.Logf("%d keys in %v", n, time.Since(start).Round(time.Millisecond))
+		st := must(s.Stats(ctx, pool))(b)
+		if st.Total != n || st.Blocked != blocked {
+			b.Fatalf("stats %+v, want %d keys, %d BLOCKED", st, n, blocked)
+		}
+		// Cursors naming random keys of the pool, as a walk's pages name their last.
+		cursors := make([]string, 1024)
+		for i := range cursors {
+			id := s.b.ids.KeyID(p.keyN(int64(1 + rand.IntN(n-200))))
+			cursors[i] = base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + id))
+		}
+		page := func(name string, opts func(i int) keystore.ListOptions, want int) {
+			b.Run(fmt.Sprintf("keys=%d/%s", n, name), func(b *testing.B) {
+				redis0 := redisCPU(b, srv)
+				i := 0
+				for b.Loop() {
+					got := must(s.List(ctx, opts(i)))(b)
+					if len(got.Keys) != want {
+						b.Fatalf("a page of %d keys, want %d", len(got.Keys), want)
+					}
+					i++
+				}
+				b.ReportMetric(float64((redisCPU(b, srv)-redis0).Microseconds())/float64(b.N), "redis-cpu-µs/page")
+			})
+		}
+		page("available-100", func(i int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, Status: keystore.Available, First: 100, After: cursors[i%len(cursors)]}
+		}, 100)
+		page("any-100", func(i int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, First: 100, After: cursors[i%len(cursors)]}
+		}, 100)
+		page("blocked-10", func(int) keystore.ListOptions {
+			return keystore.ListOptions{Pool: pool, Status: keystore.Blocked, First: blocked}
+		}, blocked)
 	}
 }

@@ -143,7 +143,7 @@ func TestLinearizabilityCatchesBrokenScripts(t *testing.T) {
 			return []Option{withScripts(set)}
 		}, false},
 		{"acquire leaves the key available", func(t *testing.T) []Option {
-			take := "redis.call('HINCRBY', h, 'n', 1)\n  redis.call('SREM', AVAIL, n)"
+			take := "redis.call('HINCRBY', h, 'n', 1)\n  redis.call('ZREM', AVAIL, n)"
 			src := strings.Replace(acquireSource, take, "redis.call('HINCRBY', h, 'n', 1)", 1)
 			require.NotEqual(t, acquireSource, src)
 			set := defaultScripts

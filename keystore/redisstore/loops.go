@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"math"
 	"runtime"
 	"strconv"
@@ -41,10 +42,12 @@ func (b *backoff) sleep(ctx context.Context) bool {
 
 func (b *backoff) reset() { b.d = 0 }
 
-// wakeBy tells the expirer of a deadline (Redis time, µs) that it may not know yet.
-func (s *Store) wakeBy(deadline int64) {
+// wakeBy tells the expirer of a deadline (script time) of pool p that it may not know
+// yet; math.MinInt64 asks it to run the pool at once.
+func (s *Store) wakeBy(p *rpool, deadline int64) {
 	s.mu.Lock()
-	s.heard = min(s.heard, deadline)
+	p.heard = min(p.heard, deadline)
+	p.due = min(p.due, deadline)
 	earlier := deadline < s.wakeAt
 	if earlier {
 		s.wakeAt = deadline
@@ -58,47 +61,84 @@ func (s *Store) wakeBy(deadline int64) {
 	}
 }
 
-// expireLoop applies due transitions in batches of expiryBatch, then sleeps until the
-// earliest deadline, a kick for an earlier one, or fallbackTick.
+// expireLoop applies due transitions, pool by pool, in batches of expiryBatch, then
+// sleeps until the earliest deadline it knows of in any pool, a kick for an earlier
+// one, or the next pass over every pool. It runs the pools whose earliest deadline is
+// due, and every pool once each fallbackTick: a deadline set by another replica that
+// emits no event (a Renew that shortens a lease) is applied within it even if that
+// replica has gone. It has one timer of the store's clock at a time, whatever the
+// number of pools.
 func (s *Store) expireLoop() {
 	defer s.wg.Done()
 	var retry backoff
+	var lastAll time.Time // real time
 	for {
+		all := time.Since(lastAll) >= fallbackTick
+		if all {
+			lastAll = time.Now()
+		}
+		now := s.redisNow()
+		var due []*rpool
 		s.mu.Lock()
-		s.heard = math.MaxInt64
+		for _, p := range s.reg.all() {
+			if all || p.due <= now {
+				due = append(due, p)
+				p.heard = math.MaxInt64
+			}
+		}
 		s.mu.Unlock()
-		res, err := s.run(s.ctx, s.scripts.expire, readOnly, expiryBatch, s.repliesTTL)
-		if err != nil {
+		results := make([][]int64, len(due))
+		errs := make([]error, len(due))
+		s.each(due, func(i int, p *rpool) {
+			results[i], _, errs[i] = s.run(s.ctx, p, s.scripts.expire, readOnly, expiryBatch, s.repliesTTL)
+		})
+		failed, busy := false, false
+		s.mu.Lock()
+		for i, p := range due {
+			if errs[i] != nil {
+				failed = true
+				p.due = math.MinInt64 // try it again
+				continue
+			}
+			applied, next := results[i][2], results[i][3]
+			if next < 0 {
+				next = math.MaxInt64
+			}
+			if applied == expiryBatch {
+				busy = true // more may be due: let requests in, come straight back
+				next = math.MinInt64
+			}
+			p.due = min(next, p.heard) // a deadline set while the script ran may be earlier
+		}
+		s.wakeAt = math.MaxInt64
+		for _, p := range s.reg.all() {
+			s.wakeAt = min(s.wakeAt, p.due)
+		}
+		s.mu.Unlock()
+		if failed {
 			if s.lost.Load() || !retry.sleep(s.ctx) {
 				return
 			}
 			continue
 		}
 		retry.reset()
-		applied, next := res[2], res[3]
-		if next < 0 {
-			next = math.MaxInt64
-		}
-		if applied == expiryBatch { // more may be due: let requests in, come straight back
+		if busy {
 			runtime.Gosched()
 			if s.ctx.Err() != nil {
 				return
 			}
 			continue
 		}
-		s.mu.Lock()
-		s.wakeAt = min(next, s.heard) // a deadline set while the script ran may be earlier
-		s.mu.Unlock()
-		if !s.sleepUntilDue() {
+		if !s.sleepUntilDue(fallbackTick - time.Since(lastAll)) {
 			return
 		}
 	}
 }
 
 // sleepUntilDue waits for the deadline in s.wakeAt, re-arming when a kick brings it
-// forward; false if the store closed.
-func (s *Store) sleepUntilDue() bool {
-	fallback := time.NewTimer(fallbackTick)
+// forward, or for at most the real time d; false if the store closed.
+func (s *Store) sleepUntilDue(d time.Duration) bool {
+	fallback := time.NewTimer(max(d, 0))
 	defer fallback.Stop()
 	for {
 		s.mu.Lock()
@@ -122,7 +162,7 @@ func (s *Store) sleepUntilDue() bool {
 	}
 }
 
-// timerUntil returns a timer of the store's clock that fires at Redis time next, or
+// timerUntil returns a timer of the store's clock that fires at script time next, or
 // nil and a nil channel for MaxInt64. It re-arms (a few times at most) while a fake
 // clock moves between reading it and arming the timer: a timer armed for the earlier
 // reading would fire after next.
@@ -132,7 +172,11 @@ func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 	}
 	for tries := 0; ; tries++ {
 		before := s.redisNow()
-		timer := s.clock.NewTimer(time.Duration(max(next-before, 0)) * s.unit)
+		var d time.Duration
+		if next > before { // never next-before: next may be math.MinInt64 (at once)
+			d = time.Duration(next-before) * s.unit
+		}
+		timer := s.clock.NewTimer(d)
 		if s.redisNow() == before || tries == 2 {
 			return timer, timer.Chan()
 		}
@@ -140,19 +184,33 @@ func (s *Store) timerUntil(next int64) (clockwork.Timer, <-chan time.Time) {
 	}
 }
 
-// readLoop follows the event stream from lastID, publishing into the local hub, waking
-// the dispatcher when a key may have become free and the expirer when a deadline was
-// set, and telling the Observer of the transitions this replica applied.
-func (s *Store) readLoop(lastID string) {
+// readLoop follows the namespace's stream of pools made, from the last pool start
+// read, and the event stream of every pool it knows, from lastIDs (from the start for
+// a pool learned later), all in one XREAD. It learns the pools made, publishes each
+// pool's events into the pool's hub, wakes the dispatcher when a key of a pool with
+// waiters may have become free and the expirer when a deadline was set, and tells the
+// Observer of the transitions this replica applied.
+func (s *Store) readLoop(lastIDs map[*rpool]string) {
 	defer s.wg.Done()
 	var retry backoff
-	stream := s.stream
+	s.reg.mu.RLock()
+	madeID := strconv.FormatUint(s.reg.last, 10) + "-0"
+	s.reg.mu.RUnlock()
+	byStream := map[string]*rpool{}
 	for !s.lost.Load() {
+		keys, ids := []string{s.nsPrefix + "made"}, []string{madeID}
+		for _, p := range s.reg.all() {
+			if _, ok := lastIDs[p]; !ok {
+				lastIDs[p] = "0-0"
+			}
+			byStream[p.stream] = p
+			keys, ids = append(keys, p.stream), append(ids, lastIDs[p])
+		}
 		// A deadline past the XREAD's own, so that a paused Redis does not hold the
 		// reader for ever.
 		ctx, cancel := context.WithTimeout(s.ctx, streamBlock+ioTimeout)
 		res, err := s.rdb.Do(ctx, s.rdb.B().Xread().Count(streamBatch).Block(streamBlock.Milliseconds()).
-			Streams().Key(stream).Id(lastID).Build()).AsXRead()
+			Streams().Key(keys...).Id(ids...).Build()).AsXRead()
 		cancel()
 		if s.ctx.Err() != nil {
 			return
@@ -167,22 +225,33 @@ func (s *Store) readLoop(lastID string) {
 			continue
 		}
 		retry.reset()
-		freed, read := false, 0
-		for _, entries := range res {
+		read := 0
+		if made := res[keys[0]]; len(made) > 0 {
+			read += len(made)
+			if madeID, err = s.learnMade(made, madeID); err != nil && (s.lost.Load() || !retry.sleep(s.ctx)) {
+				return
+			}
+		}
+		for stream, entries := range res {
+			p := byStream[stream]
+			if p == nil {
+				continue
+			}
 			read += len(entries)
+			freed := false
 			for _, msg := range entries {
-				lastID = msg.ID
-				ev, ok := s.parseEvent(msg)
+				lastIDs[p] = msg.ID
+				ev, ok := s.parseEvent(p, msg)
 				if !ok {
 					continue
 				}
-				s.hub.Publish(ev)
+				p.lane.Events.Publish(ev)
 				switch ev.Type {
 				case keystore.EventGenerated, keystore.EventUnblocked, keystore.EventReleased:
 					freed = true
 				}
 				if d, ok := field(msg, "d"); ok {
-					s.wakeBy(d)
+					s.wakeBy(p, d)
 				}
 				if by := msg.FieldValues["by"]; by == s.replica {
 					applied, okA := field(msg, "ap")
@@ -193,21 +262,38 @@ func (s *Store) readLoop(lastID string) {
 					}
 				}
 			}
+			if freed && p.lane.Waiters.Len() > 0 {
+				s.poke(p.lane)
+			}
 		}
 		s.pmu.Lock()
 		close(s.progress)
 		s.progress = make(chan struct{})
 		s.pmu.Unlock()
-		if freed && s.waiters.Len() > 0 {
-			s.poke()
-		}
 		if read < streamBatch && !s.coalesce() {
 			return
 		}
 	}
 }
 
-// coalesce lets events gather in the stream for streamCoalesce before the next XREAD,
+// learnMade learns the pools of entries of the stream of pools made, and returns the
+// id to read that stream on from: that of the last pool learned.
+func (s *Store) learnMade(entries []rueidis.XRangeEntry, lastID string) (string, error) {
+	for _, msg := range entries {
+		index, err := strconv.ParseUint(strings.TrimSuffix(msg.ID, "-0"), 10, 64)
+		if err != nil {
+			lastID = msg.ID // not a pool: skip it
+			continue
+		}
+		if _, err := s.learn(s.ctx, msg.FieldValues["p"], index); err != nil && !errors.Is(err, errTagTaken) {
+			return lastID, err
+		}
+		lastID = msg.ID
+	}
+	return lastID, nil
+}
+
+// coalesce lets events gather in the streams for streamCoalesce before the next XREAD,
 // so that under load one read takes many events instead of one read per event (and
 // Redis does not wake the blocked reader at every XADD). It reports false if the store
 // closed meanwhile.
@@ -227,8 +313,8 @@ func field(msg rueidis.XRangeEntry, name string) (int64, bool) {
 	return n, err == nil
 }
 
-// parseEvent decodes a stream entry "<seq>-0" {t, k, at, …}.
-func (s *Store) parseEvent(msg rueidis.XRangeEntry) (keystore.Event, bool) {
+// parseEvent decodes an entry "<seq>-0" {t, k, at, …} of a pool's stream.
+func (s *Store) parseEvent(p *rpool, msg rueidis.XRangeEntry) (keystore.Event, bool) {
 	seqText, _, _ := strings.Cut(msg.ID, "-")
 	seq, err := strconv.ParseInt(seqText, 10, 64)
 	if err != nil {
@@ -240,42 +326,63 @@ func (s *Store) parseEvent(msg rueidis.XRangeEntry) (keystore.Event, bool) {
 	if !okN || !okAt || !keystore.EventType(typ).Valid() {
 		return keystore.Event{}, false
 	}
-	return keystore.Event{Seq: seq, Type: keystore.EventType(typ), KeyID: s.ids.KeyID(uint64(n)), At: s.at(when)}, true
+	return keystore.Event{Seq: seq, Type: keystore.EventType(typ), KeyID: s.ids.KeyID(p.keyN(n)), At: s.at(when),
+		Holder: msg.FieldValues["h"]}, true
 }
 
-func (s *Store) poke() {
+// poke asks the dispatcher to serve the waiters of lane.
+func (s *Store) poke(lane *keystore.Lane) {
+	s.smu.Lock()
+	s.toServe[lane] = struct{}{}
+	s.smu.Unlock()
 	select {
 	case s.serve <- struct{}{}:
 	default:
 	}
 }
 
-// serveLoop is the dispatcher: woken by an event that may have freed a key (from any
-// replica), a waiter whose own try found no key, or fallbackTick, it runs the acquire
-// script for the oldest waiter of this replica until a try finds no key or the oldest
-// is a waiter whose own try is under way (its Acquire wakes the dispatcher after it).
+// serveLoop is the dispatcher: woken for a pool by an event that may have freed one of
+// its keys (from any replica) or by a waiter whose own try found no key, and for every
+// pool with waiters at fallbackTick, it runs the acquire script for the oldest waiter
+// of each such pool on this replica until a try finds no key or the oldest is a waiter
+// whose own try is under way (its Acquire wakes the dispatcher after it).
 func (s *Store) serveLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(fallbackTick)
 	defer tick.Stop()
 	for {
+		var lanes []*keystore.Lane
 		select {
 		case <-s.serve:
+			s.smu.Lock()
+			for lane := range s.toServe {
+				lanes = append(lanes, lane)
+			}
+			clear(s.toServe)
+			s.smu.Unlock()
 		case <-tick.C:
+			lanes = s.everyLane()
 		case <-s.ctx.Done():
 			return // the Pool answers its waiters as it closes
 		}
-		for s.ctx.Err() == nil && s.waiters.Len() > 0 {
-			w := s.waiters.Take()
-			if w == nil {
-				break
-			}
-			rec, err := s.acquireOnce(s.ctx, w.TTL, 0)
-			if err != nil {
-				s.waiters.Return(w) // none free, or Redis is away: the next wake-up tries again
-				break
-			}
-			s.waiters.Serve(w, rec)
+		for _, lane := range lanes {
+			s.serveLane(lane)
 		}
+	}
+}
+
+// serveLane serves the waiters of one lane while keys of its pool are free.
+func (s *Store) serveLane(lane *keystore.Lane) {
+	for s.ctx.Err() == nil && lane.Waiters.Len() > 0 {
+		w := lane.Waiters.Take()
+		if w == nil {
+			return
+		}
+		rec, err := s.acquireOnce(s.ctx, lane.Name, w.TTL, w.Holder, 0)
+		if err != nil {
+			lane.Waiters.Return(w) // none free, or Redis is away: the next wake-up tries again
+			return
+		}
+		lane.Waiters.Serve(w, rec)
 	}
 }

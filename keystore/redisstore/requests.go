@@ -39,6 +39,7 @@ type request struct {
 // unsettled is a request of unknown outcome, waiting for the resolver.
 type unsettled struct {
 	request
+	pool *rpool
 	kind requestKind
 	done chan struct{} // closed when settled
 	at   time.Time     // when, set before done is closed
@@ -78,11 +79,11 @@ func (s *Store) begin(ctx context.Context) (request, error) {
 // there once the slot is reused, and does nothing.
 func (s *Store) end(r request) { s.slots <- r.slot }
 
-// args returns the arguments of a script call: the common ones, then the script's.
-func (s *Store) args(r *request, own ...any) []string {
-	all := make([]string, 0, len(s.fixedArgs)+len(own))
-	all = append(all, s.fixedArgs[:]...)
-	all[1] = s.now()
+// args returns the arguments of a script call on pool p: the common ones, then the
+// script's.
+func (s *Store) args(p *rpool, r *request, own ...any) []string {
+	all := make([]string, 0, 7+len(own))
+	all = append(all, p.prefix, s.now(), s.retention, s.replica, p.id, "", "0")
 	if r != nil {
 		all[5], all[6] = strconv.Itoa(r.slot), strconv.FormatUint(r.gen, 10)
 	}
@@ -107,37 +108,62 @@ func arg(v any) string {
 	panic(fmt.Sprintf("redis store: a script argument of type %T", v))
 }
 
-// run runs a script as a request of kind and returns its integer reply, mapping the
-// status codes that every script shares. A request whose reply is lost is sent again
-// (send), which is safe: a mutation replays its recorded reply. If it still fails the
-// caller gets EUNAVAILABLE, telling whether the request may have been applied.
-func (s *Store) run(ctx context.Context, script *script, kind requestKind, own ...any) ([]int64, error) {
+// run runs a script on pool p as a request of kind and returns its reply: its
+// integers and its strings, which follow them. It maps the status codes that every
+// script shares. A request whose reply is lost is sent again (send), which is safe: a
+// mutation replays its recorded reply. If it still fails the caller gets EUNAVAILABLE,
+// telling whether the request may have been applied.
+func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestKind, own ...any) ([]int64, []string, error) {
 	if err := s.usable(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var req *request
 	if kind != readOnly && !s.noSlots {
 		r, err := s.begin(ctx)
 		if err != nil {
-			return nil, s.unavailable(err, false, kind)
+			return nil, nil, s.unavailable(err, false, kind)
 		}
 		req = &r
 	}
-	res, sent, err := s.send(ctx, script, s.args(req, own...), true)
+	msgs, sent, err := s.send(ctx, script, p.keys, s.args(p, req, own...), true)
 	if req != nil {
 		if err != nil && sent && failure(err) != failedScript {
-			err = &unknownOutcome{err: err, u: s.resolveLater(*req, kind)}
+			err = &unknownOutcome{err: err, u: s.resolveLater(*req, p, kind)}
 		} else {
 			s.end(*req)
 		}
 	}
 	if err != nil {
-		return nil, s.unavailable(err, sent, kind)
+		return nil, nil, s.unavailable(err, sent, kind)
 	}
-	return s.status(res)
+	res, strs, err := parseReply(msgs)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err = s.status(res)
+	return res, strs, err
 }
 
-// status checks a script's reply for the codes every script shares.
+// parseReply splits a script's reply into its integers and the strings after them.
+func parseReply(msgs []rueidis.RedisMessage) ([]int64, []string, error) {
+	ints := make([]int64, 0, len(msgs))
+	var strs []string
+	for _, m := range msgs {
+		if m.IsInt64() && strs == nil {
+			n, _ := m.AsInt64()
+			ints = append(ints, n)
+			continue
+		}
+		text, err := m.ToString()
+		if err != nil {
+			return nil, nil, fmt.Errorf("redis store: a script reply holds %v", m)
+		}
+		strs = append(strs, text)
+	}
+	return ints, strs, nil
+}
+
+// status checks a pool script's reply for the codes every script shares.
 func (s *Store) status(res []int64) ([]int64, error) {
 	if len(res) < 2 {
 		return nil, fmt.Errorf("redis store: short script reply %v", res)
@@ -153,17 +179,56 @@ func (s *Store) status(res []int64) ([]int64, error) {
 	return res, nil
 }
 
+// runNSMessages runs a namespace script, which changes nothing that a second run would
+// change again, with the namespace's id and own, and returns its reply.
+func (s *Store) runNSMessages(ctx context.Context, script *script, own ...any) ([]rueidis.RedisMessage, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	args := append(make([]string, 0, 2+len(own)), s.nsPrefix, s.nsID)
+	for _, v := range own {
+		args = append(args, arg(v))
+	}
+	msgs, sent, err := s.send(ctx, script, s.nsKeys, args, true)
+	if err != nil {
+		return nil, s.unavailable(err, sent, readOnly)
+	}
+	return s.nsStatus(msgs)
+}
+
+// runNS is runNSMessages for a reply of integers only.
+func (s *Store) runNS(ctx context.Context, script *script, own ...any) ([]int64, error) {
+	msgs, err := s.runNSMessages(ctx, script, own...)
+	if err != nil {
+		return nil, err
+	}
+	res, _, err := parseReply(msgs)
+	return res, err
+}
+
+// nsStatus checks a namespace script's reply for the namespace's loss.
+func (s *Store) nsStatus(msgs []rueidis.RedisMessage) ([]rueidis.RedisMessage, error) {
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("redis store: empty script reply")
+	}
+	if status, err := msgs[0].AsInt64(); err == nil && status == statusReset {
+		s.markLost()
+		return nil, s.usable()
+	}
+	return msgs, nil
+}
+
 // send runs a script, sending it again while it fails for want of Redis (for up to
 // retryFor, or until ctx ends, when retry is set) and reports whether any attempt may
 // have reached Redis and run. A script that fails at run time is not sent again.
-func (s *Store) send(ctx context.Context, script *script, args []string, retry bool) (res []int64, sent bool, err error) {
+func (s *Store) send(ctx context.Context, script *script, keys, args []string, retry bool) (res []rueidis.RedisMessage, sent bool, err error) {
 	deadline := time.Now().Add(retryFor)
 	pause := retryMinBackoff
 	for {
 		if ctx.Err() != nil {
 			return nil, sent, ctx.Err()
 		}
-		res, err = script.lua.Exec(ctx, s.rdb, nil, args).AsIntSlice()
+		res, err = script.lua.Exec(ctx, s.rdb, keys, args).ToArray()
 		if err == nil {
 			return res, true, nil
 		}
@@ -246,29 +311,31 @@ func (s *Store) unavailable(err error, sent bool, kind requestKind) error {
 	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: msg, Err: err}
 }
 
-// usable fails once the store's pool is lost. (A closed store fails on its closed
-// client.)
+// usable fails once the store's namespace is lost. (A closed store fails on its
+// closed client.)
 func (s *Store) usable() error {
 	if s.lost.Load() {
 		return keystore.Errorf(keystore.EUNAVAILABLE,
-			"the pool in Redis is not the one this replica joined (Redis lost its data, or the pool was replaced): restart this replica")
+			"the pools in Redis are not the ones this replica joined (Redis lost its data, or the namespace was replaced): restart this replica")
 	}
 	return nil
 }
 
-// markLost stops the replica for good: its pool is gone from Redis. Subscriptions end,
-// since the events of another pool must never reach them; waiting Acquires are no
-// longer served.
+// markLost stops the replica for good: its namespace is gone from Redis. Subscriptions
+// end, since the events of another namespace's pools must never reach them; waiting
+// Acquires are no longer served.
 func (s *Store) markLost() {
 	if s.lost.CompareAndSwap(false, true) {
-		s.hub.Close()
+		for _, lane := range s.everyLane() {
+			lane.Events.Close()
+		}
 	}
 }
 
 // resolveLater hands a request of unknown outcome to the resolver; its slot stays
 // taken until then, so that its recorded reply (if it ran) is still there.
-func (s *Store) resolveLater(r request, kind requestKind) *unsettled {
-	u := &unsettled{request: r, kind: kind, done: make(chan struct{})}
+func (s *Store) resolveLater(r request, p *rpool, kind requestKind) *unsettled {
+	u := &unsettled{request: r, pool: p, kind: kind, done: make(chan struct{})}
 	s.umu.Lock()
 	s.unresolved = append(s.unresolved, u)
 	s.umu.Unlock()
@@ -304,9 +371,12 @@ func (s *Store) resolveLoop() {
 			if r.kind == acquisition {
 				acquire = 1
 			}
-			res, _, err := s.send(s.ctx, s.scripts.resolve, s.args(nil, r.slot, r.gen, acquire), true)
+			msgs, _, err := s.send(s.ctx, s.scripts.resolve, r.pool.keys, s.args(r.pool, nil, r.slot, r.gen, acquire), true)
+			var res []int64
 			if err == nil {
-				res, err = s.status(res)
+				if res, _, err = parseReply(msgs); err == nil {
+					res, err = s.status(res)
+				}
 			}
 			if err != nil {
 				if !retry.sleep(s.ctx) {
@@ -316,7 +386,7 @@ func (s *Store) resolveLoop() {
 			}
 			retry.reset()
 			if len(res) == 4 && s.resolved != nil {
-				s.resolved(uint64(res[2]), res[3], start, time.Now())
+				s.resolved(r.pool.keyN(res[2]), res[3], start, time.Now())
 			}
 			s.umu.Lock()
 			s.unresolved = s.unresolved[1:]

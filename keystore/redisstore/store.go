@@ -1,53 +1,67 @@
 // Package redisstore is a keystore.Store kept in Redis, so that several replicas of the
-// server share one pool.
+// server share one namespace of named pools.
 //
-// Each Store method is one Lua script, atomic inside Redis and O(1) or O(log n): a SET
-// of AVAILABLE key numbers for uniform random picks, sorted sets for the lease and
-// keep-alive deadlines, a HASH per key, INCR counters behind key ids, fences and event
-// seqs, and a STREAM of events (see scripts.go for the layout). Deadlines come from
-// Redis's own TIME, one clock for every replica, in whole microseconds; with a
-// *clockwork.FakeClock (tests) the store passes the fake clock's reading to the scripts
-// instead, in nanoseconds since the pool was created.
+// Each pool lives under a hash tag of its own ({ns:pool}), and each Store method is one
+// Lua script on one pool's keys, atomic inside Redis and O(1) or O(log n): sorted sets
+// of the AVAILABLE and the BLOCKED key numbers, scored by number (a uniform pick is a
+// random rank, a page of List a range by score), sorted sets of the lease and
+// keep-alive deadlines, a HASH per key, and a meta HASH with the pool's counters behind
+// key numbers, fences and event seqs, which outlive its keys, and a STREAM of the
+// pool's events. The namespace's own tag ({ns}) holds what the pools share: the layout
+// version, the id secret, the clock, and the registry of pools, which only grows and
+// which replicas cache (see scripts.go for the layout). A key's id encrypts its pool's
+// index above its number within the pool, so any replica finds the pool of a key from
+// its id. Deadlines come from Redis's own TIME, one clock for every replica, in whole
+// microseconds; with a *clockwork.FakeClock (tests) the store passes the fake clock's
+// reading to the scripts instead, in nanoseconds since the namespace was created.
 //
 // Each replica runs four goroutines: an expirer that sleeps until the earliest
-// deadline and applies due transitions in bounded batches (any replica may; the
-// scripts pop each due entry as they apply it, so none is applied twice); a reader
-// that follows the event stream with XREAD BLOCK, letting events gather for
-// streamCoalesce between reads, and publishes into a local keystore.Hub, for
-// subscribers and for waking waiters; a dispatcher that serves this replica's waiting
-// Acquires, first come first served; and a resolver that settles the requests whose
-// outcome the replica never learned (see below).
+// deadline of any pool and applies the due transitions of each pool in bounded batches
+// (any replica may; the scripts pop each due entry as they apply it, so none is applied
+// twice), and passes over every pool once a second; a reader that follows, in one
+// XREAD BLOCK, the stream of pools made (so it learns of the pools other replicas make)
+// and the event stream of every pool, letting events gather for streamCoalesce
+// between reads, and publishes each pool's events into the pool's keystore.Hub (its
+// Lane's), with the pool's own seqs and its id as the stream's, for subscribers and for
+// waking waiters; a dispatcher that serves this replica's waiting Acquires, pool by
+// pool, first come first served within a pool; and a resolver that settles the
+// requests whose outcome the replica never learned (see below).
 //
 // The client is rueidis, which pipelines the requests of concurrent callers on one
 // connection: under load one write and one read carry many scripts, for this process
 // and for Redis, instead of a round trip of system calls each.
 //
-// Faults. A request that changes the pool runs at most once however often it is sent
+// Faults. A request that changes a pool runs at most once however often it is sent
 // (see scripts.go: a slot and generation per request, its reply recorded with its
 // effects), so the store itself retries a request whose reply was lost, for up to
 // retryFor, and the retry answers what the first run did; the client never retries on
 // its own. When the outcome stays unknown the caller gets EUNAVAILABLE saying so, and
 // the request is settled in the background as soon as Redis answers again: it either
 // ran, or it never will; an Acquire that ran has its key (whose token nobody has)
-// freed. Every script refuses a pool other than the one the replica joined; once one
-// does, the replica stops for good (Ready fails) until it is restarted.
+// freed. Every script refuses a namespace or pool other than the one the replica
+// joined; once one does, the replica stops for good (Ready fails) until it is
+// restarted. A replica refuses at start a namespace of another layout version.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
-// only; the local hub holds the newest EventRetention events, loaded from the stream
-// at start, and After replays from it; a reader that fell more than the stream's
-// length behind would miss events; the scripts declare no KEYS, so Redis Cluster is
-// not supported although every key shares one hash slot.
+// only; each pool's hub holds its newest EventRetention events, loaded from its stream
+// at start, and After replays from it; a reader that fell more than a stream's length
+// behind would miss events; a pass over every pool (Pools, Stats without a pool, the
+// reader's XREAD, the expirer's pass once a second) costs O(pools), at most
+// Options.MaxPools. Redis Cluster: the layout is ready for it (each script declares the
+// one key of its hash tag that it reads first, and touches that tag's keys only), but
+// the client connects to one node and the reader reads every pool's stream in one
+// XREAD, which a cluster would refuse across slots.
 package redisstore
 
 import (
+	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,7 +74,7 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// DefaultNamespace names the pool in Redis when no other is given.
+// DefaultNamespace names the namespace of pools in Redis when no other is given.
 const DefaultNamespace = "keypool"
 
 // Tuning of the background work.
@@ -70,10 +84,11 @@ const (
 	expiryBatch = 128
 	// fallbackTick bounds how long the expirer and dispatcher sleep without news: a
 	// deadline set by another replica that emits no event (a Renew that shortens a
-	// lease) is applied within it even if that replica has gone. Real time, also under
+	// lease) is applied within it even if that replica has gone; the expirer passes over
+	// every pool once in each. Real time, also under
 	// a fake clock, so that it never counts as a sleeper of the fake clock.
 	fallbackTick = time.Second
-	// minStreamLength is the least number of events the stream keeps, whatever
+	// minStreamLength is the least number of events a pool's stream keeps, whatever
 	// EventRetention: it carries events from the scripts to every replica's reader, which
 	// must find them there even after a Generate of MaxGenerate keys.
 	minStreamLength = 1 << 16
@@ -127,9 +142,9 @@ type config struct {
 	afterTry   func()
 }
 
-// WithNamespace keeps the pool under "{ns}:" in Redis (default "keypool"), so that
-// several pools can share one Redis. A "namespace" query parameter of the URL does the
-// same.
+// WithNamespace keeps the pools under the namespace ns in Redis (default "keypool":
+// keys "{keypool}:…" and "{keypool:<pool>}:…"), so that several servers' pools can
+// share one Redis. A "namespace" query parameter of the URL does the same.
 func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns } }
 
 // withResolved tells f of every key the resolver frees (tests record it in their
@@ -149,25 +164,31 @@ func withAfterFailedTry(f func()) Option { return func(c *config) { c.afterTry =
 // defect the slots fix, for a test to show that the linearizability check sees it.
 func withoutSlots() Option { return func(c *config) { c.noSlots = true } }
 
-// Store is the keystore.Backend of a pool in Redis.
+// Store is the keystore.Backend of a namespace of pools in Redis.
 type Store struct {
 	rdb        rueidis.Client
 	clock      clockwork.Clock
 	clientTime bool
 	opts       keystore.Options
-	prefix     string
-	stream     string // the pool's event stream
+	namespace  string
+	nsPrefix   string   // "{ns}:"
+	nsKeys     []string // KEYS of the namespace's scripts
+	nsID       string
+	secret     []byte
 	ids        *keystore.IDCodec
 	lanes      *keystore.Lanes
-	hub        *keystore.Hub
-	waiters    *keystore.WaitQueue
-	replica    string    // tags the transitions this replica applies, for its Observer
-	fixedArgs  [7]string // ARGV[1..7] of every script
+	reg        registry
+	replica    string // tags the transitions this replica applies, for its Observer
+	retention  string // the streams' approximate MAXLEN
 	scripts    scriptSet
 	repliesTTL int64 // ms
 
-	// Requests: free slots of the replies hash, the last generation given out, and
-	// the Acquires of unknown outcome waiting for the resolver.
+	// Every lane this process has made (Lanes.OnNew), for the dispatcher and markLost.
+	lmu      sync.Mutex
+	allLanes []*keystore.Lane
+
+	// Requests: free slots of the replies hashes, the last generation given out, and
+	// the requests of unknown outcome waiting for the resolver.
 	slots      chan int
 	gen        atomic.Uint64
 	umu        sync.Mutex
@@ -177,12 +198,13 @@ type Store struct {
 	noSlots    bool
 	afterTry   func() // test seam: after a waiting Acquire's own try found no key
 
-	// lost is set once a script finds that the pool in Redis is not the one this
-	// replica joined; the replica then refuses everything.
+	// lost is set once a script finds that the namespace or a pool in Redis is not the
+	// one this replica joined; the replica then refuses everything.
 	lost atomic.Bool
 
 	// Script times are integers of unit since base: microseconds since the Unix epoch
-	// with Redis's TIME, nanoseconds since the pool's creation with the store's clock.
+	// with Redis's TIME, nanoseconds since the namespace's creation with the store's
+	// clock.
 	unit time.Duration
 	base time.Time
 
@@ -191,16 +213,18 @@ type Store struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	// The expirer's sleep.
+	// The expirer's sleep (and each pool's due and heard).
 	mu     sync.Mutex
 	wakeAt int64 // script time the expirer sleeps until
-	heard  int64 // earliest deadline told by wakeBy since the expirer's last script
 	skew   int64 // script time minus the store's clock, from the last script reply
 	kick   chan struct{}
 
-	serve chan struct{} // wakes the dispatcher of this replica's waiting Acquires
+	// The dispatcher of this replica's waiting Acquires: the lanes to serve.
+	smu     sync.Mutex
+	toServe map[*keystore.Lane]struct{}
+	serve   chan struct{}
 
-	// The reader's progress, for Subscribe to wait on.
+	// The reader's progress, for CatchUp to wait on.
 	pmu      sync.Mutex
 	progress chan struct{} // closed and replaced whenever the reader publishes
 }
@@ -208,7 +232,7 @@ type Store struct {
 var _ keystore.Backend = (*Store)(nil)
 
 // New connects to the Redis at rawURL (redis://host:port/db, rediss://…, or
-// unix:///path/to/socket?db=N), sets up the pool there if it is the first replica,
+// unix:///path/to/socket?db=N), sets up the namespace there if it is the first replica,
 // and starts the store's background work; Close stops it. clock is
 // clockwork.NewRealClock() in production; with a *clockwork.FakeClock (tests) the
 // scripts take its time instead of Redis's.
@@ -268,14 +292,15 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		clock:      clock,
 		clientTime: cfg.clientTime,
 		opts:       opts,
-		prefix:     "{" + cfg.namespace + "}:",
+		namespace:  cfg.namespace,
+		nsPrefix:   "{" + cfg.namespace + "}:",
 		lanes:      env.Lanes,
-		hub:        env.Lanes.Made(keystore.DefaultPool).Events,
-		waiters:    env.Lanes.Made(keystore.DefaultPool).Waiters,
+		reg:        registry{byName: map[string]*rpool{}, byIndex: map[uint64]*rpool{}},
 		replica:    strconv.FormatUint(randomUint64(), 36),
+		retention:  strconv.Itoa(max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)),
 		wakeAt:     math.MaxInt64,
-		heard:      math.MaxInt64,
 		kick:       make(chan struct{}, 1),
+		toServe:    map[*keystore.Lane]struct{}{},
 		serve:      make(chan struct{}, 1),
 		progress:   make(chan struct{}),
 		scripts:    defaultScripts,
@@ -286,17 +311,16 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		noSlots:    cfg.noSlots,
 		afterTry:   cfg.afterTry,
 	}
+	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
 		s.scripts = *cfg.scripts
 	}
 	for slot := range maxInFlight {
 		s.slots <- slot
 	}
-	retention := max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)
-	s.fixedArgs = [7]string{s.prefix, "T", strconv.Itoa(retention), s.replica, "", "", "0"}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
-	lastID, err := s.start(ctx)
+	lastIDs, err := s.start(ctx)
 	if err != nil {
 		rdb.Close()
 		s.cancel()
@@ -304,7 +328,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	}
 	s.wg.Add(4)
 	go s.expireLoop()
-	go s.readLoop(lastID)
+	go s.readLoop(lastIDs)
 	go s.serveLoop()
 	go s.resolveLoop()
 	return s, nil
@@ -318,8 +342,8 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 // deadlines bound every wait. It pipelines on one connection (a second measured no
 // faster), from the first request on, so that the goroutines it runs for it
 // exist from the start rather than appearing under the first concurrent load (a
-// second connection would start its own later, at random). The pool is never in a
-// cluster, and is not cached in the client.
+// second connection would start its own later, at random). The client is never a
+// cluster's, and caches nothing.
 func clientOptions(o *rueidis.ClientOption) {
 	o.DisableRetry = true
 	o.DisableCache = true
@@ -357,72 +381,69 @@ func validate(o keystore.Options) error {
 	return nil
 }
 
-// start reads (or, first of all replicas, stores) the id secret, loads the scripts and
-// fills the local hub with the events the stream retains. It returns the stream id the
+// start loads the scripts, sets up the namespace (or, after the first replica, checks
+// its layout and clock and reads its secret), learns the pools made so far, and fills
+// each pool's hub with the events its stream retains. It returns the stream ids the
 // reader goes on from.
-func (s *Store) start(ctx context.Context) (string, error) {
+func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 	c := s.rdb
-	setNX := func(key, value string) error {
-		err := c.Do(ctx, c.B().Set().Key(key).Value(value).Nx().Build()).Error()
-		if rueidis.IsRedisNil(err) { // it was set already
-			err = nil
-		}
-		return err
-	}
-	get := func(key string) (string, error) { return c.Do(ctx, c.B().Get().Key(key).Build()).ToString() }
-	secretKey := s.prefix + "secret"
-	if err := setNX(secretKey, string(keystore.NewSecret())); err != nil {
-		return "", unavailable(err)
-	}
-	secret, err := get(secretKey)
-	if err != nil {
-		return "", unavailable(err)
-	}
-	if s.ids, err = keystore.NewIDCodec([]byte(secret)); err != nil {
-		return "", fmt.Errorf("redis store: the pool's id secret at %s: %w", secretKey, err)
-	}
-	// The pool id lets the scripts tell this pool from one made after Redis lost it.
-	if err := setNX(s.prefix+"pool", poolID([]byte(secret))); err != nil {
-		return "", unavailable(err)
-	}
-	pool, err := get(s.prefix + "pool")
-	if err != nil {
-		return "", unavailable(err)
-	}
-	if pool != poolID([]byte(secret)) {
-		return "", fmt.Errorf("redis store: the pool at %spool is not the one its secret names: remove the pool's keys, or use another namespace", s.prefix)
-	}
-	s.fixedArgs[4] = pool
-	s.stream = s.prefix + "events:" + pool
-	s.hub.SetStream(pool) // a pool made anew has another id, and its events start again
-	if err := s.agreeOnClock(ctx, setNX, get); err != nil {
-		return "", err
-	}
 	for _, script := range s.scripts.all() {
 		if err := c.Do(ctx, c.B().ScriptLoad().Script(script.src).Build()).Error(); err != nil {
-			return "", unavailable(err)
+			return nil, unavailable(err)
 		}
 	}
-	retained, err := c.Do(ctx, c.B().Xrevrange().Key(s.stream).End("+").Start("-").Count(int64(s.opts.EventRetention)).Build()).AsXRange()
+	mine := "redis-us"
+	if s.clientTime {
+		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
+	}
+	secret := keystore.NewSecret()
+	msgs, _, err := s.send(ctx, s.scripts.setup, s.nsKeys,
+		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true)
 	if err != nil {
-		return "", unavailable(err)
+		return nil, s.unavailable(err, false, readOnly)
 	}
-	lastID := "0-0"
-	for i := len(retained) - 1; i >= 0; i-- {
-		ev, ok := s.parseEvent(retained[i])
-		if !ok {
-			continue
+	_, stored, err := parseReply(msgs)
+	switch {
+	case err != nil || len(stored) != 1 && len(stored) != 4:
+		return nil, fmt.Errorf("redis store: bad reply to the namespace's setup (%v)", err)
+	case len(stored) == 1:
+		return nil, fmt.Errorf("redis store: namespace %q in Redis holds data of layout %s, and this replica reads layout %s only: "+
+			"give this replica another namespace, or move the data to this version's layout", s.namespace, stored[0], layoutVersion)
+	}
+	s.secret = []byte(stored[1])
+	if s.ids, err = keystore.NewIDCodec(s.secret); err != nil {
+		return nil, fmt.Errorf("redis store: the namespace's id secret at %ssecret: %w", s.nsPrefix, err)
+	}
+	// The namespace id lets the scripts tell this namespace from one made after Redis
+	// lost it.
+	if s.nsID = stored[2]; s.nsID != namespaceID(s.secret) {
+		return nil, fmt.Errorf("redis store: the namespace at %sid is not the one its secret names: remove the namespace's keys, or use another namespace", s.nsPrefix)
+	}
+	if err := s.agreeOnClock(stored[3], mine); err != nil {
+		return nil, err
+	}
+	s.lanes.OnNew = s.onNewLane
+	if err := s.readRegistry(ctx); err != nil {
+		return nil, err
+	}
+	lastIDs := map[*rpool]string{}
+	for _, p := range s.reg.all() {
+		retained, err := c.Do(ctx, c.B().Xrevrange().Key(p.stream).End("+").Start("-").Count(int64(s.opts.EventRetention)).Build()).AsXRange()
+		if err != nil {
+			return nil, unavailable(err)
 		}
-		s.hub.Publish(ev)
-		lastID = retained[i].ID
+		lastID := "0-0"
+		for i := len(retained) - 1; i >= 0; i-- {
+			ev, ok := s.parseEvent(p, retained[i])
+			if !ok {
+				continue
+			}
+			p.lane.Events.Publish(ev)
+			lastID = retained[i].ID
+		}
+		lastIDs[p] = lastID
 	}
-	return lastID, nil
-}
-
-// poolID names the pool by its secret, without revealing it.
-func poolID(secret []byte) string {
-	sum := sha256.Sum256(append([]byte("keypool pool id\x00"), secret...))
-	return hex.EncodeToString(sum[:12])
+	return lastIDs, nil
 }
 
 // unavailable maps an error of the Redis client at start to EUNAVAILABLE.
@@ -434,21 +455,9 @@ func unavailable(err error) error {
 }
 
 // agreeOnClock sets the unit and base of script times, the same for every replica of
-// the pool: the first replica records its choice under "clock", the others read it and
-// refuse to start on a pool whose clock is not theirs.
-func (s *Store) agreeOnClock(ctx context.Context, setNX func(key, value string) error, get func(key string) (string, error)) error {
-	mine := "redis-us"
-	if s.clientTime {
-		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
-	}
-	key := s.prefix + "clock"
-	if err := setNX(key, mine); err != nil {
-		return unavailable(err)
-	}
-	recorded, err := get(key)
-	if err != nil {
-		return unavailable(err)
-	}
+// the namespace: the first replica records its choice under "clock", the others read
+// it and refuse to start on a namespace whose clock is not theirs.
+func (s *Store) agreeOnClock(recorded, mine string) error {
 	if recorded == "redis-us" && !s.clientTime {
 		s.unit, s.base = time.Microsecond, time.Unix(0, 0).UTC()
 		return nil
@@ -460,7 +469,8 @@ func (s *Store) agreeOnClock(ctx context.Context, setNX func(key, value string) 
 			return nil
 		}
 	}
-	return fmt.Errorf("redis store: the pool at %s keeps time as %q, this replica as %q: all replicas must use Redis's TIME, or all the same test clock", key, recorded, mine)
+	return fmt.Errorf("redis store: the namespace at %sclock keeps time as %q, this replica as %q: all replicas must use Redis's TIME, or all the same test clock",
+		s.nsPrefix, recorded, strings.SplitN(mine, ":", 2)[0])
 }
 
 // now is the clock reading the scripts get: the store's clock, or "T" for Redis's TIME.
@@ -497,25 +507,36 @@ func (s *Store) at(v int64) time.Time { return s.base.Add(time.Duration(v) * s.u
 // units turns a duration into script time, rounding down.
 func (s *Store) units(d time.Duration) int64 { return int64(d / s.unit) }
 
-// record decodes {1, now, n, c, e, f, la, ld, timesAcquired, leasesExpired}.
-func (s *Store) record(res []int64) (keystore.Record, error) {
-	if len(res) != 10 {
-		return keystore.Record{}, fmt.Errorf("redis store: bad key reply %v", res)
-	}
+// recordInts is how many integers of a key reply record a key: {n, c, e, f, la, ld,
+// timesAcquired, leasesExpired}.
+const recordInts = 8
+
+// record decodes a key of p from v, {n, c, e, f, la, ld, timesAcquired,
+// leasesExpired}, and its holder.
+func (s *Store) record(p *rpool, v []int64, holder string) keystore.Record {
 	r := keystore.Record{
-		N:             uint64(res[2]),
-		Pool:          keystore.DefaultPool,
-		CreatedAt:     s.at(res[3]),
-		ExpiresAt:     s.at(res[4]),
-		Fence:         res[5],
-		AcquiredAt:    s.at(res[6]),
-		TimesAcquired: res[8],
-		LeasesExpired: res[9],
+		N:             p.keyN(v[0]),
+		Pool:          p.name,
+		CreatedAt:     s.at(v[1]),
+		ExpiresAt:     s.at(v[2]),
+		Fence:         v[3],
+		AcquiredAt:    s.at(v[4]),
+		TimesAcquired: v[6],
+		LeasesExpired: v[7],
 	}
 	if r.Fence != 0 {
-		r.LeaseExpiresAt = s.at(res[7])
+		r.LeaseExpiresAt = s.at(v[5])
+		r.Holder = holder
 	}
-	return r, nil
+	return r
+}
+
+// keyReply decodes a script's key reply {1, now, n, …, holder}.
+func (s *Store) keyReply(p *rpool, res []int64, strs []string) (keystore.Record, error) {
+	if len(res) != 2+recordInts || len(strs) != 1 {
+		return keystore.Record{}, fmt.Errorf("redis store: bad key reply %v %q", res, strs)
+	}
+	return s.record(p, res[2:], strs[0]), nil
 }
 
 // keyError maps the per-key status codes.
@@ -533,18 +554,28 @@ func keyError(status int64) error {
 
 // Generate implements keystore.Backend.
 func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystore.Record, error) {
-	if pool != keystore.DefaultPool {
-		return nil, errOnePool
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
-	res, err := s.run(ctx, s.scripts.generate, mutation, count, s.units(s.opts.KeepAliveTTL))
+	p, err := s.poolNamed(ctx, pool, true)
 	if err != nil {
 		return nil, err
 	}
+	res, _, err := s.run(ctx, p, s.scripts.generate, mutation, count, s.units(s.opts.KeepAliveTTL))
+	if err != nil {
+		return nil, err
+	}
+	if res[0] == statusExhausted {
+		return nil, fmt.Errorf("redis store: pool %q has used up its %d key numbers", pool, int64(maxLocal))
+	}
+	if len(res) != 4 {
+		return nil, fmt.Errorf("redis store: bad generate reply %v", res)
+	}
 	now, first, expires := res[1], res[2], res[3]
-	s.wakeBy(expires)
+	s.wakeBy(p, expires)
 	recs := make([]keystore.Record, count)
 	for i := range recs {
-		recs[i] = keystore.Record{N: uint64(first) + uint64(i), Pool: pool, CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
+		recs[i] = keystore.Record{N: p.keyN(first + int64(i)), Pool: pool, CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
 	}
 	return recs, nil
 }
@@ -554,110 +585,134 @@ func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystor
 // The try for a waiting Acquire is a script in Redis and the line is in this process,
 // so no one step can do both; queued after a try that found no key, a waiter would
 // miss a key freed in between, to a fresh Acquire or to a later waiter. So the waiter
-// joins the line before its try (WaitQueue.Join) and is taken back out if the try
-// finds a key (Withdraw), else it stays where it joined (Stay): it is in line, in the
-// order of arrival, from before the step that found no key, as the Backend promises.
+// joins its pool's line before its try (WaitQueue.Join) and is taken back out if the
+// try finds a key (Withdraw), else it stays where it joined (Stay): it is in line, in
+// the order of arrival, from before the step that found no key, as the Backend
+// promises. The try of a pool not made yet is the lookup that finds it missing; the
+// dispatcher serves the waiter once the pool's first keys are told.
 //
 // Each try leaves the keys owed to waiters to them: the script is told how many wait
-// on this replica before the Acquire (all of them for a fresh Acquire, none for the
-// dispatcher's try for the first in line) and takes a key only if more are free. So
-// a key freed after a waiter's try goes to the waiters, whom the dispatcher serves in
-// order as it learns of the key (it does not pass a waiter whose try is under way),
-// before any Acquire this replica begins after the waiter joined. This holds no lock
-// across a round trip and adds no request: tries still run at once, pipelined, and
-// the script counts the free keys in O(1) (O(log n) in a backlog of due deadlines, as
-// Stats does). The count errs on the waiters' side: a waiter whose try is taking a
-// key at that moment still counts, so an Acquire racing it near the end of the free
-// keys may leave one that is not owed (a fresh one answers NOT_FOUND, a waiting one
-// waits for the dispatcher). Other replicas' Acquires may take any key: waiters are
-// served first among one replica's Acquires only.
+// on this replica for the pool before the Acquire (all of them for a fresh Acquire,
+// none for the dispatcher's try for the first in line) and takes a key only if more
+// are free. So a key freed after a waiter's try goes to the waiters, whom the
+// dispatcher serves in order as it learns of the key (it does not pass a waiter whose
+// try is under way), before any Acquire this replica begins after the waiter joined.
+// This holds no lock across a round trip and adds no request: tries still run at once,
+// pipelined, and the script counts the free keys in O(1) (O(log n) in a backlog of due
+// deadlines, as Stats does). The count errs on the waiters' side: a waiter whose try
+// is taking a key at that moment still counts, so an Acquire racing it near the end of
+// the free keys may leave one that is not owed (a fresh one answers NOT_FOUND, a
+// waiting one waits for the dispatcher). Other replicas' Acquires may take any key:
+// waiters are served first among one replica's Acquires only.
 func (s *Store) Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *keystore.Waiter) (keystore.Record, error) {
-	if pool != keystore.DefaultPool {
-		// Made nowhere yet (the store keeps one pool for now): the waiter waits for
-		// its wait to run out.
-		if w != nil {
-			s.lanes.Made(pool).Waiters.Push(w)
-		}
-		return keystore.Record{}, keystore.ErrNoKey
-	}
 	if w == nil {
-		return s.acquireOnce(ctx, ttl, s.waiters.Len())
+		reserve := 0
+		if lane := s.lanes.Peek(pool); lane != nil {
+			reserve = lane.Waiters.Len()
+		}
+		return s.acquireOnce(ctx, pool, ttl, holder, reserve)
 	}
-	rec, err := s.acquireOnce(ctx, ttl, s.waiters.Join(w))
+	waiters := s.lanes.Made(pool).Waiters
+	rec, err := s.acquireOnce(ctx, pool, ttl, holder, waiters.Join(w))
 	var wake bool
 	if errors.Is(err, keystore.ErrNoKey) {
 		if s.afterTry != nil {
 			s.afterTry()
 		}
 		var stays bool
-		if stays, wake = s.waiters.Stay(w); !stays {
+		if stays, wake = waiters.Stay(w); !stays {
 			err = ctx.Err() // its client left during the try: it does not wait
 		}
 	} else {
-		wake = s.waiters.Withdraw(w)
+		wake = waiters.Withdraw(w)
 	}
 	if wake {
-		s.poke() // the dispatcher stopped at w: now it serves w, or the next in line
+		s.poke(s.lanes.Made(pool)) // the dispatcher stopped at w: now it serves w, or the next in line
 	}
 	return rec, err
 }
 
-// acquireOnce runs the acquire script: a key, or ErrNoKey. The script leaves reserve
-// free keys to this replica's waiters.
-func (s *Store) acquireOnce(ctx context.Context, ttl time.Duration, reserve int) (keystore.Record, error) {
-	res, err := s.run(ctx, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>33, reserve)
-	if err != nil {
-		return keystore.Record{}, err
+// acquireOnce leases a key of pool: a key, or ErrNoKey. The script leaves reserve free
+// keys to this replica's waiters of the pool. It runs again while the script cannot
+// decide within its bounds (a backlog of due transitions, each run applying some).
+func (s *Store) acquireOnce(ctx context.Context, pool string, ttl time.Duration, holder string, reserve int) (keystore.Record, error) {
+	p, err := s.poolNamed(ctx, pool, false)
+	if err != nil || p == nil {
+		return keystore.Record{}, cmp.Or(err, keystore.ErrNoKey)
 	}
-	if res[0] == statusNotFound {
-		return keystore.Record{}, keystore.ErrNoKey
+	for {
+		res, strs, err := s.run(ctx, p, s.scripts.acquire, acquisition, s.units(ttl), randomUint64()>>12, reserve, holder)
+		if err != nil {
+			return keystore.Record{}, err
+		}
+		switch res[0] {
+		case statusNotFound:
+			return keystore.Record{}, keystore.ErrNoKey
+		case statusUndecided:
+			if err := ctx.Err(); err != nil {
+				return keystore.Record{}, err
+			}
+			continue
+		}
+		r, err := s.keyReply(p, res, strs)
+		if err == nil {
+			s.wakeBy(p, s.units(r.LeaseExpiresAt.Sub(s.base)))
+		}
+		return r, err
 	}
-	r, err := s.record(res)
-	if err == nil {
-		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
-	}
-	return r, err
 }
 
-// keyOp runs a per-key script and decodes its key reply.
-func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n uint64, args ...any) (keystore.Record, error) {
-	res, err := s.run(ctx, script, kind, append([]any{n}, args...)...)
+// keyOp runs a per-key script on key n and decodes its key reply.
+func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n uint64, args ...any) (*rpool, keystore.Record, error) {
+	p, err := s.poolOf(ctx, n)
+	if err != nil || p == nil {
+		return nil, keystore.Record{}, cmp.Or(err, keystore.ErrNoKey)
+	}
+	res, strs, err := s.run(ctx, p, script, kind, append([]any{int64(n & maxLocal)}, args...)...)
 	if err != nil {
-		return keystore.Record{}, err
+		return p, keystore.Record{}, err
 	}
 	if res[0] != statusOK {
-		return keystore.Record{}, keyError(res[0])
+		return p, keystore.Record{}, keyError(res[0])
 	}
-	return s.record(res)
+	r, err := s.keyReply(p, res, strs)
+	return p, r, err
 }
 
 // Unblock implements keystore.Backend.
 func (s *Store) Unblock(ctx context.Context, n uint64, fence int64) (keystore.Record, error) {
-	return s.keyOp(ctx, s.scripts.unblock, mutation, n, fence)
+	_, r, err := s.keyOp(ctx, s.scripts.unblock, mutation, n, fence)
+	return r, err
 }
 
 // Renew implements keystore.Backend.
 func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (keystore.Record, error) {
-	r, err := s.keyOp(ctx, s.scripts.renew, mutation, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
+	p, r, err := s.keyOp(ctx, s.scripts.renew, mutation, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
 	if err == nil {
-		s.wakeBy(s.units(r.LeaseExpiresAt.Sub(s.base)))
+		s.wakeBy(p, s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
 	return r, err
 }
 
 // KeepAlive implements keystore.Backend.
 func (s *Store) KeepAlive(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, s.scripts.keepAlive, mutation, n, s.units(s.opts.KeepAliveTTL))
+	_, r, err := s.keyOp(ctx, s.scripts.keepAlive, mutation, n, s.units(s.opts.KeepAliveTTL))
+	return r, err
 }
 
 // Get implements keystore.Backend.
 func (s *Store) Get(ctx context.Context, n uint64) (keystore.Record, error) {
-	return s.keyOp(ctx, s.scripts.get, readOnly, n)
+	_, r, err := s.keyOp(ctx, s.scripts.get, readOnly, n)
+	return r, err
 }
 
 // Delete implements keystore.Backend.
 func (s *Store) Delete(ctx context.Context, n uint64) error {
-	res, err := s.run(ctx, s.scripts.delete, mutation, n)
+	p, err := s.poolOf(ctx, n)
+	if err != nil || p == nil {
+		return cmp.Or(err, keystore.ErrNoKey)
+	}
+	res, _, err := s.run(ctx, p, s.scripts.delete, mutation, int64(n&maxLocal))
 	if err != nil {
 		return err
 	}
@@ -667,40 +722,128 @@ func (s *Store) Delete(ctx context.Context, n uint64) error {
 	return nil
 }
 
-// errOnePool refuses a pool other than the default, which the Redis store does not
-// keep yet.
-var errOnePool = keystore.Errorf(keystore.EINVALID, "this server's Redis store keeps one pool, %q, for now", keystore.DefaultPool)
-
-// Pools implements keystore.Backend.
-func (s *Store) Pools(ctx context.Context) ([]keystore.PoolStats, error) {
-	st, err := s.Stats(ctx, keystore.DefaultPool)
-	if err != nil || st.Total == 0 {
-		return nil, err
-	}
-	return []keystore.PoolStats{{Name: keystore.DefaultPool, Stats: st}}, nil
-}
-
-// List implements keystore.Backend.
-func (s *Store) List(ctx context.Context, pool string, status keystore.Status, from uint64, limit int) ([]keystore.Record, error) {
-	return nil, keystore.Errorf(keystore.EINVALID, "this server's Redis store cannot list keys yet")
-}
-
 // Stats implements keystore.Backend.
 func (s *Store) Stats(ctx context.Context, pool string) (keystore.Stats, error) {
-	if pool != keystore.DefaultPool {
-		return keystore.Stats{}, nil
+	if err := s.usable(); err != nil {
+		return keystore.Stats{}, err
 	}
-	res, err := s.run(ctx, s.scripts.stats, readOnly)
+	p, err := s.poolNamed(ctx, pool, false)
+	if err != nil || p == nil {
+		return keystore.Stats{}, err
+	}
+	res, _, err := s.run(ctx, p, s.scripts.stats, readOnly)
 	if err != nil {
 		return keystore.Stats{}, err
 	}
+	return statsOf(res)
+}
+
+func statsOf(res []int64) (keystore.Stats, error) {
 	if len(res) != 5 {
 		return keystore.Stats{}, fmt.Errorf("redis store: bad stats reply %v", res)
 	}
 	return keystore.Stats{Total: int(res[2]), Available: int(res[3]), Blocked: int(res[4])}, nil
 }
 
-// CatchUp implements keystore.Backend: it waits for the reader to reach the stream's
+// Pools implements keystore.Backend: the pools of the registry, the stats of each read
+// in one pipelined pass.
+func (s *Store) Pools(ctx context.Context) ([]keystore.PoolStats, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	if err := s.readRegistry(ctx); err != nil {
+		return nil, err
+	}
+	pools := s.reg.all()
+	slices.SortFunc(pools, func(a, b *rpool) int { return cmp.Compare(a.name, b.name) })
+	out := make([]keystore.PoolStats, len(pools))
+	errs := make([]error, len(pools))
+	s.each(pools, func(i int, p *rpool) {
+		res, _, err := s.run(ctx, p, s.scripts.stats, readOnly)
+		if err == nil {
+			out[i].Stats, err = statsOf(res)
+		}
+		out[i].Name, errs[i] = p.name, err
+	})
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// eachParallel is how many requests a pass over the pools has in flight at once: the
+// client pipelines them.
+const eachParallel = 64
+
+// each calls f for every pool, eachParallel at a time, and returns when all are done.
+func (s *Store) each(pools []*rpool, f func(i int, p *rpool)) {
+	if len(pools) == 1 {
+		f(0, pools[0])
+		return
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, eachParallel)
+	for i, p := range pools {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			f(i, p)
+		})
+	}
+	wg.Wait()
+}
+
+// Status codes of List's script.
+var listStatus = map[keystore.Status]int{"": 0, keystore.Available: 1, keystore.Blocked: 2}
+
+// List implements keystore.Backend. Each script looks at a bounded number of keys; in
+// a storm of dead keys the expirer has yet to reach, the page takes several.
+func (s *Store) List(ctx context.Context, pool string, status keystore.Status, from uint64, limit int) ([]keystore.Record, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	p, err := s.poolNamed(ctx, pool, false)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	code, ok := listStatus[status]
+	if !ok {
+		return nil, fmt.Errorf("redis store: no status %q", status)
+	}
+	local := int64(0)
+	switch index := from >> localBits; {
+	case index > p.index:
+		return nil, nil // past the pool's keys
+	case index == p.index:
+		local = int64(from & maxLocal)
+	}
+	recs := make([]keystore.Record, 0, limit)
+	for len(recs) < limit {
+		want := limit - len(recs)
+		res, holders, err := s.run(ctx, p, s.scripts.list, readOnly, code, local, want, want+listSlack)
+		if err != nil {
+			return nil, err
+		}
+		if len(res) < 4 || len(res) != 4+recordInts*int(res[3]) || len(holders) != int(res[3]) {
+			return nil, fmt.Errorf("redis store: bad list reply of %d integers and %d strings", len(res), len(holders))
+		}
+		for i := range holders {
+			recs = append(recs, s.record(p, res[4+recordInts*i:4+recordInts*(i+1)], holders[i]))
+		}
+		if local = res[2]; local < 0 {
+			break
+		}
+	}
+	return recs, nil
+}
+
+// listSlack is how many keys beyond a page's one script of List may look at, to step
+// over keys that turn out dead or in another state as their due transitions apply.
+const listSlack = 64
+
+// CatchUp implements keystore.Backend: it waits for the reader to reach the pool's
 // newest event, so that a subscription sees every event made before it on any
 // replica as past, not live. The local hub holds the same window of events as the
 // stream (the newest EventRetention), so a replay with After is served from it.
@@ -708,10 +851,11 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 	if err := s.refusing(); err != nil {
 		return err
 	}
-	if pool != keystore.DefaultPool {
-		return nil // no events
+	p, err := s.poolNamed(ctx, pool, false)
+	if err != nil || p == nil {
+		return err // not made yet: no events
 	}
-	newest, err := s.rdb.Do(ctx, s.rdb.B().Get().Key(s.prefix+"seq").Build()).AsInt64()
+	newest, err := s.rdb.Do(ctx, s.rdb.B().Hget().Key(p.prefix+"meta").Field("seq").Build()).AsInt64()
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return unavailable(err)
 	}
@@ -721,7 +865,7 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 		s.pmu.Lock()
 		progress := s.progress
 		s.pmu.Unlock()
-		if s.hub.LastSeq() >= newest {
+		if p.lane.Events.LastSeq() >= newest {
 			return nil
 		}
 		select {
@@ -737,19 +881,19 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 }
 
 // Ready implements keystore.Backend: Redis answers within readyTimeout, and holds the
-// pool this replica joined. One attempt, never retried: a readiness probe must fail
-// fast when Redis is away or paused.
+// namespace this replica joined. One attempt, never retried: a readiness probe must
+// fail fast when Redis is away or paused.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.refusing(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	res, _, err := s.send(ctx, s.scripts.check, s.args(nil), false)
+	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false)
 	if err != nil {
 		return s.unavailable(err, false, readOnly)
 	}
-	_, err = s.status(res)
+	_, err = s.nsStatus(msgs)
 	return err
 }
 
@@ -764,7 +908,7 @@ func (s *Store) Close() error {
 	return err
 }
 
-// refusing fails once the store is closed or its pool lost.
+// refusing fails once the store is closed or its namespace lost.
 func (s *Store) refusing() error {
 	if err := s.usable(); err != nil {
 		return err

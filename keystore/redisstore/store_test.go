@@ -179,7 +179,7 @@ func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
 		_, err := s.Acquire(ctx, keystore.AcquireOptions{Wait: 10 * time.Second})
 		done <- err
 	}()
-	waitFor(t, func() bool { return s.b.waiters.Len() == 1 })
+	waitFor(t, func() bool { return s.b.lanes.Made(keystore.DefaultPool).Waiters.Len() == 1 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -212,10 +212,13 @@ func waitFor(t testing.TB, cond func() bool) {
 func TestScriptErrorIsInternal(t *testing.T) {
 	srv := startRedis(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
-	_, err := s.b.run(context.Background(), scriptUnblock, mutation, "not a number", 0)
+	ctx := context.Background()
+	must(s.Generate(ctx, "", 1))(t)
+	p := s.b.reg.get(keystore.DefaultPool)
+	_, _, err := s.b.run(ctx, p, scriptUnblock, mutation, "not a number", 0)
 	wantCode(t, err, keystore.EINTERNAL)
 	srv.kill()
-	_, err = s.b.run(context.Background(), scriptUnblock, mutation, 1, 0)
+	_, _, err = s.b.run(ctx, p, scriptUnblock, mutation, 1, 0)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 }
 
@@ -227,13 +230,13 @@ func TestNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if b.prefix != "{fromurl}:" {
-		t.Fatalf("prefix %q", b.prefix)
+	if b.nsPrefix != "{fromurl}:" {
+		t.Fatalf("prefix %q", b.nsPrefix)
 	}
 	must(s.Generate(ctx, "", 1))(t)
 	rdb := srv.client()
 	defer rdb.Close()
-	if n := must(rdb.do("ZCARD", "{fromurl}:alive").AsInt64())(t); n != 1 {
+	if n := must(rdb.do("ZCARD", "{fromurl:default}:alive").AsInt64())(t); n != 1 {
 		t.Fatalf("%d keys under the URL's namespace", n)
 	}
 
@@ -282,17 +285,18 @@ func TestTimerUntil(t *testing.T) {
 }
 
 // TestAcquireIsUniform: each AVAILABLE key is picked about as often as any other, with
-// the AVAILABLE set in the encoding large pools use (a hash table, not an intset).
+// the AVAILABLE set in the encoding large pools use (a skip list, not a listpack). The
+// conformance suite checks the same on 2000 keys with a chi-square test.
 func TestAcquireIsUniform(t *testing.T) {
 	const keys, picks = 8, 4000
 	srv := startRedis(t)
 	rdb := srv.client()
 	defer rdb.Close()
 	ctx := context.Background()
-	must(rdb.do("CONFIG", "SET", "set-max-intset-entries", "1").ToString())(t)
+	must(rdb.do("CONFIG", "SET", "zset-max-listpack-entries", "1").ToString())(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
 	must(s.Generate(ctx, "", keys))(t)
-	if enc := must(rdb.do("OBJECT", "ENCODING", s.b.prefix+"avail").ToString())(t); enc != "hashtable" {
+	if enc := must(rdb.do("OBJECT", "ENCODING", s.b.reg.get(keystore.DefaultPool).prefix+"avail").ToString())(t); enc != "skiplist" {
 		t.Fatalf("AVAILABLE set encoded as %s", enc)
 	}
 	counts := map[string]int{}
