@@ -109,7 +109,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		pause(30, 70)
 	}()
 	start := time.Now()
-	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 1000 * rounds, Until: done, Keys: 4,
+	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 1000 * rounds, Until: done, Keys: 4, Pools: []string{keystore.DefaultPool, "b"},
 		Timeout: 300 * time.Millisecond, TimedClients: 2, Seed: 7})
 	<-done
 	recorded := time.Since(start)
@@ -164,7 +164,7 @@ func TestLinearizabilityCatchesBrokenScripts(t *testing.T) {
 			if px != nil {
 				px.loseReplies(0.1)
 			}
-			h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 100, Keys: 4, Seed: 3})
+			h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 100, Keys: 4, Pools: []string{keystore.DefaultPool, "b"}, Seed: 3})
 			res := h.Check(t, time.Minute)
 			t.Logf("%s", h.Summary())
 			require.Equal(t, porcupine.Illegal, res, "the check found no violation in a history of a broken store")

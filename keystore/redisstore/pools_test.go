@@ -123,7 +123,7 @@ func TestReplicasSharePools(t *testing.T) {
 	pools := must(b.Pools(ctx))(t)
 	require.Len(t, pools, 2)
 	require.Equal(t, "shared", pools[1].Name)
-	page := must(b.List(ctx, keystore.ListOptions{Pool: "shared", Status: keystore.Blocked}))(t)
+	page := must(b.List(ctx, keystore.ListOptions{Pool: "shared", Status: keystore.Blocked, First: 10}))(t)
 	require.Len(t, page.Keys, 1)
 	require.Equal(t, "on b", page.Keys[0].Lease.Holder)
 
