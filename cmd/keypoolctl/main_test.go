@@ -808,7 +808,7 @@ func TestEventsTypes(t *testing.T) {
 	r := start(t, ts.url, "events", "-after", "0", "-types", "deleted,EXPIRED")
 	var ev client.Event
 	require.NoError(t, json.Unmarshal([]byte(r.line(t, r.stdout)), &ev))
-	assert.Equal(t, client.Event{Seq: 3, Seq64: "3", Stream: ev.Stream, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
+	assert.Equal(t, client.Event{Seq: 3, Seq64: "3", Stream: ev.Stream, Pool: "default", Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
 	require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, r.wait(t))
 }
