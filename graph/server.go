@@ -100,7 +100,6 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
 	exec.Use(plainHTTPSubscriptions{})
 	exec.Use(admitChecked{})
-	exec.Use(streamErrors{})
 	exec.AroundRootFields(writeKeyLists)
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))

@@ -84,20 +84,11 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	defer stopPings()
 
 	if opErr != nil {
-		if st.event(exec.DispatchError(ctx, opErr)) != nil {
+		if !st.event(exec.DispatchError(ctx, opErr)) {
 			return
 		}
-	} else {
-		ctx, slot := withStreamSlot(ctx)
-		responses, ctx := exec.DispatchOperation(ctx, opCtx)
-		if slot.deliver(ctx, t.fanout, st) {
-			return
-		}
-		for resp := responses(ctx); resp != nil; resp = responses(ctx) {
-			if st.event(resp) != nil {
-				return
-			}
-		}
+	} else if !execute(ctx, exec, opCtx, t.fanout, st, st.event) {
+		return
 	}
 	_ = st.write([]byte("event: complete\ndata:\n\n"))
 }
@@ -148,13 +139,10 @@ func (st *sseStream) brokenLocked(err error) error {
 	return err
 }
 
-// event writes resp as a next event.
-func (st *sseStream) event(resp *graphql.Response) error {
+// event writes resp as a next event, and reports whether it did.
+func (st *sseStream) event(resp *graphql.Response) bool {
 	b, err := json.Marshal(resp)
-	if err != nil {
-		return err
-	}
-	return st.write(appendNextEvent(nil, b))
+	return err == nil && st.write(appendNextEvent(nil, b)) == nil
 }
 
 func appendNextEvent(b, payload []byte) []byte {

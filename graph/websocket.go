@@ -426,19 +426,13 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 	if c.legacy {
 		next = "data"
 	}
-	ctx, slot := withStreamSlot(ctx)
-	responses, ctx := c.exec.DispatchOperation(ctx, opCtx)
-	if slot.deliver(ctx, c.opts.fanout, newSocketSink(c, op, id, next)) {
-		return
+	if execute(ctx, c.exec, opCtx, c.opts.fanout, newSocketSink(c, op, id, next), func(resp *graphql.Response) bool {
+		return c.write(op, outbound{ID: id, Type: next, Payload: resp})
+	}) {
+		// Unless the client completed the operation, or the socket is closing (write
+		// sends nothing then).
+		c.write(op, outbound{ID: id, Type: "complete"})
 	}
-	for resp := responses(ctx); resp != nil; resp = responses(ctx) {
-		if !c.write(op, outbound{ID: id, Type: next, Payload: resp}) {
-			return
-		}
-	}
-	// Unless the client completed the operation, or the socket is closing (write
-	// sends nothing then).
-	c.write(op, outbound{ID: id, Type: "complete"})
 }
 
 // removeLocked forgets op, if it is still the one under id, and starts the idle
