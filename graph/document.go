@@ -1,7 +1,9 @@
 package graph
 
 import (
+	"cmp"
 	"context"
+	"net/http"
 	"strings"
 	"time"
 
@@ -18,60 +20,73 @@ import (
 // document limits answer with it too.
 const codeComplexity = "COMPLEXITY_LIMIT_EXCEEDED"
 
-// documentLimits checks each new document against the document limits (limits.go)
-// before gqlgen parses and validates it: gqlparser's validator and gqlgen's
-// complexity walk are quadratic or worse in some shapes (repeated fields, fragment
-// fan-out), and gqlgen validates before the complexity limit runs. It runs after
-// the automatic persisted queries' extension, so it sees the query that extension
-// looked up, and skips documents the query cache holds: those passed already.
+// operationChecks is keypool's extension of the executor, used after the automatic
+// persisted queries' extension and the complexity limit.
 //
-// The check is one pass over the text (tokens, nesting, lengths), then a parse with
-// the token limit, then one walk of the syntax tree that writes every fragment
-// spread out as the validator would and stops at the first limit passed. Each step
-// is linear in what the limits allow.
-type documentLimits struct {
+// As a parameter mutator it checks each new document against the document limits
+// (limits.go) before gqlgen parses and validates it: gqlparser's validator and gqlgen's
+// complexity walk are quadratic or worse in some shapes (repeated fields, fragment
+// fan-out), and gqlgen validates before the complexity limit runs. It sees the query
+// the persisted queries' extension looked up, and skips documents the query cache
+// holds: those passed already. The check is one pass over the text (tokens, nesting,
+// lengths), a parse with the token limit, then one walk of the syntax tree that writes
+// every fragment spread out as the validator would and stops at the first limit
+// passed: each step linear in what the limits allow.
+//
+// As the last operation-context mutator it sees only operations that passed
+// validation, variables and the complexity limit (gqlgen stops at the first mutator
+// that fails): it refuses a subscription over plain HTTP, and anything but a query
+// over GET, then commits the operation's parked cache additions (admission).
+type operationChecks struct {
 	docs *boundedCache[*ast.QueryDocument]
 }
 
 var (
-	_ graphql.HandlerExtension          = documentLimits{}
-	_ graphql.OperationParameterMutator = documentLimits{}
+	_ graphql.HandlerExtension          = operationChecks{}
+	_ graphql.OperationParameterMutator = operationChecks{}
+	_ graphql.OperationContextMutator   = operationChecks{}
 )
 
-func (documentLimits) ExtensionName() string                          { return "DocumentLimits" }
-func (documentLimits) Validate(schema graphql.ExecutableSchema) error { return nil }
+func (operationChecks) ExtensionName() string                          { return "OperationChecks" }
+func (operationChecks) Validate(schema graphql.ExecutableSchema) error { return nil }
 
-func (d documentLimits) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
+func (d operationChecks) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
 	if params.Query == "" {
 		return coded(wire.CodeBadRequest, "the request has no query")
 	}
 	if d.docs.Contains(params.Query) {
 		return nil // it passed before
 	}
-	tokens, err := checkDocument(params.Query)
+	tokens, err := scanDocument(params.Query)
 	if err != nil {
 		return err
 	}
-	admissionFor(ctx).docCost = documentCost(len(params.Query), tokens)
-	return nil
+	doc, perr := parser.ParseQueryWithTokenLimit(&ast.Source{Input: params.Query}, MaxDocumentTokens)
+	if perr != nil {
+		err = gqlerror.WrapIfUnwrapped(perr)
+		errcode.Set(err, errcode.ParseFailed)
+		return err
+	}
+	if err = measureDocument(doc); err == nil {
+		admissionFor(ctx).docCost = documentCost(len(params.Query), tokens)
+	}
+	return err
 }
 
-// checkDocument applies the document limits to query and returns its token count.
-func checkDocument(query string) (int, *gqlerror.Error) {
-	tokens, err := scanDocument(query)
-	if err != nil {
-		return 0, err
+func (operationChecks) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
+	method, _ := ctx.Value(plainHTTPKey{}).(string)
+	switch op := opCtx.Operation.Operation; {
+	case method == http.MethodGet && op != ast.Query:
+		return coded(wire.CodeMethodNotAllowed, "a %s must be sent with POST", op)
+	case method != "" && op == ast.Subscription:
+		return coded(wire.CodeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream")
 	}
-	doc, perr := parser.ParseQueryWithTokenLimit(&ast.Source{Input: query}, MaxDocumentTokens)
-	if perr != nil {
-		gqlErr, ok := perr.(*gqlerror.Error)
-		if !ok {
-			gqlErr = gqlerror.Wrap(perr)
+	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
+		for _, commit := range a.commits {
+			commit()
 		}
-		errcode.Set(gqlErr, errcode.ParseFailed)
-		return 0, gqlErr
 	}
-	return tokens, measureDocument(doc)
+	return nil
 }
 
 // astBytesPerToken estimates what a parsed document costs in memory per token of its
@@ -83,18 +98,6 @@ const astBytesPerToken = 400
 // documentCost is the query cache's estimate of a parsed document's memory.
 func documentCost(queryBytes, tokens int) int {
 	return queryBytes + tokens*astBytesPerToken
-}
-
-func parseFailed(format string, args ...any) *gqlerror.Error {
-	err := gqlerror.Errorf(format, args...)
-	errcode.Set(err, errcode.ParseFailed)
-	return err
-}
-
-func tooComplex(format string, args ...any) *gqlerror.Error {
-	err := gqlerror.Errorf(format, args...)
-	errcode.Set(err, codeComplexity)
-	return err
 }
 
 // scanDocument is the pass over the text: it counts tokens (comments included), and
@@ -117,7 +120,7 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 		}
 		tokens++
 		if tokens > MaxDocumentTokens {
-			return 0, parseFailed("the document has more than %d tokens", MaxDocumentTokens)
+			return 0, coded(errcode.ParseFailed, "the document has more than %d tokens", MaxDocumentTokens)
 		}
 		switch {
 		case c == '#':
@@ -158,7 +161,7 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 		case c == '{' || c == '[' || c == '(':
 			depth++
 			if depth > MaxDocumentDepth {
-				return 0, parseFailed("the document nests deeper than %d", MaxDocumentDepth)
+				return 0, coded(errcode.ParseFailed, "the document nests deeper than %d", MaxDocumentDepth)
 			}
 			i++
 		case c == '}' || c == ']' || c == ')':
@@ -173,14 +176,14 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 				j++
 			}
 			if j-i > MaxTokenBytes {
-				return 0, parseFailed("the document has a name or number longer than %d bytes", MaxTokenBytes)
+				return 0, coded(errcode.ParseFailed, "the document has a name or number longer than %d bytes", MaxTokenBytes)
 			}
 			i = j
 		default:
 			i++
 		}
 		if stringBytes > MaxDocumentStringBytes {
-			return 0, parseFailed("the document's strings hold more than %d bytes", MaxDocumentStringBytes)
+			return 0, coded(errcode.ParseFailed, "the document's strings hold more than %d bytes", MaxDocumentStringBytes)
 		}
 	}
 	return tokens, nil
@@ -191,7 +194,7 @@ func isAlnum(c byte) bool {
 }
 
 // measure walks a parsed document as the validator will, fragment spreads written
-// out, and stops at the first limit passed.
+// out, and keeps the first limit passed.
 type measure struct {
 	fragments map[string]*ast.FragmentDefinition
 	spreading map[string]bool // the fragments being written out on the current path
@@ -208,10 +211,7 @@ type responseName struct {
 }
 
 func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
-	m := &measure{
-		fragments: make(map[string]*ast.FragmentDefinition, len(doc.Fragments)),
-		spreading: map[string]bool{},
-	}
+	m := &measure{fragments: make(map[string]*ast.FragmentDefinition, len(doc.Fragments)), spreading: map[string]bool{}}
 	for _, f := range doc.Fragments {
 		if _, ok := m.fragments[f.Name]; !ok { // the validator uses the first of a name too
 			m.fragments[f.Name] = f
@@ -219,45 +219,41 @@ func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
 	}
 	for _, op := range doc.Operations {
 		m.schema = 0
-		m.add(len(op.VariableDefinitions))
+		m.add(len(op.VariableDefinitions), op.Directives)
 		for _, v := range op.VariableDefinitions {
-			m.directives(v.Directives)
+			m.add(0, v.Directives)
 		}
-		m.directives(op.Directives)
 		m.selections(op.SelectionSet, map[string]*responseName{}, 1, false)
 	}
 	// The validator walks every fragment definition on its own as well.
 	for _, f := range doc.Fragments {
 		m.schema = 0
-		m.directives(f.Directives)
+		m.add(0, f.Directives)
 		m.selections(f.SelectionSet, map[string]*responseName{}, 1, false)
 	}
 	return m.err
 }
 
-// add counts n nodes, and reports whether the walk may go on.
-func (m *measure) add(n int) bool {
-	m.nodes += n
-	if m.err == nil && m.nodes > MaxDocumentNodes {
-		m.err = tooComplex("the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes)
-	}
-	return m.err == nil
-}
-
-func (m *measure) directives(list ast.DirectiveList) {
-	for _, d := range list {
-		if !m.add(1 + len(d.Arguments)) {
-			return
-		}
+func (m *measure) fail(err *gqlerror.Error) {
+	if m.err == nil {
+		m.err = err
 	}
 }
 
+// add counts n nodes, and the directives with their arguments.
+func (m *measure) add(n int, directives ast.DirectiveList) {
+	for _, d := range directives {
+		n += 1 + len(d.Arguments)
+	}
+	if m.nodes += n; m.nodes > MaxDocumentNodes {
+		m.fail(coded(codeComplexity, "the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes))
+	}
+}
+
+// selections walks set; once a limit is passed, it returns at once.
 func (m *measure) selections(set ast.SelectionSet, names map[string]*responseName, depth int, inSchema bool) {
 	if depth > MaxDocumentDepth {
-		if m.err == nil {
-			m.err = tooComplex("the document selects deeper than %d, fragments written out", MaxDocumentDepth)
-		}
-		return
+		m.fail(coded(codeComplexity, "the document selects deeper than %d, fragments written out", MaxDocumentDepth))
 	}
 	for _, sel := range set {
 		if m.err != nil {
@@ -265,63 +261,41 @@ func (m *measure) selections(set ast.SelectionSet, names map[string]*responseNam
 		}
 		switch s := sel.(type) {
 		case *ast.Field:
-			if !m.add(1 + len(s.Arguments)) {
-				return
-			}
-			m.directives(s.Directives)
+			m.add(1+len(s.Arguments), s.Directives)
 			m.field(s, names, depth, inSchema)
 		case *ast.InlineFragment:
-			if !m.add(1) {
-				return
-			}
-			m.directives(s.Directives)
+			m.add(1, s.Directives)
 			m.selections(s.SelectionSet, names, depth, inSchema)
 		case *ast.FragmentSpread:
-			if !m.add(1) {
-				return
-			}
-			m.directives(s.Directives)
-			def := m.fragments[s.Name]
-			if def == nil {
-				continue // the validator reports an unknown fragment
-			}
+			m.add(1, s.Directives)
 			if m.spreading[s.Name] {
-				m.err = gqlerror.Errorf("Cannot spread fragment %q within itself", s.Name)
-				errcode.Set(m.err, errcode.ValidationFailed)
-				return
+				m.fail(coded(errcode.ValidationFailed, "Cannot spread fragment %q within itself", s.Name))
+			} else if def := m.fragments[s.Name]; def != nil { // else the validator reports it unknown
+				m.spreading[s.Name] = true
+				m.selections(def.SelectionSet, names, depth, inSchema)
+				delete(m.spreading, s.Name)
 			}
-			m.spreading[s.Name] = true
-			m.selections(def.SelectionSet, names, depth, inSchema)
-			delete(m.spreading, s.Name)
 		}
 	}
 }
 
 func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int, inSchema bool) {
-	name := f.Alias
-	if name == "" {
-		name = f.Name
-	}
+	name := cmp.Or(f.Alias, f.Name)
 	if f.Name == "__schema" {
-		m.schema++
-		if m.schema > MaxSchemaFields {
-			m.err = tooComplex("the operation selects __schema more than %d times", MaxSchemaFields)
-			return
+		if m.schema++; m.schema > MaxSchemaFields {
+			m.fail(coded(codeComplexity, "the operation selects __schema more than %d times", MaxSchemaFields))
 		}
 	}
 	if inSchema && name != f.Name {
-		m.err = tooComplex("aliases are not allowed under __schema (%s: %s)", name, f.Name)
-		return
+		m.fail(coded(codeComplexity, "aliases are not allowed under __schema (%s: %s)", name, f.Name))
 	}
 	r := names[name]
 	if r == nil {
 		r = &responseName{}
 		names[name] = r
 	}
-	r.repeats++
-	if r.repeats > MaxResponseNameRepeats {
-		m.err = tooComplex("the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats)
-		return
+	if r.repeats++; r.repeats > MaxResponseNameRepeats {
+		m.fail(coded(codeComplexity, "the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats))
 	}
 	if len(f.SelectionSet) > 0 {
 		if r.below == nil {
@@ -334,7 +308,7 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 // admission holds what one operation would add to the caches. gqlgen adds a document
 // to the query cache once it validates, before the complexity limit has looked at
 // it, and the persisted queries' extension adds a text before it is even parsed; the
-// caches park those additions here, and admitChecked commits them only once every
+// caches park those additions here, and operationChecks commits them only once every
 // check has passed. An operation that fails leaves no trace in either cache.
 type admission struct {
 	docCost int      // documentCost of the query, if documentLimits measured it
@@ -357,29 +331,6 @@ func admissionFor(ctx context.Context) *admission {
 	a := &admission{}
 	opCtx.Stats.SetExtension(admissionName, a)
 	return a
-}
-
-// admitChecked commits the operation's parked cache additions. It runs as the last
-// operation-context mutator: gqlgen stops at the first that fails, so it runs only
-// for an operation that passed validation, variables, and the complexity limit.
-type admitChecked struct{}
-
-var (
-	_ graphql.HandlerExtension        = admitChecked{}
-	_ graphql.OperationContextMutator = admitChecked{}
-)
-
-func (admitChecked) ExtensionName() string                          { return "AdmitChecked" }
-func (admitChecked) Validate(schema graphql.ExecutableSchema) error { return nil }
-
-func (admitChecked) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
-	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
-		for _, commit := range a.commits {
-			commit()
-		}
-		a.commits = nil
-	}
-	return nil
 }
 
 // generateKeysComplexity returns the complexity of generateKeys: its selection, once

@@ -11,7 +11,6 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/keypool/keypool/keystore"
@@ -251,35 +250,12 @@ func checkQueryString(rawQuery string) *gqlerror.Error {
 }
 
 // plainHTTPKey marks the context of an operation sent over plain HTTP, with its
-// method: a subscription cannot be served there, nor anything but a query over GET.
+// method: a subscription cannot be served there, nor anything but a query over GET
+// (operationChecks).
 type plainHTTPKey struct{}
 
 func withPlainHTTP(r *http.Request) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method))
-}
-
-// plainHTTPSubscriptions refuses, before it runs, a subscription over plain HTTP, and
-// over GET anything but a query.
-type plainHTTPSubscriptions struct{}
-
-var (
-	_ graphql.HandlerExtension        = plainHTTPSubscriptions{}
-	_ graphql.OperationContextMutator = plainHTTPSubscriptions{}
-)
-
-func (plainHTTPSubscriptions) ExtensionName() string                          { return "PlainHTTPSubscriptions" }
-func (plainHTTPSubscriptions) Validate(schema graphql.ExecutableSchema) error { return nil }
-
-func (plainHTTPSubscriptions) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
-	method, _ := ctx.Value(plainHTTPKey{}).(string)
-	switch op := opCtx.Operation; {
-	case method == "" || op == nil:
-	case method == http.MethodGet && op.Operation != ast.Query:
-		return coded(wire.CodeMethodNotAllowed, "a %s must be sent with POST", op.Operation)
-	case op.Operation == ast.Subscription:
-		return coded(wire.CodeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream")
-	}
-	return nil
 }
 
 // decodeRequest reads a GraphQL request from one JSON object under the JSON limits,

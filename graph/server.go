@@ -83,8 +83,8 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every
-	// check (admitChecked); documentLimits runs before gqlgen parses and validates a
-	// document it has not cached, and after the persisted queries' lookup.
+	// check; operationChecks applies the document limits before gqlgen parses and
+	// validates a document it has not cached, and after the persisted queries' lookup.
 	docs := newBoundedCache(QueryCacheBytes, func(query string, _ *ast.QueryDocument, ctx context.Context) int {
 		if a := admissionFor(ctx); a != nil && a.docCost > 0 {
 			return a.docCost
@@ -96,10 +96,8 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(extension.Introspection{})
 	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
-	exec.Use(documentLimits{docs: docs})
 	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
-	exec.Use(plainHTTPSubscriptions{})
-	exec.Use(admitChecked{})
+	exec.Use(operationChecks{docs: docs})
 	exec.AroundRootFields(writeKeyLists)
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))
@@ -136,7 +134,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		var storeErr *keystore.Error
 		if errors.As(err, &storeErr) && storeErr.Code != keystore.EINTERNAL {
 			presented.Message = storeErr.Message
-			setCode(presented, storeErr.Code)
+			errcode.Set(presented, string(storeErr.Code))
 			switch storeErr.Code {
 			case keystore.ECOMPACTED:
 				presented.Extensions["oldestSeq"] = storeErr.OldestSeq
@@ -152,7 +150,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 			// itself (no path), such as an APQ hash that does not match its query,
 			// may come without a code: it is the client's mistake.
 			if len(presented.Path) == 0 && presented.Extensions["code"] == nil {
-				setCode(presented, keystore.EINVALID)
+				errcode.Set(presented, string(keystore.EINVALID))
 			}
 			return presented
 		}
@@ -163,16 +161,9 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		}
 		presented.Message = wire.InternalMessage
 		presented.Err = nil
-		setCode(presented, keystore.EINTERNAL)
+		errcode.Set(presented, string(keystore.EINTERNAL))
 		return presented
 	}
-}
-
-func setCode(e *gqlerror.Error, code keystore.Code) {
-	if e.Extensions == nil {
-		e.Extensions = map[string]any{}
-	}
-	e.Extensions["code"] = string(code)
 }
 
 // recoverFunc logs a resolver's panic with its stack and answers
