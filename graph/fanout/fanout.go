@@ -90,7 +90,7 @@ func New(workers int, obs Observer) *Fanout {
 	if workers <= 0 {
 		workers = Workers()
 	}
-	f := &Fanout{turns: make(chan *turn, workers), plans: newPlans(obs), obs: obs}
+	f := &Fanout{turns: make(chan *turn, workers), plans: &Plans{plans: map[string]*Plan{}, obs: obs}, obs: obs}
 	for range workers {
 		f.turns <- &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
 	}

@@ -35,25 +35,31 @@ type Plan struct {
 // planField is one response entry of a KeyEvent: its response name, and what it shows.
 type planField struct {
 	alias string
-	value eventField
+	value *eventField
 }
 
-type eventField uint8
+// eventField is a field of KeyEvent: the most bytes its value takes (about), and how
+// gqlgen writes it.
+type eventField struct {
+	width  int
+	append func(b []byte, ev *keystore.Event) []byte
+}
 
-const (
-	fieldSeq eventField = iota
-	fieldSeq64
-	fieldType
-	fieldKeyID
-	fieldAt
-	fieldStream
-	fieldTypename
+var (
+	fieldSeq   = &eventField{20, func(b []byte, ev *keystore.Event) []byte { return strconv.AppendInt(b, ev.Seq, 10) }}
+	fieldSeq64 = &eventField{22, func(b []byte, ev *keystore.Event) []byte {
+		return append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
+	}}
+	fieldType = &eventField{12, func(b []byte, ev *keystore.Event) []byte {
+		return appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
+	}}
+	fieldKeyID    = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.KeyID)) }}
+	fieldAt       = &eventField{40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }}
+	fieldStream   = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.Stream)) }}
+	fieldTypename = &eventField{10, func(b []byte, _ *keystore.Event) []byte { return append(b, `"KeyEvent"`...) }}
 )
 
-// fieldWidths are the most bytes each field's value takes, about.
-var fieldWidths = [...]int{fieldSeq: 20, fieldSeq64: 22, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40, fieldStream: maxPayloadKeyID + 2, fieldTypename: 10}
-
-var eventFields = map[string]eventField{
+var eventFields = map[string]*eventField{
 	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
 }
 
@@ -86,10 +92,6 @@ type Plans struct {
 	plans  map[string]*Plan
 	cached int
 	obs    Observer
-}
-
-func newPlans(obs Observer) *Plans {
-	return &Plans{plans: map[string]*Plan{}, obs: obs}
 }
 
 // keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
@@ -136,7 +138,7 @@ func newPlan(key, root string, fields []planField, s *Plans) *Plan {
 	p := &Plan{key: key, root: root, fields: fields, set: s}
 	p.largest = len(`{"data":{"":{}}}`) + len(root)
 	for _, f := range fields {
-		p.largest += len(f.alias) + 4 + fieldWidths[f.value]
+		p.largest += len(f.alias) + 4 + f.value.width
 	}
 	p.turn = max(1, min(maxTurnEvents, maxTurnBytes/p.largest))
 	slots := maxCacheSlots
@@ -193,23 +195,7 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 			b = append(b, ',')
 		}
 		b = strconv.AppendQuote(b, f.alias)
-		b = append(b, ':')
-		switch f.value {
-		case fieldSeq:
-			b = strconv.AppendInt(b, ev.Seq, 10)
-		case fieldSeq64:
-			b = append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
-		case fieldType:
-			b = appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
-		case fieldKeyID:
-			b = appendMarshaled(b, graphql.MarshalID(ev.KeyID))
-		case fieldAt:
-			b = wire.AppendTime(b, ev.At)
-		case fieldStream:
-			b = appendMarshaled(b, graphql.MarshalID(ev.Stream))
-		case fieldTypename:
-			b = append(b, `"KeyEvent"`...)
-		}
+		b = f.value.append(append(b, ':'), ev)
 	}
 	b = append(b, "}}}"...)
 	if bytes.ContainsAny(b, "<>&\u2028\u2029") {
@@ -222,16 +208,9 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 
 // appendMarshaled appends what a gqlgen marshaler writes.
 func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
-	w := sliceWriter{b}
-	m.MarshalGQL(&w)
-	return w.b
-}
-
-type sliceWriter struct{ b []byte }
-
-func (w *sliceWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+	w := bytes.NewBuffer(b)
+	m.MarshalGQL(w)
+	return w.Bytes()
 }
 
 // maxTurnEvents bounds the events one turn delivers to one subscription (and
