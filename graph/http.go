@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -109,12 +110,7 @@ func (a *answerWriter) finish() {
 	w.Header().Del("Content-Type")
 	var resp errorsOnly
 	_ = json.Unmarshal(a.held.Bytes(), &resp)
-	switch {
-	case a.status == http.StatusNotAcceptable: // gqlgen's GET, for what is not a query
-		w.Header().Set("Allow", "POST")
-		wire.WriteGraphQLError(w, mediaType, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed, "only a query may be sent with GET; send it with POST")
-		return
-	case len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable):
+	if len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable) {
 		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest, notARequest)
 		return
 	}
@@ -157,19 +153,26 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 // negotiate picks the media type of a refusal from the Accept header: the
 // GraphQL-over-HTTP one when the client names it first, application/json otherwise.
 func negotiate(r *http.Request) string {
-	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
-			continue
-		}
-		switch mediaType {
-		case wire.MediaGraphQLResponse:
-			return wire.MediaGraphQLResponse
-		case wire.MediaJSON, "application/*", "*/*":
-			return wire.MediaJSON
-		}
+	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
+		return wire.MediaGraphQLResponse
 	}
 	return wire.MediaJSON
+}
+
+// prefers reports whether r's Accept header names want before any of others (a
+// media type of q=0 is not named).
+func prefers(r *http.Request, want string, others ...string) bool {
+	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
+		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		switch {
+		case err != nil || params["q"] == "0":
+		case mediaType == want:
+			return true
+		case slices.Contains(others, mediaType):
+			return false
+		}
+	}
+	return false
 }
 
 // isJSON reports whether r's body is declared JSON.
@@ -180,10 +183,13 @@ func isJSON(r *http.Request) bool {
 
 // isWebsocket reports whether r asks to become a websocket. Another Upgrade (h2c,
 // which curl --http2 offers) is ignored, as RFC 9110 7.8 lets a server do.
-func isWebsocket(r *http.Request) bool {
-	for _, v := range r.Header.Values("Upgrade") {
-		for token := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(token), "websocket") {
+func isWebsocket(r *http.Request) bool { return hasToken(r.Header, "Upgrade", "websocket") }
+
+// hasToken reports whether the comma-separated values of header name hold token.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
 				return true
 			}
 		}
@@ -261,13 +267,14 @@ func withPlainHTTP(r *http.Request) *http.Request {
 // decodeRequest reads a GraphQL request from one JSON object under the JSON limits,
 // as gqlgen's POST does (numbers kept exact), for the transports that read their own:
 // SSE's body, a websocket's subscribe payload.
-func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
+func decodeRequest(body []byte, header http.Header) (*graphql.RawParams, *gqlerror.Error) {
 	if err := checkJSON(body); err != nil {
 		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	params := &graphql.RawParams{}
+	now := graphql.Now()
+	params := &graphql.RawParams{Headers: header, ReadTime: graphql.TraceTiming{Start: now, End: now}}
 	if err := dec.Decode(params); err != nil {
 		return nil, coded(wire.CodeBadRequest, "%s", notARequest)
 	}

@@ -106,7 +106,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	srv := endpoint{
 		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
 		transports: []graphql.Transport{
-			websocketTransport{opts: socketOptions{
+			websocketTransport{
 				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
 				writeTimeout: WebsocketWriteTimeout,
@@ -114,7 +114,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 				keepAlive:    KeepAlivePingInterval,
 				logger:       logger,
 				fanout:       fan,
-			}},
+			},
 			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
 			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
 			// Last: it answers whatever the others do not.

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,22 +34,8 @@ var _ graphql.Transport = sseTransport{}
 // text/event-stream before any JSON media type (urql names every type it reads, an
 // event stream last, and gets JSON).
 func (sseTransport) Supports(r *http.Request) bool {
-	if r.Method != http.MethodPost || !isJSON(r) {
-		return false
-	}
-	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
-			continue
-		}
-		switch mediaType {
-		case "text/event-stream":
-			return true
-		case wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json":
-			return false
-		}
-	}
-	return false
+	return r.Method == http.MethodPost && isJSON(r) &&
+		prefers(r, "text/event-stream", wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json")
 }
 
 func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
@@ -59,13 +43,11 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	if err != nil {
 		return
 	}
-	params, perr := decodeRequest(body)
+	params, perr := decodeRequest(body, r.Header)
 	if perr != nil {
 		refuse(w, r, perr)
 		return
 	}
-	params.Headers = r.Header
-	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()

@@ -57,12 +57,9 @@ const (
 //     no operation for WebsocketIdleTimeout with 1000;
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
+//
+// Its options are its timings (limits.go's, or shorter in tests).
 type websocketTransport struct {
-	opts socketOptions
-}
-
-// socketOptions are the transport's timings (limits.go's, or shorter in tests).
-type socketOptions struct {
 	initTimeout  time.Duration
 	idleTimeout  time.Duration
 	writeTimeout time.Duration
@@ -93,15 +90,16 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 	conn.SetReadLimit(MaxBodyBytes)
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &socket{
-		opts:   t.opts,
-		conn:   conn,
-		held:   held,
-		legacy: conn.Subprotocol() != protocolTransportWS,
-		exec:   exec,
-		header: r.Header,
-		ctx:    ctx,
-		cancel: cancel,
-		ops:    map[string]*socketOp{},
+		opts:     t,
+		conn:     conn,
+		held:     held,
+		legacy:   conn.Subprotocol() != protocolTransportWS,
+		exec:     exec,
+		header:   r.Header,
+		ctx:      ctx,
+		cancel:   cancel,
+		ops:      map[string]*socketOp{},
+		idleFrom: time.Now(),
 	}
 	c.serve()
 }
@@ -112,7 +110,7 @@ func handshakeProblem(r *http.Request) string {
 	switch {
 	case r.Method != http.MethodGet:
 		return "the handshake must be a GET"
-	case !headerHasToken(r.Header, "Connection", "upgrade"):
+	case !hasToken(r.Header, "Connection", "upgrade"):
 		return "Connection: upgrade is missing"
 	case r.Header.Get("Sec-WebSocket-Version") != "13":
 		return "Sec-WebSocket-Version must be 13"
@@ -120,17 +118,6 @@ func handshakeProblem(r *http.Request) string {
 		return "Sec-WebSocket-Key is missing"
 	}
 	return ""
-}
-
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // hijackInto hands the library the connection Hijack takes over as a heldConn, so
@@ -225,7 +212,7 @@ func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 
 // socket is one websocket connection.
 type socket struct {
-	opts   socketOptions
+	opts   websocketTransport
 	conn   *websocket.Conn
 	held   *heldConn
 	legacy bool
@@ -268,9 +255,6 @@ type outbound struct {
 }
 
 func (c *socket) serve() {
-	c.mu.Lock()
-	c.idleFrom = time.Now()
-	c.mu.Unlock()
 	c.wg.Go(c.supervise)
 	defer func() {
 		c.closing.Store(true)
@@ -306,25 +290,25 @@ func (c *socket) handle(msg inbound) {
 	if c.legacy {
 		subscribe, complete = "start", "stop"
 	}
-	switch msg.Type {
-	case "connection_init":
-		if c.acked.Load() {
+	switch t := msg.Type; {
+	case t == "connection_init":
+		var payload map[string]json.RawMessage
+		switch {
+		case c.acked.Load():
 			c.closeWith(closeTooManyInits, "Too many initialisation requests")
-			return
-		}
-		if !isObjectOrNull(msg.Payload) {
+		case len(msg.Payload) > 0 && json.Unmarshal(msg.Payload, &payload) != nil:
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
-			return
+		default:
+			c.lastPong.Store(time.Now().UnixNano())
+			c.acked.Store(true)
+			c.write(nil, outbound{Type: "connection_ack"})
+			if c.legacy {
+				c.write(nil, outbound{Type: "ka"})
+			}
 		}
-		c.lastPong.Store(time.Now().UnixNano())
-		c.acked.Store(true)
-		c.write(nil, outbound{Type: "connection_ack"})
-		if c.legacy {
-			c.write(nil, outbound{Type: "ka"})
-		}
-	case subscribe:
+	case t == subscribe:
 		c.subscribe(msg.ID, msg.Payload)
-	case complete:
+	case t == complete:
 		c.mu.Lock()
 		if op := c.ops[msg.ID]; op != nil {
 			op.silenced.Store(true)
@@ -332,24 +316,12 @@ func (c *socket) handle(msg inbound) {
 			c.removeLocked(msg.ID, op)
 		}
 		c.mu.Unlock()
-	case "ping":
-		if !c.legacy {
-			c.write(nil, outbound{Type: "pong"})
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
-	case "pong":
-		if !c.legacy {
-			c.lastPong.Store(time.Now().UnixNano())
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
-	case "connection_terminate":
-		if c.legacy {
-			c.closeWith(websocket.StatusNormalClosure, "terminated")
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
+	case t == "ping" && !c.legacy:
+		c.write(nil, outbound{Type: "pong"})
+	case t == "pong" && !c.legacy:
+		c.lastPong.Store(time.Now().UnixNano())
+	case t == "connection_terminate" && c.legacy:
+		c.closeWith(websocket.StatusNormalClosure, "terminated")
 	default:
 		c.closeWith(closeInvalidMessage, "Invalid message received")
 	}
@@ -371,28 +343,29 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 	running := len(c.ops)
 	c.mu.Unlock()
 	if live {
-		c.closeWith(closeDuplicateID, closeReason("Subscriber for "+id+" already exists"))
+		reason := "Subscriber for " + id + " already exists"
+		if len(reason) > 123 { // what a close frame holds
+			reason = strings.ToValidUTF8(reason[:120], "") + "..."
+		}
+		c.closeWith(closeDuplicateID, reason)
 		return
 	}
 	if running >= MaxSocketOperations {
-		c.sendError(id, gqlerror.List{coded(wire.CodeOperationLimit,
+		c.sendError(nil, id, gqlerror.List{coded(wire.CodeOperationLimit,
 			"this socket runs %d operations already, the most it may", MaxSocketOperations)})
 		return
 	}
-	params, perr := decodeRequest(payload)
+	params, perr := decodeRequest(payload, c.header)
 	if perr != nil {
-		c.sendError(id, gqlerror.List{perr})
+		c.sendError(nil, id, gqlerror.List{perr})
 		return
 	}
-	params.Headers = c.header
-	now := graphql.Now()
-	params.ReadTime = graphql.TraceTiming{Start: now, End: now}
 
 	ctx := graphql.StartOperationTrace(c.ctx)
 	opCtx, errs := c.exec.CreateOperationContext(ctx, params)
 	if errs != nil {
 		resp := c.exec.DispatchError(graphql.WithOperationContext(ctx, opCtx), errs)
-		c.sendError(id, resp.Errors)
+		c.sendError(nil, id, resp.Errors)
 		return
 	}
 	ctx, cancel := context.WithCancel(graphql.WithOperationContext(ctx, opCtx))
@@ -419,7 +392,7 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 			if !errors.As(err, &gqlErr) {
 				gqlErr = coded(keystore.EINTERNAL, wire.InternalMessage)
 			}
-			c.sendError(id, gqlerror.List{gqlErr}, op)
+			c.sendError(op, id, gqlerror.List{gqlErr})
 		}
 	}()
 	next := "next"
@@ -448,12 +421,8 @@ func (c *socket) removeLocked(id string, op *socketOp) {
 }
 
 // sendError sends an operation's one error message: nothing follows it.
-func (c *socket) sendError(id string, errs gqlerror.List, op ...*socketOp) {
-	var o *socketOp
-	if len(op) > 0 {
-		o = op[0]
-	}
-	c.write(o, outbound{ID: id, Type: "error", Payload: errs})
+func (c *socket) sendError(op *socketOp, id string, errs gqlerror.List) {
+	c.write(op, outbound{ID: id, Type: "error", Payload: errs})
 }
 
 // write sends msg unless the socket is closing or op (if any) was completed by the
@@ -620,17 +589,4 @@ func (c *socket) supervise() {
 			}
 		}
 	}
-}
-
-func isObjectOrNull(raw json.RawMessage) bool {
-	var obj map[string]json.RawMessage
-	return len(raw) == 0 || json.Unmarshal(raw, &obj) == nil
-}
-
-// closeReason cuts a close reason to the 123 bytes a close frame holds.
-func closeReason(s string) string {
-	if len(s) > 123 {
-		return strings.ToValidUTF8(s[:120], "") + "..."
-	}
-	return s
 }
