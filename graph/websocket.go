@@ -74,8 +74,21 @@ var _ graphql.Transport = websocketTransport{}
 func (websocketTransport) Supports(r *http.Request) bool { return isWebsocket(r) }
 
 func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	if msg := handshakeProblem(r); msg != "" {
-		refuse(w, r, coded(wire.CodeBadRequest, "websocket upgrade refused: %s", msg))
+	// A handshake the library would refuse is refused with a coded JSON error rather
+	// than the library's text.
+	problem := ""
+	switch {
+	case r.Method != http.MethodGet:
+		problem = "the handshake must be a GET"
+	case !hasToken(r.Header, "Connection", "upgrade"):
+		problem = "Connection: upgrade is missing"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		problem = "Sec-WebSocket-Version must be 13"
+	case r.Header.Get("Sec-WebSocket-Key") == "":
+		problem = "Sec-WebSocket-Key is missing"
+	}
+	if problem != "" {
+		refuse(w, r, coded(wire.CodeBadRequest, "websocket upgrade refused: %s", problem))
 		return
 	}
 	held := &heldConn{}
@@ -102,22 +115,6 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 		idleFrom: time.Now(),
 	}
 	c.serve()
-}
-
-// handshakeProblem says what makes r no websocket handshake that the library would
-// accept, so that it is refused with a coded JSON error rather than the library's text.
-func handshakeProblem(r *http.Request) string {
-	switch {
-	case r.Method != http.MethodGet:
-		return "the handshake must be a GET"
-	case !hasToken(r.Header, "Connection", "upgrade"):
-		return "Connection: upgrade is missing"
-	case r.Header.Get("Sec-WebSocket-Version") != "13":
-		return "Sec-WebSocket-Version must be 13"
-	case r.Header.Get("Sec-WebSocket-Key") == "":
-		return "Sec-WebSocket-Key is missing"
-	}
-	return ""
 }
 
 // hijackInto hands the library the connection Hijack takes over as a heldConn, so
@@ -269,19 +266,16 @@ func (c *socket) serve() {
 		if err != nil {
 			return
 		}
-		if c.closing.Load() {
-			continue // waiting for the client's close
-		}
-		if typ != websocket.MessageText {
-			c.closeWith(websocket.StatusUnsupportedData, "binary messages are not supported")
-			continue
-		}
 		var msg inbound
-		if err := json.Unmarshal(data, &msg); err != nil {
+		switch {
+		case c.closing.Load(): // waiting for the client's close
+		case typ != websocket.MessageText:
+			c.closeWith(websocket.StatusUnsupportedData, "binary messages are not supported")
+		case json.Unmarshal(data, &msg) != nil:
 			c.closeWith(closeInvalidMessage, "Invalid message received")
-			continue
+		default:
+			c.handle(msg)
 		}
-		c.handle(msg)
 	}
 }
 
@@ -399,7 +393,9 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 	if c.legacy {
 		next = "data"
 	}
-	if execute(ctx, c.exec, opCtx, c.opts.fanout, newSocketSink(c, op, id, next), func(resp *graphql.Response) bool {
+	quotedID, _ := json.Marshal(id)
+	sink := &socketSink{c: c, op: op, suffix: []byte(`,"id":` + string(quotedID) + `,"type":"` + next + `"}`)}
+	if execute(ctx, c.exec, opCtx, c.opts.fanout, sink, func(resp *graphql.Response) bool {
 		return c.write(op, outbound{ID: id, Type: next, Payload: resp})
 	}) {
 		// Unless the client completed the operation, or the socket is closing (write
@@ -475,15 +471,6 @@ type socketSink struct {
 // socketNextPrefix opens a next (or legacy data) message, as outbound is marshalled.
 var socketNextPrefix = []byte(`{"payload":`)
 
-func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
-	quotedID, _ := json.Marshal(id)
-	suffix := append([]byte(`,"id":`), quotedID...)
-	suffix = append(suffix, `,"type":"`...)
-	suffix = append(suffix, next...)
-	suffix = append(suffix, `"}`...)
-	return &socketSink{c: c, op: op, suffix: suffix}
-}
-
 // Queue implements fanout.Sink: each payload becomes one message, written at Flush.
 func (k *socketSink) Queue(payloads [][]byte) (int, error) {
 	before := len(k.pending)
@@ -546,9 +533,9 @@ func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 // stops answering), sends legacy clients keep-alives, closes an idle socket, and
 // closes every socket when the server shuts down.
 func (c *socket) supervise() {
-	interval := c.opts.pingInterval
+	interval, beat := c.opts.pingInterval, "ping"
 	if c.legacy {
-		interval = c.opts.keepAlive
+		interval, beat = c.opts.keepAlive, "ka"
 	}
 	// Each clock is looked at four times within its span, so none runs late by more
 	// than a quarter of it.
@@ -558,34 +545,24 @@ func (c *socket) supervise() {
 	nextBeat := started.Add(interval)
 	for {
 		select {
-		case <-c.ctx.Done():
+		case <-c.ctx.Done(): // closeWith cancels it too: the first close stands
 			c.closeWith(websocket.StatusNormalClosure, "terminated")
 			return
 		case now := <-ticker.C:
 			c.mu.Lock()
 			idleFrom := c.idleFrom
 			c.mu.Unlock()
-			switch {
-			case !c.acked.Load():
-				if now.Sub(started) >= c.opts.initTimeout {
-					c.closeWith(closeInitTimeout, "Connection initialisation timeout")
-					return
-				}
-				continue
+			switch acked := c.acked.Load(); {
+			case !acked && now.Sub(started) >= c.opts.initTimeout:
+				c.closeWith(closeInitTimeout, "Connection initialisation timeout")
+			case !acked:
 			case !idleFrom.IsZero() && now.Sub(idleFrom) >= c.opts.idleTimeout:
 				c.closeWith(websocket.StatusNormalClosure, "idle for too long")
-				return
 			case !c.legacy && now.Sub(time.Unix(0, c.lastPong.Load())) > 2*interval:
 				c.closeWith(websocket.StatusGoingAway, "ping not answered")
-				return
-			case now.Before(nextBeat):
-				continue
-			}
-			nextBeat = now.Add(interval)
-			if c.legacy {
-				c.write(nil, outbound{Type: "ka"})
-			} else {
-				c.write(nil, outbound{Type: "ping"})
+			case !now.Before(nextBeat):
+				nextBeat = now.Add(interval)
+				c.write(nil, outbound{Type: beat})
 			}
 		}
 	}
