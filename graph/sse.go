@@ -62,8 +62,7 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	if st.write([]byte(":\n\n")) != nil {
 		return
 	}
-	stopPings := st.keepAlive(ctx, t.keepAlive)
-	defer stopPings()
+	defer st.keepAlive(t.keepAlive)()
 
 	if opErr != nil {
 		if !st.event(exec.DispatchError(ctx, opErr)) {
@@ -85,66 +84,64 @@ type sseStream struct {
 
 	mu      sync.Mutex
 	last    time.Time // of the last write
-	broken  bool
-	pending []byte // events queued for the next Flush
+	over    bool      // nothing more is written: a write failed, or the stream ended
+	pending []byte    // events queued for the next Flush
 }
 
-// write writes b and flushes it, unless the stream has failed.
+var errStreamOver = errors.New("the stream can no longer be written")
+
+// write writes b and flushes it, unless the stream is over.
 func (st *sseStream) write(b []byte) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return st.writeLocked(b)
 }
 
-var errStreamBroken = errors.New("the stream can no longer be written")
-
 func (st *sseStream) writeLocked(b []byte) error {
-	if st.broken {
-		return errStreamBroken
+	if st.over {
+		return errStreamOver
 	}
 	st.last = time.Now()
-	if err := st.rc.SetWriteDeadline(st.last.Add(st.writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return st.brokenLocked(err)
+	err := st.rc.SetWriteDeadline(st.last.Add(st.writeTimeout))
+	if errors.Is(err, http.ErrNotSupported) {
+		err = nil
 	}
-	if _, err := st.w.Write(b); err != nil {
-		return st.brokenLocked(err)
+	if err == nil {
+		_, err = st.w.Write(b)
 	}
-	if err := st.rc.Flush(); err != nil {
-		return st.brokenLocked(err)
+	if err == nil {
+		err = st.rc.Flush()
 	}
-	return nil
-}
-
-func (st *sseStream) brokenLocked(err error) error {
-	st.broken = true
-	st.fail()
+	if err != nil {
+		st.over = true
+		st.fail()
+	}
 	return err
 }
 
 // event writes resp as a next event, and reports whether it did.
 func (st *sseStream) event(resp *graphql.Response) bool {
 	b, err := json.Marshal(resp)
-	return err == nil && st.write(appendNextEvent(nil, b)) == nil
-}
-
-func appendNextEvent(b, payload []byte) []byte {
-	b = append(b, "event: next\ndata: "...)
-	b = append(b, payload...)
-	return append(b, "\n\n"...)
+	if err != nil {
+		return false
+	}
+	_, _ = st.Queue([][]byte{b})
+	return st.Flush(nil, nil) == nil
 }
 
 // Queue implements fanout.Sink.
 func (st *sseStream) Queue(payloads [][]byte) (int, error) {
+	const next, end = "event: next\ndata: ", "\n\n"
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	before := len(st.pending)
 	need := 0
 	for _, p := range payloads {
-		need += len("event: next\ndata: \n\n") + len(p)
+		need += len(next) + len(p) + len(end)
 	}
 	st.pending = fanout.Grow(st.pending, need)
 	for _, p := range payloads {
-		st.pending = appendNextEvent(st.pending, p)
+		st.pending = append(append(append(st.pending, next...), p...), end...)
 	}
 	return len(st.pending) - before, nil
 }
@@ -160,32 +157,28 @@ func (st *sseStream) Flush(_ func(func()), _ func()) error {
 	return err
 }
 
-// keepAlive writes a ": ping" comment whenever nothing was written for interval,
-// until ctx ends or the returned stop is called.
-func (st *sseStream) keepAlive(ctx context.Context, interval time.Duration) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		timer := time.NewTimer(interval)
-		defer timer.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-timer.C:
-			}
-			st.mu.Lock()
-			idle := time.Since(st.last)
-			var err error
-			if idle >= interval {
-				err, idle = st.writeLocked([]byte(": ping\n\n")), 0
-			}
-			st.mu.Unlock()
-			if err != nil {
+// keepAlive writes a ": ping" comment whenever nothing was written for interval, until
+// the stop it returns ends the stream.
+func (st *sseStream) keepAlive(interval time.Duration) (stop func()) {
+	st.mu.Lock() // the timer is set before its function reads it
+	defer st.mu.Unlock()
+	var timer *time.Timer
+	timer = time.AfterFunc(interval, func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		idle := time.Since(st.last)
+		if idle >= interval {
+			if st.writeLocked([]byte(": ping\n\n")) != nil {
 				return
 			}
-			timer.Reset(interval - idle)
+			idle = 0
 		}
+		timer.Reset(interval - idle)
 	})
-	return func() { cancel(); wg.Wait() }
+	return func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		st.over = true
+		timer.Stop()
+	}
 }
