@@ -2,6 +2,7 @@ package graph
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,10 +34,9 @@ type ServerOptions struct {
 	// Origin header and same-origin ones always may (middleware.Origins' rule);
 	// others only if CheckOrigin says so. Nil allows no others.
 	CheckOrigin func(r *http.Request) bool
-	// PingPongInterval overrides the default PingPongInterval (for tests).
-	PingPongInterval time.Duration
-	// WebsocketInitTimeout and WebsocketIdleTimeout override the defaults (for tests).
-	WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
+	// PingPongInterval, WebsocketInitTimeout and WebsocketIdleTimeout override the
+	// defaults of those names (for tests).
+	PingPongInterval, WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
 	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
 	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
 	MaxGenerate int
@@ -63,10 +63,7 @@ func init() {
 // its extensions: a query cache and automatic persisted queries bounded in bytes, the
 // document limits, a complexity limit, and errors coded in one place.
 func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
+	logger := cmp.Or(opts.Logger, slog.Default())
 	checkOrigin := middleware.Origins{}.CheckOrigin
 	if widen := opts.CheckOrigin; widen != nil {
 		checkOrigin = func(r *http.Request) bool { return middleware.Origins{}.CheckOrigin(r) || widen(r) }
@@ -177,8 +174,8 @@ func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 
 // guard refuses, before any transport sees them, websocket upgrades from a foreign
 // origin (403) and request bodies over MaxBodyBytes (413), and a JSON body that is not
-// one JSON object within the JSON limits (400). The body is read here, bounded, and
-// handed on.
+// one JSON object within the JSON limits (400), checked through the gate if it is
+// large. The body is read here, bounded, and handed on.
 func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGate) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isWebsocket(r) && !checkOrigin(r) {
@@ -190,12 +187,17 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGat
 			return
 		}
 		body, err := readBody(w, r)
-		if err == nil && isJSON(r) {
-			if len(body) == 0 {
-				err = coded(wire.CodeBadRequest, "the request has no body")
-			} else {
-				err = checkGated(r.Context(), gate, body)
-			}
+		switch {
+		case err != nil || !isJSON(r):
+		case len(body) == 0:
+			err = coded(wire.CodeBadRequest, "the request has no body")
+		case len(body) < costlyBodyBytes:
+			err = checkJSON(body)
+		case gate.enter(r.Context()) != nil:
+			err = coded(wire.CodeBadRequest, "the request was cancelled")
+		default:
+			err = checkJSON(body)
+			gate.leave()
 		}
 		if err != nil {
 			refuse(w, r, err)
@@ -204,17 +206,6 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGat
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
-}
-
-// checkGated checks a JSON body, through the gate if it is large.
-func checkGated(ctx context.Context, gate costGate, body []byte) *gqlerror.Error {
-	if len(body) >= costlyBodyBytes {
-		if gate.enter(ctx) != nil {
-			return coded(wire.CodeBadRequest, "the request was cancelled")
-		}
-		defer gate.leave()
-	}
-	return checkJSON(body)
 }
 
 // readBody reads r's body, at most MaxBodyBytes, into one buffer of its size.
