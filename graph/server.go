@@ -43,7 +43,7 @@ type ServerOptions struct {
 	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
 	Fanout fanout.Observer
 	// FanoutWorkers bounds the subscriptions that encode events at once; 0 means
-	// fanout.Workers().
+	// fanout.New's default.
 	FanoutWorkers int
 }
 

@@ -16,11 +16,9 @@ import (
 )
 
 // A Plan encodes the events of one keyEvents selection straight to the response
-// gqlgen would send for each (`{"data":{"keyEvents":{…}}}`, aliases, fragments and
-// @skip/@include resolved by graphql.CollectFields), without executing the selection
-// per event and per subscriber. Subscriptions with the same selection share one plan,
-// and its recent payloads, so that an event is encoded once per distinct selection and
-// the same bytes go to every subscriber that wants them.
+// gqlgen would send for each (aliases, fragments and @skip/@include resolved by
+// graphql.CollectFields), without executing the selection per event and subscriber.
+// Subscriptions with the same selection share one plan and its recent payloads.
 type Plan struct {
 	key     string
 	root    string // the response name of keyEvents
@@ -69,14 +67,12 @@ type payload struct {
 	bytes []byte
 }
 
-// The payload cache, bounded in bytes: each of the first maxCachedPlans distinct
-// selections keeps the payloads of its last events, as many as planCacheBytes holds
-// at its largest payload, up to a ring's worth (the whole of KeyEvent fits), so that
-// subscribers of one selection share each encoding however far apart in the ring
-// their turns find them (under overload they are far apart). A selection whose
-// payloads are too large for minCacheSlots is not cached, nor are the selections
-// after the first maxCachedPlans: they encode for each subscriber, still without
-// gqlgen's execution.
+// The payload cache, bounded in bytes: each of the first maxCachedPlans selections
+// keeps the payloads of its last events, as many as planCacheBytes holds at its
+// largest payload, up to a ring's worth (the whole of KeyEvent fits), so that its
+// subscribers share each encoding however far apart in the ring their turns find them
+// (under overload, far). Other selections, or ones too large for minCacheSlots,
+// encode for each subscriber, still without gqlgen's execution.
 const (
 	maxCachedPlans  = 2
 	planCacheBytes  = 16 << 20
@@ -102,11 +98,10 @@ var keyEventFragmentTypes = []string{"KeyEvent"}
 // (a deferred fragment).
 func (s *Plans) ForField(ctx context.Context) *Plan {
 	fc := graphql.GetFieldContext(ctx)
-	opCtx := graphql.GetOperationContext(ctx)
-	if fc == nil || opCtx == nil {
+	if fc == nil {
 		return nil
 	}
-	collected := graphql.CollectFields(opCtx, fc.Field.Selections, keyEventFragmentTypes)
+	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, keyEventFragmentTypes)
 	fields := make([]planField, 0, len(collected))
 	var key strings.Builder
 	key.WriteString(fc.Field.Alias)
@@ -116,10 +111,7 @@ func (s *Plans) ForField(ctx context.Context) *Plan {
 			return nil
 		}
 		fields = append(fields, planField{alias: f.Alias, value: value})
-		key.WriteByte(0)
-		key.WriteString(f.Alias)
-		key.WriteByte(1)
-		key.WriteString(f.Name)
+		key.WriteString("\x00" + f.Alias + "\x01" + f.Name)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -152,7 +144,7 @@ func newPlan(key, root string, fields []planField, s *Plans) *Plan {
 	return p
 }
 
-// release drops a reference to p; the last one forgets it.
+// Release drops a reference to p; the last one forgets it.
 func (p *Plan) Release() {
 	s := p.set
 	s.mu.Lock()
