@@ -20,23 +20,18 @@ import (
 // document limits answer with it too.
 const codeComplexity = "COMPLEXITY_LIMIT_EXCEEDED"
 
-// operationChecks is keypool's extension of the executor, used after the automatic
-// persisted queries' extension and the complexity limit.
-//
-// As a parameter mutator it checks each new document against the document limits
-// (limits.go) before gqlgen parses and validates it: gqlparser's validator and gqlgen's
-// complexity walk are quadratic or worse in some shapes (repeated fields, fragment
-// fan-out), and gqlgen validates before the complexity limit runs. It sees the query
-// the persisted queries' extension looked up, and skips documents the query cache
-// holds: those passed already. The check is one pass over the text (tokens, nesting,
-// lengths), a parse with the token limit, then one walk of the syntax tree that writes
-// every fragment spread out as the validator would and stops at the first limit
-// passed: each step linear in what the limits allow.
-//
-// As the last operation-context mutator it sees only operations that passed
-// validation, variables and the complexity limit (gqlgen stops at the first mutator
-// that fails): it refuses a subscription over plain HTTP, and anything but a query
-// over GET, then commits the operation's parked cache additions (admission).
+// operationChecks is keypool's extension of the executor, used after the persisted
+// queries' and the complexity limit. As a parameter mutator it checks each document
+// the query cache does not hold against the document limits (limits.go) before gqlgen
+// parses and validates it: gqlparser's validator and gqlgen's complexity walk are
+// quadratic or worse in some shapes (repeated fields, fragment fan-out), and gqlgen
+// validates before the complexity limit runs. The check is one pass over the text,
+// a parse with the token limit, then one walk of the syntax tree that writes every
+// fragment spread out as the validator would: each step linear in what the limits
+// allow. As the last operation-context mutator it sees only operations that passed
+// every check (gqlgen stops at the first that fails): it refuses a subscription over
+// plain HTTP and anything but a query over GET, then commits the operation's parked
+// cache additions (admission).
 type operationChecks struct {
 	docs *boundedCache[*ast.QueryDocument]
 }
@@ -89,10 +84,9 @@ func (operationChecks) MutateOperationContext(ctx context.Context, opCtx *graphq
 	return nil
 }
 
-// astBytesPerToken estimates what a parsed document costs in memory per token of its
-// text (gqlparser allocates a node, a position and often a slice per token), rounded
-// up from what it was measured at, so that the query cache is bounded by what it
-// really holds (TestCachesAreBoundedInBytes checks the heap).
+// astBytesPerToken is what a parsed document costs in memory per token (gqlparser
+// allocates a node, a position and often a slice per token), rounded up from what it
+// was measured at, so that the query cache is bounded by what it really holds.
 const astBytesPerToken = 400
 
 // documentCost is the query cache's estimate of a parsed document's memory.
@@ -100,11 +94,10 @@ func documentCost(queryBytes, tokens int) int {
 	return queryBytes + tokens*astBytesPerToken
 }
 
-// scanDocument is the pass over the text: it counts tokens (comments included), and
-// checks the nesting of brackets, braces and parentheses, the length of names and
-// numbers, and the bytes of string literals, without allocating. It follows
-// GraphQL's lexical grammar closely enough to count; whatever it lets through,
-// gqlparser judges, under the same token limit.
+// scanDocument counts the tokens of q (comments included) and checks its nesting, the
+// length of its names and numbers and the bytes of its strings, without allocating.
+// It follows GraphQL's lexical grammar closely enough to count; gqlparser judges
+// whatever it lets through, under the same token limit.
 func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 	depth, stringBytes := 0, 0
 	for i := 0; i < len(q); {
@@ -193,8 +186,8 @@ func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
-// measure walks a parsed document as the validator will, fragment spreads written
-// out, and keeps the first limit passed.
+// measure walks a parsed document as the validator will, fragment spreads written out,
+// and keeps the first limit passed.
 type measure struct {
 	fragments map[string]*ast.FragmentDefinition
 	spreading map[string]bool // the fragments being written out on the current path
@@ -308,10 +301,10 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 // admission holds what one operation would add to the caches. gqlgen adds a document
 // to the query cache once it validates, before the complexity limit has looked at
 // it, and the persisted queries' extension adds a text before it is even parsed; the
-// caches park those additions here, and operationChecks commits them only once every
+// caches park those additions here, and operationChecks commits them once every
 // check has passed. An operation that fails leaves no trace in either cache.
 type admission struct {
-	docCost int      // documentCost of the query, if documentLimits measured it
+	docCost int      // documentCost of the query, if operationChecks measured it
 	commits []func() // parked additions
 }
 
@@ -324,23 +317,22 @@ func admissionFor(ctx context.Context) *admission {
 	if !graphql.HasOperationContext(ctx) {
 		return nil
 	}
-	opCtx := graphql.GetOperationContext(ctx)
-	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
-		return a
+	stats := &graphql.GetOperationContext(ctx).Stats
+	a, ok := stats.GetExtension(admissionName).(*admission)
+	if !ok {
+		a = &admission{}
+		stats.SetExtension(admissionName, a)
 	}
-	a := &admission{}
-	opCtx.Stats.SetExtension(admissionName, a)
 	return a
 }
 
 // generateKeysComplexity returns the complexity of generateKeys: its selection, once
-// (its answer is written without gqlgen's per-key work: keylist.go), plus its keys'
-// share of generateShare, which -max-generate keys take whole. Making a key is what
-// costs, so a request may make -max-generate keys with any selection and some other
-// fields, and never more than 4/3 of that in all however it aliases generateKeys:
-// mutation fields run one after another, so without it 100 aliases of
-// generateKeys(count: 10000) would make a million keys at once. A count the store
-// refuses (outside 1..maxGenerate) costs 1: it is refused before a key is made.
+// (keylist.go writes the keys without gqlgen's per-key work), plus its keys' share of
+// generateShare, which -max-generate keys take whole. Making keys is what costs, and
+// mutation fields run one after another: without it, 100 aliases of
+// generateKeys(count: 10000) would make a million keys at once; with it, a request
+// makes at most 4/3 of -max-generate keys. A count the store refuses costs 1: it
+// makes no key.
 func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64) int {
 	return func(childComplexity int, count int64) int {
 		if count < 1 || count > int64(maxGenerate) {
@@ -355,9 +347,8 @@ func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int
 const generateShare = ComplexityLimit * 3 / 4
 
 // acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an
-// acquire that may wait: mutation fields run one after another, so 100 aliases of
-// acquireKey(wait: "30s") would hold their request for 50 minutes. With it, an
-// operation waits at most once, for at most keystore.MaxWait.
+// acquire that may wait: without it, 100 aliases of acquireKey(wait: "30s") would hold
+// their request for 50 minutes; with it, an operation waits at most once.
 func acquireKeyComplexity(childComplexity int, _ *time.Duration, wait *time.Duration) int {
 	c := 1 + childComplexity
 	if wait != nil && *wait > 0 {

@@ -38,27 +38,24 @@ const (
 	closeTooManyInits   websocket.StatusCode = 4429
 )
 
-// websocketTransport is GraphQL over a websocket, in both subprotocols: a small state
-// machine of the protocol on coder/websocket's connection, every operation through
-// the executor. It is keypool's rather than gqlgen's, whose transport sends complete
-// after an operation's error (graphql-transport-ws forbids it, and graphql-ws clients
-// then miscount their operations), lets a duplicate operation id replace the first,
-// and bounds neither the operations of a socket nor how long it may stay idle. Here,
-// as PROTOCOL.md has it:
-//   - an operation refused before it runs (a bad payload, parse, validation,
-//     variables, complexity, or one operation more than MaxSocketOperations) gets one
-//     error message and nothing after it;
-//   - an operation that runs gets next messages then complete, unless the client
-//     completed it first: then nothing more;
-//   - a subscribe whose id is live closes the socket with 4409, one before
-//     connection_init with 4401, a second connection_init with 4429, an invalid
-//     message with 4400 (a binary one with 1003, one over MaxBodyBytes with 1009), a
-//     missing connection_init after WebsocketInitTimeout with 4408, and a socket with
-//     no operation for WebsocketIdleTimeout with 1000;
+// websocketTransport is GraphQL over a websocket, in both subprotocols: a state
+// machine of the protocol on coder/websocket, every operation through the executor.
+// It is keypool's, not gqlgen's, whose transport sends complete after an operation's
+// error (graphql-transport-ws forbids it; graphql-ws clients then miscount), lets a
+// duplicate id replace an operation, and bounds neither a socket's operations nor its
+// idle time. Here, as PROTOCOL.md has it:
+//   - an operation refused before it runs (bad payload, parse, validation, variables,
+//     complexity, one more than MaxSocketOperations) gets one error message, no more;
+//   - one that runs gets next messages then complete, unless the client completed it;
+//   - the socket closes with 4409 for a subscribe whose id is live, 4401 for one
+//     before connection_init, 4429 for a second connection_init, 4400 for an invalid
+//     message (1003 a binary one, 1009 one over MaxBodyBytes), 4408 without
+//     connection_init after WebsocketInitTimeout, 1000 after WebsocketIdleTimeout
+//     without an operation;
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
 //
-// Its options are its timings (limits.go's, or shorter in tests).
+// Its fields are its timings (limits.go's, or shorter in tests).
 type websocketTransport struct {
 	initTimeout  time.Duration
 	idleTimeout  time.Duration
@@ -133,9 +130,9 @@ func (h hijackInto) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return h.held, bufio.NewReadWriter(rw.Reader, bufio.NewWriter(h.held)), nil
 }
 
-// heldConn is the connection under the websocket library. Between hold and release,
-// what the library writes (whole frames) is gathered rather than sent, and release
-// sends it in one write: the events of a subscriber that is behind go out together.
+// heldConn is the connection under the websocket library. What the library writes
+// between hold and release is gathered, and release sends it in one write: the events
+// of a subscriber that is behind go out together.
 type heldConn struct {
 	net.Conn
 	mu      sync.Mutex
@@ -438,9 +435,9 @@ func (c *socket) write(op *socketOp, msg outbound) bool {
 // errSilenced: the operation or its socket is over; nothing more is sent for it.
 var errSilenced = errors.New("the operation is over")
 
-// send runs write, which writes through the library, one at a time, unless the socket
-// is closing or op was completed by the client. A write that fails, or that the
-// client does not take within the write timeout, loses the connection.
+// send runs write (through the library), one at a time, unless the socket is closing
+// or op was completed by the client. A write that fails, or that the client does not
+// take within the write timeout, loses the connection.
 func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error {
 	c.writing.Lock()
 	defer c.writing.Unlock()
@@ -518,8 +515,7 @@ func (k *socketSink) Flush(inTurn func(func()), stalled func()) error {
 }
 
 // closeWith begins closing the socket with code: operations stop silently, the close
-// message goes out, and the reader waits for the client's answer (the library gives
-// it a few seconds, then closes the connection).
+// message goes out, and the reader waits a few seconds for the client's answer.
 func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 	if c.closing.Swap(true) {
 		return
@@ -528,17 +524,15 @@ func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 	c.wg.Go(func() { _ = c.conn.Close(code, reason) })
 }
 
-// supervise keeps the socket's clocks: it closes a socket that sent no
-// connection_init in time, pings graphql-transport-ws clients (and drops one that
-// stops answering), sends legacy clients keep-alives, closes an idle socket, and
-// closes every socket when the server shuts down.
+// supervise keeps the socket's clocks (connection_init, pings or keep-alives, idle),
+// and closes the socket when the server shuts down.
 func (c *socket) supervise() {
 	interval, beat := c.opts.pingInterval, "ping"
 	if c.legacy {
 		interval, beat = c.opts.keepAlive, "ka"
 	}
-	// Each clock is looked at four times within its span, so none runs late by more
-	// than a quarter of it.
+	// Each clock is looked at four times within its span: none runs late by more than
+	// a quarter of it.
 	ticker := time.NewTicker(max(min(interval, c.opts.initTimeout, c.opts.idleTimeout)/4, 10*time.Millisecond))
 	defer ticker.Stop()
 	started := time.Now()
