@@ -2,7 +2,6 @@ package graph
 
 import (
 	"context"
-	"net/http"
 	"runtime"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -57,22 +56,4 @@ func (e gatedExecutor) CreateOperationContext(ctx context.Context, params *graph
 	}
 	defer e.gate.leave()
 	return e.Executor.CreateOperationContext(ctx, params)
-}
-
-// endpoint is the /graphql handler: the first transport that supports a request
-// serves it, with the gated executor. (gqlgen's handler.Server does the same, but
-// hands its transports its own executor.)
-type endpoint struct {
-	transports []graphql.Transport
-	exec       graphql.GraphExecutor
-}
-
-func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	for _, t := range e.transports {
-		if t.Supports(r) {
-			t.Do(w, r.WithContext(graphql.StartOperationTrace(r.Context())), e.exec)
-			return
-		}
-	}
-	refuse(w, r, coded(wire.CodeBadRequest, "not a GraphQL request"))
 }

@@ -30,16 +30,12 @@ import (
 //     a body that is not JSON 415; a subscription over plain HTTP 400;
 //   - every refusal is a coded JSON error.
 //
-// guard has bounded and checked the body before (the body limits).
+// endpoint has bounded and checked the body before (the body limits). It serves what
+// the websocket and SSE transports do not.
 type httpTransport struct {
 	post transport.POST
 	get  transport.GET
 }
-
-var _ graphql.Transport = httpTransport{}
-
-// Supports takes every request the websocket and SSE transports do not: it is last.
-func (httpTransport) Supports(r *http.Request) bool { return !isWebsocket(r) }
 
 func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	switch r.Method {

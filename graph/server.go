@@ -64,18 +64,10 @@ func init() {
 // document limits, a complexity limit, and errors coded in one place.
 func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	logger := cmp.Or(opts.Logger, slog.Default())
-	checkOrigin := middleware.Origins{}.CheckOrigin
-	if widen := opts.CheckOrigin; widen != nil {
-		checkOrigin = func(r *http.Request) bool { return middleware.Origins{}.CheckOrigin(r) || widen(r) }
-	}
 	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
 
 	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
-	maxGenerate := opts.MaxGenerate
-	if maxGenerate <= 0 {
-		maxGenerate = keystore.DefaultMaxGenerate
-	}
-	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	exec := executor.New(NewExecutableSchema(cfg))
 
@@ -99,26 +91,20 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))
 
-	gate := newCostGate()
-	srv := endpoint{
-		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
-		transports: []graphql.Transport{
-			websocketTransport{
-				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
-				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
-				writeTimeout: WebsocketWriteTimeout,
-				pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
-				keepAlive:    KeepAlivePingInterval,
-				logger:       logger,
-				fanout:       fan,
-			},
-			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
-			// Last: it answers whatever the others do not.
-			httpTransport{},
+	return endpoint{
+		exec:        gatedExecutor{Executor: exec, gate: newCostGate(), docs: docs},
+		widenOrigin: opts.CheckOrigin,
+		ws: websocketTransport{
+			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
+			idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
+			writeTimeout: WebsocketWriteTimeout,
+			pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
+			keepAlive:    KeepAlivePingInterval,
+			logger:       logger,
+			fanout:       fan,
 		},
+		sse: sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
 	}
-	return guard(srv, checkOrigin, gate)
 }
 
 // errorPresenter is the one place where errors become extensions.code. A keystore
@@ -172,20 +158,25 @@ func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 	}
 }
 
-// guard refuses, before any transport sees them, websocket upgrades from a foreign
-// origin (403) and request bodies over MaxBodyBytes (413), and a JSON body that is not
-// one JSON object within the JSON limits (400), checked through the gate if it is
-// large. The body is read here, bounded, and handed on.
-func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGate) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isWebsocket(r) && !checkOrigin(r) {
-			refuse(w, r, coded(wire.CodeForbidden, "websocket origin not allowed"))
-			return
-		}
-		if r.Method != http.MethodPost {
-			next.ServeHTTP(w, r)
-			return
-		}
+// endpoint is the /graphql handler. Before any transport sees a request, it refuses
+// websocket upgrades from a foreign origin (403), bodies over MaxBodyBytes (413), and
+// a JSON body that is not one JSON object within the JSON limits (400), checked
+// through the gate if it is large; it reads the body, bounded, and hands it on. Then
+// the request's transport serves it with the gated executor (gqlgen's handler.Server
+// would hand its transports its own executor).
+type endpoint struct {
+	exec        gatedExecutor
+	widenOrigin func(*http.Request) bool // ServerOptions.CheckOrigin
+	ws          websocketTransport
+	sse         sseTransport
+}
+
+func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if isWebsocket(r) && !(middleware.Origins{}).CheckOrigin(r) && (e.widenOrigin == nil || !e.widenOrigin(r)) {
+		refuse(w, r, coded(wire.CodeForbidden, "websocket origin not allowed"))
+		return
+	}
+	if r.Method == http.MethodPost {
 		body, err := readBody(w, r)
 		switch {
 		case err != nil || !isJSON(r):
@@ -193,19 +184,27 @@ func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGat
 			err = coded(wire.CodeBadRequest, "the request has no body")
 		case len(body) < costlyBodyBytes:
 			err = checkJSON(body)
-		case gate.enter(r.Context()) != nil:
+		case e.exec.gate.enter(r.Context()) != nil:
 			err = coded(wire.CodeBadRequest, "the request was cancelled")
 		default:
 			err = checkJSON(body)
-			gate.leave()
+			e.exec.gate.leave()
 		}
 		if err != nil {
 			refuse(w, r, err)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		next.ServeHTTP(w, r)
-	})
+	}
+	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+	switch {
+	case isWebsocket(r):
+		e.ws.Do(w, r, e.exec)
+	case e.sse.Supports(r): // before POST's: both take a POST
+		e.sse.Do(w, r, e.exec)
+	default:
+		httpTransport{}.Do(w, r, e.exec)
+	}
 }
 
 // readBody reads r's body, at most MaxBodyBytes, into one buffer of its size.
@@ -229,9 +228,10 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) 
 	return buf.Bytes(), nil
 }
 
-func orDefault(d, fallback time.Duration) time.Duration {
-	if d > 0 {
-		return d
+// orDefault returns v if it is positive, else fallback.
+func orDefault[T int | time.Duration](v, fallback T) T {
+	if v > 0 {
+		return v
 	}
 	return fallback
 }

@@ -28,8 +28,6 @@ type sseTransport struct {
 	fanout       *fanout.Fanout
 }
 
-var _ graphql.Transport = sseTransport{}
-
 // Supports takes a POST whose Accept header prefers an event stream: it names
 // text/event-stream before any JSON media type (urql names every type it reads, an
 // event stream last, and gets JSON).
@@ -39,7 +37,7 @@ func (sseTransport) Supports(r *http.Request) bool {
 }
 
 func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	body, err := io.ReadAll(r.Body) // guard has bounded and checked it
+	body, err := io.ReadAll(r.Body) // endpoint has bounded and checked it
 	if err != nil {
 		return
 	}

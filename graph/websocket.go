@@ -66,10 +66,6 @@ type websocketTransport struct {
 	fanout       *fanout.Fanout
 }
 
-var _ graphql.Transport = websocketTransport{}
-
-func (websocketTransport) Supports(r *http.Request) bool { return isWebsocket(r) }
-
 func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
 	// A handshake the library would refuse is refused with a coded JSON error rather
 	// than the library's text.
@@ -91,7 +87,7 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 	held := &heldConn{}
 	conn, err := websocket.Accept(hijackInto{ResponseWriter: w, held: held}, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{protocolTransportWS, protocolLegacyWS},
-		InsecureSkipVerify: true, // guard has checked the origin
+		InsecureSkipVerify: true, // endpoint has checked the origin
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
