@@ -38,31 +38,30 @@ type httpTransport struct {
 }
 
 func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	var serve graphql.Transport = t.post
+	var err *gqlerror.Error
 	switch r.Method {
 	case http.MethodOptions:
 		w.Header().Set("Allow", allowedMethods)
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case http.MethodGet:
-		if err := checkQueryString(r.URL.RawQuery); err != nil {
-			refuse(w, r, err)
-			return
-		}
-		aw := &answerWriter{ResponseWriter: w}
-		t.get.Do(aw, withPlainHTTP(r), exec)
-		aw.finish()
+		serve, err = t.get, checkQueryString(r.URL.RawQuery)
 	case http.MethodPost:
 		if !isJSON(r) {
-			refuse(w, r, coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json"))
-			return
+			err = coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json")
 		}
-		aw := &answerWriter{ResponseWriter: w}
-		t.post.Do(aw, withPlainHTTP(r), exec)
-		aw.finish()
 	default:
 		w.Header().Set("Allow", allowedMethods)
-		refuse(w, r, coded(wire.CodeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method))
+		err = coded(wire.CodeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method)
 	}
+	if err != nil {
+		refuse(w, r, err)
+		return
+	}
+	aw := &answerWriter{ResponseWriter: w}
+	serve.Do(aw, r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method)), exec)
+	aw.finish()
 }
 
 const allowedMethods = "GET, POST, OPTIONS"
@@ -255,10 +254,6 @@ func checkQueryString(rawQuery string) *gqlerror.Error {
 // method: a subscription cannot be served there, nor anything but a query over GET
 // (operationChecks).
 type plainHTTPKey struct{}
-
-func withPlainHTTP(r *http.Request) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method))
-}
 
 // decodeRequest reads a GraphQL request from one JSON object under the JSON limits,
 // as gqlgen's POST does (numbers kept exact), for the transports that read their own:
