@@ -20,18 +20,14 @@ import (
 
 // httpTransport is GraphQL over HTTP: gqlgen's own POST and GET transports, with what
 // they answer otherwise than GraphQL-over-HTTP (and graphql-http's audit of it) has
-// it mended around them, and nothing else:
+// it mended around them:
 //   - a request error (one that never ran: parse, validation, variables, complexity)
 //     is 200 under application/json and 400 under application/graphql-response+json,
 //     and carries no data entry at all;
-//   - a body gqlgen cannot read as a request (a query that is not a string, say) is
-//     400 BAD_REQUEST, without echoing the body;
+//   - a body gqlgen cannot read as a request is 400 BAD_REQUEST, not echoed;
 //   - a mutation over GET is 405 with Allow: POST; another method 405 with Allow;
 //     a body that is not JSON 415; a subscription over plain HTTP 400;
 //   - every refusal is a coded JSON error.
-//
-// endpoint has bounded and checked the body before (the body limits). It serves what
-// the websocket and SSE transports do not.
 type httpTransport struct {
 	post transport.POST
 	get  transport.GET
@@ -66,8 +62,8 @@ func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 
 const allowedMethods = "GET, POST, OPTIONS"
 
-// answerWriter passes a successful answer of gqlgen's POST or GET through untouched,
-// and holds back any other (it is small: a list of errors) to mend it in finish.
+// answerWriter passes gqlgen's successful answers through, and holds back any other
+// (it is small: a list of errors) to mend it in finish.
 type answerWriter struct {
 	http.ResponseWriter
 	status int // what gqlgen wrote, while held back
@@ -125,8 +121,7 @@ func codeOf(e *gqlerror.Error) string {
 	return code
 }
 
-// errorsOnly is a response to a request error: the GraphQL-over-HTTP spec has it
-// carry no data entry at all, not even null.
+// errorsOnly is a response to a request error, which carries no data entry at all.
 type errorsOnly struct {
 	Errors     gqlerror.List  `json:"errors"`
 	Extensions map[string]any `json:"extensions,omitempty"`
@@ -145,8 +140,8 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 	return err
 }
 
-// negotiate picks the media type of a refusal from the Accept header: the
-// GraphQL-over-HTTP one when the client names it first, application/json otherwise.
+// negotiate picks a refusal's media type: GraphQL-over-HTTP's if Accept names it
+// first, application/json otherwise.
 func negotiate(r *http.Request) string {
 	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
 		return wire.MediaGraphQLResponse
@@ -192,9 +187,8 @@ func hasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// checkJSON refuses what is not one JSON object, or what holds more values or nests
-// deeper than the limits, before anything decodes it: decoding allocates many times
-// the size of a list of small values.
+// checkJSON refuses what is not one JSON object within the JSON limits before anything
+// decodes it: decoding allocates many times the size of a list of small values.
 func checkJSON(b []byte) *gqlerror.Error {
 	if !json.Valid(b) {
 		return coded(wire.CodeBadRequest, "the request is not one JSON value")
@@ -255,9 +249,8 @@ func checkQueryString(rawQuery string) *gqlerror.Error {
 // (operationChecks).
 type plainHTTPKey struct{}
 
-// decodeRequest reads a GraphQL request from one JSON object under the JSON limits,
-// as gqlgen's POST does (numbers kept exact), for the transports that read their own:
-// SSE's body, a websocket's subscribe payload.
+// decodeRequest reads a GraphQL request under the JSON limits as gqlgen's POST does
+// (numbers kept exact), for SSE's body and a websocket's subscribe payload.
 func decodeRequest(body []byte, header http.Header) (*graphql.RawParams, *gqlerror.Error) {
 	if err := checkJSON(body); err != nil {
 		return nil, err

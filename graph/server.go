@@ -30,15 +30,14 @@ import (
 type ServerOptions struct {
 	// Logger receives internal errors and panics; nil means slog.Default().
 	Logger *slog.Logger
-	// CheckOrigin widens which websocket upgrades may proceed: those without an
-	// Origin header and same-origin ones always may (middleware.Origins' rule);
-	// others only if CheckOrigin says so. Nil allows no others.
+	// CheckOrigin lets websocket upgrades proceed beyond middleware.Origins' rule (no
+	// Origin header, or the same origin); nil lets no others.
 	CheckOrigin func(r *http.Request) bool
 	// PingPongInterval, WebsocketInitTimeout and WebsocketIdleTimeout override the
 	// defaults of those names (for tests).
 	PingPongInterval, WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
-	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
-	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
+	// MaxGenerate is the store's most keys per generateKeys, for its complexity; 0
+	// means keystore.DefaultMaxGenerate.
 	MaxGenerate int
 	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
 	Fanout fanout.Observer
@@ -60,8 +59,7 @@ func init() {
 
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
 // (graphql-transport-ws and graphql-ws), every operation through gqlgen's executor and
-// its extensions: a query cache and automatic persisted queries bounded in bytes, the
-// document limits, a complexity limit, and errors coded in one place.
+// its extensions.
 func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	logger := cmp.Or(opts.Logger, slog.Default())
 	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
@@ -72,8 +70,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every
-	// check; operationChecks applies the document limits before gqlgen parses and
-	// validates a document it has not cached, and after the persisted queries' lookup.
+	// check (admission).
 	docs := newBoundedCache(QueryCacheBytes, func(query string, _ *ast.QueryDocument, ctx context.Context) int {
 		if a := admissionFor(ctx); a != nil && a.docCost > 0 {
 			return a.docCost
@@ -107,10 +104,9 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	}
 }
 
-// errorPresenter is the one place where errors become extensions.code. A keystore
-// error shows its code and message; gqlgen's own errors (parse, validation,
-// complexity) keep theirs; anything else is INTERNAL_SERVER_ERROR with a generic
-// message, its text only in the log.
+// errorPresenter is the one place where errors become extensions.code: a keystore
+// error shows its code and message, gqlgen's own errors keep theirs, anything else is
+// INTERNAL_SERVER_ERROR with a generic message, its text only in the log.
 func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		presented := graphql.DefaultErrorPresenter(ctx, err)
@@ -149,8 +145,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 	}
 }
 
-// recoverFunc logs a resolver's panic with its stack and answers
-// INTERNAL_SERVER_ERROR.
+// recoverFunc logs a resolver's panic with its stack and answers INTERNAL_SERVER_ERROR.
 func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 	return func(ctx context.Context, p any) error {
 		logger.ErrorContext(ctx, "panic in resolver", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -160,10 +155,9 @@ func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 
 // endpoint is the /graphql handler. Before any transport sees a request, it refuses
 // websocket upgrades from a foreign origin (403), bodies over MaxBodyBytes (413), and
-// a JSON body that is not one JSON object within the JSON limits (400), checked
-// through the gate if it is large; it reads the body, bounded, and hands it on. Then
-// the request's transport serves it with the gated executor (gqlgen's handler.Server
-// would hand its transports its own executor).
+// JSON bodies not one JSON object within the JSON limits (400), checked through the
+// gate if large. Then the request's transport serves it with the gated executor
+// (gqlgen's handler.Server would hand its transports its own).
 type endpoint struct {
 	exec        gatedExecutor
 	widenOrigin func(*http.Request) bool // ServerOptions.CheckOrigin

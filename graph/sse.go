@@ -15,13 +15,12 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// sseTransport is GraphQL over server-sent events, as the GraphQL-over-SSE protocol's
-// "distinct connections" mode has it (what the graphql-sse client speaks): a POST with
-// Accept: text/event-stream is answered 200 with a stream of "next" events, each
-// carrying one response as its data, then a "complete" event with an empty data
-// line. A ":" comment opens the stream, and ": ping" comments keep an idle one open
-// through proxies. It writes through the ResponseWriter alone (flushed after each
-// write, each write under a deadline), so it is the same on HTTP/1.1 and HTTP/2.
+// sseTransport is GraphQL over server-sent events in the GraphQL-over-SSE protocol's
+// "distinct connections" mode (graphql-sse's): a POST with Accept: text/event-stream
+// is answered 200 with "next" events, a response each, then a "complete" event. A ":"
+// comment opens the stream, ": ping" comments keep an idle one open through proxies.
+// It writes through the ResponseWriter alone (each write flushed, under a deadline),
+// so it is the same on HTTP/1.1 and HTTP/2.
 type sseTransport struct {
 	keepAlive    time.Duration
 	writeTimeout time.Duration

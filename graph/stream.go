@@ -14,12 +14,11 @@ import (
 type streamSlotKey struct{}
 
 // streamSlot is where the keyEvents resolver leaves its subscription and the plan of
-// its selection for the transport that dispatched the operation, which delivers the
-// events through the fan-out rather than through gqlgen's execution of every event
-// for every subscriber. gqlgen still parses, validates, coerces the variables, checks
-// the complexity and calls the resolver, so every refusal and every store error is
-// answered as for any operation; once delivery is over, the channel the resolver
-// gave gqlgen closes, and gqlgen's stream ends as it would.
+// its selection for the transport, which delivers the events through the fan-out
+// rather than through gqlgen's execution of every event for every subscriber. gqlgen
+// still runs every check and calls the resolver, so every refusal and store error is
+// answered as for any operation; after delivery, the channel the resolver gave gqlgen
+// closes, and gqlgen's stream ends as it would.
 type streamSlot struct {
 	sub  *keystore.Subscription
 	plan *fanout.Plan
