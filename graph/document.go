@@ -101,9 +101,8 @@ func documentCost(queryBytes, tokens int) int {
 func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 	depth, stringBytes := 0, 0
 	for i := 0; i < len(q); {
-		c := q[i]
-		switch c {
-		case ' ', '\t', '\n', '\r', ',':
+		c, j := q[i], i+1 // the token is q[i:j]
+		if strings.IndexByte(" \t\n\r,", c) >= 0 {
 			i++
 			continue
 		}
@@ -111,37 +110,28 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 			i += len("\uFEFF")
 			continue
 		}
-		tokens++
-		if tokens > MaxDocumentTokens {
+		if tokens++; tokens > MaxDocumentTokens {
 			return 0, coded(errcode.ParseFailed, "the document has more than %d tokens", MaxDocumentTokens)
 		}
 		switch {
 		case c == '#':
-			end := strings.IndexAny(q[i:], "\n\r")
-			if end < 0 {
-				end = len(q) - i
+			j = len(q)
+			if k := strings.IndexAny(q[i:], "\n\r"); k >= 0 {
+				j = i + k
 			}
-			i += end
 		case strings.HasPrefix(q[i:], `"""`):
-			j, lines := i+3, 0
-			for j < len(q) {
-				if strings.HasPrefix(q[j:], `\"""`) {
-					j += 4
-					continue
-				}
-				if strings.HasPrefix(q[j:], `"""`) {
-					j += 3
+			for j = i + 3; ; {
+				k := strings.Index(q[j:], `"""`)
+				if k < 0 {
+					j = len(q)
 					break
 				}
-				if q[j] == '\n' {
-					lines++
+				if j += k + 3; q[j-4] != '\\' { // \""" is an escaped quote
+					break
 				}
-				j++
 			}
-			stringBytes += j - i + 16*lines // gqlparser splits a block string into lines
-			i = j
+			stringBytes += j - i + 16*strings.Count(q[i:j], "\n") // gqlparser splits a block string into lines
 		case c == '"':
-			j := i + 1
 			for j < len(q) && q[j] != '"' && q[j] != '\n' && q[j] != '\r' {
 				if q[j] == '\\' {
 					j++
@@ -150,34 +140,26 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 			}
 			j = min(j+1, len(q))
 			stringBytes += j - i
-			i = j
 		case c == '{' || c == '[' || c == '(':
-			depth++
-			if depth > MaxDocumentDepth {
+			if depth++; depth > MaxDocumentDepth {
 				return 0, coded(errcode.ParseFailed, "the document nests deeper than %d", MaxDocumentDepth)
 			}
-			i++
 		case c == '}' || c == ']' || c == ')':
 			depth = max(depth-1, 0)
-			i++
 		case strings.HasPrefix(q[i:], "..."):
-			i += 3
+			j = i + 3
 		case c == '_' || c == '-' || isAlnum(c):
-			j := i + 1
-			for j < len(q) && (isAlnum(q[j]) || q[j] == '_' || q[j] == '.' || q[j] == '+' || q[j] == '-') &&
-				!strings.HasPrefix(q[j:], "...") {
+			for j < len(q) && (isAlnum(q[j]) || strings.IndexByte("_.+-", q[j]) >= 0) && !strings.HasPrefix(q[j:], "...") {
 				j++
 			}
 			if j-i > MaxTokenBytes {
 				return 0, coded(errcode.ParseFailed, "the document has a name or number longer than %d bytes", MaxTokenBytes)
 			}
-			i = j
-		default:
-			i++
 		}
 		if stringBytes > MaxDocumentStringBytes {
 			return 0, coded(errcode.ParseFailed, "the document's strings hold more than %d bytes", MaxDocumentStringBytes)
 		}
+		i = j
 	}
 	return tokens, nil
 }
@@ -187,7 +169,7 @@ func isAlnum(c byte) bool {
 }
 
 // measure walks a parsed document as the validator will, fragment spreads written out,
-// and keeps the first limit passed.
+// and stops at the first limit passed.
 type measure struct {
 	fragments map[string]*ast.FragmentDefinition
 	spreading map[string]bool // the fragments being written out on the current path
@@ -212,41 +194,43 @@ func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
 	}
 	for _, op := range doc.Operations {
 		m.schema = 0
-		m.add(len(op.VariableDefinitions), op.Directives)
+		m.add(len(op.VariableDefinitions))
 		for _, v := range op.VariableDefinitions {
-			m.add(0, v.Directives)
+			m.directives(v.Directives)
 		}
+		m.directives(op.Directives)
 		m.selections(op.SelectionSet, map[string]*responseName{}, 1, false)
 	}
 	// The validator walks every fragment definition on its own as well.
 	for _, f := range doc.Fragments {
 		m.schema = 0
-		m.add(0, f.Directives)
+		m.directives(f.Directives)
 		m.selections(f.SelectionSet, map[string]*responseName{}, 1, false)
 	}
 	return m.err
 }
 
-func (m *measure) fail(err *gqlerror.Error) {
-	if m.err == nil {
-		m.err = err
+// add counts n nodes, and reports whether the walk may go on.
+func (m *measure) add(n int) bool {
+	if m.nodes += n; m.err == nil && m.nodes > MaxDocumentNodes {
+		m.err = coded(codeComplexity, "the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes)
+	}
+	return m.err == nil
+}
+
+func (m *measure) directives(list ast.DirectiveList) {
+	for _, d := range list {
+		if !m.add(1 + len(d.Arguments)) {
+			return
+		}
 	}
 }
 
-// add counts n nodes, and the directives with their arguments.
-func (m *measure) add(n int, directives ast.DirectiveList) {
-	for _, d := range directives {
-		n += 1 + len(d.Arguments)
-	}
-	if m.nodes += n; m.nodes > MaxDocumentNodes {
-		m.fail(coded(codeComplexity, "the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes))
-	}
-}
-
-// selections walks set; once a limit is passed, it returns at once.
+// selections walks set until an error is found. A node limit passed by a selection's
+// directives is reported unless the selection itself breaks a rule.
 func (m *measure) selections(set ast.SelectionSet, names map[string]*responseName, depth int, inSchema bool) {
-	if depth > MaxDocumentDepth {
-		m.fail(coded(codeComplexity, "the document selects deeper than %d, fragments written out", MaxDocumentDepth))
+	if depth > MaxDocumentDepth && m.err == nil {
+		m.err = coded(codeComplexity, "the document selects deeper than %d, fragments written out", MaxDocumentDepth)
 	}
 	for _, sel := range set {
 		if m.err != nil {
@@ -254,16 +238,25 @@ func (m *measure) selections(set ast.SelectionSet, names map[string]*responseNam
 		}
 		switch s := sel.(type) {
 		case *ast.Field:
-			m.add(1+len(s.Arguments), s.Directives)
-			m.field(s, names, depth, inSchema)
+			if m.add(1 + len(s.Arguments)) {
+				m.directives(s.Directives)
+				m.field(s, names, depth, inSchema)
+			}
 		case *ast.InlineFragment:
-			m.add(1, s.Directives)
-			m.selections(s.SelectionSet, names, depth, inSchema)
+			if m.add(1) {
+				m.directives(s.Directives)
+				m.selections(s.SelectionSet, names, depth, inSchema)
+			}
 		case *ast.FragmentSpread:
-			m.add(1, s.Directives)
-			if m.spreading[s.Name] {
-				m.fail(coded(errcode.ValidationFailed, "Cannot spread fragment %q within itself", s.Name))
-			} else if def := m.fragments[s.Name]; def != nil { // else the validator reports it unknown
+			if !m.add(1) {
+				return
+			}
+			m.directives(s.Directives)
+			switch def := m.fragments[s.Name]; {
+			case def == nil: // the validator reports an unknown fragment
+			case m.spreading[s.Name]:
+				m.err = coded(errcode.ValidationFailed, "Cannot spread fragment %q within itself", s.Name)
+			default:
 				m.spreading[s.Name] = true
 				m.selections(def.SelectionSet, names, depth, inSchema)
 				delete(m.spreading, s.Name)
@@ -276,11 +269,13 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 	name := cmp.Or(f.Alias, f.Name)
 	if f.Name == "__schema" {
 		if m.schema++; m.schema > MaxSchemaFields {
-			m.fail(coded(codeComplexity, "the operation selects __schema more than %d times", MaxSchemaFields))
+			m.err = coded(codeComplexity, "the operation selects __schema more than %d times", MaxSchemaFields)
+			return
 		}
 	}
 	if inSchema && name != f.Name {
-		m.fail(coded(codeComplexity, "aliases are not allowed under __schema (%s: %s)", name, f.Name))
+		m.err = coded(codeComplexity, "aliases are not allowed under __schema (%s: %s)", name, f.Name)
+		return
 	}
 	r := names[name]
 	if r == nil {
@@ -288,7 +283,8 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 		names[name] = r
 	}
 	if r.repeats++; r.repeats > MaxResponseNameRepeats {
-		m.fail(coded(codeComplexity, "the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats))
+		m.err = coded(codeComplexity, "the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats)
+		return
 	}
 	if len(f.SelectionSet) > 0 {
 		if r.below == nil {
