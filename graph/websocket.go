@@ -22,8 +22,8 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// The websocket subprotocols: graphql-ws's graphql-transport-ws, and the legacy
-// graphql-ws of subscriptions-transport-ws (also used when a client names neither).
+// The subprotocols: graphql-ws's graphql-transport-ws, and subscriptions-transport-ws'
+// legacy graphql-ws (also when a client names neither).
 const (
 	protocolTransportWS = "graphql-transport-ws"
 	protocolLegacyWS    = "graphql-ws"
@@ -110,8 +110,7 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 	c.serve()
 }
 
-// hijackInto hands the library the connection Hijack takes over as a heldConn, so
-// that what it writes can be held and written in one go.
+// hijackInto hands the library the hijacked connection as a heldConn.
 type hijackInto struct {
 	http.ResponseWriter
 	held *heldConn
@@ -391,8 +390,7 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 	if execute(ctx, c.exec, opCtx, c.opts.fanout, sink, func(resp *graphql.Response) bool {
 		return c.write(op, outbound{ID: id, Type: next, Payload: resp})
 	}) {
-		// Unless the client completed the operation, or the socket is closing (write
-		// sends nothing then).
+		// Unless the client completed it or the socket is closing: write sends nothing.
 		c.write(op, outbound{ID: id, Type: "complete"})
 	}
 }
@@ -414,9 +412,7 @@ func (c *socket) sendError(op *socketOp, id string, errs gqlerror.List) {
 	c.write(op, outbound{ID: id, Type: "error", Payload: errs})
 }
 
-// write sends msg unless the socket is closing or op (if any) was completed by the
-// client, and reports whether it did. It waits until msg is written, for at most the
-// write timeout: a client that takes nothing for that long is given up.
+// write sends msg for op (nil: for the socket), and reports whether it did.
 func (c *socket) write(op *socketOp, msg outbound) bool {
 	data, err := json.Marshal(msg)
 	if err != nil {
@@ -433,7 +429,7 @@ var errSilenced = errors.New("the operation is over")
 
 // send runs write (through the library), one at a time, unless the socket is closing
 // or op was completed by the client. A write that fails, or that the client does not
-// take within the write timeout, loses the connection.
+// take within the write timeout, loses the connection: it is given up.
 func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error {
 	c.writing.Lock()
 	defer c.writing.Unlock()
