@@ -2,7 +2,6 @@ package graph
 
 import (
 	"context"
-	"runtime"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/executor"
@@ -19,8 +18,6 @@ import (
 // keep a core. Waiters go in first come, first served; one whose client leaves stops
 // waiting.
 type costGate chan struct{}
-
-func newCostGate() costGate { return make(costGate, max(1, runtime.GOMAXPROCS(0)-1)) }
 
 func (g costGate) enter(ctx context.Context) error {
 	select {

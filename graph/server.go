@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -89,7 +90,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetRecoverFunc(recoverFunc(logger))
 
 	return endpoint{
-		exec:        gatedExecutor{Executor: exec, gate: newCostGate(), docs: docs},
+		exec:        gatedExecutor{Executor: exec, gate: make(costGate, max(1, runtime.GOMAXPROCS(0)-1)), docs: docs},
 		widenOrigin: opts.CheckOrigin,
 		ws: websocketTransport{
 			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
