@@ -127,10 +127,14 @@ type errorsOnly struct {
 	Extensions map[string]any `json:"extensions,omitempty"`
 }
 
-// refuse answers a request that is not served, with one coded error, at its code's status.
+// refuse answers a request that is not served with one coded error, at its code's
+// status, in GraphQL-over-HTTP's media type if Accept names it first.
 func refuse(w http.ResponseWriter, r *http.Request, err *gqlerror.Error) {
-	code := keystore.Code(codeOf(err))
-	wire.WriteGraphQLError(w, negotiate(r), wire.Status(code), code, err.Message)
+	code, mediaType := keystore.Code(codeOf(err)), wire.MediaJSON
+	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
+		mediaType = wire.MediaGraphQLResponse
+	}
+	wire.WriteGraphQLError(w, mediaType, wire.Status(code), code, err.Message)
 }
 
 // coded returns an error with an extensions.code, as clients see it.
@@ -138,15 +142,6 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 	err := gqlerror.Errorf(format, args...)
 	err.Extensions = map[string]any{"code": string(code)}
 	return err
-}
-
-// negotiate picks a refusal's media type: GraphQL-over-HTTP's if Accept names it
-// first, application/json otherwise.
-func negotiate(r *http.Request) string {
-	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
-		return wire.MediaGraphQLResponse
-	}
-	return wire.MediaJSON
 }
 
 // prefers reports whether r's Accept header names want before any of others (a
