@@ -373,9 +373,8 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 	}()
 	defer func() {
 		if p := recover(); p != nil {
-			err := opCtx.Recover(ctx, p)
-			var gqlErr *gqlerror.Error
-			if !errors.As(err, &gqlErr) {
+			gqlErr, ok := opCtx.Recover(ctx, p).(*gqlerror.Error) // recoverFunc's
+			if !ok {
 				gqlErr = coded(keystore.EINTERNAL, wire.InternalMessage)
 			}
 			c.sendError(op, id, gqlerror.List{gqlErr})
@@ -398,12 +397,11 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 // removeLocked forgets op, if it is still the one under id, and starts the idle
 // clock when no operation is left.
 func (c *socket) removeLocked(id string, op *socketOp) {
-	if c.ops[id] != op {
-		return
-	}
-	delete(c.ops, id)
-	if len(c.ops) == 0 {
-		c.idleFrom = time.Now()
+	if c.ops[id] == op {
+		delete(c.ops, id)
+		if len(c.ops) == 0 {
+			c.idleFrom = time.Now()
+		}
 	}
 }
 

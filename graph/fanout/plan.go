@@ -149,8 +149,7 @@ func (p *Plan) Release() {
 	s := p.set
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p.refs--
-	if p.refs == 0 {
+	if p.refs--; p.refs == 0 {
 		delete(s.plans, p.key)
 		if p.cache != nil {
 			s.cached--
