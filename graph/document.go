@@ -89,7 +89,6 @@ func (operationChecks) MutateOperationContext(ctx context.Context, opCtx *graphq
 // was measured at, so that the query cache is bounded by what it really holds.
 const astBytesPerToken = 400
 
-// documentCost is the query cache's estimate of a parsed document's memory.
 func documentCost(queryBytes, tokens int) int {
 	return queryBytes + tokens*astBytesPerToken
 }
@@ -304,7 +303,6 @@ type admission struct {
 	commits []func() // parked additions
 }
 
-// admissionName is the operation context's extension under which it is kept.
 const admissionName = "keypool.admission"
 
 // admissionFor returns the operation's admission, made on first use; nil outside an

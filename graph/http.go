@@ -85,9 +85,6 @@ func (a *answerWriter) Write(p []byte) (int, error) {
 	return a.held.Write(p)
 }
 
-// gqlgenUnreadable is how gqlgen's POST words a body it cannot decode into a request.
-const gqlgenUnreadable = "json request body could not be decoded"
-
 // finish writes the held-back answer as GraphQL-over-HTTP has it.
 func (a *answerWriter) finish() {
 	if a.status == 0 {
@@ -101,7 +98,8 @@ func (a *answerWriter) finish() {
 	w.Header().Del("Content-Type")
 	var resp errorsOnly
 	_ = json.Unmarshal(a.held.Bytes(), &resp)
-	if len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable) {
+	// gqlgen's POST words a body it cannot decode into a request so.
+	if len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, "json request body could not be decoded") {
 		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest, notARequest)
 		return
 	}
@@ -160,7 +158,6 @@ func prefers(r *http.Request, want string, others ...string) bool {
 	return false
 }
 
-// isJSON reports whether r's body is declared JSON.
 func isJSON(r *http.Request) bool {
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	return err == nil && mediaType == wire.MediaJSON
@@ -260,5 +257,4 @@ func decodeRequest(body []byte, header http.Header) (*graphql.RawParams, *gqlerr
 	return params, nil
 }
 
-// notARequest says what a request must be.
 const notARequest = "the body is not a GraphQL request: query and operationName must be strings, variables and extensions objects"

@@ -223,7 +223,6 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) 
 	return buf.Bytes(), nil
 }
 
-// orDefault returns v if it is positive, else fallback.
 func orDefault[T int | time.Duration](v, fallback T) T {
 	if v > 0 {
 		return v

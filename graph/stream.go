@@ -10,7 +10,6 @@ import (
 	"github.com/keypool/keypool/keystore"
 )
 
-// streamSlotKey finds an operation's *streamSlot in its context.
 type streamSlotKey struct{}
 
 // streamSlot is where the keyEvents resolver leaves its subscription and the plan of

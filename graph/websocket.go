@@ -199,7 +199,6 @@ func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	return nil
 }
 
-// socket is one websocket connection.
 type socket struct {
 	opts   websocketTransport
 	conn   *websocket.Conn
@@ -222,7 +221,6 @@ type socket struct {
 	idleFrom time.Time // when the last operation ended; zero while one runs
 }
 
-// socketOp is one running operation.
 type socketOp struct {
 	cancel   context.CancelFunc
 	silenced atomic.Bool // the client completed it: nothing more is sent for it
@@ -363,7 +361,6 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 	c.wg.Go(func() { c.run(ctx, id, op, opCtx) })
 }
 
-// run executes one operation and sends its results, then complete.
 func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphql.OperationContext) {
 	defer func() {
 		c.mu.Lock()
@@ -446,7 +443,6 @@ func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error
 	return nil
 }
 
-// socketSink delivers a keyEvents operation's messages to its socket.
 type socketSink struct {
 	c       *socket
 	op      *socketOp

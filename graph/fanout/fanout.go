@@ -178,7 +178,6 @@ func Grow(b []byte, n int) []byte {
 	return slices.Grow(b, n)
 }
 
-// inTurn runs fn in a turn.
 func (f *Fanout) inTurn(fn func()) {
 	t := <-f.turns
 	defer func() { f.turns <- t }()

@@ -61,7 +61,6 @@ var eventFields = map[string]*eventField{
 	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
 }
 
-// payload is one event encoded by one plan.
 type payload struct {
 	seq   int64
 	bytes []byte
@@ -90,9 +89,6 @@ type Plans struct {
 	obs    Observer
 }
 
-// keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
-var keyEventFragmentTypes = []string{"KeyEvent"}
-
 // ForField returns the plan of the keyEvents field being resolved in ctx (taking a
 // reference: Release it), or nil if its selection is not one a plan encodes exactly
 // (a deferred fragment).
@@ -101,7 +97,7 @@ func (s *Plans) ForField(ctx context.Context) *Plan {
 	if fc == nil {
 		return nil
 	}
-	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, keyEventFragmentTypes)
+	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, []string{"KeyEvent"})
 	fields := make([]planField, 0, len(collected))
 	var key strings.Builder
 	key.WriteString(fc.Field.Alias)
@@ -197,7 +193,6 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 	return b
 }
 
-// appendMarshaled appends what a gqlgen marshaler writes.
 func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
 	w := bytes.NewBuffer(b)
 	m.MarshalGQL(w)
