@@ -634,3 +634,218 @@ func dashboardActivity(t *testing.T, server *browserServer, d time.Duration) {
 		time.Sleep(400 * time.Millisecond)
 	}
 }
+
+// generateKeysIn generates count keys in pool and returns their ids.
+func (s *browserServer) generateKeysIn(t *testing.T, pool string, count int) []string {
+	t.Helper()
+	data := s.graphql(t, `mutation($n: Int!, $pool: String) { generateKeys(count: $n, pool: $pool) { id } }`,
+		map[string]any{"n": count, "pool": pool})
+	var keys []struct{ ID string }
+	if err := json.Unmarshal(data["generateKeys"], &keys); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	return ids
+}
+
+// acquireIn acquires a key of pool for holder and returns the key's id.
+func (s *browserServer) acquireIn(t *testing.T, pool, holder string) string {
+	t.Helper()
+	data := s.graphql(t, `mutation($pool: String, $holder: String) { acquireKey(pool: $pool, holder: $holder) { key { id } } }`,
+		map[string]any{"pool": pool, "holder": holder})
+	var lease struct{ Key struct{ ID string } }
+	if err := json.Unmarshal(data["acquireKey"], &lease); err != nil {
+		t.Fatal(err)
+	}
+	return lease.Key.ID
+}
+
+// subscribers reads the keypool_subscribers gauge from /metrics.
+func (s *browserServer) subscribers(t *testing.T) int {
+	t.Helper()
+	res, err := s.client.Get(s.URL + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer res.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(res.Body); err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^keypool_subscribers (\d+)$`).FindSubmatch(buf.Bytes())
+	if m == nil {
+		t.Fatalf("no keypool_subscribers in /metrics")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// The dashboard's pool parts, read from the page.
+const (
+	// jsWaiting is the waiting count; -1 while none is shown.
+	jsWaiting = `(() => { const v = document.getElementById('count-waiting').textContent.replace(/[^0-9]/g, ''); return v === '' ? -1 : Number(v); })()`
+	// jsPoolOptions lists the selector's options.
+	jsPoolOptions = `[...document.getElementById('pool').options].map(o => o.value)`
+	// jsPoolRows is the pools table as "name total available blocked waiting" lines,
+	// the selected row starred.
+	jsPoolRows = `[...document.querySelectorAll('#pools tr')].map(r =>
+		(r.getAttribute('aria-current') === 'true' ? '*' : '') +
+		[...r.children].map(c => c.textContent.replace(/,/g, '')).join(' '))`
+	// jsFeed lists the feed as "TYPE keyId holder" lines, newest first.
+	jsFeed = `[...document.querySelectorAll('#feed li')].map(li =>
+		[li.querySelector('.type').textContent, li.querySelector('code').textContent, li.querySelector('.holder').textContent].join(' ').trim())`
+)
+
+// TestBrowserDashboardPools drives the dashboard's pools: ?pool= chooses the pool on
+// load, the selector lists every pool and the table counts each, choosing another
+// pool (in the selector or the table) shows its counts, its waiting acquires and
+// its events only, with holders, and ends the old subscription.
+func TestBrowserDashboardPools(t *testing.T) {
+	chromium := chromiumOrSkip(t)
+	checkNoLeaks(t)
+	server := startBrowserServer(t)
+	b := newBrowser(t, chromium, server)
+
+	alpha := server.generateKeysIn(t, "alpha", 3)
+	server.generateKeysIn(t, "beta", 2)
+	server.acquireIn(t, "beta", "first")
+
+	waitJSON := func(what, expression string, want any) {
+		t.Helper()
+		var buf bytes.Buffer // as JSON.stringify writes it: <, > and & as they are
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(want); err != nil {
+			t.Fatal(err)
+		}
+		w := bytes.TrimSpace(buf.Bytes())
+		ctx, cancel := context.WithTimeout(b.ctx, browserStepTimeout)
+		defer cancel()
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`JSON.stringify(`+expression+`) === `+strconv.Quote(string(w)),
+			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(browserStepTimeout))); err != nil {
+			t.Fatalf("%s: %s, want %s: %v", what, eval[json.RawMessage](b, `JSON.stringify(`+expression+`)`), w, err)
+		}
+	}
+	waitCounts := func(what string, total, available, blocked, waiting int) {
+		t.Helper()
+		waitJSON(what+": the counts", `[...`+jsCounts+`, `+jsWaiting+`]`, []int{total, available, blocked, waiting})
+	}
+	live := func() {
+		t.Helper()
+		waitFor[bool](b, "the live subscription", `document.getElementById('status').dataset.state === 'live'`)
+	}
+
+	// ?pool= chooses the pool on load.
+	b.do("open the dashboard of pool beta", chromedp.Navigate(server.URL+"/dashboard?pool=beta"), chromedp.WaitVisible(chromedp.ID("chart")))
+	live()
+	waitJSON("the selector", `[document.getElementById('pool').value, ...`+jsPoolOptions+`]`, []string{"beta", "alpha", "beta", "default"})
+	waitCounts("pool beta on load", 2, 1, 1, 0)
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 3 3 0 0", "*beta 2 1 1 0", "default 0 0 0 0"})
+
+	// Choosing alpha in the selector: its counts, ?pool=alpha, and one subscription.
+	b.do("choose pool alpha", chromedp.Evaluate[chromedp.Void](`(() => {
+		const s = document.getElementById('pool');
+		s.value = 'alpha';
+		s.dispatchEvent(new Event('change'));
+	})()`))
+	waitCounts("pool alpha", 3, 3, 0, 0)
+	waitJSON("the pools table", jsPoolRows, []string{"*alpha 3 3 0 0", "beta 2 1 1 0", "default 0 0 0 0"})
+	if search := eval[string](b, `location.search`); search != "?pool=alpha" {
+		t.Errorf("after choosing alpha the URL's query is %q, want ?pool=alpha", search)
+	}
+	if feed := eval[[]string](b, jsFeed); len(feed) != 0 {
+		t.Errorf("the feed kept %q from pool beta", feed)
+	}
+	for deadline := time.Now().Add(5 * time.Second); server.subscribers(t) != 1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscriptions after switching pools, want 1: the old one was not ended", server.subscribers(t))
+		}
+	}
+
+	// Events of beta do not show; alpha's do, with the holder as text.
+	live()
+	beta := server.generateKeysIn(t, "beta", 2)
+	alpha = append(alpha, server.generateKeysIn(t, "alpha", 1)...)
+	const holder = `<b>ops</b> & "co"`
+	held := server.acquireIn(t, "alpha", holder)
+	waitCounts("pool alpha after generateKeys and acquireKey", 4, 3, 1, 0)
+	waitJSON("the feed", jsFeed, []string{"ACQUIRED " + held + " " + holder, "GENERATED " + alpha[3]})
+	if n := eval[int](b, `document.querySelectorAll('#feed .holder *, #pools th *:not(button), #pool option *').length`); n != 0 {
+		t.Errorf("text from the server made %d elements", n)
+	}
+	for _, id := range beta {
+		if eval[bool](b, `document.getElementById('feed').textContent.includes(`+strconv.Quote(id)+`)`) {
+			t.Errorf("the feed of pool alpha shows key %s of pool beta", id)
+		}
+	}
+
+	// Clicking a row chooses its pool; an acquire waiting there is counted, and
+	// gets the key generated next (ACQUIRED with its holder).
+	b.do("click the row of pool default", chromedp.Click(chromedp.CSS(`#pools tr[data-pool="default"]`)))
+	waitCounts("pool default", 0, 0, 0, 0)
+	live()
+	if search := eval[string](b, `location.search`); search != "" {
+		t.Errorf("after choosing default the URL's query is %q, want none", search)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		body := `{"query":"mutation { acquireKey(wait: \"25s\", holder: \"waiter\") { key { id } } }"}`
+		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}}
+		defer client.CloseIdleConnections()
+		res, err := client.Post(server.URL+"/graphql", "application/json", strings.NewReader(body))
+		if err == nil {
+			res.Body.Close()
+		}
+		waited <- err
+	}()
+	waitCounts("an acquire waiting in pool default", 0, 0, 0, 1)
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "*default 0 0 0 1"})
+	made := server.generateKeysIn(t, "default", 1)[0]
+	if err := <-waited; err != nil {
+		t.Fatalf("the waiting acquire: %v", err)
+	}
+	waitCounts("after the waiting acquire got its key", 1, 0, 1, 0)
+	waitJSON("the feed", jsFeed, []string{"ACQUIRED " + made + " waiter", "GENERATED " + made})
+
+	// A pool that does not exist yet: chosen and shown as empty; its first event
+	// brings it into the table (the pools query is asked again at once, not at the
+	// next refresh, 15 s later).
+	//
+	// Leaving the page ends its subscription at once (the page closes its socket on
+	// pagehide: Chromium would keep it open in the back/forward cache). The test
+	// waits for that before opening the next page because the server's fan-out
+	// shares encoded events between subscriptions of one selection by seq alone,
+	// whatever their pool: a subscription to default that outlived the navigation
+	// would hand this page default's seq 1 and 2 for fresh's (and the page drops
+	// events of another pool).
+	b.do("leave the dashboard", chromedp.Navigate("about:blank"))
+	for deadline := time.Now().Add(5 * time.Second); server.subscribers(t) != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscriptions 5 s after leaving the dashboard, want 0", server.subscribers(t))
+		}
+	}
+	b.do("open the dashboard of pool fresh", chromedp.Navigate(server.URL+"/dashboard?pool=fresh"), chromedp.WaitVisible(chromedp.ID("chart")))
+	live()
+	waitCounts("pool fresh, not made yet", 0, 0, 0, 0)
+	waitJSON("the selector", `[document.getElementById('pool').value, ...`+jsPoolOptions+`]`, []string{"fresh", "alpha", "beta", "default", "fresh"})
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "default 1 0 1 0"})
+	start := time.Now()
+	server.generateKeysIn(t, "fresh", 2)
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "default 1 0 1 0", "*fresh 2 2 0 0"})
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("the new pool took %v to show in the table", d)
+	}
+	waitCounts("pool fresh after generateKeys(2)", 2, 2, 0, 0)
+	waitJSON("the feed", `[...document.querySelectorAll('#feed .type')].map(e => e.textContent)`, []string{"GENERATED", "GENERATED"})
+
+	// A ?pool= that no pool can be named means the default pool.
+	b.do("open the dashboard with a bad pool name", chromedp.Navigate(server.URL+"/dashboard?pool=%3Cb%3E"), chromedp.WaitVisible(chromedp.ID("chart")))
+	live()
+	waitJSON("the selector", `document.getElementById('pool').value`, "default")
+	waitCounts("pool default", 1, 0, 1, 0)
+
+	b.screenshots("dashboard-pools")
+}

@@ -24,6 +24,7 @@ type config struct {
 	MaxLeaseTTL  time.Duration
 	MaxGenerate  int
 	MaxWaiters   int
+	MaxPools     int
 	Store        string
 	LogFormat    string
 	CORSOrigins  middleware.Origins
@@ -57,6 +58,7 @@ var envVars = map[string]string{
 	"max-lease-ttl": "KEYPOOL_MAX_LEASE_TTL",
 	"max-generate":  "KEYPOOL_MAX_GENERATE",
 	"max-waiters":   "KEYPOOL_MAX_WAITERS",
+	"max-pools":     "KEYPOOL_MAX_POOLS",
 	"store":         "KEYPOOL_STORE",
 	"log-format":    "KEYPOOL_LOG_FORMAT",
 	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
@@ -80,6 +82,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.DurationVar(&cfg.MaxLeaseTTL, "max-lease-ttl", keystore.DefaultMaxLeaseTTL, "longest lease, renewals included")
 	fs.IntVar(&cfg.MaxGenerate, "max-generate", keystore.DefaultMaxGenerate, "most keys one generateKeys may create")
 	fs.IntVar(&cfg.MaxWaiters, "max-waiters", keystore.DefaultMaxWaiters, "most acquires that may wait for a key at once; one more that would wait is refused at once with TOO_MANY_WAITERS (REST 429). A waiter holds a connection, its request and a goroutine or two, about 40 KB, for up to 30s: 1000 cost some 40 MB and 1000 file descriptors")
+	fs.IntVar(&cfg.MaxPools, "max-pools", keystore.DefaultMaxPools, "most pools that may be made; a generateKeys into one more is refused (BAD_USER_INPUT). An empty pool costs only its counters and its retained events")
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
@@ -149,6 +152,8 @@ func (c config) validate() error {
 		return fmt.Errorf("-max-generate: must be at least 1, got %d", c.MaxGenerate)
 	case c.MaxWaiters < 1:
 		return fmt.Errorf("-max-waiters: must be at least 1, got %d", c.MaxWaiters)
+	case c.MaxPools < 1:
+		return fmt.Errorf("-max-pools: must be at least 1, got %d", c.MaxPools)
 	case c.GCHeapFloor < 0:
 		return fmt.Errorf("-gc-heap-floor: must be at least 0, got %d", c.GCHeapFloor)
 	case c.ReadTimeout <= 0:
@@ -177,6 +182,7 @@ func (c config) storeOptions() keystore.Options {
 		MaxLeaseTTL:  c.MaxLeaseTTL,
 		MaxGenerate:  c.MaxGenerate,
 		MaxWaiters:   c.MaxWaiters,
+		MaxPools:     c.MaxPools,
 	}
 }
 

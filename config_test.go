@@ -32,6 +32,7 @@ func TestConfigDefaults(t *testing.T) {
 		MaxLeaseTTL:  time.Hour,
 		MaxGenerate:  10000,
 		MaxWaiters:   1000,
+		MaxPools:     1000,
 		Store:        "memory",
 		LogFormat:    "text",
 		GCHeapFloor:  64,
@@ -49,6 +50,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 		"KEYPOOL_MAX_LEASE_TTL": "2h",
 		"KEYPOOL_MAX_GENERATE":  "50",
 		"KEYPOOL_MAX_WAITERS":   "20000",
+		"KEYPOOL_MAX_POOLS":     "3",
 		"KEYPOOL_STORE":         "redis://localhost:6379/0",
 		"KEYPOOL_LOG_FORMAT":    "json",
 		"KEYPOOL_GC_HEAP_FLOOR": "0",
@@ -66,6 +68,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxLeaseTTL:  2 * time.Hour,
 			MaxGenerate:  50,
 			MaxWaiters:   20000,
+			MaxPools:     3,
 			Store:        "redis://localhost:6379/0",
 			LogFormat:    "json",
 			AllowedHosts: mustHosts(t, "keypool.lan"),
@@ -76,7 +79,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 	t.Run("flags beat env", func(t *testing.T) {
 		cfg, err := parseConfig([]string{
 			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
-			"-max-generate", "7", "-max-waiters", "5", "-store", "memory", "-log-format", "text",
+			"-max-generate", "7", "-max-waiters", "5", "-max-pools", "9", "-store", "memory", "-log-format", "text",
 			"-gc-heap-floor", "128", "-allowed-hosts", "*.example.com,*", "-read-timeout", "3s", "-idle-timeout", "30s",
 		}, env, io.Discard)
 		require.NoError(t, err)
@@ -87,6 +90,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxLeaseTTL:  3 * time.Hour,
 			MaxGenerate:  7,
 			MaxWaiters:   5,
+			MaxPools:     9,
 			Store:        "memory",
 			LogFormat:    "text",
 			GCHeapFloor:  128,
@@ -119,6 +123,7 @@ func TestConfigBadValues(t *testing.T) {
 		{"max generate zero", []string{"-max-generate", "0"}, nil, "-max-generate"},
 		{"max generate not a number", nil, map[string]string{"KEYPOOL_MAX_GENERATE": "lots"}, "-max-generate"},
 		{"max waiters zero", []string{"-max-waiters", "0"}, nil, "-max-waiters"},
+		{"max pools zero", []string{"-max-pools", "0"}, nil, "-max-pools"},
 		{"max waiters negative from env", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "-1"}, "-max-waiters"},
 		{"max waiters not a number", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "many"}, "-max-waiters"},
 		{"store scheme", []string{"-store", "postgres://db"}, nil, "-store"},

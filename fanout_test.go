@@ -343,7 +343,7 @@ func TestFanout(t *testing.T) {
 	for published < events {
 		readOnceCut()
 		start := time.Now()
-		_, err := env.store.Generate(ctx, burst)
+		_, err := env.store.Generate(ctx, "", burst)
 		require.NoError(t, err)
 		assert.Less(t, time.Since(start), 5*time.Second, "a burst never waits for subscribers")
 		published += burst
@@ -537,7 +537,7 @@ func runFanout(t *testing.T, n, rate int, d, grace time.Duration) fanoutResult {
 		for due > published {
 			batch := min(due-published, 10000)
 			t0 := time.Now()
-			_, err := env.store.Generate(ctx, int(batch))
+			_, err := env.store.Generate(ctx, "", int(batch))
 			took := time.Since(t0)
 			require.NoError(t, err)
 			genTotal += took

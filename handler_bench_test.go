@@ -31,7 +31,7 @@ func BenchmarkHandlerCycle(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	if _, err := store.Generate(context.Background(), 1000); err != nil {
+	if _, err := store.Generate(context.Background(), "", 1000); err != nil {
 		b.Fatal(err)
 	}
 	h := newHandler(store, cfg, slog.New(slog.DiscardHandler), metrics.New())

@@ -17,8 +17,10 @@ package client
 //go:generate go tool genqlient
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"iter"
 	"net/http"
 	"net/url"
 	"strings"
@@ -96,10 +98,16 @@ func (c *Client) Close() {
 	}
 }
 
-// GenerateKeys creates count new AVAILABLE keys. A count outside the server's
-// 1..max-generate is ErrBadUserInput and creates nothing.
+// GenerateKeys creates count new AVAILABLE keys in the default pool. A count outside
+// the server's 1..max-generate is ErrBadUserInput and creates nothing.
 func (c *Client) GenerateKeys(ctx context.Context, count int) ([]Key, error) {
-	resp, err := gen.GenerateKeys(ctx, c.gql, count)
+	return c.GenerateKeysIn(ctx, "", count)
+}
+
+// GenerateKeysIn creates count new AVAILABLE keys in pool ("" is the default pool),
+// which the server makes if need be (ErrBadUserInput beyond its -max-pools).
+func (c *Client) GenerateKeysIn(ctx context.Context, pool string, count int) ([]Key, error) {
+	resp, err := gen.GenerateKeys(ctx, c.gql, count, stringArg(pool))
 	if err != nil {
 		return nil, fromGraphQL(err)
 	}
@@ -113,6 +121,11 @@ func (c *Client) GenerateKeys(ctx context.Context, count int) ([]Key, error) {
 // AcquireOptions tune AcquireKey and Lease. A zero field is not sent, so that the
 // server applies its default.
 type AcquireOptions struct {
+	// Pool is the pool to take a key from; "" is the default pool.
+	Pool string
+	// Holder says who takes the lease (free text, at most 128 bytes): the server
+	// shows it wherever it shows the lease.
+	Holder string
 	// TTL is the lease's length, from 1s up to the server's -max-lease-ttl; zero
 	// means the server's -lease-ttl.
 	TTL time.Duration
@@ -125,7 +138,7 @@ type AcquireOptions struct {
 // (after opts.Wait) it returns ErrNotFound. Nothing renews the lease: it runs out
 // after its TTL unless renewed. Most holders want Lease instead.
 func (c *Client) AcquireKey(ctx context.Context, opts AcquireOptions) (LeaseInfo, error) {
-	resp, err := gen.AcquireKey(ctx, c.gql, durationArg(opts.TTL), durationArg(opts.Wait))
+	resp, err := gen.AcquireKey(ctx, c.gql, stringArg(opts.Pool), durationArg(opts.TTL), durationArg(opts.Wait), stringArg(opts.Holder))
 	if err != nil {
 		return LeaseInfo{}, fromGraphQL(err)
 	}
@@ -187,14 +200,81 @@ func (c *Client) Key(ctx context.Context, id string) (Key, error) {
 	return keyFrom(resp.Key), nil
 }
 
-// Stats counts the keys of the pool by state.
+// Stats counts the keys of every pool together by state.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
-	resp, err := gen.GetStats(ctx, c.gql)
+	return c.PoolStats(ctx, "")
+}
+
+// PoolStats counts the keys of pool by state ("": every pool together); a pool never
+// made counts zero.
+func (c *Client) PoolStats(ctx context.Context, pool string) (Stats, error) {
+	resp, err := gen.GetStats(ctx, c.gql, stringArg(pool))
 	if err != nil {
 		return Stats{}, fromGraphQL(err)
 	}
 	s := resp.Stats
-	return Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked}, nil
+	return Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Waiting: s.Waiting}, nil
+}
+
+// Pools returns every pool made so far, and the default pool, ordered by name.
+func (c *Client) Pools(ctx context.Context) ([]Pool, error) {
+	resp, err := gen.GetPools(ctx, c.gql)
+	if err != nil {
+		return nil, fromGraphQL(err)
+	}
+	pools := make([]Pool, len(resp.Pools))
+	for i, p := range resp.Pools {
+		s := p.Stats
+		pools[i] = Pool{Name: p.Name, Stats: Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Waiting: s.Waiting}}
+	}
+	return pools, nil
+}
+
+// ListOptions select the keys that Keys walks.
+type ListOptions struct {
+	// Pool keeps only that pool's keys; "" walks every pool, by name.
+	Pool string
+	// Status keeps only keys in that state; "" keeps every key.
+	Status Status
+	// PageSize is how many keys each request reads, 1 to 1000; zero means 100.
+	PageSize int
+}
+
+// Keys walks the keys that opts select, a page at a time, in the server's stable
+// order: each key that matches for the whole walk comes once, any other at most once.
+// An error ends the walk, yielded with an empty Key.
+//
+//	for key, err := range kp.Keys(ctx, client.ListOptions{Pool: "openai", Status: client.Blocked}) {
+//		if err != nil { return err }
+//		fmt.Println(key.ID, key.Lease.Holder)
+//	}
+func (c *Client) Keys(ctx context.Context, opts ListOptions) iter.Seq2[Key, error] {
+	return func(yield func(Key, error) bool) {
+		var status *gen.KeyStatus
+		if opts.Status != "" {
+			s := gen.KeyStatus(opts.Status)
+			status = &s
+		}
+		first := cmp.Or(opts.PageSize, 100)
+		var after *string
+		for {
+			resp, err := gen.ListKeys(ctx, c.gql, stringArg(opts.Pool), status, &first, after)
+			if err != nil {
+				yield(Key{}, fromGraphQL(err))
+				return
+			}
+			for i := range resp.Keys.Nodes {
+				if !yield(keyFrom(&resp.Keys.Nodes[i]), nil) {
+					return
+				}
+			}
+			page := resp.Keys.PageInfo
+			if !page.HasNextPage || page.EndCursor == nil {
+				return
+			}
+			after = page.EndCursor
+		}
+	}
 }
 
 // durationArg is how an optional Duration argument is sent: not at all when zero.

@@ -52,6 +52,8 @@ const (
 
 // SubscribeOptions select the events of a subscription and tune its reconnection.
 type SubscribeOptions struct {
+	// Pool is the pool whose events to follow; "" is the default pool.
+	Pool string
 	// Types keeps only events of these types; empty means all.
 	Types []EventType
 	// Keys keeps only events of these keys (by id, at most 100); empty means all.
@@ -301,6 +303,9 @@ func (c *Client) handshake(ctx context.Context, conn *websocket.Conn, opts Subsc
 		break
 	}
 	vars := map[string]any{}
+	if opts.Pool != "" {
+		vars["pool"] = opts.Pool
+	}
 	if len(opts.Types) > 0 {
 		vars["types"] = opts.Types
 	}
@@ -360,7 +365,7 @@ func (s *Subscription) follow(ctx context.Context, conn *websocket.Conn, idle ti
 				return delivered, errors.New("keyEvents: a response without data")
 			}
 			ev := resp.Data.KeyEvents
-			event := Event{Seq: bigInt(ev.Seq64), Seq64: ev.Seq64, Stream: ev.Stream, Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At}
+			event := Event{Seq: bigInt(ev.Seq64), Seq64: ev.Seq64, Stream: ev.Stream, Pool: ev.Pool, Type: EventType(ev.Type), KeyID: ev.KeyId, At: ev.At, Holder: deref(ev.Holder)}
 			if !s.advance(event) {
 				continue // already delivered before a reconnection
 			}

@@ -101,7 +101,7 @@ func TestSubscribeAfterAndTypes(t *testing.T) {
 	s, err = c.Subscribe(ctx, client.SubscribeOptions{After: after(0), Types: []client.EventType{client.Deleted}})
 	require.NoError(t, err)
 	ev := nextEvent(t, s)
-	assert.Equal(t, client.Event{Seq: 4, Seq64: "4", Stream: ev.Stream, Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
+	assert.Equal(t, client.Event{Seq: 4, Seq64: "4", Stream: ev.Stream, Pool: "default", Type: client.Deleted, KeyID: keys[1].ID, At: ev.At}, ev)
 	s.Close()
 }
 
@@ -123,7 +123,7 @@ func TestSubscribeResumesAfterDrop(t *testing.T) {
 			resumedAfter = append(resumedAfter, after)
 			if len(resumedAfter) == 1 {
 				// Disconnected: these events can reach the client only by replay.
-				_, err := ts.store.Generate(context.Background(), 3)
+				_, err := ts.store.Generate(context.Background(), "", 3)
 				assert.NoError(t, err)
 			}
 		},

@@ -63,6 +63,7 @@ type Lease struct {
 	c     *Client
 	clock clockwork.Clock
 	id    string
+	pool  string
 	token string
 	fence int64
 	// ttl is what renewals ask for: what the acquire asked for (zero: the server's
@@ -102,6 +103,7 @@ func (c *Client) Lease(ctx context.Context, opts AcquireOptions) (*Lease, error)
 		c:           c,
 		clock:       c.clock,
 		id:          info.Key.ID,
+		pool:        info.Key.Pool,
 		token:       info.Token,
 		fence:       info.Fence,
 		ttl:         opts.TTL,
@@ -131,7 +133,7 @@ var lossEvents = []EventType{Unblocked, Released, Deleted, Expired, Acquired}
 // rather than at the next renewal. If the stream cannot be had (an older server, a
 // network that drops websockets), the renewals still find the loss.
 func (l *Lease) watch() {
-	sub, err := l.c.Subscribe(l.loopCtx, SubscribeOptions{Keys: []string{l.id}, Types: lossEvents})
+	sub, err := l.c.Subscribe(l.loopCtx, SubscribeOptions{Pool: l.pool, Keys: []string{l.id}, Types: lossEvents})
 	if err != nil {
 		return
 	}

@@ -51,7 +51,7 @@ func TestSubscribeAcrossRestart(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 
-	_, err = first.Generate(ctx, 5)
+	_, err = first.Generate(ctx, "", 5)
 	require.NoError(t, err)
 	var old string
 	for seq := int64(1); seq <= 5; seq++ {
@@ -62,7 +62,7 @@ func TestSubscribeAcrossRestart(t *testing.T) {
 
 	second := start()                 // the restart: a new pool behind the same address
 	require.NoError(t, first.Close()) // the old one's streams end
-	_, err = second.Generate(ctx, 3)
+	_, err = second.Generate(ctx, "", 3)
 	require.NoError(t, err)
 	for seq := int64(1); seq <= 3; seq++ {
 		ev := nextEvent(t, s)

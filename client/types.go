@@ -19,7 +19,9 @@ const (
 // Key is a snapshot of one key of the pool. Its JSON form uses the schema's field
 // names.
 type Key struct {
-	ID     string `json:"id"`
+	ID string `json:"id"`
+	// Pool is the pool the key belongs to.
+	Pool   string `json:"pool"`
 	Status Status `json:"status"`
 	// CreatedAt is when the key was generated.
 	CreatedAt time.Time `json:"createdAt"`
@@ -45,6 +47,8 @@ type LeaseInfo struct {
 	Fence64    string    `json:"fence64"`
 	AcquiredAt time.Time `json:"acquiredAt"`
 	ExpiresAt  time.Time `json:"expiresAt"`
+	// Holder is who took the lease, as the acquire said; "" when it said nothing.
+	Holder string `json:"holder,omitempty"`
 	// Key is the key the lease holds, as it was when the lease was read; nil for the
 	// lease inside a Key.
 	Key *Key `json:"key,omitempty"`
@@ -58,11 +62,20 @@ type History struct {
 	LastAcquiredAt *time.Time `json:"lastAcquiredAt"`
 }
 
-// Stats counts the keys of the pool by state.
+// Stats counts the keys of a pool, or of every pool, by state.
 type Stats struct {
 	Total     int `json:"total"`
 	Available int `json:"available"`
 	Blocked   int `json:"blocked"`
+	// Waiting counts the acquires waiting now for a key (with a Redis store, those
+	// waiting on the server asked).
+	Waiting int `json:"waiting"`
+}
+
+// Pool is a named pool of keys with its counts.
+type Pool struct {
+	Name  string `json:"name"`
+	Stats Stats  `json:"stats"`
 }
 
 // EventType says what happened to a key.
@@ -90,16 +103,21 @@ type Event struct {
 	Seq64 string `json:"seq64"`
 	// Stream names that stream: it changes when the pool's events start again from
 	// seq 1 (an in-memory server restarted, a Redis pool made anew).
-	Stream string    `json:"stream"`
-	Type   EventType `json:"type"`
-	KeyID  string    `json:"keyId"`
+	Stream string `json:"stream"`
+	// Pool is the key's pool, whose stream it is.
+	Pool  string    `json:"pool"`
+	Type  EventType `json:"type"`
+	KeyID string    `json:"keyId"`
 	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
 	At time.Time `json:"at"`
+	// Holder is the lease's holder on an ACQUIRED event whose acquire named one.
+	Holder string `json:"holder,omitempty"`
 }
 
 func keyFrom(k *gen.KeyFields) Key {
 	key := Key{
 		ID:        k.Id,
+		Pool:      k.Pool,
 		Status:    Status(k.Status),
 		CreatedAt: k.CreatedAt,
 		ExpiresAt: k.ExpiresAt,
@@ -110,14 +128,22 @@ func keyFrom(k *gen.KeyFields) Key {
 		},
 	}
 	if l := k.Lease; l != nil {
-		key.Lease = &LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt}
+		key.Lease = &LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Holder: deref(l.Holder)}
 	}
 	return key
 }
 
 func leaseFrom(l *gen.LeaseFields) LeaseInfo {
 	key := keyFrom(&l.Key)
-	return LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Key: &key}
+	return LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Holder: deref(l.Holder), Key: &key}
+}
+
+// deref reads an optional string: "" for null.
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // bigInt reads a BigInt the server wrote: a string of decimal digits (schema.graphqls

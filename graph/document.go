@@ -13,6 +13,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
 
+	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/wire"
 )
 
@@ -327,8 +328,8 @@ func admissionFor(ctx context.Context) *admission {
 // generateKeys(count: 10000) would make a million keys at once; with it, a request
 // makes at most 4/3 of -max-generate keys. A count the store refuses costs 1: it
 // makes no key.
-func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64) int {
-	return func(childComplexity int, count int64) int {
+func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64, _ *string) int {
+	return func(childComplexity int, count int64, _ *string) int {
 		if count < 1 || count > int64(maxGenerate) {
 			return 1
 		}
@@ -337,13 +338,24 @@ func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int
 	}
 }
 
-// generateShare is the complexity of making -max-generate keys.
+// generateShare is the complexity of making -max-generate keys, or of reading a page
+// of keystore.MaxListFirst keys.
 const generateShare = ComplexityLimit * 3 / 4
+
+// keysComplexity prices a page of keys by its size as generateKeysComplexity prices
+// the keys it makes, so that no operation reads more than about MaxListFirst keys.
+func keysComplexity(childComplexity int, _ *string, _ *keystore.Status, first *int64, _ *string) int {
+	n := int64(keystore.DefaultListFirst)
+	if first != nil {
+		n = *first
+	}
+	return generateKeysComplexity(keystore.MaxListFirst)(childComplexity, n, nil)
+}
 
 // acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an
 // acquire that may wait: without it, 100 aliases of acquireKey(wait: "30s") would hold
 // their request for 50 minutes; with it, an operation waits at most once.
-func acquireKeyComplexity(childComplexity int, _ *time.Duration, wait *time.Duration) int {
+func acquireKeyComplexity(childComplexity int, _ *string, _ *time.Duration, wait *time.Duration, _ *string) int {
 	c := 1 + childComplexity
 	if wait != nil && *wait > 0 {
 		c += waitShare

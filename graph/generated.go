@@ -45,15 +45,23 @@ type ComplexityRoot struct {
 		ExpiresAt    func(childComplexity int) int
 		History      func(childComplexity int) int
 		ID           func(childComplexity int) int
+		Pool         func(childComplexity int) int
 		Status       func(childComplexity int) int
 	}
 
+	KeyConnection struct {
+		Nodes    func(childComplexity int) int
+		PageInfo func(childComplexity int) int
+	}
+
 	KeyEvent struct {
-		At     func(childComplexity int) int
-		KeyID  func(childComplexity int) int
-		Seq    func(childComplexity int) int
-		Stream func(childComplexity int) int
-		Type   func(childComplexity int) int
+		At           func(childComplexity int) int
+		HolderOrNull func(childComplexity int) int
+		KeyID        func(childComplexity int) int
+		Pool         func(childComplexity int) int
+		Seq          func(childComplexity int) int
+		Stream       func(childComplexity int) int
+		Type         func(childComplexity int) int
 	}
 
 	KeyHistory struct {
@@ -63,35 +71,49 @@ type ComplexityRoot struct {
 	}
 
 	Lease struct {
-		AcquiredAt func(childComplexity int) int
-		ExpiresAt  func(childComplexity int) int
-		Fence      func(childComplexity int) int
-		Key        func(childComplexity int) int
-		Token      func(childComplexity int) int
+		AcquiredAt   func(childComplexity int) int
+		ExpiresAt    func(childComplexity int) int
+		Fence        func(childComplexity int) int
+		HolderOrNull func(childComplexity int) int
+		Key          func(childComplexity int) int
+		Token        func(childComplexity int) int
 	}
 
 	Mutation struct {
-		AcquireKey   func(childComplexity int, ttl *time.Duration, wait *time.Duration) int
+		AcquireKey   func(childComplexity int, pool *string, ttl *time.Duration, wait *time.Duration, holder *string) int
 		DeleteKey    func(childComplexity int, id string) int
-		GenerateKeys func(childComplexity int, count int64) int
+		GenerateKeys func(childComplexity int, count int64, pool *string) int
 		KeepAlive    func(childComplexity int, id string) int
 		RenewLease   func(childComplexity int, id string, token string, ttl *time.Duration) int
 		UnblockKey   func(childComplexity int, id string, token *string) int
 	}
 
+	PageInfo struct {
+		EndCursor   func(childComplexity int) int
+		HasNextPage func(childComplexity int) int
+	}
+
+	Pool struct {
+		Name  func(childComplexity int) int
+		Stats func(childComplexity int) int
+	}
+
 	Query struct {
 		Key   func(childComplexity int, id string) int
-		Stats func(childComplexity int) int
+		Keys  func(childComplexity int, pool *string, status *keystore.Status, first *int64, after *string) int
+		Pools func(childComplexity int) int
+		Stats func(childComplexity int, pool *string) int
 	}
 
 	Stats struct {
 		Available func(childComplexity int) int
 		Blocked   func(childComplexity int) int
 		Total     func(childComplexity int) int
+		Waiting   func(childComplexity int) int
 	}
 
 	Subscription struct {
-		KeyEvents func(childComplexity int, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) int
+		KeyEvents func(childComplexity int, pool *string, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) int
 	}
 }
 
@@ -100,8 +122,8 @@ type ComplexityRoot struct {
 // region    ************************** generated!.gotpl **************************
 
 type MutationResolver interface {
-	GenerateKeys(ctx context.Context, count int64) ([]*model.Key, error)
-	AcquireKey(ctx context.Context, ttl *time.Duration, wait *time.Duration) (*model.Lease, error)
+	GenerateKeys(ctx context.Context, count int64, pool *string) ([]*model.Key, error)
+	AcquireKey(ctx context.Context, pool *string, ttl *time.Duration, wait *time.Duration, holder *string) (*model.Lease, error)
 	UnblockKey(ctx context.Context, id string, token *string) (*model.Key, error)
 	RenewLease(ctx context.Context, id string, token string, ttl *time.Duration) (*model.Lease, error)
 	DeleteKey(ctx context.Context, id string) (string, error)
@@ -109,10 +131,12 @@ type MutationResolver interface {
 }
 type QueryResolver interface {
 	Key(ctx context.Context, id string) (*model.Key, error)
-	Stats(ctx context.Context) (*keystore.Stats, error)
+	Stats(ctx context.Context, pool *string) (*keystore.Stats, error)
+	Pools(ctx context.Context) ([]*keystore.PoolStats, error)
+	Keys(ctx context.Context, pool *string, status *keystore.Status, first *int64, after *string) (*model.KeyConnection, error)
 }
 type SubscriptionResolver interface {
-	KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error)
+	KeyEvents(ctx context.Context, pool *string, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -163,6 +187,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Key.ID(childComplexity), true
+	case "Key.pool":
+		if e.ComplexityRoot.Key.Pool == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Key.Pool(childComplexity), true
 	case "Key.status":
 		if e.ComplexityRoot.Key.Status == nil {
 			break
@@ -170,18 +200,43 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Key.Status(childComplexity), true
 
+	case "KeyConnection.nodes":
+		if e.ComplexityRoot.KeyConnection.Nodes == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyConnection.Nodes(childComplexity), true
+	case "KeyConnection.pageInfo":
+		if e.ComplexityRoot.KeyConnection.PageInfo == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyConnection.PageInfo(childComplexity), true
+
 	case "KeyEvent.at":
 		if e.ComplexityRoot.KeyEvent.At == nil {
 			break
 		}
 
 		return e.ComplexityRoot.KeyEvent.At(childComplexity), true
+	case "KeyEvent.holder":
+		if e.ComplexityRoot.KeyEvent.HolderOrNull == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyEvent.HolderOrNull(childComplexity), true
 	case "KeyEvent.keyId":
 		if e.ComplexityRoot.KeyEvent.KeyID == nil {
 			break
 		}
 
 		return e.ComplexityRoot.KeyEvent.KeyID(childComplexity), true
+	case "KeyEvent.pool":
+		if e.ComplexityRoot.KeyEvent.Pool == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyEvent.Pool(childComplexity), true
 	case "KeyEvent.seq", "KeyEvent.seq64":
 		if e.ComplexityRoot.KeyEvent.Seq == nil {
 			break
@@ -238,6 +293,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Lease.Fence(childComplexity), true
+	case "Lease.holder":
+		if e.ComplexityRoot.Lease.HolderOrNull == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Lease.HolderOrNull(childComplexity), true
 	case "Lease.key":
 		if e.ComplexityRoot.Lease.Key == nil {
 			break
@@ -261,7 +322,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.AcquireKey(childComplexity, args["ttl"].(*time.Duration), args["wait"].(*time.Duration)), true
+		return e.ComplexityRoot.Mutation.AcquireKey(childComplexity, args["pool"].(*string), args["ttl"].(*time.Duration), args["wait"].(*time.Duration), args["holder"].(*string)), true
 	case "Mutation.deleteKey":
 		if e.ComplexityRoot.Mutation.DeleteKey == nil {
 			break
@@ -283,7 +344,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.GenerateKeys(childComplexity, args["count"].(int64)), true
+		return e.ComplexityRoot.Mutation.GenerateKeys(childComplexity, args["count"].(int64), args["pool"].(*string)), true
 	case "Mutation.keepAlive":
 		if e.ComplexityRoot.Mutation.KeepAlive == nil {
 			break
@@ -318,6 +379,32 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Mutation.UnblockKey(childComplexity, args["id"].(string), args["token"].(*string)), true
 
+	case "PageInfo.endCursor":
+		if e.ComplexityRoot.PageInfo.EndCursor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PageInfo.EndCursor(childComplexity), true
+	case "PageInfo.hasNextPage":
+		if e.ComplexityRoot.PageInfo.HasNextPage == nil {
+			break
+		}
+
+		return e.ComplexityRoot.PageInfo.HasNextPage(childComplexity), true
+
+	case "Pool.name":
+		if e.ComplexityRoot.Pool.Name == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Pool.Name(childComplexity), true
+	case "Pool.stats":
+		if e.ComplexityRoot.Pool.Stats == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Pool.Stats(childComplexity), true
+
 	case "Query.key":
 		if e.ComplexityRoot.Query.Key == nil {
 			break
@@ -329,12 +416,34 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Query.Key(childComplexity, args["id"].(string)), true
+	case "Query.keys":
+		if e.ComplexityRoot.Query.Keys == nil {
+			break
+		}
+
+		args, err := ec.field_Query_keys_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.Keys(childComplexity, args["pool"].(*string), args["status"].(*keystore.Status), args["first"].(*int64), args["after"].(*string)), true
+	case "Query.pools":
+		if e.ComplexityRoot.Query.Pools == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Query.Pools(childComplexity), true
 	case "Query.stats":
 		if e.ComplexityRoot.Query.Stats == nil {
 			break
 		}
 
-		return e.ComplexityRoot.Query.Stats(childComplexity), true
+		args, err := ec.field_Query_stats_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.Stats(childComplexity, args["pool"].(*string)), true
 
 	case "Stats.available":
 		if e.ComplexityRoot.Stats.Available == nil {
@@ -354,6 +463,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Stats.Total(childComplexity), true
+	case "Stats.waiting":
+		if e.ComplexityRoot.Stats.Waiting == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Stats.Waiting(childComplexity), true
 
 	case "Subscription.keyEvents":
 		if e.ComplexityRoot.Subscription.KeyEvents == nil {
@@ -365,7 +480,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["types"].([]keystore.EventType), args["after"].(*int64), args["after64"].(*int64), args["stream"].(*string), args["keys"].([]string)), true
+		return e.ComplexityRoot.Subscription.KeyEvents(childComplexity, args["pool"].(*string), args["types"].([]keystore.EventType), args["after"].(*int64), args["after64"].(*int64), args["stream"].(*string), args["keys"].([]string)), true
 
 	}
 	return 0, false
@@ -477,7 +592,7 @@ behind), STREAM_CHANGED (keyEvents asked to resume a stream that has started aga
 GRAPHQL_PARSE_FAILED (also a document over the limits of its text: 5000 tokens, nesting
 32, names of 256 bytes, 64 KiB of strings), GRAPHQL_VALIDATION_FAILED,
 COMPLEXITY_LIMIT_EXCEEDED (an operation over complexity 200, one field a point, generateKeys 150
-more for -max-generate keys and its share of 150 for fewer, acquireKey 150 more when it may wait,
+more for -max-generate keys and its share of 150 for fewer, keys 150 more for a page of 1000 and its share for fewer, acquireKey 150 more when it may wait,
 so an operation waits once at most; or a document over 1000 fields, arguments and directives with its
 fragments written out, 16 selections of one response name in a selection set, or nesting 32; or
 __schema selected twice or aliased within), PERSISTED_QUERY_NOT_FOUND and INTERNAL_SERVER_ERROR.
@@ -525,11 +640,13 @@ enum KeyStatus {
 }
 
 """
-An API key of the pool.
+An API key of a pool.
 """
 type Key {
   "The key itself: an opaque, URL-safe string that is never issued twice."
   id: ID!
+  "The pool the key belongs to, for its whole life."
+  pool: String!
   "Whether the key is free or held under a lease."
   status: KeyStatus!
   "When the key was generated."
@@ -568,20 +685,54 @@ type Lease {
   acquiredAt: Time!
   "When the key returns to AVAILABLE unless unblocked or renewed first."
   expiresAt: Time!
+  "Who took the lease, as acquireKey's holder said; null when it said nothing."
+  holder: String
   "The key this lease holds, as it was when the lease was read."
   key: Key!
 }
 
 """
-How many keys the pool holds, by state.
+How many keys a pool holds, or every pool together, by state.
 """
 type Stats {
-  "All keys of the pool."
+  "All keys."
   total: Int!
   "Keys free to be acquired."
   available: Int!
   "Keys held under a lease."
   blocked: Int!
+  "Acquires waiting now for a key to come free (with a Redis store: those waiting on this server)."
+  waiting: Int!
+}
+
+"""
+A named pool of keys. Each pool has its own fences, event stream, waiters and counts.
+"""
+type Pool {
+  "The pool's name: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or a digit."
+  name: String!
+  "How many keys the pool holds, by state."
+  stats: Stats!
+}
+
+"""
+One page of keys.
+"""
+type KeyConnection {
+  "The page's keys, in the listing's order: by pool name, then in an order each key keeps for its life."
+  nodes: [Key!]!
+  "Where the page ends, and whether another follows."
+  pageInfo: PageInfo!
+}
+
+"""
+Where a page ends.
+"""
+type PageInfo {
+  "The cursor of the page's last key: pass it as after for the next page. Null when the page is empty."
+  endCursor: String
+  "Whether keys that match come after this page."
+  hasNextPage: Boolean!
 }
 
 """
@@ -593,8 +744,28 @@ type Query {
     "The key's id."
     id: ID!
   ): Key
-  "How many keys the pool holds, by state."
-  stats: Stats!
+  "How many keys a pool holds by state; every pool together when pool is omitted. A pool never made counts zero."
+  stats(
+    "The pool; every pool when omitted."
+    pool: String
+  ): Stats!
+  "Every pool made so far, and the default pool, ordered by name."
+  pools: [Pool!]!
+  """
+  One page of keys, in a stable order: a walk over every page visits once each key that matched the filter
+  for the whole walk, and at most once any other. A page costs O(first + log n) whatever the filter. Priced in
+  the complexity limit by first, as generateKeys is by count.
+  """
+  keys(
+    "Only this pool's keys; every pool's, by pool name, when omitted."
+    pool: String
+    "Only keys in this state; every key when omitted."
+    status: KeyStatus
+    "The most keys the page holds, 1 to 1000."
+    first: Int = 100
+    "The endCursor of the page before; the first page when omitted."
+    after: String
+  ): KeyConnection!
 }
 
 """
@@ -605,16 +776,22 @@ type Mutation {
   generateKeys(
     "How many keys to create."
     count: Int! = 1
+    "The pool to create them in, made if need be (at most -max-pools pools, 1000 by default, else BAD_USER_INPUT)."
+    pool: String = "default"
   ): [Key!]!
   """
   Blocks a random AVAILABLE key under a new lease. When no key is free (after waiting, if wait is given) it
   returns null with a NOT_FOUND error.
   """
   acquireKey(
+    "The pool to take a key from: a uniformly random AVAILABLE key of that pool only."
+    pool: String = "default"
     "The lease's length, from 1s up to the server's max lease TTL; the server's lease TTL when omitted."
     ttl: Duration
     "How long to wait for a key when none is free, up to 30s; omitted or zero answers at once. One operation may wait once."
     wait: Duration
+    "Who takes the lease: free text of at most 128 bytes without control characters, shown where the lease is shown."
+    holder: String
   ): Lease
   """
   Returns a BLOCKED key to AVAILABLE. With a token, only the current lease's token is accepted
@@ -687,8 +864,12 @@ type KeyEvent {
   type: KeyEventType!
   "The key it happened to."
   keyId: ID!
+  "The pool of the key, whose stream this is."
+  pool: String!
   "When it happened; for RELEASED and EXPIRED, the deadline that passed."
   at: Time!
+  "On ACQUIRED: the lease's holder, if acquireKey named one; null otherwise."
+  holder: String
 }
 
 """
@@ -696,10 +877,12 @@ Live streams.
 """
 type Subscription {
   """
-  Streams the pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
+  Streams one pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
   may resume with after.
   """
   keyEvents(
+    "The pool whose events to follow (subscribe once per pool to follow several)."
+    pool: String = "default"
     "Only events of these types; all types when omitted or empty."
     types: [KeyEventType!]
     """
@@ -734,6 +917,8 @@ func (ec *executionContext) childFields_Key(ctx context.Context, field graphql.C
 	switch field.Name {
 	case "id":
 		return ec.fieldContext_Key_id(ctx, field)
+	case "pool":
+		return ec.fieldContext_Key_pool(ctx, field)
 	case "status":
 		return ec.fieldContext_Key_status(ctx, field)
 	case "createdAt":
@@ -748,6 +933,16 @@ func (ec *executionContext) childFields_Key(ctx context.Context, field graphql.C
 	return nil, fmt.Errorf("no field named %q was found under type Key", field.Name)
 }
 
+func (ec *executionContext) childFields_KeyConnection(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "nodes":
+		return ec.fieldContext_KeyConnection_nodes(ctx, field)
+	case "pageInfo":
+		return ec.fieldContext_KeyConnection_pageInfo(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type KeyConnection", field.Name)
+}
+
 func (ec *executionContext) childFields_KeyEvent(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "seq":
@@ -760,8 +955,12 @@ func (ec *executionContext) childFields_KeyEvent(ctx context.Context, field grap
 		return ec.fieldContext_KeyEvent_type(ctx, field)
 	case "keyId":
 		return ec.fieldContext_KeyEvent_keyId(ctx, field)
+	case "pool":
+		return ec.fieldContext_KeyEvent_pool(ctx, field)
 	case "at":
 		return ec.fieldContext_KeyEvent_at(ctx, field)
+	case "holder":
+		return ec.fieldContext_KeyEvent_holder(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type KeyEvent", field.Name)
 }
@@ -790,10 +989,32 @@ func (ec *executionContext) childFields_Lease(ctx context.Context, field graphql
 		return ec.fieldContext_Lease_acquiredAt(ctx, field)
 	case "expiresAt":
 		return ec.fieldContext_Lease_expiresAt(ctx, field)
+	case "holder":
+		return ec.fieldContext_Lease_holder(ctx, field)
 	case "key":
 		return ec.fieldContext_Lease_key(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Lease", field.Name)
+}
+
+func (ec *executionContext) childFields_PageInfo(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "endCursor":
+		return ec.fieldContext_PageInfo_endCursor(ctx, field)
+	case "hasNextPage":
+		return ec.fieldContext_PageInfo_hasNextPage(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type PageInfo", field.Name)
+}
+
+func (ec *executionContext) childFields_Pool(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "name":
+		return ec.fieldContext_Pool_name(ctx, field)
+	case "stats":
+		return ec.fieldContext_Pool_stats(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type Pool", field.Name)
 }
 
 func (ec *executionContext) childFields_Stats(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -804,6 +1025,8 @@ func (ec *executionContext) childFields_Stats(ctx context.Context, field graphql
 		return ec.fieldContext_Stats_available(ctx, field)
 	case "blocked":
 		return ec.fieldContext_Stats_blocked(ctx, field)
+	case "waiting":
+		return ec.fieldContext_Stats_waiting(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Stats", field.Name)
 }
@@ -927,22 +1150,38 @@ func (ec *executionContext) childFields___Type(ctx context.Context, field graphq
 func (ec *executionContext) field_Mutation_acquireKey_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
-	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "ttl",
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "ttl",
 		func(ctx context.Context, v any) (*time.Duration, error) {
 			return ec.unmarshalODuration2ᚖtimeᚐDuration(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["ttl"] = arg0
-	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "wait",
+	args["ttl"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "wait",
 		func(ctx context.Context, v any) (*time.Duration, error) {
 			return ec.unmarshalODuration2ᚖtimeᚐDuration(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["wait"] = arg1
+	args["wait"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "holder",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["holder"] = arg3
 	return args, nil
 }
 
@@ -971,6 +1210,14 @@ func (ec *executionContext) field_Mutation_generateKeys_args(ctx context.Context
 		return nil, err
 	}
 	args["count"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg1
 	return args, nil
 }
 
@@ -1068,49 +1315,109 @@ func (ec *executionContext) field_Query_key_args(ctx context.Context, rawArgs ma
 	return args, nil
 }
 
-func (ec *executionContext) field_Subscription_keyEvents_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+func (ec *executionContext) field_Query_keys_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
-	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "types",
-		func(ctx context.Context, v any) ([]keystore.EventType, error) {
-			return ec.unmarshalOKeyEventType2ᚕgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐEventTypeᚄ(ctx, v)
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["types"] = arg0
-	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+	args["pool"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "status",
+		func(ctx context.Context, v any) (*keystore.Status, error) {
+			return ec.unmarshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["status"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "first",
 		func(ctx context.Context, v any) (*int64, error) {
 			return ec.unmarshalOInt2ᚖint64(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["after"] = arg1
-	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "after64",
+	args["first"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg3
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_stats_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Subscription_keyEvents_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "types",
+		func(ctx context.Context, v any) ([]keystore.EventType, error) {
+			return ec.unmarshalOKeyEventType2ᚕgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐEventTypeᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["types"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*int64, error) {
+			return ec.unmarshalOInt2ᚖint64(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "after64",
 		func(ctx context.Context, v any) (*int64, error) {
 			return ec.unmarshalOBigInt2ᚖint64(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["after64"] = arg2
-	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "stream",
+	args["after64"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "stream",
 		func(ctx context.Context, v any) (*string, error) {
 			return ec.unmarshalOID2ᚖstring(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["stream"] = arg3
-	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
+	args["stream"] = arg4
+	arg5, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
 		func(ctx context.Context, v any) ([]string, error) {
 			return ec.unmarshalOID2ᚕstringᚄ(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["keys"] = arg4
+	args["keys"] = arg5
 	return args, nil
 }
 
@@ -1209,6 +1516,29 @@ func (ec *executionContext) _Key_id(ctx context.Context, field graphql.Collected
 }
 func (ec *executionContext) fieldContext_Key_id(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Key", field, false, false, "ID")
+}
+
+func (ec *executionContext) _Key_pool(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Key_pool(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Pool, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Key_pool(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Key", field, false, false, "String")
 }
 
 func (ec *executionContext) _Key_status(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
@@ -1344,6 +1674,70 @@ func (ec *executionContext) fieldContext_Key_history(_ context.Context, field gr
 	return fc, nil
 }
 
+func (ec *executionContext) _KeyConnection_nodes(ctx context.Context, field graphql.CollectedField, obj *model.KeyConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyConnection_nodes(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Nodes, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyConnection_nodes(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "KeyConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Key(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _KeyConnection_pageInfo(ctx context.Context, field graphql.CollectedField, obj *model.KeyConnection) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyConnection_pageInfo(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.PageInfo, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.PageInfo) graphql.Marshaler {
+			return ec.marshalNPageInfo2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐPageInfo(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyConnection_pageInfo(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "KeyConnection",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_PageInfo(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _KeyEvent_seq(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -1459,6 +1853,29 @@ func (ec *executionContext) fieldContext_KeyEvent_keyId(_ context.Context, field
 	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "ID")
 }
 
+func (ec *executionContext) _KeyEvent_pool(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyEvent_pool(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Pool, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyEvent_pool(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "String")
+}
+
 func (ec *executionContext) _KeyEvent_at(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -1480,6 +1897,29 @@ func (ec *executionContext) _KeyEvent_at(ctx context.Context, field graphql.Coll
 }
 func (ec *executionContext) fieldContext_KeyEvent_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("KeyEvent", field, false, false, "Time")
+}
+
+func (ec *executionContext) _KeyEvent_holder(ctx context.Context, field graphql.CollectedField, obj *keystore.Event) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyEvent_holder(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.HolderOrNull(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_KeyEvent_holder(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyEvent", field, true, false, "String")
 }
 
 func (ec *executionContext) _KeyHistory_timesAcquired(ctx context.Context, field graphql.CollectedField, obj *keystore.History) (ret graphql.Marshaler) {
@@ -1666,6 +2106,29 @@ func (ec *executionContext) fieldContext_Lease_expiresAt(_ context.Context, fiel
 	return graphql.NewScalarFieldContext("Lease", field, false, false, "Time")
 }
 
+func (ec *executionContext) _Lease_holder(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Lease_holder(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.HolderOrNull(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Lease_holder(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Lease", field, true, false, "String")
+}
+
 func (ec *executionContext) _Lease_key(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -1708,7 +2171,7 @@ func (ec *executionContext) _Mutation_generateKeys(ctx context.Context, field gr
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().GenerateKeys(ctx, fc.Args["count"].(int64))
+			return ec.Resolvers.Mutation().GenerateKeys(ctx, fc.Args["count"].(int64), fc.Args["pool"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v []*model.Key) graphql.Marshaler {
@@ -1752,7 +2215,7 @@ func (ec *executionContext) _Mutation_acquireKey(ctx context.Context, field grap
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().AcquireKey(ctx, fc.Args["ttl"].(*time.Duration), fc.Args["wait"].(*time.Duration))
+			return ec.Resolvers.Mutation().AcquireKey(ctx, fc.Args["pool"].(*string), fc.Args["ttl"].(*time.Duration), fc.Args["wait"].(*time.Duration), fc.Args["holder"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.Lease) graphql.Marshaler {
@@ -1962,6 +2425,107 @@ func (ec *executionContext) fieldContext_Mutation_keepAlive(ctx context.Context,
 	return fc, nil
 }
 
+func (ec *executionContext) _PageInfo_endCursor(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PageInfo_endCursor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.EndCursor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_PageInfo_endCursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PageInfo", field, false, false, "String")
+}
+
+func (ec *executionContext) _PageInfo_hasNextPage(ctx context.Context, field graphql.CollectedField, obj *model.PageInfo) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_PageInfo_hasNextPage(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.HasNextPage, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_PageInfo_hasNextPage(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("PageInfo", field, false, false, "Boolean")
+}
+
+func (ec *executionContext) _Pool_name(ctx context.Context, field graphql.CollectedField, obj *keystore.PoolStats) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Pool_name(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Name, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Pool_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Pool", field, false, false, "String")
+}
+
+func (ec *executionContext) _Pool_stats(ctx context.Context, field graphql.CollectedField, obj *keystore.PoolStats) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Pool_stats(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Stats, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v keystore.Stats) graphql.Marshaler {
+			return ec.marshalNStats2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStats(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Pool_stats(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Pool",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Stats(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Query_key(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2015,7 +2579,8 @@ func (ec *executionContext) _Query_stats(ctx context.Context, field graphql.Coll
 			return ec.fieldContext_Query_stats(ctx, field)
 		},
 		func(ctx context.Context) (any, error) {
-			return ec.Resolvers.Query().Stats(ctx)
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().Stats(ctx, fc.Args["pool"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Stats) graphql.Marshaler {
@@ -2025,7 +2590,7 @@ func (ec *executionContext) _Query_stats(ctx context.Context, field graphql.Coll
 		true,
 	)
 }
-func (ec *executionContext) fieldContext_Query_stats(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+func (ec *executionContext) fieldContext_Query_stats(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	fc = &graphql.FieldContext{
 		Object:     "Query",
 		Field:      field,
@@ -2034,6 +2599,93 @@ func (ec *executionContext) fieldContext_Query_stats(_ context.Context, field gr
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_Stats(ctx, field)
 		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_stats_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_pools(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_pools(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return ec.Resolvers.Query().Pools(ctx)
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*keystore.PoolStats) graphql.Marshaler {
+			return ec.marshalNPool2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐPoolStatsᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_pools(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Pool(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Query_keys(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_keys(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().Keys(ctx, fc.Args["pool"].(*string), fc.Args["status"].(*keystore.Status), fc.Args["first"].(*int64), fc.Args["after"].(*string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.KeyConnection) graphql.Marshaler {
+			return ec.marshalNKeyConnection2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyConnection(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_keys(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_KeyConnection(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_keys_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
 	}
 	return fc, nil
 }
@@ -2183,6 +2835,29 @@ func (ec *executionContext) fieldContext_Stats_blocked(_ context.Context, field 
 	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
 }
 
+func (ec *executionContext) _Stats_waiting(ctx context.Context, field graphql.CollectedField, obj *keystore.Stats) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Stats_waiting(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Waiting, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Stats_waiting(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
+}
+
 func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
 	return graphql.ResolveFieldStream(
 		ctx,
@@ -2193,7 +2868,7 @@ func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field g
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["after64"].(*int64), fc.Args["stream"].(*string), fc.Args["keys"].([]string))
+			return ec.Resolvers.Subscription().KeyEvents(ctx, fc.Args["pool"].(*string), fc.Args["types"].([]keystore.EventType), fc.Args["after"].(*int64), fc.Args["after64"].(*int64), fc.Args["stream"].(*string), fc.Args["keys"].([]string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *keystore.Event) graphql.Marshaler {
@@ -3324,6 +3999,11 @@ func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj 
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "pool":
+			out.Values[i] = ec._Key_pool(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		case "status":
 			out.Values[i] = ec._Key_status(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
@@ -3346,6 +4026,44 @@ func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 		case "history":
 			out.Values[i] = ec._Key_history(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var keyConnectionImplementors = []string{"KeyConnection"}
+
+func (ec *executionContext) _KeyConnection(ctx context.Context, sel ast.SelectionSet, obj *model.KeyConnection) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, keyConnectionImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("KeyConnection")
+		case "nodes":
+			out.Values[i] = ec._KeyConnection_nodes(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "pageInfo":
+			out.Values[i] = ec._KeyConnection_pageInfo(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -3402,9 +4120,19 @@ func (ec *executionContext) _KeyEvent(ctx context.Context, sel ast.SelectionSet,
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "pool":
+			out.Values[i] = ec._KeyEvent_pool(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		case "at":
 			out.Values[i] = ec._KeyEvent_at(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "holder":
+			out.Values[i] = ec._KeyEvent_holder(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
 		default:
@@ -3501,6 +4229,11 @@ func (ec *executionContext) _Lease(ctx context.Context, sel ast.SelectionSet, ob
 		case "expiresAt":
 			out.Values[i] = ec._Lease_expiresAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "holder":
+			out.Values[i] = ec._Lease_holder(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
 		case "key":
@@ -3603,6 +4336,82 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 	return out
 }
 
+var pageInfoImplementors = []string{"PageInfo"}
+
+func (ec *executionContext) _PageInfo(ctx context.Context, sel ast.SelectionSet, obj *model.PageInfo) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, pageInfoImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("PageInfo")
+		case "endCursor":
+			out.Values[i] = ec._PageInfo_endCursor(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "hasNextPage":
+			out.Values[i] = ec._PageInfo_hasNextPage(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var poolImplementors = []string{"Pool"}
+
+func (ec *executionContext) _Pool(ctx context.Context, sel ast.SelectionSet, obj *keystore.PoolStats) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, poolImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("Pool")
+		case "name":
+			out.Values[i] = ec._Pool_name(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "stats":
+			out.Values[i] = ec._Pool_stats(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
 var queryImplementors = []string{"Query"}
 
 func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) graphql.Marshaler {
@@ -3633,6 +4442,18 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 				true, true,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Query_stats(ctx, field)
+				})
+		case "pools":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_pools(ctx, field)
+				})
+		case "keys":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_keys(ctx, field)
 				})
 		case "__type":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
@@ -3688,6 +4509,11 @@ func (ec *executionContext) _Stats(ctx context.Context, sel ast.SelectionSet, ob
 			}
 		case "blocked":
 			out.Values[i] = ec._Stats_blocked(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "waiting":
+			out.Values[i] = ec._Stats_waiting(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -4184,6 +5010,14 @@ func (ec *executionContext) marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgr
 	return ec._Key(ctx, sel, v)
 }
 
+func (ec *executionContext) marshalNKeyConnection2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyConnection(ctx context.Context, sel ast.SelectionSet, v *model.KeyConnection) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "KeyConnection!")
+		return graphql.Null
+	}
+	return ec._KeyConnection(ctx, sel, v)
+}
+
 func (ec *executionContext) marshalNKeyEvent2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐEvent(ctx context.Context, sel ast.SelectionSet, v *keystore.Event) graphql.Marshaler {
 	if v == nil {
 		graphql.AddInvalidNullError(ctx, "KeyEvent!")
@@ -4262,6 +5096,42 @@ func (ec *executionContext) marshalNLease2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋ
 		return graphql.Null
 	}
 	return ec._Lease(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNPageInfo2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐPageInfo(ctx context.Context, sel ast.SelectionSet, v *model.PageInfo) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "PageInfo!")
+		return graphql.Null
+	}
+	return ec._PageInfo(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNPool2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐPoolStatsᚄ(ctx context.Context, sel ast.SelectionSet, v []*keystore.PoolStats) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNPool2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐPoolStats(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNPool2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐPoolStats(ctx context.Context, sel ast.SelectionSet, v *keystore.PoolStats) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "Pool!")
+		return graphql.Null
+	}
+	return ec._Pool(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNStats2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStats(ctx context.Context, sel ast.SelectionSet, v keystore.Stats) graphql.Marshaler {
+	return ec._Stats(ctx, sel, &v)
 }
 
 func (ec *executionContext) marshalNStats2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStats(ctx context.Context, sel ast.SelectionSet, v *keystore.Stats) graphql.Marshaler {
@@ -4621,6 +5491,36 @@ func (ec *executionContext) marshalOKeyEventType2ᚕgithubᚗcomᚋkeypoolᚋkey
 
 	return ret
 }
+
+func (ec *executionContext) unmarshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus(ctx context.Context, v any) (*keystore.Status, error) {
+	if v == nil {
+		return nil, nil
+	}
+	tmp, err := graphql.UnmarshalString(v)
+	res := unmarshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus[tmp]
+	return &res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus(ctx context.Context, sel ast.SelectionSet, v *keystore.Status) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	_ = sel
+	_ = ctx
+	res := graphql.MarshalString(marshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus[*v])
+	return res
+}
+
+var (
+	unmarshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[string]keystore.Status{
+		"AVAILABLE": keystore.Available,
+		"BLOCKED":   keystore.Blocked,
+	}
+	marshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[keystore.Status]string{
+		keystore.Available: "AVAILABLE",
+		keystore.Blocked:   "BLOCKED",
+	}
+)
 
 func (ec *executionContext) marshalOLease2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐLease(ctx context.Context, sel ast.SelectionSet, v *model.Lease) graphql.Marshaler {
 	if v == nil {

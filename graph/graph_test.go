@@ -352,7 +352,9 @@ type brokenStore struct {
 	err error
 }
 
-func (s brokenStore) Stats(context.Context) (keystore.Stats, error) { return keystore.Stats{}, s.err }
+func (s brokenStore) Stats(context.Context, string) (keystore.Stats, error) {
+	return keystore.Stats{}, s.err
+}
 func (s brokenStore) Get(context.Context, string) (keystore.Key, error) {
 	panic("secret panic text")
 }

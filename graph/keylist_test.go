@@ -15,7 +15,7 @@ import (
 func TestGenerateKeysAnswersAsGqlgen(t *testing.T) {
 	selections := []struct{ name, selection, fragments string }{
 		{name: "one field", selection: "id"},
-		{name: "every field", selection: `id status createdAt expiresAt __typename
+		{name: "every field", selection: `id pool status createdAt expiresAt __typename
 			lease { token fence acquiredAt expiresAt key { id } }
 			history { timesAcquired leasesExpired lastAcquiredAt __typename }`},
 		{name: "aliases and repeats", selection: "b: id a: id id status b: id history { x: timesAcquired } history { lastAcquiredAt }"},

@@ -30,6 +30,7 @@ type fieldValue uint8
 
 const (
 	keyID fieldValue = iota
+	keyPool
 	keyStatus
 	keyCreatedAt
 	keyExpiresAt
@@ -61,7 +62,7 @@ func init() {
 	keyType = objType{
 		implementors: []string{"Key"},
 		fields: map[string]fieldValue{
-			"id": keyID, "status": keyStatus, "createdAt": keyCreatedAt, "expiresAt": keyExpiresAt,
+			"id": keyID, "pool": keyPool, "status": keyStatus, "createdAt": keyCreatedAt, "expiresAt": keyExpiresAt,
 			"lease": keyLease, "history": keyHistory, "__typename": keyTypename,
 		},
 		objects: map[fieldValue]*objType{keyLease: &leaseType, keyHistory: &historyType},
@@ -121,6 +122,8 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 		switch f.value {
 		case keyID:
 			b = appendString(b, k.ID)
+		case keyPool:
+			b = appendString(b, k.Pool)
 		case keyStatus:
 			b = appendString(b, string(k.Status))
 		case keyCreatedAt:

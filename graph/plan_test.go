@@ -26,7 +26,7 @@ func (r eventsResolver) Subscription() SubscriptionResolver { return eventsSubsc
 
 type eventsSubscription eventsResolver
 
-func (r eventsSubscription) KeyEvents(ctx context.Context, _ []keystore.EventType, _ *int64, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
+func (r eventsSubscription) KeyEvents(ctx context.Context, _ *string, _ []keystore.EventType, _ *int64, _ *int64, _ *string, _ []string) (<-chan *keystore.Event, error) {
 	*r.plan = r.Plans.ForField(ctx)
 	return r.events, nil
 }
@@ -38,13 +38,15 @@ func TestPlanEncodesAsGqlgen(t *testing.T) {
 	events := []keystore.Event{
 		{Seq: 1, Stream: "TBAHoTaQrFmnysU_zXrV2w", Type: keystore.EventGenerated, KeyID: "ZRqdpn7ksEzXcOEtGiXofw", At: time.Date(2026, 11, 24, 14, 4, 5, 123456789, time.UTC)},
 		{Seq: 2, Type: keystore.EventExpired, KeyID: `a<b>&c"d\e` + "\u2028\x01", At: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
-		{Seq: 1 << 40, Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local)},
+		{Seq: 1 << 40, Pool: "a.b", Type: keystore.EventAcquired, KeyID: "k", At: time.Date(2026, 1, 2, 3, 4, 5, 100, time.Local), Holder: "ci <job> & \"x\"\u00e9\u2029"},
+		{Seq: 3, Pool: "default", Type: keystore.EventAcquired, KeyID: "k", Holder: "\t\x7f"},
 	}
 	cases := []struct {
 		query string
 		vars  map[string]any
 	}{
 		{query: `subscription { keyEvents { seq seq64 type keyId at stream } }`},
+		{query: `subscription { keyEvents(pool: "a.b") { pool holder h: holder keyId } }`},
 		{query: `subscription { keyEvents { at keyId } }`},
 		{query: `subscription { e: keyEvents { s: seq, type, t: type, __typename } }`},
 		{query: `subscription { keyEvents { seq seq ...F ... on KeyEvent { at } } } fragment F on KeyEvent { keyId type }`},
@@ -102,4 +104,25 @@ func TestPlansAreShared(t *testing.T) {
 	b.Release()
 	c.Release()
 	require.NotSame(t, a, planOf(`subscription { keyEvents { seq keyId } }`), "the last release forgot it")
+}
+
+// TestPlanCacheKnowsStreams: a plan is shared by subscriptions of every pool, whose
+// streams number their events alike; its cache must never answer one pool's event
+// with another's encoding of the same seq.
+func TestPlanCacheKnowsStreams(t *testing.T) {
+	fan := fanout.New(1, nil)
+	var plan *fanout.Plan
+	resolvers := eventsResolver{Resolver: &Resolver{Plans: fan.Plans()}, events: make(chan *keystore.Event), plan: &plan}
+	exec := executor.New(NewExecutableSchema(Config{Resolvers: resolvers}))
+	ctx := graphql.StartOperationTrace(t.Context())
+	opCtx, errs := exec.CreateOperationContext(ctx, &graphql.RawParams{Query: `subscription { keyEvents { seq keyId pool } }`})
+	require.Empty(t, errs)
+	exec.DispatchOperation(graphql.WithOperationContext(ctx, opCtx), opCtx)
+	require.NotNil(t, plan)
+	defer plan.Release()
+	a := keystore.Event{Seq: 1, Stream: "streamA", Pool: "a", Type: keystore.EventGenerated, KeyID: "ka"}
+	b := keystore.Event{Seq: 1, Stream: "streamB", Pool: "b", Type: keystore.EventGenerated, KeyID: "kb"}
+	require.Contains(t, string(plan.Payload(&a)), `"ka"`)
+	require.Contains(t, string(plan.Payload(&b)), `"kb"`, "pool b's event answered from pool a's cache")
+	require.Contains(t, string(plan.Payload(&a)), `"ka"`)
 }

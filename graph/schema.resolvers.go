@@ -15,9 +15,9 @@ import (
 )
 
 // GenerateKeys is the resolver for the generateKeys field.
-func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*model.Key, error) {
+func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64, pool *string) ([]*model.Key, error) {
 	// Exact wherever int has 64 bits; elsewhere saturated, which the pool refuses too.
-	keys, err := r.Store.Generate(ctx, int(max(min(count, math.MaxInt), math.MinInt)))
+	keys, err := r.Store.Generate(ctx, orZero(pool), int(max(min(count, math.MaxInt), math.MinInt)))
 	if err != nil {
 		return nil, err
 	}
@@ -32,8 +32,8 @@ func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64) ([]*mo
 }
 
 // AcquireKey is the resolver for the acquireKey field.
-func (r *mutationResolver) AcquireKey(ctx context.Context, ttl *time.Duration, wait *time.Duration) (*model.Lease, error) {
-	key, err := r.Store.Acquire(ctx, keystore.AcquireOptions{TTL: ttl, Wait: orZero(wait)})
+func (r *mutationResolver) AcquireKey(ctx context.Context, pool *string, ttl *time.Duration, wait *time.Duration, holder *string) (*model.Lease, error) {
+	key, err := r.Store.Acquire(ctx, keystore.AcquireOptions{Pool: orZero(pool), TTL: ttl, Wait: orZero(wait), Holder: orZero(holder)})
 	if err != nil {
 		return nil, err
 	}
@@ -80,23 +80,46 @@ func (r *queryResolver) Key(ctx context.Context, id string) (*model.Key, error) 
 }
 
 // Stats is the resolver for the stats field.
-func (r *queryResolver) Stats(ctx context.Context) (*keystore.Stats, error) {
-	stats, err := r.Store.Stats(ctx)
+func (r *queryResolver) Stats(ctx context.Context, pool *string) (*keystore.Stats, error) {
+	stats, err := r.Store.Stats(ctx, orZero(pool))
 	if err != nil {
 		return nil, err
 	}
 	return &stats, nil
 }
 
+// Pools is the resolver for the pools field.
+func (r *queryResolver) Pools(ctx context.Context) ([]*keystore.PoolStats, error) {
+	pools, err := r.Store.Pools(ctx)
+	out := make([]*keystore.PoolStats, len(pools))
+	for i := range pools {
+		out[i] = &pools[i]
+	}
+	return out, err
+}
+
+// Keys is the resolver for the keys field.
+func (r *queryResolver) Keys(ctx context.Context, pool *string, status *keystore.Status, first *int64, after *string) (*model.KeyConnection, error) {
+	n := int64(keystore.DefaultListFirst) // for an explicit null
+	if first != nil {
+		n = max(min(*first, math.MaxInt32), -1) // out of range stays out of range
+	}
+	page, err := r.Store.List(ctx, keystore.ListOptions{Pool: orZero(pool), Status: orZero(status), First: int(n), After: orZero(after)})
+	if err != nil {
+		return nil, err
+	}
+	return model.NewKeyConnection(page), nil
+}
+
 // KeyEvents is the resolver for the keyEvents field.
-func (r *subscriptionResolver) KeyEvents(ctx context.Context, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error) {
+func (r *subscriptionResolver) KeyEvents(ctx context.Context, pool *string, types []keystore.EventType, after *int64, after64 *int64, stream *string, keys []string) (<-chan *keystore.Event, error) {
 	if after != nil && after64 != nil {
 		return nil, keystore.Errorf(keystore.EINVALID, "give after or after64, not both")
 	}
 	if after64 != nil {
 		after = after64
 	}
-	return r.subscribeKeyEvents(ctx, keystore.SubscribeOptions{Types: types, After: after, Stream: orZero(stream), Keys: keys})
+	return r.subscribeKeyEvents(ctx, keystore.SubscribeOptions{Pool: orZero(pool), Types: types, After: after, Stream: orZero(stream), Keys: keys})
 }
 
 func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }

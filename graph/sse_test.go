@@ -68,7 +68,7 @@ func TestSSEThroughResponseWriter(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ":\n", line)
 
-	_, err = store.Generate(t.Context(), 1) // after: 0 sees it, however late the subscription
+	_, err = store.Generate(t.Context(), "", 1) // after: 0 sees it, however late the subscription
 	require.NoError(t, err)
 	var data []string
 	deadline := time.Now().Add(streamTimeout)

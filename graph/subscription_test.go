@@ -134,7 +134,7 @@ func TestSubscriptionSlowConsumer(t *testing.T) {
 			// the subscriber stalls and falls out of the 64-event ring.
 			ctx := context.Background()
 			for range 10 {
-				keys, err := e.store.Generate(ctx, 10000)
+				keys, err := e.store.Generate(ctx, "", 10000)
 				require.NoError(t, err)
 				for _, k := range keys {
 					require.NoError(t, e.store.Delete(ctx, k.ID))
@@ -200,7 +200,7 @@ func TestSubscriptionNoLeak(t *testing.T) {
 			nextEvent(t, s)
 			// Far more than the sockets buffer, far less than the store retains: the
 			// stream stalls with events queued, and is not cut.
-			keys, err := e.store.Generate(context.Background(), 10000)
+			keys, err := e.store.Generate(context.Background(), "", 10000)
 			require.NoError(t, err)
 			for _, k := range keys {
 				require.NoError(t, e.store.Delete(context.Background(), k.ID))

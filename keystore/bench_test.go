@@ -24,7 +24,7 @@ import (
 //
 // Run them, once each, with (the last three build a million keys per iteration):
 //
-//	go test -run '^$' -bench 'AcquireUnblock|KeepAlive|Generate|Delete' -benchtime 20000x -count 1 ./keystore/
+//	go test -run '^$' -bench 'AcquireUnblock|KeepAlive|Generate|Delete|ListPage' -benchtime 20000x -count 1 ./keystore/
 //	go test -run '^$' -bench 'HeapPerKey|ExpiryStorm|ExpiryLateness' -benchtime 1x -count 1 ./keystore/
 var benchOpts = keystore.Options{
 	LeaseTTL:     time.Hour,
@@ -81,7 +81,7 @@ func closeBenchPools() {
 func generate(tb testing.TB, store keystore.Store, n int) []string {
 	ids := make([]string, 0, n)
 	for len(ids) < n {
-		keys, err := store.Generate(context.Background(), min(n-len(ids), keystore.DefaultMaxGenerate))
+		keys, err := store.Generate(context.Background(), "", min(n-len(ids), keystore.DefaultMaxGenerate))
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -134,6 +134,64 @@ func BenchmarkAcquireUnblock(b *testing.B) {
 	})
 }
 
+// BenchmarkListPage measures one page of List at each pool size: 100 keys of the
+// common state (AVAILABLE), 100 of any state, from cursors spread over the whole
+// pool, and the page of the 10 BLOCKED keys among the rest, which must cost about as
+// much: a page never walks keys of another state.
+func BenchmarkListPage(b *testing.B) {
+	forEachSize(b, func(b *testing.B, p *benchPool) {
+		ctx := context.Background()
+		b.StopTimer()
+		var cursors []string // spread over the pool
+		for page := (keystore.Page{HasNext: true}); page.HasNext && len(cursors) < 1000; {
+			var err error
+			page, err = p.store.List(ctx, keystore.ListOptions{First: max(1, len(p.ids)/1000), After: page.EndCursor})
+			if err != nil {
+				b.Fatal(err)
+			}
+			cursors = append(cursors, page.EndCursor)
+		}
+		var leases []keystore.Key
+		for range 10 {
+			k, err := p.store.Acquire(ctx, keystore.AcquireOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			leases = append(leases, k)
+		}
+		defer func() {
+			for _, k := range leases {
+				_, _ = p.store.Unblock(ctx, k.ID, k.Lease.Token)
+			}
+		}()
+		b.StartTimer()
+		for _, c := range []struct {
+			name   string
+			status keystore.Status
+			first  int
+		}{{"available-100", keystore.Available, 100}, {"any-100", "", 100}, {"blocked-10-of-all", keystore.Blocked, 10}} {
+			b.Run(c.name, func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					after := cursors[i%len(cursors)]
+					if c.status == keystore.Blocked {
+						after = ""
+					}
+					page, err := p.store.List(ctx, keystore.ListOptions{Status: c.status, First: c.first, After: after})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if c.status == keystore.Blocked && len(page.Keys) != 10 {
+						b.Fatalf("%d BLOCKED keys listed, want 10", len(page.Keys))
+					}
+					i++
+				}
+				rerun(b, "time per page of List")
+			})
+		}
+	})
+}
+
 // BenchmarkKeepAlive measures KeepAlive of a random key, which moves it in the
 // keep-alive heap.
 func BenchmarkKeepAlive(b *testing.B) {
@@ -163,7 +221,7 @@ func BenchmarkGenerate(b *testing.B) {
 		var onClock time.Duration
 		start, n := time.Now(), 0
 		for b.Loop() {
-			keys, err := p.store.Generate(ctx, batch)
+			keys, err := p.store.Generate(ctx, "", batch)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -237,7 +295,7 @@ func BenchmarkHeapPerKey(b *testing.B) {
 			b.Fatal(err)
 		}
 		for made := 0; made < n; made += keystore.DefaultMaxGenerate {
-			if _, err := store.Generate(context.Background(), keystore.DefaultMaxGenerate); err != nil {
+			if _, err := store.Generate(context.Background(), "", keystore.DefaultMaxGenerate); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -360,7 +418,7 @@ func benchExpiryStorm(b *testing.B, blocked bool) {
 		var longestStats time.Duration
 		for {
 			statsStart := time.Now()
-			s, err := store.Stats(ctx)
+			s, err := store.Stats(ctx, "")
 			longestStats = max(longestStats, time.Since(statsStart))
 			if err != nil {
 				b.Fatal(err)

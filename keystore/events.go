@@ -39,10 +39,23 @@ type Event struct {
 	// Stream names the stream the event is part of: it changes when the pool's events
 	// start again from seq 1 (an in-memory pool restarted, a Redis pool made anew).
 	Stream string
-	Type   EventType
-	KeyID  string
+	// Pool names the pool of the key, whose stream it is.
+	Pool  string
+	Type  EventType
+	KeyID string
 	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
 	At time.Time
+	// Holder is the lease's holder, on an ACQUIRED event whose Acquire named one.
+	Holder string
+}
+
+// HolderOrNull is Holder, or nil when there is none, for transports that show no
+// holder as null.
+func (e *Event) HolderOrNull() *string {
+	if e.Holder == "" {
+		return nil
+	}
+	return &e.Holder
 }
 
 // Subscription is one subscriber's reading of the pool's events: a cursor of its own
@@ -91,10 +104,17 @@ func (s *Subscription) Done() <-chan struct{} { return s.done }
 type Hub struct {
 	publish sync.Mutex // orders publishers; subscribers never take it
 	stream  string     // the stream's id; set before the first publish
-	ring    []atomic.Pointer[slotEvent]
-	first   atomic.Int64 // oldest retained seq
-	next    atomic.Int64 // seq the next event gets
-	gapped  atomic.Int64 // the seq after the last gap: the events before it are unknown
+	pool    string     // the pool whose stream it is
+	// ring holds the retained events, by seq modulo its length. It starts small and
+	// doubles, up to retention slots, as events fill it: a pool that has few events
+	// costs few slots. A publisher copies the retained events into the larger ring
+	// before it swaps it in and stores events there only, and a reader loads the ring
+	// after the seq it reads up to, so it finds every event it may read.
+	ring      atomic.Pointer[[]atomic.Pointer[slotEvent]]
+	retention int64
+	first     atomic.Int64 // oldest retained seq
+	next      atomic.Int64 // seq the next event gets
+	gapped    atomic.Int64 // the seq after the last gap: the events before it are unknown
 	// lastOf is the seq of the newest event of each type (by typeIndex), set before
 	// next moves past it.
 	lastOf [len(allTypes)]atomic.Int64
@@ -205,11 +225,13 @@ func NewHub(retention int, obs Observer) *Hub {
 		retention = DefaultEventRetention
 	}
 	h := &Hub{
-		stream: newStreamID(),
-		ring:   make([]atomic.Pointer[slotEvent], retention),
-		closed: make(chan struct{}),
-		obs:    obs,
+		stream:    newStreamID(),
+		retention: int64(retention),
+		closed:    make(chan struct{}),
+		obs:       obs,
 	}
+	ring := make([]atomic.Pointer[slotEvent], min(retention, initialRing))
+	h.ring.Store(&ring)
 	h.first.Store(1)
 	h.next.Store(1)
 	for i := range h.wakes {
@@ -217,6 +239,24 @@ func NewHub(retention int, obs Observer) *Hub {
 		h.wakes[i].ch.Store(&ch)
 	}
 	return h
+}
+
+// initialRing is the size of a new hub's ring.
+const initialRing = 64
+
+// slots returns the ring as it is now.
+func (h *Hub) slots() []atomic.Pointer[slotEvent] { return *h.ring.Load() }
+
+// grow doubles the ring, up to retention slots, copying the retained events, whose
+// seqs lie in first..next-1. The caller holds h.publish.
+func (h *Hub) grow(first, next int64) []atomic.Pointer[slotEvent] {
+	old := h.slots()
+	ring := make([]atomic.Pointer[slotEvent], min(2*int64(len(old)), h.retention))
+	for seq := first; seq < next; seq++ {
+		ring[seq%int64(len(ring))].Store(old[seq%int64(len(old))].Load())
+	}
+	h.ring.Store(&ring)
+	return ring
 }
 
 // newStreamID names a new stream: 128 random bits, URL-safe.
@@ -281,16 +321,19 @@ func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 		first = ev.Seq
 		h.gapped.Store(ev.Seq)
 	}
-	size := int64(len(h.ring))
-	first = max(first, ev.Seq+1-size)
+	ring := h.slots()
+	if ev.Seq-first >= int64(len(ring)) && int64(len(ring)) < h.retention {
+		ring = h.grow(first, next)
+	}
+	first = max(first, ev.Seq+1-h.retention)
 	h.first.Store(first)
-	ev.Stream = h.stream
+	ev.Stream, ev.Pool = h.stream, h.pool
 	e.ev = ev
 	i := typeIndex(ev.Type)
 	if i >= 0 {
 		e.prevOfType = h.lastOf[i].Load()
 	}
-	h.ring[ev.Seq%size].Store(e)
+	ring[ev.Seq%int64(len(ring))].Store(e)
 	if i >= 0 {
 		h.lastOf[i].Store(ev.Seq)
 	}
@@ -426,12 +469,12 @@ func (s *Subscription) Read(buf []*Event) (n int, ended bool) {
 	if s.set != anyType && h.newestOf(s.set) < s.cursor {
 		s.cursor = next // nothing of ours in between: skip it unread
 	}
-	size := int64(len(h.ring))
+	ring := h.slots() // after next: it holds every event before next
 	for s.cursor < next {
-		e := h.ring[s.cursor%size].Load()
+		e := ring[s.cursor%int64(len(ring))].Load()
 		if e == nil || e.ev.Seq != s.cursor {
-			if s.set == anyType || !s.passGone(size) {
-				s.endLocked(Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", len(h.ring), s.cursor-1))
+			if s.set == anyType || !s.passGone() {
+				s.endLocked(Errorf(ESLOWCONSUMER, "subscriber fell more than %d events behind; resume with after: %d", h.retention, s.cursor-1))
 				return n, true
 			}
 			continue
@@ -462,7 +505,7 @@ func (s *Subscription) wants(id string) bool {
 // reports whether it could. It follows each type's events back from the newest to
 // the cursor: one that is no longer retained is lost. It costs what the subscriber
 // has to read anyway, and happens at most once a lap.
-func (s *Subscription) passGone(size int64) bool {
+func (s *Subscription) passGone() bool {
 	h := s.hub
 	first := h.first.Load()
 	if s.cursor < h.gapped.Load() {
@@ -472,8 +515,10 @@ func (s *Subscription) passGone(size int64) bool {
 		if s.set&(1<<i) == 0 {
 			continue
 		}
-		for seq := h.lastOf[i].Load(); seq >= s.cursor && seq > 0; {
-			e := h.ring[seq%size].Load()
+		seq := h.lastOf[i].Load()
+		ring := h.slots() // after lastOf: it holds that event, if retained
+		for seq >= s.cursor && seq > 0 {
+			e := ring[seq%int64(len(ring))].Load()
 			if seq < first || e == nil || e.ev.Seq != seq {
 				return false
 			}

@@ -607,3 +607,29 @@ func TestHubKeys(t *testing.T) {
 	require.Equal(t, []keystore.Event{again[1]}, receive(t, typed, 1))
 	requireSilent(t, typed)
 }
+
+// TestHubRingGrows: a hub's ring starts small and doubles as events come, up to its
+// retention: a subscriber that lags across every growth still reads each event once,
+// in order, and a replay reaches back the whole retention; one that falls more than
+// the retention behind is cut, as with a ring made whole at the start.
+func TestHubRingGrows(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	const retention = 1000
+	h := keystore.NewHub(retention, nil)
+	defer h.Close()
+	lagging := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{})
+	want := publish(h, retention) // 64 slots, then 128, … 1000
+	require.Equal(t, want, receive(t, lagging, retention))
+	replay := subscribeHub(t, h, t.Context(), keystore.SubscribeOptions{After: new(int64)})
+	require.Equal(t, want[:retention/2], receive(t, replay, retention/2), "a replay reaches back to the first event")
+
+	publish(h, retention) // the replay's cursor is a retention and a half behind: gone
+	buf := make([]*keystore.Event, 1)
+	_, ended := replay.Read(buf[:0])
+	require.True(t, ended)
+	require.Equal(t, keystore.ESLOWCONSUMER, keystore.ErrorCode(replay.Err()))
+	_, err := h.Subscribe(t.Context(), keystore.SubscribeOptions{After: new(int64)})
+	require.Equal(t, keystore.ECOMPACTED, keystore.ErrorCode(err))
+	got := receive(t, lagging, retention) // the other is a retention behind: all there
+	require.EqualValues(t, retention+1, got[0].Seq)
+}

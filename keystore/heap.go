@@ -60,8 +60,6 @@ type leaseHeap struct {
 	slab  *slab
 }
 
-func (h *leaseHeap) len() int { return len(h.items) }
-
 // peek returns the entry whose lease ends first, or nil.
 func (h *leaseHeap) peek() *entry {
 	if len(h.items) == 0 {

@@ -104,11 +104,11 @@ func TestAcquireSkipsDeadKeys(t *testing.T) {
 	require.NoError(t, m.Close()) // the expirer stops; the store still answers
 	ctx := context.Background()
 	for range dead / DefaultMaxGenerate {
-		_, err := pool.Generate(ctx, DefaultMaxGenerate)
+		_, err := pool.Generate(ctx, "", DefaultMaxGenerate)
 		require.NoError(t, err)
 	}
 	clock.Advance(DefaultKeepAliveTTL / 2)
-	_, err = pool.Generate(ctx, live)
+	_, err = pool.Generate(ctx, "", live)
 	require.NoError(t, err)
 	clock.Advance(DefaultKeepAliveTTL/2 + time.Second) // the first keys are dead, epochs ago; the last alive
 	for range acquires {
@@ -118,7 +118,7 @@ func TestAcquireSkipsDeadKeys(t *testing.T) {
 		require.NoError(t, err)
 	}
 	m.mu.Lock()
-	left := m.count
+	left := m.poolIndex[DefaultPool].count
 	m.mu.Unlock()
 	// Each Acquire may apply RequestBatch due transitions on its way in, and delete the
 	// dead keys its picks land on.
@@ -135,11 +135,11 @@ func TestKeyNumbersNeverRepeat(t *testing.T) {
 	m := pool.backend.(*memory)
 	ctx := context.Background()
 
-	keys, err := pool.Generate(ctx, 1)
+	keys, err := pool.Generate(ctx, "", 1)
 	require.NoError(t, err)
 	old := keys[0].ID
 	require.NoError(t, pool.Delete(ctx, old))
-	keys, err = pool.Generate(ctx, 1)
+	keys, err = pool.Generate(ctx, "", 1)
 	require.NoError(t, err)
 	require.NotEqual(t, old, keys[0].ID)
 	m.mu.Lock()
@@ -155,10 +155,10 @@ func TestKeyNumbersNeverRepeat(t *testing.T) {
 	m.mu.Lock()
 	m.slab.get(0).gen = math.MaxUint32
 	m.mu.Unlock()
-	keys, err = pool.Generate(ctx, 1)
+	keys, err = pool.Generate(ctx, "", 1)
 	require.NoError(t, err)
 	require.NoError(t, pool.Delete(ctx, keys[0].ID))
-	_, err = pool.Generate(ctx, 1)
+	_, err = pool.Generate(ctx, "", 1)
 	require.NoError(t, err)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -182,7 +182,7 @@ func TestWaitQueueJoin(t *testing.T) {
 	q := newWaitQueue(obs)
 
 	// A try that finds a key: the waiter leaves, unseen by the Observer.
-	w := newWaiter(ctx, time.Second)
+	w := newWaiter(ctx, DefaultPool, time.Second, "")
 	require.Equal(t, 0, q.Join(w))
 	require.Equal(t, 1, q.Len())
 	require.False(t, q.Withdraw(w), "no one to serve behind it")
@@ -190,7 +190,7 @@ func TestWaitQueueJoin(t *testing.T) {
 	require.Equal(t, 0, obs.n)
 
 	// Two tries that find none, the second's ending first.
-	first, second := newWaiter(ctx, time.Second), newWaiter(ctx, time.Second)
+	first, second := newWaiter(ctx, DefaultPool, time.Second, ""), newWaiter(ctx, DefaultPool, time.Second, "")
 	require.Equal(t, 0, q.Join(first))
 	require.Equal(t, 1, q.Join(second), "the second leaves a key to the first")
 	require.Equal(t, 2, q.Len())
@@ -214,9 +214,9 @@ func TestWaitQueueJoin(t *testing.T) {
 
 	// A waiter behind one that is trying, and a try that ends after its client left:
 	// out of the queue, unseen, and the waiter behind it is next.
-	behind := newWaiter(ctx, time.Second)
+	behind := newWaiter(ctx, DefaultPool, time.Second, "")
 	gone, cancel := context.WithCancel(ctx)
-	w = newWaiter(gone, time.Second)
+	w = newWaiter(gone, DefaultPool, time.Second, "")
 	require.Equal(t, 0, q.Join(w))
 	q.Push(behind)
 	require.Nil(t, q.Take())
@@ -233,7 +233,7 @@ func TestWaitQueueJoin(t *testing.T) {
 	require.Equal(t, 0, obs.n)
 
 	// A try that finds a key, with a waiter behind it: that one is next.
-	w, behind = newWaiter(ctx, time.Second), newWaiter(ctx, time.Second)
+	w, behind = newWaiter(ctx, DefaultPool, time.Second, ""), newWaiter(ctx, DefaultPool, time.Second, "")
 	require.Equal(t, 0, q.Join(w))
 	q.Push(behind)
 	require.True(t, q.Withdraw(w), "the waiter behind it is next")
@@ -253,10 +253,11 @@ func TestWaitGivenUpIsNoKey(t *testing.T) {
 	defer p.Close()
 	for range 200 { // the old select took the closed channel half the time
 		ctx, cancel := context.WithCancel(t.Context())
-		w := &Waiter{TTL: time.Minute, ctx: ctx, got: make(chan Record, 1)}
-		p.waiters.Push(w)
+		w := newWaiter(ctx, DefaultPool, time.Minute, "")
+		waiters := p.lanes.Made(DefaultPool).Waiters
+		waiters.Push(w)
 		cancel()
-		require.Nil(t, p.waiters.Take(), "a waiter whose client left is given up")
+		require.Nil(t, waiters.Take(), "a waiter whose client left is given up")
 		key, err := p.wait(ctx, w, clock.NewTimer(time.Hour), time.Hour)
 		require.ErrorIs(t, err, context.Canceled)
 		require.Empty(t, key.ID)

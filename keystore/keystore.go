@@ -21,9 +21,11 @@ const (
 	Blocked   Status = "BLOCKED"
 )
 
-// Key is a snapshot of one key of the pool.
+// Key is a snapshot of one key.
 type Key struct {
-	ID     string
+	ID string
+	// Pool names the pool the key belongs to, for its whole life.
+	Pool   string
 	Status Status
 	// CreatedAt is when the key was generated.
 	CreatedAt time.Time
@@ -49,6 +51,8 @@ type Lease struct {
 	AcquiredAt time.Time
 	// ExpiresAt is when the key returns to AVAILABLE unless unblocked or renewed first.
 	ExpiresAt time.Time
+	// Holder says who took the lease, as the Acquire said it; "" when it did not.
+	Holder string
 }
 
 // History counts what happened to a key over its life.
@@ -69,16 +73,40 @@ func (h History) LastAcquired() *time.Time {
 	return &h.LastAcquiredAt
 }
 
-// Stats counts the keys of the pool by state.
+// Stats counts the keys of a pool, or of every pool, by state.
 type Stats struct {
 	Total     int
 	Available int
 	Blocked   int
+	// Waiting counts the Acquires waiting now for a key (on a shared store: those
+	// waiting in this process).
+	Waiting int
 }
 
-// AcquireOptions tune one Acquire call. The zero value takes the pool's default lease
-// TTL and does not wait.
+// Add returns the sums of s's and o's counts.
+func (s Stats) Add(o Stats) Stats {
+	return Stats{
+		Total:     s.Total + o.Total,
+		Available: s.Available + o.Available,
+		Blocked:   s.Blocked + o.Blocked,
+		Waiting:   s.Waiting + o.Waiting,
+	}
+}
+
+// PoolStats are one pool's counts.
+type PoolStats struct {
+	Name  string
+	Stats Stats
+}
+
+// AcquireOptions tune one Acquire call. The zero value leases a key of the default
+// pool for the default lease TTL and does not wait.
 type AcquireOptions struct {
+	// Pool is the pool to take a key from; "" means DefaultPool.
+	Pool string
+	// Holder says who takes the lease (free text, at most MaxHolder bytes, no control
+	// characters); "" means nobody in particular.
+	Holder string
 	// TTL is the lease's length; nil means the pool's default. It must lie within
 	// MinLeaseTTL..Options.MaxLeaseTTL: an explicit zero is refused, not taken as the
 	// default.
@@ -111,8 +139,52 @@ const (
 // MaxEventKeys is how many keys one subscription may follow by id.
 const MaxEventKeys = 100
 
+// Pools and holders.
+const (
+	// DefaultPool is the pool of every request that names none.
+	DefaultPool = "default"
+	// MaxPoolName is the longest pool name, in bytes.
+	MaxPoolName = 64
+	// MaxHolder is the longest holder, in bytes.
+	MaxHolder = 128
+)
+
+// Listing.
+const (
+	// DefaultListFirst is the size of a page that transports ask for when their client
+	// names none.
+	DefaultListFirst = 100
+	// MaxListFirst is the largest page List returns.
+	MaxListFirst = 1000
+)
+
+// ListOptions select one page of keys.
+type ListOptions struct {
+	// Pool keeps only that pool's keys; "" lists every pool, ordered by name.
+	Pool string
+	// Status keeps only keys in that state; "" keeps every key.
+	Status Status
+	// First is the most keys the page holds, 1..MaxListFirst.
+	First int
+	// After is the EndCursor of the page before; "" starts at the first key.
+	After string
+}
+
+// Page is one page of keys, in the listing's order: by pool name, then in an order
+// fixed for each key over its life.
+type Page struct {
+	Keys []Key
+	// EndCursor names the last key of the page, for ListOptions.After; "" when the page
+	// is empty.
+	EndCursor string
+	// HasNext reports whether keys that match come after this page.
+	HasNext bool
+}
+
 // SubscribeOptions select the events a subscription receives.
 type SubscribeOptions struct {
+	// Pool is the pool whose events to follow; "" means DefaultPool.
+	Pool string
 	// Types keeps only events of these types; empty means all.
 	Types []EventType
 	// After, when set, first replays the retained events whose Seq is larger, then
@@ -127,15 +199,18 @@ type SubscribeOptions struct {
 	Keys []string
 }
 
-// Store is a pool of keys. Every method is one atomic step and costs O(1) or O(log n)
-// in the number of keys. Errors carry a Code (see ErrorCode). Pool is the Store;
-// transports may wrap it (for metrics) behind this interface.
+// Store holds the named pools of keys. Every method is one atomic step and costs O(1)
+// or O(log n) in the number of keys. Errors carry a Code (see ErrorCode). Pool is the
+// Store; transports may wrap it (for metrics) behind this interface.
 type Store interface {
-	// Generate creates count new AVAILABLE keys, each kept alive until now plus the
-	// keep-alive TTL. A count outside 1..Options.MaxGenerate is EINVALID and creates nothing.
-	Generate(ctx context.Context, count int) ([]Key, error)
-	// Acquire blocks a uniformly random AVAILABLE key under a new lease and returns the
-	// key with its Lease set. ENOTFOUND when no key is free (after opts.Wait, if any).
+	// Generate creates count new AVAILABLE keys in pool ("" means DefaultPool), each
+	// kept alive until now plus the keep-alive TTL. A count outside
+	// 1..Options.MaxGenerate, a bad pool name, or a new pool beyond Options.MaxPools is
+	// EINVALID and creates nothing.
+	Generate(ctx context.Context, pool string, count int) ([]Key, error)
+	// Acquire blocks a uniformly random AVAILABLE key of opts.Pool under a new lease and
+	// returns the key with its Lease set. ENOTFOUND when no key of that pool is free
+	// (after opts.Wait, if any).
 	Acquire(ctx context.Context, opts AcquireOptions) (Key, error)
 	// Unblock returns a BLOCKED key to AVAILABLE. With a non-empty token, only the
 	// current lease's token is accepted (ELEASEMISMATCH otherwise). ENOTBLOCKED if the
@@ -153,9 +228,15 @@ type Store interface {
 	Delete(ctx context.Context, id string) error
 	// Get returns the key, or ENOTFOUND.
 	Get(ctx context.Context, id string) (Key, error)
-	// Stats counts the keys by state.
-	Stats(ctx context.Context) (Stats, error)
-	// Subscribe streams events until ctx ends or the subscriber falls too far behind.
+	// Stats counts the keys of pool by state; "" sums every pool's counts, read pool by
+	// pool. A pool never made counts zero.
+	Stats(ctx context.Context, pool string) (Stats, error)
+	// Pools returns every pool made so far, ordered by name, with its counts.
+	Pools(ctx context.Context) ([]PoolStats, error)
+	// List returns one page of keys, O(First + log n) whatever the filter.
+	List(ctx context.Context, opts ListOptions) (Page, error)
+	// Subscribe streams one pool's events until ctx ends or the subscriber falls too far
+	// behind.
 	Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error)
 	// Ready reports whether the store can serve requests (EUNAVAILABLE when not).
 	Ready(ctx context.Context) error
@@ -173,13 +254,16 @@ type Options struct {
 	MaxLeaseTTL time.Duration
 	// MaxGenerate is the largest count one Generate accepts (10000).
 	MaxGenerate int
-	// EventRetention is how many recent events are kept for replay and for subscribers
-	// that lag (65536, or 4*MaxGenerate if larger: one Generate publishes up to two
+	// MaxPools bounds how many pools may be made (1000): a Generate into one more is
+	// EINVALID. A pool once made stays (its counters outlive its keys).
+	MaxPools int
+	// EventRetention is how many recent events of each pool are kept for replay and for
+	// subscribers that lag (65536, or 4*MaxGenerate if larger: one Generate publishes up to two
 	// events a key in one step, and a smaller ring would cut subscribers that read
 	// promptly). A subscriber more than this many events behind is cut.
 	EventRetention int
-	// MaxWaiters bounds the Acquires that may wait for a key at once, in the whole
-	// pool (1000). One more that would wait is refused at once with ETOOMANYWAITERS
+	// MaxWaiters bounds the Acquires that may wait for a key at once, in every pool
+	// together (1000). One more that would wait is refused at once with ETOOMANYWAITERS
 	// and changes nothing; one that finds a key free is served whatever the count.
 	MaxWaiters int
 	// Observer, if set, is told of transitions for metrics. Its methods must be fast
@@ -193,6 +277,7 @@ const (
 	DefaultKeepAliveTTL   = 5 * time.Minute
 	DefaultMaxLeaseTTL    = time.Hour
 	DefaultMaxGenerate    = 10000
+	DefaultMaxPools       = 1000
 	DefaultEventRetention = 1 << 16
 	// DefaultMaxWaiters: a waiting Acquire holds a goroutine or two, its request and
 	// its connection (a file descriptor) for up to MaxWait; over HTTP that measured
@@ -214,6 +299,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.MaxGenerate == 0 {
 		o.MaxGenerate = DefaultMaxGenerate
+	}
+	if o.MaxPools == 0 {
+		o.MaxPools = DefaultMaxPools
 	}
 	if o.EventRetention == 0 {
 		o.EventRetention = max(DefaultEventRetention, 4*o.MaxGenerate)

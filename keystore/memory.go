@@ -40,6 +40,7 @@ type entry struct {
 	availBucket  int32    // bucket of memory.avail; -1 unless AVAILABLE
 	availIndex   int32    // position in that bucket; -1 unless AVAILABLE
 
+	pool          int32 // index in memory.pools
 	timesAcquired uint32
 	leasesExpired uint32
 	// gen counts the keys the entry's slot has held before this one; with the slot it
@@ -71,31 +72,29 @@ func (m *memory) find(n uint64) *entry {
 	return e
 }
 
-// memory is the in-memory Backend: a slab of keys found by their numbers, a set of
-// AVAILABLE keys for uniform picks that skip dead keys (available.go), an indexed
-// min-heap of lease deadlines and a queue of keep-alive deadlines. A background
-// expirer sleeps until the earliest deadline and applies due transitions in bounded
-// batches; every request also settles the deadlines of the key it touches, so it
-// never sees a transition that is due but not yet applied.
+// memory is the in-memory Backend: a slab of keys found by their numbers, an indexed
+// min-heap of lease deadlines and a queue of keep-alive deadlines shared by every
+// pool, and for each pool a set of AVAILABLE keys for uniform picks that skip dead
+// keys (available.go) and the ordered sets of its keys by state that pages of List
+// walk (pool.go). A background expirer sleeps until the earliest deadline and applies
+// due transitions in bounded batches; every request also settles the deadlines of the
+// key it touches, so it never sees a transition that is due but not yet applied.
 type memory struct {
-	clock   clockwork.Clock
-	opts    Options
-	ids     *IDCodec
-	hub     *Hub
-	waiters *WaitQueue
-	base    time.Time // timeline origin: a reading of clock with the monotonic clock in it
+	clock clockwork.Clock
+	opts  Options
+	ids   *IDCodec
+	lanes *Lanes
+	base  time.Time // timeline origin: a reading of clock with the monotonic clock in it
 
-	mu    sync.Mutex
-	slab  slab
-	count int // live keys
-	avail *availableSet
-	// availHorizon is at or after the keep-alive deadline of every AVAILABLE key: once
-	// it has passed, no AVAILABLE key is alive, whatever the expirer has yet to apply.
-	availHorizon int64
-	leases       leaseHeap
-	keepAlive    keepAliveQueue
-	lastFence    int64
-	wakeAt       int64 // the deadline the expirer sleeps until
+	mu        sync.Mutex
+	slab      slab
+	pools     []*mpool          // by index, as entries name them
+	poolIndex map[string]*mpool // by name
+	names     []string          // of pools, sorted
+	leases    leaseHeap
+	keepAlive keepAliveQueue
+	holders   map[uint64]string // the holders of the leases that have one, by key number
+	wakeAt    int64             // the deadline the expirer sleeps until
 	// The events of the lock hold so far, published together before it ends (unlock),
 	// and the key numbers behind their ids.
 	pending     []Event
@@ -124,19 +123,19 @@ func openMemory(clock clockwork.Clock) func(Env) (Backend, *IDCodec, error) {
 			return nil, nil, err
 		}
 		m := &memory{
-			clock:   clock,
-			opts:    env.Options,
-			ids:     ids,
-			hub:     env.Events,
-			waiters: env.Waiters,
-			base:    clock.Now(),
-			wakeAt:  math.MaxInt64,
-			kick:    make(chan struct{}, 1),
-			stop:    make(chan struct{}),
-			done:    make(chan struct{}),
+			clock:     clock,
+			opts:      env.Options,
+			ids:       ids,
+			lanes:     env.Lanes,
+			base:      clock.Now(),
+			poolIndex: map[string]*mpool{},
+			holders:   map[uint64]string{},
+			wakeAt:    math.MaxInt64,
+			kick:      make(chan struct{}, 1),
+			stop:      make(chan struct{}),
+			done:      make(chan struct{}),
 		}
 		m.leases.slab = &m.slab
-		m.avail = newAvailableSet(&m.slab, int64(env.Options.KeepAliveTTL))
 		m.keepAlive = keepAliveQueue{front: noSlot, back: noSlot, slab: &m.slab}
 		go m.expire()
 		return m, ids, nil
@@ -151,63 +150,77 @@ func (m *memory) now() int64 { return int64(m.clock.Now().Sub(m.base)) }
 func (m *memory) at(t int64) time.Time { return m.base.Add(time.Duration(t)) }
 
 // Generate implements Backend.
-func (m *memory) Generate(ctx context.Context, count int) ([]Record, error) {
+func (m *memory) Generate(ctx context.Context, pool string, count int) ([]Record, error) {
 	recs := make([]Record, count)
 	m.mu.Lock()
+	defer m.unlock()
+	p, err := m.makePool(pool)
+	if err != nil {
+		return nil, err
+	}
 	now := m.now()
 	deadline := now + int64(m.opts.KeepAliveTTL)
 	for i := range count {
 		e := m.slab.alloc()
+		e.pool = p.idx
 		e.created, e.deadline[keepAliveDeadline] = now, deadline
-		m.count++
+		p.count++
 		m.keepAlive.pushBack(e)
 		m.emit(EventGenerated, e, now)
 		m.makeAvailable(e, now)
 		recs[i] = m.record(e)
 	}
 	m.noteDeadline(deadline)
-	m.serveWaiters(now)
-	m.unlock()
+	m.serveWaiters(p, now)
 	return recs, nil
 }
 
 // Acquire implements Backend.
-func (m *memory) Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error) {
+func (m *memory) Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *Waiter) (Record, error) {
 	m.mu.Lock()
 	defer m.unlock()
 	now := m.now()
 	m.applyDue(now, RequestBatch)
-	e := m.pickAvailable(now)
-	for e == nil && m.mayFree(now) {
+	p := m.poolIndex[pool]
+	if p == nil {
+		// Never made: no key, and the waiter waits for the pool's first.
+		if w != nil {
+			m.lanes.Made(pool).Waiters.Push(w)
+		}
+		return Record{}, ErrNoKey
+	}
+	e := m.pickAvailable(p, now)
+	for e == nil && m.mayFree(p, now) {
 		// The picks landed on dead keys, or a lease that ran out may free a key: help
 		// the expirer a batch at a time, letting other requests in between, until a
 		// key is found or none can be free. NOT_FOUND is never said while a key is
 		// free, and a storm of dead keys is not drained first to say it.
 		m.applyDue(now, expiryBatch)
-		if e = m.pickAvailable(now); e != nil || !m.mayFree(now) {
+		if e = m.pickAvailable(p, now); e != nil || !m.mayFree(p, now) {
 			break
 		}
 		m.unlock()
 		runtime.Gosched()
 		m.mu.Lock()
 		now = m.now()
-		e = m.pickAvailable(now)
+		e = m.pickAvailable(p, now)
 	}
 	if e == nil {
 		if w != nil {
-			m.waiters.Push(w)
+			p.lane.Waiters.Push(w)
 		}
 		return Record{}, ErrNoKey
 	}
-	m.lease(e, now, int64(ttl))
+	m.lease(e, now, int64(ttl), holder)
 	return m.record(e), nil
 }
 
-// mayFree reports whether a key may be free at now although the picks found none: an
-// AVAILABLE key may still be alive, or a lease has run out.
-func (m *memory) mayFree(now int64) bool {
+// mayFree reports whether a key of p may be free at now although the picks found
+// none: an AVAILABLE key may still be alive, or a lease (of any pool: the heap is
+// shared) has run out.
+func (m *memory) mayFree(p *mpool, now int64) bool {
 	lease := m.leases.peek()
-	return m.avail.len() > 0 && m.availHorizon > now ||
+	return p.avail != nil && p.avail.len() > 0 && p.availHorizon > now ||
 		lease != nil && lease.deadline[leaseDeadline] <= now
 }
 
@@ -220,7 +233,7 @@ func (m *memory) Unblock(ctx context.Context, n uint64, fence int64) (Record, er
 		if fence != 0 && fence != e.fence {
 			return ErrLeaseMismatch
 		}
-		m.leases.remove(e)
+		m.endLease(e)
 		m.emit(EventUnblocked, e, now)
 		m.makeAvailable(e, now)
 		return nil
@@ -249,8 +262,10 @@ func (m *memory) KeepAlive(ctx context.Context, n uint64) (Record, error) {
 		e.deadline[keepAliveDeadline] = now + int64(m.opts.KeepAliveTTL)
 		m.keepAlive.moveToBack(e)
 		if !e.blocked() {
-			m.avail.remove(e) // to the bucket of its new deadline
-			m.makeAvailable(e, now)
+			p := m.pools[e.pool]
+			p.avail.remove(e) // to the bucket of its new deadline
+			p.avail.add(e, now)
+			p.availHorizon = max(p.availHorizon, e.deadline[keepAliveDeadline])
 		}
 		return nil
 	})
@@ -286,7 +301,7 @@ func (m *memory) update(n uint64, change func(e *entry, now int64) error) (Recor
 		return Record{}, err
 	}
 	rec := m.record(e)
-	m.serveWaiters(now)
+	m.serveWaiters(m.pools[e.pool], now)
 	return rec, nil
 }
 
@@ -294,19 +309,53 @@ func (m *memory) update(n uint64, change func(e *entry, now int64) error) (Recor
 //
 // Its counts include every transition due, unless more than statsBatches batches are
 // due at once (an expiry storm): then it answers after those, without waiting for the
-// rest, which the expirer finishes within the storm's drain time.
-func (m *memory) Stats(ctx context.Context) (Stats, error) {
+// rest, which the expirer finishes within the storm's drain time. So do those of
+// Pools and List.
+func (m *memory) Stats(ctx context.Context, pool string) (Stats, error) {
 	m.lockSettled(statsBatches)
 	defer m.unlock()
-	return Stats{
-		Total:     m.count,
-		Available: m.avail.len(),
-		Blocked:   m.leases.len(),
-	}, nil
+	return m.poolIndex[pool].stats(), nil
+}
+
+// Pools implements Backend.
+func (m *memory) Pools(ctx context.Context) ([]PoolStats, error) {
+	m.lockSettled(statsBatches)
+	defer m.unlock()
+	pools := make([]PoolStats, len(m.names))
+	for i, name := range m.names {
+		pools[i] = PoolStats{Name: name, Stats: m.poolIndex[name].stats()}
+	}
+	return pools, nil
+}
+
+// List implements Backend.
+func (m *memory) List(ctx context.Context, pool string, status Status, from uint64, limit int) ([]Record, error) {
+	now := m.lockSettled(statsBatches)
+	defer m.unlock()
+	p := m.poolIndex[pool]
+	if p == nil {
+		return nil, nil
+	}
+	recs := make([]Record, 0, limit)
+	for len(recs) < limit {
+		ns := p.list(status, from, limit-len(recs))
+		if len(ns) == 0 {
+			break
+		}
+		from = ns[len(ns)-1] + 1
+		for _, n := range ns {
+			// A key whose deadline passed in a storm that lockSettled left to the
+			// expirer is listed as it is now, or not at all.
+			if e := m.find(n); e != nil && m.settle(e, now) && (status == "" || e.status() == status) {
+				recs = append(recs, m.record(e))
+			}
+		}
+	}
+	return recs, nil
 }
 
 // CatchUp implements Backend: events reach the hub as they happen.
-func (m *memory) CatchUp(ctx context.Context) error { return m.Ready(ctx) }
+func (m *memory) CatchUp(ctx context.Context, pool string) error { return m.Ready(ctx) }
 
 // Ready implements Backend.
 func (m *memory) Ready(context.Context) error {
@@ -331,6 +380,7 @@ func (m *memory) Close() error {
 func (m *memory) record(e *entry) Record {
 	r := Record{
 		N:             keyNumber(e),
+		Pool:          m.pools[e.pool].name,
 		CreatedAt:     m.at(e.created),
 		ExpiresAt:     m.at(e.deadline[keepAliveDeadline]),
 		AcquiredAt:    m.at(e.acquiredAt),
@@ -340,6 +390,7 @@ func (m *memory) record(e *entry) Record {
 	if e.blocked() {
 		r.Fence = e.fence
 		r.LeaseExpiresAt = m.at(e.deadline[leaseDeadline])
+		r.Holder = m.holders[r.N]
 	}
 	return r
 }
@@ -348,12 +399,12 @@ func (m *memory) record(e *entry) Record {
 
 // emit records an event of e, to be published when the lock hold ends.
 func (m *memory) emit(t EventType, e *entry, at int64) {
-	m.pending = append(m.pending, Event{Type: t, At: m.at(at)})
+	m.pending = append(m.pending, Event{Pool: m.pools[e.pool].name, Type: t, At: m.at(at)})
 	m.pendingKeys = append(m.pendingKeys, keyNumber(e))
 }
 
-// publish hands the pending events to the hub, in order, at once: their ids are cut
-// from one string, and the hub takes them under one lock.
+// publish hands the pending events to their pools' hubs, in order, at once: their ids
+// are cut from one string, and each hub takes its run of them under one lock.
 func (m *memory) publish() {
 	if len(m.pending) == 0 {
 		return
@@ -366,7 +417,14 @@ func (m *memory) publish() {
 	for i := range m.pending {
 		m.pending[i].KeyID = text[i*IDLength : (i+1)*IDLength]
 	}
-	m.hub.PublishAll(m.pending)
+	for run := m.pending; len(run) > 0; {
+		n := 1
+		for n < len(run) && run[n].Pool == run[0].Pool {
+			n++
+		}
+		m.poolIndex[run[0].Pool].lane.Events.PublishAll(run[:n])
+		run = run[n:]
+	}
 	clear(m.pending) // drop the ids for the GC
 	m.pending, m.pendingKeys = m.pending[:0], m.pendingKeys[:0]
 	if cap(m.pending) > 1<<16 { // after a large Generate
@@ -381,17 +439,20 @@ func (m *memory) unlock() {
 	m.mu.Unlock()
 }
 
-// pickAvailable returns a uniformly random AVAILABLE key that is still alive, or nil.
-// It deletes the dead keys it lands on; MaxPicks bounds those and the dead buckets.
-func (m *memory) pickAvailable(now int64) *entry {
+// pickAvailable returns a uniformly random AVAILABLE key of p that is still alive, or
+// nil. It deletes the dead keys it lands on; MaxPicks bounds those and the dead buckets.
+func (m *memory) pickAvailable(p *mpool, now int64) *entry {
 	for range MaxPicks {
-		e := m.avail.pick(now)
+		if p.avail == nil {
+			return nil // the pool's last key has gone
+		}
+		e := p.avail.pick(now)
 		switch {
 		case e != nil && e.deadline[keepAliveDeadline] > now:
 			return e
 		case e != nil:
 			m.expireKey(e, now)
-		case !m.avail.pickable():
+		case !p.avail.pickable():
 			return nil
 		}
 	}
@@ -399,65 +460,89 @@ func (m *memory) pickAvailable(now int64) *entry {
 }
 
 // lease blocks the AVAILABLE (or just released) entry e under a new lease.
-func (m *memory) lease(e *entry, now, ttl int64) {
+func (m *memory) lease(e *entry, now, ttl int64, holder string) {
+	p := m.pools[e.pool]
 	if e.availIndex >= 0 {
 		m.takeAvailable(e)
 	}
-	m.lastFence++
-	e.fence = m.lastFence
+	p.lastFence++
+	e.fence = p.lastFence
 	e.acquiredAt = now
 	e.timesAcquired++
 	e.deadline[leaseDeadline] = now + ttl
 	m.leases.push(e)
+	p.keys(Blocked).Insert(keyNumber(e))
 	m.noteDeadline(e.deadline[leaseDeadline])
 	m.emit(EventAcquired, e, now)
+	if holder != "" {
+		m.holders[keyNumber(e)] = holder
+		m.pending[len(m.pending)-1].Holder = holder
+	}
+}
+
+// endLease takes BLOCKED e out of the leases.
+func (m *memory) endLease(e *entry) {
+	m.leases.remove(e)
+	m.pools[e.pool].keys(Blocked).Delete(keyNumber(e))
+	delete(m.holders, keyNumber(e))
 }
 
 // makeAvailable puts e, no longer leased, among the AVAILABLE keys. Callers then
 // serveWaiters, after taking their own record: whoever freed the key must not see
 // the next holder's token.
 func (m *memory) makeAvailable(e *entry, now int64) {
-	m.avail.add(e, now)
-	m.availHorizon = max(m.availHorizon, e.deadline[keepAliveDeadline])
+	p := m.pools[e.pool]
+	if p.avail == nil {
+		p.avail = newAvailableSet(&m.slab, int64(m.opts.KeepAliveTTL))
+	}
+	p.avail.add(e, now)
+	p.keys(Available).Insert(keyNumber(e))
+	p.availHorizon = max(p.availHorizon, e.deadline[keepAliveDeadline])
 }
 
-// serveWaiters hands AVAILABLE keys to waiting Acquires, longest waiting first. There
-// are waiters only while no key is free, so this leases what was just freed. A waiter
-// is taken out of line only once a live key is in hand for it.
-func (m *memory) serveWaiters(now int64) {
-	for m.waiters.Len() > 0 && m.avail.len() > 0 {
-		e := m.pickAvailable(now)
+// serveWaiters hands AVAILABLE keys of p to its waiting Acquires, longest waiting
+// first. There are waiters only while no key is free, so this leases what was just
+// freed. A waiter is taken out of line only once a live key is in hand for it.
+func (m *memory) serveWaiters(p *mpool, now int64) {
+	for p.lane.Waiters.Len() > 0 && p.avail != nil && p.avail.len() > 0 {
+		e := m.pickAvailable(p, now)
 		if e == nil {
 			return // dead keys only, so far: the expirer serves the waiters after them
 		}
-		w := m.waiters.Take()
+		w := p.lane.Waiters.Take()
 		if w == nil {
 			return
 		}
-		m.lease(e, now, int64(w.TTL))
+		m.lease(e, now, int64(w.TTL), w.Holder)
 		m.publish() // before the waiter can answer
-		m.waiters.Serve(w, m.record(e))
+		p.lane.Waiters.Serve(w, m.record(e))
 	}
 }
 
 // takeAvailable removes e from the AVAILABLE keys.
 func (m *memory) takeAvailable(e *entry) {
-	m.avail.remove(e)
-	if m.avail.len() == 0 {
-		m.availHorizon = 0 // none AVAILABLE: the bound can start afresh
+	p := m.pools[e.pool]
+	p.avail.remove(e)
+	p.keys(Available).Delete(keyNumber(e))
+	if p.avail.len() == 0 {
+		p.availHorizon = 0 // none AVAILABLE: the bound can start afresh
 	}
 }
 
 // remove deletes e from every structure.
 func (m *memory) remove(e *entry) {
-	m.count--
+	p := m.pools[e.pool]
+	p.count--
 	if e.blocked() {
-		m.leases.remove(e)
+		m.endLease(e)
 	} else {
 		m.takeAvailable(e)
 	}
 	m.keepAlive.remove(e)
 	m.slab.release(e)
+	if p.count == 0 {
+		p.empty()
+	}
 }
 
 // settle applies e's due transitions, in deadline order, and reports whether e still
@@ -476,7 +561,7 @@ func (m *memory) settle(e *entry, now int64) bool {
 // releaseLease returns e, whose lease ran out, to AVAILABLE.
 func (m *memory) releaseLease(e *entry, now int64) {
 	deadline := e.deadline[leaseDeadline]
-	m.leases.remove(e)
+	m.endLease(e)
 	e.leasesExpired++
 	m.emit(EventReleased, e, deadline)
 	m.opts.Observer.Expired(EventReleased, time.Duration(now-deadline))
@@ -516,7 +601,7 @@ func (m *memory) applyDue(now int64, limit int) int {
 		}
 		if which == leaseDeadline {
 			m.releaseLease(e, now)
-			m.serveWaiters(now)
+			m.serveWaiters(m.pools[e.pool], now)
 		} else {
 			m.expireKey(e, now)
 		}
@@ -570,7 +655,9 @@ func (m *memory) expire() {
 		m.mu.Lock()
 		now := m.now()
 		busy := m.applyDue(now, expiryBatch) == expiryBatch
-		m.serveWaiters(now) // in case only dead keys were in the way before
+		for _, p := range m.waitedPools() {
+			m.serveWaiters(p, now) // in case only dead keys were in the way before
+		}
 		next := int64(math.MaxInt64)
 		if e, which := m.nextDue(); e != nil {
 			next = e.deadline[which]

@@ -290,7 +290,7 @@ func (r *runner) step(o op) {
 			break
 		}
 		r.log = append(r.log, fmt.Sprintf("generate %d", count))
-		keys, err := r.store.Generate(ctx, count)
+		keys, err := r.store.Generate(ctx, "", count)
 		if count < 1 || count > modelOpts.MaxGenerate {
 			r.expectCode(err, keystore.EINVALID)
 			break
@@ -439,7 +439,7 @@ func (r *runner) check() {
 	r.t.Helper()
 	m := r.m
 	m.settle(r.clock.Now())
-	got, err := r.store.Stats(r.ctx)
+	got, err := r.store.Stats(r.ctx, "")
 	r.expectCode(err, "")
 	if want := m.stats(); got != want {
 		r.fail("stats: want %+v, got %+v", want, got)
@@ -560,7 +560,7 @@ func TestMemoryConcurrent(t *testing.T) {
 		violations []string
 	)
 	var maxFence atomic.Int64 // the largest fence any Acquire has returned so far
-	first, err := store.Generate(ctx, 50)
+	first, err := store.Generate(ctx, "", 50)
 	require.NoError(t, err)
 	for _, k := range first {
 		ids = append(ids, k.ID)
@@ -656,7 +656,7 @@ func TestMemoryConcurrent(t *testing.T) {
 						unexpected(err, keystore.ENOTFOUND)
 					}
 				case x < 84:
-					keys, err := store.Generate(ctx, 1+rng.IntN(5))
+					keys, err := store.Generate(ctx, "", 1+rng.IntN(5))
 					unexpected(err)
 					mu.Lock()
 					for _, k := range keys {
@@ -668,7 +668,7 @@ func TestMemoryConcurrent(t *testing.T) {
 					_, err := store.Get(ctx, randomID(rng))
 					unexpected(err, keystore.ENOTFOUND)
 				default:
-					s, err := store.Stats(ctx)
+					s, err := store.Stats(ctx, "")
 					unexpected(err)
 					if s.Available+s.Blocked != s.Total {
 						unexpected(fmt.Errorf("stats %+v do not add up", s))
@@ -684,7 +684,7 @@ func TestMemoryConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	require.Empty(t, violations)
-	s, err := store.Stats(ctx)
+	s, err := store.Stats(ctx, "")
 	require.NoError(t, err)
 	require.Equal(t, keystore.Stats{Total: generated - deleted, Available: generated - deleted}, s)
 	slices.Sort(fences)
@@ -711,11 +711,11 @@ func TestMemoryAcquireUniform(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, store.Close()) }()
 	ctx := t.Context()
-	_, err = store.Generate(ctx, 10) // these die before the draws
+	_, err = store.Generate(ctx, "", 10) // these die before the draws
 	require.NoError(t, err)
 	clock.Advance(keystore.DefaultKeepAliveTTL / 2)
 	for range 3 {
-		_, err = store.Generate(ctx, (free+10)/3)
+		_, err = store.Generate(ctx, "", (free+10)/3)
 		require.NoError(t, err)
 		clock.Advance(keystore.DefaultKeepAliveTTL/6 + time.Millisecond)
 	}
@@ -754,7 +754,7 @@ func TestMemoryMillionIDs(t *testing.T) {
 	defer func() { require.NoError(t, store.Close()) }()
 	ids := make([]string, 0, total)
 	for len(ids) < total {
-		keys, err := store.Generate(t.Context(), keystore.DefaultMaxGenerate)
+		keys, err := store.Generate(t.Context(), "", keystore.DefaultMaxGenerate)
 		require.NoError(t, err)
 		for _, k := range keys {
 			ids = append(ids, k.ID)
@@ -766,7 +766,7 @@ func TestMemoryMillionIDs(t *testing.T) {
 			t.Fatalf("id %q issued twice", ids[i])
 		}
 	}
-	s, err := store.Stats(t.Context())
+	s, err := store.Stats(t.Context(), "")
 	require.NoError(t, err)
 	require.Equal(t, total, s.Total)
 }
@@ -812,3 +812,83 @@ type waitCounter struct {
 }
 
 func (o *waitCounter) WaitersChanged(delta int) { o.waiting.Add(int64(delta)) }
+
+// TestListWalkOfAMillionKeys walks every page of a pool of a million keys (1e5 under
+// the race detector) while other clients add, acquire, free and delete keys between
+// and during the pages: each key that existed throughout is listed exactly once, and
+// no key twice.
+func TestListWalkOfAMillionKeys(t *testing.T) {
+	n := 1_000_000
+	if raceEnabled || testing.Short() {
+		n = 100_000
+	}
+	store, err := keystore.NewMemory(clockwork.NewRealClock(), keystore.Options{LeaseTTL: time.Hour, KeepAliveTTL: 24 * time.Hour, MaxLeaseTTL: 24 * time.Hour})
+	require.NoError(t, err)
+	defer store.Close()
+	ctx := t.Context()
+	var initial []string
+	for len(initial) < n {
+		keys, err := store.Generate(ctx, "", keystore.DefaultMaxGenerate)
+		require.NoError(t, err)
+		for _, k := range keys {
+			initial = append(initial, k.ID)
+		}
+	}
+	_, err = store.Generate(ctx, "other", 1000) // another pool, in the walk of every pool
+	require.NoError(t, err)
+
+	// The churn: deleted keys are not lasting; every other initial key lasts.
+	deleted := make(map[string]bool)
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range 2 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				switch rng.IntN(4) {
+				case 0:
+					_, _ = store.Generate(ctx, "", 1+rng.IntN(5))
+				case 1:
+					if k, err := store.Acquire(ctx, keystore.AcquireOptions{}); err == nil && rng.IntN(2) == 0 {
+						_, _ = store.Unblock(ctx, k.ID, k.Lease.Token)
+					}
+				default:
+					id := initial[rng.IntN(len(initial))]
+					mu.Lock()
+					deleted[id] = true // from now on it may be gone
+					mu.Unlock()
+					_ = store.Delete(ctx, id)
+				}
+			}
+		})
+	}
+	seen := make(map[string]int, n+n/10)
+	pages := 0
+	for page := (keystore.Page{HasNext: true}); page.HasNext; pages++ {
+		page, err = store.List(ctx, keystore.ListOptions{First: keystore.MaxListFirst, After: page.EndCursor})
+		require.NoError(t, err)
+		for _, k := range page.Keys {
+			seen[k.ID]++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	lasting := 0
+	for _, id := range initial {
+		if !deleted[id] {
+			lasting++
+			require.Equal(t, 1, seen[id], "key %s lasted the walk", id)
+		}
+	}
+	for id, times := range seen {
+		require.Equal(t, 1, times, "key %s listed twice", id)
+	}
+	t.Logf("%d pages; %d keys listed, %d of %d initial keys lasted the walk", pages, len(seen), lasting, n)
+	require.Greater(t, lasting, n/2, "the churn left too few lasting keys to test")
+}

@@ -1,9 +1,11 @@
 package keystore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,19 +15,19 @@ import (
 	"github.com/keypool/keypool/redact"
 )
 
-// Pool is the domain front of a pool of keys, and the one Store that transports use.
-// It owns every rule that does not depend on where the keys live: validation and the
-// wording of errors, building Keys and Leases from a backend's records, the first come,
-// first served queue of waiting Acquires with its timers, the event hub and the
-// subscriptions' filters. Under it a Backend makes each step atomic where the keys
+// Pool is the domain front of the pools of keys, and the one Store that transports
+// use. It owns every rule that does not depend on where the keys live: validation and
+// the wording of errors, building Keys and Leases from a backend's records, each
+// pool's lane (its first come, first served queue of waiting Acquires, served with
+// timers here, and its event hub with the subscriptions' filters), and the walk of
+// List over pools and pages. Under it a Backend makes each step atomic where the keys
 // live: in this process's memory (NewMemory) or in Redis (package redisstore).
 type Pool struct {
 	backend Backend
 	ids     *IDCodec
 	clock   clockwork.Clock
 	opts    Options
-	hub     *Hub
-	waiters *WaitQueue
+	lanes   *Lanes
 	// waitSlots counts the Acquires that may wait, at most opts.MaxWaiters: each takes
 	// a slot before its first try and gives it back when it returns.
 	waitSlots atomic.Int64
@@ -43,17 +45,24 @@ var _ Store = (*Pool)(nil)
 // that it never acts on a transition that is due but not applied. Keys are named by
 // their numbers, leases by their fences; the Pool turns both into ids and tokens.
 //
-// Failures are ErrNoKey, ErrNotBlocked or ErrLeaseMismatch (the Pool words them), an
-// *Error with a code (EUNAVAILABLE), or any other error, which clients see as internal.
+// Pools are named by valid names (PoolName), never "". A backend publishes each
+// pool's events to its lane's hub and serves its lane's waiters (Env.Lanes).
+//
+// Failures are ErrNoKey, ErrNotBlocked, ErrLeaseMismatch or ErrTooManyPools (the Pool
+// words them), an *Error with a code (EUNAVAILABLE), or any other error, which clients
+// see as internal.
 type Backend interface {
-	// Generate creates count AVAILABLE keys, kept alive for Options.KeepAliveTTL.
-	Generate(ctx context.Context, count int) ([]Record, error)
-	// Acquire leases a uniformly random live AVAILABLE key for ttl. With none free it
-	// returns ErrNoKey, and if w is not nil it first queues w (WaitQueue.Push) in the
-	// same atomic step, or has queued it before the step (WaitQueue.Join), so that a
-	// key freed after the step goes to the waiters (see WaitQueue). A key owed to a
-	// waiter that the backend has yet to serve does not count as free.
-	Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error)
+	// Generate creates count AVAILABLE keys in pool, kept alive for
+	// Options.KeepAliveTTL, making the pool if need be (ErrTooManyPools beyond
+	// Options.MaxPools).
+	Generate(ctx context.Context, pool string, count int) ([]Record, error)
+	// Acquire leases a uniformly random live AVAILABLE key of pool for ttl, to holder.
+	// With none free it returns ErrNoKey, and if w is not nil it first queues w in the
+	// pool's lane (WaitQueue.Push) in the same atomic step, or has queued it before the
+	// step (WaitQueue.Join), so that a key freed after the step goes to the waiters (see
+	// WaitQueue). A key owed to a waiter that the backend has yet to serve does not
+	// count as free.
+	Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *Waiter) (Record, error)
 	// Unblock returns key n to AVAILABLE. fence 0 accepts any lease; another fence
 	// only the current lease's.
 	Unblock(ctx context.Context, n uint64, fence int64) (Record, error)
@@ -66,11 +75,17 @@ type Backend interface {
 	Get(ctx context.Context, n uint64) (Record, error)
 	// Delete removes key n.
 	Delete(ctx context.Context, n uint64) error
-	// Stats counts the keys by state.
-	Stats(ctx context.Context) (Stats, error)
-	// CatchUp returns once every event made before the call, by any replica, is in
-	// the hub, so that a new subscription sees it as past.
-	CatchUp(ctx context.Context) error
+	// Stats counts the keys of pool by state (Waiting aside); zero for a pool not made.
+	Stats(ctx context.Context, pool string) (Stats, error)
+	// Pools returns every pool made, ordered by name, with its counts (Waiting aside).
+	Pools(ctx context.Context) ([]PoolStats, error)
+	// List returns up to limit keys of pool whose numbers are at least from, in the
+	// order of their numbers, only those in state status unless it is "": O(limit +
+	// log n), never walking keys of another state.
+	List(ctx context.Context, pool string, status Status, from uint64, limit int) ([]Record, error)
+	// CatchUp returns once every event of pool made before the call, by any replica, is
+	// in the pool's hub, so that a new subscription sees it as past.
+	CatchUp(ctx context.Context, pool string) error
 	// Ready reports whether the backend can serve requests.
 	Ready(ctx context.Context) error
 	// Close stops the backend's background work.
@@ -80,6 +95,7 @@ type Backend interface {
 // Record is a backend's copy of one key.
 type Record struct {
 	N         uint64
+	Pool      string
 	CreatedAt time.Time
 	// ExpiresAt is the keep-alive deadline.
 	ExpiresAt time.Time
@@ -91,6 +107,8 @@ type Record struct {
 	LeaseExpiresAt time.Time
 	TimesAcquired  int64
 	LeasesExpired  int64
+	// Holder is the current lease's.
+	Holder string
 }
 
 // The failures of a backend's per-key steps, which the Pool words for clients.
@@ -98,34 +116,33 @@ var (
 	ErrNoKey         = errors.New("no such key")
 	ErrNotBlocked    = errors.New("key not blocked")
 	ErrLeaseMismatch = errors.New("lease mismatch")
+	ErrTooManyPools  = errors.New("too many pools")
 )
 
 // Env is what a Pool gives the backend it is built on.
 type Env struct {
 	Options Options // with defaults, validated
 	Clock   clockwork.Clock
-	// Events takes the backend's events, in the order of its transitions.
-	Events *Hub
-	// Waiters is the queue of waiting Acquires that the backend serves as keys come
-	// free.
-	Waiters *WaitQueue
+	// Lanes hold each pool's hub, which takes the backend's events of the pool in the
+	// order of its transitions, and its queue of waiting Acquires, which the backend
+	// serves as keys of the pool come free.
+	Lanes *Lanes
 }
 
-// NewPool validates opts, builds a backend with open on the pool's hub and wait
-// queue, and returns the pool. open also returns the IDCodec of the pool's ids.
+// NewPool validates opts, builds a backend with open on the pools' lanes, and returns
+// the pool. open also returns the IDCodec of the pool's ids.
 func NewPool(clock clockwork.Clock, opts Options, open func(Env) (Backend, *IDCodec, error)) (*Pool, error) {
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	p := &Pool{
-		clock:   clock,
-		opts:    opts,
-		hub:     NewHub(opts.EventRetention, opts.Observer),
-		waiters: newWaitQueue(opts.Observer),
-		stop:    make(chan struct{}),
+		clock: clock,
+		opts:  opts,
+		lanes: newLanes(opts),
+		stop:  make(chan struct{}),
 	}
-	b, ids, err := open(Env{Options: opts, Clock: clock, Events: p.hub, Waiters: p.waiters})
+	b, ids, err := open(Env{Options: opts, Clock: clock, Lanes: p.lanes})
 	if err != nil {
 		return nil, err
 	}
@@ -148,16 +165,25 @@ func (o Options) Validate() error {
 		return fmt.Errorf("event retention must be at least 1, got %d", o.EventRetention)
 	case o.MaxWaiters < 1:
 		return fmt.Errorf("max waiters must be at least 1, got %d", o.MaxWaiters)
+	case o.MaxPools < 1:
+		return fmt.Errorf("max pools must be at least 1, got %d", o.MaxPools)
 	}
 	return nil
 }
 
 // Generate implements Store.
-func (p *Pool) Generate(ctx context.Context, count int) ([]Key, error) {
+func (p *Pool) Generate(ctx context.Context, pool string, count int) ([]Key, error) {
 	if count < 1 || count > p.opts.MaxGenerate {
 		return nil, Errorf(EINVALID, "count must be between 1 and %d, got %d", p.opts.MaxGenerate, count)
 	}
-	recs, err := p.backend.Generate(ctx, count)
+	pool, err := PoolName(pool)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := p.backend.Generate(ctx, pool, count)
+	if errors.Is(err, ErrTooManyPools) {
+		return nil, Errorf(EINVALID, "there are %d pools, the most this server allows (-max-pools): pool %s cannot be made", p.opts.MaxPools, quoteName(pool))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -188,17 +214,27 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	if opts.Wait < 0 || opts.Wait > MaxWait {
 		return Key{}, Errorf(EINVALID, "wait must be between 0s and %v, got %v", MaxWait, opts.Wait)
 	}
+	pool, err := PoolName(opts.Pool)
+	if err != nil {
+		return Key{}, err
+	}
+	if err := checkHolder(opts.Holder); err != nil {
+		return Key{}, err
+	}
 	if opts.Wait == 0 {
-		rec, err := p.backend.Acquire(ctx, ttl, nil)
+		rec, err := p.backend.Acquire(ctx, pool, ttl, opts.Holder, nil)
 		return p.keyOr(rec, err, "")
 	}
 	if err := p.waitStopped(); err != nil {
 		return Key{}, err
 	}
+	if _, err := p.lanes.Get(pool); err != nil {
+		return Key{}, err // a line to wait in, within the bound on lanes
+	}
 	if !p.takeWaitSlot() {
 		// As many Acquires wait as the pool allows: this one may not wait, but a key
 		// that is free now is still its, as if it had asked for no wait.
-		rec, err := p.backend.Acquire(ctx, ttl, nil)
+		rec, err := p.backend.Acquire(ctx, pool, ttl, opts.Holder, nil)
 		if errors.Is(err, ErrNoKey) {
 			return Key{}, Errorf(ETOOMANYWAITERS, "no key is available, and %d acquires are waiting already, the most this server allows: retry later", p.opts.MaxWaiters)
 		}
@@ -210,8 +246,8 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	start := p.clock.Now()
 	timer := p.clock.NewTimer(opts.Wait)
 	defer timer.Stop()
-	w := newWaiter(ctx, ttl)
-	rec, err := p.backend.Acquire(ctx, ttl, w)
+	w := newWaiter(ctx, pool, ttl, opts.Holder)
+	rec, err := p.backend.Acquire(ctx, pool, ttl, opts.Holder, w)
 	if !errors.Is(err, ErrNoKey) {
 		return p.keyOr(rec, err, "")
 	}
@@ -253,7 +289,7 @@ func (p *Pool) wait(ctx context.Context, w *Waiter, timer clockwork.Timer, d tim
 	case <-p.stop:
 		err = errStopping
 	}
-	if p.waiters.leave(w) {
+	if p.lanes.Made(w.pool).Waiters.leave(w) {
 		return Key{}, err
 	}
 	// A backend took w out of line as we left: it hands w a key or gives it up, at
@@ -390,6 +426,7 @@ func (p *Pool) key(r Record) Key {
 	id := p.ids.KeyID(r.N)
 	k := Key{
 		ID:        id,
+		Pool:      r.Pool,
 		Status:    Available,
 		CreatedAt: r.CreatedAt,
 		ExpiresAt: r.ExpiresAt,
@@ -409,13 +446,130 @@ func (p *Pool) key(r Record) Key {
 			Fence:      r.Fence,
 			AcquiredAt: r.AcquiredAt,
 			ExpiresAt:  r.LeaseExpiresAt,
+			Holder:     r.Holder,
 		}
 	}
 	return k
 }
 
 // Stats implements Store.
-func (p *Pool) Stats(ctx context.Context) (Stats, error) { return p.backend.Stats(ctx) }
+func (p *Pool) Stats(ctx context.Context, pool string) (Stats, error) {
+	if pool == "" {
+		pools, err := p.Pools(ctx)
+		var sum Stats
+		for _, ps := range pools {
+			sum = sum.Add(ps.Stats)
+		}
+		return sum, err
+	}
+	if _, err := PoolName(pool); err != nil {
+		return Stats{}, err
+	}
+	s, err := p.backend.Stats(ctx, pool)
+	s.Waiting = p.waiting(pool)
+	return s, err
+}
+
+// waiting counts the Acquires waiting for a key of pool in this process.
+func (p *Pool) waiting(pool string) int {
+	if lane := p.lanes.Peek(pool); lane != nil {
+		return lane.Waiters.Len()
+	}
+	return 0
+}
+
+// Pools implements Store. The default pool is always among them, made or not, so that
+// a new server shows it.
+func (p *Pool) Pools(ctx context.Context) ([]PoolStats, error) {
+	pools, err := p.backend.Pools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	i, made := slices.BinarySearchFunc(pools, DefaultPool, func(ps PoolStats, name string) int { return cmp.Compare(ps.Name, name) })
+	if !made {
+		pools = slices.Insert(pools, i, PoolStats{Name: DefaultPool})
+	}
+	for i := range pools {
+		pools[i].Stats.Waiting = p.waiting(pools[i].Name)
+	}
+	return pools, nil
+}
+
+// List implements Store. Without a pool it walks the pools in order of name, skipping
+// those with no key of the state asked for.
+func (p *Pool) List(ctx context.Context, opts ListOptions) (Page, error) {
+	first := opts.First
+	if first < 1 || first > MaxListFirst {
+		return Page{}, Errorf(EINVALID, "first must be between 1 and %d, got %d", MaxListFirst, opts.First)
+	}
+	if opts.Status != "" && opts.Status != Available && opts.Status != Blocked {
+		return Page{}, Errorf(EINVALID, "unknown status %q", opts.Status)
+	}
+	if opts.Pool != "" {
+		if _, err := PoolName(opts.Pool); err != nil {
+			return Page{}, err
+		}
+	}
+	var from string  // the pool to start in
+	var after uint64 // the first key number to list in it
+	if opts.After != "" {
+		pool, id, ok := decodeCursor(opts.After)
+		n, isID := p.ids.ParseKeyID(id)
+		if !ok || !isID || opts.Pool != "" && pool != opts.Pool {
+			return Page{}, Errorf(EINVALID, "after is not a cursor of this listing: pass a page's endCursor as it is")
+		}
+		from, after = pool, n+1
+	}
+	pools := []string{cmp.Or(from, opts.Pool)}
+	if opts.Pool == "" {
+		all, err := p.backend.Pools(ctx)
+		if err != nil {
+			return Page{}, err
+		}
+		pools = pools[:0]
+		for _, ps := range all {
+			if ps.Name >= from && ps.Stats.count(opts.Status) > 0 {
+				pools = append(pools, ps.Name)
+			}
+		}
+	}
+	// One key more than the page, to tell whether another page follows.
+	var recs []Record
+	for _, pool := range pools {
+		if pool != from {
+			after = 0
+		}
+		more, err := p.backend.List(ctx, pool, opts.Status, after, first+1-len(recs))
+		if err != nil {
+			return Page{}, err
+		}
+		if recs = append(recs, more...); len(recs) > first {
+			break
+		}
+	}
+	page := Page{HasNext: len(recs) > first}
+	recs = recs[:min(len(recs), first)]
+	page.Keys = make([]Key, len(recs))
+	for i := range recs {
+		page.Keys[i] = p.key(recs[i])
+	}
+	if len(recs) > 0 {
+		last := page.Keys[len(recs)-1]
+		page.EndCursor = encodeCursor(last.Pool, last.ID)
+	}
+	return page, nil
+}
+
+// count returns how many keys are in state status; all of them for "".
+func (s Stats) count(status Status) int {
+	switch status {
+	case Available:
+		return s.Available
+	case Blocked:
+		return s.Blocked
+	}
+	return s.Total
+}
 
 // Subscribe implements Store.
 func (p *Pool) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
@@ -430,10 +584,18 @@ func (p *Pool) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 	if len(opts.Keys) > MaxEventKeys {
 		return nil, Errorf(EINVALID, "keys may name at most %d keys, got %d", MaxEventKeys, len(opts.Keys))
 	}
-	if err := p.backend.CatchUp(ctx); err != nil {
+	pool, err := PoolName(opts.Pool)
+	if err != nil {
 		return nil, err
 	}
-	return p.hub.Subscribe(ctx, opts)
+	lane, err := p.lanes.Get(pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.backend.CatchUp(ctx, pool); err != nil {
+		return nil, err
+	}
+	return lane.Events.Subscribe(ctx, opts)
 }
 
 // Ready implements Store.
@@ -445,7 +607,7 @@ func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
 		p.StopWaiting()
 		p.closeErr = p.backend.Close()
-		p.hub.Close()
+		p.lanes.each(func(l *Lane) { l.Events.Close() })
 	})
 	return p.closeErr
 }

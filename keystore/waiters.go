@@ -10,10 +10,12 @@ import (
 
 // Waiter is an Acquire waiting for a key.
 type Waiter struct {
-	// TTL is the lease the waiter asked for.
-	TTL time.Duration
-	ctx context.Context
-	got chan Record // buffered: serving never blocks; closed when given up
+	// TTL is the lease the waiter asked for, and Holder who holds it.
+	TTL    time.Duration
+	Holder string
+	pool   string
+	ctx    context.Context
+	got    chan Record // buffered: serving never blocks; closed when given up
 
 	// Guarded by the queue's lock.
 	elem      *list.Element // in line; nil once taken or gone
@@ -24,11 +26,11 @@ type Waiter struct {
 	trying bool
 }
 
-func newWaiter(ctx context.Context, ttl time.Duration) *Waiter {
-	return &Waiter{TTL: ttl, ctx: ctx, got: make(chan Record, 1)}
+func newWaiter(ctx context.Context, pool string, ttl time.Duration, holder string) *Waiter {
+	return &Waiter{TTL: ttl, Holder: holder, pool: pool, ctx: ctx, got: make(chan Record, 1)}
 }
 
-// WaitQueue holds the waiting Acquires of a pool, first come, first served. A backend
+// WaitQueue holds the waiting Acquires of one pool, first come, first served. A backend
 // pushes a waiter in the same atomic step that found no key free (Backend.Acquire),
 // and when a key comes free it takes the first waiter and either serves it the key,
 // leased for the waiter's TTL, or returns it to the head of the line. Every waiter a

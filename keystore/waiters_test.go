@@ -17,16 +17,16 @@ import (
 // ones are not for would. It lets a test fill the bound on waiters while a key is free.
 type waitElsewhere struct {
 	Backend
-	waiters *WaitQueue
-	park    atomic.Bool
+	lanes *Lanes
+	park  atomic.Bool
 }
 
-func (b *waitElsewhere) Acquire(ctx context.Context, ttl time.Duration, w *Waiter) (Record, error) {
+func (b *waitElsewhere) Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *Waiter) (Record, error) {
 	if w != nil && b.park.Load() {
-		b.waiters.Push(w)
+		b.lanes.Made(pool).Waiters.Push(w)
 		return Record{}, ErrNoKey
 	}
-	return b.Backend.Acquire(ctx, ttl, w)
+	return b.Backend.Acquire(ctx, pool, ttl, holder, w)
 }
 
 type acquired struct {
@@ -43,13 +43,13 @@ func TestMaxWaitersLeavesFreeKeys(t *testing.T) {
 	var backend *waitElsewhere
 	p, err := NewPool(clock, Options{MaxWaiters: bound}, func(env Env) (Backend, *IDCodec, error) {
 		b, ids, err := openMemory(clock)(env)
-		backend = &waitElsewhere{Backend: b, waiters: env.Waiters}
+		backend = &waitElsewhere{Backend: b, lanes: env.Lanes}
 		return backend, ids, err
 	})
 	require.NoError(t, err)
 	defer p.Close()
 	ctx := t.Context()
-	free, err := p.Generate(ctx, 1)
+	free, err := p.Generate(ctx, "", 1)
 	require.NoError(t, err)
 	// The expirer's pass after Generate hands free keys to waiters: let it end (it then
 	// sleeps on the clock) before any waiter queues beside the free key.
@@ -63,7 +63,7 @@ func TestMaxWaitersLeavesFreeKeys(t *testing.T) {
 			results <- acquired{k, err}
 		}()
 	}
-	require.Eventually(t, func() bool { return p.waiters.Len() == bound }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return p.waiting(DefaultPool) == bound }, 10*time.Second, time.Millisecond)
 	backend.park.Store(false)
 
 	// The clock never moves here: whatever answers, answers at once.
@@ -76,10 +76,10 @@ func TestMaxWaitersLeavesFreeKeys(t *testing.T) {
 	require.Equal(t, ETOOMANYWAITERS, ErrorCode(err), "%v", err)
 	_, err = p.Acquire(ctx, AcquireOptions{})
 	require.Equal(t, ENOTFOUND, ErrorCode(err), "an acquire that does not wait is not the bound's business")
-	stats, err := p.Stats(ctx)
+	stats, err := p.Stats(ctx, "")
 	require.NoError(t, err)
-	require.Equal(t, Stats{Total: 1, Blocked: 1}, stats, "the refusal changed the pool")
-	require.Equal(t, bound, p.waiters.Len())
+	require.Equal(t, Stats{Total: 1, Blocked: 1, Waiting: bound}, stats, "the refusal changed the pool")
+	require.Equal(t, bound, p.waiting(DefaultPool))
 	got, err := p.Get(ctx, k.ID)
 	require.NoError(t, err)
 	require.Equal(t, k.Lease.Token, got.Lease.Token, "the refusal changed the lease")
@@ -155,7 +155,7 @@ func TestEndedWaitersAreReleased(t *testing.T) {
 	p, err := NewMemory(clock, Options{MaxWaiters: waiters})
 	require.NoError(t, err)
 	defer p.Close()
-	q := p.waiters
+	q := p.lanes.Made(DefaultPool).Waiters
 	ctx := t.Context()
 
 	for round := range 3 { // the same again: nothing accumulates
@@ -183,7 +183,7 @@ func TestEndedWaitersAreReleased(t *testing.T) {
 		require.Len(t, ended, waiters)
 
 		// The first third in line are served, the second leave, the rest time out.
-		keys, err := p.Generate(ctx, waiters/3)
+		keys, err := p.Generate(ctx, "", waiters/3)
 		require.NoError(t, err)
 		for _, cancel := range leaving {
 			cancel()
@@ -244,16 +244,16 @@ func TestWaitQueueLetsGo(t *testing.T) {
 	track := func(w *Waiter) *Waiter { ws = append(ws, weak.Make(w)); return w }
 
 	for range 100 {
-		w := track(newWaiter(ctx, time.Second)) // a try that found a key
+		w := track(newWaiter(ctx, DefaultPool, time.Second, "")) // a try that found a key
 		q.Join(w)
 		q.Withdraw(w)
 
-		w = track(newWaiter(gone, time.Second)) // a try that found none, its client gone
+		w = track(newWaiter(gone, DefaultPool, time.Second, "")) // a try that found none, its client gone
 		q.Join(w)
 		stays, _ := q.Stay(w)
 		require.False(t, stays)
 
-		w = track(newWaiter(ctx, time.Second)) // stays, is taken, returned, taken, served
+		w = track(newWaiter(ctx, DefaultPool, time.Second, "")) // stays, is taken, returned, taken, served
 		q.Join(w)
 		stays, _ = q.Stay(w)
 		require.True(t, stays)
@@ -263,11 +263,11 @@ func TestWaitQueueLetsGo(t *testing.T) {
 		q.Serve(w, Record{N: 1})
 		<-w.got
 
-		w = track(newWaiter(ctx, time.Second)) // pushed, leaves
+		w = track(newWaiter(ctx, DefaultPool, time.Second, "")) // pushed, leaves
 		q.Push(w)
 		require.True(t, q.leave(w))
 
-		w = track(newWaiter(ctx, time.Second)) // taken, leaves meanwhile, returned: given up
+		w = track(newWaiter(ctx, DefaultPool, time.Second, "")) // taken, leaves meanwhile, returned: given up
 		q.Push(w)
 		require.Same(t, w, q.Take())
 		require.False(t, q.leave(w))
@@ -275,7 +275,7 @@ func TestWaitQueueLetsGo(t *testing.T) {
 		_, ok := <-w.got
 		require.False(t, ok)
 
-		w = track(newWaiter(gone, time.Second)) // its client left while in line
+		w = track(newWaiter(gone, DefaultPool, time.Second, "")) // its client left while in line
 		q.Push(w)
 		require.Nil(t, q.Take())
 	}

@@ -26,7 +26,7 @@ func (m *Metrics) Instrument(store keystore.Store, transport string) keystore.St
 }
 
 // instrumentedOps are the ops of instrumentedStore.ops, in index order.
-var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpSubscribe}
+var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpSubscribe}
 
 const (
 	iGenerate = iota
@@ -37,6 +37,8 @@ const (
 	iDelete
 	iGet
 	iStats
+	iPools
+	iList
 	iSubscribe
 )
 
@@ -61,9 +63,9 @@ func (s *instrumentedStore) done(i int, start time.Time, err error) {
 	op.counters.observe(err)
 }
 
-func (s *instrumentedStore) Generate(ctx context.Context, count int) ([]keystore.Key, error) {
+func (s *instrumentedStore) Generate(ctx context.Context, pool string, count int) ([]keystore.Key, error) {
 	start := time.Now()
-	keys, err := s.Store.Generate(ctx, count)
+	keys, err := s.Store.Generate(ctx, pool, count)
 	s.done(iGenerate, start, err)
 	return keys, err
 }
@@ -113,11 +115,25 @@ func (s *instrumentedStore) Get(ctx context.Context, id string) (keystore.Key, e
 	return k, err
 }
 
-func (s *instrumentedStore) Stats(ctx context.Context) (keystore.Stats, error) {
+func (s *instrumentedStore) Stats(ctx context.Context, pool string) (keystore.Stats, error) {
 	start := time.Now()
-	st, err := s.Store.Stats(ctx)
+	st, err := s.Store.Stats(ctx, pool)
 	s.done(iStats, start, err)
 	return st, err
+}
+
+func (s *instrumentedStore) Pools(ctx context.Context) ([]keystore.PoolStats, error) {
+	start := time.Now()
+	pools, err := s.Store.Pools(ctx)
+	s.done(iPools, start, err)
+	return pools, err
+}
+
+func (s *instrumentedStore) List(ctx context.Context, opts keystore.ListOptions) (keystore.Page, error) {
+	start := time.Now()
+	page, err := s.Store.List(ctx, opts)
+	s.done(iList, start, err)
+	return page, err
 }
 
 // Subscribe is counted but not timed: it returns at once, and the stream's life is not

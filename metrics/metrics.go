@@ -42,11 +42,13 @@ const (
 	OpDelete    = "delete"
 	OpGet       = "get"
 	OpStats     = "stats"
+	OpPools     = "pools"
+	OpList      = "list"
 	OpSubscribe = "subscribe"
 )
 
 // Ops lists every operation label.
-var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpSubscribe}
+var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpSubscribe}
 
 // OutcomeOK is the outcome label of an operation that succeeded; a failed one is labelled
 // with its error code (NOT_FOUND, LEASE_MISMATCH, …).
@@ -66,7 +68,9 @@ var opOutcomes = map[string][]keystore.Code{
 	OpKeepAlive: {keystore.ENOTFOUND},
 	OpDelete:    {keystore.ENOTFOUND},
 	OpGet:       {keystore.ENOTFOUND},
-	OpStats:     {},
+	OpStats:     {keystore.EINVALID},
+	OpPools:     {},
+	OpList:      {keystore.EINVALID},
 	OpSubscribe: {keystore.EINVALID, keystore.ECOMPACTED},
 }
 
@@ -318,13 +322,21 @@ func (m *Metrics) FanoutQueued(delta int) { m.fanQueued.Add(float64(delta)) }
 // statsTimeout bounds the Stats call of one scrape (a remote store may hang).
 const statsTimeout = 2 * time.Second
 
-var keysDesc = prometheus.NewDesc("keypool_keys", "Keys in the pool by state (AVAILABLE, BLOCKED), read from the store at scrape time.", []string{"state"}, nil)
+// The pool label's values are bounded by -max-pools.
+var (
+	keysDesc        = prometheus.NewDesc("keypool_keys", "Keys by pool and state (AVAILABLE, BLOCKED), read from the store at scrape time.", []string{"pool", "state"}, nil)
+	poolWaitersDesc = prometheus.NewDesc("keypool_pool_acquire_waiters", "Acquire calls waiting now for a free key of the pool, in this process.", []string{"pool"}, nil)
+)
 
-// keysCollector reports keypool_keys from Store.Stats, which is O(1), at scrape time.
-// Before WatchStore, or when Stats fails, it reports nothing rather than failing the scrape.
+// keysCollector reports keypool_keys and keypool_pool_acquire_waiters from
+// Store.Pools, which is O(1) a pool, at scrape time. Before WatchStore, or when Pools
+// fails, it reports nothing rather than failing the scrape.
 type keysCollector struct{ m *Metrics }
 
-func (c keysCollector) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc }
+func (c keysCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keysDesc
+	ch <- poolWaitersDesc
+}
 
 func (c keysCollector) Collect(ch chan<- prometheus.Metric) {
 	store := c.m.store.Load()
@@ -333,11 +345,14 @@ func (c keysCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
 	defer cancel()
-	stats, err := (*store).Stats(ctx)
+	pools, err := (*store).Pools(ctx)
 	if err != nil {
-		slog.Warn("metrics: reading the pool's stats failed", "err", err)
+		slog.Warn("metrics: reading the pools' stats failed", "err", err)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(stats.Available), string(keystore.Available))
-	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(stats.Blocked), string(keystore.Blocked))
+	for _, p := range pools {
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Available), p.Name, string(keystore.Available))
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Blocked), p.Name, string(keystore.Blocked))
+		ch <- prometheus.MustNewConstMetric(poolWaitersDesc, prometheus.GaugeValue, float64(p.Stats.Waiting), p.Name)
+	}
 }

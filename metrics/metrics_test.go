@@ -87,7 +87,7 @@ func TestEveryMetricIsExposed(t *testing.T) {
 		"keypool_keys", "keypool_operations_total", "keypool_request_duration_seconds",
 		"keypool_lease_renewals_total", "keypool_leases_expired_total", "keypool_keys_expired_total",
 		"keypool_expiry_lateness_seconds", "keypool_subscribers", "keypool_slow_consumer_cuts_total",
-		"keypool_acquire_waiters", "keypool_acquire_wait_seconds",
+		"keypool_acquire_waiters", "keypool_pool_acquire_waiters", "keypool_acquire_wait_seconds",
 		"keypool_fanout_frames_total", "keypool_fanout_bytes_total", "keypool_fanout_writes_total",
 		"keypool_fanout_coalesced_writes_total", "keypool_fanout_encodes_total", "keypool_fanout_stalls_total",
 		"keypool_fanout_queued", "keypool_build_info",
@@ -132,11 +132,11 @@ func TestCountersMove(t *testing.T) {
 	rest := m.Instrument(store, metrics.REST)
 	gql := m.Instrument(store, metrics.GraphQL)
 
-	keys, err := rest.Generate(ctx, 3)
+	keys, err := rest.Generate(ctx, "", 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rest.Generate(ctx, 0); err == nil {
+	if _, err := rest.Generate(ctx, "", 0); err == nil {
 		t.Fatal("count 0 accepted")
 	}
 	k, err := gql.Acquire(ctx, keystore.AcquireOptions{})
@@ -153,7 +153,7 @@ func TestCountersMove(t *testing.T) {
 		t.Fatal("unblock with a bad token")
 	}
 	rest.Get(ctx, "nope")
-	gql.Stats(ctx)
+	gql.Stats(ctx, "")
 
 	for _, c := range []struct {
 		op, outcome string
@@ -227,7 +227,7 @@ func TestWaitersAndSubscribers(t *testing.T) {
 	}
 	waitFor(t, func() bool { return value(t, m, "keypool_subscribers") == 1 })
 	// Retention is 4 events; 100 unread ones cut the subscriber.
-	if _, err := store.Generate(ctx, 100); err != nil {
+	if _, err := store.Generate(ctx, "", 100); err != nil {
 		t.Fatal(err)
 	}
 	for ev, _ := sub.Next(ctx); ev != nil; ev, _ = sub.Next(ctx) {
@@ -248,11 +248,11 @@ func waitFor(t *testing.T, cond func() bool) {
 	require.Eventually(t, cond, 5*time.Second, time.Millisecond, "condition not met within 5s")
 }
 
-// A store that cannot answer Stats leaves keypool_keys out rather than failing the scrape.
+// A store that cannot answer Pools leaves keypool_keys out rather than failing the scrape.
 type brokenStore struct{ keystore.Store }
 
-func (brokenStore) Stats(context.Context) (keystore.Stats, error) {
-	return keystore.Stats{}, errors.New("down")
+func (brokenStore) Pools(context.Context) ([]keystore.PoolStats, error) {
+	return nil, errors.New("down")
 }
 
 func TestScrapeSurvivesStoreFailure(t *testing.T) {
@@ -281,7 +281,9 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 		"keepalive": {"NOT_FOUND"},
 		"delete":    {"NOT_FOUND"},
 		"get":       {"NOT_FOUND"},
-		"stats":     {},
+		"stats":     {"BAD_USER_INPUT"},
+		"pools":     {},
+		"list":      {"BAD_USER_INPUT"},
 		"subscribe": {"BAD_USER_INPUT", "EVENTS_COMPACTED"},
 	}
 	wantSeries := map[string]bool{}
@@ -308,7 +310,7 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 	}
 
 	// A code outside the table is still counted, on first use.
-	_, _ = m.Instrument(oddStats{}, metrics.REST).Stats(context.Background())
+	_, _ = m.Instrument(oddStats{}, metrics.REST).Stats(context.Background(), "")
 	if got := value(t, m, "keypool_operations_total", "op", "stats", "outcome", "NOT_FOUND"); got != 1 {
 		t.Errorf("unexpected code not counted: %v", got)
 	}
@@ -317,6 +319,6 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 // oddStats answers Stats with a code no Stats returns.
 type oddStats struct{ keystore.Store }
 
-func (oddStats) Stats(context.Context) (keystore.Stats, error) {
+func (oddStats) Stats(context.Context, string) (keystore.Stats, error) {
 	return keystore.Stats{}, keystore.Errorf(keystore.ENOTFOUND, "odd")
 }

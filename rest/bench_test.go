@@ -26,7 +26,7 @@ func benchStore(b *testing.B) (*keystore.Pool, string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { store.Close() })
-	keys, err := store.Generate(b.Context(), 1000)
+	keys, err := store.Generate(b.Context(), "", 1000)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func plainHandler(store keystore.Store) http.Handler {
 		json.NewEncoder(w).Encode(p)
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
-		s, _ := store.Stats(r.Context())
+		s, _ := store.Stats(r.Context(), "")
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]int{"total": s.Total, "available": s.Available, "blocked": s.Blocked})
 	})

@@ -36,6 +36,8 @@ func appendString(b []byte, s string) []byte {
 func appendKey(b []byte, k *keystore.Key) []byte {
 	b = append(b, `{"id":`...)
 	b = appendString(b, k.ID)
+	b = append(b, `,"pool":`...)
+	b = appendString(b, k.Pool)
 	b = append(b, `,"status":`...)
 	b = appendString(b, string(k.Status))
 	b = append(b, `,"createdAt":`...)
@@ -74,7 +76,12 @@ func appendLeaseFields(b []byte, l *keystore.Lease) []byte {
 	b = append(b, `,"acquiredAt":`...)
 	b = wire.AppendTime(b, l.AcquiredAt)
 	b = append(b, `,"expiresAt":`...)
-	return wire.AppendTime(b, l.ExpiresAt)
+	b = wire.AppendTime(b, l.ExpiresAt)
+	b = append(b, `,"holder":`...)
+	if l.Holder == "" {
+		return append(b, "null"...)
+	}
+	return appendString(b, l.Holder)
 }
 
 // appendLease appends the lease that k holds, with k as its "key".
@@ -87,8 +94,9 @@ func appendLease(b []byte, k *keystore.Key) []byte {
 
 // writeKeys writes {"keys":[…]} a pooled buffer's worth at a time: the largest answer
 // runs to megabytes, which one growing buffer would allocate twice over
-// (TestLargestGenerateIsBounded).
-func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
+// (TestLargestGenerateIsBounded). A page of a listing (next not nil) ends with its
+// "nextCursor", null on the last page.
+func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key, next ...*string) {
 	buf := bufpool.Get()
 	b := append(*buf, `{"keys":[`...)
 	w.Header()["Content-Type"] = jsonContentType
@@ -103,7 +111,16 @@ func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key) {
 			b = b[:0]
 		}
 	}
-	_, _ = w.Write(append(b, "]}"...))
+	b = append(b, ']')
+	if len(next) > 0 {
+		b = append(b, `,"nextCursor":`...)
+		if next[0] == nil {
+			b = append(b, "null"...)
+		} else {
+			b = appendString(b, *next[0])
+		}
+	}
+	_, _ = w.Write(append(b, '}'))
 	*buf = b
 	bufpool.Put(buf)
 }
@@ -118,5 +135,22 @@ func appendStats(b []byte, s keystore.Stats) []byte {
 	b = strconv.AppendInt(b, int64(s.Available), 10)
 	b = append(b, `,"blocked":`...)
 	b = strconv.AppendInt(b, int64(s.Blocked), 10)
+	b = append(b, `,"waiting":`...)
+	b = strconv.AppendInt(b, int64(s.Waiting), 10)
 	return append(b, '}')
+}
+
+func appendPools(b []byte, pools []keystore.PoolStats) []byte {
+	b = append(b, `{"pools":[`...)
+	for i := range pools {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"name":`...)
+		b = appendString(b, pools[i].Name)
+		b = append(b, `,"stats":`...)
+		b = appendStats(b, pools[i].Stats)
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
 }

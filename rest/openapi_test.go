@@ -181,7 +181,8 @@ func TestHostileAgainstDocument(t *testing.T) {
 		{method: "DELETE", target: "/v1/keys/" + strings.Repeat("A", 10000), status: 404},
 		{method: "POST", target: "/v1/keys/" + l.Token + "/unblock", status: 404}, // a token is no id
 		// Methods and routes.
-		{method: "HEAD", target: "/v1/keys", status: 405},
+		{method: "PUT", target: "/v1/keys", status: 405},
+		{method: "GET", target: "/v1/keys?limit=1001", status: 400},
 		{method: "OPTIONS", target: key, status: 405},
 		{method: "TRACE", target: "/v1/stats", status: 405},
 		{method: "POST", target: "/v1/openapi.json", status: 405},

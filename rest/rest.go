@@ -18,6 +18,8 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -108,7 +110,9 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("POST /v1/keys/{id}/unblock", http.HandlerFunc(h.unblock))
 	route("POST /v1/keys/{id}/keepalive", http.HandlerFunc(h.keepAlive))
 	route("POST /v1/keys/{id}/renew", http.HandlerFunc(h.renew))
+	route("GET /v1/keys", http.HandlerFunc(h.list))
 	route("GET /v1/stats", http.HandlerFunc(h.stats))
+	route("GET /v1/pools", http.HandlerFunc(h.pools))
 	route("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
 	route("GET /v1/docs", http.HandlerFunc(serveDocs))
 
@@ -116,12 +120,13 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	// are less specific than the routes above, so they catch exactly the wrong methods
 	// and answer in JSON. "/v1/keys/acquire" gets none: a method-less pattern for it
 	// would conflict with GET and DELETE /v1/keys/{id}, which serve it (as an unknown id).
-	route("/v1/keys", methodNotAllowed("POST"))
+	route("/v1/keys", methodNotAllowed("GET, HEAD, POST"))
 	route("/v1/keys/{id}", methodNotAllowed("GET, HEAD, DELETE"))
 	route("/v1/keys/{id}/unblock", methodNotAllowed("POST"))
 	route("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
 	route("/v1/keys/{id}/renew", methodNotAllowed("POST"))
 	route("/v1/stats", methodNotAllowed("GET, HEAD"))
+	route("/v1/pools", methodNotAllowed("GET, HEAD"))
 	route("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
 	route("/v1/docs", methodNotAllowed("GET, HEAD"))
 	route("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -166,9 +171,11 @@ func methodNotAllowed(allow string) http.Handler {
 	})
 }
 
-// generateRequest is the body of POST /v1/keys; a missing body or count means 1.
+// generateRequest is the body of POST /v1/keys; a missing body or count means 1, a
+// missing pool the default pool.
 type generateRequest struct {
-	Count *int `json:"count"`
+	Count *int   `json:"count"`
+	Pool  string `json:"pool"`
 }
 
 func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
@@ -180,7 +187,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request) {
 	if req.Count != nil {
 		count = *req.Count
 	}
-	keys, err := h.store.Generate(r.Context(), count)
+	keys, err := h.store.Generate(r.Context(), req.Pool, count)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -202,37 +209,49 @@ func (h *handler) acquire(w http.ResponseWriter, r *http.Request) {
 	h.writeLease(w, r, &k)
 }
 
-// acquireOptions reads ?ttl= and ?wait= (Go durations). Unknown parameters are refused
-// so that a typo is not silently ignored.
+// acquireOptions reads ?pool=, ?holder=, and ?ttl= and ?wait= (Go durations).
 func acquireOptions(u *url.URL) (keystore.AcquireOptions, error) {
-	var opts keystore.AcquireOptions
-	if u.RawQuery == "" {
-		return opts, nil
-	}
-	q, err := url.ParseQuery(u.RawQuery)
+	q, err := query(u, "pool", "holder", "ttl", "wait")
 	if err != nil {
-		return opts, keystore.Errorf(keystore.EINVALID, "bad query string: %v", err)
+		return keystore.AcquireOptions{}, err
 	}
-	for name, values := range q {
-		if len(values) != 1 {
-			return opts, keystore.Errorf(keystore.EINVALID, "query parameter %q given %d times", name, len(values))
+	opts := keystore.AcquireOptions{Pool: q["pool"], Holder: q["holder"]}
+	if ttl, ok := q["ttl"]; ok {
+		d, err := wire.ParseDuration("ttl", ttl)
+		if err != nil {
+			return opts, err
 		}
-		var d time.Duration
-		switch name {
-		case "ttl", "wait":
-			if d, err = wire.ParseDuration(name, values[0]); err != nil {
-				return opts, err
-			}
-		default:
-			return opts, keystore.Errorf(keystore.EINVALID, "unknown query parameter %q (want ttl, wait)", name)
-		}
-		if name == "ttl" {
-			opts.TTL = &d
-		} else {
-			opts.Wait = d
+		opts.TTL = &d
+	}
+	if wait, ok := q["wait"]; ok {
+		if opts.Wait, err = wire.ParseDuration("wait", wait); err != nil {
+			return opts, err
 		}
 	}
 	return opts, nil
+}
+
+// query reads the parameters of u, each of the names given at most once. Unknown
+// parameters are refused so that a typo is not silently ignored.
+func query(u *url.URL, names ...string) (map[string]string, error) {
+	if u.RawQuery == "" {
+		return nil, nil // the common case, without a map
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, keystore.Errorf(keystore.EINVALID, "bad query string: %v", err)
+	}
+	params := make(map[string]string, len(q))
+	for name, values := range q {
+		if !slices.Contains(names, name) {
+			return nil, keystore.Errorf(keystore.EINVALID, "unknown query parameter %q (want %s)", name, strings.Join(names, ", "))
+		}
+		if len(values) != 1 {
+			return nil, keystore.Errorf(keystore.EINVALID, "query parameter %q given %d times", name, len(values))
+		}
+		params[name] = values[0]
+	}
+	return params, nil
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request) {
@@ -297,12 +316,57 @@ func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
-	s, err := h.store.Stats(r.Context())
+	q, err := query(r.URL, "pool")
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	s, err := h.store.Stats(r.Context(), q["pool"])
 	if err != nil {
 		h.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendStats(b, s) })
+}
+
+func (h *handler) pools(w http.ResponseWriter, r *http.Request) {
+	if _, err := query(r.URL); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	pools, err := h.store.Pools(r.Context())
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendPools(b, pools) })
+}
+
+// list answers GET /v1/keys?pool=&status=&limit=&cursor=: one page of keys, and the
+// cursor of the next (null on the last page).
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r.URL, "pool", "status", "limit", "cursor")
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	opts := keystore.ListOptions{Pool: q["pool"], Status: keystore.Status(q["status"]), First: keystore.DefaultListFirst, After: q["cursor"]}
+	if limit, ok := q["limit"]; ok {
+		if opts.First, err = strconv.Atoi(limit); err != nil {
+			h.writeError(w, r, keystore.Errorf(keystore.EINVALID, "limit must be a whole number from 1 to %d", keystore.MaxListFirst))
+			return
+		}
+	}
+	page, err := h.store.List(r.Context(), opts)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	var next *string
+	if page.HasNext {
+		next = &page.EndCursor
+	}
+	writeKeys(w, http.StatusOK, page.Keys, next)
 }
 
 // decodeBody decodes an optional JSON object into dst, strictly: no unknown field,

@@ -100,6 +100,7 @@ type errorBody struct {
 type (
 	keyJSON struct {
 		ID        string     `json:"id"`
+		Pool      string     `json:"pool"`
 		Status    string     `json:"status"`
 		CreatedAt time.Time  `json:"createdAt"`
 		ExpiresAt time.Time  `json:"expiresAt"`
@@ -116,15 +117,27 @@ type (
 		Fence64    string    `json:"fence64"`
 		ExpiresAt  time.Time `json:"expiresAt"`
 		AcquiredAt time.Time `json:"acquiredAt"`
+		Holder     *string   `json:"holder"`
 		Key        *keyJSON  `json:"key"`
 	}
 	keysJSON struct {
 		Keys []keyJSON `json:"keys"`
 	}
+	pageJSON struct {
+		Keys       []keyJSON `json:"keys"`
+		NextCursor *string   `json:"nextCursor"`
+	}
 	statsJSON struct {
 		Total     int `json:"total"`
 		Available int `json:"available"`
 		Blocked   int `json:"blocked"`
+		Waiting   int `json:"waiting"`
+	}
+	poolsJSON struct {
+		Pools []struct {
+			Name  string    `json:"name"`
+			Stats statsJSON `json:"stats"`
+		} `json:"pools"`
 	}
 )
 
@@ -176,7 +189,7 @@ func TestWireFormat(t *testing.T) {
 	var raw struct{ Keys []map[string]any }
 	json.Unmarshal(w.Body.Bytes(), &raw)
 	k := raw.Keys[0]
-	want := fmt.Sprintf(`{"keys":[{"id":%q,"status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null}}]}`, k["id"])
+	want := fmt.Sprintf(`{"keys":[{"id":%q,"pool":"default","status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null}}]}`, k["id"])
 	if got := w.Body.String(); got != want {
 		t.Fatalf("generate body\n got %s\nwant %s", got, want)
 	}
@@ -186,8 +199,8 @@ func TestWireFormat(t *testing.T) {
 		Fence int64
 	}
 	json.Unmarshal(w.Body.Bytes(), &lease)
-	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"fence64":"%d","acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z"`, lease.Token, lease.Fence, lease.Fence)
-	want = fmt.Sprintf(`{%s,"key":{"id":%q,"status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{%s},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:00:00.123456789Z"}}}`, leaseFields, k["id"], leaseFields)
+	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"fence64":"%d","acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z","holder":null`, lease.Token, lease.Fence, lease.Fence)
+	want = fmt.Sprintf(`{%s,"key":{"id":%q,"pool":"default","status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{%s},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:00:00.123456789Z"}}}`, leaseFields, k["id"], leaseFields)
 	if got := w.Body.String(); got != want {
 		t.Fatalf("acquire body\n got %s\nwant %s", got, want)
 	}
@@ -288,7 +301,7 @@ func TestAcquireTooManyWaiters(t *testing.T) {
 		t.Fatal("the acquire past the bound waited")
 	}
 	expect[errorBody](t, p.do("POST", "/v1/keys/acquire", ""), 404, "NOT_FOUND")
-	if s := p.stats(); s != (statsJSON{Total: 1, Blocked: 1}) {
+	if s := p.stats(); s != (statsJSON{Total: 1, Blocked: 1, Waiting: bound}) {
 		t.Fatalf("stats %+v", s)
 	}
 	p.clock.Advance(5 * time.Second)
@@ -435,7 +448,17 @@ func TestBadInput(t *testing.T) {
 		{"POST", "/v1/keys/" + l.Key.ID + "/unblock", `{"token":"` + l.Token + `"}` + strings.Repeat(" ", rest.MaxBodyBytes), 413, "REQUEST_TOO_LARGE"},
 		{"POST", "/v1/keys/" + l.Key.ID + "/renew", `{"token":"` + l.Token + `","ttl":90}`, 400, "BAD_USER_INPUT"},
 		{"PUT", "/v1/keys", `{"count":3}`, 405, "METHOD_NOT_ALLOWED"},
-		{"GET", "/v1/keys", "", 405, "METHOD_NOT_ALLOWED"},
+		{"PUT", "/v1/keys", "", 405, "METHOD_NOT_ALLOWED"},
+		{"GET", "/v1/keys?limit=0", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/keys?limit=x", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/keys?cursor=x", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/keys?status=GONE", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/keys?pool=a%20b", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/keys?sort=id", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/stats?pool=-", "", 400, "BAD_USER_INPUT"},
+		{"GET", "/v1/pools?x=1", "", 400, "BAD_USER_INPUT"},
+		{"POST", "/v1/keys/acquire?holder=a%0Ab", "", 400, "BAD_USER_INPUT"},
+		{"POST", "/v1/keys", `{"pool":"no spaces"}`, 400, "BAD_USER_INPUT"},
 		{"PATCH", "/v1/keys/" + l.Key.ID, "", 405, "METHOD_NOT_ALLOWED"},
 		{"GET", "/v1/keys/" + l.Key.ID + "/unblock", "", 405, "METHOD_NOT_ALLOWED"},
 		{"DELETE", "/v1/keys/" + l.Key.ID + "/keepalive", "", 405, "METHOD_NOT_ALLOWED"},
@@ -508,7 +531,8 @@ func TestNonCanonicalPaths(t *testing.T) {
 func TestMethodNotAllowedAllow(t *testing.T) {
 	p := newPool(t)
 	for path, allow := range map[string]string{
-		"/v1/keys":             "POST",
+		"/v1/keys":             "GET, HEAD, POST",
+		"/v1/pools":            "GET, HEAD",
 		"/v1/keys/x":           "GET, HEAD, DELETE",
 		"/v1/keys/x/unblock":   "POST",
 		"/v1/keys/acquire":     "GET, HEAD, POST, DELETE",
@@ -531,8 +555,10 @@ type failingStore struct {
 func (s failingStore) Get(context.Context, string) (keystore.Key, error) {
 	return keystore.Key{}, s.err
 }
-func (s failingStore) Stats(context.Context) (keystore.Stats, error) { return keystore.Stats{}, s.err }
-func (s failingStore) Ready(context.Context) error                   { return s.err }
+func (s failingStore) Stats(context.Context, string) (keystore.Stats, error) {
+	return keystore.Stats{}, s.err
+}
+func (s failingStore) Ready(context.Context) error { return s.err }
 
 func TestStoreFailures(t *testing.T) {
 	secret := errors.New("dial tcp 10.0.0.7:6379: secret internals")
@@ -585,5 +611,48 @@ func TestHealth(t *testing.T) {
 	resttest.Handler(t, rest.Healthz()).ServeHTTP(w, httptest.NewRequest("GET", "/healthz", nil))
 	if w.Code != 200 {
 		t.Fatalf("healthz after the store closed: %d", w.Code)
+	}
+}
+
+// TestPoolsHoldersAndListing: the REST twins of pools, holders and listing.
+func TestPoolsHoldersAndListing(t *testing.T) {
+	p := newPool(t)
+	made := expect[keysJSON](t, p.do("POST", "/v1/keys", `{"count":3,"pool":"a"}`), 201, "").Keys
+	if len(made) != 3 || made[0].Pool != "a" {
+		t.Fatalf("made %+v", made)
+	}
+	p.generate(1)
+	l := expect[leaseJSON](t, p.do("POST", "/v1/keys/acquire?pool=a&holder=ci%20job", ""), 200, "")
+	if l.Holder == nil || *l.Holder != "ci job" || l.Key.Pool != "a" || l.Key.Lease.Holder == nil {
+		t.Fatalf("lease %+v", l)
+	}
+	if s := expect[statsJSON](t, p.do("GET", "/v1/stats?pool=a", ""), 200, ""); s != (statsJSON{Total: 3, Available: 2, Blocked: 1}) {
+		t.Fatalf("stats of a %+v", s)
+	}
+	if s := p.stats(); s.Total != 4 {
+		t.Fatalf("stats %+v", s)
+	}
+	pools := expect[poolsJSON](t, p.do("GET", "/v1/pools", ""), 200, "").Pools
+	if len(pools) != 2 || pools[0].Name != "a" || pools[1].Name != "default" || pools[1].Stats.Total != 1 {
+		t.Fatalf("pools %+v", pools)
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for range 10 {
+		page := expect[pageJSON](t, p.do("GET", "/v1/keys?pool=a&limit=2&cursor="+cursor, ""), 200, "")
+		for _, k := range page.Keys {
+			seen[k.ID] = true
+		}
+		if page.NextCursor == nil {
+			break
+		}
+		cursor = *page.NextCursor
+	}
+	if len(seen) != 3 {
+		t.Fatalf("walked %d keys of pool a, want 3", len(seen))
+	}
+	blocked := expect[pageJSON](t, p.do("GET", "/v1/keys?status=BLOCKED", ""), 200, "")
+	if len(blocked.Keys) != 1 || blocked.Keys[0].ID != l.Key.ID || blocked.NextCursor != nil {
+		t.Fatalf("blocked %+v", blocked)
 	}
 }

@@ -197,6 +197,25 @@ func TestNoOtherHost(t *testing.T) {
 	}
 }
 
+// TestScriptsInsertText checks that our own scripts put text from the server (pool
+// names, holders, key ids) into the page as text only: no API that parses HTML.
+func TestScriptsInsertText(t *testing.T) {
+	parsesHTML := regexp.MustCompile(`\b(?:innerHTML|outerHTML|insertAdjacentHTML|document\.write(?:ln)?|createContextualFragment|setHTMLUnsafe|parseHTMLUnsafe)\b`)
+	checked := 0
+	for name, a := range theSite.assets {
+		if !strings.HasSuffix(name, ".js") || strings.HasPrefix(name, "vendor/") {
+			continue
+		}
+		checked++
+		for _, m := range parsesHTML.FindAllString(string(a.body), -1) {
+			t.Errorf("%s uses %s: set textContent instead", name, m)
+		}
+	}
+	if checked < 2 {
+		t.Errorf("checked %d scripts, want dashboard.js and graphiql-page.js at least", checked)
+	}
+}
+
 func TestContentSecurityPolicy(t *testing.T) {
 	for _, host := range []string{"", "evil.example; script-src *", "[::1]:8080", "a b", "x\ny"} {
 		csp := ContentSecurityPolicy(host)

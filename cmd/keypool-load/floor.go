@@ -46,7 +46,7 @@ func (floorResolver) Mutation() graph.MutationResolver { return floorMutation{} 
 
 type floorMutation struct{ graph.MutationResolver }
 
-func (floorMutation) AcquireKey(context.Context, *time.Duration, *time.Duration) (*model.Lease, error) {
+func (floorMutation) AcquireKey(context.Context, *string, *time.Duration, *time.Duration, *string) (*model.Lease, error) {
 	return model.NewLease(floorKey), nil
 }
 

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keypool/keypool/client"
@@ -58,15 +61,24 @@ func given(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-// leaseFlags are the flags of acquire and lease. A -ttl or -wait not given is not
-// sent, so that the server applies its defaults.
+// leaseFlags are the flags of acquire and lease. A flag not given is not sent, so
+// that the server applies its defaults.
 type leaseFlags struct {
-	ttl, wait time.Duration
+	pool, holder string
+	ttl, wait    time.Duration
 }
 
 func (f *leaseFlags) register(fs *flag.FlagSet) {
+	poolFlag(fs, &f.pool, "the pool to take a key from")
+	fs.StringVar(&f.holder, "holder", "", "who takes the lease (free text, at most 128 bytes), shown wherever the lease is shown")
 	fs.DurationVar(&f.ttl, "ttl", 0, "the lease's length, 1s up to the server's -max-lease-ttl (default: the server's -lease-ttl)")
 	fs.DurationVar(&f.wait, "wait", 0, "how long to wait for a key when none is free, at most 30s")
+}
+
+// poolFlag registers -pool, whose empty default is the server's default pool (or
+// every pool, where the command says so).
+func poolFlag(fs *flag.FlagSet, pool *string, usage string) {
+	fs.StringVar(pool, "pool", "", usage+" (default: the default pool)")
 }
 
 // check refuses durations that cannot mean what was asked: a lease of no time, or
@@ -82,11 +94,13 @@ func (f *leaseFlags) check(fs *flag.FlagSet) string {
 }
 
 func (f *leaseFlags) options() client.AcquireOptions {
-	return client.AcquireOptions{TTL: f.ttl, Wait: f.wait}
+	return client.AcquireOptions{Pool: f.pool, Holder: f.holder, TTL: f.ttl, Wait: f.wait}
 }
 
 func runGenerate(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	var n int
+	var pool string
+	poolFlag(fs, &pool, "the pool to make the keys in, made if need be")
 	return simpleCommand{
 		nargs: 1,
 		check: func(args []string) string {
@@ -97,7 +111,7 @@ func runGenerate(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			return ""
 		},
 		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
-			return c.GenerateKeys(ctx, n)
+			return c.GenerateKeysIn(ctx, pool, n)
 		},
 	}.run(e, g, fs, args)
 }
@@ -177,9 +191,64 @@ func runGet(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 }
 
 func runStats(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	pool := fs.String("pool", "", "count this pool's keys only (default: every pool together)")
 	return simpleCommand{
 		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
-			return c.Stats(ctx)
+			return c.PoolStats(ctx, *pool)
 		},
 	}.run(e, g, fs, args)
+}
+
+func runPools(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	return simpleCommand{
+		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
+			return c.Pools(ctx)
+		},
+	}.run(e, g, fs, args)
+}
+
+// runKeys prints every key that the flags select, one JSON object a line, as it
+// reads them a page at a time.
+func runKeys(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	pool := fs.String("pool", "", "only this pool's keys (default: every pool, by name)")
+	status := fs.String("status", "", "only keys in this state: AVAILABLE or BLOCKED (default: every key)")
+	args, code, ok := parseInterspersed(e, fs, args)
+	if !ok {
+		return code
+	}
+	if len(args) != 0 {
+		return usageError(e, fs, "want no arguments, got %d", len(args))
+	}
+	st := client.Status(strings.ToUpper(*status))
+	if st != "" && st != client.Available && st != client.Blocked {
+		return usageError(e, fs, "-status: want AVAILABLE or BLOCKED, not %q", *status)
+	}
+	c, code, ok := connect(e, g)
+	if !ok {
+		return code
+	}
+	defer c.Close()
+	enc := json.NewEncoder(e.stdout)
+	enc.SetEscapeHTML(false)
+	opts := client.ListOptions{Pool: *pool, Status: st, PageSize: 1000}
+	// -timeout bounds each page's request, not the walk: the clock restarts with
+	// every key a page brings.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	idle := time.AfterFunc(g.timeout, func() { cancel(fmt.Errorf("no answer within -timeout %v", g.timeout)) })
+	defer idle.Stop()
+	for key, err := range c.Keys(ctx, opts) {
+		idle.Reset(g.timeout)
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				err = cause
+			}
+			return fail(e, g, err)
+		}
+		if err := enc.Encode(key); err != nil {
+			fmt.Fprintf(e.stderr, "keypoolctl: keys: writing: %v\n", err)
+			return exitError
+		}
+	}
+	return exitOK
 }

@@ -18,6 +18,8 @@ import (
 // runEvents follows keyEvents until interrupted, resuming after the last seq it
 // printed whenever the connection is lost.
 func runEvents(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	var pool string
+	poolFlag(fs, &pool, "the pool whose events to print")
 	typesFlag := fs.String("types", "", "only events of these types, comma-separated ("+typeNames()+"); all when empty")
 	afterFlag := fs.Int64("after", 0, "first replay the retained events with a larger seq, then follow (default: live events only)")
 	streamFlag := fs.String("stream", "", "the stream -after counts in (an event's \"stream\"): if the server's events have started again since, print the new stream from its first event")
@@ -40,6 +42,7 @@ func runEvents(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			fmt.Fprintf(e.stderr, "keypoolctl: events: the server's events started again (stream %s, seq from 1); printing them from its first retained event\n", stream)
 		},
 		Stream: *streamFlag,
+		Pool:   pool,
 	}
 	if *typesFlag != "" {
 		for _, name := range strings.Split(*typesFlag, ",") {

@@ -70,16 +70,18 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"generate":  {"N", "create N new keys; prints them", "", runGenerate},
-	"acquire":   {"[-ttl D] [-wait D]", "lease a free key (nothing renews it); prints the lease", "", runAcquire},
+	"generate":  {"N [-pool P]", "create N new keys; prints them", "", runGenerate},
+	"acquire":   {"[-pool P] [-holder H] [-ttl D] [-wait D]", "lease a free key (nothing renews it); prints the lease", "", runAcquire},
 	"unblock":   {"ID [-token T]", "end a key's lease (only lease T's, if given); prints the key", "", runUnblock},
 	"renew":     {"ID -token T [-ttl D]", "extend lease T of a key; prints the lease", "", runRenew},
 	"keepalive": {"ID", "move a key's keep-alive deadline; prints the key", "", runKeepAlive},
 	"delete":    {"ID", "delete a key; prints its id", "", runDelete},
 	"get":       {"ID", "print a key", "", runGet},
-	"stats":     {"", "print the pool's counts", "", runStats},
-	"events":    {"[-types T,...] [-after N]", "print the pool's events, one JSON object a line, until interrupted", eventsHelp, runEvents},
-	"lease":     {"[-ttl D] [-wait D] [-grace D] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
+	"stats":     {"[-pool P]", "print the counts of a pool, or of every pool", "", runStats},
+	"pools":     {"", "print every pool with its counts", "", runPools},
+	"keys":      {"[-pool P] [-status S]", "print keys, one JSON object a line", "", runKeys},
+	"events":    {"[-pool P] [-types T,...] [-after N]", "print a pool's events, one JSON object a line, until interrupted", eventsHelp, runEvents},
+	"lease":     {"[-pool P] [-holder H] [-ttl D] [-wait D] [-grace D] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
 }
 
 const eventsHelp = `Each event is a line {"seq":N,"type":T,"keyId":ID,"at":TIME}; an interrupt (SIGINT,

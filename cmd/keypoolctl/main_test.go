@@ -141,7 +141,7 @@ func (ts *testServer) restart(t *testing.T) {
 
 func (ts *testServer) generate(t *testing.T, n int) []keystore.Key {
 	t.Helper()
-	keys, err := ts.store.Generate(context.Background(), n)
+	keys, err := ts.store.Generate(context.Background(), "", n)
 	require.NoError(t, err)
 	return keys
 }
@@ -277,6 +277,62 @@ func TestCommands(t *testing.T) {
 	ctlIn(t, dead, "-server", ts.url, "stats").decode(t, &stats)
 	ctlIn(t, dead, "stats", "-server", ts.url).decode(t, &stats)
 	ctlIn(t, dead, "stats").failed(t, exitError, "cannot reach")
+}
+
+// TestPools: -pool on generate, acquire, stats and events; -holder; pools; keys as
+// JSON lines across pages.
+func TestPools(t *testing.T) {
+	ts := newTestServer(t)
+	var keys []client.Key
+	ctlIn(t, ts.url, "generate", "3", "-pool", "openai").decode(t, &keys)
+	require.Len(t, keys, 3)
+	assert.Equal(t, "openai", keys[0].Pool)
+	ctlIn(t, ts.url, "generate", "1").decode(t, &keys)
+	ctlIn(t, ts.url, "generate", "1", "-pool", "no spaces").failed(t, exitError, "BAD_USER_INPUT")
+
+	var lease client.LeaseInfo
+	ctlIn(t, ts.url, "acquire", "-pool", "openai", "-holder", "nightly build").decode(t, &lease)
+	assert.Equal(t, "openai", lease.Key.Pool)
+	assert.Equal(t, "nightly build", lease.Holder)
+	assert.Equal(t, "nightly build", ts.key(t, lease.Key.ID).Lease.Holder)
+	ctlIn(t, ts.url, "acquire", "-pool", "empty").failed(t, exitError, "NOT_FOUND")
+
+	var stats client.Stats
+	ctlIn(t, ts.url, "stats", "-pool", "openai").decode(t, &stats)
+	assert.Equal(t, client.Stats{Total: 3, Available: 2, Blocked: 1}, stats)
+	ctlIn(t, ts.url, "stats").decode(t, &stats)
+	assert.Equal(t, 4, stats.Total)
+	var pools []client.Pool
+	ctlIn(t, ts.url, "pools").decode(t, &pools)
+	require.Len(t, pools, 2)
+	assert.Equal(t, "openai", pools[1].Name)
+
+	ts.generate(t, 1500) // the default pool's: more than a page
+	r := ctlIn(t, ts.url, "keys")
+	require.Equal(t, 0, r.code, r.stderr)
+	seen := map[string]bool{}
+	for line := range strings.Lines(r.stdout) {
+		var k client.Key
+		require.NoError(t, json.Unmarshal([]byte(line), &k), line)
+		assert.False(t, seen[k.ID], "key %s twice", k.ID)
+		seen[k.ID] = true
+	}
+	assert.Len(t, seen, 1504)
+	r = ctlIn(t, ts.url, "keys", "-pool", "openai", "-status", "blocked")
+	require.Equal(t, 0, r.code, r.stderr)
+	var blocked client.Key
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &blocked))
+	assert.Equal(t, lease.Key.ID, blocked.ID)
+	assert.Equal(t, exitUsage, ctlIn(t, ts.url, "keys", "-status", "gone").code)
+
+	ev := start(t, ts.url, "events", "-pool", "openai", "-after", "0")
+	var first client.Event
+	line := ev.line(t, ev.stdout)
+	require.NoError(t, json.Unmarshal([]byte(line), &first), line)
+	assert.Equal(t, "openai", first.Pool)
+	assert.Equal(t, int64(1), first.Seq)
+	require.NoError(t, ev.cmd.Process.Signal(syscall.SIGINT))
+	assert.Equal(t, 0, ev.wait(t))
 }
 
 func TestUsage(t *testing.T) {

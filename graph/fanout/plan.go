@@ -51,19 +51,28 @@ var (
 	fieldType = &eventField{12, func(b []byte, ev *keystore.Event) []byte {
 		return appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
 	}}
-	fieldKeyID    = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.KeyID)) }}
-	fieldAt       = &eventField{40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }}
-	fieldStream   = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.Stream)) }}
+	fieldKeyID  = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.KeyID)) }}
+	fieldAt     = &eventField{40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }}
+	fieldStream = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.Stream)) }}
+	fieldPool   = &eventField{keystore.MaxPoolName + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalString(ev.Pool)) }}
+	fieldHolder = &eventField{6*keystore.MaxHolder + 2, func(b []byte, ev *keystore.Event) []byte {
+		if ev.Holder == "" {
+			return append(b, "null"...)
+		}
+		return appendMarshaled(b, graphql.MarshalString(ev.Holder))
+	}}
 	fieldTypename = &eventField{10, func(b []byte, _ *keystore.Event) []byte { return append(b, `"KeyEvent"`...) }}
 )
 
 var eventFields = map[string]*eventField{
-	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream, "__typename": fieldTypename,
+	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream,
+	"pool": fieldPool, "holder": fieldHolder, "__typename": fieldTypename,
 }
 
 type payload struct {
-	seq   int64
-	bytes []byte
+	seq    int64
+	stream string // each pool's stream numbers its events from 1: a seq alone names none
+	bytes  []byte
 }
 
 // The payload cache, bounded in bytes: each of the first maxCachedPlans selections
@@ -160,11 +169,11 @@ func (p *Plan) Payload(ev *keystore.Event) []byte {
 		return p.encode(ev)
 	}
 	slot := &p.cache[ev.Seq&int64(len(p.cache)-1)]
-	if c := slot.Load(); c != nil && c.seq == ev.Seq {
+	if c := slot.Load(); c != nil && c.seq == ev.Seq && c.stream == ev.Stream {
 		return c.bytes
 	}
 	b := p.encode(ev)
-	slot.Store(&payload{seq: ev.Seq, bytes: b})
+	slot.Store(&payload{seq: ev.Seq, stream: ev.Stream, bytes: b})
 	return b
 }
 

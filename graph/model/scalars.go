@@ -98,6 +98,37 @@ type Lease struct {
 	Key *Key
 }
 
+// HolderOrNull is Lease.holder: null when the Acquire named none.
+func (l *Lease) HolderOrNull() *string { return nullIfEmpty(l.Holder) }
+
+func nullIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// KeyConnection is a page of keys as GraphQL shows it.
+type KeyConnection struct {
+	Nodes    []*Key
+	PageInfo *PageInfo
+}
+
+// PageInfo is where a page of keys ends.
+type PageInfo struct {
+	EndCursor   *string
+	HasNextPage bool
+}
+
+// NewKeyConnection returns page as GraphQL shows it.
+func NewKeyConnection(page keystore.Page) *KeyConnection {
+	c := &KeyConnection{Nodes: make([]*Key, len(page.Keys)), PageInfo: &PageInfo{EndCursor: nullIfEmpty(page.EndCursor), HasNextPage: page.HasNext}}
+	for i := range page.Keys {
+		c.Nodes[i] = NewKey(page.Keys[i])
+	}
+	return c
+}
+
 // NewKey returns k as GraphQL shows it.
 func NewKey(k keystore.Key) *Key { return &Key{k} }
 

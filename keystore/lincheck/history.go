@@ -31,7 +31,7 @@ type History struct {
 	order   []string       // the same ids by index
 	made    map[string]bool
 	twice   []string // ids that Generate returned more than once
-	initial []int
+	initial []Seeded
 	counts  map[string]int // answers by call and code, for the summary
 	unknown int
 	// unsettled are the calls whose effect may come after they returned.
@@ -70,13 +70,14 @@ func (h *History) keyLocked(id string) int {
 	return k
 }
 
-// Seed records keys that exist, AVAILABLE, before the history starts.
-func (h *History) Seed(keys []keystore.Key) {
+// Seed records keys that exist, AVAILABLE, before the history starts, in the pool
+// the model knows by index pool.
+func (h *History) Seed(keys []keystore.Key, pool uint8) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, k := range keys {
 		h.made[k.ID] = true
-		h.initial = append(h.initial, h.keyLocked(k.ID))
+		h.initial = append(h.initial, Seeded{Key: h.keyLocked(k.ID), Pool: pool})
 	}
 }
 
@@ -165,7 +166,7 @@ func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResu
 	}
 	h.mu.Lock()
 	ops := append([]porcupine.Operation(nil), h.ops...)
-	initial := append([]int(nil), h.initial...)
+	initial := append([]Seeded(nil), h.initial...)
 	twice := append([]string(nil), h.twice...)
 	h.mu.Unlock()
 	if len(twice) > 0 {
@@ -196,9 +197,12 @@ type Config struct {
 	// closed, at most Calls calls each.
 	Clients, Calls int
 	Until          <-chan struct{}
-	// Keys are generated before the history starts; Generate and Delete keep the pool
-	// between Keys/2 and 2*Keys.
+	// Keys are generated in each pool before the history starts; Generate and Delete
+	// keep the pools between Keys/2 and 2*Keys keys a pool, about.
 	Keys int
+	// Pools are the pools the clients acquire from and generate into, at most
+	// MaxPools; none means the default pool alone.
+	Pools []string
 	// Timeout, if set, is the deadline of each call of the first TimedClients clients
 	// (of all, if TimedClients is 0); the others wait for as long as the store takes.
 	// Each call that times out may or may not have taken effect, and the model must
@@ -215,19 +219,27 @@ type Config struct {
 func (h *History) Run(t testing.TB, cfg Config) {
 	t.Helper()
 	ctx := context.Background()
-	var keys []keystore.Key
-	for attempt := 0; ; attempt++ {
-		var err error
-		if keys, err = cfg.Stores[0].Generate(ctx, cfg.Keys); err == nil {
-			break
-		}
-		if attempt == 100 {
-			t.Fatalf("generating the pool: %v", err)
-		}
+	if len(cfg.Pools) == 0 {
+		cfg.Pools = []string{keystore.DefaultPool}
 	}
-	h.Seed(keys)
+	if len(cfg.Pools) > MaxPools {
+		t.Fatalf("%d pools, the model keeps at most %d", len(cfg.Pools), MaxPools)
+	}
+	for i, pool := range cfg.Pools {
+		var keys []keystore.Key
+		for attempt := 0; ; attempt++ {
+			var err error
+			if keys, err = cfg.Stores[0].Generate(ctx, pool, cfg.Keys); err == nil {
+				break
+			}
+			if attempt == 100 {
+				t.Fatalf("generating the pool: %v", err)
+			}
+		}
+		h.Seed(keys, uint8(i))
+	}
 	w := &workload{h: h, cfg: cfg, tokens: map[int64]string{}}
-	w.live.Store(int64(cfg.Keys))
+	w.live.Store(int64(cfg.Keys * len(cfg.Pools)))
 	var wg sync.WaitGroup
 	for i := range cfg.Clients {
 		c := &client{w: w, id: i, store: cfg.Stores[i%len(cfg.Stores)], rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)))}
@@ -288,7 +300,7 @@ func (w *workload) anyKey(rng *rand.Rand) string {
 	w.h.mu.Lock()
 	defer w.h.mu.Unlock()
 	n := len(w.h.order)
-	if recent := 2 * w.cfg.Keys; n > recent && rng.IntN(4) > 0 {
+	if recent := 2 * w.cfg.Keys * len(w.cfg.Pools); n > recent && rng.IntN(4) > 0 {
 		return w.h.order[n-recent+rng.IntN(recent)]
 	}
 	return w.h.order[rng.IntN(n)]
@@ -341,9 +353,9 @@ func (c *client) next(t testing.TB) {
 		c.keyCall(t, KeepAlive, c.w.anyKey(c.rng))
 	case r < 88:
 		c.keyCall(t, Get, c.w.anyKey(c.rng))
-	case r < 91 && c.w.live.Load() > int64(c.w.cfg.Keys/2):
+	case r < 91 && c.w.live.Load() > int64(c.w.cfg.Keys*len(c.w.cfg.Pools)/2):
 		c.keyCall(t, Delete, c.w.anyKey(c.rng))
-	case r < 94 && c.w.live.Load() < int64(2*c.w.cfg.Keys):
+	case r < 94 && c.w.live.Load() < int64(2*c.w.cfg.Keys*len(c.w.cfg.Pools)):
 		c.generate(t, 1+c.rng.IntN(2))
 	case r < 96:
 		c.keyCall(t, []Kind{Get, KeepAlive, Delete, Unblock}[c.rng.IntN(4)], foreignID)
@@ -409,14 +421,21 @@ func (c *client) keyIndex(id string) int {
 	return c.w.h.key(id)
 }
 
+// pool picks one of the workload's pools at random.
+func (c *client) pool() (uint8, string) {
+	i := c.rng.IntN(len(c.w.cfg.Pools))
+	return uint8(i), c.w.cfg.Pools[i]
+}
+
 func (c *client) acquire(t testing.TB) {
 	ctx, cancel := c.ctx()
 	defer cancel()
+	pool, name := c.pool()
 	start := c.w.h.now()
-	k, err := c.store.Acquire(ctx, keystore.AcquireOptions{})
+	k, err := c.store.Acquire(ctx, keystore.AcquireOptions{Pool: name})
 	end := c.w.h.now()
 	out := c.answer(t, k, err)
-	c.w.h.record(c.id, Input{Kind: Acquire, Key: NoKey}, out, start, end, settler(err))
+	c.w.h.record(c.id, Input{Kind: Acquire, Key: NoKey, Pool: pool}, out, start, end, settler(err))
 	if err == nil {
 		c.held = append(c.held, lease{id: k.ID, token: k.Lease.Token, fence: k.Lease.Fence})
 	}
@@ -475,8 +494,9 @@ func (c *client) keyCall(t testing.TB, kind Kind, id string) {
 func (c *client) generate(t testing.TB, count int) {
 	ctx, cancel := c.ctx()
 	defer cancel()
+	pool, name := c.pool()
 	start := c.w.h.now()
-	keys, err := c.store.Generate(ctx, count)
+	keys, err := c.store.Generate(ctx, name, count)
 	end := c.w.h.now()
 	out := c.answer(t, keystore.Key{}, err)
 	if err == nil {
@@ -493,7 +513,7 @@ func (c *client) generate(t testing.TB, count int) {
 		h.mu.Unlock()
 		c.w.live.Add(int64(len(keys)))
 	}
-	c.w.h.record(c.id, Input{Kind: Generate, Count: count}, out, start, end, settler(err))
+	c.w.h.record(c.id, Input{Kind: Generate, Count: count, Pool: pool}, out, start, end, settler(err))
 }
 
 // Options are pool options for a checked run: leases and keep-alives that outlast any

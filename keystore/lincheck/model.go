@@ -5,8 +5,8 @@
 // which a sequential model of the pool gives every answer the store gave. A history
 // for which no such order exists is a violation.
 //
-// The model knows acquire (NOT_FOUND only when no key is free; fences grow across the
-// pool), unblock with and without a token (NOT_BLOCKED, LEASE_MISMATCH), renew,
+// The model knows pools (an acquire takes a key of its own pool only; NOT_FOUND only
+// when no key of that pool is free; fences grow across each pool's leases), acquire, unblock with and without a token (NOT_BLOCKED, LEASE_MISMATCH), renew,
 // keep-alive, delete, get and generate, and NOT_FOUND for keys that are gone or never
 // were. Deadlines are outside it: the stores run on a clock that stands still, with
 // TTLs that never run out. A call answered UNAVAILABLE may or may not have taken
@@ -63,13 +63,24 @@ const (
 // NoKey is the key of a call on an id that names no key the history has seen.
 const NoKey = -1
 
+// MaxPools is how many pools a checked history may use.
+const MaxPools = 4
+
 // Input is a call: its kind, the key it names (an index the history gives each id),
-// the fence of the token it carries, and Generate's count.
+// the fence of the token it carries, Generate's count, and the pool (an index below
+// MaxPools) of an Acquire or a Generate.
 type Input struct {
 	Kind  Kind
 	Key   int
 	Fence int64
 	Count int
+	Pool  uint8
+}
+
+// Seeded is a key that exists, AVAILABLE, before the history starts, and its pool.
+type Seeded struct {
+	Key  int
+	Pool uint8
 }
 
 // Output is an answer. Code is "" for success; Unknown marks an UNAVAILABLE answer,
@@ -93,16 +104,17 @@ type keyState struct {
 	key    int
 	fence  int64
 	orphan bool
+	pool   uint8
 }
 
 // state is the model's pool. It is never modified: steps build new states.
 type state struct {
-	keys      []keyState // by key
-	lastFence int64      // the largest fence granted so far
-	// phantoms counts keys that Generates of unknown outcome may have made, whose ids
-	// nobody was told. An Acquire may return one; a NOT_FOUND does not count them, so
-	// the model accepts a little more than the store may do, never less.
-	phantoms int
+	keys      []keyState      // by key
+	lastFence [MaxPools]int64 // by pool, the largest fence granted so far
+	// phantoms counts, by pool, keys that Generates of unknown outcome may have made,
+	// whose ids nobody was told. An Acquire may return one; a NOT_FOUND does not count
+	// them, so the model accepts a little more than the store may do, never less.
+	phantoms [MaxPools]int
 }
 
 func (s state) find(key int) int {
@@ -132,17 +144,17 @@ func (s state) without(key int) state {
 	return s
 }
 
-// pinned is s once the fence of key's lease is known: a lease granted before every
-// later one.
-func (s state) pinned(key int, fence int64) state {
-	s = s.with(keyState{key: key, fence: fence, orphan: true})
-	s.lastFence = max(s.lastFence, fence)
+// pinned is s once the fence of k's lease is known: a lease granted before every
+// later one of its pool.
+func (s state) pinned(k keyState, fence int64) state {
+	s = s.with(keyState{key: k.key, fence: fence, orphan: true, pool: k.pool})
+	s.lastFence[k.pool] = max(s.lastFence[k.pool], fence)
 	return s
 }
 
-func (s state) anyAvailable() bool {
+func (s state) anyAvailable(pool uint8) bool {
 	for _, k := range s.keys {
-		if k.fence == 0 {
+		if k.fence == 0 && k.pool == pool {
 			return true
 		}
 	}
@@ -150,12 +162,12 @@ func (s state) anyAvailable() bool {
 }
 
 // Model is the sequential specification of a pool, for porcupine.
-func Model(initial []int) porcupine.Model {
+func Model(initial []Seeded) porcupine.Model {
 	nm := porcupine.NondeterministicModel{
 		Init: func() []any {
 			s := state{}
 			for _, k := range initial {
-				s = s.with(keyState{key: k})
+				s = s.with(keyState{key: k.Key, pool: k.Pool})
 			}
 			return []any{s}
 		},
@@ -174,11 +186,14 @@ func Model(initial []int) porcupine.Model {
 				binary.LittleEndian.PutUint64(b[:], v)
 				h.Write(b[:])
 			}
-			word(uint64(s.lastFence))
-			word(uint64(s.phantoms))
+			for p := range MaxPools {
+				word(uint64(s.lastFence[p]))
+				word(uint64(s.phantoms[p]))
+			}
 			for _, k := range s.keys {
 				word(uint64(k.key))
 				word(uint64(k.fence))
+				word(uint64(k.pool))
 			}
 			return h.Sum64()
 		},
@@ -189,14 +204,14 @@ func Model(initial []int) porcupine.Model {
 			for _, k := range s.keys {
 				switch k.fence {
 				case 0:
-					parts = append(parts, fmt.Sprintf("k%d free", k.key))
+					parts = append(parts, fmt.Sprintf("p%d/k%d free", k.pool, k.key))
 				case unknownFence:
-					parts = append(parts, fmt.Sprintf("k%d leased(?)", k.key))
+					parts = append(parts, fmt.Sprintf("p%d/k%d leased(?)", k.pool, k.key))
 				default:
-					parts = append(parts, fmt.Sprintf("k%d leased f%d", k.key, k.fence))
+					parts = append(parts, fmt.Sprintf("p%d/k%d leased f%d", k.pool, k.key, k.fence))
 				}
 			}
-			return fmt.Sprintf("{%s} last fence %d, phantoms %d", strings.Join(parts, ", "), s.lastFence, s.phantoms)
+			return fmt.Sprintf("{%s} last fences %v, phantoms %v", strings.Join(parts, ", "), s.lastFence, s.phantoms)
 		},
 	}
 	return nm.ToModel()
@@ -230,24 +245,24 @@ func step(s state, in Input, out Output) []any {
 	case Acquire:
 		switch out.Code {
 		case keystore.ENOTFOUND:
-			return when(!s.anyAvailable(), s)
+			return when(!s.anyAvailable(in.Pool), s)
 		case "":
 		default:
 			return nil
 		}
-		if !out.Blocked || out.Fence <= s.lastFence {
+		if !out.Blocked || out.Fence <= s.lastFence[in.Pool] {
 			return nil
 		}
 		j := s.find(out.Key)
 		switch {
-		case j >= 0 && s.keys[j].fence == 0:
-		case j < 0 && s.phantoms > 0:
-			s.phantoms--
+		case j >= 0 && s.keys[j].fence == 0 && s.keys[j].pool == in.Pool:
+		case j < 0 && s.phantoms[in.Pool] > 0:
+			s.phantoms[in.Pool]--
 		default:
-			return nil
+			return nil // a key held, or of another pool
 		}
-		s = s.with(keyState{key: out.Key, fence: out.Fence})
-		s.lastFence = out.Fence
+		s = s.with(keyState{key: out.Key, fence: out.Fence, pool: in.Pool})
+		s.lastFence[in.Pool] = out.Fence
 		return []any{s}
 
 	case Unblock:
@@ -259,7 +274,7 @@ func step(s state, in Input, out Output) []any {
 		case in.Fence != NoToken && k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
 			return []any{s} // the lease nobody was told of is not this token's
 		}
-		return when(out.Code == "" && out.Key == k.key && !out.Blocked, s.with(keyState{key: k.key}))
+		return when(out.Code == "" && out.Key == k.key && !out.Blocked, s.with(keyState{key: k.key, pool: k.pool}))
 
 	case Renew:
 		switch {
@@ -274,7 +289,7 @@ func step(s state, in Input, out Output) []any {
 			return nil
 		}
 		if k.fence == unknownFence {
-			s = s.pinned(k.key, in.Fence)
+			s = s.pinned(k, in.Fence)
 		}
 		return []any{s}
 
@@ -285,7 +300,7 @@ func step(s state, in Input, out Output) []any {
 		switch {
 		case k.fence == unknownFence:
 			// Now it is told: the fence of the lease nobody was given.
-			return when(out.Blocked && out.Fence > 0, s.pinned(k.key, out.Fence))
+			return when(out.Blocked && out.Fence > 0, s.pinned(k, out.Fence))
 		case k.fence == 0:
 			return when(!out.Blocked, s)
 		default:
@@ -303,7 +318,7 @@ func step(s state, in Input, out Output) []any {
 			if s.find(key) >= 0 {
 				return nil
 			}
-			s = s.with(keyState{key: key})
+			s = s.with(keyState{key: key, pool: in.Pool})
 		}
 		return []any{s}
 
@@ -311,8 +326,8 @@ func step(s state, in Input, out Output) []any {
 		if i < 0 || !k.orphan || k.fence != in.Fence && k.fence != unknownFence {
 			return nil
 		}
-		s.lastFence = max(s.lastFence, in.Fence)
-		return []any{s.with(keyState{key: k.key})}
+		s.lastFence[k.pool] = max(s.lastFence[k.pool], in.Fence)
+		return []any{s.with(keyState{key: k.key, pool: k.pool})}
 	}
 	return nil
 }
@@ -328,14 +343,14 @@ func unknownStep(s state, in Input) []any {
 	switch in.Kind {
 	case Acquire:
 		for _, k := range s.keys {
-			if k.fence == 0 {
-				next = append(next, s.with(keyState{key: k.key, fence: unknownFence, orphan: true}))
+			if k.fence == 0 && k.pool == in.Pool {
+				next = append(next, s.with(keyState{key: k.key, fence: unknownFence, orphan: true, pool: k.pool}))
 			}
 		}
 	case Unblock:
 		if i >= 0 && s.keys[i].fence != 0 &&
 			(in.Fence == NoToken || s.keys[i].fence == in.Fence || s.keys[i].fence == unknownFence) {
-			next = append(next, s.with(keyState{key: in.Key}))
+			next = append(next, s.with(keyState{key: in.Key, pool: s.keys[i].pool}))
 		}
 	case Delete:
 		if i >= 0 {
@@ -343,7 +358,7 @@ func unknownStep(s state, in Input) []any {
 		}
 	case Generate:
 		grown := s
-		grown.phantoms += in.Count
+		grown.phantoms[in.Pool] += in.Count
 		next = append(next, grown)
 	}
 	return next
@@ -361,9 +376,9 @@ func describe(in, out any) string {
 	var call string
 	switch i.Kind {
 	case Acquire:
-		call = "acquire()"
+		call = fmt.Sprintf("acquire(p%d)", i.Pool)
 	case Generate:
-		call = fmt.Sprintf("generate(%d)", i.Count)
+		call = fmt.Sprintf("generate(p%d, %d)", i.Pool, i.Count)
 	case Unblock, Renew, Release:
 		call = fmt.Sprintf("%s(k%d, %s)", i.Kind, i.Key, token(i.Fence))
 	default:

@@ -25,6 +25,7 @@ var (
 	unknown    = Output{Unknown: true}
 	unblockKey = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f} }
 	getKey     = func(k int) Input { return Input{Kind: Get, Key: k} }
+	acquireIn  = func(p uint8) Input { return Input{Kind: Acquire, Key: NoKey, Pool: p} }
 )
 
 // TestModel: the model accepts the histories a correct pool can give and refuses the
@@ -90,10 +91,31 @@ func TestModel(t *testing.T) {
 			op(1, 2, 3, acquire, leased(7, 1)),
 			op(1, 4, 5, getKey(7), leased(7, 1)),
 		}, true},
+		{"an acquire of pool 1 given a key of pool 0", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Generate, Count: 1, Pool: 1}, Output{Keys: []int{1}}),
+			op(1, 2, 3, acquireIn(1), leased(0, 1)),
+		}, false},
+		{"each pool counts its own fences", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Generate, Count: 1, Pool: 1}, Output{Keys: []int{1}}),
+			op(1, 2, 3, acquireIn(0), leased(0, 1)),
+			op(1, 4, 5, acquireIn(1), leased(1, 1)),
+		}, true},
+		{"NOT_FOUND in a pool while another pool has keys free", []int{0}, []porcupine.Operation{
+			op(1, 2, 3, acquireIn(1), code(keystore.ENOTFOUND)),
+			op(1, 4, 5, acquireIn(0), leased(0, 1)),
+		}, true},
+		{"a key of a generate of unknown outcome into another pool", []int{}, []porcupine.Operation{
+			op(0, 0, -1, Input{Kind: Generate, Count: 1, Pool: 1}, unknown),
+			op(1, 2, 3, acquireIn(0), leased(7, 1)),
+		}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := porcupine.CheckOperations(Model(c.initial), c.ops)
+			initial := make([]Seeded, len(c.initial))
+			for i, k := range c.initial {
+				initial[i] = Seeded{Key: k} // pool 0
+			}
+			got := porcupine.CheckOperations(Model(initial), c.ops)
 			if got != c.ok {
 				t.Fatalf("linearizable = %v, want %v", got, c.ok)
 			}

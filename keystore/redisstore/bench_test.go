@@ -27,7 +27,7 @@ func benchPool(b *testing.B) (*redisServer, testStore) {
 	srv := startRedis(b)
 	s := openNamespace(b, srv, clockwork.NewRealClock(), keystore.Options{}, "bench")
 	for range benchKeys / keystore.DefaultMaxGenerate {
-		must(s.Generate(context.Background(), keystore.DefaultMaxGenerate))(b)
+		must(s.Generate(context.Background(), "", keystore.DefaultMaxGenerate))(b)
 	}
 	return srv, s
 }
@@ -146,7 +146,7 @@ func BenchmarkLuaDirect(b *testing.B) {
 	before := used()
 	s := openNamespace(b, srv, clockwork.NewRealClock(), keystore.Options{}, "bench")
 	for range benchKeys / keystore.DefaultMaxGenerate {
-		must(s.Generate(ctx, keystore.DefaultMaxGenerate))(b)
+		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
@@ -244,7 +244,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	must(rdb.do("SLOWLOG", "RESET").ToString())(b)
 	cpu0 := redisCPU(b, srv)
 	for range benchKeys / keystore.DefaultMaxGenerate {
-		must(s.Generate(ctx, keystore.DefaultMaxGenerate))(b)
+		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
 	generateCPU := (redisCPU(b, srv) - cpu0) / (benchKeys / keystore.DefaultMaxGenerate)
 	generate, calls := slowest(scriptGenerate.Hash())
@@ -312,7 +312,7 @@ func versusLua(b *testing.B, clients int) {
 	}
 	s := open()
 	for range benchKeys / keystore.DefaultMaxGenerate {
-		must(s.Generate(ctx, keystore.DefaultMaxGenerate))(b)
+		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
 	pool := must(rdb.do("GET", "{bench}:pool").ToString())(b)
 	common := []string{"{bench}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}

@@ -23,7 +23,7 @@ func TestPoolLostRefusesEverything(t *testing.T) {
 	srv := startRedis(t)
 	ctx := context.Background()
 	old := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "lost")
-	keys := must(old.Generate(ctx, 2))(t)
+	keys := must(old.Generate(ctx, "", 2))(t)
 	held := must(old.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	sub := must(old.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
 	rdb := srv.client()
@@ -31,9 +31,9 @@ func TestPoolLostRefusesEverything(t *testing.T) {
 	must(rdb.do("FLUSHALL").ToString())(t)
 
 	renewed := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "lost")
-	fresh := must(renewed.Generate(ctx, 2))(t)
+	fresh := must(renewed.Generate(ctx, "", 2))(t)
 	leased := must(renewed.Acquire(ctx, keystore.AcquireOptions{}))(t)
-	must(renewed.Generate(ctx, 1))(t) // events past the old replica's last seq
+	must(renewed.Generate(ctx, "", 1))(t) // events past the old replica's last seq
 
 	for _, k := range keys {
 		for _, token := range []string{"", held.Lease.Token} {
@@ -48,9 +48,9 @@ func TestPoolLostRefusesEverything(t *testing.T) {
 		wantCode(t, err, keystore.EUNAVAILABLE)
 		wantCode(t, old.Delete(ctx, k.ID), keystore.EUNAVAILABLE)
 	}
-	_, err := old.Stats(ctx)
+	_, err := old.Stats(ctx, "")
 	wantCode(t, err, keystore.EUNAVAILABLE)
-	_, err = old.Generate(ctx, 1)
+	_, err = old.Generate(ctx, "", 1)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 	_, err = old.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.EUNAVAILABLE)
@@ -72,7 +72,7 @@ func TestPoolLostRefusesEverything(t *testing.T) {
 			t.Fatalf("the new pool's key %s: %+v", k.ID, got)
 		}
 	}
-	if st := must(renewed.Stats(ctx))(t); st != (keystore.Stats{Total: 3, Available: 2, Blocked: 1}) {
+	if st := must(renewed.Stats(ctx, ""))(t); st != (keystore.Stats{Total: 3, Available: 2, Blocked: 1}) {
 		t.Fatalf("the new pool: %+v", st)
 	}
 	// The old replica's subscription ended without an event of the new pool.
@@ -118,7 +118,7 @@ func lostReply(t *testing.T) (*redisServer, *faultProxy, testStore) {
 	srv := startRedis(t)
 	px := startProxy(t, srv)
 	s := openAt(t, px.url(), newFakeClock(), keystore.Options{}, "lost-reply")
-	must(s.Generate(context.Background(), 2))(t)
+	must(s.Generate(context.Background(), "", 2))(t)
 	return srv, px, s
 }
 
@@ -130,7 +130,7 @@ func TestLostReplyAcquire(t *testing.T) {
 	px.loseReplyTo(scriptAcquire.Hash())
 	k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")
-	require.Equal(t, keystore.Stats{Total: 2, Available: 1, Blocked: 1}, must(s.Stats(ctx))(t))
+	require.Equal(t, keystore.Stats{Total: 2, Available: 1, Blocked: 1}, must(s.Stats(ctx, ""))(t))
 	got := must(s.Get(ctx, k.ID))(t)
 	require.Equal(t, k.Lease.Token, got.Lease.Token, "the lease the caller got is the one that holds the key")
 }
@@ -140,10 +140,10 @@ func TestLostReplyGenerate(t *testing.T) {
 	_, px, s := lostReply(t)
 	ctx := context.Background()
 	px.loseReplyTo(scriptGenerate.Hash())
-	keys := must(s.Generate(ctx, 2))(t)
+	keys := must(s.Generate(ctx, "", 2))(t)
 	require.Len(t, keys, 2)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")
-	require.Equal(t, 4, must(s.Stats(ctx))(t).Total, "2 keys before, 2 generated")
+	require.Equal(t, 4, must(s.Stats(ctx, ""))(t).Total, "2 keys before, 2 generated")
 }
 
 // TestLostReplyUnblock: an unblock that succeeded but whose reply was lost is answered
@@ -166,7 +166,7 @@ func TestPausedAcquireLeavesNoOrphan(t *testing.T) {
 	srv := startRedis(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
 	ctx := context.Background()
-	k := must(s.Generate(ctx, 1))(t)[0]
+	k := must(s.Generate(ctx, "", 1))(t)[0]
 
 	srv.pause()
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -200,7 +200,7 @@ func TestKillUnderLoad(t *testing.T) {
 	a := openNamespace(t, srv, clock, keystore.Options{}, "kill")
 	b := openNamespace(t, srv, clock, keystore.Options{}, "kill")
 	ctx := context.Background()
-	must(a.Generate(ctx, keys))(t)
+	must(a.Generate(ctx, "", keys))(t)
 
 	var (
 		stop   atomic.Bool
@@ -248,7 +248,7 @@ func TestKillUnderLoad(t *testing.T) {
 	wg.Wait()
 	want := keystore.Stats{Total: keys, Available: keys}
 	require.Eventually(t, func() bool {
-		st, err := a.Stats(ctx)
+		st, err := a.Stats(ctx, "")
 		return err == nil && st == want
 	}, 10*time.Second, 10*time.Millisecond, "keys left BLOCKED with no holder")
 	t.Logf("%d cycles", cycles.Load())

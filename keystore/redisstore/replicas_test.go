@@ -54,7 +54,7 @@ func TestReplicasShareKeysAndLeases(t *testing.T) {
 	ctx := context.Background()
 	subA := must(a.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
 
-	k := must(b.Generate(ctx, 1))(t)[0]
+	k := must(b.Generate(ctx, "", 1))(t)[0]
 	wantEvent(t, subA, keystore.EventGenerated, k.ID)
 	leased := must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	if leased.ID != k.ID {
@@ -75,7 +75,7 @@ func TestReplicasShareKeysAndLeases(t *testing.T) {
 	}
 	wantEvent(t, subA, keystore.EventAcquired, k.ID)
 	wantEvent(t, subA, keystore.EventUnblocked, k.ID) // made on b, seen on a
-	if st := must(a.Stats(ctx))(t); st != (keystore.Stats{Total: 1, Available: 1}) {
+	if st := must(a.Stats(ctx, ""))(t); st != (keystore.Stats{Total: 1, Available: 1}) {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -87,7 +87,7 @@ func TestReplicasReleaseOnce(t *testing.T) {
 	ctx := context.Background()
 	clock := a.b.clock.(interface{ Advance(time.Duration) })
 	subB := must(b.Subscribe(ctx, keystore.SubscribeOptions{Types: []keystore.EventType{keystore.EventReleased}}))(t)
-	must(a.Generate(ctx, 3))(t)
+	must(a.Generate(ctx, "", 3))(t)
 	leased := must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
 
 	clock.Advance(10 * time.Second)
@@ -114,7 +114,7 @@ func TestReplicasReleaseOnce(t *testing.T) {
 func TestReplicasParallelAcquire(t *testing.T) {
 	a, b, _, _, _ := replicas(t, keystore.Options{})
 	ctx := context.Background()
-	must(a.Generate(ctx, 8))(t)
+	must(a.Generate(ctx, "", 8))(t)
 	var (
 		wg      sync.WaitGroup
 		mu      sync.Mutex
@@ -156,7 +156,7 @@ func TestReplicasParallelAcquire(t *testing.T) {
 	if len(winners) != 8 || losers != 56 {
 		t.Fatalf("%d winners, %d losers; want 8 and 56", len(winners), losers)
 	}
-	if st := must(b.Stats(ctx))(t); st != (keystore.Stats{Total: 8, Blocked: 8}) {
+	if st := must(b.Stats(ctx, ""))(t); st != (keystore.Stats{Total: 8, Blocked: 8}) {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -166,7 +166,7 @@ func TestReplicasParallelAcquire(t *testing.T) {
 func TestReplicasWaiterServedByOther(t *testing.T) {
 	a, b, _, obsB, _ := replicas(t, keystore.Options{})
 	ctx := context.Background()
-	must(a.Generate(ctx, 1))(t)
+	must(a.Generate(ctx, "", 1))(t)
 	held := must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	type result struct {
 		key keystore.Key
@@ -198,7 +198,7 @@ func TestReplicaClosedMidLoad(t *testing.T) {
 	ctx := context.Background()
 	clock := a.b.clock.(interface{ Advance(time.Duration) })
 	ids := map[string]bool{}
-	for _, k := range must(a.Generate(ctx, keys))(t) {
+	for _, k := range must(a.Generate(ctx, "", keys))(t) {
 		ids[k.ID] = true
 	}
 	holders := map[string]*atomic.Int32{}
@@ -257,12 +257,12 @@ func TestReplicaClosedMidLoad(t *testing.T) {
 	}
 	wg.Wait()
 
-	st := must(b.Stats(ctx))(t)
+	st := must(b.Stats(ctx, ""))(t)
 	if st.Total != keys {
 		t.Fatalf("after the close: %+v, want %d keys", st, keys)
 	}
 	clock.Advance(10 * time.Second) // whatever the closed replica held runs out
-	waitFor(t, func() bool { return must(b.Stats(ctx))(t) == keystore.Stats{Total: keys, Available: keys} })
+	waitFor(t, func() bool { return must(b.Stats(ctx, ""))(t) == keystore.Stats{Total: keys, Available: keys} })
 	for id := range ids {
 		must(b.Get(ctx, id))(t)
 	}
@@ -278,7 +278,7 @@ func TestRedisRestart(t *testing.T) {
 	s := openStore(t, srv, clock, keystore.Options{LeaseTTL: 10 * time.Second})
 	ctx := context.Background()
 	sub := must(s.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
-	keys := must(s.Generate(ctx, 2))(t)
+	keys := must(s.Generate(ctx, "", 2))(t)
 	wantEvent(t, sub, keystore.EventGenerated, keys[0].ID)
 	wantEvent(t, sub, keystore.EventGenerated, keys[1].ID)
 	leased := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
@@ -293,7 +293,7 @@ func TestRedisRestart(t *testing.T) {
 	wantCode(t, call(s.Ready), keystore.EUNAVAILABLE)
 	wantCode(t, call(func(ctx context.Context) error { _, err := s.Get(ctx, leased.ID); return err }), keystore.EUNAVAILABLE)
 	wantCode(t, call(func(ctx context.Context) error { _, err := s.Acquire(ctx, keystore.AcquireOptions{}); return err }), keystore.EUNAVAILABLE)
-	wantCode(t, call(func(ctx context.Context) error { _, err := s.Stats(ctx); return err }), keystore.EUNAVAILABLE)
+	wantCode(t, call(func(ctx context.Context) error { _, err := s.Stats(ctx, ""); return err }), keystore.EUNAVAILABLE)
 	wantCode(t, call(func(ctx context.Context) error { _, err := s.Subscribe(ctx, keystore.SubscribeOptions{}); return err }), keystore.EUNAVAILABLE)
 
 	srv.start()
@@ -323,17 +323,17 @@ func TestPoolLost(t *testing.T) {
 	srv := startRedis(t)
 	ctx := context.Background()
 	old := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "lost")
-	must(old.Generate(ctx, 2))(t)
+	must(old.Generate(ctx, "", 2))(t)
 	must(old.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	rdb := srv.client()
 	defer rdb.Close()
 	must(rdb.do("FLUSHALL").ToString())(t)
 
-	_, err := old.Generate(ctx, 1)
+	_, err := old.Generate(ctx, "", 1)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 	renewed := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "lost")
-	k := must(renewed.Generate(ctx, 1))(t)[0]
-	_, err = old.Generate(ctx, 1)
+	k := must(renewed.Generate(ctx, "", 1))(t)[0]
+	_, err = old.Generate(ctx, "", 1)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 	_, err = old.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.EUNAVAILABLE)
@@ -349,7 +349,7 @@ func TestLateReplicaReplays(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()
 	a := openNamespace(t, srv, clock, keystore.Options{}, "late")
-	keys := must(a.Generate(ctx, 3))(t)
+	keys := must(a.Generate(ctx, "", 3))(t)
 	must(a.Acquire(ctx, keystore.AcquireOptions{}))(t)
 
 	b := openNamespace(t, srv, clock, keystore.Options{}, "late")
@@ -365,7 +365,7 @@ func TestLateReplicaReplays(t *testing.T) {
 		}
 	}
 	// Then live, from either replica.
-	k := must(a.Generate(ctx, 1))(t)[0]
+	k := must(a.Generate(ctx, "", 1))(t)[0]
 	wantEvent(t, sub, keystore.EventGenerated, k.ID)
 }
 
@@ -376,7 +376,7 @@ func TestReplicasShareTheStream(t *testing.T) {
 	a, b, _, _, srv := replicas(t, keystore.Options{})
 	ctx := context.Background()
 	subA := must(a.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
-	k := must(b.Generate(ctx, 1))(t)[0]
+	k := must(b.Generate(ctx, "", 1))(t)[0]
 	ev := wantEvent(t, subA, keystore.EventGenerated, k.ID)
 	if ev.Stream == "" {
 		t.Fatal("an event without its stream")

@@ -158,6 +158,7 @@ type Store struct {
 	prefix     string
 	stream     string // the pool's event stream
 	ids        *keystore.IDCodec
+	lanes      *keystore.Lanes
 	hub        *keystore.Hub
 	waiters    *keystore.WaitQueue
 	replica    string    // tags the transitions this replica applies, for its Observer
@@ -268,8 +269,9 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		clientTime: cfg.clientTime,
 		opts:       opts,
 		prefix:     "{" + cfg.namespace + "}:",
-		hub:        env.Events,
-		waiters:    env.Waiters,
+		lanes:      env.Lanes,
+		hub:        env.Lanes.Made(keystore.DefaultPool).Events,
+		waiters:    env.Lanes.Made(keystore.DefaultPool).Waiters,
 		replica:    strconv.FormatUint(randomUint64(), 36),
 		wakeAt:     math.MaxInt64,
 		heard:      math.MaxInt64,
@@ -502,6 +504,7 @@ func (s *Store) record(res []int64) (keystore.Record, error) {
 	}
 	r := keystore.Record{
 		N:             uint64(res[2]),
+		Pool:          keystore.DefaultPool,
 		CreatedAt:     s.at(res[3]),
 		ExpiresAt:     s.at(res[4]),
 		Fence:         res[5],
@@ -529,7 +532,10 @@ func keyError(status int64) error {
 }
 
 // Generate implements keystore.Backend.
-func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, error) {
+func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystore.Record, error) {
+	if pool != keystore.DefaultPool {
+		return nil, errOnePool
+	}
 	res, err := s.run(ctx, s.scripts.generate, mutation, count, s.units(s.opts.KeepAliveTTL))
 	if err != nil {
 		return nil, err
@@ -538,7 +544,7 @@ func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, err
 	s.wakeBy(expires)
 	recs := make([]keystore.Record, count)
 	for i := range recs {
-		recs[i] = keystore.Record{N: uint64(first) + uint64(i), CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
+		recs[i] = keystore.Record{N: uint64(first) + uint64(i), Pool: pool, CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
 	}
 	return recs, nil
 }
@@ -565,7 +571,15 @@ func (s *Store) Generate(ctx context.Context, count int) ([]keystore.Record, err
 // keys may leave one that is not owed (a fresh one answers NOT_FOUND, a waiting one
 // waits for the dispatcher). Other replicas' Acquires may take any key: waiters are
 // served first among one replica's Acquires only.
-func (s *Store) Acquire(ctx context.Context, ttl time.Duration, w *keystore.Waiter) (keystore.Record, error) {
+func (s *Store) Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *keystore.Waiter) (keystore.Record, error) {
+	if pool != keystore.DefaultPool {
+		// Made nowhere yet (the store keeps one pool for now): the waiter waits for
+		// its wait to run out.
+		if w != nil {
+			s.lanes.Made(pool).Waiters.Push(w)
+		}
+		return keystore.Record{}, keystore.ErrNoKey
+	}
 	if w == nil {
 		return s.acquireOnce(ctx, ttl, s.waiters.Len())
 	}
@@ -653,8 +667,29 @@ func (s *Store) Delete(ctx context.Context, n uint64) error {
 	return nil
 }
 
+// errOnePool refuses a pool other than the default, which the Redis store does not
+// keep yet.
+var errOnePool = keystore.Errorf(keystore.EINVALID, "this server's Redis store keeps one pool, %q, for now", keystore.DefaultPool)
+
+// Pools implements keystore.Backend.
+func (s *Store) Pools(ctx context.Context) ([]keystore.PoolStats, error) {
+	st, err := s.Stats(ctx, keystore.DefaultPool)
+	if err != nil || st.Total == 0 {
+		return nil, err
+	}
+	return []keystore.PoolStats{{Name: keystore.DefaultPool, Stats: st}}, nil
+}
+
+// List implements keystore.Backend.
+func (s *Store) List(ctx context.Context, pool string, status keystore.Status, from uint64, limit int) ([]keystore.Record, error) {
+	return nil, keystore.Errorf(keystore.EINVALID, "this server's Redis store cannot list keys yet")
+}
+
 // Stats implements keystore.Backend.
-func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
+func (s *Store) Stats(ctx context.Context, pool string) (keystore.Stats, error) {
+	if pool != keystore.DefaultPool {
+		return keystore.Stats{}, nil
+	}
 	res, err := s.run(ctx, s.scripts.stats, readOnly)
 	if err != nil {
 		return keystore.Stats{}, err
@@ -669,9 +704,12 @@ func (s *Store) Stats(ctx context.Context) (keystore.Stats, error) {
 // newest event, so that a subscription sees every event made before it on any
 // replica as past, not live. The local hub holds the same window of events as the
 // stream (the newest EventRetention), so a replay with After is served from it.
-func (s *Store) CatchUp(ctx context.Context) error {
+func (s *Store) CatchUp(ctx context.Context, pool string) error {
 	if err := s.refusing(); err != nil {
 		return err
+	}
+	if pool != keystore.DefaultPool {
+		return nil // no events
 	}
 	newest, err := s.rdb.Do(ctx, s.rdb.B().Get().Key(s.prefix+"seq").Build()).AsInt64()
 	if err != nil && !rueidis.IsRedisNil(err) {

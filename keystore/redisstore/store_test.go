@@ -61,7 +61,7 @@ func TestLifecycle(t *testing.T) {
 	start := clock.Now()
 	sub := must(s.Subscribe(ctx, keystore.SubscribeOptions{}))(t)
 
-	keys := must(s.Generate(ctx, 1))(t)
+	keys := must(s.Generate(ctx, "", 1))(t)
 	k := keys[0]
 	if len(k.ID) < 20 || k.Status != keystore.Available || !k.CreatedAt.Equal(start) || !k.ExpiresAt.Equal(start.Add(time.Minute)) {
 		t.Fatalf("generated %+v", k)
@@ -132,11 +132,11 @@ func TestLifecycle(t *testing.T) {
 	_, err = s.KeepAlive(ctx, "not-an-id-of-this-pool-at-all")
 	wantCode(t, err, keystore.ENOTFOUND)
 
-	st := must(s.Stats(ctx))(t)
+	st := must(s.Stats(ctx, ""))(t)
 	if st != (keystore.Stats{}) {
 		t.Fatalf("stats %+v", st)
 	}
-	_, err = s.Generate(ctx, 0)
+	_, err = s.Generate(ctx, "", 0)
 	wantCode(t, err, keystore.EINVALID)
 	_, err = s.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(time.Millisecond)})
 	wantCode(t, err, keystore.EINVALID)
@@ -152,14 +152,14 @@ func TestDueBeforeExpirer(t *testing.T) {
 	clock := newFakeClock()
 	s := openStore(t, srv, clock, keystore.Options{LeaseTTL: 10 * time.Second})
 	ctx := context.Background()
-	k := must(s.Generate(ctx, 1))(t)[0]
+	k := must(s.Generate(ctx, "", 1))(t)[0]
 	must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	// Stop the expirer (and the other loops) but keep the client open, then move time:
 	// only the scripts themselves can apply the deadline now.
 	s.b.cancel()
 	s.b.wg.Wait()
 	clock.Advance(10 * time.Second)
-	st := must(s.Stats(context.Background()))(t)
+	st := must(s.Stats(context.Background(), ""))(t)
 	if st.Available != 1 || st.Blocked != 0 {
 		t.Fatalf("stats after the lease: %+v", st)
 	}
@@ -196,7 +196,7 @@ func TestCloseEndsWaitersAndSubscriptions(t *testing.T) {
 		t.Fatalf("subscription error %v", err)
 	}
 	wantCode(t, s.Ready(ctx), keystore.EUNAVAILABLE)
-	_, err := s.Generate(ctx, 1)
+	_, err := s.Generate(ctx, "", 1)
 	wantCode(t, err, keystore.EUNAVAILABLE)
 }
 
@@ -230,7 +230,7 @@ func TestNew(t *testing.T) {
 	if b.prefix != "{fromurl}:" {
 		t.Fatalf("prefix %q", b.prefix)
 	}
-	must(s.Generate(ctx, 1))(t)
+	must(s.Generate(ctx, "", 1))(t)
 	rdb := srv.client()
 	defer rdb.Close()
 	if n := must(rdb.do("ZCARD", "{fromurl}:alive").AsInt64())(t); n != 1 {
@@ -291,7 +291,7 @@ func TestAcquireIsUniform(t *testing.T) {
 	ctx := context.Background()
 	must(rdb.do("CONFIG", "SET", "set-max-intset-entries", "1").ToString())(t)
 	s := openStore(t, srv, newFakeClock(), keystore.Options{})
-	must(s.Generate(ctx, keys))(t)
+	must(s.Generate(ctx, "", keys))(t)
 	if enc := must(rdb.do("OBJECT", "ENCODING", s.b.prefix+"avail").ToString())(t); enc != "hashtable" {
 		t.Fatalf("AVAILABLE set encoded as %s", enc)
 	}

@@ -85,7 +85,7 @@ func TestWaiterGetsKeyFreedAfterItsTry(t *testing.T) {
 			}
 			here = openNamespace(t, srv, clock, opts, ns, withAfterFailedTry(afterTry))
 			other = openNamespace(t, srv, clock, opts, ns)
-			must(here.Generate(ctx, 1))(t)
+			must(here.Generate(ctx, "", 1))(t)
 			held = must(here.Acquire(ctx, keystore.AcquireOptions{}))(t)
 
 			waiter := acquireIn(ctx, here, keystore.AcquireOptions{Wait: 2 * leaseTTL})
@@ -100,7 +100,7 @@ func TestWaiterGetsKeyFreedAfterItsTry(t *testing.T) {
 				wantCode(t, fresh.err, keystore.ENOTFOUND)
 			}
 			served(t, waiter, held, "the waiter")
-			if st := must(here.Stats(ctx))(t); st != (keystore.Stats{Total: 1, Blocked: 1}) {
+			if st := must(here.Stats(ctx, ""))(t); st != (keystore.Stats{Total: 1, Blocked: 1}) {
 				t.Fatalf("stats %+v", st)
 			}
 		})
@@ -125,7 +125,7 @@ func TestWaiterJoiningDuringATryStaysBehind(t *testing.T) {
 	s := openStore(t, srv, newFakeClock(), keystore.Options{Observer: obs}, withAfterFailedTry(afterTry))
 	release := sync.OnceFunc(func() { close(proceed) })
 	t.Cleanup(release) // before the store closes, should the test end early
-	must(s.Generate(ctx, 1))(t)
+	must(s.Generate(ctx, "", 1))(t)
 	held := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
 
 	first := acquireIn(ctx, s, keystore.AcquireOptions{Wait: keystore.MaxWait})
@@ -168,7 +168,7 @@ func TestFreshAcquireTakesKeyNotOwed(t *testing.T) {
 		fresh.key, fresh.err = s.Acquire(ctx, keystore.AcquireOptions{})
 	}
 	s = openStore(t, srv, newFakeClock(), keystore.Options{}, withAfterFailedTry(afterTry))
-	must(s.Generate(ctx, 2))(t)
+	must(s.Generate(ctx, "", 2))(t)
 	held = append(held, must(s.Acquire(ctx, keystore.AcquireOptions{}))(t), must(s.Acquire(ctx, keystore.AcquireOptions{}))(t))
 
 	waiter := acquireIn(ctx, s, keystore.AcquireOptions{Wait: keystore.MaxWait})
@@ -188,7 +188,7 @@ func TestFreshAcquireTakesKeyNotOwed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the waiter was not served")
 	}
-	if st := must(s.Stats(ctx))(t); st != (keystore.Stats{Total: 2, Blocked: 2}) {
+	if st := must(s.Stats(ctx, ""))(t); st != (keystore.Stats{Total: 2, Blocked: 2}) {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -211,7 +211,7 @@ func TestConcurrentWaitersWithKeysFree(t *testing.T) {
 	obs := &changesObserver{}
 	s := openStore(t, srv, newFakeClock(), keystore.Options{Observer: obs})
 	ctx := context.Background()
-	must(s.Generate(ctx, 2*clients))(t)
+	must(s.Generate(ctx, "", 2*clients))(t)
 	var results []<-chan acquired
 	for range clients {
 		results = append(results, acquireIn(ctx, s, keystore.AcquireOptions{Wait: keystore.MaxWait}))

@@ -1,21 +1,30 @@
-// keypool live dashboard: key counts, a chart of them over the last minutes and a
-// feed of key events, fed by the keyEvents subscription (graphql-transport-ws over
-// a WebSocket at /graphql) and the stats query. No libraries, no build step.
+// keypool live dashboard: one pool's key counts, a chart of them over the last
+// minutes and a feed of its key events, fed by the keyEvents subscription
+// (graphql-transport-ws over a WebSocket at /graphql) and the stats query; a
+// selector and a table of every pool (the pools query) choose the pool, which
+// ?pool=NAME names in the URL. No libraries, no build step.
 (function () {
   'use strict';
 
   var ENDPOINT = '/graphql';
+  var DEFAULT_POOL = 'default';
   var FEED_MAX = 100;            // events kept in the feed
   var CHART_SECONDS = chartWindow(); // the chart's window: ?minutes=N, 5 by default
   var STATS_MIN_GAP_MS = 500;    // stats is re-queried at most this often
+  var STATS_REFRESH_MS = 5000;   // and at least this often while live (waiting has no events)
+  var POOLS_MIN_GAP_MS = 2000;   // pools is re-queried at most this often
+  var POOLS_REFRESH_MS = 15000;  // and at least this often
   var ACK_TIMEOUT_MS = 10000;    // a connection not acknowledged by then is dropped
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 30000;
   var STABLE_MS = 10000;         // a connection up this long resets the backoff
 
-  var STATS_QUERY = 'query DashboardStats { stats { total available blocked } }';
+  var STATS_QUERY =
+    'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked waiting } }';
+  var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked waiting } } }';
   var EVENTS_SUBSCRIPTION =
-    'subscription DashboardKeyEvents($after: Int) { keyEvents(after: $after) { seq type keyId at } }';
+    'subscription DashboardKeyEvents($pool: String, $after: Int) {' +
+    ' keyEvents(pool: $pool, after: $after) { seq type keyId pool at holder } }';
 
   // chartWindow reads the chart's window from ?minutes= (1 to 60).
   function chartWindow() {
@@ -23,18 +32,192 @@
     return (minutes >= 1 && minutes <= 60 ? minutes : 5) * 60;
   }
 
+  // A pool name as the server takes it; anything else in ?pool= means the default pool.
+  var POOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+  function poolFromURL() {
+    var name = new URLSearchParams(location.search).get('pool');
+    return name && POOL_NAME.test(name) ? name : DEFAULT_POOL;
+  }
+
   var el = {
     status: document.getElementById('status'),
+    poolSelect: document.getElementById('pool'),
     total: document.getElementById('count-total'),
     available: document.getElementById('count-available'),
     blocked: document.getElementById('count-blocked'),
+    waiting: document.getElementById('count-waiting'),
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
     lastSeq: document.getElementById('last-seq'),
     chart: document.getElementById('chart'),
     chartTitle: document.getElementById('chart-title'),
+    pools: document.getElementById('pools'),
+    poolsNote: document.getElementById('pools-note'),
   };
   el.chartTitle.textContent = 'Keys, last ' + (CHART_SECONDS === 60 ? 'minute' : CHART_SECONDS / 60 + ' minutes');
+
+  // ---- requests ---------------------------------------------------------------
+
+  // graphql posts one query and resolves to its data, or rejects.
+  function graphql(query, operationName, variables) {
+    return fetch(ENDPOINT, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ query: query, operationName: operationName, variables: variables || {} }),
+      cache: 'no-store',
+    }).then(function (res) {
+      return res.json();
+    }).then(function (body) {
+      if (!body || !body.data || body.errors && body.errors.length) {
+        throw new Error(body && body.errors && body.errors[0] ? body.errors[0].message : 'no data');
+      }
+      return body.data;
+    });
+  }
+
+  // throttled returns a function that asks for run() (which returns a promise
+  // that never rejects) to happen soon: one run at a time, starts at least gapMs
+  // apart, and one more run after the current one when asked during it, since
+  // its answer may predate what prompted the ask. busy() says whether one runs.
+  function throttled(run, gapMs) {
+    var st = { inFlight: false, again: false, timer: 0, lastStart: 0 };
+    function start() {
+      st.timer = 0;
+      st.inFlight = true;
+      st.again = false;
+      st.lastStart = Date.now();
+      run().then(function () {
+        st.inFlight = false;
+        if (st.again) request();
+      });
+    }
+    function request() {
+      if (st.inFlight) {
+        st.again = true;
+        return;
+      }
+      if (st.timer) return;
+      st.timer = setTimeout(start, Math.max(0, st.lastStart + gapMs - Date.now()));
+    }
+    request.busy = function () { return st.inFlight; };
+    return request;
+  }
+
+  // ---- the selected pool --------------------------------------------------------
+  //
+  // Everything but the pools table is of one pool. Choosing another clears the
+  // counts, chart and feed, ends the old subscription and starts one on the new
+  // pool's stream, with fresh stats: a seq counts in one pool's stream only, so
+  // there is nothing to resume across pools.
+
+  var pool = poolFromURL();
+
+  function selectPool(name) {
+    if (name === pool || !POOL_NAME.test(name)) return;
+    pool = name;
+    var params = new URLSearchParams(location.search);
+    if (name === DEFAULT_POOL) params.delete('pool'); else params.set('pool', name);
+    var search = params.toString();
+    history.replaceState(null, '', location.pathname + (search ? '?' + search : '') + location.hash);
+
+    counts = null;
+    lastSeq = null;
+    samples = [];
+    pendingFeed = [];
+    el.feed.replaceChildren();
+    el.feedEmpty.hidden = false;
+    el.lastSeq.textContent = '';
+    [el.total, el.available, el.blocked, el.waiting].forEach(function (o) { o.textContent = '–'; });
+    drawChart(Date.now());
+    renderPools();
+    requestStats();
+    if (socket.ws && socket.state === 'live') {
+      send(socket.ws, { id: String(socket.subId), type: 'complete' });
+      subscribe(socket.ws);
+    } // else the next connection subscribes to the new pool
+  }
+
+  el.poolSelect.addEventListener('change', function () { selectPool(el.poolSelect.value); });
+  el.pools.addEventListener('click', function (e) {
+    var row = e.target.closest('tr[data-pool]');
+    if (row) selectPool(row.dataset.pool);
+  });
+
+  // ---- every pool ------------------------------------------------------------------
+  //
+  // The pools query fills the selector and the table, every POOLS_REFRESH_MS and
+  // whenever an event names a pool it does not list. The selected pool's row
+  // shows the live counts, so that it agrees with the counts above.
+
+  var pools = null;              // the last pools answer: [{name, stats}]
+  var poolsAt = null;            // when it came
+  var shownNames = '';           // the selector's options, joined with '\n'
+  var selectedCells = null;      // the selected row's count cells, by name
+
+  function queryPools() {
+    return graphql(POOLS_QUERY, 'DashboardPools').then(function (data) {
+      pools = data.pools;
+      poolsAt = new Date();
+      renderPools();
+    }, function (err) {
+      console.warn('keypool: pools query failed:', err);
+    });
+  }
+  var requestPools = throttled(queryPools, POOLS_MIN_GAP_MS);
+
+  function knowsPool(name) {
+    return !!pools && pools.some(function (p) { return p.name === name; });
+  }
+
+  function renderPools() {
+    // The selector: every pool, and the selected one even before it is made.
+    var names = (pools || []).map(function (p) { return p.name; });
+    if (names.indexOf(pool) < 0) names = names.concat(pool).sort();
+    if (names.join('\n') !== shownNames) {
+      shownNames = names.join('\n');
+      el.poolSelect.replaceChildren.apply(el.poolSelect, names.map(function (name) {
+        var option = document.createElement('option');
+        option.value = name;
+        option.textContent = name;
+        return option;
+      }));
+    }
+    el.poolSelect.value = pool;
+
+    // The table: the pools the server lists.
+    selectedCells = null;
+    if (!pools) return;
+    el.pools.replaceChildren.apply(el.pools, pools.map(function (p) {
+      var tr = document.createElement('tr');
+      tr.dataset.pool = p.name;
+      var th = document.createElement('th');
+      th.scope = 'row';
+      var button = document.createElement('button');
+      button.type = 'button';
+      button.textContent = p.name;
+      button.title = p.name; // the name may be cut short
+      th.append(button);
+      tr.append(th);
+      var cells = {};
+      ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+        var td = document.createElement('td');
+        td.className = n;
+        td.textContent = numberFormat.format(p.stats[n]);
+        cells[n] = td;
+        tr.append(td);
+      });
+      if (p.name === pool) {
+        tr.className = 'selected';
+        tr.setAttribute('aria-current', 'true');
+        selectedCells = cells;
+      }
+      return tr;
+    }));
+    el.poolsNote.textContent = pools.length + (pools.length === 1 ? ' pool' : ' pools') +
+      ', as of ' + timeFormat.format(poolsAt);
+    scheduleRender();
+  }
 
   // ---- counts ---------------------------------------------------------------
   //
@@ -42,68 +225,51 @@
   // that arrive while a stats query is in flight may or may not be in its
   // answer, so they are not applied; instead one more query follows. DELETED
   // and EXPIRED do not say whether the key was AVAILABLE or BLOCKED, so they
-  // take one off total and ask stats again (debounced) for the split.
+  // take one off total and ask stats again (debounced) for the split. No event
+  // says that an acquire started or stopped waiting: stats is asked again every
+  // STATS_REFRESH_MS for waiting (which also mends any drift).
 
-  var counts = null;             // {total, available, blocked} once known
-  var lastSeq = null;            // seq of the last event seen, for resuming
-  var stats = { inFlight: false, again: false, timer: 0, lastStart: 0, failures: 0 };
-
-  function requestStats() {
-    if (stats.inFlight) {
-      stats.again = true;
-      return;
-    }
-    if (stats.timer) return;
-    var wait = Math.max(0, stats.lastStart + STATS_MIN_GAP_MS - Date.now());
-    stats.timer = setTimeout(queryStats, wait);
-  }
+  var counts = null;             // {total, available, blocked, waiting} once known
+  var lastSeq = null;            // seq of the last event seen in pool's stream, for resuming
+  var statsFailures = 0;
 
   function queryStats() {
-    stats.timer = 0;
-    stats.inFlight = true;
-    stats.again = false;
-    stats.lastStart = Date.now();
-    fetch(ENDPOINT, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-      body: JSON.stringify({ query: STATS_QUERY, operationName: 'DashboardStats' }),
-      cache: 'no-store',
-    }).then(function (res) {
-      return res.json();
-    }).then(function (body) {
-      if (!body || !body.data || !body.data.stats) {
-        throw new Error(body && body.errors && body.errors[0] ? body.errors[0].message : 'no stats');
-      }
-      var s = body.data.stats;
-      counts = { total: s.total, available: s.available, blocked: s.blocked };
-      stats.failures = 0;
+    var asked = pool;
+    return graphql(STATS_QUERY, 'DashboardStats', { pool: asked }).then(function (data) {
+      if (asked !== pool) return; // selectPool has asked for the new pool's
+      var s = data.stats;
+      counts = { total: s.total, available: s.available, blocked: s.blocked, waiting: s.waiting };
+      statsFailures = 0;
       scheduleRender();
-    }).catch(function (err) {
+    }, function (err) {
       console.warn('keypool: stats query failed:', err);
       // Try again, backing off, while the live connection is up; a reconnect
       // asks anyway.
-      stats.failures++;
+      statsFailures++;
       if (socket.state === 'live') {
-        setTimeout(requestStats, Math.min(BACKOFF_MAX_MS, 1000 * Math.pow(2, stats.failures - 1)));
+        setTimeout(requestStats, Math.min(BACKOFF_MAX_MS, 1000 * Math.pow(2, statsFailures - 1)));
       }
-    }).then(function () {
-      stats.inFlight = false;
-      if (stats.again) requestStats();
     });
   }
+  var requestStats = throttled(queryStats, STATS_MIN_GAP_MS);
 
   function applyEvent(ev) {
+    // The subscription is of pool; an event of another pool (which a server may
+    // send by mistake) would count in the wrong pool. The gap it leaves in the
+    // seqs asks stats again at the next event.
+    if (ev.pool !== pool) return;
     // seq grows by one per event, so anything else means events were missed
     // (the replay ring moved on) or the server started afresh (seq went back):
     // either way, the counts come from stats again.
     var gap = lastSeq !== null && ev.seq !== lastSeq + 1;
     lastSeq = ev.seq;
     pushFeed(ev);
+    if (!knowsPool(ev.pool)) requestPools();
     if (gap) {
       requestStats();
       return;
     }
-    if (stats.inFlight || !counts) {
+    if (requestStats.busy() || !counts) {
       requestStats();
       return;
     }
@@ -142,14 +308,26 @@
   //
   // Protocol: connection_init -> connection_ack, then subscribe {id, payload};
   // the server sends next/error/complete for that id and ping (answered with
-  // pong). Any end of the stream — a closed socket, an error such as
-  // SLOW_CONSUMER, a complete — reconnects with exponential backoff and resumes
-  // with after: lastSeq, so the replay ring fills the gap.
+  // pong); complete from the client ends a subscription. Any end of the stream —
+  // a closed socket, an error such as SLOW_CONSUMER, a complete — reconnects
+  // with exponential backoff and resumes the selected pool's stream with after:
+  // lastSeq, so the replay ring fills the gap.
 
   var socket = { ws: null, state: 'connecting', attempt: 0, liveSince: 0, timer: 0, ackTimer: 0, subId: 0, offline: false };
 
   function wsURL() {
     return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + ENDPOINT;
+  }
+
+  // subscribe starts a subscription to the selected pool's events, under a new
+  // id: messages of any earlier one are ignored.
+  function subscribe(ws) {
+    socket.subId++;
+    send(ws, {
+      id: String(socket.subId),
+      type: 'subscribe',
+      payload: { query: EVENTS_SUBSCRIPTION, operationName: 'DashboardKeyEvents', variables: { pool: pool, after: lastSeq } },
+    });
   }
 
   function connect() {
@@ -176,14 +354,10 @@
         case 'connection_ack':
           clearTimeout(socket.ackTimer);
           socket.liveSince = Date.now();
-          socket.subId++;
-          send(ws, {
-            id: String(socket.subId),
-            type: 'subscribe',
-            payload: { query: EVENTS_SUBSCRIPTION, operationName: 'DashboardKeyEvents', variables: { after: lastSeq } },
-          });
+          subscribe(ws);
           setStatus('live');
           requestStats(); // fresh counts on every (re)connect
+          requestPools();
           break;
         case 'ping':
           send(ws, { type: 'pong' });
@@ -201,7 +375,7 @@
           if (m.id === String(socket.subId)) streamFailed(ws, m.payload);
           break;
         case 'complete':
-          ws.close(1000, 'Resubscribing');
+          if (m.id === String(socket.subId)) ws.close(1000, 'Resubscribing');
           break;
       }
     };
@@ -264,6 +438,15 @@
     socket.attempt = 0;
     reconnectNow();
   });
+  // Leaving the page: close the socket, so that the server ends the subscription
+  // now rather than whenever the browser drops the page (it may keep it in its
+  // back/forward cache, socket and all); coming back from that cache reconnects.
+  window.addEventListener('pagehide', function () {
+    if (socket.ws) socket.ws.close(1000, 'Leaving');
+  });
+  window.addEventListener('pageshow', function (e) {
+    if (e.persisted) reconnectNow();
+  });
   document.addEventListener('visibilitychange', function () {
     if (!document.hidden) reconnectNow();
   });
@@ -305,7 +488,13 @@
     var key = document.createElement('code');
     key.textContent = ev.keyId;
     key.title = ev.keyId + '  (seq ' + ev.seq + ')';
-    li.append(time, type, key);
+    var holder = document.createElement('span');
+    holder.className = 'holder';
+    if (ev.holder) {
+      holder.textContent = ev.holder;
+      holder.title = 'held by ' + ev.holder;
+    }
+    li.append(time, type, key, holder);
     return li;
   }
 
@@ -334,11 +523,12 @@
   function render() {
     renderQueued = false;
     drawFeed();
-    if (counts) {
-      el.total.textContent = numberFormat.format(counts.total);
-      el.available.textContent = numberFormat.format(counts.available);
-      el.blocked.textContent = numberFormat.format(counts.blocked);
-    }
+    if (!counts) return;
+    ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+      var text = numberFormat.format(counts[n]);
+      el[n].textContent = text;
+      if (selectedCells) selectedCells[n].textContent = text;
+    });
   }
 
   // ---- the chart -----------------------------------------------------------------
@@ -448,6 +638,14 @@
   }
   window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', function () { drawChart(Date.now()); });
 
+  setInterval(function () {
+    if (socket.state === 'live' && !document.hidden) requestStats();
+  }, STATS_REFRESH_MS);
+  setInterval(function () {
+    if (!socket.offline && !document.hidden) requestPools();
+  }, POOLS_REFRESH_MS);
+
+  renderPools();
   drawChart(Date.now());
   connect();
 })();

@@ -48,9 +48,62 @@ type GetKeyResponse struct {
 // GetKey returns GetKeyResponse.Key, and is useful for accessing the field via an interface.
 func (v *GetKeyResponse) GetKey() *KeyFields { return v.Key }
 
+// GetPoolsPoolsPool includes the requested fields of the GraphQL type Pool.
+// The GraphQL type's documentation follows.
+//
+// A named pool of keys. Each pool has its own fences, event stream, waiters and counts.
+type GetPoolsPoolsPool struct {
+	// The pool's name: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or a digit.
+	Name string `json:"name"`
+	// How many keys the pool holds, by state.
+	Stats GetPoolsPoolsPoolStats `json:"stats"`
+}
+
+// GetName returns GetPoolsPoolsPool.Name, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPool) GetName() string { return v.Name }
+
+// GetStats returns GetPoolsPoolsPool.Stats, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPool) GetStats() GetPoolsPoolsPoolStats { return v.Stats }
+
+// GetPoolsPoolsPoolStats includes the requested fields of the GraphQL type Stats.
+// The GraphQL type's documentation follows.
+//
+// How many keys a pool holds, or every pool together, by state.
+type GetPoolsPoolsPoolStats struct {
+	// All keys.
+	Total int `json:"total"`
+	// Keys free to be acquired.
+	Available int `json:"available"`
+	// Keys held under a lease.
+	Blocked int `json:"blocked"`
+	// Acquires waiting now for a key to come free (with a Redis store: those waiting on this server).
+	Waiting int `json:"waiting"`
+}
+
+// GetTotal returns GetPoolsPoolsPoolStats.Total, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetTotal() int { return v.Total }
+
+// GetAvailable returns GetPoolsPoolsPoolStats.Available, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetAvailable() int { return v.Available }
+
+// GetBlocked returns GetPoolsPoolsPoolStats.Blocked, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetBlocked() int { return v.Blocked }
+
+// GetWaiting returns GetPoolsPoolsPoolStats.Waiting, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetWaiting() int { return v.Waiting }
+
+// GetPoolsResponse is returned by GetPools on success.
+type GetPoolsResponse struct {
+	// Every pool made so far, and the default pool, ordered by name.
+	Pools []GetPoolsPoolsPool `json:"pools"`
+}
+
+// GetPools returns GetPoolsResponse.Pools, and is useful for accessing the field via an interface.
+func (v *GetPoolsResponse) GetPools() []GetPoolsPoolsPool { return v.Pools }
+
 // GetStatsResponse is returned by GetStats on success.
 type GetStatsResponse struct {
-	// How many keys the pool holds, by state.
+	// How many keys a pool holds by state; every pool together when pool is omitted. A pool never made counts zero.
 	Stats GetStatsStats `json:"stats"`
 }
 
@@ -60,14 +113,16 @@ func (v *GetStatsResponse) GetStats() GetStatsStats { return v.Stats }
 // GetStatsStats includes the requested fields of the GraphQL type Stats.
 // The GraphQL type's documentation follows.
 //
-// How many keys the pool holds, by state.
+// How many keys a pool holds, or every pool together, by state.
 type GetStatsStats struct {
-	// All keys of the pool.
+	// All keys.
 	Total int `json:"total"`
 	// Keys free to be acquired.
 	Available int `json:"available"`
 	// Keys held under a lease.
 	Blocked int `json:"blocked"`
+	// Acquires waiting now for a key to come free (with a Redis store: those waiting on this server).
+	Waiting int `json:"waiting"`
 }
 
 // GetTotal returns GetStatsStats.Total, and is useful for accessing the field via an interface.
@@ -78,6 +133,9 @@ func (v *GetStatsStats) GetAvailable() int { return v.Available }
 
 // GetBlocked returns GetStatsStats.Blocked, and is useful for accessing the field via an interface.
 func (v *GetStatsStats) GetBlocked() int { return v.Blocked }
+
+// GetWaiting returns GetStatsStats.Waiting, and is useful for accessing the field via an interface.
+func (v *GetStatsStats) GetWaiting() int { return v.Waiting }
 
 // KeepAliveResponse is returned by KeepAlive on success.
 type KeepAliveResponse struct {
@@ -132,6 +190,10 @@ type KeyEventsKeyEventsKeyEvent struct {
 	// server restarted, a Redis pool made anew). Pass it as stream with after to resume, so that a stream that has
 	// started again is told (STREAM_CHANGED) rather than skipped up to the old seq.
 	Stream string `json:"stream"`
+	// The pool of the key, whose stream this is.
+	Pool string `json:"pool"`
+	// On ACQUIRED: the lease's holder, if acquireKey named one; null otherwise.
+	Holder *string `json:"holder"`
 }
 
 // GetSeq64 returns KeyEventsKeyEventsKeyEvent.Seq64, and is useful for accessing the field via an interface.
@@ -149,9 +211,15 @@ func (v *KeyEventsKeyEventsKeyEvent) GetAt() time.Time { return v.At }
 // GetStream returns KeyEventsKeyEventsKeyEvent.Stream, and is useful for accessing the field via an interface.
 func (v *KeyEventsKeyEventsKeyEvent) GetStream() string { return v.Stream }
 
+// GetPool returns KeyEventsKeyEventsKeyEvent.Pool, and is useful for accessing the field via an interface.
+func (v *KeyEventsKeyEventsKeyEvent) GetPool() string { return v.Pool }
+
+// GetHolder returns KeyEventsKeyEventsKeyEvent.Holder, and is useful for accessing the field via an interface.
+func (v *KeyEventsKeyEventsKeyEvent) GetHolder() *string { return v.Holder }
+
 // KeyEventsResponse is returned by KeyEvents on success.
 type KeyEventsResponse struct {
-	// Streams the pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
+	// Streams one pool's events. A subscriber that falls too far behind is cut with a SLOW_CONSUMER error and
 	// may resume with after.
 	KeyEvents KeyEventsKeyEventsKeyEvent `json:"keyEvents"`
 }
@@ -162,10 +230,12 @@ func (v *KeyEventsResponse) GetKeyEvents() KeyEventsKeyEventsKeyEvent { return v
 // KeyFields includes the GraphQL fields of Key requested by the fragment KeyFields.
 // The GraphQL type's documentation follows.
 //
-// An API key of the pool.
+// An API key of a pool.
 type KeyFields struct {
 	// The key itself: an opaque, URL-safe string that is never issued twice.
 	Id string `json:"id"`
+	// The pool the key belongs to, for its whole life.
+	Pool string `json:"pool"`
 	// Whether the key is free or held under a lease.
 	Status KeyStatus `json:"status"`
 	// When the key was generated.
@@ -180,6 +250,9 @@ type KeyFields struct {
 
 // GetId returns KeyFields.Id, and is useful for accessing the field via an interface.
 func (v *KeyFields) GetId() string { return v.Id }
+
+// GetPool returns KeyFields.Pool, and is useful for accessing the field via an interface.
+func (v *KeyFields) GetPool() string { return v.Pool }
 
 // GetStatus returns KeyFields.Status, and is useful for accessing the field via an interface.
 func (v *KeyFields) GetStatus() KeyStatus { return v.Status }
@@ -231,6 +304,8 @@ type KeyFieldsLease struct {
 	AcquiredAt time.Time `json:"acquiredAt"`
 	// When the key returns to AVAILABLE unless unblocked or renewed first.
 	ExpiresAt time.Time `json:"expiresAt"`
+	// Who took the lease, as acquireKey's holder said; null when it said nothing.
+	Holder *string `json:"holder"`
 }
 
 // GetToken returns KeyFieldsLease.Token, and is useful for accessing the field via an interface.
@@ -244,6 +319,9 @@ func (v *KeyFieldsLease) GetAcquiredAt() time.Time { return v.AcquiredAt }
 
 // GetExpiresAt returns KeyFieldsLease.ExpiresAt, and is useful for accessing the field via an interface.
 func (v *KeyFieldsLease) GetExpiresAt() time.Time { return v.ExpiresAt }
+
+// GetHolder returns KeyFieldsLease.Holder, and is useful for accessing the field via an interface.
+func (v *KeyFieldsLease) GetHolder() *string { return v.Holder }
 
 // The state of a key.
 type KeyStatus string
@@ -273,6 +351,8 @@ type LeaseFields struct {
 	AcquiredAt time.Time `json:"acquiredAt"`
 	// When the key returns to AVAILABLE unless unblocked or renewed first.
 	ExpiresAt time.Time `json:"expiresAt"`
+	// Who took the lease, as acquireKey's holder said; null when it said nothing.
+	Holder *string `json:"holder"`
 	// The key this lease holds, as it was when the lease was read.
 	Key KeyFields `json:"key"`
 }
@@ -289,8 +369,58 @@ func (v *LeaseFields) GetAcquiredAt() time.Time { return v.AcquiredAt }
 // GetExpiresAt returns LeaseFields.ExpiresAt, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetExpiresAt() time.Time { return v.ExpiresAt }
 
+// GetHolder returns LeaseFields.Holder, and is useful for accessing the field via an interface.
+func (v *LeaseFields) GetHolder() *string { return v.Holder }
+
 // GetKey returns LeaseFields.Key, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetKey() KeyFields { return v.Key }
+
+// ListKeysKeysKeyConnection includes the requested fields of the GraphQL type KeyConnection.
+// The GraphQL type's documentation follows.
+//
+// One page of keys.
+type ListKeysKeysKeyConnection struct {
+	// The page's keys, in the listing's order: by pool name, then in an order each key keeps for its life.
+	Nodes []KeyFields `json:"nodes"`
+	// Where the page ends, and whether another follows.
+	PageInfo ListKeysKeysKeyConnectionPageInfo `json:"pageInfo"`
+}
+
+// GetNodes returns ListKeysKeysKeyConnection.Nodes, and is useful for accessing the field via an interface.
+func (v *ListKeysKeysKeyConnection) GetNodes() []KeyFields { return v.Nodes }
+
+// GetPageInfo returns ListKeysKeysKeyConnection.PageInfo, and is useful for accessing the field via an interface.
+func (v *ListKeysKeysKeyConnection) GetPageInfo() ListKeysKeysKeyConnectionPageInfo {
+	return v.PageInfo
+}
+
+// ListKeysKeysKeyConnectionPageInfo includes the requested fields of the GraphQL type PageInfo.
+// The GraphQL type's documentation follows.
+//
+// Where a page ends.
+type ListKeysKeysKeyConnectionPageInfo struct {
+	// The cursor of the page's last key: pass it as after for the next page. Null when the page is empty.
+	EndCursor *string `json:"endCursor"`
+	// Whether keys that match come after this page.
+	HasNextPage bool `json:"hasNextPage"`
+}
+
+// GetEndCursor returns ListKeysKeysKeyConnectionPageInfo.EndCursor, and is useful for accessing the field via an interface.
+func (v *ListKeysKeysKeyConnectionPageInfo) GetEndCursor() *string { return v.EndCursor }
+
+// GetHasNextPage returns ListKeysKeysKeyConnectionPageInfo.HasNextPage, and is useful for accessing the field via an interface.
+func (v *ListKeysKeysKeyConnectionPageInfo) GetHasNextPage() bool { return v.HasNextPage }
+
+// ListKeysResponse is returned by ListKeys on success.
+type ListKeysResponse struct {
+	// One page of keys, in a stable order: a walk over every page visits once each key that matched the filter
+	// for the whole walk, and at most once any other. A page costs O(first + log n) whatever the filter. Priced in
+	// the complexity limit by first, as generateKeys is by count.
+	Keys ListKeysKeysKeyConnection `json:"keys"`
+}
+
+// GetKeys returns ListKeysResponse.Keys, and is useful for accessing the field via an interface.
+func (v *ListKeysResponse) GetKeys() ListKeysKeysKeyConnection { return v.Keys }
 
 // RenewLeaseResponse is returned by RenewLease on success.
 type RenewLeaseResponse struct {
@@ -315,15 +445,23 @@ func (v *UnblockKeyResponse) GetUnblockKey() KeyFields { return v.UnblockKey }
 
 // __AcquireKeyInput is used internally by genqlient
 type __AcquireKeyInput struct {
-	Ttl  *string `json:"ttl,omitempty"`
-	Wait *string `json:"wait,omitempty"`
+	Pool   *string `json:"pool,omitempty"`
+	Ttl    *string `json:"ttl,omitempty"`
+	Wait   *string `json:"wait,omitempty"`
+	Holder *string `json:"holder,omitempty"`
 }
+
+// GetPool returns __AcquireKeyInput.Pool, and is useful for accessing the field via an interface.
+func (v *__AcquireKeyInput) GetPool() *string { return v.Pool }
 
 // GetTtl returns __AcquireKeyInput.Ttl, and is useful for accessing the field via an interface.
 func (v *__AcquireKeyInput) GetTtl() *string { return v.Ttl }
 
 // GetWait returns __AcquireKeyInput.Wait, and is useful for accessing the field via an interface.
 func (v *__AcquireKeyInput) GetWait() *string { return v.Wait }
+
+// GetHolder returns __AcquireKeyInput.Holder, and is useful for accessing the field via an interface.
+func (v *__AcquireKeyInput) GetHolder() *string { return v.Holder }
 
 // __DeleteKeyInput is used internally by genqlient
 type __DeleteKeyInput struct {
@@ -335,11 +473,15 @@ func (v *__DeleteKeyInput) GetId() string { return v.Id }
 
 // __GenerateKeysInput is used internally by genqlient
 type __GenerateKeysInput struct {
-	Count int `json:"count"`
+	Count int     `json:"count"`
+	Pool  *string `json:"pool,omitempty"`
 }
 
 // GetCount returns __GenerateKeysInput.Count, and is useful for accessing the field via an interface.
 func (v *__GenerateKeysInput) GetCount() int { return v.Count }
+
+// GetPool returns __GenerateKeysInput.Pool, and is useful for accessing the field via an interface.
+func (v *__GenerateKeysInput) GetPool() *string { return v.Pool }
 
 // __GetKeyInput is used internally by genqlient
 type __GetKeyInput struct {
@@ -348,6 +490,14 @@ type __GetKeyInput struct {
 
 // GetId returns __GetKeyInput.Id, and is useful for accessing the field via an interface.
 func (v *__GetKeyInput) GetId() string { return v.Id }
+
+// __GetStatsInput is used internally by genqlient
+type __GetStatsInput struct {
+	Pool *string `json:"pool,omitempty"`
+}
+
+// GetPool returns __GetStatsInput.Pool, and is useful for accessing the field via an interface.
+func (v *__GetStatsInput) GetPool() *string { return v.Pool }
 
 // __KeepAliveInput is used internally by genqlient
 type __KeepAliveInput struct {
@@ -359,11 +509,15 @@ func (v *__KeepAliveInput) GetId() string { return v.Id }
 
 // __KeyEventsInput is used internally by genqlient
 type __KeyEventsInput struct {
+	Pool    *string        `json:"pool,omitempty"`
 	Types   []KeyEventType `json:"types,omitempty"`
 	After64 *string        `json:"after64,omitempty"`
 	Stream  *string        `json:"stream,omitempty"`
 	Keys    []string       `json:"keys,omitempty"`
 }
+
+// GetPool returns __KeyEventsInput.Pool, and is useful for accessing the field via an interface.
+func (v *__KeyEventsInput) GetPool() *string { return v.Pool }
 
 // GetTypes returns __KeyEventsInput.Types, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetTypes() []KeyEventType { return v.Types }
@@ -376,6 +530,26 @@ func (v *__KeyEventsInput) GetStream() *string { return v.Stream }
 
 // GetKeys returns __KeyEventsInput.Keys, and is useful for accessing the field via an interface.
 func (v *__KeyEventsInput) GetKeys() []string { return v.Keys }
+
+// __ListKeysInput is used internally by genqlient
+type __ListKeysInput struct {
+	Pool   *string    `json:"pool,omitempty"`
+	Status *KeyStatus `json:"status,omitempty"`
+	First  *int       `json:"first,omitempty"`
+	After  *string    `json:"after,omitempty"`
+}
+
+// GetPool returns __ListKeysInput.Pool, and is useful for accessing the field via an interface.
+func (v *__ListKeysInput) GetPool() *string { return v.Pool }
+
+// GetStatus returns __ListKeysInput.Status, and is useful for accessing the field via an interface.
+func (v *__ListKeysInput) GetStatus() *KeyStatus { return v.Status }
+
+// GetFirst returns __ListKeysInput.First, and is useful for accessing the field via an interface.
+func (v *__ListKeysInput) GetFirst() *int { return v.First }
+
+// GetAfter returns __ListKeysInput.After, and is useful for accessing the field via an interface.
+func (v *__ListKeysInput) GetAfter() *string { return v.After }
 
 // __RenewLeaseInput is used internally by genqlient
 type __RenewLeaseInput struct {
@@ -407,8 +581,8 @@ func (v *__UnblockKeyInput) GetToken() *string { return v.Token }
 
 // The mutation executed by AcquireKey.
 const AcquireKey_Operation = `
-mutation AcquireKey ($ttl: Duration, $wait: Duration) {
-	acquireKey(ttl: $ttl, wait: $wait) {
+mutation AcquireKey ($pool: String, $ttl: Duration, $wait: Duration, $holder: String) {
+	acquireKey(pool: $pool, ttl: $ttl, wait: $wait, holder: $holder) {
 		... LeaseFields
 	}
 }
@@ -417,12 +591,14 @@ fragment LeaseFields on Lease {
 	fence64
 	acquiredAt
 	expiresAt
+	holder
 	key {
 		... KeyFields
 	}
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -431,6 +607,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
@@ -445,15 +622,19 @@ fragment KeyFields on Key {
 func AcquireKey(
 	ctx_ context.Context,
 	client_ graphql.Client,
+	pool *string,
 	ttl *string,
 	wait *string,
+	holder *string,
 ) (data_ *AcquireKeyResponse, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "AcquireKey",
 		Query:  AcquireKey_Operation,
 		Variables: &__AcquireKeyInput{
-			Ttl:  ttl,
-			Wait: wait,
+			Pool:   pool,
+			Ttl:    ttl,
+			Wait:   wait,
+			Holder: holder,
 		},
 	}
 
@@ -503,13 +684,14 @@ func DeleteKey(
 
 // The mutation executed by GenerateKeys.
 const GenerateKeys_Operation = `
-mutation GenerateKeys ($count: Int!) {
-	generateKeys(count: $count) {
+mutation GenerateKeys ($count: Int!, $pool: String) {
+	generateKeys(count: $count, pool: $pool) {
 		... KeyFields
 	}
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -518,6 +700,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
@@ -531,12 +714,14 @@ func GenerateKeys(
 	ctx_ context.Context,
 	client_ graphql.Client,
 	count int,
+	pool *string,
 ) (data_ *GenerateKeysResponse, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "GenerateKeys",
 		Query:  GenerateKeys_Operation,
 		Variables: &__GenerateKeysInput{
 			Count: count,
+			Pool:  pool,
 		},
 	}
 
@@ -561,6 +746,7 @@ query GetKey ($id: ID!) {
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -569,6 +755,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
@@ -603,13 +790,50 @@ func GetKey(
 	return data_, err_
 }
 
+// The query executed by GetPools.
+const GetPools_Operation = `
+query GetPools {
+	pools {
+		name
+		stats {
+			total
+			available
+			blocked
+			waiting
+		}
+	}
+}
+`
+
+func GetPools(
+	ctx_ context.Context,
+	client_ graphql.Client,
+) (data_ *GetPoolsResponse, err_ error) {
+	req_ := &graphql.Request{
+		OpName: "GetPools",
+		Query:  GetPools_Operation,
+	}
+
+	data_ = &GetPoolsResponse{}
+	resp_ := &graphql.Response{Data: data_}
+
+	err_ = client_.MakeRequest(
+		ctx_,
+		req_,
+		resp_,
+	)
+
+	return data_, err_
+}
+
 // The query executed by GetStats.
 const GetStats_Operation = `
-query GetStats {
-	stats {
+query GetStats ($pool: String) {
+	stats(pool: $pool) {
 		total
 		available
 		blocked
+		waiting
 	}
 }
 `
@@ -617,10 +841,14 @@ query GetStats {
 func GetStats(
 	ctx_ context.Context,
 	client_ graphql.Client,
+	pool *string,
 ) (data_ *GetStatsResponse, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "GetStats",
 		Query:  GetStats_Operation,
+		Variables: &__GetStatsInput{
+			Pool: pool,
+		},
 	}
 
 	data_ = &GetStatsResponse{}
@@ -644,6 +872,7 @@ mutation KeepAlive ($id: ID!) {
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -652,6 +881,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
@@ -688,13 +918,15 @@ func KeepAlive(
 
 // The subscription executed by KeyEvents.
 const KeyEvents_Operation = `
-subscription KeyEvents ($types: [KeyEventType!], $after64: BigInt, $stream: ID, $keys: [ID!]) {
-	keyEvents(types: $types, after64: $after64, stream: $stream, keys: $keys) {
+subscription KeyEvents ($pool: String, $types: [KeyEventType!], $after64: BigInt, $stream: ID, $keys: [ID!]) {
+	keyEvents(pool: $pool, types: $types, after64: $after64, stream: $stream, keys: $keys) {
 		seq64
 		type
 		keyId
 		at
 		stream
+		pool
+		holder
 	}
 }
 `
@@ -703,6 +935,7 @@ subscription KeyEvents ($types: [KeyEventType!], $after64: BigInt, $stream: ID, 
 func KeyEvents(
 	ctx_ context.Context,
 	client_ graphql.WebSocketClient,
+	pool *string,
 	types []KeyEventType,
 	after64 *string,
 	stream *string,
@@ -712,6 +945,7 @@ func KeyEvents(
 		OpName: "KeyEvents",
 		Query:  KeyEvents_Operation,
 		Variables: &__KeyEventsInput{
+			Pool:    pool,
 			Types:   types,
 			After64: after64,
 			Stream:  stream,
@@ -750,6 +984,71 @@ func KeyEventsForwardData(interfaceChan interface{}, jsonRawMsg json.RawMessage)
 	return nil
 }
 
+// The query executed by ListKeys.
+const ListKeys_Operation = `
+query ListKeys ($pool: String, $status: KeyStatus, $first: Int, $after: String) {
+	keys(pool: $pool, status: $status, first: $first, after: $after) {
+		nodes {
+			... KeyFields
+		}
+		pageInfo {
+			endCursor
+			hasNextPage
+		}
+	}
+}
+fragment KeyFields on Key {
+	id
+	pool
+	status
+	createdAt
+	expiresAt
+	lease {
+		token
+		fence64
+		acquiredAt
+		expiresAt
+		holder
+	}
+	history {
+		timesAcquired
+		leasesExpired
+		lastAcquiredAt
+	}
+}
+`
+
+func ListKeys(
+	ctx_ context.Context,
+	client_ graphql.Client,
+	pool *string,
+	status *KeyStatus,
+	first *int,
+	after *string,
+) (data_ *ListKeysResponse, err_ error) {
+	req_ := &graphql.Request{
+		OpName: "ListKeys",
+		Query:  ListKeys_Operation,
+		Variables: &__ListKeysInput{
+			Pool:   pool,
+			Status: status,
+			First:  first,
+			After:  after,
+		},
+	}
+
+	data_ = &ListKeysResponse{}
+	resp_ := &graphql.Response{Data: data_}
+
+	err_ = client_.MakeRequest(
+		ctx_,
+		req_,
+		resp_,
+	)
+
+	return data_, err_
+}
+
 // The mutation executed by RenewLease.
 const RenewLease_Operation = `
 mutation RenewLease ($id: ID!, $token: ID!, $ttl: Duration) {
@@ -762,12 +1061,14 @@ fragment LeaseFields on Lease {
 	fence64
 	acquiredAt
 	expiresAt
+	holder
 	key {
 		... KeyFields
 	}
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -776,6 +1077,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
@@ -823,6 +1125,7 @@ mutation UnblockKey ($id: ID!, $token: ID) {
 }
 fragment KeyFields on Key {
 	id
+	pool
 	status
 	createdAt
 	expiresAt
@@ -831,6 +1134,7 @@ fragment KeyFields on Key {
 		fence64
 		acquiredAt
 		expiresAt
+		holder
 	}
 	history {
 		timesAcquired
