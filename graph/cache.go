@@ -9,10 +9,9 @@ import (
 )
 
 // boundedCache is a least-recently-used cache bounded by the bytes its entries cost,
-// for gqlgen's query cache and the automatic persisted queries' cache. An Add made
-// during an operation is parked in the operation's admission and lands only once the
-// operation has passed every check (admitChecked); an entry that alone would take
-// more than an eighth of the budget is never kept.
+// for gqlgen's query cache and the persisted queries'. An Add during an operation is
+// parked in its admission until the operation has passed every check; an entry that
+// alone would take more than an eighth of the budget is never kept.
 type boundedCache[V any] struct {
 	budget int
 	cost   func(key string, value V, ctx context.Context) int

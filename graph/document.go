@@ -1,8 +1,9 @@
 package graph
 
 import (
+	"cmp"
 	"context"
-	"github.com/keypool/keypool/keystore"
+	"net/http"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 	"github.com/vektah/gqlparser/v2/parser"
 
+	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/wire"
 )
 
@@ -19,96 +21,88 @@ import (
 // document limits answer with it too.
 const codeComplexity = "COMPLEXITY_LIMIT_EXCEEDED"
 
-// documentLimits checks each new document against the document limits (limits.go)
-// before gqlgen parses and validates it: gqlparser's validator and gqlgen's
-// complexity walk are quadratic or worse in some shapes (repeated fields, fragment
-// fan-out), and gqlgen validates before the complexity limit runs. It runs after
-// the automatic persisted queries' extension, so it sees the query that extension
-// looked up, and skips documents the query cache holds: those passed already.
-//
-// The check is one pass over the text (tokens, nesting, lengths), then a parse with
-// the token limit, then one walk of the syntax tree that writes every fragment
-// spread out as the validator would and stops at the first limit passed. Each step
-// is linear in what the limits allow.
-type documentLimits struct {
+// operationChecks is keypool's extension of the executor, used after the persisted
+// queries' and the complexity limit. As a parameter mutator it checks each document
+// the query cache does not hold against the document limits (limits.go) before gqlgen
+// parses and validates it: gqlparser's validator and gqlgen's complexity walk are
+// quadratic or worse in some shapes (repeated fields, fragment fan-out), and gqlgen
+// validates before the complexity limit runs. The check is one pass over the text,
+// a parse with the token limit, then one walk of the syntax tree that writes every
+// fragment spread out as the validator would: each step linear in what the limits
+// allow. As the last operation-context mutator it sees only operations that passed
+// every check (gqlgen stops at the first that fails): it refuses a subscription over
+// plain HTTP and anything but a query over GET, then commits the operation's parked
+// cache additions (admission).
+type operationChecks struct {
 	docs *boundedCache[*ast.QueryDocument]
 }
 
 var (
-	_ graphql.HandlerExtension          = documentLimits{}
-	_ graphql.OperationParameterMutator = documentLimits{}
+	_ graphql.HandlerExtension          = operationChecks{}
+	_ graphql.OperationParameterMutator = operationChecks{}
+	_ graphql.OperationContextMutator   = operationChecks{}
 )
 
-func (documentLimits) ExtensionName() string                          { return "DocumentLimits" }
-func (documentLimits) Validate(schema graphql.ExecutableSchema) error { return nil }
+func (operationChecks) ExtensionName() string                          { return "OperationChecks" }
+func (operationChecks) Validate(schema graphql.ExecutableSchema) error { return nil }
 
-func (d documentLimits) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
+func (d operationChecks) MutateOperationParameters(ctx context.Context, params *graphql.RawParams) *gqlerror.Error {
 	if params.Query == "" {
 		return coded(wire.CodeBadRequest, "the request has no query")
 	}
 	if d.docs.Contains(params.Query) {
 		return nil // it passed before
 	}
-	tokens, err := checkDocument(params.Query)
+	tokens, err := scanDocument(params.Query)
 	if err != nil {
 		return err
 	}
-	admissionFor(ctx).docCost = documentCost(len(params.Query), tokens)
+	doc, perr := parser.ParseQueryWithTokenLimit(&ast.Source{Input: params.Query}, MaxDocumentTokens)
+	if perr != nil {
+		err = gqlerror.WrapIfUnwrapped(perr)
+		errcode.Set(err, errcode.ParseFailed)
+		return err
+	}
+	if err = measureDocument(doc); err == nil {
+		admissionFor(ctx).docCost = documentCost(len(params.Query), tokens)
+	}
+	return err
+}
+
+func (operationChecks) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
+	method, _ := ctx.Value(plainHTTPKey{}).(string)
+	switch op := opCtx.Operation.Operation; {
+	case method == http.MethodGet && op != ast.Query:
+		return coded(wire.CodeMethodNotAllowed, "a %s must be sent with POST", op)
+	case method != "" && op == ast.Subscription:
+		return coded(wire.CodeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream")
+	}
+	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
+		for _, commit := range a.commits {
+			commit()
+		}
+	}
 	return nil
 }
 
-// checkDocument applies the document limits to query and returns its token count.
-func checkDocument(query string) (int, *gqlerror.Error) {
-	tokens, err := scanDocument(query)
-	if err != nil {
-		return 0, err
-	}
-	doc, perr := parser.ParseQueryWithTokenLimit(&ast.Source{Input: query}, MaxDocumentTokens)
-	if perr != nil {
-		gqlErr, ok := perr.(*gqlerror.Error)
-		if !ok {
-			gqlErr = gqlerror.Wrap(perr)
-		}
-		errcode.Set(gqlErr, errcode.ParseFailed)
-		return 0, gqlErr
-	}
-	return tokens, measureDocument(doc)
-}
-
-// astBytesPerToken estimates what a parsed document costs in memory per token of its
-// text (gqlparser allocates a node, a position and often a slice per token), rounded
-// up from what it was measured at, so that the query cache is bounded by what it
-// really holds (TestCachesAreBoundedInBytes checks the heap).
+// astBytesPerToken is what a parsed document costs in memory per token (gqlparser
+// allocates a node, a position and often a slice per token), rounded up from what it
+// was measured at, so that the query cache is bounded by what it really holds.
 const astBytesPerToken = 400
 
-// documentCost is the query cache's estimate of a parsed document's memory.
 func documentCost(queryBytes, tokens int) int {
 	return queryBytes + tokens*astBytesPerToken
 }
 
-func parseFailed(format string, args ...any) *gqlerror.Error {
-	err := gqlerror.Errorf(format, args...)
-	errcode.Set(err, errcode.ParseFailed)
-	return err
-}
-
-func tooComplex(format string, args ...any) *gqlerror.Error {
-	err := gqlerror.Errorf(format, args...)
-	errcode.Set(err, codeComplexity)
-	return err
-}
-
-// scanDocument is the pass over the text: it counts tokens (comments included), and
-// checks the nesting of brackets, braces and parentheses, the length of names and
-// numbers, and the bytes of string literals, without allocating. It follows
-// GraphQL's lexical grammar closely enough to count; whatever it lets through,
-// gqlparser judges, under the same token limit.
+// scanDocument counts the tokens of q (comments included) and checks its nesting, the
+// length of its names and numbers and the bytes of its strings, without allocating.
+// It follows GraphQL's lexical grammar closely enough to count; gqlparser judges
+// whatever it lets through, under the same token limit.
 func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 	depth, stringBytes := 0, 0
 	for i := 0; i < len(q); {
-		c := q[i]
-		switch c {
-		case ' ', '\t', '\n', '\r', ',':
+		c, j := q[i], i+1 // the token is q[i:j]
+		if strings.IndexByte(" \t\n\r,", c) >= 0 {
 			i++
 			continue
 		}
@@ -116,37 +110,28 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 			i += len("\uFEFF")
 			continue
 		}
-		tokens++
-		if tokens > MaxDocumentTokens {
-			return 0, parseFailed("the document has more than %d tokens", MaxDocumentTokens)
+		if tokens++; tokens > MaxDocumentTokens {
+			return 0, coded(errcode.ParseFailed, "the document has more than %d tokens", MaxDocumentTokens)
 		}
 		switch {
 		case c == '#':
-			end := strings.IndexAny(q[i:], "\n\r")
-			if end < 0 {
-				end = len(q) - i
+			j = len(q)
+			if k := strings.IndexAny(q[i:], "\n\r"); k >= 0 {
+				j = i + k
 			}
-			i += end
 		case strings.HasPrefix(q[i:], `"""`):
-			j, lines := i+3, 0
-			for j < len(q) {
-				if strings.HasPrefix(q[j:], `\"""`) {
-					j += 4
-					continue
-				}
-				if strings.HasPrefix(q[j:], `"""`) {
-					j += 3
+			for j = i + 3; ; {
+				k := strings.Index(q[j:], `"""`)
+				if k < 0 {
+					j = len(q)
 					break
 				}
-				if q[j] == '\n' {
-					lines++
+				if j += k + 3; q[j-4] != '\\' { // \""" is an escaped quote
+					break
 				}
-				j++
 			}
-			stringBytes += j - i + 16*lines // gqlparser splits a block string into lines
-			i = j
+			stringBytes += j - i + 16*strings.Count(q[i:j], "\n") // gqlparser splits a block string into lines
 		case c == '"':
-			j := i + 1
 			for j < len(q) && q[j] != '"' && q[j] != '\n' && q[j] != '\r' {
 				if q[j] == '\\' {
 					j++
@@ -155,34 +140,26 @@ func scanDocument(q string) (tokens int, err *gqlerror.Error) {
 			}
 			j = min(j+1, len(q))
 			stringBytes += j - i
-			i = j
 		case c == '{' || c == '[' || c == '(':
-			depth++
-			if depth > MaxDocumentDepth {
-				return 0, parseFailed("the document nests deeper than %d", MaxDocumentDepth)
+			if depth++; depth > MaxDocumentDepth {
+				return 0, coded(errcode.ParseFailed, "the document nests deeper than %d", MaxDocumentDepth)
 			}
-			i++
 		case c == '}' || c == ']' || c == ')':
 			depth = max(depth-1, 0)
-			i++
 		case strings.HasPrefix(q[i:], "..."):
-			i += 3
+			j = i + 3
 		case c == '_' || c == '-' || isAlnum(c):
-			j := i + 1
-			for j < len(q) && (isAlnum(q[j]) || q[j] == '_' || q[j] == '.' || q[j] == '+' || q[j] == '-') &&
-				!strings.HasPrefix(q[j:], "...") {
+			for j < len(q) && (isAlnum(q[j]) || strings.IndexByte("_.+-", q[j]) >= 0) && !strings.HasPrefix(q[j:], "...") {
 				j++
 			}
 			if j-i > MaxTokenBytes {
-				return 0, parseFailed("the document has a name or number longer than %d bytes", MaxTokenBytes)
+				return 0, coded(errcode.ParseFailed, "the document has a name or number longer than %d bytes", MaxTokenBytes)
 			}
-			i = j
-		default:
-			i++
 		}
 		if stringBytes > MaxDocumentStringBytes {
-			return 0, parseFailed("the document's strings hold more than %d bytes", MaxDocumentStringBytes)
+			return 0, coded(errcode.ParseFailed, "the document's strings hold more than %d bytes", MaxDocumentStringBytes)
 		}
+		i = j
 	}
 	return tokens, nil
 }
@@ -191,8 +168,8 @@ func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
-// measure walks a parsed document as the validator will, fragment spreads written
-// out, and stops at the first limit passed.
+// measure walks a parsed document as the validator will, fragment spreads written out,
+// and stops at the first limit passed.
 type measure struct {
 	fragments map[string]*ast.FragmentDefinition
 	spreading map[string]bool // the fragments being written out on the current path
@@ -209,10 +186,7 @@ type responseName struct {
 }
 
 func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
-	m := &measure{
-		fragments: make(map[string]*ast.FragmentDefinition, len(doc.Fragments)),
-		spreading: map[string]bool{},
-	}
+	m := &measure{fragments: make(map[string]*ast.FragmentDefinition, len(doc.Fragments)), spreading: map[string]bool{}}
 	for _, f := range doc.Fragments {
 		if _, ok := m.fragments[f.Name]; !ok { // the validator uses the first of a name too
 			m.fragments[f.Name] = f
@@ -238,9 +212,8 @@ func measureDocument(doc *ast.QueryDocument) *gqlerror.Error {
 
 // add counts n nodes, and reports whether the walk may go on.
 func (m *measure) add(n int) bool {
-	m.nodes += n
-	if m.err == nil && m.nodes > MaxDocumentNodes {
-		m.err = tooComplex("the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes)
+	if m.nodes += n; m.err == nil && m.nodes > MaxDocumentNodes {
+		m.err = coded(codeComplexity, "the document has more than %d fields, arguments and directives, fragments written out", MaxDocumentNodes)
 	}
 	return m.err == nil
 }
@@ -253,12 +226,11 @@ func (m *measure) directives(list ast.DirectiveList) {
 	}
 }
 
+// selections walks set until an error is found. A node limit passed by a selection's
+// directives is reported unless the selection itself breaks a rule.
 func (m *measure) selections(set ast.SelectionSet, names map[string]*responseName, depth int, inSchema bool) {
-	if depth > MaxDocumentDepth {
-		if m.err == nil {
-			m.err = tooComplex("the document selects deeper than %d, fragments written out", MaxDocumentDepth)
-		}
-		return
+	if depth > MaxDocumentDepth && m.err == nil {
+		m.err = coded(codeComplexity, "the document selects deeper than %d, fragments written out", MaxDocumentDepth)
 	}
 	for _, sel := range set {
 		if m.err != nil {
@@ -266,52 +238,43 @@ func (m *measure) selections(set ast.SelectionSet, names map[string]*responseNam
 		}
 		switch s := sel.(type) {
 		case *ast.Field:
-			if !m.add(1 + len(s.Arguments)) {
-				return
+			if m.add(1 + len(s.Arguments)) {
+				m.directives(s.Directives)
+				m.field(s, names, depth, inSchema)
 			}
-			m.directives(s.Directives)
-			m.field(s, names, depth, inSchema)
 		case *ast.InlineFragment:
-			if !m.add(1) {
-				return
+			if m.add(1) {
+				m.directives(s.Directives)
+				m.selections(s.SelectionSet, names, depth, inSchema)
 			}
-			m.directives(s.Directives)
-			m.selections(s.SelectionSet, names, depth, inSchema)
 		case *ast.FragmentSpread:
 			if !m.add(1) {
 				return
 			}
 			m.directives(s.Directives)
-			def := m.fragments[s.Name]
-			if def == nil {
-				continue // the validator reports an unknown fragment
+			switch def := m.fragments[s.Name]; {
+			case def == nil: // the validator reports an unknown fragment
+			case m.spreading[s.Name]:
+				m.err = coded(errcode.ValidationFailed, "Cannot spread fragment %q within itself", s.Name)
+			default:
+				m.spreading[s.Name] = true
+				m.selections(def.SelectionSet, names, depth, inSchema)
+				delete(m.spreading, s.Name)
 			}
-			if m.spreading[s.Name] {
-				m.err = gqlerror.Errorf("Cannot spread fragment %q within itself", s.Name)
-				errcode.Set(m.err, errcode.ValidationFailed)
-				return
-			}
-			m.spreading[s.Name] = true
-			m.selections(def.SelectionSet, names, depth, inSchema)
-			delete(m.spreading, s.Name)
 		}
 	}
 }
 
 func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int, inSchema bool) {
-	name := f.Alias
-	if name == "" {
-		name = f.Name
-	}
+	name := cmp.Or(f.Alias, f.Name)
 	if f.Name == "__schema" {
-		m.schema++
-		if m.schema > MaxSchemaFields {
-			m.err = tooComplex("the operation selects __schema more than %d times", MaxSchemaFields)
+		if m.schema++; m.schema > MaxSchemaFields {
+			m.err = coded(codeComplexity, "the operation selects __schema more than %d times", MaxSchemaFields)
 			return
 		}
 	}
 	if inSchema && name != f.Name {
-		m.err = tooComplex("aliases are not allowed under __schema (%s: %s)", name, f.Name)
+		m.err = coded(codeComplexity, "aliases are not allowed under __schema (%s: %s)", name, f.Name)
 		return
 	}
 	r := names[name]
@@ -319,9 +282,8 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 		r = &responseName{}
 		names[name] = r
 	}
-	r.repeats++
-	if r.repeats > MaxResponseNameRepeats {
-		m.err = tooComplex("the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats)
+	if r.repeats++; r.repeats > MaxResponseNameRepeats {
+		m.err = coded(codeComplexity, "the document selects %q more than %d times in one selection set", name, MaxResponseNameRepeats)
 		return
 	}
 	if len(f.SelectionSet) > 0 {
@@ -335,14 +297,13 @@ func (m *measure) field(f *ast.Field, names map[string]*responseName, depth int,
 // admission holds what one operation would add to the caches. gqlgen adds a document
 // to the query cache once it validates, before the complexity limit has looked at
 // it, and the persisted queries' extension adds a text before it is even parsed; the
-// caches park those additions here, and admitChecked commits them only once every
+// caches park those additions here, and operationChecks commits them once every
 // check has passed. An operation that fails leaves no trace in either cache.
 type admission struct {
-	docCost int      // documentCost of the query, if documentLimits measured it
+	docCost int      // documentCost of the query, if operationChecks measured it
 	commits []func() // parked additions
 }
 
-// admissionName is the operation context's extension under which it is kept.
 const admissionName = "keypool.admission"
 
 // admissionFor returns the operation's admission, made on first use; nil outside an
@@ -351,46 +312,22 @@ func admissionFor(ctx context.Context) *admission {
 	if !graphql.HasOperationContext(ctx) {
 		return nil
 	}
-	opCtx := graphql.GetOperationContext(ctx)
-	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
-		return a
+	stats := &graphql.GetOperationContext(ctx).Stats
+	a, ok := stats.GetExtension(admissionName).(*admission)
+	if !ok {
+		a = &admission{}
+		stats.SetExtension(admissionName, a)
 	}
-	a := &admission{}
-	opCtx.Stats.SetExtension(admissionName, a)
 	return a
 }
 
-// admitChecked commits the operation's parked cache additions. It runs as the last
-// operation-context mutator: gqlgen stops at the first that fails, so it runs only
-// for an operation that passed validation, variables, and the complexity limit.
-type admitChecked struct{}
-
-var (
-	_ graphql.HandlerExtension        = admitChecked{}
-	_ graphql.OperationContextMutator = admitChecked{}
-)
-
-func (admitChecked) ExtensionName() string                          { return "AdmitChecked" }
-func (admitChecked) Validate(schema graphql.ExecutableSchema) error { return nil }
-
-func (admitChecked) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
-	if a, ok := opCtx.Stats.GetExtension(admissionName).(*admission); ok {
-		for _, commit := range a.commits {
-			commit()
-		}
-		a.commits = nil
-	}
-	return nil
-}
-
 // generateKeysComplexity returns the complexity of generateKeys: its selection, once
-// (its answer is written without gqlgen's per-key work: keylist.go), plus its keys'
-// share of generateShare, which -max-generate keys take whole. Making a key is what
-// costs, so a request may make -max-generate keys with any selection and some other
-// fields, and never more than 4/3 of that in all however it aliases generateKeys:
-// mutation fields run one after another, so without it 100 aliases of
-// generateKeys(count: 10000) would make a million keys at once. A count the store
-// refuses (outside 1..maxGenerate) costs 1: it is refused before a key is made.
+// (keylist.go writes the keys without gqlgen's per-key work), plus its keys' share of
+// generateShare, which -max-generate keys take whole. Making keys is what costs, and
+// mutation fields run one after another: without it, 100 aliases of
+// generateKeys(count: 10000) would make a million keys at once; with it, a request
+// makes at most 4/3 of -max-generate keys. A count the store refuses costs 1: it
+// makes no key.
 func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int64, _ *string) int {
 	return func(childComplexity int, count int64, _ *string) int {
 		if count < 1 || count > int64(maxGenerate) {
@@ -416,9 +353,8 @@ func keysComplexity(childComplexity int, _ *string, _ *keystore.Status, first *i
 }
 
 // acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an
-// acquire that may wait: mutation fields run one after another, so 100 aliases of
-// acquireKey(wait: "30s") would hold their request for 50 minutes. With it, an
-// operation waits at most once, for at most keystore.MaxWait.
+// acquire that may wait: without it, 100 aliases of acquireKey(wait: "30s") would hold
+// their request for 50 minutes; with it, an operation waits at most once.
 func acquireKeyComplexity(childComplexity int, _ *string, _ *time.Duration, wait *time.Duration, _ *string) int {
 	c := 1 + childComplexity
 	if wait != nil && *wait > 0 {

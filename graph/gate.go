@@ -2,8 +2,6 @@ package graph
 
 import (
 	"context"
-	"net/http"
-	"runtime"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/executor"
@@ -13,16 +11,13 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// costGate bounds how many requests do their costly part at once: decoding a large
-// body, and checking, parsing and validating a document the query cache does not
-// hold. It lets in one fewer than the Go scheduler's processors (at least one), so
-// that however many clients send the worst documents they can write, they share one
-// core less than the machine has, and requests with cached documents (every real
-// client's second request on) run beside them; waiters are let in first come, first
-// served, and one whose client leaves stops waiting at once.
+// costGate bounds how many requests do their costly part at once (decoding a large
+// body; checking, parsing and validating a new document) to one fewer than the Go
+// scheduler's processors, at least one: however many clients send the worst
+// documents, requests with cached documents (every real client's second request on)
+// keep a core. Waiters go in first come, first served; one whose client leaves stops
+// waiting.
 type costGate chan struct{}
-
-func newCostGate() costGate { return make(costGate, max(1, runtime.GOMAXPROCS(0)-1)) }
 
 func (g costGate) enter(ctx context.Context) error {
 	select {
@@ -36,8 +31,7 @@ func (g costGate) enter(ctx context.Context) error {
 func (g costGate) leave() { <-g }
 
 // costlyBodyBytes is the body size from which decoding a request goes through the
-// gate: what decoding and checking cost grows with the body (BENCHMARKS.md, "Costly
-// documents").
+// gate (BENCHMARKS.md, "Costly documents").
 const costlyBodyBytes = 64 << 10
 
 // gatedExecutor is gqlgen's executor with CreateOperationContext, where a new
@@ -57,22 +51,4 @@ func (e gatedExecutor) CreateOperationContext(ctx context.Context, params *graph
 	}
 	defer e.gate.leave()
 	return e.Executor.CreateOperationContext(ctx, params)
-}
-
-// endpoint is the /graphql handler: the first transport that supports a request
-// serves it, with the gated executor. (gqlgen's handler.Server does the same, but
-// hands its transports its own executor.)
-type endpoint struct {
-	transports []graphql.Transport
-	exec       graphql.GraphExecutor
-}
-
-func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	for _, t := range e.transports {
-		if t.Supports(r) {
-			t.Do(w, r.WithContext(graphql.StartOperationTrace(r.Context())), e.exec)
-			return
-		}
-	}
-	refuse(w, r, coded(wire.CodeBadRequest, "not a GraphQL request"))
 }

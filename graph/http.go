@@ -7,11 +7,11 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/keypool/keypool/keystore"
@@ -20,59 +20,50 @@ import (
 
 // httpTransport is GraphQL over HTTP: gqlgen's own POST and GET transports, with what
 // they answer otherwise than GraphQL-over-HTTP (and graphql-http's audit of it) has
-// it mended around them, and nothing else:
+// it mended around them:
 //   - a request error (one that never ran: parse, validation, variables, complexity)
 //     is 200 under application/json and 400 under application/graphql-response+json,
 //     and carries no data entry at all;
-//   - a body gqlgen cannot read as a request (a query that is not a string, say) is
-//     400 BAD_REQUEST, without echoing the body;
+//   - a body gqlgen cannot read as a request is 400 BAD_REQUEST, not echoed;
 //   - a mutation over GET is 405 with Allow: POST; another method 405 with Allow;
 //     a body that is not JSON 415; a subscription over plain HTTP 400;
 //   - every refusal is a coded JSON error.
-//
-// guard has bounded and checked the body before (the body limits).
 type httpTransport struct {
 	post transport.POST
 	get  transport.GET
 }
 
-var _ graphql.Transport = httpTransport{}
-
-// Supports takes every request the websocket and SSE transports do not: it is last.
-func (httpTransport) Supports(r *http.Request) bool { return !isWebsocket(r) }
-
 func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	var serve graphql.Transport = t.post
+	var err *gqlerror.Error
 	switch r.Method {
 	case http.MethodOptions:
 		w.Header().Set("Allow", allowedMethods)
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case http.MethodGet:
-		if err := checkQueryString(r.URL.RawQuery); err != nil {
-			refuse(w, r, err)
-			return
-		}
-		aw := &answerWriter{ResponseWriter: w}
-		t.get.Do(aw, withPlainHTTP(r), exec)
-		aw.finish()
+		serve, err = t.get, checkQueryString(r.URL.RawQuery)
 	case http.MethodPost:
 		if !isJSON(r) {
-			refuse(w, r, coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json"))
-			return
+			err = coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json")
 		}
-		aw := &answerWriter{ResponseWriter: w}
-		t.post.Do(aw, withPlainHTTP(r), exec)
-		aw.finish()
 	default:
 		w.Header().Set("Allow", allowedMethods)
-		refuse(w, r, coded(wire.CodeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method))
+		err = coded(wire.CodeMethodNotAllowed, "%s is not served here; use GET or POST", r.Method)
 	}
+	if err != nil {
+		refuse(w, r, err)
+		return
+	}
+	aw := &answerWriter{ResponseWriter: w}
+	serve.Do(aw, r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method)), exec)
+	aw.finish()
 }
 
 const allowedMethods = "GET, POST, OPTIONS"
 
-// answerWriter passes a successful answer of gqlgen's POST or GET through untouched,
-// and holds back any other (it is small: a list of errors) to mend it in finish.
+// answerWriter passes gqlgen's successful answers through, and holds back any other
+// (it is small: a list of errors) to mend it in finish.
 type answerWriter struct {
 	http.ResponseWriter
 	status int // what gqlgen wrote, while held back
@@ -94,9 +85,6 @@ func (a *answerWriter) Write(p []byte) (int, error) {
 	return a.held.Write(p)
 }
 
-// gqlgenUnreadable is how gqlgen's POST words a body it cannot decode into a request.
-const gqlgenUnreadable = "json request body could not be decoded"
-
 // finish writes the held-back answer as GraphQL-over-HTTP has it.
 func (a *answerWriter) finish() {
 	if a.status == 0 {
@@ -110,12 +98,8 @@ func (a *answerWriter) finish() {
 	w.Header().Del("Content-Type")
 	var resp errorsOnly
 	_ = json.Unmarshal(a.held.Bytes(), &resp)
-	switch {
-	case a.status == http.StatusNotAcceptable: // gqlgen's GET, for what is not a query
-		w.Header().Set("Allow", "POST")
-		wire.WriteGraphQLError(w, mediaType, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed, "only a query may be sent with GET; send it with POST")
-		return
-	case len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, gqlgenUnreadable):
+	// gqlgen's POST words a body it cannot decode into a request so.
+	if len(resp.Errors) == 0 || strings.HasPrefix(resp.Errors[0].Message, "json request body could not be decoded") {
 		wire.WriteGraphQLError(w, mediaType, http.StatusBadRequest, wire.CodeBadRequest, notARequest)
 		return
 	}
@@ -135,17 +119,20 @@ func codeOf(e *gqlerror.Error) string {
 	return code
 }
 
-// errorsOnly is a response to a request error: the GraphQL-over-HTTP spec has it
-// carry no data entry at all, not even null.
+// errorsOnly is a response to a request error, which carries no data entry at all.
 type errorsOnly struct {
 	Errors     gqlerror.List  `json:"errors"`
 	Extensions map[string]any `json:"extensions,omitempty"`
 }
 
-// refuse answers a request that is not served, with one coded error, at its code's status.
+// refuse answers a request that is not served with one coded error, at its code's
+// status, in GraphQL-over-HTTP's media type if Accept names it first.
 func refuse(w http.ResponseWriter, r *http.Request, err *gqlerror.Error) {
-	code := keystore.Code(codeOf(err))
-	wire.WriteGraphQLError(w, negotiate(r), wire.Status(code), code, err.Message)
+	code, mediaType := keystore.Code(codeOf(err)), wire.MediaJSON
+	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
+		mediaType = wire.MediaGraphQLResponse
+	}
+	wire.WriteGraphQLError(w, mediaType, wire.Status(code), code, err.Message)
 }
 
 // coded returns an error with an extensions.code, as clients see it.
@@ -155,25 +142,22 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 	return err
 }
 
-// negotiate picks the media type of a refusal from the Accept header: the
-// GraphQL-over-HTTP one when the client names it first, application/json otherwise.
-func negotiate(r *http.Request) string {
+// prefers reports whether r's Accept header names want before any of others (a
+// media type of q=0 is not named).
+func prefers(r *http.Request, want string, others ...string) bool {
 	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
 		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
-			continue
-		}
-		switch mediaType {
-		case wire.MediaGraphQLResponse:
-			return wire.MediaGraphQLResponse
-		case wire.MediaJSON, "application/*", "*/*":
-			return wire.MediaJSON
+		switch {
+		case err != nil || params["q"] == "0":
+		case mediaType == want:
+			return true
+		case slices.Contains(others, mediaType):
+			return false
 		}
 	}
-	return wire.MediaJSON
+	return false
 }
 
-// isJSON reports whether r's body is declared JSON.
 func isJSON(r *http.Request) bool {
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	return err == nil && mediaType == wire.MediaJSON
@@ -181,10 +165,13 @@ func isJSON(r *http.Request) bool {
 
 // isWebsocket reports whether r asks to become a websocket. Another Upgrade (h2c,
 // which curl --http2 offers) is ignored, as RFC 9110 7.8 lets a server do.
-func isWebsocket(r *http.Request) bool {
-	for _, v := range r.Header.Values("Upgrade") {
-		for token := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(token), "websocket") {
+func isWebsocket(r *http.Request) bool { return hasToken(r.Header, "Upgrade", "websocket") }
+
+// hasToken reports whether the comma-separated values of header name hold token.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
 				return true
 			}
 		}
@@ -192,9 +179,8 @@ func isWebsocket(r *http.Request) bool {
 	return false
 }
 
-// checkJSON refuses what is not one JSON object, or what holds more values or nests
-// deeper than the limits, before anything decodes it: decoding allocates many times
-// the size of a list of small values.
+// checkJSON refuses what is not one JSON object within the JSON limits before anything
+// decodes it: decoding allocates many times the size of a list of small values.
 func checkJSON(b []byte) *gqlerror.Error {
 	if !json.Valid(b) {
 		return coded(wire.CodeBadRequest, "the request is not one JSON value")
@@ -251,52 +237,24 @@ func checkQueryString(rawQuery string) *gqlerror.Error {
 }
 
 // plainHTTPKey marks the context of an operation sent over plain HTTP, with its
-// method: a subscription cannot be served there, nor anything but a query over GET.
+// method: a subscription cannot be served there, nor anything but a query over GET
+// (operationChecks).
 type plainHTTPKey struct{}
 
-func withPlainHTTP(r *http.Request) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method))
-}
-
-// plainHTTPSubscriptions refuses, before it runs, a subscription over plain HTTP, and
-// over GET anything but a query.
-type plainHTTPSubscriptions struct{}
-
-var (
-	_ graphql.HandlerExtension        = plainHTTPSubscriptions{}
-	_ graphql.OperationContextMutator = plainHTTPSubscriptions{}
-)
-
-func (plainHTTPSubscriptions) ExtensionName() string                          { return "PlainHTTPSubscriptions" }
-func (plainHTTPSubscriptions) Validate(schema graphql.ExecutableSchema) error { return nil }
-
-func (plainHTTPSubscriptions) MutateOperationContext(ctx context.Context, opCtx *graphql.OperationContext) *gqlerror.Error {
-	method, _ := ctx.Value(plainHTTPKey{}).(string)
-	switch op := opCtx.Operation; {
-	case method == "" || op == nil:
-	case method == http.MethodGet && op.Operation != ast.Query:
-		return coded(wire.CodeMethodNotAllowed, "a %s must be sent with POST", op.Operation)
-	case op.Operation == ast.Subscription:
-		return coded(wire.CodeBadRequest, "a subscription needs a websocket, or a POST with Accept: text/event-stream")
-	}
-	return nil
-}
-
-// decodeRequest reads a GraphQL request from one JSON object under the JSON limits,
-// as gqlgen's POST does (numbers kept exact), for the transports that read their own:
-// SSE's body, a websocket's subscribe payload.
-func decodeRequest(body []byte) (*graphql.RawParams, *gqlerror.Error) {
+// decodeRequest reads a GraphQL request under the JSON limits as gqlgen's POST does
+// (numbers kept exact), for SSE's body and a websocket's subscribe payload.
+func decodeRequest(body []byte, header http.Header) (*graphql.RawParams, *gqlerror.Error) {
 	if err := checkJSON(body); err != nil {
 		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	params := &graphql.RawParams{}
+	now := graphql.Now()
+	params := &graphql.RawParams{Headers: header, ReadTime: graphql.TraceTiming{Start: now, End: now}}
 	if err := dec.Decode(params); err != nil {
 		return nil, coded(wire.CodeBadRequest, "%s", notARequest)
 	}
 	return params, nil
 }
 
-// notARequest says what a request must be.
 const notARequest = "the body is not a GraphQL request: query and operationName must be strings, variables and extensions objects"

@@ -2,12 +2,14 @@ package graph
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -29,21 +31,19 @@ import (
 type ServerOptions struct {
 	// Logger receives internal errors and panics; nil means slog.Default().
 	Logger *slog.Logger
-	// CheckOrigin widens which websocket upgrades may proceed: those without an
-	// Origin header and same-origin ones always may (middleware.Origins' rule);
-	// others only if CheckOrigin says so. Nil allows no others.
+	// CheckOrigin lets websocket upgrades proceed beyond middleware.Origins' rule (no
+	// Origin header, or the same origin); nil lets no others.
 	CheckOrigin func(r *http.Request) bool
-	// PingPongInterval overrides the default PingPongInterval (for tests).
-	PingPongInterval time.Duration
-	// WebsocketInitTimeout and WebsocketIdleTimeout override the defaults (for tests).
-	WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
-	// MaxGenerate is the store's most keys per generateKeys (keystore.Options'), for
-	// the complexity of generateKeys; 0 means keystore.DefaultMaxGenerate.
+	// PingPongInterval, WebsocketInitTimeout and WebsocketIdleTimeout override the
+	// defaults of those names (for tests).
+	PingPongInterval, WebsocketInitTimeout, WebsocketIdleTimeout time.Duration
+	// MaxGenerate is the store's most keys per generateKeys, for its complexity; 0
+	// means keystore.DefaultMaxGenerate.
 	MaxGenerate int
 	// Fanout, if set, hears what the delivery of keyEvents does (metrics).
 	Fanout fanout.Observer
 	// FanoutWorkers bounds the subscriptions that encode events at once; 0 means
-	// fanout.Workers().
+	// fanout.New's default.
 	FanoutWorkers int
 }
 
@@ -60,32 +60,19 @@ func init() {
 
 // NewServer returns the /graphql endpoint on store: POST, GET, SSE and websocket
 // (graphql-transport-ws and graphql-ws), every operation through gqlgen's executor and
-// its extensions: a query cache and automatic persisted queries bounded in bytes, the
-// document limits, a complexity limit, and errors coded in one place.
+// its extensions.
 func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
-	checkOrigin := middleware.Origins{}.CheckOrigin
-	if widen := opts.CheckOrigin; widen != nil {
-		checkOrigin = func(r *http.Request) bool { return middleware.Origins{}.CheckOrigin(r) || widen(r) }
-	}
+	logger := cmp.Or(opts.Logger, slog.Default())
 	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
 
 	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
-	maxGenerate := opts.MaxGenerate
-	if maxGenerate <= 0 {
-		maxGenerate = keystore.DefaultMaxGenerate
-	}
-	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	cfg.Complexity.Query.Keys = keysComplexity
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every
-	// check (admitChecked); documentLimits runs before gqlgen parses and validates a
-	// document it has not cached, and after the persisted queries' lookup.
+	// check (admission).
 	docs := newBoundedCache(QueryCacheBytes, func(query string, _ *ast.QueryDocument, ctx context.Context) int {
 		if a := admissionFor(ctx); a != nil && a.docCost > 0 {
 			return a.docCost
@@ -97,48 +84,38 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.Use(extension.Introspection{})
 	exec.Use(extension.AutomaticPersistedQuery{Cache: newBoundedCache(PersistedQueryCacheBytes,
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
-	exec.Use(documentLimits{docs: docs})
 	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
-	exec.Use(plainHTTPSubscriptions{})
-	exec.Use(admitChecked{})
-	exec.Use(streamErrors{})
+	exec.Use(operationChecks{docs: docs})
 	exec.AroundRootFields(writeKeyLists)
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))
 
-	gate := newCostGate()
-	srv := endpoint{
-		exec: gatedExecutor{Executor: exec, gate: gate, docs: docs},
-		transports: []graphql.Transport{
-			websocketTransport{opts: socketOptions{
-				initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
-				idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
-				writeTimeout: WebsocketWriteTimeout,
-				pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
-				keepAlive:    KeepAlivePingInterval,
-				logger:       logger,
-				fanout:       fan,
-			}},
-			// SSE before POST: both take POST, and SSE is chosen by its Accept header.
-			sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
-			// Last: it answers whatever the others do not.
-			httpTransport{},
+	return endpoint{
+		exec:        gatedExecutor{Executor: exec, gate: make(costGate, max(1, runtime.GOMAXPROCS(0)-1)), docs: docs},
+		widenOrigin: opts.CheckOrigin,
+		ws: websocketTransport{
+			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
+			idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
+			writeTimeout: WebsocketWriteTimeout,
+			pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
+			keepAlive:    KeepAlivePingInterval,
+			logger:       logger,
+			fanout:       fan,
 		},
+		sse: sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
 	}
-	return guard(srv, checkOrigin, gate)
 }
 
-// errorPresenter is the one place where errors become extensions.code. A keystore
-// error shows its code and message; gqlgen's own errors (parse, validation,
-// complexity) keep theirs; anything else is INTERNAL_SERVER_ERROR with a generic
-// message, its text only in the log.
+// errorPresenter is the one place where errors become extensions.code: a keystore
+// error shows its code and message, gqlgen's own errors keep theirs, anything else is
+// INTERNAL_SERVER_ERROR with a generic message, its text only in the log.
 func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		presented := graphql.DefaultErrorPresenter(ctx, err)
 		var storeErr *keystore.Error
 		if errors.As(err, &storeErr) && storeErr.Code != keystore.EINTERNAL {
 			presented.Message = storeErr.Message
-			setCode(presented, storeErr.Code)
+			errcode.Set(presented, string(storeErr.Code))
 			switch storeErr.Code {
 			case keystore.ECOMPACTED:
 				presented.Extensions["oldestSeq"] = storeErr.OldestSeq
@@ -154,7 +131,7 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 			// itself (no path), such as an APQ hash that does not match its query,
 			// may come without a code: it is the client's mistake.
 			if len(presented.Path) == 0 && presented.Extensions["code"] == nil {
-				setCode(presented, keystore.EINVALID)
+				errcode.Set(presented, string(keystore.EINVALID))
 			}
 			return presented
 		}
@@ -165,20 +142,12 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 		}
 		presented.Message = wire.InternalMessage
 		presented.Err = nil
-		setCode(presented, keystore.EINTERNAL)
+		errcode.Set(presented, string(keystore.EINTERNAL))
 		return presented
 	}
 }
 
-func setCode(e *gqlerror.Error, code keystore.Code) {
-	if e.Extensions == nil {
-		e.Extensions = map[string]any{}
-	}
-	e.Extensions["code"] = string(code)
-}
-
-// recoverFunc logs a resolver's panic with its stack and answers
-// INTERNAL_SERVER_ERROR.
+// recoverFunc logs a resolver's panic with its stack and answers INTERNAL_SERVER_ERROR.
 func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 	return func(ctx context.Context, p any) error {
 		logger.ErrorContext(ctx, "panic in resolver", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -186,46 +155,52 @@ func recoverFunc(logger *slog.Logger) graphql.RecoverFunc {
 	}
 }
 
-// guard refuses, before any transport sees them, websocket upgrades from a foreign
-// origin (403) and request bodies over MaxBodyBytes (413), and a JSON body that is not
-// one JSON object within the JSON limits (400). The body is read here, bounded, and
-// handed on.
-func guard(next http.Handler, checkOrigin func(*http.Request) bool, gate costGate) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isWebsocket(r) && !checkOrigin(r) {
-			refuse(w, r, coded(wire.CodeForbidden, "websocket origin not allowed"))
-			return
-		}
-		if r.Method != http.MethodPost {
-			next.ServeHTTP(w, r)
-			return
-		}
+// endpoint is the /graphql handler. Before any transport sees a request, it refuses
+// websocket upgrades from a foreign origin (403), bodies over MaxBodyBytes (413), and
+// JSON bodies not one JSON object within the JSON limits (400), checked through the
+// gate if large. Then the request's transport serves it with the gated executor
+// (gqlgen's handler.Server would hand its transports its own).
+type endpoint struct {
+	exec        gatedExecutor
+	widenOrigin func(*http.Request) bool // ServerOptions.CheckOrigin
+	ws          websocketTransport
+	sse         sseTransport
+}
+
+func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if isWebsocket(r) && !(middleware.Origins{}).CheckOrigin(r) && (e.widenOrigin == nil || !e.widenOrigin(r)) {
+		refuse(w, r, coded(wire.CodeForbidden, "websocket origin not allowed"))
+		return
+	}
+	if r.Method == http.MethodPost {
 		body, err := readBody(w, r)
-		if err == nil && isJSON(r) {
-			if len(body) == 0 {
-				err = coded(wire.CodeBadRequest, "the request has no body")
-			} else {
-				err = checkGated(r.Context(), gate, body)
-			}
+		switch {
+		case err != nil || !isJSON(r):
+		case len(body) == 0:
+			err = coded(wire.CodeBadRequest, "the request has no body")
+		case len(body) < costlyBodyBytes:
+			err = checkJSON(body)
+		case e.exec.gate.enter(r.Context()) != nil:
+			err = coded(wire.CodeBadRequest, "the request was cancelled")
+		default:
+			err = checkJSON(body)
+			e.exec.gate.leave()
 		}
 		if err != nil {
 			refuse(w, r, err)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		next.ServeHTTP(w, r)
-	})
-}
-
-// checkGated checks a JSON body, through the gate if it is large.
-func checkGated(ctx context.Context, gate costGate, body []byte) *gqlerror.Error {
-	if len(body) >= costlyBodyBytes {
-		if gate.enter(ctx) != nil {
-			return coded(wire.CodeBadRequest, "the request was cancelled")
-		}
-		defer gate.leave()
 	}
-	return checkJSON(body)
+	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+	switch {
+	case isWebsocket(r):
+		e.ws.Do(w, r, e.exec)
+	case e.sse.Supports(r): // before POST's: both take a POST
+		e.sse.Do(w, r, e.exec)
+	default:
+		httpTransport{}.Do(w, r, e.exec)
+	}
 }
 
 // readBody reads r's body, at most MaxBodyBytes, into one buffer of its size.
@@ -249,9 +224,9 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) 
 	return buf.Bytes(), nil
 }
 
-func orDefault(d, fallback time.Duration) time.Duration {
-	if d > 0 {
-		return d
+func orDefault[T int | time.Duration](v, fallback T) T {
+	if v > 0 {
+		return v
 	}
 	return fallback
 }

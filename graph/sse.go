@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,55 +15,36 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// sseTransport is GraphQL over server-sent events, as the GraphQL-over-SSE protocol's
-// "distinct connections" mode has it (what the graphql-sse client speaks): a POST with
-// Accept: text/event-stream is answered 200 with a stream of "next" events, each
-// carrying one response as its data, then a "complete" event with an empty data
-// line. A ":" comment opens the stream, and ": ping" comments keep an idle one open
-// through proxies. It writes through the ResponseWriter alone (flushed after each
-// write, each write under a deadline), so it is the same on HTTP/1.1 and HTTP/2.
+// sseTransport is GraphQL over server-sent events in the GraphQL-over-SSE protocol's
+// "distinct connections" mode (graphql-sse's): a POST with Accept: text/event-stream
+// is answered 200 with "next" events, a response each, then a "complete" event. A ":"
+// comment opens the stream, ": ping" comments keep an idle one open through proxies.
+// It writes through the ResponseWriter alone (each write flushed, under a deadline),
+// so it is the same on HTTP/1.1 and HTTP/2.
 type sseTransport struct {
 	keepAlive    time.Duration
 	writeTimeout time.Duration
 	fanout       *fanout.Fanout
 }
 
-var _ graphql.Transport = sseTransport{}
-
 // Supports takes a POST whose Accept header prefers an event stream: it names
 // text/event-stream before any JSON media type (urql names every type it reads, an
 // event stream last, and gets JSON).
 func (sseTransport) Supports(r *http.Request) bool {
-	if r.Method != http.MethodPost || !isJSON(r) {
-		return false
-	}
-	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
-			continue
-		}
-		switch mediaType {
-		case "text/event-stream":
-			return true
-		case wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json":
-			return false
-		}
-	}
-	return false
+	return r.Method == http.MethodPost && isJSON(r) &&
+		prefers(r, "text/event-stream", wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json")
 }
 
 func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	body, err := io.ReadAll(r.Body) // guard has bounded and checked it
+	body, err := io.ReadAll(r.Body) // endpoint has bounded and checked it
 	if err != nil {
 		return
 	}
-	params, perr := decodeRequest(body)
+	params, perr := decodeRequest(body, r.Header)
 	if perr != nil {
 		refuse(w, r, perr)
 		return
 	}
-	params.Headers = r.Header
-	params.ReadTime = graphql.TraceTiming{Start: graphql.Now(), End: graphql.Now()}
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
@@ -80,24 +59,14 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	if st.write([]byte(":\n\n")) != nil {
 		return
 	}
-	stopPings := st.keepAlive(ctx, t.keepAlive)
-	defer stopPings()
+	defer st.keepAlive(t.keepAlive)()
 
 	if opErr != nil {
-		if st.event(exec.DispatchError(ctx, opErr)) != nil {
+		if !st.event(exec.DispatchError(ctx, opErr)) {
 			return
 		}
-	} else {
-		ctx, slot := withStreamSlot(ctx)
-		responses, ctx := exec.DispatchOperation(ctx, opCtx)
-		if slot.deliver(ctx, t.fanout, st) {
-			return
-		}
-		for resp := responses(ctx); resp != nil; resp = responses(ctx) {
-			if st.event(resp) != nil {
-				return
-			}
-		}
+	} else if !execute(ctx, exec, opCtx, t.fanout, st, st.event) {
+		return
 	}
 	_ = st.write([]byte("event: complete\ndata:\n\n"))
 }
@@ -112,69 +81,64 @@ type sseStream struct {
 
 	mu      sync.Mutex
 	last    time.Time // of the last write
-	broken  bool
-	pending []byte // events queued for the next Flush
+	over    bool      // nothing more is written: a write failed, or the stream ended
+	pending []byte    // events queued for the next Flush
 }
 
-// write writes b and flushes it, unless the stream has failed.
+var errStreamOver = errors.New("the stream can no longer be written")
+
+// write writes b and flushes it, unless the stream is over.
 func (st *sseStream) write(b []byte) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return st.writeLocked(b)
 }
 
-var errStreamBroken = errors.New("the stream can no longer be written")
-
 func (st *sseStream) writeLocked(b []byte) error {
-	if st.broken {
-		return errStreamBroken
+	if st.over {
+		return errStreamOver
 	}
 	st.last = time.Now()
-	if err := st.rc.SetWriteDeadline(st.last.Add(st.writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return st.brokenLocked(err)
+	err := st.rc.SetWriteDeadline(st.last.Add(st.writeTimeout))
+	if errors.Is(err, http.ErrNotSupported) {
+		err = nil
 	}
-	if _, err := st.w.Write(b); err != nil {
-		return st.brokenLocked(err)
+	if err == nil {
+		_, err = st.w.Write(b)
 	}
-	if err := st.rc.Flush(); err != nil {
-		return st.brokenLocked(err)
+	if err == nil {
+		err = st.rc.Flush()
 	}
-	return nil
-}
-
-func (st *sseStream) brokenLocked(err error) error {
-	st.broken = true
-	st.fail()
+	if err != nil {
+		st.over = true
+		st.fail()
+	}
 	return err
 }
 
-// event writes resp as a next event.
-func (st *sseStream) event(resp *graphql.Response) error {
+// event writes resp as a next event, and reports whether it did.
+func (st *sseStream) event(resp *graphql.Response) bool {
 	b, err := json.Marshal(resp)
 	if err != nil {
-		return err
+		return false
 	}
-	return st.write(appendNextEvent(nil, b))
-}
-
-func appendNextEvent(b, payload []byte) []byte {
-	b = append(b, "event: next\ndata: "...)
-	b = append(b, payload...)
-	return append(b, "\n\n"...)
+	_, _ = st.Queue([][]byte{b})
+	return st.Flush(nil, nil) == nil
 }
 
 // Queue implements fanout.Sink.
 func (st *sseStream) Queue(payloads [][]byte) (int, error) {
+	const next, end = "event: next\ndata: ", "\n\n"
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	before := len(st.pending)
 	need := 0
 	for _, p := range payloads {
-		need += len("event: next\ndata: \n\n") + len(p)
+		need += len(next) + len(p) + len(end)
 	}
 	st.pending = fanout.Grow(st.pending, need)
 	for _, p := range payloads {
-		st.pending = appendNextEvent(st.pending, p)
+		st.pending = append(append(append(st.pending, next...), p...), end...)
 	}
 	return len(st.pending) - before, nil
 }
@@ -190,32 +154,28 @@ func (st *sseStream) Flush(_ func(func()), _ func()) error {
 	return err
 }
 
-// keepAlive writes a ": ping" comment whenever nothing was written for interval,
-// until ctx ends or the returned stop is called.
-func (st *sseStream) keepAlive(ctx context.Context, interval time.Duration) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		timer := time.NewTimer(interval)
-		defer timer.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-timer.C:
-			}
-			st.mu.Lock()
-			idle := time.Since(st.last)
-			var err error
-			if idle >= interval {
-				err, idle = st.writeLocked([]byte(": ping\n\n")), 0
-			}
-			st.mu.Unlock()
-			if err != nil {
+// keepAlive writes a ": ping" comment whenever nothing was written for interval, until
+// the stop it returns ends the stream.
+func (st *sseStream) keepAlive(interval time.Duration) (stop func()) {
+	st.mu.Lock() // the timer is set before its function reads it
+	defer st.mu.Unlock()
+	var timer *time.Timer
+	timer = time.AfterFunc(interval, func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		idle := time.Since(st.last)
+		if idle >= interval {
+			if st.writeLocked([]byte(": ping\n\n")) != nil {
 				return
 			}
-			timer.Reset(interval - idle)
+			idle = 0
 		}
+		timer.Reset(interval - idle)
 	})
-	return func() { cancel(); wg.Wait() }
+	return func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		st.over = true
+		timer.Stop()
+	}
 }

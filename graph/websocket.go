@@ -22,8 +22,8 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// The websocket subprotocols: graphql-ws's graphql-transport-ws, and the legacy
-// graphql-ws of subscriptions-transport-ws (also used when a client names neither).
+// The subprotocols: graphql-ws's graphql-transport-ws, and subscriptions-transport-ws'
+// legacy graphql-ws (also when a client names neither).
 const (
 	protocolTransportWS = "graphql-transport-ws"
 	protocolLegacyWS    = "graphql-ws"
@@ -38,31 +38,25 @@ const (
 	closeTooManyInits   websocket.StatusCode = 4429
 )
 
-// websocketTransport is GraphQL over a websocket, in both subprotocols: a small state
-// machine of the protocol on coder/websocket's connection, every operation through
-// the executor. It is keypool's rather than gqlgen's, whose transport sends complete
-// after an operation's error (graphql-transport-ws forbids it, and graphql-ws clients
-// then miscount their operations), lets a duplicate operation id replace the first,
-// and bounds neither the operations of a socket nor how long it may stay idle. Here,
-// as PROTOCOL.md has it:
-//   - an operation refused before it runs (a bad payload, parse, validation,
-//     variables, complexity, or one operation more than MaxSocketOperations) gets one
-//     error message and nothing after it;
-//   - an operation that runs gets next messages then complete, unless the client
-//     completed it first: then nothing more;
-//   - a subscribe whose id is live closes the socket with 4409, one before
-//     connection_init with 4401, a second connection_init with 4429, an invalid
-//     message with 4400 (a binary one with 1003, one over MaxBodyBytes with 1009), a
-//     missing connection_init after WebsocketInitTimeout with 4408, and a socket with
-//     no operation for WebsocketIdleTimeout with 1000;
+// websocketTransport is GraphQL over a websocket, in both subprotocols: a state
+// machine of the protocol on coder/websocket, every operation through the executor.
+// It is keypool's, not gqlgen's, whose transport sends complete after an operation's
+// error (graphql-transport-ws forbids it; graphql-ws clients then miscount), lets a
+// duplicate id replace an operation, and bounds neither a socket's operations nor its
+// idle time. Here, as PROTOCOL.md has it:
+//   - an operation refused before it runs (bad payload, parse, validation, variables,
+//     complexity, one more than MaxSocketOperations) gets one error message, no more;
+//   - one that runs gets next messages then complete, unless the client completed it;
+//   - the socket closes with 4409 for a subscribe whose id is live, 4401 for one
+//     before connection_init, 4429 for a second connection_init, 4400 for an invalid
+//     message (1003 a binary one, 1009 one over MaxBodyBytes), 4408 without
+//     connection_init after WebsocketInitTimeout, 1000 after WebsocketIdleTimeout
+//     without an operation;
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
+//
+// Its fields are its timings (limits.go's, or shorter in tests).
 type websocketTransport struct {
-	opts socketOptions
-}
-
-// socketOptions are the transport's timings (limits.go's, or shorter in tests).
-type socketOptions struct {
 	initTimeout  time.Duration
 	idleTimeout  time.Duration
 	writeTimeout time.Duration
@@ -72,19 +66,28 @@ type socketOptions struct {
 	fanout       *fanout.Fanout
 }
 
-var _ graphql.Transport = websocketTransport{}
-
-func (websocketTransport) Supports(r *http.Request) bool { return isWebsocket(r) }
-
 func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	if msg := handshakeProblem(r); msg != "" {
-		refuse(w, r, coded(wire.CodeBadRequest, "websocket upgrade refused: %s", msg))
+	// A handshake the library would refuse is refused with a coded JSON error rather
+	// than the library's text.
+	problem := ""
+	switch {
+	case r.Method != http.MethodGet:
+		problem = "the handshake must be a GET"
+	case !hasToken(r.Header, "Connection", "upgrade"):
+		problem = "Connection: upgrade is missing"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		problem = "Sec-WebSocket-Version must be 13"
+	case r.Header.Get("Sec-WebSocket-Key") == "":
+		problem = "Sec-WebSocket-Key is missing"
+	}
+	if problem != "" {
+		refuse(w, r, coded(wire.CodeBadRequest, "websocket upgrade refused: %s", problem))
 		return
 	}
 	held := &heldConn{}
 	conn, err := websocket.Accept(hijackInto{ResponseWriter: w, held: held}, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{protocolTransportWS, protocolLegacyWS},
-		InsecureSkipVerify: true, // guard has checked the origin
+		InsecureSkipVerify: true, // endpoint has checked the origin
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
@@ -93,48 +96,21 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 	conn.SetReadLimit(MaxBodyBytes)
 	ctx, cancel := context.WithCancel(r.Context())
 	c := &socket{
-		opts:   t.opts,
-		conn:   conn,
-		held:   held,
-		legacy: conn.Subprotocol() != protocolTransportWS,
-		exec:   exec,
-		header: r.Header,
-		ctx:    ctx,
-		cancel: cancel,
-		ops:    map[string]*socketOp{},
+		opts:     t,
+		conn:     conn,
+		held:     held,
+		legacy:   conn.Subprotocol() != protocolTransportWS,
+		exec:     exec,
+		header:   r.Header,
+		ctx:      ctx,
+		cancel:   cancel,
+		ops:      map[string]*socketOp{},
+		idleFrom: time.Now(),
 	}
 	c.serve()
 }
 
-// handshakeProblem says what makes r no websocket handshake that the library would
-// accept, so that it is refused with a coded JSON error rather than the library's text.
-func handshakeProblem(r *http.Request) string {
-	switch {
-	case r.Method != http.MethodGet:
-		return "the handshake must be a GET"
-	case !headerHasToken(r.Header, "Connection", "upgrade"):
-		return "Connection: upgrade is missing"
-	case r.Header.Get("Sec-WebSocket-Version") != "13":
-		return "Sec-WebSocket-Version must be 13"
-	case r.Header.Get("Sec-WebSocket-Key") == "":
-		return "Sec-WebSocket-Key is missing"
-	}
-	return ""
-}
-
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// hijackInto hands the library the connection Hijack takes over as a heldConn, so
-// that what it writes can be held and written in one go.
+// hijackInto hands the library the hijacked connection as a heldConn.
 type hijackInto struct {
 	http.ResponseWriter
 	held *heldConn
@@ -149,9 +125,9 @@ func (h hijackInto) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return h.held, bufio.NewReadWriter(rw.Reader, bufio.NewWriter(h.held)), nil
 }
 
-// heldConn is the connection under the websocket library. Between hold and release,
-// what the library writes (whole frames) is gathered rather than sent, and release
-// sends it in one write: the events of a subscriber that is behind go out together.
+// heldConn is the connection under the websocket library. What the library writes
+// between hold and release is gathered, and release sends it in one write: the events
+// of a subscriber that is behind go out together.
 type heldConn struct {
 	net.Conn
 	mu      sync.Mutex
@@ -223,9 +199,8 @@ func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	return nil
 }
 
-// socket is one websocket connection.
 type socket struct {
-	opts   socketOptions
+	opts   websocketTransport
 	conn   *websocket.Conn
 	held   *heldConn
 	legacy bool
@@ -246,7 +221,6 @@ type socket struct {
 	idleFrom time.Time // when the last operation ended; zero while one runs
 }
 
-// socketOp is one running operation.
 type socketOp struct {
 	cancel   context.CancelFunc
 	silenced atomic.Bool // the client completed it: nothing more is sent for it
@@ -268,9 +242,6 @@ type outbound struct {
 }
 
 func (c *socket) serve() {
-	c.mu.Lock()
-	c.idleFrom = time.Now()
-	c.mu.Unlock()
 	c.wg.Go(c.supervise)
 	defer func() {
 		c.closing.Store(true)
@@ -285,19 +256,16 @@ func (c *socket) serve() {
 		if err != nil {
 			return
 		}
-		if c.closing.Load() {
-			continue // waiting for the client's close
-		}
-		if typ != websocket.MessageText {
-			c.closeWith(websocket.StatusUnsupportedData, "binary messages are not supported")
-			continue
-		}
 		var msg inbound
-		if err := json.Unmarshal(data, &msg); err != nil {
+		switch {
+		case c.closing.Load(): // waiting for the client's close
+		case typ != websocket.MessageText:
+			c.closeWith(websocket.StatusUnsupportedData, "binary messages are not supported")
+		case json.Unmarshal(data, &msg) != nil:
 			c.closeWith(closeInvalidMessage, "Invalid message received")
-			continue
+		default:
+			c.handle(msg)
 		}
-		c.handle(msg)
 	}
 }
 
@@ -306,25 +274,25 @@ func (c *socket) handle(msg inbound) {
 	if c.legacy {
 		subscribe, complete = "start", "stop"
 	}
-	switch msg.Type {
-	case "connection_init":
-		if c.acked.Load() {
+	switch t := msg.Type; {
+	case t == "connection_init":
+		var payload map[string]json.RawMessage
+		switch {
+		case c.acked.Load():
 			c.closeWith(closeTooManyInits, "Too many initialisation requests")
-			return
-		}
-		if !isObjectOrNull(msg.Payload) {
+		case len(msg.Payload) > 0 && json.Unmarshal(msg.Payload, &payload) != nil:
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
-			return
+		default:
+			c.lastPong.Store(time.Now().UnixNano())
+			c.acked.Store(true)
+			c.write(nil, outbound{Type: "connection_ack"})
+			if c.legacy {
+				c.write(nil, outbound{Type: "ka"})
+			}
 		}
-		c.lastPong.Store(time.Now().UnixNano())
-		c.acked.Store(true)
-		c.write(nil, outbound{Type: "connection_ack"})
-		if c.legacy {
-			c.write(nil, outbound{Type: "ka"})
-		}
-	case subscribe:
+	case t == subscribe:
 		c.subscribe(msg.ID, msg.Payload)
-	case complete:
+	case t == complete:
 		c.mu.Lock()
 		if op := c.ops[msg.ID]; op != nil {
 			op.silenced.Store(true)
@@ -332,24 +300,12 @@ func (c *socket) handle(msg inbound) {
 			c.removeLocked(msg.ID, op)
 		}
 		c.mu.Unlock()
-	case "ping":
-		if !c.legacy {
-			c.write(nil, outbound{Type: "pong"})
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
-	case "pong":
-		if !c.legacy {
-			c.lastPong.Store(time.Now().UnixNano())
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
-	case "connection_terminate":
-		if c.legacy {
-			c.closeWith(websocket.StatusNormalClosure, "terminated")
-			return
-		}
-		c.closeWith(closeInvalidMessage, "Invalid message received")
+	case t == "ping" && !c.legacy:
+		c.write(nil, outbound{Type: "pong"})
+	case t == "pong" && !c.legacy:
+		c.lastPong.Store(time.Now().UnixNano())
+	case t == "connection_terminate" && c.legacy:
+		c.closeWith(websocket.StatusNormalClosure, "terminated")
 	default:
 		c.closeWith(closeInvalidMessage, "Invalid message received")
 	}
@@ -371,28 +327,29 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 	running := len(c.ops)
 	c.mu.Unlock()
 	if live {
-		c.closeWith(closeDuplicateID, closeReason("Subscriber for "+id+" already exists"))
+		reason := "Subscriber for " + id + " already exists"
+		if len(reason) > 123 { // what a close frame holds
+			reason = strings.ToValidUTF8(reason[:120], "") + "..."
+		}
+		c.closeWith(closeDuplicateID, reason)
 		return
 	}
 	if running >= MaxSocketOperations {
-		c.sendError(id, gqlerror.List{coded(wire.CodeOperationLimit,
+		c.sendError(nil, id, gqlerror.List{coded(wire.CodeOperationLimit,
 			"this socket runs %d operations already, the most it may", MaxSocketOperations)})
 		return
 	}
-	params, perr := decodeRequest(payload)
+	params, perr := decodeRequest(payload, c.header)
 	if perr != nil {
-		c.sendError(id, gqlerror.List{perr})
+		c.sendError(nil, id, gqlerror.List{perr})
 		return
 	}
-	params.Headers = c.header
-	now := graphql.Now()
-	params.ReadTime = graphql.TraceTiming{Start: now, End: now}
 
 	ctx := graphql.StartOperationTrace(c.ctx)
 	opCtx, errs := c.exec.CreateOperationContext(ctx, params)
 	if errs != nil {
 		resp := c.exec.DispatchError(graphql.WithOperationContext(ctx, opCtx), errs)
-		c.sendError(id, resp.Errors)
+		c.sendError(nil, id, resp.Errors)
 		return
 	}
 	ctx, cancel := context.WithCancel(graphql.WithOperationContext(ctx, opCtx))
@@ -404,7 +361,6 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 	c.wg.Go(func() { c.run(ctx, id, op, opCtx) })
 }
 
-// run executes one operation and sends its results, then complete.
 func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphql.OperationContext) {
 	defer func() {
 		c.mu.Lock()
@@ -414,57 +370,44 @@ func (c *socket) run(ctx context.Context, id string, op *socketOp, opCtx *graphq
 	}()
 	defer func() {
 		if p := recover(); p != nil {
-			err := opCtx.Recover(ctx, p)
-			var gqlErr *gqlerror.Error
-			if !errors.As(err, &gqlErr) {
+			gqlErr, ok := opCtx.Recover(ctx, p).(*gqlerror.Error) // recoverFunc's
+			if !ok {
 				gqlErr = coded(keystore.EINTERNAL, wire.InternalMessage)
 			}
-			c.sendError(id, gqlerror.List{gqlErr}, op)
+			c.sendError(op, id, gqlerror.List{gqlErr})
 		}
 	}()
 	next := "next"
 	if c.legacy {
 		next = "data"
 	}
-	ctx, slot := withStreamSlot(ctx)
-	responses, ctx := c.exec.DispatchOperation(ctx, opCtx)
-	if slot.deliver(ctx, c.opts.fanout, newSocketSink(c, op, id, next)) {
-		return
+	quotedID, _ := json.Marshal(id)
+	sink := &socketSink{c: c, op: op, suffix: []byte(`,"id":` + string(quotedID) + `,"type":"` + next + `"}`)}
+	if execute(ctx, c.exec, opCtx, c.opts.fanout, sink, func(resp *graphql.Response) bool {
+		return c.write(op, outbound{ID: id, Type: next, Payload: resp})
+	}) {
+		// Unless the client completed it or the socket is closing: write sends nothing.
+		c.write(op, outbound{ID: id, Type: "complete"})
 	}
-	for resp := responses(ctx); resp != nil; resp = responses(ctx) {
-		if !c.write(op, outbound{ID: id, Type: next, Payload: resp}) {
-			return
-		}
-	}
-	// Unless the client completed the operation, or the socket is closing (write
-	// sends nothing then).
-	c.write(op, outbound{ID: id, Type: "complete"})
 }
 
 // removeLocked forgets op, if it is still the one under id, and starts the idle
 // clock when no operation is left.
 func (c *socket) removeLocked(id string, op *socketOp) {
-	if c.ops[id] != op {
-		return
-	}
-	delete(c.ops, id)
-	if len(c.ops) == 0 {
-		c.idleFrom = time.Now()
+	if c.ops[id] == op {
+		delete(c.ops, id)
+		if len(c.ops) == 0 {
+			c.idleFrom = time.Now()
+		}
 	}
 }
 
 // sendError sends an operation's one error message: nothing follows it.
-func (c *socket) sendError(id string, errs gqlerror.List, op ...*socketOp) {
-	var o *socketOp
-	if len(op) > 0 {
-		o = op[0]
-	}
-	c.write(o, outbound{ID: id, Type: "error", Payload: errs})
+func (c *socket) sendError(op *socketOp, id string, errs gqlerror.List) {
+	c.write(op, outbound{ID: id, Type: "error", Payload: errs})
 }
 
-// write sends msg unless the socket is closing or op (if any) was completed by the
-// client, and reports whether it did. It waits until msg is written, for at most the
-// write timeout: a client that takes nothing for that long is given up.
+// write sends msg for op (nil: for the socket), and reports whether it did.
 func (c *socket) write(op *socketOp, msg outbound) bool {
 	data, err := json.Marshal(msg)
 	if err != nil {
@@ -479,9 +422,9 @@ func (c *socket) write(op *socketOp, msg outbound) bool {
 // errSilenced: the operation or its socket is over; nothing more is sent for it.
 var errSilenced = errors.New("the operation is over")
 
-// send runs write, which writes through the library, one at a time, unless the socket
-// is closing or op was completed by the client. A write that fails, or that the
-// client does not take within the write timeout, loses the connection.
+// send runs write (through the library), one at a time, unless the socket is closing
+// or op was completed by the client. A write that fails, or that the client does not
+// take within the write timeout, loses the connection: it is given up.
 func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error {
 	c.writing.Lock()
 	defer c.writing.Unlock()
@@ -500,7 +443,6 @@ func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error
 	return nil
 }
 
-// socketSink delivers a keyEvents operation's messages to its socket.
 type socketSink struct {
 	c       *socket
 	op      *socketOp
@@ -511,15 +453,6 @@ type socketSink struct {
 
 // socketNextPrefix opens a next (or legacy data) message, as outbound is marshalled.
 var socketNextPrefix = []byte(`{"payload":`)
-
-func newSocketSink(c *socket, op *socketOp, id, next string) *socketSink {
-	quotedID, _ := json.Marshal(id)
-	suffix := append([]byte(`,"id":`), quotedID...)
-	suffix = append(suffix, `,"type":"`...)
-	suffix = append(suffix, next...)
-	suffix = append(suffix, `"}`...)
-	return &socketSink{c: c, op: op, suffix: suffix}
-}
 
 // Queue implements fanout.Sink: each payload becomes one message, written at Flush.
 func (k *socketSink) Queue(payloads [][]byte) (int, error) {
@@ -568,8 +501,7 @@ func (k *socketSink) Flush(inTurn func(func()), stalled func()) error {
 }
 
 // closeWith begins closing the socket with code: operations stop silently, the close
-// message goes out, and the reader waits for the client's answer (the library gives
-// it a few seconds, then closes the connection).
+// message goes out, and the reader waits a few seconds for the client's answer.
 func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 	if c.closing.Swap(true) {
 		return
@@ -578,65 +510,40 @@ func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 	c.wg.Go(func() { _ = c.conn.Close(code, reason) })
 }
 
-// supervise keeps the socket's clocks: it closes a socket that sent no
-// connection_init in time, pings graphql-transport-ws clients (and drops one that
-// stops answering), sends legacy clients keep-alives, closes an idle socket, and
-// closes every socket when the server shuts down.
+// supervise keeps the socket's clocks (connection_init, pings or keep-alives, idle),
+// and closes the socket when the server shuts down.
 func (c *socket) supervise() {
-	interval := c.opts.pingInterval
+	interval, beat := c.opts.pingInterval, "ping"
 	if c.legacy {
-		interval = c.opts.keepAlive
+		interval, beat = c.opts.keepAlive, "ka"
 	}
-	// Each clock is looked at four times within its span, so none runs late by more
-	// than a quarter of it.
+	// Each clock is looked at four times within its span: none runs late by more than
+	// a quarter of it.
 	ticker := time.NewTicker(max(min(interval, c.opts.initTimeout, c.opts.idleTimeout)/4, 10*time.Millisecond))
 	defer ticker.Stop()
 	started := time.Now()
 	nextBeat := started.Add(interval)
 	for {
 		select {
-		case <-c.ctx.Done():
+		case <-c.ctx.Done(): // closeWith cancels it too: the first close stands
 			c.closeWith(websocket.StatusNormalClosure, "terminated")
 			return
 		case now := <-ticker.C:
 			c.mu.Lock()
 			idleFrom := c.idleFrom
 			c.mu.Unlock()
-			switch {
-			case !c.acked.Load():
-				if now.Sub(started) >= c.opts.initTimeout {
-					c.closeWith(closeInitTimeout, "Connection initialisation timeout")
-					return
-				}
-				continue
+			switch acked := c.acked.Load(); {
+			case !acked && now.Sub(started) >= c.opts.initTimeout:
+				c.closeWith(closeInitTimeout, "Connection initialisation timeout")
+			case !acked:
 			case !idleFrom.IsZero() && now.Sub(idleFrom) >= c.opts.idleTimeout:
 				c.closeWith(websocket.StatusNormalClosure, "idle for too long")
-				return
 			case !c.legacy && now.Sub(time.Unix(0, c.lastPong.Load())) > 2*interval:
 				c.closeWith(websocket.StatusGoingAway, "ping not answered")
-				return
-			case now.Before(nextBeat):
-				continue
-			}
-			nextBeat = now.Add(interval)
-			if c.legacy {
-				c.write(nil, outbound{Type: "ka"})
-			} else {
-				c.write(nil, outbound{Type: "ping"})
+			case !now.Before(nextBeat):
+				nextBeat = now.Add(interval)
+				c.write(nil, outbound{Type: beat})
 			}
 		}
 	}
-}
-
-func isObjectOrNull(raw json.RawMessage) bool {
-	var obj map[string]json.RawMessage
-	return len(raw) == 0 || json.Unmarshal(raw, &obj) == nil
-}
-
-// closeReason cuts a close reason to the 123 bytes a close frame holds.
-func closeReason(s string) string {
-	if len(s) > 123 {
-		return strings.ToValidUTF8(s[:120], "") + "..."
-	}
-	return s
 }

@@ -1,16 +1,14 @@
-// Package fanout delivers keyEvents subscriptions to their clients: each event is
-// encoded once per distinct selection (a Plan) and the same bytes are queued for every
-// subscriber that wants them, a subscriber that is behind gets many events in one
-// write, and at most a few subscriptions encode and queue at once, so that requests
-// keep the other cores whatever the number of subscribers.
+// Package fanout delivers keyEvents subscriptions: each event is encoded once per
+// distinct selection (a Plan) and the same bytes queued for every subscriber that
+// wants them, a subscriber that is behind gets many events in one write, and only a
+// few subscriptions encode and queue at once, so that requests keep the other cores
+// whatever the number of subscribers.
 //
-// Delivery runs on the goroutine of the subscription's own operation (a websocket
-// operation, an SSE response): it sleeps on the subscription's wake-up, takes a turn
-// (one of a bounded number), reads and encodes what is new, queues it on its Sink,
-// gives the turn back, then flushes the sink, which waits for its client holding no
-// turn. A subscriber whose client does not keep up falls behind the hub's ring and is
-// cut with SLOW_CONSUMER at its next read, which it is told as soon as its client
-// takes a message again.
+// Delivery runs on the goroutine of the subscription's operation: it sleeps on the
+// subscription's wake-up, takes a turn (one of a bounded number), reads, encodes and
+// queues what is new on its Sink, gives the turn back, then flushes the sink, waiting
+// for its client holding no turn. A subscriber whose client does not keep up falls
+// behind the hub's ring and is cut with SLOW_CONSUMER at its next read.
 package fanout
 
 import (
@@ -25,32 +23,24 @@ import (
 
 // Sink is where one subscription's messages go.
 type Sink interface {
-	// Queue adds one message per payload (the JSON of one response each), in order,
-	// to what the next Flush writes; it never waits for the client, and returns the
-	// bytes it queued.
+	// Queue adds one message per payload (one response's JSON each) to what the next
+	// Flush writes, without waiting for the client, and returns the bytes it queued.
 	Queue(payloads [][]byte) (bytes int, err error)
-	// Flush writes what was queued, waiting for the client within its write timeout.
-	// Work on the queued messages that costs CPU in proportion to them (framing
-	// them, say) it does inside inTurn, which runs its function in a turn; while it
-	// waits for the client, it calls stalled now and then (if it can), so that the
-	// subscription is cut as soon as it falls behind the ring, not once its client
-	// reads again.
+	// Flush writes what was queued within its write timeout. CPU work in proportion
+	// to the messages (framing them, say) it does inside inTurn, which runs it in a
+	// turn; while it waits for the client it calls stalled now and then (if it can),
+	// so that a subscription that fell behind the ring is cut then, not once its
+	// client reads again.
 	Flush(inTurn func(func()), stalled func()) error
 }
 
 // Observer hears what delivery does, for metrics. Its methods must be fast and safe
 // for concurrent use.
 type Observer interface {
-	// FanoutWrote is called for each flush of frames (an event each) of bytes in all
-	// to one subscriber: coalesced when frames > 1.
-	FanoutWrote(frames, bytes int)
-	// FanoutEncoded is called for each event encoded for a selection.
-	FanoutEncoded()
-	// FanoutStalled is called for each flush that waited more than stallAfter for its
-	// client.
-	FanoutStalled()
-	// FanoutQueued is called with the change in subscriptions waiting for a turn.
-	FanoutQueued(delta int)
+	FanoutWrote(frames, bytes int) // a flush of frames (an event each) to one subscriber
+	FanoutEncoded()                // an event encoded for a selection
+	FanoutStalled()                // a flush that waited more than stallAfter for its client
+	FanoutQueued(delta int)        // the change in subscriptions waiting for a turn
 }
 
 // stallAfter is how long a flush may take before it counts as a stall: a client that
@@ -64,10 +54,6 @@ func (nopObserver) FanoutEncoded()       {}
 func (nopObserver) FanoutStalled()       {}
 func (nopObserver) FanoutQueued(int)     {}
 
-// Workers is how many subscriptions encode and queue at once by default: half the
-// cores the Go runtime uses, at least one, so that requests always have the other half.
-func Workers() int { return max(1, runtime.GOMAXPROCS(0)/2) }
-
 // Fanout delivers subscriptions. Its zero value is not usable: use New.
 type Fanout struct {
 	turns chan *turn // a turn's buffers; taking one is taking a turn
@@ -75,22 +61,23 @@ type Fanout struct {
 	obs   Observer
 }
 
-// turn holds the buffers of one turn: a turn's events, and their payloads.
+// turn holds the buffers of one turn: its events, and their payloads.
 type turn struct {
 	events   []*keystore.Event
 	payloads [][]byte
 }
 
-// New returns a fan-out with at most workers turns at once (Workers() if workers is
-// not positive), reporting to obs (nil: nothing).
+// New returns a fan-out with at most workers turns at once, reporting to obs (nil:
+// nothing). By default (workers not positive) that is half the cores the Go runtime
+// uses, at least one, so that requests always have the other half.
 func New(workers int, obs Observer) *Fanout {
 	if obs == nil {
 		obs = nopObserver{}
 	}
 	if workers <= 0 {
-		workers = Workers()
+		workers = max(1, runtime.GOMAXPROCS(0)/2)
 	}
-	f := &Fanout{turns: make(chan *turn, workers), plans: newPlans(obs), obs: obs}
+	f := &Fanout{turns: make(chan *turn, workers), plans: &Plans{plans: map[string]*Plan{}, obs: obs}, obs: obs}
 	for range workers {
 		f.turns <- &turn{events: make([]*keystore.Event, maxTurnEvents), payloads: make([][]byte, 0, maxTurnEvents)}
 	}
@@ -101,8 +88,7 @@ func New(workers int, obs Observer) *Fanout {
 func (f *Fanout) Plans() *Plans { return f.plans }
 
 // Deliver writes sub's events, encoded by p, to sink until the subscription ends (its
-// Err says why: the transport sends that as the stream's end), ctx ends, or the sink
-// fails (that error is returned). It releases p.
+// Err says why), ctx ends, or the sink fails (that error is returned). It releases p.
 func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Plan, sink Sink) error {
 	defer p.Release()
 	for {
@@ -158,11 +144,10 @@ func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Pla
 }
 
 // maxIdleBuffer is the most buffer a sink keeps between flushes; larger ones go back
-// to a pool shared by every sink, so that a saturated fan-out does not allocate a
-// turn's worth of buffer for every flush.
+// to a pool of buffers shared by every sink, so that a saturated fan-out does not
+// allocate a turn's worth of buffer for every flush.
 const maxIdleBuffer = 64 << 10
 
-// buffers are the large buffers of flushes that ended.
 var buffers sync.Pool
 
 // Recycle returns b emptied for the next turn, or nil if it is larger than a sink
@@ -193,7 +178,6 @@ func Grow(b []byte, n int) []byte {
 	return slices.Grow(b, n)
 }
 
-// inTurn runs fn in a turn.
 func (f *Fanout) inTurn(fn func()) {
 	t := <-f.turns
 	defer func() { f.turns <- t }()

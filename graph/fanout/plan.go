@@ -16,11 +16,9 @@ import (
 )
 
 // A Plan encodes the events of one keyEvents selection straight to the response
-// gqlgen would send for each (`{"data":{"keyEvents":{…}}}`, aliases, fragments and
-// @skip/@include resolved by graphql.CollectFields), without executing the selection
-// per event and per subscriber. Subscriptions with the same selection share one plan,
-// and its recent payloads, so that an event is encoded once per distinct selection and
-// the same bytes go to every subscriber that wants them.
+// gqlgen would send for each (aliases, fragments and @skip/@include resolved by
+// graphql.CollectFields), without executing the selection per event and subscriber.
+// Subscriptions with the same selection share one plan and its recent payloads.
 type Plan struct {
 	key     string
 	root    string // the response name of keyEvents
@@ -35,47 +33,54 @@ type Plan struct {
 // planField is one response entry of a KeyEvent: its response name, and what it shows.
 type planField struct {
 	alias string
-	value eventField
+	value *eventField
 }
 
-type eventField uint8
+// eventField is a field of KeyEvent: the most bytes its value takes (about), and how
+// gqlgen writes it.
+type eventField struct {
+	width  int
+	append func(b []byte, ev *keystore.Event) []byte
+}
 
-const (
-	fieldSeq eventField = iota
-	fieldSeq64
-	fieldType
-	fieldKeyID
-	fieldAt
-	fieldStream
-	fieldPool
-	fieldHolder
-	fieldTypename
+var (
+	fieldSeq   = &eventField{20, func(b []byte, ev *keystore.Event) []byte { return strconv.AppendInt(b, ev.Seq, 10) }}
+	fieldSeq64 = &eventField{22, func(b []byte, ev *keystore.Event) []byte {
+		return append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
+	}}
+	fieldType = &eventField{12, func(b []byte, ev *keystore.Event) []byte {
+		return appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
+	}}
+	fieldKeyID  = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.KeyID)) }}
+	fieldAt     = &eventField{40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }}
+	fieldStream = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.Stream)) }}
+	fieldPool   = &eventField{keystore.MaxPoolName + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalString(ev.Pool)) }}
+	fieldHolder = &eventField{6*keystore.MaxHolder + 2, func(b []byte, ev *keystore.Event) []byte {
+		if ev.Holder == "" {
+			return append(b, "null"...)
+		}
+		return appendMarshaled(b, graphql.MarshalString(ev.Holder))
+	}}
+	fieldTypename = &eventField{10, func(b []byte, _ *keystore.Event) []byte { return append(b, `"KeyEvent"`...) }}
 )
 
-// fieldWidths are the most bytes each field's value takes, about.
-var fieldWidths = [...]int{fieldSeq: 20, fieldSeq64: 22, fieldType: 12, fieldKeyID: maxPayloadKeyID + 2, fieldAt: 40,
-	fieldStream: maxPayloadKeyID + 2, fieldPool: keystore.MaxPoolName + 2, fieldHolder: 6*keystore.MaxHolder + 2, fieldTypename: 10}
-
-var eventFields = map[string]eventField{
+var eventFields = map[string]*eventField{
 	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream,
 	"pool": fieldPool, "holder": fieldHolder, "__typename": fieldTypename,
 }
 
-// payload is one event encoded by one plan.
 type payload struct {
 	seq    int64
 	stream string // each pool's stream numbers its events from 1: a seq alone names none
 	bytes  []byte
 }
 
-// The payload cache, bounded in bytes: each of the first maxCachedPlans distinct
-// selections keeps the payloads of its last events, as many as planCacheBytes holds
-// at its largest payload, up to a ring's worth (the whole of KeyEvent fits), so that
-// subscribers of one selection share each encoding however far apart in the ring
-// their turns find them (under overload they are far apart). A selection whose
-// payloads are too large for minCacheSlots is not cached, nor are the selections
-// after the first maxCachedPlans: they encode for each subscriber, still without
-// gqlgen's execution.
+// The payload cache, bounded in bytes: each of the first maxCachedPlans selections
+// keeps the payloads of its last events, as many as planCacheBytes holds at its
+// largest payload, up to a ring's worth (the whole of KeyEvent fits), so that its
+// subscribers share each encoding however far apart in the ring their turns find them
+// (under overload, far). Other selections, or ones too large for minCacheSlots,
+// encode for each subscriber, still without gqlgen's execution.
 const (
 	maxCachedPlans  = 2
 	planCacheBytes  = 16 << 20
@@ -93,23 +98,15 @@ type Plans struct {
 	obs    Observer
 }
 
-func newPlans(obs Observer) *Plans {
-	return &Plans{plans: map[string]*Plan{}, obs: obs}
-}
-
-// keyEventFragmentTypes is what a KeyEvent selection's fragments may name.
-var keyEventFragmentTypes = []string{"KeyEvent"}
-
 // ForField returns the plan of the keyEvents field being resolved in ctx (taking a
 // reference: Release it), or nil if its selection is not one a plan encodes exactly
 // (a deferred fragment).
 func (s *Plans) ForField(ctx context.Context) *Plan {
 	fc := graphql.GetFieldContext(ctx)
-	opCtx := graphql.GetOperationContext(ctx)
-	if fc == nil || opCtx == nil {
+	if fc == nil {
 		return nil
 	}
-	collected := graphql.CollectFields(opCtx, fc.Field.Selections, keyEventFragmentTypes)
+	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, []string{"KeyEvent"})
 	fields := make([]planField, 0, len(collected))
 	var key strings.Builder
 	key.WriteString(fc.Field.Alias)
@@ -119,10 +116,7 @@ func (s *Plans) ForField(ctx context.Context) *Plan {
 			return nil
 		}
 		fields = append(fields, planField{alias: f.Alias, value: value})
-		key.WriteByte(0)
-		key.WriteString(f.Alias)
-		key.WriteByte(1)
-		key.WriteString(f.Name)
+		key.WriteString("\x00" + f.Alias + "\x01" + f.Name)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -141,7 +135,7 @@ func newPlan(key, root string, fields []planField, s *Plans) *Plan {
 	p := &Plan{key: key, root: root, fields: fields, set: s}
 	p.largest = len(`{"data":{"":{}}}`) + len(root)
 	for _, f := range fields {
-		p.largest += len(f.alias) + 4 + fieldWidths[f.value]
+		p.largest += len(f.alias) + 4 + f.value.width
 	}
 	p.turn = max(1, min(maxTurnEvents, maxTurnBytes/p.largest))
 	slots := maxCacheSlots
@@ -155,13 +149,12 @@ func newPlan(key, root string, fields []planField, s *Plans) *Plan {
 	return p
 }
 
-// release drops a reference to p; the last one forgets it.
+// Release drops a reference to p; the last one forgets it.
 func (p *Plan) Release() {
 	s := p.set
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p.refs--
-	if p.refs == 0 {
+	if p.refs--; p.refs == 0 {
 		delete(s.plans, p.key)
 		if p.cache != nil {
 			s.cached--
@@ -198,31 +191,7 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 			b = append(b, ',')
 		}
 		b = strconv.AppendQuote(b, f.alias)
-		b = append(b, ':')
-		switch f.value {
-		case fieldSeq:
-			b = strconv.AppendInt(b, ev.Seq, 10)
-		case fieldSeq64:
-			b = append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
-		case fieldType:
-			b = appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
-		case fieldKeyID:
-			b = appendMarshaled(b, graphql.MarshalID(ev.KeyID))
-		case fieldAt:
-			b = wire.AppendTime(b, ev.At)
-		case fieldStream:
-			b = appendMarshaled(b, graphql.MarshalID(ev.Stream))
-		case fieldPool:
-			b = appendMarshaled(b, graphql.MarshalString(ev.Pool))
-		case fieldHolder:
-			if ev.Holder == "" {
-				b = append(b, "null"...)
-			} else {
-				b = appendMarshaled(b, graphql.MarshalString(ev.Holder))
-			}
-		case fieldTypename:
-			b = append(b, `"KeyEvent"`...)
-		}
+		b = f.value.append(append(b, ':'), ev)
 	}
 	b = append(b, "}}}"...)
 	if bytes.ContainsAny(b, "<>&\u2028\u2029") {
@@ -233,18 +202,10 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 	return b
 }
 
-// appendMarshaled appends what a gqlgen marshaler writes.
 func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
-	w := sliceWriter{b}
-	m.MarshalGQL(&w)
-	return w.b
-}
-
-type sliceWriter struct{ b []byte }
-
-func (w *sliceWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+	w := bytes.NewBuffer(b)
+	m.MarshalGQL(w)
+	return w.Bytes()
 }
 
 // maxTurnEvents bounds the events one turn delivers to one subscription (and
