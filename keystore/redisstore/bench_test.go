@@ -164,14 +164,9 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withStream-before)/benchKeys, "B/key+stream")
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
-	// The scripts' key (the pool's meta hash) and common arguments: prefix, "T" (Redis's
-	// TIME), stream length, replica, pool id, then a request slot and generation: a slot
-	// drawn from 10^15 (three random numbers), so that each call records its reply in a
-	// fresh slot, as the Store's requests do, rather than replaying an earlier one.
-	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash()}, common...)
+			"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...)
 		cmd = append(cmd, args...)
 		b.Logf("redis-benchmark %s", strings.Join(cmd, " "))
 		cpu0 := redisCPU(b, srv)
@@ -206,6 +201,18 @@ func BenchmarkLuaDirect(b *testing.B) {
 	if st == 0 || st == benchKeys {
 		b.Fatalf("the scripts did not run as intended: %d keys AVAILABLE", st)
 	}
+}
+
+// luaCommon returns the default pool's key (its meta hash) and the common arguments of
+// its scripts for one run of redis-benchmark: prefix, "T" (Redis's TIME), stream
+// length, replica, pool id, then a request slot and generation. The slot is drawn from
+// 10^15 (three random numbers) after a prefix of the run's own, so that each call
+// records its reply in a fresh slot, as the Store's requests do, rather than replaying
+// an earlier one: redis-benchmark seeds its random numbers with time(NULL) ^ getpid(),
+// so two runs a few seconds and a few pids apart may draw the same ones.
+func luaCommon(pool string) []string {
+	slot := strconv.FormatUint(randomUint64(), 36) + ":__rand_int__:__rand_int__:__rand_int__"
+	return []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, slot, "1"}
 }
 
 // BenchmarkExpiryStorm measures a storm: 1e5 keep-alive deadlines due at one instant,
@@ -317,10 +324,9 @@ func versusLua(b *testing.B, clients int) {
 		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
 	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
-	common := []string{"1", "{bench:default}:meta", "{bench:default}:", "T", "65536", "redis-benchmark", pool, "__rand_int__:__rand_int__:__rand_int__", "1"}
 	lua := func(name string, n int, args ...string) (rate, cpu float64) {
 		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash()}, common...)
+			"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...)
 		cmd = append(cmd, args...)
 		cpu0, failed0 := redisCPU(b, srv), failedScripts(b, rdb)
 		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
@@ -341,7 +347,7 @@ func versusLua(b *testing.B, clients int) {
 		}
 		return rate, float64(used.Microseconds()) / float64(n)
 	}
-	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(common, " "))
+	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(luaCommon(pool), " "))
 	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench:default}:leases").AsInt64())(b) }
 
 	var rateRatios, cpuRatios, oldRateRatios, oldCPURatios []float64

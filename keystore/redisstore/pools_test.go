@@ -417,3 +417,38 @@ func TestExpirerRunsEveryPool(t *testing.T) {
 	require.True(t, ev.At.Equal(leases["b"].Lease.ExpiresAt))
 	waitFor(t, func() bool { return obsB.released.Load() == 2 })
 }
+
+// TestBacklogList: a page of List over a backlog of dead keys that no expirer has
+// deleted yet looks at a bounded number of keys per script and goes on from where the
+// last one stopped: it lists the live keys, in order, and no dead one.
+func TestBacklogList(t *testing.T) {
+	srv := startRedis(t)
+	clock := newFakeClock()
+	s := openStore(t, srv, clock, keystore.Options{KeepAliveTTL: time.Minute})
+	ctx := context.Background()
+	const first = keystore.DefaultListFirst
+	const dead = 10 * (first + listSlack) // ten scripts' worth of keys to look at
+	live := must(s.Generate(ctx, "", 3))(t)
+	must(s.Generate(ctx, "", dead))(t)
+	stopLoops(s)
+	clock.Advance(30 * time.Second)
+	for _, k := range live {
+		must(s.KeepAlive(ctx, k.ID))(t)
+	}
+	live = append(live, must(s.Generate(ctx, "", 2))(t)...)
+	clock.Advance(30 * time.Second) // the keys between have expired; none was deleted
+	before := evalshaCalls(t, srv)
+	page := must(s.List(ctx, keystore.ListOptions{First: first}))(t)
+	scripts := evalshaCalls(t, srv) - before
+	var got, want []string
+	for _, k := range page.Keys {
+		got = append(got, k.ID)
+	}
+	for _, k := range live {
+		want = append(want, k.ID)
+	}
+	require.Equal(t, want, got)
+	require.False(t, page.HasNext)
+	require.Greater(t, scripts, int64(dead/(first+1+listSlack)), "the page looked at the dead keys in too few scripts")
+	require.Equal(t, keystore.Stats{Total: 5, Available: 5}, must(s.Stats(ctx, ""))(t))
+}
