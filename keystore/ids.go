@@ -13,7 +13,9 @@ import (
 // IDCodec turns counters into key ids and fences into lease tokens, and back.
 //
 // Each is AES-256 under a secret key applied to a block made of a domain tag and the
-// number. AES is a permutation, so distinct numbers give distinct strings: ids are
+// number. A token's block also binds it to its key (32 bits of a hash of the key's
+// number, in the upper half of its tag): fences count the leases of one pool, so two
+// pools' leases may share a fence, and a token names the one of its key. AES is a permutation, so distinct numbers give distinct strings: ids are
 // unique by construction for as long as the counter never repeats, with no tombstones
 // kept for deleted keys. Without the secret they are unpredictable. A string that does
 // not decrypt to the right domain tag is rejected, so a token is never taken for an id
@@ -33,8 +35,8 @@ const IDLength = 22 // base64.RawURLEncoding.EncodedLen(aes.BlockSize)
 
 // Domain tags that keep the id and token spaces apart.
 const (
-	keyTag   uint64 = 0x6b6579706f6f6c4b // "keypoolK"
-	tokenTag uint64 = 0x6b6579706f6f6c54 // "keypoolT"
+	keyTag       uint64 = 0x6b6579706f6f6c4b // "keypoolK"
+	tokenTagHigh uint64 = 0x6b657954         // "keyT", see tokenTag
 )
 
 // NewIDCodec returns a codec keyed by secret, which must be SecretSize bytes from a
@@ -63,13 +65,23 @@ func (c *IDCodec) KeyID(n uint64) string { return c.encode(keyTag, n) }
 // ParseKeyID returns the number behind id, or false if id is not a key id of this codec.
 func (c *IDCodec) ParseKeyID(id string) (uint64, bool) { return c.decode(keyTag, id) }
 
-// Token returns the token of the lease with the given fence.
-func (c *IDCodec) Token(fence int64) string { return c.encode(tokenTag, uint64(fence)) }
+// Token returns the token of the lease with the given fence on the key numbered n.
+func (c *IDCodec) Token(n uint64, fence int64) string {
+	return c.encode(tokenTag(n), uint64(fence))
+}
 
-// ParseToken returns the fence behind token, or false if it is not a token of this codec.
-func (c *IDCodec) ParseToken(token string) (int64, bool) {
-	n, ok := c.decode(tokenTag, token)
-	return int64(n), ok
+// ParseToken returns the fence behind token, or false if it is not a token of this
+// codec for the key numbered n.
+func (c *IDCodec) ParseToken(n uint64, token string) (int64, bool) {
+	fence, ok := c.decode(tokenTag(n), token)
+	return int64(fence), ok
+}
+
+// tokenTag is the tag of the tokens of key n: "keyp" and 32 bits of n's hash (a
+// multiplicative one: distinct numbers of one pool, or of two, collide once in 2^32).
+// Its upper half differs from keyTag's, so no token is ever taken for an id.
+func tokenTag(n uint64) uint64 {
+	return tokenTagHigh<<32 | (n*0x9e3779b97f4a7c15)>>32
 }
 
 // AppendKeyID appends the id of the key numbered n to dst.

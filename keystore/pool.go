@@ -331,8 +331,8 @@ func (p *Pool) Unblock(ctx context.Context, id, token string) (Key, error) {
 	}
 	fence := int64(0)
 	if token != "" {
-		if fence, ok = p.parseToken(token); !ok {
-			// A token of no lease of this pool matches no lease; the backend still
+		if fence, ok = p.parseToken(n, token); !ok {
+			// A token of no lease of this key matches no lease; the backend still
 			// says whether the key exists and is blocked.
 			fence = -1
 		}
@@ -354,9 +354,9 @@ func (p *Pool) Renew(ctx context.Context, id, token string, ttl *time.Duration) 
 	if !ok {
 		return Key{}, notFound(id)
 	}
-	fence, ok := p.parseToken(token)
+	fence, ok := p.parseToken(n, token)
 	if !ok {
-		fence = -1 // names no lease of this pool: matches none
+		fence = -1 // names no lease of this key: matches none
 	}
 	rec, err := p.backend.Renew(ctx, n, fence, d)
 	return p.keyOr(rec, err, id)
@@ -391,9 +391,10 @@ func (p *Pool) byID(id string, step func(context.Context, uint64) (Record, error
 	return p.keyOr(rec, err, id)
 }
 
-// parseToken returns the fence a token names; false for a string that names no lease.
-func (p *Pool) parseToken(token string) (int64, bool) {
-	fence, ok := p.ids.ParseToken(token)
+// parseToken returns the fence a token of key n names; false for a string that names
+// no lease of that key.
+func (p *Pool) parseToken(n uint64, token string) (int64, bool) {
+	fence, ok := p.ids.ParseToken(n, token)
 	return fence, ok && fence > 0
 }
 
@@ -442,7 +443,7 @@ func (p *Pool) key(r Record) Key {
 		k.Status = Blocked
 		k.Lease = &Lease{
 			KeyID:      id,
-			Token:      p.ids.Token(r.Fence),
+			Token:      p.ids.Token(r.N, r.Fence),
 			Fence:      r.Fence,
 			AcquiredAt: r.AcquiredAt,
 			ExpiresAt:  r.LeaseExpiresAt,

@@ -66,7 +66,7 @@ func TestReplicasShareKeysAndLeases(t *testing.T) {
 	}
 	_, err := b.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.ENOTFOUND)
-	_, err = b.Unblock(ctx, k.ID, b.b.ids.Token(leased.Lease.Fence+1))
+	_, err = b.Unblock(ctx, k.ID, b.b.ids.Token(mustKeyNumber(t, b.b.ids, k.ID), leased.Lease.Fence+1))
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 
 	must(b.Unblock(ctx, k.ID, leased.Lease.Token))(t)

@@ -77,7 +77,7 @@ func TestLifecycle(t *testing.T) {
 	_, err := s.Acquire(ctx, keystore.AcquireOptions{})
 	wantCode(t, err, keystore.ENOTFOUND)
 
-	_, err = s.Unblock(ctx, k.ID, s.b.ids.Token(got.Lease.Fence+1))
+	_, err = s.Unblock(ctx, k.ID, s.b.ids.Token(mustKeyNumber(t, s.b.ids, k.ID), got.Lease.Fence+1))
 	wantCode(t, err, keystore.ELEASEMISMATCH)
 	_, err = s.Unblock(ctx, k.ID, "garbage")
 	wantCode(t, err, keystore.ELEASEMISMATCH)
@@ -314,4 +314,12 @@ func TestAcquireIsUniform(t *testing.T) {
 			t.Fatalf("key %s picked %d times of %d, want about %d: %v", id, n, picks, picks/keys, counts)
 		}
 	}
+}
+
+// mustKeyNumber returns the number behind a key id of ids.
+func mustKeyNumber(t *testing.T, ids *keystore.IDCodec, id string) uint64 {
+	t.Helper()
+	n, ok := ids.ParseKeyID(id)
+	require.True(t, ok, "not a key id: %q", id)
+	return n
 }

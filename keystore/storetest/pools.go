@@ -117,6 +117,22 @@ func testPools(t *testing.T, open Opener) {
 		require.Greater(t, again.Lease.Fence, next.Lease.Fence)
 	})
 
+	t.Run("a lease's token is its key's: another pool's lease of the same fence does not match", func(t *testing.T) {
+		e := setup(t, open, keystore.Options{})
+		e.generateIn("a", 1)
+		e.generateIn("b", 1)
+		la := e.acquire(keystore.AcquireOptions{Pool: "a"})
+		lb := e.acquire(keystore.AcquireOptions{Pool: "b"})
+		require.Equal(t, la.Lease.Fence, lb.Lease.Fence, "each pool's first lease")
+		_, err := e.store.Unblock(e.ctx, lb.ID, la.Lease.Token)
+		requireCode(t, err, keystore.ELEASEMISMATCH)
+		_, err = e.store.Renew(e.ctx, lb.ID, la.Lease.Token, nil)
+		requireCode(t, err, keystore.ELEASEMISMATCH)
+		require.Equal(t, keystore.Blocked, e.get(lb.ID).Status)
+		_, err = e.store.Unblock(e.ctx, lb.ID, lb.Lease.Token)
+		require.NoError(t, err)
+	})
+
 	t.Run("max pools bounds the pools made; one more is invalid and makes nothing", func(t *testing.T) {
 		e := setup(t, open, keystore.Options{MaxPools: 2})
 		e.generateIn("a", 1)
