@@ -238,7 +238,7 @@ func (h *History) Run(t testing.TB, cfg Config) {
 		}
 		h.Seed(keys, uint8(i))
 	}
-	w := &workload{h: h, cfg: cfg, tokens: map[int64]string{}}
+	w := &workload{h: h, cfg: cfg, tokens: map[leaseRef]string{}}
 	w.live.Store(int64(cfg.Keys * len(cfg.Pools)))
 	var wg sync.WaitGroup
 	for i := range cfg.Clients {
@@ -266,8 +266,14 @@ type workload struct {
 	live atomic.Int64 // keys generated less keys deleted, as the clients were told
 
 	mu     sync.Mutex
-	tokens map[int64]string // every lease token seen, by fence
-	fences []int64
+	tokens map[leaseRef]string // every lease token seen
+	leases []leaseRef
+}
+
+// leaseRef names a lease: its key and its fence (each pool counts its own).
+type leaseRef struct {
+	id    string
+	fence int64
 }
 
 func (w *workload) sawLease(k keystore.Key) {
@@ -276,22 +282,23 @@ func (w *workload) sawLease(k keystore.Key) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.tokens[k.Lease.Fence]; !ok {
-		w.tokens[k.Lease.Fence] = k.Lease.Token
-		w.fences = append(w.fences, k.Lease.Fence)
+	ref := leaseRef{k.ID, k.Lease.Fence}
+	if _, ok := w.tokens[ref]; !ok {
+		w.tokens[ref] = k.Lease.Token
+		w.leases = append(w.leases, ref)
 	}
 }
 
 // anyToken returns a token seen in the history (of any lease, most likely not the
-// current one of the key it is used on) and its fence.
-func (w *workload) anyToken(rng *rand.Rand) (string, int64, bool) {
+// current one of the key it is used on), and the lease it names.
+func (w *workload) anyToken(rng *rand.Rand) (string, leaseRef, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.fences) == 0 {
-		return "", 0, false
+	if len(w.leases) == 0 {
+		return "", leaseRef{}, false
 	}
-	f := w.fences[rng.IntN(len(w.fences))]
-	return w.tokens[f], f, true
+	ref := w.leases[rng.IntN(len(w.leases))]
+	return w.tokens[ref], ref, true
 }
 
 // anyKey returns an id the history has seen: mostly one of the newest (likely live),
@@ -333,22 +340,22 @@ func (c *client) next(t testing.TB) {
 		c.acquire(t)
 	case r < 45 && len(c.held) > 0:
 		l := c.take()
-		c.unblock(t, l.id, l.token, l.fence)
+		c.unblock(t, l.id, l.token, leaseRef{l.id, l.fence})
 	case r < 52 && len(c.held) > 0:
 		l := c.held[c.rng.IntN(len(c.held))]
-		c.renew(t, l.id, l.token, l.fence)
+		c.renew(t, l.id, l.token, leaseRef{l.id, l.fence})
 	case r < 57:
-		c.unblock(t, c.w.anyKey(c.rng), "", NoToken)
+		c.unblock(t, c.w.anyKey(c.rng), "", leaseRef{fence: NoToken})
 	case r < 63:
-		if token, fence, ok := c.w.anyToken(c.rng); ok {
+		if token, ref, ok := c.w.anyToken(c.rng); ok {
 			if c.rng.IntN(2) == 0 {
-				c.unblock(t, c.w.anyKey(c.rng), token, fence)
+				c.unblock(t, c.w.anyKey(c.rng), token, ref)
 			} else {
-				c.renew(t, c.w.anyKey(c.rng), token, fence)
+				c.renew(t, c.w.anyKey(c.rng), token, ref)
 			}
 		}
 	case r < 65:
-		c.unblock(t, c.w.anyKey(c.rng), foreignToken, ForeignToken)
+		c.unblock(t, c.w.anyKey(c.rng), foreignToken, leaseRef{fence: ForeignToken})
 	case r < 74:
 		c.keyCall(t, KeepAlive, c.w.anyKey(c.rng))
 	case r < 88:
@@ -441,20 +448,28 @@ func (c *client) acquire(t testing.TB) {
 	}
 }
 
-func (c *client) unblock(t testing.TB, id, token string, fence int64) {
+// tokenKey is the model's index of the key whose lease ref names; NoKey for none.
+func (c *client) tokenKey(ref leaseRef) int {
+	if ref.id == "" {
+		return NoKey
+	}
+	return c.keyIndex(ref.id)
+}
+
+func (c *client) unblock(t testing.TB, id, token string, ref leaseRef) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	in := Input{Kind: Unblock, Key: c.keyIndex(id), Fence: fence}
+	in := Input{Kind: Unblock, Key: c.keyIndex(id), Fence: ref.fence, TokenKey: c.tokenKey(ref)}
 	start := c.w.h.now()
 	k, err := c.store.Unblock(ctx, id, token)
 	end := c.w.h.now()
 	c.w.h.record(c.id, in, c.answer(t, k, err), start, end, settler(err))
 }
 
-func (c *client) renew(t testing.TB, id, token string, fence int64) {
+func (c *client) renew(t testing.TB, id, token string, ref leaseRef) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	in := Input{Kind: Renew, Key: c.keyIndex(id), Fence: fence}
+	in := Input{Kind: Renew, Key: c.keyIndex(id), Fence: ref.fence, TokenKey: c.tokenKey(ref)}
 	start := c.w.h.now()
 	k, err := c.store.Renew(ctx, id, token, nil)
 	end := c.w.h.now()
@@ -463,7 +478,7 @@ func (c *client) renew(t testing.TB, id, token string, fence int64) {
 
 func (c *client) keyCall(t testing.TB, kind Kind, id string) {
 	if kind == Unblock {
-		c.unblock(t, id, "", NoToken)
+		c.unblock(t, id, "", leaseRef{fence: NoToken})
 		return
 	}
 	ctx, cancel := c.ctx()

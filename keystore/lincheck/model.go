@@ -73,8 +73,12 @@ type Input struct {
 	Kind  Kind
 	Key   int
 	Fence int64
-	Count int
-	Pool  uint8
+	// TokenKey is the key whose lease the token was given for (NoKey for none, or a
+	// foreign token): a token names its key's lease, and two pools' leases may share
+	// a fence.
+	TokenKey int
+	Count    int
+	Pool     uint8
 }
 
 // Seeded is a key that exists, AVAILABLE, before the history starts, and its pool.
@@ -269,6 +273,8 @@ func step(s state, in Input, out Output) []any {
 		switch {
 		case k.fence == 0:
 			return when(out.Code == keystore.ENOTBLOCKED, s)
+		case in.Fence != NoToken && in.TokenKey != k.key:
+			return when(out.Code == keystore.ELEASEMISMATCH, s) // another key's token
 		case in.Fence != NoToken && k.fence != unknownFence && in.Fence != k.fence:
 			return when(out.Code == keystore.ELEASEMISMATCH, s)
 		case in.Fence != NoToken && k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
@@ -280,6 +286,8 @@ func step(s state, in Input, out Output) []any {
 		switch {
 		case k.fence == 0:
 			return when(out.Code == keystore.ENOTBLOCKED, s)
+		case in.TokenKey != k.key:
+			return when(out.Code == keystore.ELEASEMISMATCH, s) // another key's token
 		case k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
 			return []any{s}
 		case k.fence != unknownFence && in.Fence != k.fence:
@@ -349,7 +357,7 @@ func unknownStep(s state, in Input) []any {
 		}
 	case Unblock:
 		if i >= 0 && s.keys[i].fence != 0 &&
-			(in.Fence == NoToken || s.keys[i].fence == in.Fence || s.keys[i].fence == unknownFence) {
+			(in.Fence == NoToken || in.TokenKey == in.Key && (s.keys[i].fence == in.Fence || s.keys[i].fence == unknownFence)) {
 			next = append(next, s.with(keyState{key: in.Key, pool: s.keys[i].pool}))
 		}
 	case Delete:

@@ -23,7 +23,7 @@ var (
 	free       = func(k int) Output { return Output{Key: k} }
 	code       = func(c keystore.Code) Output { return Output{Code: c} }
 	unknown    = Output{Unknown: true}
-	unblockKey = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f} }
+	unblockKey = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f, TokenKey: k} }
 	getKey     = func(k int) Input { return Input{Kind: Get, Key: k} }
 	acquireIn  = func(p uint8) Input { return Input{Kind: Acquire, Key: NoKey, Pool: p} }
 )
@@ -103,6 +103,18 @@ func TestModel(t *testing.T) {
 		{"NOT_FOUND in a pool while another pool has keys free", []int{0}, []porcupine.Operation{
 			op(1, 2, 3, acquireIn(1), code(keystore.ENOTFOUND)),
 			op(1, 4, 5, acquireIn(0), leased(0, 1)),
+		}, true},
+		{"a token of another pool's lease of the same fence frees a key", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Generate, Count: 1, Pool: 1}, Output{Keys: []int{1}}),
+			op(1, 2, 3, acquireIn(0), leased(0, 1)),
+			op(1, 4, 5, acquireIn(1), leased(1, 1)),
+			op(1, 6, 7, Input{Kind: Unblock, Key: 1, Fence: 1, TokenKey: 0}, free(1)),
+		}, false},
+		{"a token of another pool's lease of the same fence is refused", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Generate, Count: 1, Pool: 1}, Output{Keys: []int{1}}),
+			op(1, 2, 3, acquireIn(0), leased(0, 1)),
+			op(1, 4, 5, acquireIn(1), leased(1, 1)),
+			op(1, 6, 7, Input{Kind: Unblock, Key: 1, Fence: 1, TokenKey: 0}, code(keystore.ELEASEMISMATCH)),
 		}, true},
 		{"a key of a generate of unknown outcome into another pool", []int{}, []porcupine.Operation{
 			op(0, 0, -1, Input{Kind: Generate, Count: 1, Pool: 1}, unknown),
