@@ -80,16 +80,7 @@ func (s *browserServer) graphql(t *testing.T, query string, variables map[string
 
 func (s *browserServer) generateKeys(t *testing.T, count int) []string {
 	t.Helper()
-	data := s.graphql(t, `mutation($n: Int!) { generateKeys(count: $n) { id } }`, map[string]any{"n": count})
-	var keys []struct{ ID string }
-	if err := json.Unmarshal(data["generateKeys"], &keys); err != nil {
-		t.Fatal(err)
-	}
-	ids := make([]string, len(keys))
-	for i, k := range keys {
-		ids[i] = k.ID
-	}
-	return ids
+	return s.generateKeysIn(t, "", count) // "": the default pool
 }
 
 // browser is one headless Chromium with one tab, which records every request the

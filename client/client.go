@@ -17,7 +17,6 @@ package client
 //go:generate go tool genqlient
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"iter"
@@ -236,7 +235,8 @@ type ListOptions struct {
 	Pool string
 	// Status keeps only keys in that state; "" keeps every key.
 	Status Status
-	// PageSize is how many keys each request reads, 1 to 1000; zero means 100.
+	// PageSize is how many keys each request reads, 1 to 1000; zero means the
+	// server's default (100).
 	PageSize int
 }
 
@@ -255,10 +255,13 @@ func (c *Client) Keys(ctx context.Context, opts ListOptions) iter.Seq2[Key, erro
 			s := gen.KeyStatus(opts.Status)
 			status = &s
 		}
-		first := cmp.Or(opts.PageSize, 100)
+		var first *int // not sent: the server's default
+		if opts.PageSize != 0 {
+			first = &opts.PageSize
+		}
 		var after *string
 		for {
-			resp, err := gen.ListKeys(ctx, c.gql, stringArg(opts.Pool), status, &first, after)
+			resp, err := gen.ListKeys(ctx, c.gql, stringArg(opts.Pool), status, first, after)
 			if err != nil {
 				yield(Key{}, fromGraphQL(err))
 				return

@@ -62,6 +62,7 @@ func TestPoolsHoldersAndKeys(t *testing.T) {
 		blocked = append(blocked, k)
 	}
 	require.Len(t, blocked, 1)
+	assert.NotContains(t, ts.last(t, "ListKeys"), "first", "no page size given, none sent: the server's default")
 	assert.Equal(t, lease.Key.ID, blocked[0].ID)
 	for range c.Keys(ctx, client.ListOptions{}) {
 		break // stopping early is fine

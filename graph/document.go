@@ -345,11 +345,7 @@ const generateShare = ComplexityLimit * 3 / 4
 // keysComplexity prices a page of keys by its size as generateKeysComplexity prices
 // the keys it makes, so that no operation reads more than about MaxListFirst keys.
 func keysComplexity(childComplexity int, _ *string, _ *keystore.Status, first *int64, _ *string) int {
-	n := int64(keystore.DefaultListFirst)
-	if first != nil {
-		n = *first
-	}
-	return generateKeysComplexity(keystore.MaxListFirst)(childComplexity, n, nil)
+	return generateKeysComplexity(keystore.MaxListFirst)(childComplexity, int64(pageSize(first)), nil)
 }
 
 // acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an

@@ -11,6 +11,8 @@
 package graph
 
 import (
+	"math"
+
 	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/graph/model"
 	"github.com/keypool/keypool/keystore"
@@ -31,6 +33,15 @@ func orZero[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// pageSize is keys' first: the schema's default when a client sends null, and one
+// that an int cannot hold kept out of range, for the store to refuse.
+func pageSize(first *int64) int {
+	if first == nil {
+		return keystore.DefaultListFirst
+	}
+	return int(max(min(*first, math.MaxInt32), -1))
 }
 
 // keyOrError adapts a Store method's (Key, error) to a resolver's (*Key, error).

@@ -100,11 +100,7 @@ func (r *queryResolver) Pools(ctx context.Context) ([]*keystore.PoolStats, error
 
 // Keys is the resolver for the keys field.
 func (r *queryResolver) Keys(ctx context.Context, pool *string, status *keystore.Status, first *int64, after *string) (*model.KeyConnection, error) {
-	n := int64(keystore.DefaultListFirst) // for an explicit null
-	if first != nil {
-		n = max(min(*first, math.MaxInt32), -1) // out of range stays out of range
-	}
-	page, err := r.Store.List(ctx, keystore.ListOptions{Pool: orZero(pool), Status: orZero(status), First: int(n), After: orZero(after)})
+	page, err := r.Store.List(ctx, keystore.ListOptions{Pool: orZero(pool), Status: orZero(status), First: pageSize(first), After: orZero(after)})
 	if err != nil {
 		return nil, err
 	}

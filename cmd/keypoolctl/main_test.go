@@ -323,7 +323,7 @@ func TestPools(t *testing.T) {
 	var blocked client.Key
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &blocked))
 	assert.Equal(t, lease.Key.ID, blocked.ID)
-	assert.Equal(t, exitUsage, ctlIn(t, ts.url, "keys", "-status", "gone").code)
+	ctlIn(t, ts.url, "keys", "-status", "gone").failed(t, exitError, "GONE")
 
 	ev := start(t, ts.url, "events", "-pool", "openai", "-after", "0")
 	var first client.Event
