@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -160,6 +161,10 @@ func (m *memory) Generate(ctx context.Context, pool string, count int) ([]Record
 	}
 	now := m.now()
 	deadline := now + int64(m.opts.KeepAliveTTL)
+	// One event a key: grown once, not by doubling (a cold store's first Generate of
+	// MaxGenerate keys would otherwise allocate the pending events twice over).
+	m.pending = slices.Grow(m.pending, count)
+	m.pendingKeys = slices.Grow(m.pendingKeys, count)
 	for i := range count {
 		e := m.slab.alloc()
 		e.pool = p.idx
