@@ -164,10 +164,11 @@ func testPools(t *testing.T, open Opener) {
 		require.NoError(t, r.err)
 		require.Equal(t, a[0].ID, r.key.ID)
 
-		// A waiter on a pool not made yet is served by the pool's first keys.
-		done = e.startWaiter(e.ctx, keystore.AcquireOptions{Pool: "late", Wait: 20 * time.Second}, 1)
+		// A waiter on a pool not made yet is served by the pool's first keys. (A new
+		// variable: Never's last check may still be reading done.)
+		lateDone := e.startWaiter(e.ctx, keystore.AcquireOptions{Pool: "late", Wait: 20 * time.Second}, 1)
 		late := e.generateIn("late", 1)
-		r = e.result(done)
+		r = e.result(lateDone)
 		require.NoError(t, r.err)
 		require.Equal(t, late[0].ID, r.key.ID)
 	})
