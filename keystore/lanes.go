@@ -136,17 +136,18 @@ func quoteName(name string) string {
 	return strconv.Quote(name)
 }
 
-// A listing's cursor names the last key of a page: its pool and id, in base64url, so
-// that clients take it whole.
-func encodeCursor(pool, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + id))
+// A listing's cursor names the last key of a page: its pool and its position there
+// (Record.Pos), in base64url, so that clients take it whole.
+func encodeCursor(pool string, pos uint64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + strconv.FormatUint(pos, 10)))
 }
 
-func decodeCursor(cursor string) (pool, id string, ok bool) {
+func decodeCursor(cursor string) (pool string, pos uint64, ok bool) {
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(cursor)
 	if err != nil {
-		return "", "", false
+		return "", 0, false
 	}
-	pool, id, ok = strings.Cut(string(raw), "/")
-	return pool, id, ok && validPoolName(pool)
+	pool, num, ok := strings.Cut(string(raw), "/")
+	pos, err = strconv.ParseUint(num, 10, 64)
+	return pool, pos, ok && err == nil && validPoolName(pool)
 }

@@ -47,6 +47,7 @@ type entry struct {
 	// gen counts the keys the entry's slot has held before this one; with the slot it
 	// makes the key's number, and so its id (see keyNumber).
 	gen uint32
+	pos uint32 // in its pool's listing order (mpool.at)
 }
 
 func (e *entry) blocked() bool { return e.leaseIndex >= 0 }
@@ -168,6 +169,7 @@ func (m *memory) Generate(ctx context.Context, pool string, count int) ([]Record
 	for i := range count {
 		e := m.slab.alloc()
 		e.pool = p.idx
+		p.place(e)
 		e.created, e.deadline[keepAliveDeadline] = now, deadline
 		p.count++
 		m.keepAlive.pushBack(e)
@@ -342,16 +344,16 @@ func (m *memory) List(ctx context.Context, pool string, status Status, from uint
 		return nil, nil
 	}
 	recs := make([]Record, 0, limit)
-	for len(recs) < limit {
-		ns := p.list(status, from, limit-len(recs))
-		if len(ns) == 0 {
+	for at := int(min(from, math.MaxUint32)); len(recs) < limit; {
+		var slots []slot
+		if slots, at = p.list(status, at, limit-len(recs)); len(slots) == 0 {
 			break
 		}
-		from = ns[len(ns)-1] + 1
-		for _, n := range ns {
+		for _, i := range slots {
 			// A key whose deadline passed in a storm that lockSettled left to the
-			// expirer is listed as it is now, or not at all.
-			if e := m.find(n); e != nil && m.settle(e, now) && (status == "" || e.status() == status) {
+			// expirer is listed as it is now, or not at all. (Settling makes no key,
+			// so no slot listed is reused meanwhile.)
+			if e := m.slab.get(i); e.live() && m.settle(e, now) && (status == "" || e.status() == status) {
 				recs = append(recs, m.record(e))
 			}
 		}
@@ -385,6 +387,7 @@ func (m *memory) Close() error {
 func (m *memory) record(e *entry) Record {
 	r := Record{
 		N:             keyNumber(e),
+		Pos:           uint64(e.pos),
 		Pool:          m.pools[e.pool].name,
 		CreatedAt:     m.at(e.created),
 		ExpiresAt:     m.at(e.deadline[keepAliveDeadline]),
@@ -476,7 +479,7 @@ func (m *memory) lease(e *entry, now, ttl int64, holder string) {
 	e.timesAcquired++
 	e.deadline[leaseDeadline] = now + ttl
 	m.leases.push(e)
-	p.keys(Blocked).Insert(keyNumber(e))
+	p.enter(e, Blocked)
 	m.noteDeadline(e.deadline[leaseDeadline])
 	m.emit(EventAcquired, e, now)
 	if holder != "" {
@@ -488,7 +491,7 @@ func (m *memory) lease(e *entry, now, ttl int64, holder string) {
 // endLease takes BLOCKED e out of the leases.
 func (m *memory) endLease(e *entry) {
 	m.leases.remove(e)
-	m.pools[e.pool].keys(Blocked).Delete(keyNumber(e))
+	m.pools[e.pool].leave(e, Blocked)
 	delete(m.holders, keyNumber(e))
 }
 
@@ -501,7 +504,7 @@ func (m *memory) makeAvailable(e *entry, now int64) {
 		p.avail = newAvailableSet(&m.slab, int64(m.opts.KeepAliveTTL))
 	}
 	p.avail.add(e, now)
-	p.keys(Available).Insert(keyNumber(e))
+	p.enter(e, Available)
 	p.availHorizon = max(p.availHorizon, e.deadline[keepAliveDeadline])
 }
 
@@ -528,7 +531,7 @@ func (m *memory) serveWaiters(p *mpool, now int64) {
 func (m *memory) takeAvailable(e *entry) {
 	p := m.pools[e.pool]
 	p.avail.remove(e)
-	p.keys(Available).Delete(keyNumber(e))
+	p.leave(e, Available)
 	if p.avail.len() == 0 {
 		p.availHorizon = 0 // none AVAILABLE: the bound can start afresh
 	}
@@ -544,6 +547,7 @@ func (m *memory) remove(e *entry) {
 		m.takeAvailable(e)
 	}
 	m.keepAlive.remove(e)
+	p.unplace(e)
 	m.slab.release(e)
 	if p.count == 0 {
 		p.empty()

@@ -1,14 +1,10 @@
 package keystore
 
-import (
-	"slices"
-
-	"github.com/tidwall/btree"
-)
+import "slices"
 
 // mpool is one pool of the in-memory backend: its counters, its AVAILABLE keys for
-// picks, and its keys by state in order of key number for List. A pool whose keys
-// are all gone keeps its counters only.
+// picks, and the order List pages through. A pool whose keys are all gone keeps its
+// counters only.
 type mpool struct {
 	name  string
 	idx   int32 // in memory.pools
@@ -19,9 +15,14 @@ type mpool struct {
 	// it has passed, no AVAILABLE key is alive, whatever the expirer has yet to apply.
 	availHorizon int64
 	lastFence    int64
-	// byState orders the pool's key numbers by state (statusIndex): about 12 bytes a
-	// key, and a page of one state never walks keys of another.
-	byState [2]*btree.Set[uint64]
+	// The listing order: each key has a position (entry.pos), the lowest free one when
+	// it is made, which it keeps while it lives. at finds a position's entry, free the
+	// positions without one, byState the positions of each state's keys, so a page of
+	// one state finds its keys in O(log64 n) each, never walking keys of another, and
+	// a transition flips two bits. About 4 bytes a key and a few bits.
+	at      []slot
+	free    bitset
+	byState [2]bitset
 }
 
 func statusIndex(s Status) int {
@@ -38,52 +39,70 @@ func (e *entry) status() Status {
 	return Available
 }
 
-// keys returns the set of p's keys in state s.
-func (p *mpool) keys(s Status) *btree.Set[uint64] {
-	i := statusIndex(s)
-	if p.byState[i] == nil {
-		p.byState[i] = new(btree.Set[uint64])
+// place gives e, a new key of p, its position.
+func (p *mpool) place(e *entry) {
+	pos := p.free.next(0)
+	if pos < 0 {
+		pos = len(p.at)
+		p.at = append(p.at, e.self)
+		for _, b := range []*bitset{&p.free, &p.byState[0], &p.byState[1]} {
+			b.grow(len(p.at))
+		}
+	} else {
+		p.free.remove(pos)
+		p.at[pos] = e.self
 	}
-	return p.byState[i]
+	e.pos = uint32(pos)
 }
+
+// unplace frees the position of e, which has left every state.
+func (p *mpool) unplace(e *entry) {
+	p.at[e.pos] = noSlot
+	p.free.add(int(e.pos))
+}
+
+// enter and leave move e into and out of state s in the listing's index.
+func (p *mpool) enter(e *entry, s Status) { p.byState[statusIndex(s)].add(int(e.pos)) }
+func (p *mpool) leave(e *entry, s Status) { p.byState[statusIndex(s)].remove(int(e.pos)) }
 
 // stats counts the keys of p, which may be nil (a pool never made).
 func (p *mpool) stats() Stats {
 	if p == nil {
 		return Stats{}
 	}
-	s := Stats{Total: p.count, Blocked: p.keys(Blocked).Len()}
+	s := Stats{Total: p.count}
 	if p.avail != nil {
 		s.Available = p.avail.len()
 	}
+	s.Blocked = s.Total - s.Available
 	return s
 }
 
 // empty lets the structures of p, which holds no key now, go.
 func (p *mpool) empty() {
-	p.avail, p.availHorizon, p.byState = nil, 0, [2]*btree.Set[uint64]{}
+	p.avail, p.availHorizon = nil, 0
+	p.at, p.free, p.byState = nil, bitset{}, [2]bitset{}
 }
 
-// list returns up to limit numbers of p's keys in state s ("": any) from from on, in
-// order: O(limit + log n), merging the states' sets when s is "".
-func (p *mpool) list(s Status, from uint64, limit int) []uint64 {
-	var ns []uint64
-	for _, st := range []Status{Available, Blocked} {
-		if s != "" && s != st {
-			continue
+// list returns the slots of up to limit of p's keys in state s ("": any), in order
+// from position from on, and the position after the last: O(limit log64 n).
+func (p *mpool) list(s Status, from, limit int) (slots []slot, after int) {
+	for len(slots) < limit {
+		pos := -1
+		for i := range p.byState {
+			if s == "" || statusIndex(s) == i {
+				if next := p.byState[i].next(from); next >= 0 && (pos < 0 || next < pos) {
+					pos = next
+				}
+			}
 		}
-		taken := 0
-		p.keys(st).Ascend(from, func(n uint64) bool {
-			ns = append(ns, n)
-			taken++
-			return taken < limit
-		})
+		if pos < 0 {
+			break
+		}
+		slots = append(slots, p.at[pos])
+		from = pos + 1
 	}
-	if s == "" {
-		slices.Sort(ns)
-		ns = ns[:min(len(ns), limit)]
-	}
-	return ns
+	return slots, from
 }
 
 // makePool returns the pool named name, making it if need be: ErrTooManyPools if

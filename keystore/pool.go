@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -79,9 +80,9 @@ type Backend interface {
 	Stats(ctx context.Context, pool string) (Stats, error)
 	// Pools returns every pool made, ordered by name, with its counts (Waiting aside).
 	Pools(ctx context.Context) ([]PoolStats, error)
-	// List returns up to limit keys of pool whose numbers are at least from, in the
-	// order of their numbers, only those in state status unless it is "": O(limit +
-	// log n), never walking keys of another state.
+	// List returns up to limit keys of pool whose positions (Record.Pos) are at least
+	// from, in order of position, only those in state status unless it is "": O(limit
+	// + log n), never walking keys of another state.
 	List(ctx context.Context, pool string, status Status, from uint64, limit int) ([]Record, error)
 	// CatchUp returns once every event of pool made before the call, by any replica, is
 	// in the pool's hub, so that a new subscription sees it as past.
@@ -94,7 +95,10 @@ type Backend interface {
 
 // Record is a backend's copy of one key.
 type Record struct {
-	N         uint64
+	N uint64
+	// Pos is the key's position in its pool's listing order, which it keeps while it
+	// lives; the backend chooses it (the key number will do).
+	Pos       uint64
 	Pool      string
 	CreatedAt time.Time
 	// ExpiresAt is the keep-alive deadline.
@@ -512,14 +516,13 @@ func (p *Pool) List(ctx context.Context, opts ListOptions) (Page, error) {
 		}
 	}
 	var from string  // the pool to start in
-	var after uint64 // the first key number to list in it
+	var after uint64 // the first position to list in it
 	if opts.After != "" {
-		pool, id, ok := decodeCursor(opts.After)
-		n, isID := p.ids.ParseKeyID(id)
-		if !ok || !isID || opts.Pool != "" && pool != opts.Pool {
+		pool, pos, ok := decodeCursor(opts.After)
+		if !ok || pos == math.MaxUint64 || opts.Pool != "" && pool != opts.Pool {
 			return Page{}, Errorf(EINVALID, "after is not a cursor of this listing: pass a page's endCursor as it is")
 		}
-		from, after = pool, n+1
+		from, after = pool, pos+1
 	}
 	pools := []string{cmp.Or(from, opts.Pool)}
 	if opts.Pool == "" {
@@ -555,8 +558,8 @@ func (p *Pool) List(ctx context.Context, opts ListOptions) (Page, error) {
 		page.Keys[i] = p.key(recs[i])
 	}
 	if len(recs) > 0 {
-		last := page.Keys[len(recs)-1]
-		page.EndCursor = encodeCursor(last.Pool, last.ID)
+		last := recs[len(recs)-1]
+		page.EndCursor = encodeCursor(last.Pool, last.Pos)
 	}
 	return page, nil
 }

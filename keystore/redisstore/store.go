@@ -524,6 +524,7 @@ func (s *Store) record(p *rpool, v []int64, holder string) keystore.Record {
 		TimesAcquired: v[6],
 		LeasesExpired: v[7],
 	}
+	r.Pos = r.N // pages go by key number, the score of the pool's sets
 	if r.Fence != 0 {
 		r.LeaseExpiresAt = s.at(v[5])
 		r.Holder = holder
