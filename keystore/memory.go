@@ -77,8 +77,8 @@ func (m *memory) find(n uint64) *entry {
 // memory is the in-memory Backend: a slab of keys found by their numbers, an indexed
 // min-heap of lease deadlines and a queue of keep-alive deadlines shared by every
 // pool, and for each pool a set of AVAILABLE keys for uniform picks that skip dead
-// keys (available.go) and the ordered sets of its keys by state that pages of List
-// walk (pool.go). A background expirer sleeps until the earliest deadline and applies
+// keys (available.go) and the index of its keys by state that pages of List
+// walk (mpool.go). A background expirer sleeps until the earliest deadline and applies
 // due transitions in bounded batches; every request also settles the deadlines of the
 // key it touches, so it never sees a transition that is due but not yet applied.
 type memory struct {
