@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer store.Close()
 	metricSet.WatchStore(store)
+	go store.RecordHistory(ctx)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

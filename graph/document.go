@@ -348,6 +348,12 @@ func keysComplexity(childComplexity int, _ *string, _ *keystore.Status, first *i
 	return generateKeysComplexity(keystore.MaxListFirst)(childComplexity, int64(pageSize(first)), nil)
 }
 
+// historyComplexity prices history as a full page of keys: it answers up to
+// keystore.MaxHistorySamples objects.
+func historyComplexity(childComplexity int, _ *string, _ *time.Time) int {
+	return generateKeysComplexity(keystore.MaxListFirst)(childComplexity, keystore.MaxHistorySamples, nil)
+}
+
 // acquireKeyComplexity is gqlgen's (1 and its selection), and waitShare more for an
 // acquire that may wait: without it, 100 aliases of acquireKey(wait: "30s") would hold
 // their request for 50 minutes; with it, an operation waits at most once.

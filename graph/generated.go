@@ -99,13 +99,22 @@ type ComplexityRoot struct {
 	}
 
 	Query struct {
-		Key   func(childComplexity int, id string) int
-		Keys  func(childComplexity int, pool *string, status *keystore.Status, first *int64, after *string) int
-		Pools func(childComplexity int) int
-		Stats func(childComplexity int, pool *string) int
+		History func(childComplexity int, pool *string, since *time.Time) int
+		Key     func(childComplexity int, id string) int
+		Keys    func(childComplexity int, pool *string, status *keystore.Status, first *int64, after *string) int
+		Pools   func(childComplexity int) int
+		Stats   func(childComplexity int, pool *string) int
 	}
 
 	Stats struct {
+		Available func(childComplexity int) int
+		Blocked   func(childComplexity int) int
+		Total     func(childComplexity int) int
+		Waiting   func(childComplexity int) int
+	}
+
+	StatsSample struct {
+		At        func(childComplexity int) int
 		Available func(childComplexity int) int
 		Blocked   func(childComplexity int) int
 		Total     func(childComplexity int) int
@@ -133,6 +142,7 @@ type QueryResolver interface {
 	Key(ctx context.Context, id string) (*model.Key, error)
 	Stats(ctx context.Context, pool *string) (*keystore.Stats, error)
 	Pools(ctx context.Context) ([]*keystore.PoolStats, error)
+	History(ctx context.Context, pool *string, since *time.Time) ([]*keystore.StatsSample, error)
 	Keys(ctx context.Context, pool *string, status *keystore.Status, first *int64, after *string) (*model.KeyConnection, error)
 }
 type SubscriptionResolver interface {
@@ -405,6 +415,18 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Pool.Stats(childComplexity), true
 
+	case "Query.history":
+		if e.ComplexityRoot.Query.History == nil {
+			break
+		}
+
+		args, err := ec.field_Query_history_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Query.History(childComplexity, args["pool"].(*string), args["since"].(*time.Time)), true
+
 	case "Query.key":
 		if e.ComplexityRoot.Query.Key == nil {
 			break
@@ -469,6 +491,37 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Stats.Waiting(childComplexity), true
+
+	case "StatsSample.at":
+		if e.ComplexityRoot.StatsSample.At == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.At(childComplexity), true
+	case "StatsSample.available":
+		if e.ComplexityRoot.StatsSample.Available == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Available(childComplexity), true
+	case "StatsSample.blocked":
+		if e.ComplexityRoot.StatsSample.Blocked == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Blocked(childComplexity), true
+	case "StatsSample.total":
+		if e.ComplexityRoot.StatsSample.Total == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Total(childComplexity), true
+	case "StatsSample.waiting":
+		if e.ComplexityRoot.StatsSample.Waiting == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Waiting(childComplexity), true
 
 	case "Subscription.keyEvents":
 		if e.ComplexityRoot.Subscription.KeyEvents == nil {
@@ -706,6 +759,22 @@ type Stats {
 }
 
 """
+A pool's counts at one instant, from the history the server samples every 10 seconds.
+"""
+type StatsSample {
+  "When the sample was taken."
+  at: Time!
+  "All keys."
+  total: Int!
+  "Keys free to be acquired."
+  available: Int!
+  "Keys held under a lease."
+  blocked: Int!
+  "Acquires waiting for a key (with a Redis store: those waiting on this server)."
+  waiting: Int!
+}
+
+"""
 A named pool of keys. Each pool has its own fences, event stream, waiters and counts.
 """
 type Pool {
@@ -751,6 +820,17 @@ type Query {
   ): Stats!
   "Every pool made so far, and the default pool, ordered by name."
   pools: [Pool!]!
+  """
+  The pool's counts sampled every 10 seconds since this server started, oldest first, kept for 24 hours (less
+  when many pools share the history's 4 MiB). At most 1000 samples: a longer span comes thinned evenly, the
+  newest sample last.
+  """
+  history(
+    "The pool."
+    pool: String = "default"
+    "Only samples taken at or after this instant; all that are kept when omitted."
+    since: Time
+  ): [StatsSample!]!
   """
   One page of keys, in a stable order: a walk over every page visits once each key that matched the filter
   for the whole walk, and at most once any other. A page costs O(first + log n) whatever the filter. Priced in
@@ -1031,6 +1111,22 @@ func (ec *executionContext) childFields_Stats(ctx context.Context, field graphql
 	return nil, fmt.Errorf("no field named %q was found under type Stats", field.Name)
 }
 
+func (ec *executionContext) childFields_StatsSample(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "at":
+		return ec.fieldContext_StatsSample_at(ctx, field)
+	case "total":
+		return ec.fieldContext_StatsSample_total(ctx, field)
+	case "available":
+		return ec.fieldContext_StatsSample_available(ctx, field)
+	case "blocked":
+		return ec.fieldContext_StatsSample_blocked(ctx, field)
+	case "waiting":
+		return ec.fieldContext_StatsSample_waiting(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type StatsSample", field.Name)
+}
+
 func (ec *executionContext) childFields___Directive(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "name":
@@ -1298,6 +1394,28 @@ func (ec *executionContext) field_Query___type_args(ctx context.Context, rawArgs
 		return nil, err
 	}
 	args["name"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Query_history_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "since",
+		func(ctx context.Context, v any) (*time.Time, error) {
+			return ec.unmarshalOTime2ᚖtimeᚐTime(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["since"] = arg1
 	return args, nil
 }
 
@@ -2646,6 +2764,50 @@ func (ec *executionContext) fieldContext_Query_pools(_ context.Context, field gr
 	return fc, nil
 }
 
+func (ec *executionContext) _Query_history(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Query_history(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Query().History(ctx, fc.Args["pool"].(*string), fc.Args["since"].(*time.Time))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*keystore.StatsSample) graphql.Marshaler {
+			return ec.marshalNStatsSample2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatsSampleᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Query_history(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Query",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_StatsSample(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Query_history_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Query_keys(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2856,6 +3018,121 @@ func (ec *executionContext) _Stats_waiting(ctx context.Context, field graphql.Co
 }
 func (ec *executionContext) fieldContext_Stats_waiting(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_at(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_at(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.At, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v time.Time) graphql.Marshaler {
+			return ec.marshalNTime2timeᚐTime(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_at(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Time")
+}
+
+func (ec *executionContext) _StatsSample_total(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_total(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Total, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_total(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_available(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_available(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Available, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_available(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_blocked(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_blocked(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Blocked, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_blocked(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_waiting(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_waiting(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Waiting, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_waiting(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
 }
 
 func (ec *executionContext) _Subscription_keyEvents(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
@@ -4449,6 +4726,12 @@ func (ec *executionContext) _Query(ctx context.Context, sel ast.SelectionSet) gr
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Query_pools(ctx, field)
 				})
+		case "history":
+			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
+				true, true,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._Query_history(ctx, field)
+				})
 		case "keys":
 			out.ResolveRootConcurrently(innerCtx, ec.OperationContext, i,
 				true, true,
@@ -4514,6 +4797,59 @@ func (ec *executionContext) _Stats(ctx context.Context, sel ast.SelectionSet, ob
 			}
 		case "waiting":
 			out.Values[i] = ec._Stats_waiting(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
+var statsSampleImplementors = []string{"StatsSample"}
+
+func (ec *executionContext) _StatsSample(ctx context.Context, sel ast.SelectionSet, obj *keystore.StatsSample) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, statsSampleImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("StatsSample")
+		case "at":
+			out.Values[i] = ec._StatsSample_at(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "total":
+			out.Values[i] = ec._StatsSample_total(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "available":
+			out.Values[i] = ec._StatsSample_available(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "blocked":
+			out.Values[i] = ec._StatsSample_blocked(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "waiting":
+			out.Values[i] = ec._StatsSample_waiting(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -5140,6 +5476,30 @@ func (ec *executionContext) marshalNStats2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋ
 		return graphql.Null
 	}
 	return ec._Stats(ctx, sel, v)
+}
+
+func (ec *executionContext) marshalNStatsSample2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatsSampleᚄ(ctx context.Context, sel ast.SelectionSet, v []*keystore.StatsSample) graphql.Marshaler {
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNStatsSample2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatsSample(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
+}
+
+func (ec *executionContext) marshalNStatsSample2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatsSample(ctx context.Context, sel ast.SelectionSet, v *keystore.StatsSample) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "StatsSample!")
+		return graphql.Null
+	}
+	return ec._StatsSample(ctx, sel, v)
 }
 
 func (ec *executionContext) unmarshalNString2string(ctx context.Context, v any) (string, error) {

@@ -80,6 +80,11 @@ func (l keyList) MarshalGQL(w io.Writer) {
 			b = append(b, ',')
 		}
 		b = appendObject(b, l.fields, &l.keys[i])
+		if g, ok := w.(interface{ Grow(int) }); ok && i == 0 {
+			// The keys take about the same room each: the answer's buffer grows
+			// once, not by doubling through it.
+			g.Grow(len(b) * len(l.keys))
+		}
 		if len(b) >= keyListChunk {
 			_, _ = w.Write(b)
 			b = b[:0]

@@ -98,6 +98,18 @@ func (r *queryResolver) Pools(ctx context.Context) ([]*keystore.PoolStats, error
 	return out, err
 }
 
+func (r *queryResolver) History(ctx context.Context, pool *string, since *time.Time) ([]*keystore.StatsSample, error) {
+	samples, err := r.Store.History(ctx, orZero(pool), orZero(since))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*keystore.StatsSample, len(samples))
+	for i := range samples {
+		out[i] = &samples[i]
+	}
+	return out, nil
+}
+
 // Keys is the resolver for the keys field.
 func (r *queryResolver) Keys(ctx context.Context, pool *string, status *keystore.Status, first *int64, after *string) (*model.KeyConnection, error) {
 	page, err := r.Store.List(ctx, keystore.ListOptions{Pool: orZero(pool), Status: orZero(status), First: pageSize(first), After: orZero(after)})

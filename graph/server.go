@@ -69,6 +69,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	cfg.Complexity.Query.Keys = keysComplexity
+	cfg.Complexity.Query.History = historyComplexity
 	exec := executor.New(NewExecutableSchema(cfg))
 
 	// Both caches are bounded in bytes and admit only operations that passed every

@@ -233,6 +233,10 @@ type Store interface {
 	Stats(ctx context.Context, pool string) (Stats, error)
 	// Pools returns every pool made so far, ordered by name, with its counts.
 	Pools(ctx context.Context) ([]PoolStats, error)
+	// History returns pool's counts sampled every HistoryInterval at or after since,
+	// oldest first, at most MaxHistorySamples (a longer span thinned evenly), as far
+	// back as HistoryRetention and the shared HistoryBytes allow.
+	History(ctx context.Context, pool string, since time.Time) ([]StatsSample, error)
 	// List returns one page of keys, O(First + log n) whatever the filter.
 	List(ctx context.Context, opts ListOptions) (Page, error)
 	// Subscribe streams one pool's events until ctx ends or the subscriber falls too far

@@ -33,6 +33,8 @@ type Pool struct {
 	// a slot before its first try and gives it back when it returns.
 	waitSlots atomic.Int64
 
+	history history // of the pools' counts, while RecordHistory runs
+
 	stop      chan struct{} // closed when waiting ends: StopWaiting or Close
 	stopOnce  sync.Once
 	closeOnce sync.Once

@@ -26,7 +26,7 @@ func (m *Metrics) Instrument(store keystore.Store, transport string) keystore.St
 }
 
 // instrumentedOps are the ops of instrumentedStore.ops, in index order.
-var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpSubscribe}
+var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe}
 
 const (
 	iGenerate = iota
@@ -39,6 +39,7 @@ const (
 	iStats
 	iPools
 	iList
+	iHistory
 	iSubscribe
 )
 
@@ -134,6 +135,13 @@ func (s *instrumentedStore) List(ctx context.Context, opts keystore.ListOptions)
 	page, err := s.Store.List(ctx, opts)
 	s.done(iList, start, err)
 	return page, err
+}
+
+func (s *instrumentedStore) History(ctx context.Context, pool string, since time.Time) ([]keystore.StatsSample, error) {
+	start := time.Now()
+	samples, err := s.Store.History(ctx, pool, since)
+	s.done(iHistory, start, err)
+	return samples, err
 }
 
 // Subscribe is counted but not timed: it returns at once, and the stream's life is not

@@ -44,11 +44,12 @@ const (
 	OpStats     = "stats"
 	OpPools     = "pools"
 	OpList      = "list"
+	OpHistory   = "history"
 	OpSubscribe = "subscribe"
 )
 
 // Ops lists every operation label.
-var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpSubscribe}
+var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe}
 
 // OutcomeOK is the outcome label of an operation that succeeded; a failed one is labelled
 // with its error code (NOT_FOUND, LEASE_MISMATCH, …).
@@ -68,6 +69,7 @@ var opOutcomes = map[string][]keystore.Code{
 	OpKeepAlive: {keystore.ENOTFOUND},
 	OpDelete:    {keystore.ENOTFOUND},
 	OpGet:       {keystore.ENOTFOUND},
+	OpHistory:   {keystore.EINVALID},
 	OpStats:     {keystore.EINVALID},
 	OpPools:     {},
 	OpList:      {keystore.EINVALID},

@@ -284,6 +284,7 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 		"stats":     {"BAD_USER_INPUT"},
 		"pools":     {},
 		"list":      {"BAD_USER_INPUT"},
+		"history":   {"BAD_USER_INPUT"},
 		"subscribe": {"BAD_USER_INPUT", "EVENTS_COMPACTED"},
 	}
 	wantSeries := map[string]bool{}

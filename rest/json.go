@@ -129,15 +129,31 @@ func writeKeys(w http.ResponseWriter, status int, keys []keystore.Key, next ...*
 const flushBytes = bufpool.MaxSize / 2
 
 func appendStats(b []byte, s keystore.Stats) []byte {
-	b = append(b, `{"total":`...)
+	return append(appendStatsFields(append(b, '{'), s), '}')
+}
+
+// appendStatsFields appends the members of a Stats object, without its braces.
+func appendStatsFields(b []byte, s keystore.Stats) []byte {
+	b = append(b, `"total":`...)
 	b = strconv.AppendInt(b, int64(s.Total), 10)
 	b = append(b, `,"available":`...)
 	b = strconv.AppendInt(b, int64(s.Available), 10)
 	b = append(b, `,"blocked":`...)
 	b = strconv.AppendInt(b, int64(s.Blocked), 10)
 	b = append(b, `,"waiting":`...)
-	b = strconv.AppendInt(b, int64(s.Waiting), 10)
-	return append(b, '}')
+	return strconv.AppendInt(b, int64(s.Waiting), 10)
+}
+
+func appendHistory(b []byte, samples []keystore.StatsSample) []byte {
+	b = append(b, `{"samples":[`...)
+	for i := range samples {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = wire.AppendTime(append(b, `{"at":`...), samples[i].At)
+		b = append(appendStatsFields(append(b, ','), samples[i].Stats), '}')
+	}
+	return append(b, "]}"...)
 }
 
 func appendPools(b []byte, pools []keystore.PoolStats) []byte {

@@ -113,6 +113,7 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("GET /v1/keys", http.HandlerFunc(h.list))
 	route("GET /v1/stats", http.HandlerFunc(h.stats))
 	route("GET /v1/pools", http.HandlerFunc(h.pools))
+	route("GET /v1/history", http.HandlerFunc(h.history))
 	route("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
 	route("GET /v1/docs", http.HandlerFunc(serveDocs))
 
@@ -127,6 +128,7 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("/v1/keys/{id}/renew", methodNotAllowed("POST"))
 	route("/v1/stats", methodNotAllowed("GET, HEAD"))
 	route("/v1/pools", methodNotAllowed("GET, HEAD"))
+	route("/v1/history", methodNotAllowed("GET, HEAD"))
 	route("/v1/openapi.json", methodNotAllowed("GET, HEAD"))
 	route("/v1/docs", methodNotAllowed("GET, HEAD"))
 	route("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -340,6 +342,28 @@ func (h *handler) pools(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendPools(b, pools) })
+}
+
+// history answers GET /v1/history?pool=&since=: the pool's sampled counts.
+func (h *handler) history(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r.URL, "pool", "since")
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	var since time.Time
+	if s, ok := q["since"]; ok {
+		if since, err = wire.ParseTime("since", s); err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+	}
+	samples, err := h.store.History(r.Context(), q["pool"], since)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, func(b []byte) []byte { return appendHistory(b, samples) })
 }
 
 // list answers GET /v1/keys?pool=&status=&limit=&cursor=: one page of keys, and the

@@ -69,6 +69,16 @@ func ParseDuration(name, s string) (time.Duration, error) {
 	return d, nil
 }
 
+// ParseTime parses what a client sent as the instant called name: RFC 3339, as
+// AppendTime writes it (any offset).
+func ParseTime(name, s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, keystore.Errorf(keystore.EINVALID, "%s must be RFC 3339, got %.40q", name, s)
+	}
+	return t.UTC(), nil
+}
+
 // AppendTime appends t as every transport writes an instant: a JSON string in RFC 3339
 // with fractional seconds (trailing zeros trimmed), in UTC.
 func AppendTime(b []byte, t time.Time) []byte {

@@ -26,11 +26,7 @@ func UnmarshalTime(v any) (time.Time, error) {
 	if !ok {
 		return time.Time{}, keystore.Errorf(keystore.EINVALID, "Time must be an RFC 3339 string, got %T", v)
 	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, keystore.Errorf(keystore.EINVALID, "Time must be RFC 3339, got %q", s)
-	}
-	return t.UTC(), nil
+	return wire.ParseTime("Time", s)
 }
 
 // MarshalDuration writes the GraphQL Duration scalar: in Go syntax.
