@@ -22,14 +22,17 @@
   var STATS_QUERY =
     'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked waiting } }';
   var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked waiting } } }';
+  var HISTORY_QUERY = 'query DashboardHistory($pool: String, $since: Time) {' +
+    ' history(pool: $pool, since: $since) { at total available blocked } }';
   var EVENTS_SUBSCRIPTION =
     'subscription DashboardKeyEvents($pool: String, $after: Int) {' +
     ' keyEvents(pool: $pool, after: $after) { seq type keyId pool at holder } }';
 
-  // chartWindow reads the chart's window from ?minutes= (1 to 60).
+  // chartWindow reads the chart's window from ?minutes= (1 to 1440, the server's
+  // 24 hours of history).
   function chartWindow() {
     var minutes = parseInt(new URLSearchParams(location.search).get('minutes'), 10);
-    return (minutes >= 1 && minutes <= 60 ? minutes : 5) * 60;
+    return (minutes >= 1 && minutes <= 1440 ? minutes : 5) * 60;
   }
 
   // A pool name as the server takes it; anything else in ?pool= means the default pool.
@@ -56,6 +59,7 @@
     poolsNote: document.getElementById('pools-note'),
   };
   el.chartTitle.textContent = 'Keys, last ' + (CHART_SECONDS === 60 ? 'minute' : CHART_SECONDS / 60 + ' minutes');
+  el.chart.dataset.historyPoints = '0';
 
   // ---- requests ---------------------------------------------------------------
 
@@ -130,6 +134,7 @@
     el.lastSeq.textContent = '';
     [el.total, el.available, el.blocked, el.waiting].forEach(function (o) { o.textContent = '–'; });
     drawChart(Date.now());
+    loadHistory();
     renderPools();
     requestStats();
     if (socket.ws && socket.state === 'live') {
@@ -545,6 +550,26 @@
     drawChart(now);
   }
 
+  // loadHistory fills the chart, on load and on a change of pool, with the counts the
+  // server sampled (every 10 s) before the page's own samples begin.
+  function loadHistory() {
+    var asked = pool;
+    var since = new Date(Date.now() - CHART_SECONDS * 1000).toISOString();
+    graphql(HISTORY_QUERY, 'DashboardHistory', { pool: asked, since: since }).then(function (data) {
+      if (asked !== pool) return;
+      var past = data.history.map(function (s) {
+        return { t: Date.parse(s.at), total: s.total, available: s.available, blocked: s.blocked };
+      });
+      var first = samples.length ? samples[0].t : Infinity;
+      past = past.filter(function (s) { return s.t < first; });
+      samples = past.concat(samples);
+      el.chart.dataset.historyPoints = String(past.length);
+      drawChart(Date.now());
+    }, function (err) {
+      console.warn('keypool: history query failed:', err);
+    });
+  }
+
   // niceStep returns the grid step for four rows up to at least v: 1, 2 or 5
   // times a power of ten, so every label is a round number.
   function niceStep(v) {
@@ -609,13 +634,13 @@
     // Ticks back from now at a round step, labelled in s or min: at most 6,
     // and at least 64 px apart so that narrow screens stay legible.
     var maxTicks = Math.max(1, Math.min(6, Math.floor(pw / 64)));
-    var stepSec = [10, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600].filter(function (st) {
+    var stepSec = [10, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 14400, 21600].filter(function (st) {
       return CHART_SECONDS / st <= maxTicks;
     })[0] || CHART_SECONDS;
     for (var ago = 0; ago <= CHART_SECONDS; ago += stepSec) {
       var tx = x(now - ago * 1000);
       ctx.textAlign = ago === 0 ? 'right' : ago === CHART_SECONDS ? 'left' : 'center';
-      ctx.fillText(ago === 0 ? 'now' : '−' + (stepSec < 60 ? ago + ' s' : ago / 60 + ' min'), tx, top + ph + 6);
+      ctx.fillText(ago === 0 ? 'now' : '−' + (stepSec < 60 ? ago + ' s' : stepSec < 3600 ? ago / 60 + ' min' : ago / 3600 + ' h'), tx, top + ph + 6);
     }
 
     if (!samples.length) return;
@@ -647,5 +672,6 @@
 
   renderPools();
   drawChart(Date.now());
+  loadHistory();
   connect();
 })();
