@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -60,4 +61,64 @@ func TestBrowserDashboardHistory(t *testing.T) {
 
 	b.do("open the dashboard", chromedp.Navigate(server.URL+"/dashboard"), chromedp.WaitVisible(chromedp.ID("chart")))
 	waitFor[bool](b, "the minute of history on the chart", `document.getElementById('chart').dataset.historyPoints === '6'`)
+}
+
+// jsKeyRows is the dashboard's key list as "id state holder" lines.
+const jsKeyRows = `[...document.querySelectorAll('#keys tr')].map(r =>
+	[r.querySelector('button').dataset.id, r.children[1].textContent, r.children[2].textContent].join(' ').trim())`
+
+// TestBrowserDashboardKeys drives the dashboard's keys: the list, generating from
+// the page, a key's panel with its holder (opened from the list and from the feed),
+// a forced release and a delete that asks first; each action changes the pool, and
+// the page shows it. At a phone's size nothing scrolls sideways.
+func TestBrowserDashboardKeys(t *testing.T) {
+	chromium := chromiumOrSkip(t)
+	checkNoLeaks(t)
+	server := startBrowserServer(t)
+	b := newBrowser(t, chromium, server)
+	server.generateKeysIn(t, "crawl", 2)
+	held := server.acquireIn(t, "crawl", "crawler <7>")
+
+	b.do("open the dashboard of pool crawl", chromedp.Navigate(server.URL+"/dashboard?pool=crawl"), chromedp.WaitVisible(chromedp.ID("keys")))
+	waitFor[bool](b, "the live subscription", `document.getElementById('status').dataset.state === 'live'`)
+	waitFor[bool](b, "two keys listed, the held one with its holder", `(() => {
+		const rows = `+jsKeyRows+`;
+		return rows.length === 2 && rows.includes(`+strconv.Quote(held+" BLOCKED crawler <7>")+`);
+	})()`)
+	waitFor[bool](b, "the share under lease", `document.getElementById('share-blocked').textContent === '50% of the keys'`)
+
+	// Generate three from the page: the pool has five, listed, counted, in the feed.
+	b.do("generate 3 keys", chromedp.SetValue(chromedp.CSS("#generate-count"), "3"), chromedp.Click(chromedp.CSS(`#generate button`)))
+	waitFor[bool](b, "five keys listed", jsKeyRows+`.length === 5`)
+	waitFor[bool](b, "five counted", `document.getElementById('count-total').textContent === '5'`)
+	waitFor[bool](b, "three GENERATED events in the feed", `document.querySelectorAll('#feed .type.GENERATED').length === 3`)
+
+	// The held key's panel, from the list: its holder; then a forced release.
+	b.do("open the held key", chromedp.Click(chromedp.CSS(`#keys button[data-id="`+held+`"]`)))
+	waitFor[bool](b, "the panel with the holder", `document.getElementById('key-panel').open &&
+		document.querySelector('#key-fields dd[data-field="Holder"]')?.textContent === 'crawler <7>'`)
+	b.do("force release", chromedp.Click(chromedp.CSS("#key-release")))
+	waitFor[bool](b, "the key released", `document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE' &&
+		document.getElementById('key-release').disabled`)
+	waitFor[bool](b, "nothing blocked", `document.getElementById('count-blocked').textContent === '0'`)
+	waitFor[bool](b, "the UNBLOCKED event in the feed", `document.querySelector('#feed li .type')?.textContent === 'UNBLOCKED'`)
+
+	// Delete asks first; the second click deletes.
+	b.do("delete once", chromedp.Click(chromedp.CSS("#key-delete")))
+	waitFor[bool](b, "the question", `document.getElementById('key-delete').textContent === 'Delete for good?'`)
+	if n := eval[string](b, `document.getElementById('count-total').textContent`); n != "5" {
+		t.Fatalf("one click deleted: total %s", n)
+	}
+	b.do("confirm", chromedp.Click(chromedp.CSS("#key-delete")))
+	waitFor[bool](b, "deleted", `document.getElementById('key-message').textContent === 'Deleted.'`)
+	waitFor[bool](b, "four keys listed", jsKeyRows+`.length === 4`)
+	waitFor[bool](b, "four counted", `document.getElementById('count-total').textContent === '4'`)
+	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
+
+	// A key of the feed opens its panel too.
+	b.do("open a key from the feed", chromedp.Click(chromedp.CSS(`#feed .type.GENERATED ~ button.key`)))
+	waitFor[bool](b, "its panel", `document.getElementById('key-panel').open &&
+		document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE'`)
+	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
+	b.screenshots("dashboard-keys")
 }

@@ -24,6 +24,16 @@
   var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked waiting } } }';
   var HISTORY_QUERY = 'query DashboardHistory($pool: String, $since: Time) {' +
     ' history(pool: $pool, since: $since) { at total available blocked } }';
+  var KEY_FIELDS = 'id pool status createdAt expiresAt lease { holder fence acquiredAt expiresAt }' +
+    ' history { timesAcquired leasesExpired lastAcquiredAt }';
+  var KEYS_QUERY = 'query DashboardKeys($pool: String, $status: KeyStatus, $after: String) {' +
+    ' keys(pool: $pool, status: $status, first: 50, after: $after) { nodes { ' + KEY_FIELDS + ' }' +
+    ' pageInfo { endCursor hasNextPage } } }';
+  var KEY_QUERY = 'query DashboardKey($id: ID!) { key(id: $id) { ' + KEY_FIELDS + ' } }';
+  var GENERATE_MUTATION = 'mutation DashboardGenerate($pool: String, $count: Int!) {' +
+    ' generateKeys(pool: $pool, count: $count) { id } }';
+  var RELEASE_MUTATION = 'mutation DashboardRelease($id: ID!) { unblockKey(id: $id) { ' + KEY_FIELDS + ' } }';
+  var DELETE_MUTATION = 'mutation DashboardDelete($id: ID!) { deleteKey(id: $id) }';
   var EVENTS_SUBSCRIPTION =
     'subscription DashboardKeyEvents($pool: String, $after: Int) {' +
     ' keyEvents(pool: $pool, after: $after) { seq type keyId pool at holder } }';
@@ -50,6 +60,7 @@
     available: document.getElementById('count-available'),
     blocked: document.getElementById('count-blocked'),
     waiting: document.getElementById('count-waiting'),
+    shareBlocked: document.getElementById('share-blocked'),
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
     lastSeq: document.getElementById('last-seq'),
@@ -57,6 +68,20 @@
     chartTitle: document.getElementById('chart-title'),
     pools: document.getElementById('pools'),
     poolsNote: document.getElementById('pools-note'),
+    keys: document.getElementById('keys'),
+    keysNote: document.getElementById('keys-note'),
+    keysStatus: document.getElementById('keys-status'),
+    keysRefresh: document.getElementById('keys-refresh'),
+    keysMore: document.getElementById('keys-more'),
+    generate: document.getElementById('generate'),
+    generateCount: document.getElementById('generate-count'),
+    keyPanel: document.getElementById('key-panel'),
+    keyID: document.getElementById('key-id'),
+    keyFields: document.getElementById('key-fields'),
+    keyMessage: document.getElementById('key-message'),
+    keyRelease: document.getElementById('key-release'),
+    keyDelete: document.getElementById('key-delete'),
+    keyClose: document.getElementById('key-close'),
   };
   el.chartTitle.textContent = 'Keys, last ' + (CHART_SECONDS === 60 ? 'minute' : CHART_SECONDS / 60 + ' minutes');
   el.chart.dataset.historyPoints = '0';
@@ -133,8 +158,10 @@
     el.feedEmpty.hidden = false;
     el.lastSeq.textContent = '';
     [el.total, el.available, el.blocked, el.waiting].forEach(function (o) { o.textContent = '–'; });
+    el.shareBlocked.textContent = '';
     drawChart(Date.now());
     loadHistory();
+    loadKeys(true);
     renderPools();
     requestStats();
     if (socket.ws && socket.state === 'live') {
@@ -212,6 +239,8 @@
         cells[n] = td;
         tr.append(td);
       });
+      tr.dataset.flags = poolFlags(p.stats).join(' ');
+      if (tr.dataset.flags) th.title = p.name + ': ' + poolFlags(p.stats).map(flagText).join(', ');
       if (p.name === pool) {
         tr.className = 'selected';
         tr.setAttribute('aria-current', 'true');
@@ -222,6 +251,19 @@
     el.poolsNote.textContent = pools.length + (pools.length === 1 ? ' pool' : ' pools') +
       ', as of ' + timeFormat.format(poolsAt);
     scheduleRender();
+  }
+
+  // poolFlags names what needs an operator's eye in a pool: acquires waiting, and
+  // fewer than a fifth of its keys available.
+  function poolFlags(st) {
+    var flags = [];
+    if (st.waiting > 0) flags.push('waiting');
+    if (st.total > 0 && st.available * 5 < st.total) flags.push('low');
+    return flags;
+  }
+
+  function flagText(flag) {
+    return { waiting: 'acquires are waiting', low: 'under a fifth available', expiring: 'its leases keep running out' }[flag];
   }
 
   // ---- counts ---------------------------------------------------------------
@@ -490,9 +532,13 @@
     var type = document.createElement('span');
     type.className = 'type ' + ev.type;
     type.textContent = ev.type;
-    var key = document.createElement('code');
-    key.textContent = ev.keyId;
+    var key = document.createElement('button');
+    key.type = 'button';
+    key.className = 'key';
+    key.dataset.id = ev.keyId;
     key.title = ev.keyId + '  (seq ' + ev.seq + ')';
+    key.append(document.createElement('code'));
+    key.firstChild.textContent = ev.keyId;
     var holder = document.createElement('span');
     holder.className = 'holder';
     if (ev.holder) {
@@ -534,7 +580,214 @@
       el[n].textContent = text;
       if (selectedCells) selectedCells[n].textContent = text;
     });
+    // Utilisation: the share of the pool under lease.
+    el.shareBlocked.textContent = counts.total ? Math.round(counts.blocked / counts.total * 100) + '% of the keys' : '';
   }
+
+  // ---- keys: the listing, a key's panel, and actions -------------------------------
+  //
+  // The list is the keys query's pages of the selected pool (50 a page, "More keys"
+  // for the next), filtered by state; it is read again on a change of pool or
+  // filter, on Refresh, and after an action. A key's id, in the list or the feed,
+  // opens its panel: its state, lease and history, and the actions that apply.
+  // Every action is one request to /graphql, as any client's.
+
+  var keyRows = [];        // the keys listed
+  var keysCursor = null;   // the endCursor of the last page read
+  var keysLoading = 0;     // the number of the listing being read; older answers are dropped
+
+  function loadKeys(reset) {
+    var asked = { pool: pool, status: el.keysStatus.value || null, n: ++keysLoading };
+    var after = reset ? null : keysCursor;
+    if (reset) {
+      keyRows = [];
+      keysCursor = null;
+    }
+    return graphql(KEYS_QUERY, 'DashboardKeys', { pool: asked.pool, status: asked.status, after: after }).then(function (data) {
+      if (asked.n !== keysLoading) return;
+      keyRows = keyRows.concat(data.keys.nodes);
+      keysCursor = data.keys.pageInfo.endCursor || keysCursor;
+      el.keysMore.hidden = !data.keys.pageInfo.hasNextPage;
+      el.keysNote.textContent = keyRows.length ? keyRows.length + (keyRows.length === 1 ? ' key' : ' keys') +
+        (data.keys.pageInfo.hasNextPage ? ' so far' : '') + ', as of ' + timeFormat.format(new Date()) : 'No keys.';
+      renderKeys();
+    }, function (err) {
+      if (asked.n === keysLoading) el.keysNote.textContent = 'Could not list the keys: ' + err.message;
+    });
+  }
+
+  // leasedFor says how long a key has been held, in whole seconds or minutes.
+  function leasedFor(k) {
+    if (!k.lease) return '';
+    var s = Math.max(0, Math.round((Date.now() - Date.parse(k.lease.acquiredAt)) / 1000));
+    return s < 120 ? s + ' s' : Math.round(s / 60) + ' min';
+  }
+
+  // keyFlags: a key whose leases keep running out (at least 3, half of them or more)
+  // is held by clients that die or forget it.
+  function keyFlags(k) {
+    var h = k.history;
+    return h.leasesExpired >= 3 && h.leasesExpired * 2 >= h.timesAcquired ? ['expiring'] : [];
+  }
+
+  function renderKeys() {
+    el.keys.replaceChildren.apply(el.keys, keyRows.map(function (k) {
+      var tr = document.createElement('tr');
+      tr.dataset.flags = keyFlags(k).join(' ');
+      var th = document.createElement('th');
+      th.scope = 'row';
+      var button = document.createElement('button');
+      button.type = 'button';
+      button.dataset.id = k.id;
+      button.textContent = k.id;
+      button.title = k.id + (tr.dataset.flags ? ': ' + flagText('expiring') : '');
+      th.append(button);
+      var cells = [k.status, k.lease && k.lease.holder || '', leasedFor(k),
+        numberFormat.format(k.history.timesAcquired) + (k.history.leasesExpired ? ' (' + numberFormat.format(k.history.leasesExpired) + ' ran out)' : '')];
+      tr.append(th);
+      cells.forEach(function (text, i) {
+        var td = document.createElement('td');
+        td.textContent = text;
+        if (i === 0) td.className = k.status;
+        if (i === 1) { td.className = 'holder'; td.title = text; }
+        tr.append(td);
+      });
+      return tr;
+    }));
+  }
+
+  el.keysStatus.addEventListener('change', function () { loadKeys(true); });
+  el.keysRefresh.addEventListener('click', function () { loadKeys(true); });
+  el.keysMore.addEventListener('click', function () { loadKeys(false); });
+  el.generate.addEventListener('submit', function (e) {
+    e.preventDefault();
+    var count = parseInt(el.generateCount.value, 10);
+    graphql(GENERATE_MUTATION, 'DashboardGenerate', { pool: pool, count: count }).then(function (data) {
+      el.keysNote.textContent = 'Generated ' + numberFormat.format(data.generateKeys.length) + ' keys in ' + pool + '.';
+      loadKeys(true);
+      requestStats();
+      requestPools();
+    }, function (err) {
+      el.keysNote.textContent = 'Could not generate: ' + err.message;
+    });
+  });
+
+  // The key panel.
+  var shownKey = null;       // the key the panel shows
+  var deleteArmed = 0;       // the timer of a Delete that waits for its confirmation
+
+  function openKey(id) {
+    shownKey = { id: id };
+    el.keyID.textContent = id;
+    el.keyFields.replaceChildren();
+    setKeyMessage('');
+    disarmDelete();
+    updateActions();
+    if (!el.keyPanel.open) el.keyPanel.showModal();
+    graphql(KEY_QUERY, 'DashboardKey', { id: id }).then(function (data) {
+      if (!shownKey || shownKey.id !== id) return;
+      if (!data.key) {
+        setKeyMessage('This key no longer exists.');
+        shownKey = { id: id, gone: true };
+        updateActions();
+        return;
+      }
+      showKey(data.key);
+    }, function (err) {
+      setKeyMessage('Could not read the key: ' + err.message);
+    });
+  }
+
+  function showKey(k) {
+    shownKey = k;
+    var rows = [
+      ['State', k.status],
+      ['Pool', k.pool],
+      ['Holder', k.lease ? k.lease.holder || '(none named)' : ''],
+      ['Leased for', leasedFor(k)],
+      ['Lease ends', k.lease ? dateTime(k.lease.expiresAt) : ''],
+      ['Fence', k.lease ? String(k.lease.fence) : ''],
+      ['Times acquired', numberFormat.format(k.history.timesAcquired)],
+      ['Leases run out', numberFormat.format(k.history.leasesExpired) + (keyFlags(k).length ? ' — ' + flagText('expiring') : '')],
+      ['Last acquired', k.history.lastAcquiredAt ? dateTime(k.history.lastAcquiredAt) : 'never'],
+      ['Created', dateTime(k.createdAt)],
+      ['Deleted unless kept alive by', dateTime(k.expiresAt)],
+    ];
+    el.keyFields.replaceChildren.apply(el.keyFields, rows.filter(function (r) { return r[1] !== ''; }).flatMap(function (r) {
+      var dt = document.createElement('dt');
+      dt.textContent = r[0];
+      var dd = document.createElement('dd');
+      dd.textContent = r[1];
+      dd.dataset.field = r[0];
+      return [dt, dd];
+    }));
+    updateActions();
+  }
+
+  var dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium', hour12: false });
+
+  function dateTime(s) {
+    var d = new Date(s);
+    return isNaN(d) ? s : dateTimeFormat.format(d);
+  }
+
+  function setKeyMessage(text) { el.keyMessage.textContent = text; }
+
+  function updateActions() {
+    var known = shownKey && shownKey.status;
+    el.keyRelease.disabled = !known || shownKey.status !== 'BLOCKED';
+    el.keyDelete.disabled = !known;
+  }
+
+  function disarmDelete() {
+    clearTimeout(deleteArmed);
+    deleteArmed = 0;
+    el.keyDelete.textContent = 'Delete';
+  }
+
+  // afterAction reads the list and counts again once an action has changed the pool.
+  function afterAction() {
+    loadKeys(true);
+    requestStats();
+    requestPools();
+  }
+
+  el.keyRelease.addEventListener('click', function () {
+    var id = shownKey.id;
+    graphql(RELEASE_MUTATION, 'DashboardRelease', { id: id }).then(function (data) {
+      if (shownKey && shownKey.id === id) showKey(data.unblockKey);
+      setKeyMessage('Released: the lease is over, and its token no longer works.');
+      afterAction();
+    }, function (err) {
+      setKeyMessage('Could not release: ' + err.message);
+    });
+  });
+  el.keyDelete.addEventListener('click', function () {
+    if (!deleteArmed) { // the first click asks; the second, within 5 s, deletes
+      el.keyDelete.textContent = 'Delete for good?';
+      deleteArmed = setTimeout(disarmDelete, 5000);
+      return;
+    }
+    disarmDelete();
+    var id = shownKey.id;
+    graphql(DELETE_MUTATION, 'DashboardDelete', { id: id }).then(function () {
+      shownKey = { id: id, gone: true };
+      el.keyFields.replaceChildren();
+      updateActions();
+      setKeyMessage('Deleted.');
+      afterAction();
+    }, function (err) {
+      setKeyMessage('Could not delete: ' + err.message);
+    });
+  });
+  el.keyClose.addEventListener('click', function () { el.keyPanel.close(); });
+  el.keyPanel.addEventListener('close', function () { shownKey = null; disarmDelete(); });
+  [el.keys, el.feed].forEach(function (list) {
+    list.addEventListener('click', function (e) {
+      var button = e.target.closest('button[data-id]');
+      if (button) openKey(button.dataset.id);
+    });
+  });
 
   // ---- the chart -----------------------------------------------------------------
   //
@@ -673,5 +926,6 @@
   renderPools();
   drawChart(Date.now());
   loadHistory();
+  loadKeys(true);
   connect();
 })();
