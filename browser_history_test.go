@@ -85,6 +85,7 @@ func TestBrowserDashboardKeys(t *testing.T) {
 		const rows = `+jsKeyRows+`;
 		return rows.length === 2 && rows.includes(`+strconv.Quote(held+" BLOCKED crawler <7>")+`);
 	})()`)
+	waitFor[bool](b, "the store's health", `document.getElementById('store').textContent === 'memory store · ready'`)
 	waitFor[bool](b, "the share under lease", `document.getElementById('share-blocked').textContent === '50% of the keys'`)
 
 	// Generate three from the page: the pool has five, listed, counted, in the feed.

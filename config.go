@@ -175,6 +175,14 @@ func (c config) validate() error {
 }
 
 // storeOptions are the keystore options the configuration sets.
+// storeKind names the kind of store -store chooses, as /readyz shows it.
+func (c config) storeKind() string {
+	if c.Store == "memory" {
+		return "memory"
+	}
+	return "redis"
+}
+
 func (c config) storeOptions() keystore.Options {
 	return keystore.Options{
 		LeaseTTL:     c.LeaseTTL,

@@ -21,7 +21,7 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 		return middleware.JSONBodies(middleware.RESTError, h)
 	})
 	mux.Handle("/healthz", rest.Healthz()) // no method: they answer a wrong one in JSON
-	mux.Handle("/readyz", rest.Readyz(store, logger))
+	mux.Handle("/readyz", rest.Readyz(store, cfg.storeKind(), logger))
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET /{$}", web.GraphiQL())
 	mux.Handle("GET /dashboard", web.Dashboard())

@@ -131,7 +131,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 func openStore(cfg config, observer keystore.Observer) (*keystore.Pool, error) {
 	opts := cfg.storeOptions()
 	opts.Observer = observer
-	if cfg.Store == "memory" {
+	if cfg.storeKind() == "memory" {
 		return keystore.NewMemory(clockwork.NewRealClock(), opts)
 	}
 	// A shared pool in Redis (redis://, rediss:// or unix://), on Redis's clock.

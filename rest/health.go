@@ -2,12 +2,15 @@ package rest
 
 import (
 	"context"
-	"github.com/keypool/keypool/wire"
 	"log/slog"
+	"mime"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/wire"
 )
 
 // Healthz answers 200 "ok" for as long as the process serves HTTP (liveness). It
@@ -27,9 +30,11 @@ func Healthz() http.Handler {
 const readyTimeout = 2 * time.Second
 
 // Readyz answers 200 "ok" when store.Ready succeeds, else 503 with the JSON error shape
-// (code UNAVAILABLE, or INTERNAL_SERVER_ERROR for an error without a code). Like
+// (code UNAVAILABLE, or INTERNAL_SERVER_ERROR for an error without a code). Asked for
+// JSON (Accept: application/json), it answers {"ready":…,"store":kind,"reason":…}
+// instead, at the same status, for pages and tools that show the reason. Like
 // Healthz, it answers methods other than GET and HEAD itself.
-func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
+func Readyz(store keystore.Store, kind string, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -40,21 +45,46 @@ func Readyz(store keystore.Store, logger *slog.Logger) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		err := store.Ready(ctx)
-		if err == nil {
+		var code keystore.Code
+		var message string
+		if err != nil {
+			code, message = keystore.ErrorCode(err), keystore.ErrorMessage(err)
+			if code != keystore.EUNAVAILABLE {
+				logger.Error("readiness check failed", "err", err)
+				code, message = keystore.EINTERNAL, wire.InternalMessage
+			}
+			if ctx.Err() != nil && r.Context().Err() == nil {
+				code, message = keystore.EUNAVAILABLE, "store did not answer within "+readyTimeout.String()
+			}
+		}
+		switch {
+		case wantsJSON(r):
+			status := http.StatusOK
+			if err != nil {
+				status = http.StatusServiceUnavailable
+			}
+			writeJSON(w, status, func(b []byte) []byte {
+				b = strconv.AppendBool(append(b, `{"ready":`...), err == nil)
+				b = appendString(append(b, `,"store":`...), kind)
+				return append(appendString(append(b, `,"reason":`...), message), '}')
+			})
+		case err == nil:
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Write([]byte("ok\n"))
-			return
+		default:
+			writeErrorStatus(w, http.StatusServiceUnavailable, code, message)
 		}
-		code, message := keystore.ErrorCode(err), keystore.ErrorMessage(err)
-		if code != keystore.EUNAVAILABLE {
-			logger.Error("readiness check failed", "err", err)
-			code, message = keystore.EINTERNAL, wire.InternalMessage
-		}
-		if ctx.Err() != nil && r.Context().Err() == nil {
-			code, message = keystore.EUNAVAILABLE, "store did not answer within "+readyTimeout.String()
-		}
-		writeErrorStatus(w, http.StatusServiceUnavailable, code, message)
 	})
+}
+
+// wantsJSON reports whether r's Accept header names application/json.
+func wantsJSON(r *http.Request) bool {
+	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
+		if mediaType, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mediaType == wire.MediaJSON {
+			return true
+		}
+	}
+	return false
 }
 
 // readOnly reports whether r is a GET or HEAD; it answers any other method with 405.

@@ -2,11 +2,16 @@ package rest_test
 
 import (
 	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"testing"
 	"time"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/rest"
+	"github.com/keypool/keypool/rest/resttest"
 )
 
 // TestHistory: GET /v1/history answers the pool's recorded samples, oldest first,
@@ -58,4 +63,32 @@ func TestHistory(t *testing.T) {
 	expect[errorBody](t, p.do("GET", "/v1/history?since=yesterday", ""), 400, "BAD_USER_INPUT")
 	expect[errorBody](t, p.do("GET", "/v1/history?pool=no%20such", ""), 400, "BAD_USER_INPUT")
 	expect[errorBody](t, p.do("GET", "/v1/history?limit=3", ""), 400, "BAD_USER_INPUT")
+}
+
+// TestReadyzJSON: asked for JSON, /readyz says whether the store is ready, which kind
+// it is and why not, at the same status as its plain answer.
+func TestReadyzJSON(t *testing.T) {
+	p := newPool(t)
+	ask := func(h http.Handler) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("GET", "/readyz", nil)
+		r.Header.Set("Accept", "application/json, text/plain;q=0.5")
+		w := httptest.NewRecorder()
+		resttest.Handler(t, h).ServeHTTP(w, r)
+		return w
+	}
+	type readiness struct {
+		Ready  bool
+		Store  string
+		Reason string
+	}
+	if got := expect[readiness](t, ask(rest.Readyz(p.store, "memory", nil)), 200, ""); got != (readiness{Ready: true, Store: "memory"}) {
+		t.Fatalf("ready: %+v", got)
+	}
+	p.store.Close()
+	if got := expect[readiness](t, ask(rest.Readyz(p.store, "redis", nil)), 503, ""); got.Ready || got.Store != "redis" || got.Reason == "" {
+		t.Fatalf("closed: %+v", got)
+	}
+	if got := expect[readiness](t, ask(rest.Readyz(failingStore{err: errors.New("secret")}, "memory", nil)), 503, ""); got.Reason != "internal error" {
+		t.Fatalf("an unknown failure: %+v", got)
+	}
 }

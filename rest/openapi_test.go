@@ -76,7 +76,7 @@ func TestOpenAPIOperationsServed(t *testing.T) {
 	id := p.generate(1)[0].ID
 	handlers := map[string]http.Handler{
 		"/healthz": rest.Healthz(),
-		"/readyz":  rest.Readyz(p.store, nil),
+		"/readyz":  rest.Readyz(p.store, "memory", nil),
 	}
 	for path, item := range v.Document().Paths.Map() {
 		for method := range item.Operations() {
@@ -102,7 +102,7 @@ func TestOpenAPIOperationsServed(t *testing.T) {
 // shape with Allow, as /v1 does (net/http's own 405 is plain text).
 func TestHealthMethods(t *testing.T) {
 	p := newPool(t)
-	for path, h := range map[string]http.Handler{"/healthz": rest.Healthz(), "/readyz": rest.Readyz(p.store, nil)} {
+	for path, h := range map[string]http.Handler{"/healthz": rest.Healthz(), "/readyz": rest.Readyz(p.store, "memory", nil)} {
 		for _, method := range []string{"POST", "PUT", "DELETE", "PATCH"} {
 			w := httptest.NewRecorder()
 			resttest.Handler(t, h).ServeHTTP(w, httptest.NewRequest(method, path, strings.NewReader(`{}`)))

@@ -591,7 +591,7 @@ func TestHealth(t *testing.T) {
 		path string
 		h    http.Handler
 		want int
-	}{{"/healthz", rest.Healthz(), 200}, {"/readyz", rest.Readyz(p.store, nil), 200}} {
+	}{{"/healthz", rest.Healthz(), 200}, {"/readyz", rest.Readyz(p.store, "memory", nil), 200}} {
 		w := httptest.NewRecorder()
 		resttest.Handler(t, c.h).ServeHTTP(w, httptest.NewRequest("GET", c.path, nil))
 		if w.Code != c.want || w.Body.String() != "ok\n" {
@@ -600,10 +600,10 @@ func TestHealth(t *testing.T) {
 	}
 	p.store.Close()
 	w := httptest.NewRecorder()
-	resttest.Handler(t, rest.Readyz(p.store, nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
+	resttest.Handler(t, rest.Readyz(p.store, "memory", nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
 	expect[errorBody](t, w, 503, "UNAVAILABLE")
 	w = httptest.NewRecorder()
-	resttest.Handler(t, rest.Readyz(failingStore{err: errors.New("secret")}, nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
+	resttest.Handler(t, rest.Readyz(failingStore{err: errors.New("secret")}, "memory", nil)).ServeHTTP(w, httptest.NewRequest("GET", "/readyz", nil))
 	if e := expect[errorBody](t, w, 503, "INTERNAL_SERVER_ERROR"); e.Error.Message != "internal error" {
 		t.Fatalf("%+v", e)
 	}

@@ -61,6 +61,7 @@
     blocked: document.getElementById('count-blocked'),
     waiting: document.getElementById('count-waiting'),
     shareBlocked: document.getElementById('share-blocked'),
+    store: document.getElementById('store'),
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
     lastSeq: document.getElementById('last-seq'),
@@ -584,6 +585,23 @@
     el.shareBlocked.textContent = counts.total ? Math.round(counts.blocked / counts.total * 100) + '% of the keys' : '';
   }
 
+  // ---- the store's health ------------------------------------------------------------
+  //
+  // /readyz, asked for JSON, says which store serves the pool and, when it cannot
+  // serve, why. Read with the pools.
+
+  function queryHealth() {
+    return fetch('/readyz', { headers: { Accept: 'application/json' }, cache: 'no-store' }).then(function (res) {
+      return res.json();
+    }).then(function (r) {
+      el.store.dataset.ready = String(r.ready);
+      el.store.textContent = r.store + (r.ready ? ' store · ready' : ' store · not ready: ' + r.reason);
+    }, function () {
+      el.store.dataset.ready = 'false';
+      el.store.textContent = 'server unreachable';
+    });
+  }
+
   // ---- keys: the listing, a key's panel, and actions -------------------------------
   //
   // The list is the keys query's pages of the selected pool (50 a page, "More keys"
@@ -920,12 +938,16 @@
     if (socket.state === 'live' && !document.hidden) requestStats();
   }, STATS_REFRESH_MS);
   setInterval(function () {
-    if (!socket.offline && !document.hidden) requestPools();
+    if (!socket.offline && !document.hidden) {
+      requestPools();
+      queryHealth();
+    }
   }, POOLS_REFRESH_MS);
 
   renderPools();
   drawChart(Date.now());
   loadHistory();
   loadKeys(true);
+  queryHealth();
   connect();
 })();
