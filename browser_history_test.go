@@ -98,6 +98,9 @@ func TestBrowserDashboardKeys(t *testing.T) {
 	b.do("open the held key", chromedp.Click(chromedp.CSS(`#keys button[data-id="`+held+`"]`)))
 	waitFor[bool](b, "the panel with the holder", `document.getElementById('key-panel').open &&
 		document.querySelector('#key-fields dd[data-field="Holder"]')?.textContent === 'crawler <7>'`)
+	if *docsScreenshots {
+		b.docsScreenshot("dashboard-key")
+	}
 	b.do("force release", chromedp.Click(chromedp.CSS("#key-release")))
 	waitFor[bool](b, "the key released", `document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE' &&
 		document.getElementById('key-release').disabled`)
@@ -121,5 +124,8 @@ func TestBrowserDashboardKeys(t *testing.T) {
 	waitFor[bool](b, "its panel", `document.getElementById('key-panel').open &&
 		document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE'`)
 	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
+	if *docsScreenshots {
+		b.docsPhoneScreenshot("dashboard-phone")
+	}
 	b.screenshots("dashboard-keys")
 }

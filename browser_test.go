@@ -35,7 +35,7 @@ import (
 )
 
 var docsScreenshots = flag.Bool("docs-screenshots", false,
-	"write docs/graphiql.png and docs/dashboard.png (1280x800) from the browser tests")
+	"write docs/*.png (GraphiQL, the dashboard at 1280x800 and at a phone's 390x844, the REST docs) from the browser tests")
 
 const (
 	browserTestTimeout = 90 * time.Second // the whole browser: it is killed after this
@@ -355,6 +355,15 @@ func (b *browser) docsScreenshot(name string) {
 	b.t.Helper()
 	b.resize(1280, 800, false)
 	b.saveScreenshot(filepath.Join("docs", name+".png"))
+}
+
+// docsPhoneScreenshot saves the page at a phone's 390x844 as docs/name.png, then
+// resets the viewport.
+func (b *browser) docsPhoneScreenshot(name string) {
+	b.t.Helper()
+	b.resize(390, 844, true)
+	b.saveScreenshot(filepath.Join("docs", name+".png"))
+	b.do("reset the viewport", chromedp.ResetViewport())
 }
 
 // resize sets the viewport, waits for the page to lay out at the new size (the
