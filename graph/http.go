@@ -7,7 +7,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -129,7 +128,7 @@ type errorsOnly struct {
 // status, in GraphQL-over-HTTP's media type if Accept names it first.
 func refuse(w http.ResponseWriter, r *http.Request, err *gqlerror.Error) {
 	code, mediaType := keystore.Code(codeOf(err)), wire.MediaJSON
-	if prefers(r, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
+	if wire.Prefers(r.Header, wire.MediaGraphQLResponse, wire.MediaJSON, "application/*", "*/*") {
 		mediaType = wire.MediaGraphQLResponse
 	}
 	wire.WriteGraphQLError(w, mediaType, wire.Status(code), code, err.Message)
@@ -140,22 +139,6 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 	err := gqlerror.Errorf(format, args...)
 	err.Extensions = map[string]any{"code": string(code)}
 	return err
-}
-
-// prefers reports whether r's Accept header names want before any of others (a
-// media type of q=0 is not named).
-func prefers(r *http.Request, want string, others ...string) bool {
-	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		switch {
-		case err != nil || params["q"] == "0":
-		case mediaType == want:
-			return true
-		case slices.Contains(others, mediaType):
-			return false
-		}
-	}
-	return false
 }
 
 func isJSON(r *http.Request) bool {

@@ -32,7 +32,7 @@ type sseTransport struct {
 // event stream last, and gets JSON).
 func (sseTransport) Supports(r *http.Request) bool {
 	return r.Method == http.MethodPost && isJSON(r) &&
-		prefers(r, "text/event-stream", wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json")
+		wire.Prefers(r.Header, "text/event-stream", wire.MediaJSON, wire.MediaGraphQLResponse, "application/graphql+json")
 }
 
 func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {

@@ -3,10 +3,8 @@ package rest
 import (
 	"context"
 	"log/slog"
-	"mime"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/keypool/keypool/keystore"
@@ -58,7 +56,7 @@ func Readyz(store keystore.Store, kind string, logger *slog.Logger) http.Handler
 			}
 		}
 		switch {
-		case wantsJSON(r):
+		case wire.Prefers(r.Header, wire.MediaJSON):
 			status := http.StatusOK
 			if err != nil {
 				status = http.StatusServiceUnavailable
@@ -75,16 +73,6 @@ func Readyz(store keystore.Store, kind string, logger *slog.Logger) http.Handler
 			writeErrorStatus(w, http.StatusServiceUnavailable, code, message)
 		}
 	})
-}
-
-// wantsJSON reports whether r's Accept header names application/json.
-func wantsJSON(r *http.Request) bool {
-	for part := range strings.SplitSeq(r.Header.Get("Accept"), ",") {
-		if mediaType, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mediaType == wire.MediaJSON {
-			return true
-		}
-	}
-	return false
 }
 
 // readOnly reports whether r is a GET or HEAD; it answers any other method with 405.

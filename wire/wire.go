@@ -5,7 +5,9 @@ package wire
 
 import (
 	"encoding/json"
+	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +69,22 @@ func ParseDuration(name, s string) (time.Duration, error) {
 		return 0, keystore.Errorf(keystore.EINVALID, "%s must not be negative, got %.32q", name, s)
 	}
 	return d, nil
+}
+
+// Prefers reports whether h's Accept header names want before any of others (a
+// media type of q=0 is not named).
+func Prefers(h http.Header, want string, others ...string) bool {
+	for part := range strings.SplitSeq(h.Get("Accept"), ",") {
+		mediaType, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		switch {
+		case err != nil || params["q"] == "0":
+		case mediaType == want:
+			return true
+		case slices.Contains(others, mediaType):
+			return false
+		}
+	}
+	return false
 }
 
 // ParseTime parses what a client sent as the instant called name: RFC 3339, as
