@@ -1,6 +1,10 @@
 package graph
 
-import "time"
+import (
+	"time"
+
+	"github.com/keypool/keypool/wire"
+)
 
 // The limits of the GraphQL endpoint, every one in this one place and enforced for
 // every transport (README's Limits section lists them for users).
@@ -12,8 +16,8 @@ import "time"
 // milliseconds (BENCHMARKS.md).
 const (
 	// MaxBodyBytes is the largest HTTP body (413 above it) or websocket message
-	// (closed with 1009 above it).
-	MaxBodyBytes = 1 << 20
+	// (closed with 1009 above it): wire's, for every transport.
+	MaxBodyBytes = wire.MaxBodyBytes
 
 	// MaxDocumentTokens is how many tokens a document may have, comments included
 	// (gqlparser keeps every comment); gqlparser's own token limit too.

@@ -204,25 +204,16 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readBody reads r's body, at most MaxBodyBytes, into one buffer of its size.
+// readBody reads r's body within wire's limit.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) {
-	tooLarge := func() *gqlerror.Error {
-		return coded(wire.CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
+	body, err := wire.ReadBody(w, r)
+	switch {
+	case err == nil:
+		return body, nil
+	case keystore.ErrorCode(err) == wire.CodeTooLarge:
+		return nil, coded(wire.CodeTooLarge, "%s", keystore.ErrorMessage(err))
 	}
-	if r.ContentLength > MaxBodyBytes {
-		return nil, tooLarge()
-	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength) + bytes.MinRead) // room for the read that finds the end
-	}
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, tooLarge()
-		}
-		return nil, coded(wire.CodeBadRequest, "the request body could not be read")
-	}
-	return buf.Bytes(), nil
+	return nil, coded(wire.CodeBadRequest, "the request body could not be read")
 }
 
 func orDefault[T int | time.Duration](v, fallback T) T {

@@ -29,8 +29,9 @@ import (
 	"github.com/keypool/keypool/wire"
 )
 
-// MaxBodyBytes is the largest request body accepted; larger ones get 413.
-const MaxBodyBytes = 1 << 20
+// MaxBodyBytes is the largest request body accepted, wire's for every transport;
+// larger ones get 413.
+const MaxBodyBytes = wire.MaxBodyBytes
 
 // jsonContentType is shared by every response so that setting the header allocates nothing;
 // net/http never modifies it.
@@ -142,16 +143,13 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 // read here, bounded; one of known length is left to the route to read.
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.ContentLength > MaxBodyBytes:
-			writeErrorStatus(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
-			return
-		case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				writeErrorStatus(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes))
+		if r.ContentLength > MaxBodyBytes || r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+			body, err := wire.ReadBody(w, r)
+			switch {
+			case keystore.ErrorCode(err) == wire.CodeTooLarge:
+				writeErrorStatus(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, keystore.ErrorMessage(err))
 				return
-			} else if err != nil {
+			case err != nil:
 				writeErrorStatus(w, http.StatusBadRequest, keystore.EINVALID, "could not read the request body")
 				return
 			}

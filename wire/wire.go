@@ -4,7 +4,9 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"mime"
 	"net/http"
 	"slices"
@@ -69,6 +71,31 @@ func ParseDuration(name, s string) (time.Duration, error) {
 		return 0, keystore.Errorf(keystore.EINVALID, "%s must not be negative, got %.32q", name, s)
 	}
 	return d, nil
+}
+
+// MaxBodyBytes is the largest request body any transport reads (and the largest
+// websocket message); a larger one is refused with CodeTooLarge.
+const MaxBodyBytes = 1 << 20
+
+// ReadBody reads r's body, at most MaxBodyBytes, into one buffer of its size. A body
+// over the limit is an error of code CodeTooLarge; one that cannot be read, the
+// reader's error.
+func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	tooLarge := keystore.Errorf(CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
+	if r.ContentLength > MaxBodyBytes {
+		return nil, tooLarge
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead) // room for the read that finds the end
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge
+		}
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // Prefers reports whether h's Accept header names want before any of others (a
