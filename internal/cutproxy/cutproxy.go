@@ -13,19 +13,23 @@ import (
 type Proxy struct {
 	ln     net.Listener
 	target string
+	dial   func(network, address string) (net.Conn, error) // net.Dial; tests slow it down
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool // Close has begun: a connection accepted before it, not yet piped, is dropped
+	wg     sync.WaitGroup
 }
 
 // New starts a proxy on a free local port that forwards to target (host:port).
-func New(target string) (*Proxy, error) {
+func New(target string) (*Proxy, error) { return newDialling(target, net.Dial) }
+
+func newDialling(target string, dial func(network, address string) (net.Conn, error)) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: target, dial: dial, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
@@ -47,6 +51,9 @@ func (p *Proxy) Cut() {
 // Close stops accepting, cuts every connection and waits for the proxy's goroutines.
 func (p *Proxy) Close() {
 	_ = p.ln.Close()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	p.Cut()
 	p.wg.Wait()
 }
@@ -58,12 +65,19 @@ func (p *Proxy) serve() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("tcp", p.target)
+		up, err := p.dial("tcp", p.target)
 		if err != nil {
 			_ = down.Close()
 			continue
 		}
 		p.mu.Lock()
+		if p.closed {
+			// Accepted as Close began, and missed by its Cut: piped, it would outlive
+			// Close (a websocket for as long as its client lives).
+			p.mu.Unlock()
+			_, _ = down.Close(), up.Close()
+			return
+		}
 		p.conns[down], p.conns[up] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
