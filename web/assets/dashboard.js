@@ -229,7 +229,6 @@
       var button = document.createElement('button');
       button.type = 'button';
       button.textContent = p.name;
-      button.title = p.name; // the name may be cut short
       th.append(button);
       tr.append(th);
       var cells = {};
@@ -241,7 +240,10 @@
         tr.append(td);
       });
       tr.dataset.flags = poolFlags(p.stats).join(' ');
-      if (tr.dataset.flags) th.title = p.name + ': ' + poolFlags(p.stats).map(flagText).join(', ');
+      // Utilisation: the share under lease, as a bar behind the pool's name.
+      var used = p.stats.total ? Math.round(p.stats.blocked / p.stats.total * 100) : 0;
+      th.style.setProperty('--used', used + '%');
+      th.title = p.name + ': ' + used + '% blocked' + (tr.dataset.flags ? '; ' + poolFlags(p.stats).map(flagText).join(', ') : '');
       if (p.name === pool) {
         tr.className = 'selected';
         tr.setAttribute('aria-current', 'true');
