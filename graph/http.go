@@ -2,7 +2,6 @@ package graph
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"mime"
 	"net/http"
@@ -55,7 +54,7 @@ func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 		return
 	}
 	aw := &answerWriter{ResponseWriter: w}
-	serve.Do(aw, r.WithContext(context.WithValue(r.Context(), plainHTTPKey{}, r.Method)), exec)
+	serve.Do(aw, r, exec) // endpoint has marked the context as plain HTTP's
 	aw.finish()
 }
 
@@ -142,7 +141,11 @@ func coded(code keystore.Code, format string, args ...any) *gqlerror.Error {
 }
 
 func isJSON(r *http.Request) bool {
-	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	contentType := r.Header.Get("Content-Type")
+	if contentType == wire.MediaJSON {
+		return true // the common case, without parsing
+	}
+	mediaType, _, err := mime.ParseMediaType(contentType)
 	return err == nil && mediaType == wire.MediaJSON
 }
 

@@ -193,14 +193,14 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+	ctx := graphql.StartOperationTrace(r.Context())
 	switch {
 	case isWebsocket(r):
-		e.ws.Do(w, r, e.exec)
+		e.ws.Do(w, r.WithContext(ctx), e.exec)
 	case e.sse.Supports(r): // before POST's: both take a POST
-		e.sse.Do(w, r, e.exec)
+		e.sse.Do(w, r.WithContext(ctx), e.exec)
 	default:
-		httpTransport{}.Do(w, r, e.exec)
+		httpTransport{}.Do(w, r.WithContext(context.WithValue(ctx, plainHTTPKey{}, r.Method)), e.exec)
 	}
 }
 
