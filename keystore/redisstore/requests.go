@@ -113,9 +113,18 @@ func arg(v any) string {
 // script shares. A request whose reply is lost is sent again (send), which is safe: a
 // mutation replays its recorded reply. If it still fails the caller gets EUNAVAILABLE,
 // telling whether the request may have been applied.
+//
+// A change is refused at once while Redis may evict keys (see health.go). A read that
+// can run dry does so while Redis is out of memory, or when Redis refuses it as such:
+// it writes nothing.
 func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestKind, own ...any) ([]int64, []string, error) {
 	if err := s.usable(); err != nil {
 		return nil, nil, err
+	}
+	if kind != readOnly {
+		if err := s.refusingChanges(); err != nil {
+			return nil, nil, err
+		}
 	}
 	var req *request
 	if kind != readOnly && !s.noSlots {
@@ -125,7 +134,16 @@ func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestK
 		}
 		req = &r
 	}
-	msgs, sent, err := s.send(ctx, script, p.keys, s.args(p, req, own...), true)
+	args := s.args(p, req, own...)
+	dry := script.dry && s.full.Load() != nil
+	if dry {
+		args[6] = "dry"
+	}
+	msgs, sent, err := s.send(ctx, script, p.keys, args, true)
+	if err != nil && script.dry && !dry && outOfMemory(err) {
+		args[6] = "dry"
+		msgs, sent, err = s.send(ctx, script, p.keys, args, true)
+	}
 	if req != nil {
 		if err != nil && sent && failure(err) != failedScript {
 			err = &unknownOutcome{err: err, u: s.resolveLater(*req, p, kind)}
@@ -230,6 +248,7 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 		}
 		res, err = script.lua.Exec(ctx, s.rdb, keys, args).ToArray()
 		if err == nil {
+			s.answered()
 			return res, true, nil
 		}
 		switch failure(err) {
@@ -238,6 +257,13 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 		case failedLost:
 			sent = true
 		}
+		if outOfMemory(err) {
+			// Redis refuses writes until memory is freed, which no retry within
+			// retryFor is likely to see: answer now, and have the watcher look.
+			s.checkHealthSoon()
+			return nil, sent, err
+		}
+		s.unreachable(err)
 		if !retry || s.ctx.Err() != nil || time.Now().Add(pause).After(deadline) {
 			return nil, sent, err
 		}
@@ -302,6 +328,8 @@ func (s *Store) unavailable(err error, sent bool, kind requestKind) error {
 	}
 	msg := "the key store cannot be reached; nothing was changed"
 	switch {
+	case outOfMemory(err) && (!sent || kind == readOnly):
+		msg = s.fullReason() + "; nothing was changed"
 	case !sent || kind == readOnly:
 	case kind == acquisition:
 		msg = "the key store did not answer; no key is leased to this request (if it was leased, it is freed as soon as the store answers)"

@@ -59,6 +59,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/url"
 	"slices"
@@ -140,7 +141,16 @@ type config struct {
 	scripts    *scriptSet
 	noSlots    bool
 	afterTry   func()
+	log        *slog.Logger
+	health     time.Duration
 }
+
+// WithLogger logs Redis's outages and the times it refuses changes (it may evict
+// keys, or is out of memory) to l, once as each begins and once as it ends.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// withHealthEvery has the watcher read INFO every d instead of healthEvery (tests).
+func withHealthEvery(d time.Duration) Option { return func(c *config) { c.health = d } }
 
 // WithNamespace keeps the pools under the namespace ns in Redis (default "keypool":
 // keys "{keypool}:…" and "{keypool:<pool>}:…"), so that several servers' pools can
@@ -198,6 +208,17 @@ type Store struct {
 	noSlots    bool
 	afterTry   func() // test seam: after a waiting Acquire's own try found no key
 
+	// Redis's health (health.go): the reasons to refuse changes, since when, whether
+	// INFO was refused, since when (Unix ns) Redis has not answered (0: it answers).
+	log                      *slog.Logger
+	healthEvery              time.Duration
+	healthKick               chan struct{}
+	hmu                      sync.Mutex // orders the health logs
+	evicting, full           atomicReason
+	evictingSince, fullSince time.Time
+	infoRefused              atomic.Bool
+	downSince                atomic.Int64
+
 	// lost is set once a script finds that the namespace or a pool in Redis is not the
 	// one this replica joined; the replica then refuses everything.
 	lost atomic.Bool
@@ -231,6 +252,9 @@ type Store struct {
 
 var _ keystore.Backend = (*Store)(nil)
 
+// atomicReason holds a reason to refuse changes, nil for none.
+type atomicReason = atomic.Pointer[string]
+
 // New connects to the Redis at rawURL (redis://host:port/db, rediss://…, or
 // unix:///path/to/socket?db=N), sets up the namespace there if it is the first replica,
 // and starts the store's background work; Close stops it. clock is
@@ -260,7 +284,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if err := validate(opts); err != nil {
 		return nil, err
 	}
-	cfg := config{namespace: DefaultNamespace}
+	cfg := config{namespace: DefaultNamespace, log: slog.New(slog.DiscardHandler), health: healthEvery}
 	if _, fake := clock.(*clockwork.FakeClock); fake {
 		cfg.clientTime = true
 	}
@@ -288,28 +312,31 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	}
 
 	s := &Store{
-		rdb:        rdb,
-		clock:      clock,
-		clientTime: cfg.clientTime,
-		opts:       opts,
-		namespace:  cfg.namespace,
-		nsPrefix:   "{" + cfg.namespace + "}:",
-		lanes:      env.Lanes,
-		reg:        registry{byName: map[string]*rpool{}, byIndex: map[uint64]*rpool{}},
-		replica:    strconv.FormatUint(randomUint64(), 36),
-		retention:  strconv.Itoa(max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)),
-		wakeAt:     math.MaxInt64,
-		kick:       make(chan struct{}, 1),
-		toServe:    map[*keystore.Lane]struct{}{},
-		serve:      make(chan struct{}, 1),
-		progress:   make(chan struct{}),
-		scripts:    defaultScripts,
-		repliesTTL: max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
-		slots:      make(chan int, maxInFlight),
-		resolve:    make(chan struct{}, 1),
-		resolved:   cfg.resolved,
-		noSlots:    cfg.noSlots,
-		afterTry:   cfg.afterTry,
+		rdb:         rdb,
+		clock:       clock,
+		clientTime:  cfg.clientTime,
+		opts:        opts,
+		namespace:   cfg.namespace,
+		nsPrefix:    "{" + cfg.namespace + "}:",
+		lanes:       env.Lanes,
+		reg:         registry{byName: map[string]*rpool{}, byIndex: map[uint64]*rpool{}},
+		replica:     strconv.FormatUint(randomUint64(), 36),
+		retention:   strconv.Itoa(max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)),
+		wakeAt:      math.MaxInt64,
+		kick:        make(chan struct{}, 1),
+		toServe:     map[*keystore.Lane]struct{}{},
+		serve:       make(chan struct{}, 1),
+		progress:    make(chan struct{}),
+		scripts:     defaultScripts,
+		repliesTTL:  max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
+		slots:       make(chan int, maxInFlight),
+		resolve:     make(chan struct{}, 1),
+		resolved:    cfg.resolved,
+		noSlots:     cfg.noSlots,
+		afterTry:    cfg.afterTry,
+		log:         cfg.log,
+		healthEvery: cfg.health,
+		healthKick:  make(chan struct{}, 1),
 	}
 	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
@@ -326,7 +353,9 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		s.cancel()
 		return nil, err
 	}
-	s.wg.Add(4)
+	s.checkHealth(ctx)
+	s.wg.Add(5)
+	go s.watchLoop()
 	go s.expireLoop()
 	go s.readLoop(lastIDs)
 	go s.serveLoop()
@@ -422,6 +451,9 @@ func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 	if err := s.agreeOnClock(stored[3], mine); err != nil {
 		return nil, err
 	}
+	if err := s.agreeOnSettings(ctx); err != nil {
+		return nil, err
+	}
 	s.lanes.OnNew = s.onNewLane
 	if err := s.readRegistry(ctx); err != nil {
 		return nil, err
@@ -452,6 +484,43 @@ func unavailable(err error) error {
 		return nil
 	}
 	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the key store cannot be reached", Err: err}
+}
+
+// sharedSettings are the settings that change what the pools do, which every replica of
+// a namespace must share, each by the flag that sets it and as this replica has it.
+func sharedSettings(o keystore.Options) [][2]string {
+	return [][2]string{
+		{"-lease-ttl", o.LeaseTTL.String()},
+		{"-keepalive-ttl", o.KeepAliveTTL.String()},
+		{"-max-lease-ttl", o.MaxLeaseTTL.String()},
+	}
+}
+
+// agreeOnSettings records this replica's shared settings in the namespace where none
+// is recorded yet (the first replica; or a setting that replicas before it did not
+// know), and refuses to start, naming the flag, if one of its own differs from the
+// recorded one.
+func (s *Store) agreeOnSettings(ctx context.Context) error {
+	mine := sharedSettings(s.opts)
+	own := make([]any, 0, 2*len(mine))
+	for _, kv := range mine {
+		own = append(own, kv[0], kv[1])
+	}
+	msgs, err := s.runNSMessages(ctx, s.scripts.settings, own...)
+	if err != nil {
+		return err
+	}
+	_, recorded, err := parseReply(msgs)
+	if err != nil || len(recorded) != len(mine) {
+		return fmt.Errorf("redis store: bad reply to the settings' check (%v)", err)
+	}
+	for i, kv := range mine {
+		if recorded[i] != kv[1] {
+			return fmt.Errorf("redis store: %s is %s on this replica, but %s on the replicas of namespace %q (recorded in %ssettings): "+
+				"start every replica with the same %s", kv[0], kv[1], recorded[i], s.namespace, s.nsPrefix, kv[0])
+		}
+	}
+	return nil
 }
 
 // agreeOnClock sets the unit and base of script times, the same for every replica of
@@ -557,6 +626,9 @@ func keyError(status int64) error {
 func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystore.Record, error) {
 	if err := s.usable(); err != nil {
 		return nil, err
+	}
+	if err := s.refusingChanges(); err != nil {
+		return nil, err // before the pool is made
 	}
 	p, err := s.poolNamed(ctx, pool, true)
 	if err != nil {
@@ -881,11 +953,15 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 	}
 }
 
-// Ready implements keystore.Backend: Redis answers within readyTimeout, and holds the
-// namespace this replica joined. One attempt, never retried: a readiness probe must
+// Ready implements keystore.Backend: Redis answers within readyTimeout, holds the
+// namespace this replica joined, and takes changes (it may not evict keys, and has
+// memory to spare: see health.go). One attempt, never retried: a readiness probe must
 // fail fast when Redis is away or paused.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.refusing(); err != nil {
+		return err
+	}
+	if err := s.refusingChanges(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
