@@ -136,7 +136,8 @@ func openStore(cfg config, observer keystore.Observer, logger *slog.Logger) (*ke
 	// A shared pool in Redis (redis://, rediss:// or unix://), on Redis's clock.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts, redisstore.WithLogger(logger))
+	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts, redisstore.WithLogger(logger),
+		redisstore.WithMinReplicas(cfg.RedisMinReplicas))
 	if err != nil {
 		return nil, fmt.Errorf("-store: %w", err)
 	}

@@ -40,7 +40,16 @@
 // ran, or it never will; an Acquire that ran has its key (whose token nobody has)
 // freed. Every script refuses a namespace or pool other than the one the replica
 // joined; once one does, the replica stops for good (Ready fails) until it is
-// restarted. A replica refuses at start a namespace of another layout version.
+// restarted. A replica refuses at start a namespace of another layout version, or one
+// whose replicas' shared settings (sharedSettings) differ from its own. A fifth
+// goroutine, the watcher (health.go), reads Redis's INFO: while Redis may evict keys
+// (a maxmemory-policy other than noeviction) or is out of memory, changes are refused
+// and reads run dry; it also logs outages.
+//
+// Sentinel: a URL with master_set (and more sentinels as addr parameters) connects
+// through the sentinels, and the client follows a failover. Replication is
+// asynchronous, so a failover can lose what was answered, unless WithMinReplicas has
+// every request confirmed by replicas (WAIT) before it is answered.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
@@ -143,7 +152,14 @@ type config struct {
 	afterTry   func()
 	log        *slog.Logger
 	health     time.Duration
+	replicas   int
 }
+
+// WithMinReplicas has every request of a pool confirmed by n Redis replicas (WAIT)
+// before it is answered, so that a failover to one of them loses no answered change;
+// one not confirmed in time is answered UNAVAILABLE, "may or may not have been
+// applied". 0 (the default) waits for none.
+func WithMinReplicas(n int) Option { return func(c *config) { c.replicas = n } }
 
 // WithLogger logs Redis's outages and the times it refuses changes (it may evict
 // keys, or is out of memory) to l, once as each begins and once as it ends.
@@ -218,6 +234,8 @@ type Store struct {
 	evictingSince, fullSince time.Time
 	infoRefused              atomic.Bool
 	downSince                atomic.Int64
+
+	minReplicas int // WithMinReplicas
 
 	// lost is set once a script finds that the namespace or a pool in Redis is not the
 	// one this replica joined; the replica then refuses everything.
@@ -337,6 +355,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		log:         cfg.log,
 		healthEvery: cfg.health,
 		healthKick:  make(chan struct{}, 1),
+		minReplicas: cfg.replicas,
 	}
 	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
@@ -372,7 +391,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 // faster), from the first request on, so that the goroutines it runs for it
 // exist from the start rather than appearing under the first concurrent load (a
 // second connection would start its own later, at random). The client is never a
-// cluster's, and caches nothing.
+// cluster's (a URL with master_set makes it a Sentinel's), and caches nothing.
 func clientOptions(o *rueidis.ClientOption) {
 	o.DisableRetry = true
 	o.DisableCache = true
@@ -427,7 +446,7 @@ func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 	}
 	secret := keystore.NewSecret()
 	msgs, _, err := s.send(ctx, s.scripts.setup, s.nsKeys,
-		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true)
+		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true, false)
 	if err != nil {
 		return nil, s.unavailable(err, false, readOnly)
 	}
@@ -966,7 +985,7 @@ func (s *Store) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false)
+	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false, false)
 	if err != nil {
 		return s.unavailable(err, false, readOnly)
 	}
