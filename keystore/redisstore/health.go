@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -106,28 +107,56 @@ func (s *Store) watchLoop() {
 	}
 }
 
-// checkHealth reads INFO memory once and updates the reasons to refuse changes. A
-// Redis that refuses INFO (renamed or disabled) cannot be checked: that is logged once,
-// and nothing is refused for it.
+// checkHealth reads INFO memory once (of every node of a cluster) and updates the
+// reasons to refuse changes. A Redis that refuses INFO (renamed or disabled) cannot be
+// checked: that is logged once, and nothing is refused for it.
 func (s *Store) checkHealth(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	info, err := s.rdb.Do(ctx, s.rdb.B().Info().Section("memory").Build()).ToString()
+	var evicting, full string
+	nodes := map[string]rueidis.Client{"": s.rdb}
+	if s.cluster {
+		nodes = s.rdb.Nodes()
+	}
+	for addr, node := range nodes {
+		e, f, ok := s.nodeHealth(ctx, node)
+		if !ok {
+			return
+		}
+		if addr != "" {
+			e, f = prefixed(addr, e), prefixed(addr, f)
+		}
+		evicting, full = cmp.Or(evicting, e), cmp.Or(full, f)
+	}
+	s.answered()
+	s.setHealth(evicting, full)
+}
+
+func prefixed(addr, reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return "node " + addr + ": " + reason
+}
+
+// nodeHealth reads one node's INFO memory; false if it could not, and the reasons are
+// left as they were.
+func (s *Store) nodeHealth(ctx context.Context, node rueidis.Client) (evicting, full string, ok bool) {
+	info, err := node.Do(ctx, node.B().Info().Section("memory").Build()).ToString()
 	if err != nil {
 		if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
 			if !s.infoRefused.Swap(true) {
 				s.log.Warn("redis store: Redis refuses INFO, so its eviction policy and memory are not checked", "err", err)
 			}
-			s.setHealth("", "")
-			return
+			return "", "", true
 		}
 		if s.ctx.Err() == nil {
 			s.wentDown(err)
 		}
-		return
+		return "", "", false
 	}
-	s.answered()
-	s.setHealth(memoryHealth(info))
+	evicting, full = memoryHealth(info)
+	return evicting, full, true
 }
 
 // setHealth records the reasons to refuse changes, logging each as it begins and ends.

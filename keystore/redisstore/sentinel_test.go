@@ -45,6 +45,21 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// freePorts returns n distinct loopback ports that nothing listens on now.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
 func (r *tcpRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 
 // start runs the process and waits until it answers PING.
@@ -81,7 +96,7 @@ func (r *tcpRedis) do(args ...string) rueidis.RedisResult {
 	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.addr()}, ForceSingleClient: true,
 		DisableCache: true, DisableRetry: true, Dialer: net.Dialer{Timeout: time.Second}})
 	if err != nil {
-		return rueidis.RedisResult{}
+		return rueidis.NewErrorResult(err)
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

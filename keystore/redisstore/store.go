@@ -57,10 +57,11 @@
 // at start, and After replays from it; a reader that fell more than a stream's length
 // behind would miss events; a pass over every pool (Pools, Stats without a pool, the
 // reader's XREAD, the expirer's pass once a second) costs O(pools), at most
-// Options.MaxPools. Redis Cluster: the layout is ready for it (each script declares the
-// one key of its hash tag that it reads first, and touches that tag's keys only), but
-// the client connects to one node and the reader reads every pool's stream in one
-// XREAD, which a cluster would refuse across slots.
+// Options.MaxPools. Redis Cluster (detected at start, connect): each script declares
+// the one key of its hash tag that it reads first, and touches that tag's keys only, so
+// the client routes it to its pool's shard; the reader, which a cluster would refuse
+// one XREAD across slots, reads each pool's stream apart and polls (readStreams);
+// WithMinReplicas is refused there.
 package redisstore
 
 import (
@@ -235,7 +236,8 @@ type Store struct {
 	infoRefused              atomic.Bool
 	downSince                atomic.Int64
 
-	minReplicas int // WithMinReplicas
+	minReplicas int  // WithMinReplicas
+	cluster     bool // Redis is a cluster: the reader reads each pool's stream apart
 
 	// lost is set once a script finds that the namespace or a pool in Redis is not the
 	// one this replica joined; the replica then refuses everything.
@@ -324,9 +326,13 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		return nil, fmt.Errorf("redis store: %w", err)
 	}
 	clientOptions(&ropts)
-	rdb, err := rueidis.NewClient(ropts)
+	rdb, cluster, err := connect(ctx, ropts)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, err
+	}
+	if cluster && cfg.replicas > 0 {
+		rdb.Close()
+		return nil, errors.New("redis store: -redis-min-replicas is not supported on a Redis Cluster (WAIT confirms one node's writes)")
 	}
 
 	s := &Store{
@@ -356,6 +362,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		healthEvery: cfg.health,
 		healthKick:  make(chan struct{}, 1),
 		minReplicas: cfg.replicas,
+		cluster:     cluster,
 	}
 	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
@@ -390,8 +397,8 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 // deadlines bound every wait. It pipelines on one connection (a second measured no
 // faster), from the first request on, so that the goroutines it runs for it
 // exist from the start rather than appearing under the first concurrent load (a
-// second connection would start its own later, at random). The client is never a
-// cluster's (a URL with master_set makes it a Sentinel's), and caches nothing.
+// second connection would start its own later, at random). A URL with master_set makes
+// it a Sentinel's, and connect makes it a cluster's for a cluster. It caches nothing.
 func clientOptions(o *rueidis.ClientOption) {
 	o.DisableRetry = true
 	o.DisableCache = true
@@ -400,6 +407,24 @@ func clientOptions(o *rueidis.ClientOption) {
 	o.PipelineMultiplex = -1 // 2^0 connections
 	o.Dialer.Timeout = ioTimeout
 	o.ConnWriteTimeout = ioTimeout
+}
+
+// connect makes the Redis client: a Sentinel's for a URL with master_set; else it asks
+// the node (INFO cluster) whether it is part of a cluster, and if so makes a cluster
+// client, which routes each script to the shard of its pool's hash tag.
+func connect(ctx context.Context, o rueidis.ClientOption) (rueidis.Client, bool, error) {
+	rdb, err := rueidis.NewClient(o)
+	if err != nil || o.Sentinel.MasterSet != "" {
+		return rdb, false, unavailable(err)
+	}
+	info, err := rdb.Do(ctx, rdb.B().Info().Section("cluster").Build()).ToString()
+	if err != nil || !strings.Contains(info, "cluster_enabled:1") {
+		return rdb, false, nil // a Redis that refuses INFO is taken for a single node
+	}
+	rdb.Close()
+	o.ForceSingleClient = false
+	rdb, err = rueidis.NewClient(o)
+	return rdb, true, unavailable(err)
 }
 
 // takeNamespace removes this package's own "namespace" parameter from a Redis URL.
