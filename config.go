@@ -26,13 +26,16 @@ type config struct {
 	MaxWaiters   int
 	MaxPools     int
 	Store        string
-	LogFormat    string
-	CORSOrigins  middleware.Origins
-	LogLevel     slog.Level
-	GCHeapFloor  int // MiB
-	AllowedHosts middleware.Hosts
-	ReadTimeout  time.Duration
-	IdleTimeout  time.Duration
+	// RedisMinReplicas (-redis-min-replicas): Redis replicas that must confirm each
+	// request (WAIT) before it is answered.
+	RedisMinReplicas int
+	LogFormat        string
+	CORSOrigins      middleware.Origins
+	LogLevel         slog.Level
+	GCHeapFloor      int // MiB
+	AllowedHosts     middleware.Hosts
+	ReadTimeout      time.Duration
+	IdleTimeout      time.Duration
 	// ShowVersion (-version): print the version and exit; nothing else is checked.
 	ShowVersion bool
 }
@@ -52,21 +55,22 @@ const (
 
 // envVars names the environment variable of each flag.
 var envVars = map[string]string{
-	"addr":          "KEYPOOL_ADDR",
-	"lease-ttl":     "KEYPOOL_LEASE_TTL",
-	"keepalive-ttl": "KEYPOOL_KEEPALIVE_TTL",
-	"max-lease-ttl": "KEYPOOL_MAX_LEASE_TTL",
-	"max-generate":  "KEYPOOL_MAX_GENERATE",
-	"max-waiters":   "KEYPOOL_MAX_WAITERS",
-	"max-pools":     "KEYPOOL_MAX_POOLS",
-	"store":         "KEYPOOL_STORE",
-	"log-format":    "KEYPOOL_LOG_FORMAT",
-	"cors-origins":  "KEYPOOL_CORS_ORIGINS",
-	"log-level":     "KEYPOOL_LOG_LEVEL",
-	"gc-heap-floor": "KEYPOOL_GC_HEAP_FLOOR",
-	"allowed-hosts": "KEYPOOL_ALLOWED_HOSTS",
-	"read-timeout":  "KEYPOOL_READ_TIMEOUT",
-	"idle-timeout":  "KEYPOOL_IDLE_TIMEOUT",
+	"addr":               "KEYPOOL_ADDR",
+	"lease-ttl":          "KEYPOOL_LEASE_TTL",
+	"keepalive-ttl":      "KEYPOOL_KEEPALIVE_TTL",
+	"max-lease-ttl":      "KEYPOOL_MAX_LEASE_TTL",
+	"max-generate":       "KEYPOOL_MAX_GENERATE",
+	"max-waiters":        "KEYPOOL_MAX_WAITERS",
+	"max-pools":          "KEYPOOL_MAX_POOLS",
+	"store":              "KEYPOOL_STORE",
+	"redis-min-replicas": "KEYPOOL_REDIS_MIN_REPLICAS",
+	"log-format":         "KEYPOOL_LOG_FORMAT",
+	"cors-origins":       "KEYPOOL_CORS_ORIGINS",
+	"log-level":          "KEYPOOL_LOG_LEVEL",
+	"gc-heap-floor":      "KEYPOOL_GC_HEAP_FLOOR",
+	"allowed-hosts":      "KEYPOOL_ALLOWED_HOSTS",
+	"read-timeout":       "KEYPOOL_READ_TIMEOUT",
+	"idle-timeout":       "KEYPOOL_IDLE_TIMEOUT",
 }
 
 // parseConfig reads args (without the program name) and the environment through
@@ -84,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.MaxWaiters, "max-waiters", keystore.DefaultMaxWaiters, "most acquires that may wait for a key at once; one more that would wait is refused at once with TOO_MANY_WAITERS (REST 429). A waiter holds a connection, its request and a goroutine or two, about 40 KB, for up to 30s: 1000 cost some 40 MB and 1000 file descriptors")
 	fs.IntVar(&cfg.MaxPools, "max-pools", keystore.DefaultMaxPools, "most pools that may be made; a generateKeys into one more is refused (BAD_USER_INPUT). An empty pool costs only its counters and its retained events")
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
+	fs.IntVar(&cfg.RedisMinReplicas, "redis-min-replicas", 0, "Redis replicas that must confirm each request (WAIT) before it is answered, so that a failover to one loses no answered lease; one not confirmed in time is UNAVAILABLE (may or may not have been applied)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
 	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow by between garbage collections, or an eighth of the live heap when more; 0 (or GOGC set) for Go's default pacing")
@@ -154,6 +159,10 @@ func (c config) validate() error {
 		return fmt.Errorf("-max-waiters: must be at least 1, got %d", c.MaxWaiters)
 	case c.MaxPools < 1:
 		return fmt.Errorf("-max-pools: must be at least 1, got %d", c.MaxPools)
+	case c.RedisMinReplicas < 0:
+		return fmt.Errorf("-redis-min-replicas: must be at least 0, got %d", c.RedisMinReplicas)
+	case c.RedisMinReplicas > 0 && c.Store == "memory":
+		return errors.New("-redis-min-replicas: needs a Redis -store")
 	case c.GCHeapFloor < 0:
 		return fmt.Errorf("-gc-heap-floor: must be at least 0, got %d", c.GCHeapFloor)
 	case c.ReadTimeout <= 0:

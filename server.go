@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	gcfloor.Set(uint64(cfg.GCHeapFloor) << 20)
 
 	metricSet := metrics.New()
-	store, err := openStore(cfg, metricSet)
+	store, err := openStore(cfg, metricSet, logger)
 	if err != nil {
 		return err
 	}
@@ -128,7 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 // openStore builds the store that -store names.
-func openStore(cfg config, observer keystore.Observer) (*keystore.Pool, error) {
+func openStore(cfg config, observer keystore.Observer, logger *slog.Logger) (*keystore.Pool, error) {
 	opts := cfg.storeOptions()
 	opts.Observer = observer
 	if cfg.storeKind() == "memory" {
@@ -137,7 +137,8 @@ func openStore(cfg config, observer keystore.Observer) (*keystore.Pool, error) {
 	// A shared pool in Redis (redis://, rediss:// or unix://), on Redis's clock.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts)
+	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts, redisstore.WithLogger(logger),
+		redisstore.WithMinReplicas(cfg.RedisMinReplicas))
 	if err != nil {
 		return nil, fmt.Errorf("-store: %w", err)
 	}

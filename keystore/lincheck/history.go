@@ -150,6 +150,17 @@ func (h *History) Summary() string {
 // twice fails t at once: ids are unique for the life of the pool.
 func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResult {
 	t.Helper()
+	res, twice := h.Verdict(t, timeout)
+	if len(twice) > 0 {
+		t.Errorf("Generate returned ids that already existed: %d of them, the first %.8s…", len(twice), twice[0])
+	}
+	return res
+}
+
+// Verdict is Check for a test that expects a violation: the ids Generate returned
+// twice are returned, not failures of t.
+func (h *History) Verdict(t testing.TB, timeout time.Duration) (porcupine.CheckResult, []string) {
+	t.Helper()
 	h.mu.Lock()
 	unsettled := append([]unsettledCall(nil), h.unsettled...)
 	h.mu.Unlock()
@@ -169,9 +180,6 @@ func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResu
 	initial := append([]Seeded(nil), h.initial...)
 	twice := append([]string(nil), h.twice...)
 	h.mu.Unlock()
-	if len(twice) > 0 {
-		t.Errorf("Generate returned ids that already existed: %d of them, the first %.8s…", len(twice), twice[0])
-	}
 	model := Model(initial)
 	res, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
 	if res == porcupine.Illegal {
@@ -186,7 +194,7 @@ func (h *History) Check(t testing.TB, timeout time.Duration) porcupine.CheckResu
 			t.Logf("no linearization; porcupine's visualization: %s", path)
 		}
 	}
-	return res
+	return res, twice
 }
 
 // Config is a workload.

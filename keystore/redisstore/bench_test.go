@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -50,6 +51,44 @@ func BenchmarkAcquireUnblock(b *testing.B) {
 	b.StopTimer()
 	reportCPU(b, srv, redis0, go0)
 	logCommandStats(b, srv)
+}
+
+// BenchmarkAcquireUnblockReplicated is BenchmarkAcquireUnblock on a primary with one
+// replica on loopback: without WAIT (replicas=0), and with every request confirmed by
+// the replica (replicas=1, the server's -redis-min-replicas 1): what WAIT costs per
+// cycle. Both runs share the primary and its replica, each in a namespace of its own.
+//
+//	go test -run '^$' -bench 'AcquireUnblockReplicated' -benchtime 20000x -count 3 -v ./keystore/redisstore
+func BenchmarkAcquireUnblockReplicated(b *testing.B) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		b.Skip("redis-server not installed: apt-get install redis-server")
+	}
+	dir, err := os.MkdirTemp("", "repl")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	primary := startTCPRedis(b, dir, "primary", freePort(b))
+	replica := startTCPRedis(b, dir, "replica", freePort(b), "--replicaof", "127.0.0.1", strconv.Itoa(primary.port))
+	waitUntil(b, 30*time.Second, "the replica is in sync", func() bool {
+		info, err := replica.do("INFO", "replication").ToString()
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	})
+	for _, n := range []int{0, 1} {
+		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			s := openAt(b, "redis://"+primary.addr()+"/0", clockwork.NewRealClock(), keystore.Options{},
+				fmt.Sprintf("repl%d", n), WithMinReplicas(n))
+			for range benchKeys / keystore.DefaultMaxGenerate {
+				must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(b)
+				must(s.Unblock(ctx, k.ID, k.Lease.Token))(b)
+			}
+		})
+	}
 }
 
 // redisCPU returns the CPU time redis-server's main thread has used.

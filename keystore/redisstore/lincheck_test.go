@@ -22,18 +22,27 @@ import (
 // free go into h.
 func linReplicas(t *testing.T, srv *redisServer, px *faultProxy, h *lincheck.History, n int, options ...Option) []testStore {
 	t.Helper()
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = srv.url()
+		if px != nil && i < 2 {
+			urls[i] = px.url()
+		}
+	}
+	return linReplicasAt(t, urls, h, options...)
+}
+
+// linReplicasAt opens a replica of one pool on each of urls for a checked run.
+func linReplicasAt(t *testing.T, urls []string, h *lincheck.History, options ...Option) []testStore {
+	t.Helper()
 	clock := newFakeClock()
 	ns := fmt.Sprintf("lin%d", namespaces.Add(1))
 	var ids atomic.Pointer[keystore.IDCodec]
 	resolved := withResolved(func(key uint64, fence int64, start, end time.Time) {
 		h.Release(ids.Load().KeyID(key), fence, start, end)
 	})
-	stores := make([]testStore, n)
-	for i := range stores {
-		url := srv.url()
-		if px != nil && i < 2 {
-			url = px.url()
-		}
+	stores := make([]testStore, len(urls))
+	for i, url := range urls {
 		stores[i] = openAt(t, url, clock, lincheck.Options, ns, append([]Option{resolved}, options...)...)
 	}
 	ids.Store(stores[0].b.ids)

@@ -206,12 +206,7 @@ func (s *Store) readLoop(lastIDs map[*rpool]string) {
 			byStream[p.stream] = p
 			keys, ids = append(keys, p.stream), append(ids, lastIDs[p])
 		}
-		// A deadline past the XREAD's own, so that a paused Redis does not hold the
-		// reader for ever.
-		ctx, cancel := context.WithTimeout(s.ctx, streamBlock+ioTimeout)
-		res, err := s.rdb.Do(ctx, s.rdb.B().Xread().Count(streamBatch).Block(streamBlock.Milliseconds()).
-			Streams().Key(keys...).Id(ids...).Build()).AsXRead()
-		cancel()
+		res, err := s.readStreams(keys, ids)
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -274,6 +269,55 @@ func (s *Store) readLoop(lastIDs map[*rpool]string) {
 			return
 		}
 	}
+}
+
+// clusterPoll is how long the reader waits between rounds of reads that found nothing,
+// on a Redis Cluster.
+const clusterPoll = 50 * time.Millisecond
+
+// readStreams reads the streams keys from ids on: on one Redis, in one XREAD that
+// waits up to streamBlock for an event; on a cluster, which refuses one XREAD over
+// keys of several hash tags, in one XREAD per stream (pipelined, each routed to its
+// shard), which do not wait: a round that found nothing waits clusterPoll before
+// the next. Redis's nil when nothing came.
+func (s *Store) readStreams(keys, ids []string) (map[string][]rueidis.XRangeEntry, error) {
+	if !s.cluster {
+		// A deadline past the XREAD's own, so that a paused Redis does not hold the
+		// reader for ever.
+		ctx, cancel := context.WithTimeout(s.ctx, streamBlock+ioTimeout)
+		defer cancel()
+		return s.rdb.Do(ctx, s.rdb.B().Xread().Count(streamBatch).Block(streamBlock.Milliseconds()).
+			Streams().Key(keys...).Id(ids...).Build()).AsXRead()
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, ioTimeout)
+	defer cancel()
+	cmds := make(rueidis.Commands, len(keys))
+	for i := range keys {
+		cmds[i] = s.rdb.B().Xread().Count(streamBatch).Streams().Key(keys[i]).Id(ids[i]).Build()
+	}
+	all := map[string][]rueidis.XRangeEntry{}
+	for _, r := range s.rdb.DoMulti(ctx, cmds...) {
+		res, err := r.AsXRead()
+		if rueidis.IsRedisNil(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range res {
+			all[k] = v
+		}
+	}
+	if len(all) == 0 {
+		t := time.NewTimer(clusterPoll)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+		}
+		return nil, rueidis.Nil
+	}
+	return all, nil
 }
 
 // learnMade learns the pools of entries of the stream of pools made, and returns the

@@ -113,9 +113,18 @@ func arg(v any) string {
 // script shares. A request whose reply is lost is sent again (send), which is safe: a
 // mutation replays its recorded reply. If it still fails the caller gets EUNAVAILABLE,
 // telling whether the request may have been applied.
+//
+// A change is refused at once while Redis may evict keys (see health.go). A read that
+// can run dry does so while Redis is out of memory, or when Redis refuses it as such:
+// it writes nothing.
 func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestKind, own ...any) ([]int64, []string, error) {
 	if err := s.usable(); err != nil {
 		return nil, nil, err
+	}
+	if kind != readOnly {
+		if err := s.refusingChanges(); err != nil {
+			return nil, nil, err
+		}
 	}
 	var req *request
 	if kind != readOnly && !s.noSlots {
@@ -125,7 +134,16 @@ func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestK
 		}
 		req = &r
 	}
-	msgs, sent, err := s.send(ctx, script, p.keys, s.args(p, req, own...), true)
+	args := s.args(p, req, own...)
+	dry := script.dry && s.full.Load() != nil
+	if dry {
+		args[6] = "dry"
+	}
+	msgs, sent, err := s.send(ctx, script, p.keys, args, true, s.minReplicas > 0)
+	if err != nil && script.dry && !dry && outOfMemory(err) {
+		args[6] = "dry"
+		msgs, sent, err = s.send(ctx, script, p.keys, args, true, s.minReplicas > 0)
+	}
 	if req != nil {
 		if err != nil && sent && failure(err) != failedScript {
 			err = &unknownOutcome{err: err, u: s.resolveLater(*req, p, kind)}
@@ -189,7 +207,7 @@ func (s *Store) runNSMessages(ctx context.Context, script *script, own ...any) (
 	for _, v := range own {
 		args = append(args, arg(v))
 	}
-	msgs, sent, err := s.send(ctx, script, s.nsKeys, args, true)
+	msgs, sent, err := s.send(ctx, script, s.nsKeys, args, true, s.minReplicas > 0)
 	if err != nil {
 		return nil, s.unavailable(err, sent, readOnly)
 	}
@@ -220,16 +238,18 @@ func (s *Store) nsStatus(msgs []rueidis.RedisMessage) ([]rueidis.RedisMessage, e
 
 // send runs a script, sending it again while it fails for want of Redis (for up to
 // retryFor, or until ctx ends, when retry is set) and reports whether any attempt may
-// have reached Redis and run. A script that fails at run time is not sent again.
-func (s *Store) send(ctx context.Context, script *script, keys, args []string, retry bool) (res []rueidis.RedisMessage, sent bool, err error) {
+// have reached Redis and run. A script that fails at run time is not sent again. With
+// confirm, a run counts only once Options.MinReplicas replicas have it (exec).
+func (s *Store) send(ctx context.Context, script *script, keys, args []string, retry, confirm bool) (res []rueidis.RedisMessage, sent bool, err error) {
 	deadline := time.Now().Add(retryFor)
 	pause := retryMinBackoff
 	for {
 		if ctx.Err() != nil {
 			return nil, sent, ctx.Err()
 		}
-		res, err = script.lua.Exec(ctx, s.rdb, keys, args).ToArray()
+		res, err = s.exec(ctx, script, keys, args, confirm)
 		if err == nil {
+			s.answered()
 			return res, true, nil
 		}
 		switch failure(err) {
@@ -238,6 +258,13 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 		case failedLost:
 			sent = true
 		}
+		if outOfMemory(err) {
+			// Redis refuses writes until memory is freed, which no retry within
+			// retryFor is likely to see: answer now, and have the watcher look.
+			s.checkHealthSoon()
+			return nil, sent, err
+		}
+		s.unreachable(err)
 		if !retry || s.ctx.Err() != nil || time.Now().Add(pause).After(deadline) {
 			return nil, sent, err
 		}
@@ -250,6 +277,64 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 		t.Stop()
 		pause = min(2*pause, retryMaxBackoff)
 	}
+}
+
+// errNotConfirmed: a script ran, but fewer replicas than WithMinReplicas asks for
+// confirmed it within replicaWait. It may be lost in a failover, so it counts as a
+// reply lost: sent again (a mutation replays its recorded reply, and waits again),
+// then answered "may or may not have been applied".
+var errNotConfirmed = errors.New("redis store: not confirmed by enough Redis replicas in time")
+
+// replicaWait bounds one WAIT for the replicas.
+const replicaWait = 500 * time.Millisecond
+
+// exec runs a script once. With confirm, it also waits (WAIT) until minReplicas
+// replicas have everything the script wrote or read: on the same connection, the
+// script, then a PUBLISH, which Redis propagates to its replicas whatever the script
+// did (a read, or a replay of a recorded reply, writes nothing of its own, and Redis
+// answers WAIT for a connection's own last propagated write), then the WAIT. The
+// client sends WAIT, a blocking command, and the commands with it on a connection of
+// their own, so no other caller's request comes between them.
+func (s *Store) exec(ctx context.Context, script *script, keys, args []string, confirm bool) ([]rueidis.RedisMessage, error) {
+	if !confirm {
+		return script.lua.Exec(ctx, s.rdb, keys, args).ToArray()
+	}
+	// A bound of its own: WAIT sends the three on a dedicated connection, which the
+	// client does not drop for silence as it does a pipelined one.
+	ctx, cancel := context.WithTimeout(ctx, replicaWait+ioTimeout)
+	defer cancel()
+	c := s.rdb
+	// The client recycles a command once sent: each call builds its own.
+	multi := func(src bool) []rueidis.Completed {
+		run := c.B().Evalsha().Sha1(script.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+		if src {
+			run = c.B().Eval().Script(script.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+		}
+		return []rueidis.Completed{run,
+			c.B().Publish().Channel(s.nsPrefix + "confirm").Message("").Build(),
+			c.B().Wait().Numreplicas(int64(s.minReplicas)).Timeout(replicaWait.Milliseconds()).Build()}
+	}
+	res := c.DoMulti(ctx, multi(false)...)
+	if err := res[0].Error(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		// A Redis that does not have the script yet (a replica promoted since it was
+		// loaded): send its source.
+		res = c.DoMulti(ctx, multi(true)...)
+	}
+	msgs, err := res[0].ToArray()
+	if err != nil {
+		return nil, err
+	}
+	n, err := res[2].AsInt64()
+	if err != nil {
+		if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
+			return nil, fmt.Errorf("%w: %w", errNotConfirmed, err) // the script ran: never "not sent"
+		}
+		return nil, err
+	}
+	if n < int64(s.minReplicas) {
+		return nil, errNotConfirmed
+	}
+	return msgs, nil
 }
 
 // How an attempt failed.
@@ -275,6 +360,9 @@ var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN",
 // made. Any other failure (a connection that broke or timed out with the request
 // written, the client closing under it) may have let the request run.
 func failure(err error) failureKind {
+	if errors.Is(err, errNotConfirmed) {
+		return failedLost
+	}
 	if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
 		msg := rerr.Error()
 		for _, prefix := range refusals {
@@ -302,6 +390,8 @@ func (s *Store) unavailable(err error, sent bool, kind requestKind) error {
 	}
 	msg := "the key store cannot be reached; nothing was changed"
 	switch {
+	case outOfMemory(err) && (!sent || kind == readOnly):
+		msg = s.fullReason() + "; nothing was changed"
 	case !sent || kind == readOnly:
 	case kind == acquisition:
 		msg = "the key store did not answer; no key is leased to this request (if it was leased, it is freed as soon as the store answers)"
@@ -371,7 +461,7 @@ func (s *Store) resolveLoop() {
 			if r.kind == acquisition {
 				acquire = 1
 			}
-			msgs, _, err := s.send(s.ctx, s.scripts.resolve, r.pool.keys, s.args(r.pool, nil, r.slot, r.gen, acquire), true)
+			msgs, _, err := s.send(s.ctx, s.scripts.resolve, r.pool.keys, s.args(r.pool, nil, r.slot, r.gen, acquire), true, s.minReplicas > 0)
 			var res []int64
 			if err == nil {
 				if res, _, err = parseReply(msgs); err == nil {

@@ -15,11 +15,20 @@ type script struct {
 	lua *rueidis.Lua
 	src string
 	sha string
+	// dry: a read that can also run dry, writing nothing (while Redis is full).
+	dry bool
 }
 
 func newScript(src string) *script {
 	sum := sha1.Sum([]byte(src))
 	return &script{lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// newDryScript is newScript for a read that can run dry.
+func newDryScript(src string) *script {
+	s := newScript(src)
+	s.dry = true
+	return s
 }
 
 // Hash returns the script's SHA1.
@@ -43,6 +52,9 @@ const layoutVersion = "2"
 //	id       STRING  an id of the namespace derived from the secret, which every
 //	                 namespace script checks
 //	clock    STRING  how scripts keep time (see below)
+//	settings HASH    the settings every replica must share, by the flag that sets each
+//	                 (-lease-ttl, …): the first replica that knows a setting records
+//	                 its own value, and a replica whose own differs refuses to start
 //	pools    HASH    the registry: pool name -> pool index (1, 2, … in order of making)
 //	made     STREAM  entry <index>-0 {p: name} per pool made, in order: replicas follow
 //	                 it to learn of new pools, and read it to find a pool by index
@@ -96,7 +108,8 @@ const layoutVersion = "2"
 // it to the pool's shard), ARGV[1] the pool's key prefix "{ns:p}:", ARGV[2] now (not a
 // number, such as "T": read Redis's TIME), ARGV[3] stream length (approximate MAXLEN),
 // ARGV[4] replica id, ARGV[5] pool id, ARGV[6] request slot ("" for none) and ARGV[7]
-// request generation, then its own arguments from ARGV[8], so that redis-benchmark can
+// request generation ("dry" for a read that must write nothing, see below), then its
+// own arguments from ARGV[8], so that redis-benchmark can
 // drive it with "EVALSHA sha 1 {ns:p}:meta args…". Replies are arrays {status, now, …}
 // of integers, ending with a string where a key's holder is part of them; status 1 for
 // success or one of the codes below.
@@ -113,6 +126,11 @@ const layoutVersion = "2"
 // finds a later generation in its slot is a stale copy of one its replica gave up on:
 // it does nothing. A slot is reused only once its request has ended, so the replies
 // hashes hold one reply per request in flight.
+//
+// A dry read (Get, Stats, List while Redis is out of memory and refuses writes) writes
+// nothing: it applies no due transition but answers as if it had (a lease whose
+// deadline has passed reads as ended, a key whose keep-alive has passed as gone), and
+// records no reply. Stats is then counted as in a storm of due transitions.
 const common = `
 local P = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -127,6 +145,7 @@ local AVAIL, BLOCKED, LEASES, ALIVE = P .. 'avail', P .. 'blocked', P .. 'leases
 local STREAM = P .. 'events:' .. ARGV[5]
 local REPLIES = P .. 'replies:' .. BY
 local SLOT, GEN = ARGV[6], tonumber(ARGV[7])
+local DRY = ARGV[7] == 'dry'
 
 -- I formats an integer for Redis; tostring would turn 16 digits into 1.764e+15.
 local function I(x) return string.format('%d', x) end
@@ -204,10 +223,12 @@ end
 
 -- settle applies the due transitions of key n, in deadline order, and reports whether
 -- it still exists. A lease and a keep-alive that end at one instant end with the key.
+-- A dry read only tells whether the key would still exist.
 local function settle(n)
   local v = redis.call('HMGET', P .. 'k:' .. n, 'e', 'f', 'ld')
   if not v[1] then return false end
   local e, f, ld = tonumber(v[1]), num(v[2]), num(v[3])
+  if DRY then return e > now end
   if f ~= 0 and ld <= now and ld < e then release(n, ld) end
   if e <= now then
     expire_key(n, e)
@@ -225,8 +246,9 @@ end
 -- apply_due applies up to limit due transitions of the pool in deadline order,
 -- keep-alive first on a tie, each one popped from its sorted set as it is applied, so
 -- no two callers ever apply one transition twice. It returns how many it applied and
--- the earliest deadline left (-1 if none).
+-- the earliest deadline left (-1 if none). A dry read applies none.
 local function apply_due(limit)
+  if DRY then limit = 0 end
   local applied = 0
   while true do
     local ln, ls = head(LEASES)
@@ -240,10 +262,19 @@ local function apply_due(limit)
   end
 end
 
+-- seen turns a key's fields {c, e, f, la, ld, n, x, h}, read by a dry read, into what
+-- they would be once its due lease ended (as release would leave them).
+local function seen(v)
+  if DRY and num(v[3]) ~= 0 and num(v[5]) <= now and num(v[5]) < num(v[2]) then
+    v[3], v[7] = '0', I(num(v[7]) + 1)
+  end
+  return v
+end
+
 -- reply is key n as the Store reads it: {1, now, n, c, e, f, la, ld, times acquired,
 -- leases expired, holder}; the holder is the current lease's only.
 local function reply(n)
-  local v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h')
+  local v = seen(redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h'))
   local f = num(v[3])
   local holder = ''
   if f ~= 0 and v[8] then holder = v[8] end
@@ -483,7 +514,7 @@ return done(reply(n))
 `)
 
 // ARGV[8] key number.
-var scriptGet = newScript(prelude + `
+var scriptGet = newDryScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 return done(reply(n))
@@ -506,7 +537,7 @@ return done({1, now})
 // every due transition; in a storm that it could not finish, total is still exact
 // (live keys of the keep-alive set) and blocked counts the leases that have not run
 // out, which may include keys whose keep-alive has passed until the expirer reaches them.
-var scriptStats = newScript(prelude + `
+var scriptStats = newDryScript(prelude + `
 local _, next = apply_due(` + requestBatch + `)
 local total, blocked = redis.call('ZCARD', ALIVE), redis.call('ZCARD', LEASES)
 if next < 0 or next > now then
@@ -529,15 +560,17 @@ return done({1, now, total, total - blocked, blocked})
 //
 // The keys come from the AVAILABLE and BLOCKED sets by score (ZRANGE BYSCORE LIMIT,
 // O(log n + the page)): a page of one status never looks at keys of the other.
-var scriptList = newScript(prelude + `
+var scriptList = newDryScript(prelude + `
 apply_due(` + requestBatch + `)
 local status, from = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, budget = tonumber(ARGV[10]), tonumber(ARGV[11])
 local function range(z, k)
   return redis.call('ZRANGE', z, I(from), '+inf', 'BYSCORE', 'LIMIT', 0, k)
 end
+-- (A dry read looks at the BLOCKED keys for AVAILABLE ones too: a lease that has run
+-- out is still there.)
 local function candidates(k)
-  if status == 1 then return range(AVAIL, k) end
+  if status == 1 and not DRY then return range(AVAIL, k) end
   if status == 2 then return range(BLOCKED, k) end
   -- The first k of the two, merged in order of number.
   local a, b, ns = range(AVAIL, k), range(BLOCKED, k), {}
@@ -569,7 +602,7 @@ while #holders < limit do
     local e, f, ld = tonumber(v[2]), num(v[3]), num(v[5])
     if e and (e <= now or f ~= 0 and ld <= now) then
       if settle(n) then
-        v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h')
+        v = seen(redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h'))
         f = num(v[3])
       else
         e = nil
@@ -691,6 +724,22 @@ for _, name in ipairs(names) do out[#out + 1] = name end
 return out
 `)
 
+// ARGV[3], ARGV[4], … pairs of a setting's name and this replica's value of it. Reply
+// {1, then the value recorded for each setting}: this replica's own where none was.
+var scriptSettings = newScript(nsPrelude + `
+local SETTINGS = NS .. 'settings'
+local out = {1}
+for i = 3, #ARGV, 2 do
+  local v = redis.call('HGET', SETTINGS, ARGV[i])
+  if not v then
+    v = ARGV[i + 1]
+    redis.call('HSET', SETTINGS, ARGV[i], v)
+  end
+  out[#out + 1] = v
+end
+return out
+`)
+
 // Reply {1}: the namespace is the one the replica joined.
 var scriptNSCheck = newScript(nsPrelude + `
 return {1}
@@ -700,13 +749,13 @@ return {1}
 // that the linearizability check catches it.
 type scriptSet struct {
 	generate, acquire, unblock, renew, keepAlive, get, delete, stats, list, expire, resolve, check, initPool *script
-	setup, register, lookup, registry, nsCheck                                                               *script
+	setup, register, lookup, registry, nsCheck, settings                                                     *script
 }
 
 func (set scriptSet) all() []*script {
 	return []*script{set.generate, set.acquire, set.unblock, set.renew, set.keepAlive, set.get, set.delete,
 		set.stats, set.list, set.expire, set.resolve, set.check, set.initPool,
-		set.setup, set.register, set.lookup, set.registry, set.nsCheck}
+		set.setup, set.register, set.lookup, set.registry, set.nsCheck, set.settings}
 }
 
 var defaultScripts = scriptSet{
@@ -728,6 +777,7 @@ var defaultScripts = scriptSet{
 	lookup:    scriptLookup,
 	registry:  scriptRegistry,
 	nsCheck:   scriptNSCheck,
+	settings:  scriptSettings,
 }
 
 // scripts lists the pool scripts by name, for the benchmarks that run them by hand

@@ -40,7 +40,16 @@
 // ran, or it never will; an Acquire that ran has its key (whose token nobody has)
 // freed. Every script refuses a namespace or pool other than the one the replica
 // joined; once one does, the replica stops for good (Ready fails) until it is
-// restarted. A replica refuses at start a namespace of another layout version.
+// restarted. A replica refuses at start a namespace of another layout version, or one
+// whose replicas' shared settings (sharedSettings) differ from its own. A fifth
+// goroutine, the watcher (health.go), reads Redis's INFO: while Redis may evict keys
+// (a maxmemory-policy other than noeviction) or is out of memory, changes are refused
+// and reads run dry; it also logs outages.
+//
+// Sentinel: a URL with master_set (and more sentinels as addr parameters) connects
+// through the sentinels, and the client follows a failover. Replication is
+// asynchronous, so a failover can lose what was answered, unless WithMinReplicas has
+// every request confirmed by replicas (WAIT) before it is answered.
 //
 // Limits, by design: deadlines follow the Redis host's wall clock (TIME), so a step
 // of that clock moves them; waiters are served in order among one replica's waiters
@@ -48,10 +57,11 @@
 // at start, and After replays from it; a reader that fell more than a stream's length
 // behind would miss events; a pass over every pool (Pools, Stats without a pool, the
 // reader's XREAD, the expirer's pass once a second) costs O(pools), at most
-// Options.MaxPools. Redis Cluster: the layout is ready for it (each script declares the
-// one key of its hash tag that it reads first, and touches that tag's keys only), but
-// the client connects to one node and the reader reads every pool's stream in one
-// XREAD, which a cluster would refuse across slots.
+// Options.MaxPools. Redis Cluster (detected at start, connect): each script declares
+// the one key of its hash tag that it reads first, and touches that tag's keys only, so
+// the client routes it to its pool's shard; the reader, which a cluster would refuse
+// one XREAD across slots, reads each pool's stream apart and polls (readStreams);
+// WithMinReplicas is refused there.
 package redisstore
 
 import (
@@ -59,6 +69,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/url"
 	"slices"
@@ -140,7 +151,23 @@ type config struct {
 	scripts    *scriptSet
 	noSlots    bool
 	afterTry   func()
+	log        *slog.Logger
+	health     time.Duration
+	replicas   int
 }
+
+// WithMinReplicas has every request of a pool confirmed by n Redis replicas (WAIT)
+// before it is answered, so that a failover to one of them loses no answered change;
+// one not confirmed in time is answered UNAVAILABLE, "may or may not have been
+// applied". 0 (the default) waits for none.
+func WithMinReplicas(n int) Option { return func(c *config) { c.replicas = n } }
+
+// WithLogger logs Redis's outages and the times it refuses changes (it may evict
+// keys, or is out of memory) to l, once as each begins and once as it ends.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// withHealthEvery has the watcher read INFO every d instead of healthEvery (tests).
+func withHealthEvery(d time.Duration) Option { return func(c *config) { c.health = d } }
 
 // WithNamespace keeps the pools under the namespace ns in Redis (default "keypool":
 // keys "{keypool}:…" and "{keypool:<pool>}:…"), so that several servers' pools can
@@ -198,6 +225,20 @@ type Store struct {
 	noSlots    bool
 	afterTry   func() // test seam: after a waiting Acquire's own try found no key
 
+	// Redis's health (health.go): the reasons to refuse changes, since when, whether
+	// INFO was refused, since when (Unix ns) Redis has not answered (0: it answers).
+	log                      *slog.Logger
+	healthEvery              time.Duration
+	healthKick               chan struct{}
+	hmu                      sync.Mutex // orders the health logs
+	evicting, full           atomicReason
+	evictingSince, fullSince time.Time
+	infoRefused              atomic.Bool
+	downSince                atomic.Int64
+
+	minReplicas int  // WithMinReplicas
+	cluster     bool // Redis is a cluster: the reader reads each pool's stream apart
+
 	// lost is set once a script finds that the namespace or a pool in Redis is not the
 	// one this replica joined; the replica then refuses everything.
 	lost atomic.Bool
@@ -231,6 +272,9 @@ type Store struct {
 
 var _ keystore.Backend = (*Store)(nil)
 
+// atomicReason holds a reason to refuse changes, nil for none.
+type atomicReason = atomic.Pointer[string]
+
 // New connects to the Redis at rawURL (redis://host:port/db, rediss://…, or
 // unix:///path/to/socket?db=N), sets up the namespace there if it is the first replica,
 // and starts the store's background work; Close stops it. clock is
@@ -260,7 +304,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if err := validate(opts); err != nil {
 		return nil, err
 	}
-	cfg := config{namespace: DefaultNamespace}
+	cfg := config{namespace: DefaultNamespace, log: slog.New(slog.DiscardHandler), health: healthEvery}
 	if _, fake := clock.(*clockwork.FakeClock); fake {
 		cfg.clientTime = true
 	}
@@ -282,34 +326,43 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		return nil, fmt.Errorf("redis store: %w", err)
 	}
 	clientOptions(&ropts)
-	rdb, err := rueidis.NewClient(ropts)
+	rdb, cluster, err := connect(ctx, ropts)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, err
+	}
+	if cluster && cfg.replicas > 0 {
+		rdb.Close()
+		return nil, errors.New("redis store: -redis-min-replicas is not supported on a Redis Cluster (WAIT confirms one node's writes)")
 	}
 
 	s := &Store{
-		rdb:        rdb,
-		clock:      clock,
-		clientTime: cfg.clientTime,
-		opts:       opts,
-		namespace:  cfg.namespace,
-		nsPrefix:   "{" + cfg.namespace + "}:",
-		lanes:      env.Lanes,
-		reg:        registry{byName: map[string]*rpool{}, byIndex: map[uint64]*rpool{}},
-		replica:    strconv.FormatUint(randomUint64(), 36),
-		retention:  strconv.Itoa(max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)),
-		wakeAt:     math.MaxInt64,
-		kick:       make(chan struct{}, 1),
-		toServe:    map[*keystore.Lane]struct{}{},
-		serve:      make(chan struct{}, 1),
-		progress:   make(chan struct{}),
-		scripts:    defaultScripts,
-		repliesTTL: max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
-		slots:      make(chan int, maxInFlight),
-		resolve:    make(chan struct{}, 1),
-		resolved:   cfg.resolved,
-		noSlots:    cfg.noSlots,
-		afterTry:   cfg.afterTry,
+		rdb:         rdb,
+		clock:       clock,
+		clientTime:  cfg.clientTime,
+		opts:        opts,
+		namespace:   cfg.namespace,
+		nsPrefix:    "{" + cfg.namespace + "}:",
+		lanes:       env.Lanes,
+		reg:         registry{byName: map[string]*rpool{}, byIndex: map[uint64]*rpool{}},
+		replica:     strconv.FormatUint(randomUint64(), 36),
+		retention:   strconv.Itoa(max(opts.EventRetention, 2*opts.MaxGenerate, minStreamLength)),
+		wakeAt:      math.MaxInt64,
+		kick:        make(chan struct{}, 1),
+		toServe:     map[*keystore.Lane]struct{}{},
+		serve:       make(chan struct{}, 1),
+		progress:    make(chan struct{}),
+		scripts:     defaultScripts,
+		repliesTTL:  max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
+		slots:       make(chan int, maxInFlight),
+		resolve:     make(chan struct{}, 1),
+		resolved:    cfg.resolved,
+		noSlots:     cfg.noSlots,
+		afterTry:    cfg.afterTry,
+		log:         cfg.log,
+		healthEvery: cfg.health,
+		healthKick:  make(chan struct{}, 1),
+		minReplicas: cfg.replicas,
+		cluster:     cluster,
 	}
 	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
@@ -326,7 +379,9 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		s.cancel()
 		return nil, err
 	}
-	s.wg.Add(4)
+	s.checkHealth(ctx)
+	s.wg.Add(5)
+	go s.watchLoop()
 	go s.expireLoop()
 	go s.readLoop(lastIDs)
 	go s.serveLoop()
@@ -342,8 +397,8 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 // deadlines bound every wait. It pipelines on one connection (a second measured no
 // faster), from the first request on, so that the goroutines it runs for it
 // exist from the start rather than appearing under the first concurrent load (a
-// second connection would start its own later, at random). The client is never a
-// cluster's, and caches nothing.
+// second connection would start its own later, at random). A URL with master_set makes
+// it a Sentinel's, and connect makes it a cluster's for a cluster. It caches nothing.
 func clientOptions(o *rueidis.ClientOption) {
 	o.DisableRetry = true
 	o.DisableCache = true
@@ -352,6 +407,24 @@ func clientOptions(o *rueidis.ClientOption) {
 	o.PipelineMultiplex = -1 // 2^0 connections
 	o.Dialer.Timeout = ioTimeout
 	o.ConnWriteTimeout = ioTimeout
+}
+
+// connect makes the Redis client: a Sentinel's for a URL with master_set; else it asks
+// the node (INFO cluster) whether it is part of a cluster, and if so makes a cluster
+// client, which routes each script to the shard of its pool's hash tag.
+func connect(ctx context.Context, o rueidis.ClientOption) (rueidis.Client, bool, error) {
+	rdb, err := rueidis.NewClient(o)
+	if err != nil || o.Sentinel.MasterSet != "" {
+		return rdb, false, unavailable(err)
+	}
+	info, err := rdb.Do(ctx, rdb.B().Info().Section("cluster").Build()).ToString()
+	if err != nil || !strings.Contains(info, "cluster_enabled:1") {
+		return rdb, false, nil // a Redis that refuses INFO is taken for a single node
+	}
+	rdb.Close()
+	o.ForceSingleClient = false
+	rdb, err = rueidis.NewClient(o)
+	return rdb, true, unavailable(err)
 }
 
 // takeNamespace removes this package's own "namespace" parameter from a Redis URL.
@@ -398,7 +471,7 @@ func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 	}
 	secret := keystore.NewSecret()
 	msgs, _, err := s.send(ctx, s.scripts.setup, s.nsKeys,
-		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true)
+		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true, false)
 	if err != nil {
 		return nil, s.unavailable(err, false, readOnly)
 	}
@@ -420,6 +493,9 @@ func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 		return nil, fmt.Errorf("redis store: the namespace at %sid is not the one its secret names: remove the namespace's keys, or use another namespace", s.nsPrefix)
 	}
 	if err := s.agreeOnClock(stored[3], mine); err != nil {
+		return nil, err
+	}
+	if err := s.agreeOnSettings(ctx); err != nil {
 		return nil, err
 	}
 	s.lanes.OnNew = s.onNewLane
@@ -452,6 +528,43 @@ func unavailable(err error) error {
 		return nil
 	}
 	return &keystore.Error{Code: keystore.EUNAVAILABLE, Message: "the key store cannot be reached", Err: err}
+}
+
+// sharedSettings are the settings that change what the pools do, which every replica of
+// a namespace must share, each by the flag that sets it and as this replica has it.
+func sharedSettings(o keystore.Options) [][2]string {
+	return [][2]string{
+		{"-lease-ttl", o.LeaseTTL.String()},
+		{"-keepalive-ttl", o.KeepAliveTTL.String()},
+		{"-max-lease-ttl", o.MaxLeaseTTL.String()},
+	}
+}
+
+// agreeOnSettings records this replica's shared settings in the namespace where none
+// is recorded yet (the first replica; or a setting that replicas before it did not
+// know), and refuses to start, naming the flag, if one of its own differs from the
+// recorded one.
+func (s *Store) agreeOnSettings(ctx context.Context) error {
+	mine := sharedSettings(s.opts)
+	own := make([]any, 0, 2*len(mine))
+	for _, kv := range mine {
+		own = append(own, kv[0], kv[1])
+	}
+	msgs, err := s.runNSMessages(ctx, s.scripts.settings, own...)
+	if err != nil {
+		return err
+	}
+	_, recorded, err := parseReply(msgs)
+	if err != nil || len(recorded) != len(mine) {
+		return fmt.Errorf("redis store: bad reply to the settings' check (%v)", err)
+	}
+	for i, kv := range mine {
+		if recorded[i] != kv[1] {
+			return fmt.Errorf("redis store: %s is %s on this replica, but %s on the replicas of namespace %q (recorded in %ssettings): "+
+				"start every replica with the same %s", kv[0], kv[1], recorded[i], s.namespace, s.nsPrefix, kv[0])
+		}
+	}
+	return nil
 }
 
 // agreeOnClock sets the unit and base of script times, the same for every replica of
@@ -557,6 +670,9 @@ func keyError(status int64) error {
 func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystore.Record, error) {
 	if err := s.usable(); err != nil {
 		return nil, err
+	}
+	if err := s.refusingChanges(); err != nil {
+		return nil, err // before the pool is made
 	}
 	p, err := s.poolNamed(ctx, pool, true)
 	if err != nil {
@@ -881,16 +997,20 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 	}
 }
 
-// Ready implements keystore.Backend: Redis answers within readyTimeout, and holds the
-// namespace this replica joined. One attempt, never retried: a readiness probe must
+// Ready implements keystore.Backend: Redis answers within readyTimeout, holds the
+// namespace this replica joined, and takes changes (it may not evict keys, and has
+// memory to spare: see health.go). One attempt, never retried: a readiness probe must
 // fail fast when Redis is away or paused.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.refusing(); err != nil {
 		return err
 	}
+	if err := s.refusingChanges(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false)
+	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false, false)
 	if err != nil {
 		return s.unavailable(err, false, readOnly)
 	}
