@@ -197,28 +197,41 @@ func parse(e *env, fs *flag.FlagSet, args []string) (code int, ok bool) {
 
 // parseInterspersed is parse for commands whose flags may follow their arguments
 // ("unblock ID -token T"); it returns the arguments. After "--" everything is an
-// argument, and so is anything that starts with "-" but names no flag: one key id
-// in 64 starts with "-" ("get -WORxEWyFKXiBwY6AUU2Ew").
+// argument, and so is anything that starts with "-" but names no flag, wherever it
+// stands: one key id in 64 starts with "-" ("unblock -token T -WORxEWyFKXiBwY6AUU2Ew").
 func parseInterspersed(e *env, fs *flag.FlagSet, args []string) (positional []string, code int, ok bool) {
-	for {
-		for len(args) > 0 && namesNoFlag(fs, args[0]) {
-			positional = append(positional, args[0])
-			args = args[1:]
+	var flags []string
+	for i := 0; i < len(args); i++ {
+		switch arg := args[i]; {
+		case arg == "--":
+			positional = append(positional, args[i+1:]...)
+			i = len(args)
+		case len(arg) < 2 || arg[0] != '-' || namesNoFlag(fs, arg):
+			positional = append(positional, arg)
+		default:
+			flags = append(flags, arg)
+			if takesValue(fs, arg) && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
 		}
-		if code, ok := parse(e, fs, args); !ok {
-			return nil, code, false
-		}
-		rest := fs.Args()
-		consumed := len(args) - len(rest)
-		if consumed > 0 && args[consumed-1] == "--" {
-			return append(positional, rest...), 0, true
-		}
-		if len(rest) == 0 {
-			return positional, 0, true
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
 	}
+	if code, ok := parse(e, fs, flags); !ok {
+		return nil, code, false
+	}
+	return positional, 0, true
+}
+
+// takesValue reports whether arg, a flag fs defines, takes the next argument as its
+// value: it is not boolean and has no "=value" of its own.
+func takesValue(fs *flag.FlagSet, arg string) bool {
+	name, _, hasValue := strings.Cut(strings.TrimPrefix(arg[1:], "-"), "=")
+	f := fs.Lookup(name)
+	if hasValue || f == nil {
+		return false
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return !ok || !b.IsBoolFlag()
 }
 
 // namesNoFlag reports whether arg looks like a flag ("-x", "--x=v") that fs does not

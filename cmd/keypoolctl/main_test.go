@@ -229,6 +229,11 @@ func TestCommands(t *testing.T) {
 	// One key id in 64 starts with "-": an argument, not an unknown flag.
 	ctl(t, ts.url, "get", "-WORxEWyFKXiBwY6AUU2Ew").failed(t, exitError, "NOT_FOUND")
 	ctl(t, ts.url, "unblock", "-WORxEWyFKXiBwY6AUU2Ew", "-token", "t").failed(t, exitError, "NOT_FOUND")
+	// Also after the flags ("unblock -token T ID", which the test below uses with
+	// whatever id it leased: a flaky failure once in 64 runs before).
+	ctl(t, ts.url, "unblock", "-token", "t", "-WORxEWyFKXiBwY6AUU2Ew").failed(t, exitError, "NOT_FOUND")
+	ctl(t, ts.url, "renew", "-token", "t", "-ttl", "1m", "-WORxEWyFKXiBwY6AUU2Ew").failed(t, exitError, "NOT_FOUND")
+	assert.Equal(t, exitUsage, ctl(t, ts.url, "unblock", "-token").code, "a flag without its value")
 
 	var keys []client.Key
 	ctlIn(t, ts.url, "generate", "2").decode(t, &keys)
