@@ -124,6 +124,8 @@ func TestConfigBadValues(t *testing.T) {
 		{"max generate not a number", nil, map[string]string{"KEYPOOL_MAX_GENERATE": "lots"}, "-max-generate"},
 		{"max waiters zero", []string{"-max-waiters", "0"}, nil, "-max-waiters"},
 		{"max pools zero", []string{"-max-pools", "0"}, nil, "-max-pools"},
+		{"negative min replicas", []string{"-redis-min-replicas", "-1"}, nil, "-redis-min-replicas"},
+		{"min replicas on memory", nil, map[string]string{"KEYPOOL_REDIS_MIN_REPLICAS": "1"}, "-redis-min-replicas"},
 		{"max waiters negative from env", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "-1"}, "-max-waiters"},
 		{"max waiters not a number", nil, map[string]string{"KEYPOOL_MAX_WAITERS": "many"}, "-max-waiters"},
 		{"store scheme", []string{"-store", "postgres://db"}, nil, "-store"},
@@ -180,4 +182,16 @@ func TestVersion(t *testing.T) {
 		assert.Regexp(t, `^keypool (\(devel\)|v\S+)( \(revision [0-9a-f]+(-modified)?(, \S+)?\))? go\S+\n$`, stdout.String())
 		assert.Contains(t, stdout.String(), " "+runtime.Version()+"\n")
 	}
+}
+
+// TestRedisMinReplicasConfig: -redis-min-replicas (or KEYPOOL_REDIS_MIN_REPLICAS)
+// with a Redis store.
+func TestRedisMinReplicasConfig(t *testing.T) {
+	cfg, err := parseConfig([]string{"-store", "redis://127.0.0.1:6379/0", "-redis-min-replicas", "2"}, func(string) string { return "" }, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 2, cfg.RedisMinReplicas)
+	env := map[string]string{"KEYPOOL_REDIS_MIN_REPLICAS": "1", "KEYPOOL_STORE": "redis://127.0.0.1:6379/0"}
+	cfg, err = parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 1, cfg.RedisMinReplicas)
 }

@@ -114,9 +114,9 @@ func arg(v any) string {
 // mutation replays its recorded reply. If it still fails the caller gets EUNAVAILABLE,
 // telling whether the request may have been applied.
 //
-// A change is refused at once while Redis may evict keys (see health.go). A read that
-// can run dry does so while Redis is out of memory, or when Redis refuses it as such:
-// it writes nothing.
+// A change is refused at once while Redis may evict keys or is out of memory (see
+// health.go). A read that can run dry does so while Redis is out of memory, or when
+// Redis refuses it as such: it writes nothing.
 func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestKind, own ...any) ([]int64, []string, error) {
 	if err := s.usable(); err != nil {
 		return nil, nil, err
