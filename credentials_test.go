@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,10 +72,20 @@ func startPasswordRedis(t *testing.T, password string) string {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	// redis-server creates its socket once it accepts connections.
+	// The socket's file is there from its bind, before Redis listens: wait for an
+	// answer to PING (-NOAUTH, with a password) instead.
 	require.Eventually(t, func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
+		c, err := net.DialTimeout("unix", sock, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return false
+		}
+		n, _ := c.Read(make([]byte, 64))
+		return n > 0
 	}, 10*time.Second, 10*time.Millisecond, "redis-server did not start")
 	return sock
 }
