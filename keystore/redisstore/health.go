@@ -113,6 +113,7 @@ func (s *Store) watchLoop() {
 func (s *Store) checkHealth(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
+	started := time.Now()
 	var evicting, full string
 	nodes := map[string]rueidis.Client{"": s.rdb}
 	if s.cluster {
@@ -128,7 +129,7 @@ func (s *Store) checkHealth(ctx context.Context) {
 		}
 		evicting, full = cmp.Or(evicting, e), cmp.Or(full, f)
 	}
-	s.answered()
+	s.answered(started)
 	s.setHealth(evicting, full)
 }
 
@@ -209,14 +210,17 @@ func (s *Store) wentDown(err error) {
 	}
 }
 
-// answered logs the end of an outage, once.
-func (s *Store) answered() {
-	if s.downSince.Load() == 0 {
+// answered logs the end of an outage, once, for an answer to a call made at started.
+// A call made before the outage began proves nothing of now: Redis answered it just
+// before it went (a killed server's last replies), and the outage goes on.
+func (s *Store) answered(started time.Time) {
+	since := s.downSince.Load()
+	if since == 0 || started.UnixNano() < since {
 		return
 	}
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
-	if since := s.downSince.Swap(0); since != 0 {
+	if s.downSince.CompareAndSwap(since, 0) {
 		s.log.Info("redis store: Redis answers again", "outage", time.Since(time.Unix(0, since)).Round(time.Millisecond))
 	}
 }

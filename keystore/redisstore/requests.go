@@ -247,9 +247,10 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 		if ctx.Err() != nil {
 			return nil, sent, ctx.Err()
 		}
+		started := time.Now()
 		res, err = s.exec(ctx, script, keys, args, confirm)
 		if err == nil {
-			s.answered()
+			s.answered(started)
 			return res, true, nil
 		}
 		switch failure(err) {
