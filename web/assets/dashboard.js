@@ -20,8 +20,10 @@
   var STABLE_MS = 10000;         // a connection up this long resets the backoff
 
   var STATS_QUERY =
-    'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked waiting } }';
-  var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked waiting } } }';
+    'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked cooling quarantined waiting } }';
+  // The counts shown, by stats field, in the cards and the pools' table.
+  var COUNTS = ['total', 'available', 'blocked', 'cooling', 'quarantined', 'waiting'];
+  var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked cooling quarantined waiting } } }';
   var EVENTS_SUBSCRIPTION =
     'subscription DashboardKeyEvents($pool: String, $after: Int) {' +
     ' keyEvents(pool: $pool, after: $after) { seq type keyId pool at holder } }';
@@ -46,6 +48,8 @@
     total: document.getElementById('count-total'),
     available: document.getElementById('count-available'),
     blocked: document.getElementById('count-blocked'),
+    cooling: document.getElementById('count-cooling'),
+    quarantined: document.getElementById('count-quarantined'),
     waiting: document.getElementById('count-waiting'),
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
@@ -128,7 +132,7 @@
     el.feed.replaceChildren();
     el.feedEmpty.hidden = false;
     el.lastSeq.textContent = '';
-    [el.total, el.available, el.blocked, el.waiting].forEach(function (o) { o.textContent = '–'; });
+    [el.total, el.available, el.blocked, el.cooling, el.quarantined, el.waiting].forEach(function (o) { o.textContent = '–'; });
     drawChart(Date.now());
     renderPools();
     requestStats();
@@ -200,7 +204,7 @@
       th.append(button);
       tr.append(th);
       var cells = {};
-      ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+      COUNTS.forEach(function (n) {
         var td = document.createElement('td');
         td.className = n;
         td.textContent = numberFormat.format(p.stats[n]);
@@ -229,7 +233,7 @@
   // says that an acquire started or stopped waiting: stats is asked again every
   // STATS_REFRESH_MS for waiting (which also mends any drift).
 
-  var counts = null;             // {total, available, blocked, waiting} once known
+  var counts = null;             // {total, available, blocked, cooling, quarantined, waiting} once known
   var lastSeq = null;            // seq of the last event seen in pool's stream, for resuming
   var statsFailures = 0;
 
@@ -238,7 +242,7 @@
     return graphql(STATS_QUERY, 'DashboardStats', { pool: asked }).then(function (data) {
       if (asked !== pool) return; // selectPool has asked for the new pool's
       var s = data.stats;
-      counts = { total: s.total, available: s.available, blocked: s.blocked, waiting: s.waiting };
+      counts = { total: s.total, available: s.available, blocked: s.blocked, cooling: s.cooling, quarantined: s.quarantined, waiting: s.waiting };
       statsFailures = 0;
       scheduleRender();
     }, function (err) {
@@ -275,7 +279,20 @@
     }
     switch (ev.type) {
       case 'GENERATED':
+      case 'IMPORTED':
         counts.total++;
+        counts.available++;
+        break;
+      case 'COOLED': // after UNBLOCKED or RELEASED, which counted it AVAILABLE
+        counts.available--;
+        counts.cooling++;
+        break;
+      case 'QUARANTINED':
+        counts.available--;
+        counts.quarantined++;
+        break;
+      case 'RECOVERED':
+        counts.cooling--;
         counts.available++;
         break;
       case 'ACQUIRED':
@@ -295,9 +312,11 @@
       default:
         requestStats();
     }
-    if (counts.available < 0 || counts.blocked < 0 || counts.total < 0) {
+    if (counts.available < 0 || counts.blocked < 0 || counts.cooling < 0 || counts.quarantined < 0 || counts.total < 0) {
       counts.available = Math.max(0, counts.available);
       counts.blocked = Math.max(0, counts.blocked);
+      counts.cooling = Math.max(0, counts.cooling);
+      counts.quarantined = Math.max(0, counts.quarantined);
       counts.total = Math.max(0, counts.total);
       requestStats();
     }
@@ -524,7 +543,7 @@
     renderQueued = false;
     drawFeed();
     if (!counts) return;
-    ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+    COUNTS.forEach(function (n) {
       var text = numberFormat.format(counts[n]);
       el[n].textContent = text;
       if (selectedCells) selectedCells[n].textContent = text;
