@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -117,6 +118,28 @@ func TestBrowserDashboardKeys(t *testing.T) {
 	waitFor[bool](b, "deleted", `document.getElementById('key-message').textContent === 'Deleted.'`)
 	waitFor[bool](b, "four keys listed", jsKeyRows+`.length === 4`)
 	waitFor[bool](b, "four counted", `document.getElementById('count-total').textContent === '4'`)
+	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
+
+	// A key cooling down: its panel shows until when, and Restore hands it out again.
+	data := server.graphql(t, `mutation { acquireKey(pool: "crawl") { token key { id } } }`, nil)
+	var lease struct {
+		Token string
+		Key   struct{ ID string }
+	}
+	if err := json.Unmarshal(data["acquireKey"], &lease); err != nil {
+		t.Fatal(err)
+	}
+	server.graphql(t, `mutation($id: ID!, $token: ID!) { unblockKey(id: $id, token: $token, cooldown: "1h") { status } }`,
+		map[string]any{"id": lease.Key.ID, "token": lease.Token})
+	b.do("list the cooling keys", chromedp.SetValue(chromedp.CSS("#keys-status"), "COOLING"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('keys-status').dispatchEvent(new Event('change'))`))
+	waitFor[bool](b, "the cooling key listed", jsKeyRows+`.length === 1 && `+jsKeyRows+`[0] === `+strconv.Quote(lease.Key.ID+" COOLING"))
+	b.do("open the cooling key", chromedp.Click(chromedp.CSS(`#keys button[data-id="`+lease.Key.ID+`"]`)))
+	waitFor[bool](b, "its cool-down", `!!document.querySelector('#key-fields dd[data-field="Cooling until"]') &&
+		!document.getElementById('key-restore').disabled`)
+	b.do("restore", chromedp.Click(chromedp.CSS("#key-restore")))
+	waitFor[bool](b, "the key restored", `document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE'`)
+	waitFor[bool](b, "no cooling key listed", jsKeyRows+`.length === 0`)
 	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
 
 	// A key of the feed opens its panel too.

@@ -743,7 +743,7 @@ func TestBrowserDashboardPools(t *testing.T) {
 	live()
 	waitJSON("the selector", `[document.getElementById('pool').value, ...`+jsPoolOptions+`]`, []string{"beta", "alpha", "beta", "default"})
 	waitCounts("pool beta on load", 2, 1, 1, 0)
-	waitJSON("the pools table", jsPoolRows, []string{"alpha 3 3 0 0", "*beta 2 1 1 0", "default 0 0 0 0"})
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 3 3 0 0 0 0", "*beta 2 1 1 0 0 0", "default 0 0 0 0 0 0"})
 
 	// Choosing alpha in the selector: its counts, ?pool=alpha, and one subscription.
 	b.do("choose pool alpha", chromedp.Evaluate[chromedp.Void](`(() => {
@@ -752,7 +752,7 @@ func TestBrowserDashboardPools(t *testing.T) {
 		s.dispatchEvent(new Event('change'));
 	})()`))
 	waitCounts("pool alpha", 3, 3, 0, 0)
-	waitJSON("the pools table", jsPoolRows, []string{"*alpha 3 3 0 0", "beta 2 1 1 0", "default 0 0 0 0"})
+	waitJSON("the pools table", jsPoolRows, []string{"*alpha 3 3 0 0 0 0", "beta 2 1 1 0 0 0", "default 0 0 0 0 0 0"})
 	if search := eval[string](b, `location.search`); search != "?pool=alpha" {
 		t.Errorf("after choosing alpha the URL's query is %q, want ?pool=alpha", search)
 	}
@@ -802,7 +802,7 @@ func TestBrowserDashboardPools(t *testing.T) {
 		waited <- err
 	}()
 	waitCounts("an acquire waiting in pool default", 0, 0, 0, 1)
-	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "*default 0 0 0 1"})
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0 0 0", "beta 4 3 1 0 0 0", "*default 0 0 0 0 0 1"})
 	made := server.generateKeysIn(t, "default", 1)[0]
 	if err := <-waited; err != nil {
 		t.Fatalf("the waiting acquire: %v", err)
@@ -831,10 +831,10 @@ func TestBrowserDashboardPools(t *testing.T) {
 	live()
 	waitCounts("pool fresh, not made yet", 0, 0, 0, 0)
 	waitJSON("the selector", `[document.getElementById('pool').value, ...`+jsPoolOptions+`]`, []string{"fresh", "alpha", "beta", "default", "fresh"})
-	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "default 1 0 1 0"})
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0 0 0", "beta 4 3 1 0 0 0", "default 1 0 1 0 0 0"})
 	start := time.Now()
 	server.generateKeysIn(t, "fresh", 2)
-	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0", "beta 4 3 1 0", "default 1 0 1 0", "*fresh 2 2 0 0"})
+	waitJSON("the pools table", jsPoolRows, []string{"alpha 4 3 1 0 0 0", "beta 4 3 1 0 0 0", "default 1 0 1 0 0 0", "*fresh 2 2 0 0 0 0"})
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("the new pool took %v to show in the table", d)
 	}

@@ -25,7 +25,12 @@ type config struct {
 	MaxGenerate  int
 	MaxWaiters   int
 	MaxPools     int
-	Store        string
+	// QuarantineAfter, ExpiredLeaseCooldown and MaxCooldown: keys held back (CONTRACT
+	// "Cool-down and quarantine").
+	QuarantineAfter      int
+	ExpiredLeaseCooldown time.Duration
+	MaxCooldown          time.Duration
+	Store                string
 	// RedisMinReplicas (-redis-min-replicas): Redis replicas that must confirm each
 	// request (WAIT) before it is answered.
 	RedisMinReplicas int
@@ -55,22 +60,25 @@ const (
 
 // envVars names the environment variable of each flag.
 var envVars = map[string]string{
-	"addr":               "KEYPOOL_ADDR",
-	"lease-ttl":          "KEYPOOL_LEASE_TTL",
-	"keepalive-ttl":      "KEYPOOL_KEEPALIVE_TTL",
-	"max-lease-ttl":      "KEYPOOL_MAX_LEASE_TTL",
-	"max-generate":       "KEYPOOL_MAX_GENERATE",
-	"max-waiters":        "KEYPOOL_MAX_WAITERS",
-	"max-pools":          "KEYPOOL_MAX_POOLS",
-	"store":              "KEYPOOL_STORE",
-	"redis-min-replicas": "KEYPOOL_REDIS_MIN_REPLICAS",
-	"log-format":         "KEYPOOL_LOG_FORMAT",
-	"cors-origins":       "KEYPOOL_CORS_ORIGINS",
-	"log-level":          "KEYPOOL_LOG_LEVEL",
-	"gc-heap-floor":      "KEYPOOL_GC_HEAP_FLOOR",
-	"allowed-hosts":      "KEYPOOL_ALLOWED_HOSTS",
-	"read-timeout":       "KEYPOOL_READ_TIMEOUT",
-	"idle-timeout":       "KEYPOOL_IDLE_TIMEOUT",
+	"addr":                   "KEYPOOL_ADDR",
+	"lease-ttl":              "KEYPOOL_LEASE_TTL",
+	"keepalive-ttl":          "KEYPOOL_KEEPALIVE_TTL",
+	"max-lease-ttl":          "KEYPOOL_MAX_LEASE_TTL",
+	"max-generate":           "KEYPOOL_MAX_GENERATE",
+	"max-waiters":            "KEYPOOL_MAX_WAITERS",
+	"max-pools":              "KEYPOOL_MAX_POOLS",
+	"quarantine-after":       "KEYPOOL_QUARANTINE_AFTER",
+	"expired-lease-cooldown": "KEYPOOL_EXPIRED_LEASE_COOLDOWN",
+	"max-cooldown":           "KEYPOOL_MAX_COOLDOWN",
+	"store":                  "KEYPOOL_STORE",
+	"redis-min-replicas":     "KEYPOOL_REDIS_MIN_REPLICAS",
+	"log-format":             "KEYPOOL_LOG_FORMAT",
+	"cors-origins":           "KEYPOOL_CORS_ORIGINS",
+	"log-level":              "KEYPOOL_LOG_LEVEL",
+	"gc-heap-floor":          "KEYPOOL_GC_HEAP_FLOOR",
+	"allowed-hosts":          "KEYPOOL_ALLOWED_HOSTS",
+	"read-timeout":           "KEYPOOL_READ_TIMEOUT",
+	"idle-timeout":           "KEYPOOL_IDLE_TIMEOUT",
 }
 
 // parseConfig reads args (without the program name) and the environment through
@@ -87,6 +95,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.MaxGenerate, "max-generate", keystore.DefaultMaxGenerate, "most keys one generateKeys may create")
 	fs.IntVar(&cfg.MaxWaiters, "max-waiters", keystore.DefaultMaxWaiters, "most acquires that may wait for a key at once; one more that would wait is refused at once with TOO_MANY_WAITERS (REST 429). A waiter holds a connection, its request and a goroutine or two, about 40 KB, for up to 30s: 1000 cost some 40 MB and 1000 file descriptors")
 	fs.IntVar(&cfg.MaxPools, "max-pools", keystore.DefaultMaxPools, "most pools that may be made; a generateKeys into one more is refused (BAD_USER_INPUT). An empty pool costs only its counters and its retained events")
+	fs.IntVar(&cfg.QuarantineAfter, "quarantine-after", 0, "consecutive failures (unblocks with failed, leases that run out) that send a key to QUARANTINED until restoreKey; 0 never does")
+	fs.DurationVar(&cfg.ExpiredLeaseCooldown, "expired-lease-cooldown", 0, "how long a key whose lease ran out cools (COOLING) before it is handed out again, since its last holder may still be using it; 0s frees it at once")
+	fs.DurationVar(&cfg.MaxCooldown, "max-cooldown", keystore.DefaultMaxCooldown, "longest cool-down an unblockKey may ask for")
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
 	fs.IntVar(&cfg.RedisMinReplicas, "redis-min-replicas", 0, "Redis replicas that must confirm each request (WAIT) before it is answered, so that a failover to one loses no answered lease; one not confirmed in time is UNAVAILABLE (may or may not have been applied)")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
@@ -159,6 +170,12 @@ func (c config) validate() error {
 		return fmt.Errorf("-max-waiters: must be at least 1, got %d", c.MaxWaiters)
 	case c.MaxPools < 1:
 		return fmt.Errorf("-max-pools: must be at least 1, got %d", c.MaxPools)
+	case c.QuarantineAfter < 0:
+		return fmt.Errorf("-quarantine-after: must be at least 0, got %d", c.QuarantineAfter)
+	case c.ExpiredLeaseCooldown < 0:
+		return fmt.Errorf("-expired-lease-cooldown: must be at least 0s, got %v", c.ExpiredLeaseCooldown)
+	case c.MaxCooldown < keystore.MinCooldown:
+		return fmt.Errorf("-max-cooldown: must be at least %v, got %v", keystore.MinCooldown, c.MaxCooldown)
 	case c.RedisMinReplicas < 0:
 		return fmt.Errorf("-redis-min-replicas: must be at least 0, got %d", c.RedisMinReplicas)
 	case c.RedisMinReplicas > 0 && c.Store == "memory":
@@ -173,6 +190,14 @@ func (c config) validate() error {
 		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
 	}
 	if c.Store != "memory" {
+		// Until the Redis scripts keep cool-downs (issue 28), a Redis pool would ignore
+		// these: refused rather than silently not kept.
+		switch {
+		case c.QuarantineAfter != 0:
+			return errors.New("-quarantine-after: not supported with a Redis store yet")
+		case c.ExpiredLeaseCooldown != 0:
+			return errors.New("-expired-lease-cooldown: not supported with a Redis store yet")
+		}
 		u, err := url.Parse(c.Store)
 		redisURL := (u != nil && (u.Scheme == "redis" || u.Scheme == "rediss") && u.Host != "") ||
 			(u != nil && u.Scheme == "unix" && u.Path != "")
@@ -200,6 +225,10 @@ func (c config) storeOptions() keystore.Options {
 		MaxGenerate:  c.MaxGenerate,
 		MaxWaiters:   c.MaxWaiters,
 		MaxPools:     c.MaxPools,
+
+		QuarantineAfter:      c.QuarantineAfter,
+		ExpiredLeaseCooldown: c.ExpiredLeaseCooldown,
+		MaxCooldown:          c.MaxCooldown,
 	}
 }
 

@@ -33,6 +33,7 @@ func TestConfigDefaults(t *testing.T) {
 		MaxGenerate:  10000,
 		MaxWaiters:   1000,
 		MaxPools:     1000,
+		MaxCooldown:  time.Hour,
 		Store:        "memory",
 		LogFormat:    "text",
 		GCHeapFloor:  64,
@@ -57,6 +58,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 		"KEYPOOL_ALLOWED_HOSTS": "keypool.lan",
 		"KEYPOOL_READ_TIMEOUT":  "5s",
 		"KEYPOOL_IDLE_TIMEOUT":  "1m",
+		"KEYPOOL_MAX_COOLDOWN":  "2h",
 	})
 	t.Run("env", func(t *testing.T) {
 		cfg, err := parseConfig(nil, env, io.Discard)
@@ -69,6 +71,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxGenerate:  50,
 			MaxWaiters:   20000,
 			MaxPools:     3,
+			MaxCooldown:  2 * time.Hour,
 			Store:        "redis://localhost:6379/0",
 			LogFormat:    "json",
 			AllowedHosts: mustHosts(t, "keypool.lan"),
@@ -81,6 +84,7 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			"-addr", ":1234", "-lease-ttl", "1m30s", "-keepalive-ttl=1h", "-max-lease-ttl", "3h",
 			"-max-generate", "7", "-max-waiters", "5", "-max-pools", "9", "-store", "memory", "-log-format", "text",
 			"-gc-heap-floor", "128", "-allowed-hosts", "*.example.com,*", "-read-timeout", "3s", "-idle-timeout", "30s",
+			"-quarantine-after", "3", "-expired-lease-cooldown", "15s", "-max-cooldown", "10m",
 		}, env, io.Discard)
 		require.NoError(t, err)
 		assert.Equal(t, config{
@@ -92,11 +96,15 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			MaxWaiters:   5,
 			MaxPools:     9,
 			Store:        "memory",
-			LogFormat:    "text",
-			GCHeapFloor:  128,
-			AllowedHosts: mustHosts(t, "*,*.example.com"),
-			ReadTimeout:  3 * time.Second,
-			IdleTimeout:  30 * time.Second,
+
+			QuarantineAfter:      3,
+			ExpiredLeaseCooldown: 15 * time.Second,
+			MaxCooldown:          10 * time.Minute,
+			LogFormat:            "text",
+			GCHeapFloor:          128,
+			AllowedHosts:         mustHosts(t, "*,*.example.com"),
+			ReadTimeout:          3 * time.Second,
+			IdleTimeout:          30 * time.Second,
 		}, cfg)
 	})
 	t.Run("flags alone", func(t *testing.T) {
@@ -140,6 +148,12 @@ func TestConfigBadValues(t *testing.T) {
 		{"zero read timeout", []string{"-read-timeout", "0s"}, nil, "-read-timeout"},
 		{"read timeout not a duration", nil, map[string]string{"KEYPOOL_READ_TIMEOUT": "10"}, "-read-timeout"},
 		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, nil, "-idle-timeout"},
+		{"negative quarantine-after", []string{"-quarantine-after", "-1"}, nil, "-quarantine-after"},
+		{"quarantine-after from env", nil, map[string]string{"KEYPOOL_QUARANTINE_AFTER": "often"}, "-quarantine-after"},
+		{"negative expired-lease cool-down", []string{"-expired-lease-cooldown", "-1s"}, nil, "-expired-lease-cooldown"},
+		{"max cool-down under a second", nil, map[string]string{"KEYPOOL_MAX_COOLDOWN": "500ms"}, "-max-cooldown"},
+		{"quarantine on Redis, not yet", []string{"-quarantine-after", "3", "-store", "redis://localhost:6379/0"}, nil, "-quarantine-after"},
+		{"lock-delay on Redis, not yet", []string{"-expired-lease-cooldown", "5s", "-store", "redis://localhost:6379/0"}, nil, "-expired-lease-cooldown"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(tc.args, envOf(tc.env), io.Discard)

@@ -99,7 +99,7 @@ func TestRESTAndGraphQLAgree(t *testing.T) {
 	assert.JSONEq(t, `{"total":2,"available":1,"blocked":1}`, s.stats(t))
 	_, restStats := s.get(t, "/v1/stats")
 	var viaGraphQLStats struct{ Stats json.RawMessage }
-	s.mustPost(t, `{ stats { total available blocked waiting } }`, nil, &viaGraphQLStats)
+	s.mustPost(t, `{ stats { total available blocked cooling quarantined waiting } }`, nil, &viaGraphQLStats)
 	assert.JSONEq(t, string(viaGraphQLStats.Stats), restStats)
 
 	// Unblock over GraphQL with the REST lease's token; REST sees it AVAILABLE.

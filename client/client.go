@@ -151,11 +151,76 @@ func (c *Client) AcquireKey(ctx context.Context, opts AcquireOptions) (LeaseInfo
 // that lease (ErrLeaseMismatch otherwise); with "" it ends whatever lease holds the
 // key. ErrNotBlocked if the key is AVAILABLE, ErrNotFound if there is no such key.
 func (c *Client) UnblockKey(ctx context.Context, id, token string) (Key, error) {
-	resp, err := gen.UnblockKey(ctx, c.gql, id, stringArg(token))
+	return c.UnblockKeyWith(ctx, id, token, UnblockOptions{})
+}
+
+// UnblockOptions say how an unblock ends a lease. The zero value returns the key to
+// AVAILABLE.
+type UnblockOptions struct {
+	// Cooldown, when not zero, sends the key to COOLING for that long (1s up to the
+	// server's -max-cooldown) instead of AVAILABLE: the upstream throttled it.
+	Cooldown time.Duration
+	// Failed records a failure of the key; at the server's -quarantine-after failures
+	// in a row the key goes to QUARANTINED.
+	Failed bool
+}
+
+// UnblockKeyWith is UnblockKey with a cool-down or a failure (opts).
+func (c *Client) UnblockKeyWith(ctx context.Context, id, token string, opts UnblockOptions) (Key, error) {
+	var failed *bool
+	if opts.Failed {
+		failed = &opts.Failed
+	}
+	resp, err := gen.UnblockKey(ctx, c.gql, id, stringArg(token), durationArg(opts.Cooldown), failed)
 	if err != nil {
 		return Key{}, fromGraphQL(err)
 	}
 	return keyFrom(&resp.UnblockKey), nil
+}
+
+// RestoreKey returns a COOLING or QUARANTINED key to AVAILABLE at once;
+// ErrNotHeldBack for a key in another state.
+func (c *Client) RestoreKey(ctx context.Context, id string) (Key, error) {
+	resp, err := gen.RestoreKey(ctx, c.gql, id)
+	if err != nil {
+		return Key{}, fromGraphQL(err)
+	}
+	return keyFrom(&resp.RestoreKey), nil
+}
+
+// KeyInput is a key of one's own for ImportKeys: the secret its holders use and a
+// label for people.
+type KeyInput struct {
+	Secret string
+	Name   string
+}
+
+// ImportOptions tune ImportKeys.
+type ImportOptions struct {
+	// Pool is the pool the keys join; "" is the default pool.
+	Pool string
+	// KeepAliveTTL, when not zero, subjects the keys to the keep-alive rule with this
+	// TTL; zero keeps them until deleted.
+	KeepAliveTTL time.Duration
+}
+
+// ImportKeys makes a key of each input, with an id of the server's. A secret the pool
+// holds already is ErrAlreadyExists (Error.Index() names the first duplicate) and
+// nothing is imported.
+func (c *Client) ImportKeys(ctx context.Context, keys []KeyInput, opts ImportOptions) ([]Key, error) {
+	in := make([]gen.KeyInput, len(keys))
+	for i, k := range keys {
+		in[i] = gen.KeyInput{Secret: k.Secret, Name: stringArg(k.Name)}
+	}
+	resp, err := gen.ImportKeys(ctx, c.gql, stringArg(opts.Pool), in, durationArg(opts.KeepAliveTTL))
+	if err != nil {
+		return nil, fromGraphQL(err)
+	}
+	made := make([]Key, len(resp.ImportKeys))
+	for i := range resp.ImportKeys {
+		made[i] = keyFrom(&resp.ImportKeys[i])
+	}
+	return made, nil
 }
 
 // RenewLease extends the live lease that token names to now plus ttl (zero: the
@@ -212,7 +277,7 @@ func (c *Client) PoolStats(ctx context.Context, pool string) (Stats, error) {
 		return Stats{}, fromGraphQL(err)
 	}
 	s := resp.Stats
-	return Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Waiting: s.Waiting}, nil
+	return Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Cooling: s.Cooling, Quarantined: s.Quarantined, Waiting: s.Waiting}, nil
 }
 
 // Pools returns every pool made so far, and the default pool, ordered by name.
@@ -224,7 +289,7 @@ func (c *Client) Pools(ctx context.Context) ([]Pool, error) {
 	pools := make([]Pool, len(resp.Pools))
 	for i, p := range resp.Pools {
 		s := p.Stats
-		pools[i] = Pool{Name: p.Name, Stats: Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Waiting: s.Waiting}}
+		pools[i] = Pool{Name: p.Name, Stats: Stats{Total: s.Total, Available: s.Available, Blocked: s.Blocked, Cooling: s.Cooling, Quarantined: s.Quarantined, Waiting: s.Waiting}}
 	}
 	return pools, nil
 }

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -36,6 +37,13 @@ const (
 	// started again from seq 1 since (the server restarted, a Redis pool was made
 	// anew); Extensions["stream"] names the current one. Subscribe handles it.
 	ErrStreamChanged Code = "STREAM_CHANGED"
+	// ErrNotHeldBack: restoreKey of a key neither COOLING nor QUARANTINED.
+	ErrNotHeldBack Code = "NOT_HELD_BACK"
+	// ErrAlreadyExists: importKeys of a secret the pool holds already; Error.Index
+	// names the first duplicate.
+	ErrAlreadyExists Code = "ALREADY_EXISTS"
+	// ErrNotConfigured: an operation the server is not set up for.
+	ErrNotConfigured Code = "NOT_CONFIGURED"
 	// ErrInternal: a failure inside the server.
 	ErrInternal Code = "INTERNAL_SERVER_ERROR"
 	// ErrParseFailed and ErrValidationFailed: the operation is not valid for the
@@ -75,6 +83,20 @@ func (e *Error) Error() string {
 func (e *Error) Is(target error) bool {
 	c, ok := target.(Code)
 	return ok && c != "" && c == e.Code
+}
+
+// Index is the position of the first duplicate secret of an ErrAlreadyExists, and
+// -1 for any other error.
+func (e *Error) Index() int {
+	if i, ok := e.Extensions["index"].(float64); ok && e.Code == ErrAlreadyExists {
+		return int(i)
+	}
+	if i, ok := e.Extensions["index"].(json.Number); ok && e.Code == ErrAlreadyExists {
+		if n, err := i.Int64(); err == nil {
+			return int(n)
+		}
+	}
+	return -1
 }
 
 // ErrorCode returns the code of the server's answer in err's chain, or "" if there

@@ -66,6 +66,8 @@ type Lease struct {
 	pool  string
 	token string
 	fence int64
+	// secret is what the holder uses (LeaseInfo.Secret of the acquire).
+	secret string
 	// ttl is what renewals ask for: what the acquire asked for (zero: the server's
 	// default). length is the lease's length as granted.
 	ttl    time.Duration
@@ -86,6 +88,7 @@ type Lease struct {
 	localEpoch  time.Time
 	err         error
 	releaseCtx  context.Context // set by Release for the loop's unblock
+	releaseOpts UnblockOptions  // and how the unblock ends the lease
 	releaseErr  error
 }
 
@@ -106,6 +109,7 @@ func (c *Client) Lease(ctx context.Context, opts AcquireOptions) (*Lease, error)
 		pool:        info.Key.Pool,
 		token:       info.Token,
 		fence:       info.Fence,
+		secret:      info.Secret,
 		ttl:         opts.TTL,
 		length:      info.ExpiresAt.Sub(info.AcquiredAt),
 		done:        make(chan struct{}),
@@ -155,6 +159,10 @@ func (l *Lease) KeyID() string { return l.id }
 // Token returns the lease's token.
 func (l *Lease) Token() string { return l.token }
 
+// Secret returns what the holder uses: an imported key's secret, or a generated key's
+// id.
+func (l *Lease) Secret() string { return l.secret }
+
 // Fence returns the lease's fencing token, to pass to systems downstream: it is
 // larger than that of every lease the pool granted before.
 func (l *Lease) Fence() int64 { return l.fence }
@@ -186,15 +194,33 @@ func (l *Lease) Err() error {
 // cause: hand it to the work done with the key.
 func (l *Lease) Context() context.Context { return l.ctx }
 
-// Release ends the lease and unblocks the key, and returns once the background
-// work has stopped. It returns nil if the key was freed (or the lease ran out, which
-// frees it too), the loss if the lease had been lost, or why the unblock failed;
-// ctx bounds the unblock. Call it even after the lease is lost or its context ended:
-// later calls return the same.
-func (l *Lease) Release(ctx context.Context) error {
+// ReleaseOption says how Release ends the lease: Cooldown, Failed.
+type ReleaseOption func(*UnblockOptions)
+
+// Cooldown releases the key into COOLING for d (1s up to the server's -max-cooldown):
+// the upstream throttled it (an HTTP 429, say), so nobody gets it before d has passed.
+func Cooldown(d time.Duration) ReleaseOption {
+	return func(o *UnblockOptions) { o.Cooldown = d }
+}
+
+// Failed records a failure of the key as it is released: at the server's
+// -quarantine-after failures in a row the key goes to QUARANTINED.
+func Failed() ReleaseOption {
+	return func(o *UnblockOptions) { o.Failed = true }
+}
+
+// Release ends the lease and unblocks the key (as opts say: with a cool-down, a
+// failure), and returns once the background work has stopped. It returns nil if the
+// key was freed (or the lease ran out, which frees it too, without opts), the loss if
+// the lease had been lost, or why the unblock failed; ctx bounds the unblock. Call it
+// even after the lease is lost or its context ended: later calls return the same.
+func (l *Lease) Release(ctx context.Context, opts ...ReleaseOption) error {
 	l.mu.Lock()
 	if l.releaseCtx == nil {
 		l.releaseCtx = ctx
+		for _, o := range opts {
+			o(&l.releaseOpts)
+		}
 	}
 	l.mu.Unlock()
 	l.stopLoop()
@@ -438,7 +464,10 @@ func (l *Lease) free(ctx context.Context) error {
 			return nil
 		}
 		rctx, cancel := context.WithTimeout(ctx, min(requestTimeout, leaseEnd.Sub(l.clock.Now())))
-		_, err := l.c.UnblockKey(rctx, l.id, l.token)
+		l.mu.Lock()
+		opts := l.releaseOpts
+		l.mu.Unlock()
+		_, err := l.c.UnblockKeyWith(rctx, l.id, l.token, opts)
 		cancel()
 		switch {
 		case err == nil:

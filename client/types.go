@@ -10,10 +10,12 @@ import (
 // Status is the state of a key.
 type Status string
 
-// The two states of a key.
+// The states of a key.
 const (
-	Available Status = "AVAILABLE"
-	Blocked   Status = "BLOCKED"
+	Available   Status = "AVAILABLE"
+	Blocked     Status = "BLOCKED"
+	Cooling     Status = "COOLING"
+	Quarantined Status = "QUARANTINED"
 )
 
 // Key is a snapshot of one key of the pool. Its JSON form uses the schema's field
@@ -29,8 +31,12 @@ type Key struct {
 	// KeepAlive moves it.
 	ExpiresAt time.Time `json:"expiresAt"`
 	// Lease is the current lease (without its Key); nil unless Status is Blocked.
-	Lease   *LeaseInfo `json:"lease"`
-	History History    `json:"history"`
+	Lease *LeaseInfo `json:"lease"`
+	// CoolingUntil is when a COOLING key's cool-down ends; nil in every other state.
+	CoolingUntil *time.Time `json:"coolingUntil"`
+	// Name is an imported key's label; "" for none.
+	Name    string  `json:"name,omitempty"`
+	History History `json:"history"`
 }
 
 // LeaseInfo is a lease as the server describes it: the right to use a key until
@@ -49,6 +55,9 @@ type LeaseInfo struct {
 	ExpiresAt  time.Time `json:"expiresAt"`
 	// Holder is who took the lease, as the acquire said; "" when it said nothing.
 	Holder string `json:"holder,omitempty"`
+	// Secret is what the holder uses: an imported key's secret, or a generated key's
+	// id. Set in the answers of AcquireKey and RenewLease only.
+	Secret string `json:"secret,omitempty"`
 	// Key is the key the lease holds, as it was when the lease was read; nil for the
 	// lease inside a Key.
 	Key *Key `json:"key,omitempty"`
@@ -60,6 +69,10 @@ type History struct {
 	LeasesExpired int `json:"leasesExpired"`
 	// LastAcquiredAt is nil until the key is first acquired.
 	LastAcquiredAt *time.Time `json:"lastAcquiredAt"`
+	// Failures counts the failures recorded (unblocks with Failed, leases that ran
+	// out); ConsecutiveFailures those since the last unblock without one.
+	Failures            int `json:"failures"`
+	ConsecutiveFailures int `json:"consecutiveFailures"`
 }
 
 // Stats counts the keys of a pool, or of every pool, by state.
@@ -67,6 +80,9 @@ type Stats struct {
 	Total     int `json:"total"`
 	Available int `json:"available"`
 	Blocked   int `json:"blocked"`
+	// Cooling and Quarantined count the keys held back.
+	Cooling     int `json:"cooling"`
+	Quarantined int `json:"quarantined"`
 	// Waiting counts the acquires waiting now for a key (with a Redis store, those
 	// waiting on the server asked).
 	Waiting int `json:"waiting"`
@@ -122,10 +138,14 @@ func keyFrom(k *gen.KeyFields) Key {
 		CreatedAt: k.CreatedAt,
 		ExpiresAt: k.ExpiresAt,
 		History: History{
-			TimesAcquired:  k.History.TimesAcquired,
-			LeasesExpired:  k.History.LeasesExpired,
-			LastAcquiredAt: k.History.LastAcquiredAt,
+			TimesAcquired:       k.History.TimesAcquired,
+			LeasesExpired:       k.History.LeasesExpired,
+			LastAcquiredAt:      k.History.LastAcquiredAt,
+			Failures:            k.History.Failures,
+			ConsecutiveFailures: k.History.ConsecutiveFailures,
 		},
+		CoolingUntil: k.CoolingUntil,
+		Name:         deref(k.Name),
 	}
 	if l := k.Lease; l != nil {
 		key.Lease = &LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Holder: deref(l.Holder)}
@@ -135,7 +155,7 @@ func keyFrom(k *gen.KeyFields) Key {
 
 func leaseFrom(l *gen.LeaseFields) LeaseInfo {
 	key := keyFrom(&l.Key)
-	return LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Holder: deref(l.Holder), Key: &key}
+	return LeaseInfo{Token: l.Token, Fence: bigInt(l.Fence64), Fence64: l.Fence64, AcquiredAt: l.AcquiredAt, ExpiresAt: l.ExpiresAt, Holder: deref(l.Holder), Secret: deref(l.Secret), Key: &key}
 }
 
 // deref reads an optional string: "" for null.

@@ -338,6 +338,13 @@ func generateKeysComplexity(maxGenerate int) func(childComplexity int, count int
 	}
 }
 
+// importKeysComplexity prices an import by the keys it makes, as generateKeys' count.
+func importKeysComplexity(maxGenerate int) func(childComplexity int, _ *string, keys []*keystore.KeyInput, _ *time.Duration) int {
+	return func(childComplexity int, _ *string, keys []*keystore.KeyInput, _ *time.Duration) int {
+		return generateKeysComplexity(maxGenerate)(childComplexity, int64(len(keys)), nil)
+	}
+}
+
 // generateShare is the complexity of making -max-generate keys, or of reading a page
 // of keystore.MaxListFirst keys.
 const generateShare = ComplexityLimit * 3 / 4

@@ -40,11 +40,13 @@ type DirectiveRoot struct {
 
 type ComplexityRoot struct {
 	Key struct {
+		CoolingUntil func(childComplexity int) int
 		CreatedAt    func(childComplexity int) int
 		CurrentLease func(childComplexity int) int
 		ExpiresAt    func(childComplexity int) int
 		History      func(childComplexity int) int
 		ID           func(childComplexity int) int
+		NameOrNull   func(childComplexity int) int
 		Pool         func(childComplexity int) int
 		Status       func(childComplexity int) int
 	}
@@ -65,9 +67,11 @@ type ComplexityRoot struct {
 	}
 
 	KeyHistory struct {
-		LastAcquired  func(childComplexity int) int
-		LeasesExpired func(childComplexity int) int
-		TimesAcquired func(childComplexity int) int
+		ConsecutiveFailures func(childComplexity int) int
+		Failures            func(childComplexity int) int
+		LastAcquired        func(childComplexity int) int
+		LeasesExpired       func(childComplexity int) int
+		TimesAcquired       func(childComplexity int) int
 	}
 
 	Lease struct {
@@ -76,6 +80,7 @@ type ComplexityRoot struct {
 		Fence        func(childComplexity int) int
 		HolderOrNull func(childComplexity int) int
 		Key          func(childComplexity int) int
+		SecretOrNull func(childComplexity int) int
 		Token        func(childComplexity int) int
 	}
 
@@ -83,9 +88,11 @@ type ComplexityRoot struct {
 		AcquireKey   func(childComplexity int, pool *string, ttl *time.Duration, wait *time.Duration, holder *string) int
 		DeleteKey    func(childComplexity int, id string) int
 		GenerateKeys func(childComplexity int, count int64, pool *string) int
+		ImportKeys   func(childComplexity int, pool *string, keys []*keystore.KeyInput, keepAliveTTL *time.Duration) int
 		KeepAlive    func(childComplexity int, id string) int
 		RenewLease   func(childComplexity int, id string, token string, ttl *time.Duration) int
-		UnblockKey   func(childComplexity int, id string, token *string) int
+		RestoreKey   func(childComplexity int, id string) int
+		UnblockKey   func(childComplexity int, id string, token *string, cooldown *time.Duration, failed *bool) int
 	}
 
 	PageInfo struct {
@@ -107,18 +114,22 @@ type ComplexityRoot struct {
 	}
 
 	Stats struct {
-		Available func(childComplexity int) int
-		Blocked   func(childComplexity int) int
-		Total     func(childComplexity int) int
-		Waiting   func(childComplexity int) int
+		Available   func(childComplexity int) int
+		Blocked     func(childComplexity int) int
+		Cooling     func(childComplexity int) int
+		Quarantined func(childComplexity int) int
+		Total       func(childComplexity int) int
+		Waiting     func(childComplexity int) int
 	}
 
 	StatsSample struct {
-		At        func(childComplexity int) int
-		Available func(childComplexity int) int
-		Blocked   func(childComplexity int) int
-		Total     func(childComplexity int) int
-		Waiting   func(childComplexity int) int
+		At          func(childComplexity int) int
+		Available   func(childComplexity int) int
+		Blocked     func(childComplexity int) int
+		Cooling     func(childComplexity int) int
+		Quarantined func(childComplexity int) int
+		Total       func(childComplexity int) int
+		Waiting     func(childComplexity int) int
 	}
 
 	Subscription struct {
@@ -133,7 +144,9 @@ type ComplexityRoot struct {
 type MutationResolver interface {
 	GenerateKeys(ctx context.Context, count int64, pool *string) ([]*model.Key, error)
 	AcquireKey(ctx context.Context, pool *string, ttl *time.Duration, wait *time.Duration, holder *string) (*model.Lease, error)
-	UnblockKey(ctx context.Context, id string, token *string) (*model.Key, error)
+	UnblockKey(ctx context.Context, id string, token *string, cooldown *time.Duration, failed *bool) (*model.Key, error)
+	RestoreKey(ctx context.Context, id string) (*model.Key, error)
+	ImportKeys(ctx context.Context, pool *string, keys []*keystore.KeyInput, keepAliveTTL *time.Duration) ([]*model.Key, error)
 	RenewLease(ctx context.Context, id string, token string, ttl *time.Duration) (*model.Lease, error)
 	DeleteKey(ctx context.Context, id string) (string, error)
 	KeepAlive(ctx context.Context, id string) (*model.Key, error)
@@ -167,6 +180,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 	_ = ec
 	switch typeName + "." + field {
 
+	case "Key.coolingUntil":
+		if e.ComplexityRoot.Key.CoolingUntil == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Key.CoolingUntil(childComplexity), true
 	case "Key.createdAt":
 		if e.ComplexityRoot.Key.CreatedAt == nil {
 			break
@@ -197,6 +216,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Key.ID(childComplexity), true
+	case "Key.name":
+		if e.ComplexityRoot.Key.NameOrNull == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Key.NameOrNull(childComplexity), true
 	case "Key.pool":
 		if e.ComplexityRoot.Key.Pool == nil {
 			break
@@ -266,6 +291,18 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.KeyEvent.Type(childComplexity), true
 
+	case "KeyHistory.consecutiveFailures":
+		if e.ComplexityRoot.KeyHistory.ConsecutiveFailures == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyHistory.ConsecutiveFailures(childComplexity), true
+	case "KeyHistory.failures":
+		if e.ComplexityRoot.KeyHistory.Failures == nil {
+			break
+		}
+
+		return e.ComplexityRoot.KeyHistory.Failures(childComplexity), true
 	case "KeyHistory.lastAcquiredAt":
 		if e.ComplexityRoot.KeyHistory.LastAcquired == nil {
 			break
@@ -315,6 +352,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Lease.Key(childComplexity), true
+	case "Lease.secret":
+		if e.ComplexityRoot.Lease.SecretOrNull == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Lease.SecretOrNull(childComplexity), true
 	case "Lease.token":
 		if e.ComplexityRoot.Lease.Token == nil {
 			break
@@ -355,6 +398,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.GenerateKeys(childComplexity, args["count"].(int64), args["pool"].(*string)), true
+	case "Mutation.importKeys":
+		if e.ComplexityRoot.Mutation.ImportKeys == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_importKeys_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.ImportKeys(childComplexity, args["pool"].(*string), args["keys"].([]*keystore.KeyInput), args["keepAliveTTL"].(*time.Duration)), true
 	case "Mutation.keepAlive":
 		if e.ComplexityRoot.Mutation.KeepAlive == nil {
 			break
@@ -377,6 +431,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.RenewLease(childComplexity, args["id"].(string), args["token"].(string), args["ttl"].(*time.Duration)), true
+	case "Mutation.restoreKey":
+		if e.ComplexityRoot.Mutation.RestoreKey == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_restoreKey_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.RestoreKey(childComplexity, args["id"].(string)), true
 	case "Mutation.unblockKey":
 		if e.ComplexityRoot.Mutation.UnblockKey == nil {
 			break
@@ -387,7 +452,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.UnblockKey(childComplexity, args["id"].(string), args["token"].(*string)), true
+		return e.ComplexityRoot.Mutation.UnblockKey(childComplexity, args["id"].(string), args["token"].(*string), args["cooldown"].(*time.Duration), args["failed"].(*bool)), true
 
 	case "PageInfo.endCursor":
 		if e.ComplexityRoot.PageInfo.EndCursor == nil {
@@ -479,6 +544,18 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Stats.Blocked(childComplexity), true
+	case "Stats.cooling":
+		if e.ComplexityRoot.Stats.Cooling == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Stats.Cooling(childComplexity), true
+	case "Stats.quarantined":
+		if e.ComplexityRoot.Stats.Quarantined == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Stats.Quarantined(childComplexity), true
 	case "Stats.total":
 		if e.ComplexityRoot.Stats.Total == nil {
 			break
@@ -510,6 +587,18 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.StatsSample.Blocked(childComplexity), true
+	case "StatsSample.cooling":
+		if e.ComplexityRoot.StatsSample.Cooling == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Cooling(childComplexity), true
+	case "StatsSample.quarantined":
+		if e.ComplexityRoot.StatsSample.Quarantined == nil {
+			break
+		}
+
+		return e.ComplexityRoot.StatsSample.Quarantined(childComplexity), true
 	case "StatsSample.total":
 		if e.ComplexityRoot.StatsSample.Total == nil {
 			break
@@ -543,7 +632,9 @@ func (e *executableSchema) Exec(ctx context.Context) graphql.ResponseHandler {
 	opCtx := graphql.GetOperationContext(ctx)
 	ec := newExecutionContext(opCtx, e, make(chan graphql.DeferredResult))
 	inputUnmarshalers := func() *graphql.InputUnmarshalerIndex {
-		return graphql.NewInputUnmarshalerIndex()
+		return graphql.NewInputUnmarshalerIndex(
+			graphql.NewInputUnmarshaler("KeyInput", ec.unmarshalInputKeyInput),
+		)
 	}
 	first := true
 
@@ -638,7 +729,10 @@ func newExecutionContext(
 var sources = []*ast.Source{
 	{Name: "../schema.graphqls", Input: `"""
 keypool's API: a pool of API keys leased out. Every error carries extensions.code: NOT_FOUND,
-NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, TOO_MANY_WAITERS (an acquireKey that
+NOT_BLOCKED, LEASE_MISMATCH, BAD_USER_INPUT, UNAVAILABLE, NOT_HELD_BACK (restoreKey of a key that is
+neither COOLING nor QUARANTINED), ALREADY_EXISTS (importKeys of a secret the pool holds already, with
+extensions.index, the position of the first duplicate in keys), NOT_CONFIGURED (an operation the server is
+not set up for: the message names what is missing), TOO_MANY_WAITERS (an acquireKey that
 would wait while -max-waiters acquires, 1000 by default, wait already: answered at once, nothing
 changed; one that finds a key free is served), SLOW_CONSUMER (a subscription cut for falling
 behind), STREAM_CHANGED (keyEvents asked to resume a stream that has started again),
@@ -690,6 +784,10 @@ enum KeyStatus {
   AVAILABLE
   "The key is held under a lease until the lease is unblocked or runs out."
   BLOCKED
+  "The key is not handed out until coolingUntil (unblockKey with a cooldown, or -expired-lease-cooldown)."
+  COOLING
+  "The key failed -quarantine-after times in a row and is not handed out until restoreKey."
+  QUARANTINED
 }
 
 """
@@ -704,10 +802,17 @@ type Key {
   status: KeyStatus!
   "When the key was generated."
   createdAt: Time!
-  "The keep-alive deadline: the key is deleted for good at this instant unless keepAlive moves it."
+  """
+  The keep-alive deadline: the key is deleted for good at this instant unless keepAlive moves it. For a key
+  imported without keepAliveTTL, kept until deleted: 9999-12-31T23:59:59Z.
+  """
   expiresAt: Time!
   "The current lease; null unless the key is BLOCKED."
   lease: Lease
+  "When a COOLING key's cool-down ends; null in every other state."
+  coolingUntil: Time
+  "An imported key's name, a label for people; null for none."
+  name: String
   "How the key has been used over its life."
   history: KeyHistory!
 }
@@ -722,6 +827,10 @@ type KeyHistory {
   leasesExpired: Int!
   "When the key was last acquired; null if never."
   lastAcquiredAt: Time
+  "Failures recorded on the key: unblockKey with failed, and leases that ran out."
+  failures: Int!
+  "Failures since the last unblockKey without failed (or restoreKey); at -quarantine-after the key is QUARANTINED."
+  consecutiveFailures: Int!
 }
 
 """
@@ -740,6 +849,11 @@ type Lease {
   expiresAt: Time!
   "Who took the lease, as acquireKey's holder said; null when it said nothing."
   holder: String
+  """
+  The value the holder uses: an imported key's secret, or a generated key's id. Set only in the answers of
+  acquireKey and renewLease (the holder's own); null wherever else a lease is read.
+  """
+  secret: String
   "The key this lease holds, as it was when the lease was read."
   key: Key!
 }
@@ -754,6 +868,10 @@ type Stats {
   available: Int!
   "Keys held under a lease."
   blocked: Int!
+  "Keys cooling down."
+  cooling: Int!
+  "Keys quarantined."
+  quarantined: Int!
   "Acquires waiting now for a key to come free (with a Redis store: those waiting on this server)."
   waiting: Int!
 }
@@ -770,6 +888,10 @@ type StatsSample {
   available: Int!
   "Keys held under a lease."
   blocked: Int!
+  "Keys cooling down."
+  cooling: Int!
+  "Keys quarantined."
+  quarantined: Int!
   "Acquires waiting for a key (with a Redis store: those waiting on this server)."
   waiting: Int!
 }
@@ -874,15 +996,40 @@ type Mutation {
     holder: String
   ): Lease
   """
-  Returns a BLOCKED key to AVAILABLE. With a token, only the current lease's token is accepted
-  (LEASE_MISMATCH otherwise, and nothing changes). NOT_BLOCKED if the key is AVAILABLE.
+  Returns a BLOCKED key to AVAILABLE, or with cooldown to COOLING. With a token, only the current lease's token
+  is accepted (LEASE_MISMATCH otherwise, and nothing changes). NOT_BLOCKED if the key is not BLOCKED.
   """
   unblockKey(
     "The key's id."
     id: ID!
     "The token of the lease to end; when omitted, whatever lease holds the key ends."
     token: ID
+    "Sends the key to COOLING for this long (1s up to the server's -max-cooldown, 1h by default) instead of AVAILABLE."
+    cooldown: Duration
+    """
+    Records a failure of the key (an upstream refused it); at -quarantine-after failures in a row the key goes
+    to QUARANTINED, whatever cooldown says. Without it the count of failures in a row starts again.
+    """
+    failed: Boolean = false
   ): Key!
+  "Returns a COOLING or QUARANTINED key to AVAILABLE at once and resets its consecutiveFailures. NOT_HELD_BACK for a key in another state."
+  restoreKey(
+    "The key's id."
+    id: ID!
+  ): Key!
+  """
+  Makes a key of each secret, with an id of the server's. Imported keys are kept until deleted unless
+  keepAliveTTL is given. A secret the pool holds already (or that keys holds twice) is ALREADY_EXISTS with
+  extensions.index, and nothing is imported. At most -max-generate keys a request.
+  """
+  importKeys(
+    "The pool to put them in, made if need be."
+    pool: String = "default"
+    "The keys: each secret is 1 to 4096 bytes, each name at most 128 bytes without control characters."
+    keys: [KeyInput!]!
+    "Subjects the keys to the keep-alive rule with this TTL (1s to 8784h); kept until deleted when omitted."
+    keepAliveTTL: Duration
+  ): [Key!]!
   """
   Extends the live lease that token names to now plus ttl, capped at the lease's acquiredAt plus the server's
   max lease TTL. A lease that has run out is never renewed: LEASE_MISMATCH if another lease holds the key,
@@ -909,6 +1056,16 @@ type Mutation {
 }
 
 """
+A key of one's own, for importKeys.
+"""
+input KeyInput {
+  "What a holder of the key uses (an upstream's API key): shown only in acquireKey's and renewLease's answers."
+  secret: String!
+  "A label for people."
+  name: String
+}
+
+"""
 What happened to a key.
 """
 enum KeyEventType {
@@ -924,6 +1081,16 @@ enum KeyEventType {
   DELETED
   "The key was not kept alive in time and was deleted for good."
   EXPIRED
+  "The key went to COOLING (after UNBLOCKED or RELEASED)."
+  COOLED
+  "The key's cool-down ended and it became AVAILABLE again."
+  RECOVERED
+  "The key went to QUARANTINED (after UNBLOCKED or RELEASED)."
+  QUARANTINED
+  "The key was returned to AVAILABLE by restoreKey."
+  RESTORED
+  "The key was created by importKeys."
+  IMPORTED
 }
 
 """
@@ -946,7 +1113,7 @@ type KeyEvent {
   keyId: ID!
   "The pool of the key, whose stream this is."
   pool: String!
-  "When it happened; for RELEASED and EXPIRED, the deadline that passed."
+  "When it happened; for RELEASED, RECOVERED and EXPIRED (and a COOLED or QUARANTINED after RELEASED), the deadline that passed."
   at: Time!
   "On ACQUIRED: the lease's holder, if acquireKey named one; null otherwise."
   holder: String
@@ -1007,6 +1174,10 @@ func (ec *executionContext) childFields_Key(ctx context.Context, field graphql.C
 		return ec.fieldContext_Key_expiresAt(ctx, field)
 	case "lease":
 		return ec.fieldContext_Key_lease(ctx, field)
+	case "coolingUntil":
+		return ec.fieldContext_Key_coolingUntil(ctx, field)
+	case "name":
+		return ec.fieldContext_Key_name(ctx, field)
 	case "history":
 		return ec.fieldContext_Key_history(ctx, field)
 	}
@@ -1053,6 +1224,10 @@ func (ec *executionContext) childFields_KeyHistory(ctx context.Context, field gr
 		return ec.fieldContext_KeyHistory_leasesExpired(ctx, field)
 	case "lastAcquiredAt":
 		return ec.fieldContext_KeyHistory_lastAcquiredAt(ctx, field)
+	case "failures":
+		return ec.fieldContext_KeyHistory_failures(ctx, field)
+	case "consecutiveFailures":
+		return ec.fieldContext_KeyHistory_consecutiveFailures(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type KeyHistory", field.Name)
 }
@@ -1071,6 +1246,8 @@ func (ec *executionContext) childFields_Lease(ctx context.Context, field graphql
 		return ec.fieldContext_Lease_expiresAt(ctx, field)
 	case "holder":
 		return ec.fieldContext_Lease_holder(ctx, field)
+	case "secret":
+		return ec.fieldContext_Lease_secret(ctx, field)
 	case "key":
 		return ec.fieldContext_Lease_key(ctx, field)
 	}
@@ -1105,6 +1282,10 @@ func (ec *executionContext) childFields_Stats(ctx context.Context, field graphql
 		return ec.fieldContext_Stats_available(ctx, field)
 	case "blocked":
 		return ec.fieldContext_Stats_blocked(ctx, field)
+	case "cooling":
+		return ec.fieldContext_Stats_cooling(ctx, field)
+	case "quarantined":
+		return ec.fieldContext_Stats_quarantined(ctx, field)
 	case "waiting":
 		return ec.fieldContext_Stats_waiting(ctx, field)
 	}
@@ -1121,6 +1302,10 @@ func (ec *executionContext) childFields_StatsSample(ctx context.Context, field g
 		return ec.fieldContext_StatsSample_available(ctx, field)
 	case "blocked":
 		return ec.fieldContext_StatsSample_blocked(ctx, field)
+	case "cooling":
+		return ec.fieldContext_StatsSample_cooling(ctx, field)
+	case "quarantined":
+		return ec.fieldContext_StatsSample_quarantined(ctx, field)
 	case "waiting":
 		return ec.fieldContext_StatsSample_waiting(ctx, field)
 	}
@@ -1317,6 +1502,36 @@ func (ec *executionContext) field_Mutation_generateKeys_args(ctx context.Context
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_importKeys_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "pool",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["pool"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "keys",
+		func(ctx context.Context, v any) ([]*keystore.KeyInput, error) {
+			return ec.unmarshalNKeyInput2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyInputᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["keys"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "keepAliveTTL",
+		func(ctx context.Context, v any) (*time.Duration, error) {
+			return ec.unmarshalODuration2ᚖtimeᚐDuration(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["keepAliveTTL"] = arg2
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_keepAlive_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -1361,6 +1576,20 @@ func (ec *executionContext) field_Mutation_renewLease_args(ctx context.Context, 
 	return args, nil
 }
 
+func (ec *executionContext) field_Mutation_restoreKey_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNID2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
+	return args, nil
+}
+
 func (ec *executionContext) field_Mutation_unblockKey_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -1380,6 +1609,22 @@ func (ec *executionContext) field_Mutation_unblockKey_args(ctx context.Context, 
 		return nil, err
 	}
 	args["token"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "cooldown",
+		func(ctx context.Context, v any) (*time.Duration, error) {
+			return ec.unmarshalODuration2ᚖtimeᚐDuration(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["cooldown"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "failed",
+		func(ctx context.Context, v any) (*bool, error) {
+			return ec.unmarshalOBoolean2ᚖbool(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["failed"] = arg3
 	return args, nil
 }
 
@@ -1760,6 +2005,52 @@ func (ec *executionContext) fieldContext_Key_lease(_ context.Context, field grap
 	return fc, nil
 }
 
+func (ec *executionContext) _Key_coolingUntil(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Key_coolingUntil(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.CoolingUntil, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *time.Time) graphql.Marshaler {
+			return ec.marshalOTime2ᚖtimeᚐTime(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Key_coolingUntil(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Key", field, false, false, "Time")
+}
+
+func (ec *executionContext) _Key_name(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Key_name(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.NameOrNull(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Key_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Key", field, true, false, "String")
+}
+
 func (ec *executionContext) _Key_history(ctx context.Context, field graphql.CollectedField, obj *model.Key) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2109,6 +2400,52 @@ func (ec *executionContext) fieldContext_KeyHistory_lastAcquiredAt(_ context.Con
 	return graphql.NewScalarFieldContext("KeyHistory", field, true, false, "Time")
 }
 
+func (ec *executionContext) _KeyHistory_failures(ctx context.Context, field graphql.CollectedField, obj *keystore.History) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyHistory_failures(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Failures, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNInt2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyHistory_failures(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyHistory", field, false, false, "Int")
+}
+
+func (ec *executionContext) _KeyHistory_consecutiveFailures(ctx context.Context, field graphql.CollectedField, obj *keystore.History) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_KeyHistory_consecutiveFailures(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ConsecutiveFailures, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int64) graphql.Marshaler {
+			return ec.marshalNInt2int64(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_KeyHistory_consecutiveFailures(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("KeyHistory", field, false, false, "Int")
+}
+
 func (ec *executionContext) _Lease_token(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2247,6 +2584,29 @@ func (ec *executionContext) fieldContext_Lease_holder(_ context.Context, field g
 	return graphql.NewScalarFieldContext("Lease", field, true, false, "String")
 }
 
+func (ec *executionContext) _Lease_secret(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Lease_secret(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.SecretOrNull(), nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Lease_secret(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Lease", field, true, false, "String")
+}
+
 func (ec *executionContext) _Lease_key(ctx context.Context, field graphql.CollectedField, obj *model.Lease) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2377,7 +2737,7 @@ func (ec *executionContext) _Mutation_unblockKey(ctx context.Context, field grap
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().UnblockKey(ctx, fc.Args["id"].(string), fc.Args["token"].(*string))
+			return ec.Resolvers.Mutation().UnblockKey(ctx, fc.Args["id"].(string), fc.Args["token"].(*string), fc.Args["cooldown"].(*time.Duration), fc.Args["failed"].(*bool))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
@@ -2405,6 +2765,94 @@ func (ec *executionContext) fieldContext_Mutation_unblockKey(ctx context.Context
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Mutation_unblockKey_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_restoreKey(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_restoreKey(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().RestoreKey(ctx, fc.Args["id"].(string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKey(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_restoreKey(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Key(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_restoreKey_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_importKeys(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_importKeys(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().ImportKeys(ctx, fc.Args["pool"].(*string), fc.Args["keys"].([]*keystore.KeyInput), fc.Args["keepAliveTTL"].(*time.Duration))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v []*model.Key) graphql.Marshaler {
+			return ec.marshalNKey2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋgraphᚋmodelᚐKeyᚄ(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_importKeys(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Key(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_importKeys_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -2997,6 +3445,52 @@ func (ec *executionContext) fieldContext_Stats_blocked(_ context.Context, field 
 	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
 }
 
+func (ec *executionContext) _Stats_cooling(ctx context.Context, field graphql.CollectedField, obj *keystore.Stats) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Stats_cooling(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cooling, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Stats_cooling(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
+}
+
+func (ec *executionContext) _Stats_quarantined(ctx context.Context, field graphql.CollectedField, obj *keystore.Stats) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Stats_quarantined(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Quarantined, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Stats_quarantined(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Stats", field, false, false, "Int")
+}
+
 func (ec *executionContext) _Stats_waiting(ctx context.Context, field graphql.CollectedField, obj *keystore.Stats) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -3109,6 +3603,52 @@ func (ec *executionContext) _StatsSample_blocked(ctx context.Context, field grap
 	)
 }
 func (ec *executionContext) fieldContext_StatsSample_blocked(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_cooling(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_cooling(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cooling, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_cooling(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
+}
+
+func (ec *executionContext) _StatsSample_quarantined(ctx context.Context, field graphql.CollectedField, obj *keystore.StatsSample) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_StatsSample_quarantined(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Quarantined, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_StatsSample_quarantined(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("StatsSample", field, false, false, "Int")
 }
 
@@ -4252,6 +4792,55 @@ func (ec *executionContext) fieldContext___Type_isOneOf(_ context.Context, field
 
 // region    **************************** input.gotpl *****************************
 
+func (ec *executionContext) unmarshalInputKeyInput(ctx context.Context, obj any) (keystore.KeyInput, error) {
+	var it keystore.KeyInput
+	if obj == nil {
+		return it, nil
+	}
+
+	asMap := map[string]any{}
+	for k, v := range obj.(map[string]any) {
+		asMap[k] = v
+	}
+
+	fieldsInOrder := [...]string{"secret", "name"}
+	for _, k := range fieldsInOrder {
+		v, ok := asMap[k]
+		if !ok {
+			continue
+		}
+		switch k {
+		case "secret":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("secret"))
+			data, err := ec.unmarshalNString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Secret = data
+		case "name":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("name"))
+			data, err := ec.unmarshalOString2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.Name = data
+		}
+	}
+	return it, nil
+}
+
+// UnmarshalKeyInput unmarshals raw into the KeyInput input type, using the
+// unmarshaler bound to ctx's request. Call it from a resolver to decode an input
+// object that was not passed as a field argument.
+//
+// ctx must come from a gqlgen request; outside one there is no unmarshaler to use
+// and the returned error says so.
+func UnmarshalKeyInput(ctx context.Context, raw any) (keystore.KeyInput, error) {
+	var out keystore.KeyInput
+	err := graphql.UnmarshalNamedInputFromContext(ctx, "KeyInput", raw, &out)
+	return out, err
+}
+
 // endregion **************************** input.gotpl *****************************
 
 // region    ************************** interface.gotpl ***************************
@@ -4298,6 +4887,16 @@ func (ec *executionContext) _Key(ctx context.Context, sel ast.SelectionSet, obj 
 			}
 		case "lease":
 			out.Values[i] = ec._Key_lease(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "coolingUntil":
+			out.Values[i] = ec._Key_coolingUntil(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "name":
+			out.Values[i] = ec._Key_name(ctx, field, obj)
 			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
@@ -4455,6 +5054,16 @@ func (ec *executionContext) _KeyHistory(ctx context.Context, sel ast.SelectionSe
 			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
+		case "failures":
+			out.Values[i] = ec._KeyHistory_failures(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "consecutiveFailures":
+			out.Values[i] = ec._KeyHistory_consecutiveFailures(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -4510,6 +5119,11 @@ func (ec *executionContext) _Lease(ctx context.Context, sel ast.SelectionSet, ob
 			}
 		case "holder":
 			out.Values[i] = ec._Lease_holder(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "secret":
+			out.Values[i] = ec._Lease_secret(ctx, field, obj)
 			if out.Values[i] == graphql.RequiredNull {
 				out.Invalids++
 			}
@@ -4571,6 +5185,20 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		case "unblockKey":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
 				return ec._Mutation_unblockKey(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "restoreKey":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_restoreKey(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "importKeys":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_importKeys(ctx, field)
 			})
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
@@ -4795,6 +5423,16 @@ func (ec *executionContext) _Stats(ctx context.Context, sel ast.SelectionSet, ob
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "cooling":
+			out.Values[i] = ec._Stats_cooling(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "quarantined":
+			out.Values[i] = ec._Stats_quarantined(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		case "waiting":
 			out.Values[i] = ec._Stats_waiting(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
@@ -4845,6 +5483,16 @@ func (ec *executionContext) _StatsSample(ctx context.Context, sel ast.SelectionS
 			}
 		case "blocked":
 			out.Values[i] = ec._StatsSample_blocked(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "cooling":
+			out.Values[i] = ec._StatsSample_cooling(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "quarantined":
+			out.Values[i] = ec._StatsSample_quarantined(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
@@ -5379,25 +6027,54 @@ func (ec *executionContext) marshalNKeyEventType2githubᚗcomᚋkeypoolᚋkeypoo
 
 var (
 	unmarshalNKeyEventType2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐEventType = map[string]keystore.EventType{
-		"GENERATED": keystore.EventGenerated,
-		"ACQUIRED":  keystore.EventAcquired,
-		"UNBLOCKED": keystore.EventUnblocked,
-		"RELEASED":  keystore.EventReleased,
-		"DELETED":   keystore.EventDeleted,
-		"EXPIRED":   keystore.EventExpired,
+		"GENERATED":   keystore.EventGenerated,
+		"ACQUIRED":    keystore.EventAcquired,
+		"UNBLOCKED":   keystore.EventUnblocked,
+		"RELEASED":    keystore.EventReleased,
+		"DELETED":     keystore.EventDeleted,
+		"EXPIRED":     keystore.EventExpired,
+		"COOLED":      keystore.EventCooled,
+		"RECOVERED":   keystore.EventRecovered,
+		"QUARANTINED": keystore.EventQuarantined,
+		"RESTORED":    keystore.EventRestored,
+		"IMPORTED":    keystore.EventImported,
 	}
 	marshalNKeyEventType2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐEventType = map[keystore.EventType]string{
-		keystore.EventGenerated: "GENERATED",
-		keystore.EventAcquired:  "ACQUIRED",
-		keystore.EventUnblocked: "UNBLOCKED",
-		keystore.EventReleased:  "RELEASED",
-		keystore.EventDeleted:   "DELETED",
-		keystore.EventExpired:   "EXPIRED",
+		keystore.EventGenerated:   "GENERATED",
+		keystore.EventAcquired:    "ACQUIRED",
+		keystore.EventUnblocked:   "UNBLOCKED",
+		keystore.EventReleased:    "RELEASED",
+		keystore.EventDeleted:     "DELETED",
+		keystore.EventExpired:     "EXPIRED",
+		keystore.EventCooled:      "COOLED",
+		keystore.EventRecovered:   "RECOVERED",
+		keystore.EventQuarantined: "QUARANTINED",
+		keystore.EventRestored:    "RESTORED",
+		keystore.EventImported:    "IMPORTED",
 	}
 )
 
 func (ec *executionContext) marshalNKeyHistory2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐHistory(ctx context.Context, sel ast.SelectionSet, v keystore.History) graphql.Marshaler {
 	return ec._KeyHistory(ctx, sel, &v)
+}
+
+func (ec *executionContext) unmarshalNKeyInput2ᚕᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyInputᚄ(ctx context.Context, v any) ([]*keystore.KeyInput, error) {
+	vSlice := graphql.CoerceList(v)
+	var err error
+	res := make([]*keystore.KeyInput, len(vSlice))
+	for i := range vSlice {
+		ctx := graphql.WithPathContext(ctx, graphql.NewPathWithIndex(i))
+		res[i], err = ec.unmarshalNKeyInput2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyInput(ctx, vSlice[i])
+		if err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+func (ec *executionContext) unmarshalNKeyInput2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐKeyInput(ctx context.Context, v any) (*keystore.KeyInput, error) {
+	res, err := ec.unmarshalInputKeyInput(ctx, v)
+	return &res, graphql.ErrorOnPath(ctx, err)
 }
 
 func (ec *executionContext) unmarshalNKeyStatus2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus(ctx context.Context, v any) (keystore.Status, error) {
@@ -5417,12 +6094,16 @@ func (ec *executionContext) marshalNKeyStatus2githubᚗcomᚋkeypoolᚋkeypool�
 
 var (
 	unmarshalNKeyStatus2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[string]keystore.Status{
-		"AVAILABLE": keystore.Available,
-		"BLOCKED":   keystore.Blocked,
+		"AVAILABLE":   keystore.Available,
+		"BLOCKED":     keystore.Blocked,
+		"COOLING":     keystore.Cooling,
+		"QUARANTINED": keystore.Quarantined,
 	}
 	marshalNKeyStatus2githubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[keystore.Status]string{
-		keystore.Available: "AVAILABLE",
-		keystore.Blocked:   "BLOCKED",
+		keystore.Available:   "AVAILABLE",
+		keystore.Blocked:     "BLOCKED",
+		keystore.Cooling:     "COOLING",
+		keystore.Quarantined: "QUARANTINED",
 	}
 )
 
@@ -5873,12 +6554,16 @@ func (ec *executionContext) marshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoo
 
 var (
 	unmarshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[string]keystore.Status{
-		"AVAILABLE": keystore.Available,
-		"BLOCKED":   keystore.Blocked,
+		"AVAILABLE":   keystore.Available,
+		"BLOCKED":     keystore.Blocked,
+		"COOLING":     keystore.Cooling,
+		"QUARANTINED": keystore.Quarantined,
 	}
 	marshalOKeyStatus2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋkeystoreᚐStatus = map[keystore.Status]string{
-		keystore.Available: "AVAILABLE",
-		keystore.Blocked:   "BLOCKED",
+		keystore.Available:   "AVAILABLE",
+		keystore.Blocked:     "BLOCKED",
+		keystore.Cooling:     "COOLING",
+		keystore.Quarantined: "QUARANTINED",
 	}
 )
 
@@ -5887,6 +6572,18 @@ func (ec *executionContext) marshalOLease2ᚖgithubᚗcomᚋkeypoolᚋkeypoolᚋ
 		return graphql.Null
 	}
 	return ec._Lease(ctx, sel, v)
+}
+
+func (ec *executionContext) unmarshalOString2string(ctx context.Context, v any) (string, error) {
+	res, err := graphql.UnmarshalString(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOString2string(ctx context.Context, sel ast.SelectionSet, v string) graphql.Marshaler {
+	_ = sel
+	_ = ctx
+	res := graphql.MarshalString(v)
+	return res
 }
 
 func (ec *executionContext) unmarshalOString2ᚖstring(ctx context.Context, v any) (*string, error) {

@@ -48,7 +48,7 @@ func writeKeyLists(ctx context.Context, next graphql.RootResolver) graphql.Marsh
 	rfc := graphql.GetRootFieldContext(ctx)
 	parent := graphql.GetFieldContext(ctx)
 	opCtx := graphql.GetOperationContext(ctx)
-	if rfc == nil || parent == nil || opCtx == nil || parent.Object != "Mutation" || rfc.Field.Name != "generateKeys" {
+	if rfc == nil || parent == nil || opCtx == nil || parent.Object != "Mutation" || rfc.Field.Name != "generateKeys" && rfc.Field.Name != "importKeys" {
 		return next(ctx)
 	}
 	fields, _, ok := planObject(opCtx, rfc.Field.Selections, &keyType)
@@ -80,10 +80,11 @@ func (l keyList) MarshalGQL(w io.Writer) {
 			b = append(b, ',')
 		}
 		b = appendObject(b, l.fields, &l.keys[i])
-		if g, ok := w.(interface{ Grow(int) }); ok && i == 0 {
-			// The keys take about the same room each: the answer's buffer grows
-			// once, not by doubling through it.
-			g.Grow(len(b) * len(l.keys))
+		if grower, ok := w.(interface{ Grow(int) }); ok && i == 0 {
+			// gqlgen gathers the whole answer in a bytes.Buffer: grown once, from the
+			// first key's size, rather than doubled over and over for a long list
+			// (which allocates about twice the answer).
+			grower.Grow((len(b) + 1) * len(l.keys) * 9 / 8)
 		}
 		if len(b) >= keyListChunk {
 			_, _ = w.Write(b)

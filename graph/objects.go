@@ -37,9 +37,13 @@ const (
 	keyLease
 	keyHistory
 	keyTypename
+	keyCoolingUntil
+	keyName
 	historyTimesAcquired
 	historyLeasesExpired
 	historyLastAcquiredAt
+	historyFailures
+	historyConsecutiveFailures
 	historyTypename
 	leaseToken
 	leaseFence
@@ -64,6 +68,7 @@ func init() {
 		fields: map[string]fieldValue{
 			"id": keyID, "pool": keyPool, "status": keyStatus, "createdAt": keyCreatedAt, "expiresAt": keyExpiresAt,
 			"lease": keyLease, "history": keyHistory, "__typename": keyTypename,
+			"coolingUntil": keyCoolingUntil, "name": keyName,
 		},
 		objects: map[fieldValue]*objType{keyLease: &leaseType, keyHistory: &historyType},
 	}
@@ -72,6 +77,7 @@ func init() {
 		fields: map[string]fieldValue{
 			"timesAcquired": historyTimesAcquired, "leasesExpired": historyLeasesExpired,
 			"lastAcquiredAt": historyLastAcquiredAt, "__typename": historyTypename,
+			"failures": historyFailures, "consecutiveFailures": historyConsecutiveFailures,
 		},
 	}
 	leaseType = objType{
@@ -140,6 +146,18 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 			b = appendObject(b, f.sub, k)
 		case keyTypename:
 			b = append(b, `"Key"`...)
+		case keyCoolingUntil:
+			if k.CoolingUntil == nil {
+				b = append(b, "null"...)
+			} else {
+				b = wire.AppendTime(b, *k.CoolingUntil)
+			}
+		case keyName:
+			if k.Name == "" {
+				b = append(b, "null"...)
+			} else {
+				b = appendString(b, k.Name)
+			}
 		case historyTimesAcquired:
 			b = strconv.AppendInt(b, k.History.TimesAcquired, 10)
 		case historyLeasesExpired:
@@ -150,6 +168,10 @@ func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
 			} else {
 				b = wire.AppendTime(b, k.History.LastAcquiredAt)
 			}
+		case historyFailures:
+			b = strconv.AppendInt(b, k.History.Failures, 10)
+		case historyConsecutiveFailures:
+			b = strconv.AppendInt(b, k.History.ConsecutiveFailures, 10)
 		case historyTypename:
 			b = append(b, `"KeyHistory"`...)
 		case leaseToken:

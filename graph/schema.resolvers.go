@@ -41,8 +41,36 @@ func (r *mutationResolver) AcquireKey(ctx context.Context, pool *string, ttl *ti
 }
 
 // UnblockKey is the resolver for the unblockKey field.
-func (r *mutationResolver) UnblockKey(ctx context.Context, id string, token *string) (*model.Key, error) {
-	return keyOrError(r.Store.Unblock(ctx, id, orZero(token)))
+func (r *mutationResolver) UnblockKey(ctx context.Context, id string, token *string, cooldown *time.Duration, failed *bool) (*model.Key, error) {
+	if cooldown == nil && !orZero(failed) {
+		return keyOrError(r.Store.Unblock(ctx, id, orZero(token)))
+	}
+	return keyOrError(r.Store.UnblockWith(ctx, id, orZero(token), keystore.UnblockOptions{Cooldown: cooldown, Failed: orZero(failed)}))
+}
+
+// RestoreKey is the resolver for the restoreKey field.
+func (r *mutationResolver) RestoreKey(ctx context.Context, id string) (*model.Key, error) {
+	return keyOrError(r.Store.Restore(ctx, id))
+}
+
+// ImportKeys is the resolver for the importKeys field.
+func (r *mutationResolver) ImportKeys(ctx context.Context, pool *string, keys []*keystore.KeyInput, keepAliveTTL *time.Duration) ([]*model.Key, error) {
+	in := make([]keystore.KeyInput, len(keys))
+	for i, k := range keys {
+		in[i] = *k
+	}
+	made, err := r.Store.Import(ctx, in, keystore.ImportOptions{Pool: orZero(pool), KeepAliveTTL: keepAliveTTL})
+	if err != nil {
+		return nil, err
+	}
+	if takeKeyList(ctx, made) {
+		return []*model.Key{}, nil // writeKeyLists writes them
+	}
+	out := make([]*model.Key, len(made))
+	for i := range made {
+		out[i] = model.NewKey(made[i])
+	}
+	return out, nil
 }
 
 // RenewLease is the resolver for the renewLease field.

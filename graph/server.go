@@ -67,6 +67,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 
 	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
 	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
+	cfg.Complexity.Mutation.ImportKeys = importKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	cfg.Complexity.Query.Keys = keysComplexity
 	cfg.Complexity.Query.History = historyComplexity
@@ -123,6 +124,8 @@ func errorPresenter(logger *slog.Logger) graphql.ErrorPresenterFunc {
 				presented.Extensions["oldestSeq64"] = strconv.FormatInt(storeErr.OldestSeq, 10)
 			case keystore.ESTREAMCHANGED:
 				presented.Extensions["stream"] = storeErr.Stream
+			case keystore.EALREADYEXISTS:
+				presented.Extensions["index"] = storeErr.Index
 			}
 			return presented
 		}

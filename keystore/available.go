@@ -21,6 +21,13 @@ import (
 // their deadlines (one per Generate), so they leave the ring a bucket at a time, and
 // picks meet few of them.
 //
+// Imported keys may have a keep-alive TTL of their own, or none. The ring takes every
+// key whose deadline lies at most ringAhead (three keep-alive TTLs of the pool) ahead
+// when it comes: then live deadlines still span fewer than ringSize epochs. A key whose
+// deadline lies further (or that has none) goes to the far bucket, out of the ring but
+// drawn from together with it, so that picks stay uniform over every AVAILABLE key; a
+// dead key drawn there is deleted by the pick (pickAvailable), one at a time.
+//
 // Like the rest of the pool it holds no pointers the GC must follow per key: buckets
 // are slices of slots.
 type availableSet struct {
@@ -33,6 +40,16 @@ type availableSet struct {
 	buckets []bucket        // by id
 	free    []int32         // ids of buckets not in use
 	dead    int32           // the bucket, out of the ring, of keys dead when they came; -1 until needed
+	far     int32           // the bucket, out of the ring but pickable, of keys due beyond ringAhead; -1 until needed
+	ahead   int64           // ringAhead for this set's keep-alive TTL
+}
+
+// farLen counts the keys of the far bucket.
+func (a *availableSet) farLen() int {
+	if a.far < 0 {
+		return 0
+	}
+	return len(a.buckets[a.far].items)
 }
 
 // ringBits sizes the ring: 8192 positions, of which a keep-alive TTL spans at most
@@ -41,6 +58,9 @@ const (
 	ringBits     = 13
 	ringSize     = 1 << ringBits
 	ttlEpochBits = 11
+	// ringAhead is how many keep-alive TTLs ahead a deadline may lie to go in the
+	// ring: live deadlines then span at most 3*2048+1 epochs, fewer than ringSize.
+	ringAhead = 3
 )
 
 type bucket struct {
@@ -51,7 +71,7 @@ type bucket struct {
 }
 
 func newAvailableSet(s *slab, keepAliveTTL int64) *availableSet {
-	a := &availableSet{slab: s, dead: -1}
+	a := &availableSet{slab: s, dead: -1, far: -1, ahead: ringAhead * keepAliveTTL}
 	// keepAliveTTL >> shift < 2^ttlEpochBits: live deadlines span at most that many
 	// epochs plus the current one, fewer than ringSize.
 	a.shift = uint(max(0, bits.Len64(uint64(keepAliveTTL))-ttlEpochBits))
@@ -63,8 +83,8 @@ func newAvailableSet(s *slab, keepAliveTTL int64) *availableSet {
 
 func (a *availableSet) len() int { return a.size }
 
-// pickable reports whether pick may find a key: the ring holds some.
-func (a *availableSet) pickable() bool { return a.inRing > 0 }
+// pickable reports whether pick may find a key: the ring or the far bucket holds some.
+func (a *availableSet) pickable() bool { return a.inRing > 0 || a.farLen() > 0 }
 
 // add puts e among the AVAILABLE keys; now is the current time, at or after every
 // deadline already set (the clock only moves forward).
@@ -79,6 +99,11 @@ func (a *availableSet) add(e *entry, now int64) {
 			a.dead = a.newBucket(0, -1)
 		}
 		id = a.dead
+	} else if deadline-now > a.ahead {
+		if a.far < 0 {
+			a.far = a.newBucket(0, -1)
+		}
+		id = a.far
 	} else {
 		pos := int32(epoch & (ringSize - 1))
 		id = a.ring[pos]
@@ -121,20 +146,25 @@ func (a *availableSet) remove(e *entry) {
 	if b.pos >= 0 {
 		a.tree.add(int(b.pos), -1)
 		a.inRing--
-	} else if last == 0 && id != a.dead {
+	} else if last == 0 && id != a.dead && id != a.far {
 		a.release(id)
 	}
 	a.size--
 }
 
-// pick draws a key uniformly from the ring and returns it, or nil when the ring is
-// empty or the draw landed in a bucket whose keys are all dead at now (which then
-// leaves the ring). The key returned may be dead: its bucket's are not all.
+// pick draws a key uniformly from the ring and the far bucket and returns it, or nil
+// when both are empty or the draw landed in a bucket whose keys are all dead at now
+// (which then leaves the ring). The key returned may be dead: its bucket's are not all.
 func (a *availableSet) pick(now int64) *entry {
-	if a.inRing == 0 {
+	far := a.farLen()
+	if a.inRing+far == 0 {
 		return nil
 	}
-	pos, offset := a.tree.find(int32(rand.IntN(a.inRing)))
+	r := rand.IntN(a.inRing + far)
+	if r >= a.inRing {
+		return a.slab.get(a.buckets[a.far].items[r-a.inRing])
+	}
+	pos, offset := a.tree.find(int32(r))
 	b := &a.buckets[a.ring[pos]]
 	if b.latest <= now {
 		a.evict(int32(pos))

@@ -16,6 +16,14 @@ const (
 	ELEASEMISMATCH Code = "LEASE_MISMATCH"
 	EINVALID       Code = "BAD_USER_INPUT"
 	EUNAVAILABLE   Code = "UNAVAILABLE"
+	// ENOTHELDBACK: Restore of a key that is neither COOLING nor QUARANTINED.
+	ENOTHELDBACK Code = "NOT_HELD_BACK"
+	// EALREADYEXISTS: an Import of a secret the pool holds already; Error.Index names
+	// the position of the first duplicate in the request.
+	EALREADYEXISTS Code = "ALREADY_EXISTS"
+	// ENOTCONFIGURED: an operation the server is not set up for (a flag names what
+	// is missing).
+	ENOTCONFIGURED Code = "NOT_CONFIGURED"
 	// ETOOMANYWAITERS: an Acquire that would wait, refused at once because
 	// Options.MaxWaiters Acquires wait already; nothing changed.
 	ETOOMANYWAITERS Code = "TOO_MANY_WAITERS"
@@ -39,6 +47,8 @@ type Error struct {
 	OldestSeq int64
 	// Stream is the current stream's id, with ESTREAMCHANGED.
 	Stream string
+	// Index is the position of the first duplicate, with EALREADYEXISTS.
+	Index int
 }
 
 func (e *Error) Error() string {

@@ -24,10 +24,18 @@ const (
 	EventReleased  EventType = "RELEASED"
 	EventDeleted   EventType = "DELETED"
 	EventExpired   EventType = "EXPIRED"
+	// EventCooled: the key went to COOLING. EventRecovered: its cool-down ended (the
+	// store's own doing). EventQuarantined: it went to QUARANTINED. EventRestored:
+	// Restore returned it to AVAILABLE. EventImported: Import made it.
+	EventCooled      EventType = "COOLED"
+	EventRecovered   EventType = "RECOVERED"
+	EventQuarantined EventType = "QUARANTINED"
+	EventRestored    EventType = "RESTORED"
+	EventImported    EventType = "IMPORTED"
 )
 
 // EventTypes lists every event type.
-var EventTypes = []EventType{EventGenerated, EventAcquired, EventUnblocked, EventReleased, EventDeleted, EventExpired}
+var EventTypes = allTypes[:]
 
 // Valid reports whether t is one of EventTypes.
 func (t EventType) Valid() bool { return slices.Contains(EventTypes, t) }
@@ -43,7 +51,8 @@ type Event struct {
 	Pool  string
 	Type  EventType
 	KeyID string
-	// At is when it happened; for RELEASED and EXPIRED, the deadline that passed.
+	// At is when it happened; for RELEASED, RECOVERED and EXPIRED (and a COOLED or
+	// QUARANTINED that follows a RELEASED), the deadline that passed.
 	At time.Time
 	// Holder is the lease's holder, on an ACQUIRED event whose Acquire named one.
 	Holder string
@@ -118,11 +127,12 @@ type Hub struct {
 	// lastOf is the seq of the newest event of each type (by typeIndex), set before
 	// next moves past it.
 	lastOf [len(allTypes)]atomic.Int64
-	wakes  [anyType + 1]wake // by typeSet
+	wakes  [(anyType + 1) / 64]atomic.Pointer[wakeBlock] // by typeSet, 64 sets a block
 	// armedSets has the bit of each typeSet whose wake-up may be armed, so that a
-	// publish looks at those only. A bit is set after its wake-up is armed and cleared
-	// before it is signalled.
-	armedSets atomic.Uint64
+	// publish looks at those only: a word per block of wakes, whatever the number of
+	// subscribers. A bit is set after its wake-up is armed and cleared before it is
+	// signalled.
+	armedSets [(anyType + 1) / 64]atomic.Uint64
 	closed    chan struct{}
 	once      sync.Once
 	obs       Observer
@@ -137,10 +147,13 @@ type slotEvent struct {
 }
 
 // allTypes is EventTypes as an array, for the hub's tables.
-var allTypes = [...]EventType{EventGenerated, EventAcquired, EventUnblocked, EventReleased, EventDeleted, EventExpired}
+var allTypes = [...]EventType{
+	EventGenerated, EventAcquired, EventUnblocked, EventReleased, EventDeleted, EventExpired,
+	EventCooled, EventRecovered, EventQuarantined, EventRestored, EventImported,
+}
 
 // typeSet is a set of event types, a bit per typeIndex.
-type typeSet uint8
+type typeSet uint16
 
 const anyType typeSet = 1<<len(allTypes) - 1
 
@@ -196,25 +209,33 @@ func (w *wake) signal() {
 	}
 }
 
-// arm arms the wake-up of set and returns its channel.
-func (h *Hub) arm(set typeSet) <-chan struct{} {
-	ch := h.wakes[set].arm()
-	h.armedSets.Or(1 << set)
-	return ch
-}
+// wakeBlock is a block of wake-ups, for 64 sets of types in a row.
+type wakeBlock [64]wake
 
-// setsHolding is, by set of types, the bits (as in armedSets) of every set that holds
-// one of them.
-var setsHolding = func() (t [anyType + 1]uint64) {
-	for types := range anyType + 1 {
-		for set := range anyType + 1 {
-			if set&types != 0 {
-				t[types] |= 1 << set
-			}
+// arm arms the wake-up of set and returns its channel. The block of set's wake-up is
+// made at its first arming: of the 2^len(allTypes) sets of types, a hub makes room
+// only for those its subscribers use.
+func (h *Hub) arm(set typeSet) <-chan struct{} {
+	block := h.wakes[set>>6].Load()
+	if block == nil {
+		block = new(wakeBlock)
+		for i := range block {
+			ch := make(chan struct{})
+			block[i].ch.Store(&ch)
+		}
+		if !h.wakes[set>>6].CompareAndSwap(nil, block) {
+			block = h.wakes[set>>6].Load()
 		}
 	}
-	return t
-}()
+	select {
+	case <-h.closed:
+		return h.closed // Close may have signalled before the block was made
+	default:
+	}
+	ch := block[set&63].arm()
+	h.armedSets[set>>6].Or(1 << (set & 63))
+	return ch
+}
 
 // NewHub returns a hub that retains the last retention events for replay.
 func NewHub(retention int, obs Observer) *Hub {
@@ -234,10 +255,6 @@ func NewHub(retention int, obs Observer) *Hub {
 	h.ring.Store(&ring)
 	h.first.Store(1)
 	h.next.Store(1)
-	for i := range h.wakes {
-		ch := make(chan struct{})
-		h.wakes[i].ch.Store(&ch)
-	}
 	return h
 }
 
@@ -343,10 +360,15 @@ func (h *Hub) put(ev Event, e *slotEvent) (int64, bool) {
 
 // wake signals the subscribers of every set that holds one of types.
 func (h *Hub) wake(types typeSet) {
-	for sets := h.armedSets.Load() & setsHolding[types]; sets != 0; sets &= sets - 1 {
-		set := bits.TrailingZeros64(sets)
-		h.armedSets.And(^(1 << set))
-		h.wakes[set].signal()
+	for w := range h.armedSets {
+		for sets := h.armedSets[w].Load(); sets != 0; sets &= sets - 1 {
+			bit := bits.TrailingZeros64(sets)
+			if typeSet(w<<6|bit)&types == 0 {
+				continue
+			}
+			h.armedSets[w].And(^(1 << bit))
+			h.wakes[w].Load()[bit].signal()
+		}
 	}
 }
 
@@ -361,7 +383,11 @@ func (h *Hub) Close() {
 		h.publish.Lock()
 		defer h.publish.Unlock()
 		for i := range h.wakes {
-			h.wakes[i].signal()
+			if block := h.wakes[i].Load(); block != nil {
+				for j := range block {
+					block[j].signal()
+				}
+			}
 		}
 	})
 }

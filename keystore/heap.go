@@ -39,7 +39,7 @@ func (s *slab) alloc() *entry {
 		s.used++
 	}
 	e := s.get(i)
-	*e = entry{self: i, older: noSlot, newer: noSlot, leaseIndex: -1, availBucket: -1, availIndex: -1, gen: e.gen}
+	*e = entry{self: i, older: noSlot, newer: noSlot, holdIndex: -1, availBucket: -1, availIndex: -1, gen: e.gen}
 	return e
 }
 
@@ -53,63 +53,79 @@ func (s *slab) release(e *entry) {
 	s.free = append(s.free, e.self)
 }
 
-// leaseHeap is a binary min-heap of BLOCKED entries by lease deadline. Each entry keeps
-// its own position in the heap, so fix and remove cost O(log n) with no search.
-type leaseHeap struct {
+// deadlineHeap is a binary min-heap of entries by one of their deadlines (which). Each
+// entry keeps its own position in the heap (see index), so fix and remove cost
+// O(log n) with no search. The hold heap orders the leases and cool-downs, whose
+// lengths differ from key to key; the keep-alive heap the keys imported with a
+// keep-alive TTL of their own (the others share the pool's, and a queue orders them).
+type deadlineHeap struct {
 	items []slot
 	slab  *slab
+	which int // holdDeadline or keepAliveDeadline
 }
 
-// peek returns the entry whose lease ends first, or nil.
-func (h *leaseHeap) peek() *entry {
+// index is where e keeps its position in h: holdIndex, or, in the keep-alive heap,
+// older, which a key there does not need for the keep-alive queue.
+func (h *deadlineHeap) index(e *entry) *int32 {
+	if h.which == holdDeadline {
+		return &e.holdIndex
+	}
+	return &e.older
+}
+
+// peek returns the entry whose deadline comes first, or nil.
+func (h *deadlineHeap) peek() *entry {
 	if len(h.items) == 0 {
 		return nil
 	}
 	return h.slab.get(h.items[0])
 }
 
-func (h *leaseHeap) push(e *entry) {
-	e.leaseIndex = int32(len(h.items))
+func (h *deadlineHeap) push(e *entry) {
+	*h.index(e) = int32(len(h.items))
 	h.items = append(h.items, e.self)
 	h.up(len(h.items) - 1)
 }
 
 // remove takes e out of the heap; e must be in it.
-func (h *leaseHeap) remove(e *entry) {
-	i := int(e.leaseIndex)
+func (h *deadlineHeap) remove(e *entry) {
+	i := int(*h.index(e))
 	last := len(h.items) - 1
 	if i != last {
 		h.swap(i, last)
 	}
 	h.items = h.items[:last]
-	e.leaseIndex = -1
+	*h.index(e) = -1
 	if i != last {
 		h.fix(i)
 	}
 	if cap(h.items) > 1024 && len(h.items) < cap(h.items)/4 {
-		// Give memory back after many leases end; amortised O(1).
+		// Give memory back after many deadlines pass; amortised O(1).
 		h.items = append(make([]slot, 0, cap(h.items)/2), h.items...)
 	}
 }
 
-// fix restores order after the lease deadline of the entry at i changed.
-func (h *leaseHeap) fix(i int) {
+// fixEntry restores order after e's deadline changed.
+func (h *deadlineHeap) fixEntry(e *entry) { h.fix(int(*h.index(e))) }
+
+// fix restores order after the deadline of the entry at i changed.
+func (h *deadlineHeap) fix(i int) {
 	if !h.down(i) {
 		h.up(i)
 	}
 }
 
-func (h *leaseHeap) deadline(i int) int64 {
-	return h.slab.get(h.items[i]).deadline[leaseDeadline]
+func (h *deadlineHeap) deadline(i int) int64 {
+	return h.slab.get(h.items[i]).deadline[h.which]
 }
 
-func (h *leaseHeap) swap(i, j int) {
+func (h *deadlineHeap) swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.slab.get(h.items[i]).leaseIndex = int32(i)
-	h.slab.get(h.items[j]).leaseIndex = int32(j)
+	*h.index(h.slab.get(h.items[i])) = int32(i)
+	*h.index(h.slab.get(h.items[j])) = int32(j)
 }
 
-func (h *leaseHeap) up(i int) {
+func (h *deadlineHeap) up(i int) {
 	for i > 0 {
 		parent := (i - 1) / 2
 		if h.deadline(i) >= h.deadline(parent) {
@@ -121,7 +137,7 @@ func (h *leaseHeap) up(i int) {
 }
 
 // down sifts i towards the leaves and reports whether it moved.
-func (h *leaseHeap) down(i int) bool {
+func (h *deadlineHeap) down(i int) bool {
 	start, n := i, len(h.items)
 	for {
 		child := 2*i + 1
@@ -140,10 +156,11 @@ func (h *leaseHeap) down(i int) bool {
 	return i > start
 }
 
-// keepAliveQueue lists every key by keep-alive deadline, earliest first. The keep-alive
-// TTL is the same for every key of a pool and the clock only moves forward, so a key
-// generated or kept alive now has the latest deadline of all: it goes to the back, and
-// the queue stays in deadline order with O(1) moves and no sifting.
+// keepAliveQueue lists the keys kept alive for the pools' keep-alive TTL (every
+// generated key) by keep-alive deadline, earliest first. That TTL is the same for
+// every key in the queue and the clock only moves forward, so a key generated or kept
+// alive now has the latest deadline of all: it goes to the back, and the queue stays
+// in deadline order with O(1) moves and no sifting.
 type keepAliveQueue struct {
 	front, back slot
 	slab        *slab

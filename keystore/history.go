@@ -37,12 +37,13 @@ const sampleBytes = 32
 
 func packSample(at time.Time, s Stats) sample {
 	c := func(n int) int32 { return int32(min(n, 1<<31-1)) }
-	return sample{at: at.UnixNano(), counts: [6]int32{c(s.Total), c(s.Available), c(s.Blocked), c(s.Waiting)}}
+	return sample{at: at.UnixNano(), counts: [6]int32{c(s.Total), c(s.Available), c(s.Blocked), c(s.Cooling), c(s.Quarantined), c(s.Waiting)}}
 }
 
 func (s sample) unpack() StatsSample {
 	c := s.counts
-	return StatsSample{At: time.Unix(0, s.at).UTC(), Stats: Stats{Total: int(c[0]), Available: int(c[1]), Blocked: int(c[2]), Waiting: int(c[3])}}
+	return StatsSample{At: time.Unix(0, s.at).UTC(), Stats: Stats{Total: int(c[0]), Available: int(c[1]), Blocked: int(c[2]),
+		Cooling: int(c[3]), Quarantined: int(c[4]), Waiting: int(c[5])}}
 }
 
 // history holds the samples of each pool, oldest first, in a ring per pool.

@@ -13,8 +13,9 @@ import (
 
 // TestAvailableSetInvariants runs random adds, removes, keep-alives, picks and clock
 // jumps (some past the ring's whole span) against availableSet and checks, after each
-// step, what picks rely on: every live key sits in a ring bucket, the tree counts the
-// ring buckets exactly, and a pick returns only keys of the set.
+// step, what picks rely on: every live key sits in a ring bucket or the far bucket
+// (keys kept until deleted, or due beyond the ring's span), the tree counts the ring
+// buckets exactly, and a pick returns only keys of the set.
 func TestAvailableSetInvariants(t *testing.T) {
 	const ttl = int64(time.Second)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -28,6 +29,11 @@ func TestAvailableSetInvariants(t *testing.T) {
 		case r < 35: // a key comes: generated now, or unblocked with an older deadline
 			e := s.alloc()
 			e.deadline[keepAliveDeadline] = now + ttl - rng.Int64N(ttl+epoch) // a few already dead
+			a.add(e, now)
+			members[e.self] = true
+		case r < 40: // an imported key comes: kept until deleted, or for a TTL longer than the ring's span
+			e := s.alloc()
+			e.deadline[keepAliveDeadline] = []int64{noDeadline, now + 10*ttl, now + ringAhead*ttl}[rng.IntN(3)]
 			a.add(e, now)
 			members[e.self] = true
 		case r < 60 && len(members) > 0: // a key goes: leased, deleted or expired
@@ -74,8 +80,8 @@ func TestAvailableSetInvariants(t *testing.T) {
 			e := s.get(i)
 			b := a.buckets[e.availBucket]
 			require.Equal(t, i, b.items[e.availIndex], "step %d", step)
-			if e.deadline[keepAliveDeadline] > now {
-				require.GreaterOrEqual(t, b.pos, int32(0), "step %d: a live key is out of the ring", step)
+			if e.deadline[keepAliveDeadline] > now && e.availBucket != a.far {
+				require.GreaterOrEqual(t, b.pos, int32(0), "step %d: a live key is out of the ring and the far bucket", step)
 			}
 		}
 	}
@@ -262,4 +268,73 @@ func TestWaitGivenUpIsNoKey(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 		require.Empty(t, key.ID)
 	}
+}
+
+// TestCooldownStorm: a million cool-downs that end at one instant (every key of the
+// pool unblocked with the same cool-down at the same instant) are applied in bounded
+// batches, from the hold heap, like an expiry storm: a request applies at most
+// RequestBatch of them on its way in and is served, Stats at most statsBatches expiry
+// batches, and the expirer at most expiryBatch per lock hold, letting requests in
+// between; every cool-down ends once.
+func TestCooldownStorm(t *testing.T) {
+	n := 1_000_000
+	if raceDetector || testing.Short() {
+		n = 100_000
+	}
+	clock := clockwork.NewFakeClockAt(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	pool, err := NewMemory(clock, Options{LeaseTTL: time.Hour, MaxLeaseTTL: time.Hour, KeepAliveTTL: 24 * time.Hour})
+	require.NoError(t, err)
+	defer pool.Close()
+	m := pool.backend.(*memory)
+	require.NoError(t, m.Close()) // the expirer stops: the test runs its batches itself
+	ctx := context.Background()
+	for made := 0; made < n; made += DefaultMaxGenerate {
+		_, err := m.Generate(ctx, DefaultPool, DefaultMaxGenerate)
+		require.NoError(t, err)
+	}
+	for range n {
+		rec, err := m.Acquire(ctx, DefaultPool, time.Hour, "", nil)
+		require.NoError(t, err)
+		_, err = m.UnblockWith(ctx, rec.N, rec.Fence, time.Minute, false)
+		require.NoError(t, err)
+	}
+	cooling := func() int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.poolIndex[DefaultPool].cooling
+	}
+	require.Equal(t, n, cooling())
+	require.Equal(t, n, len(m.holds.items), "every cool-down is in the hold heap")
+
+	clock.Advance(time.Minute) // every cool-down ends now
+	k, err := pool.Acquire(ctx, AcquireOptions{})
+	require.NoError(t, err, "a request in the storm is served from what it applied")
+	require.Equal(t, n-RequestBatch, cooling())
+	_, err = pool.Unblock(ctx, k.ID, k.Lease.Token)
+	require.NoError(t, err)
+	s, err := pool.Stats(ctx, DefaultPool)
+	require.NoError(t, err)
+	require.Equal(t, n-RequestBatch-statsBatches*expiryBatch, s.Cooling, "Stats applied more than its batches")
+	require.Equal(t, n, s.Total)
+
+	holds, left := 0, s.Cooling
+	for {
+		applied, _ := m.expireBatch()
+		require.LessOrEqual(t, applied, expiryBatch)
+		holds++
+		left -= applied
+		if applied < expiryBatch {
+			break
+		}
+		if holds%100 == 0 { // requests get in between the expirer's batches
+			_, err := pool.Get(ctx, k.ID)
+			require.NoError(t, err)
+		}
+	}
+	require.Zero(t, left, "every cool-down ended once")
+	require.Equal(t, (s.Cooling+expiryBatch)/expiryBatch, holds)
+	s, err = pool.Stats(ctx, DefaultPool)
+	require.NoError(t, err)
+	require.Equal(t, Stats{Total: n, Available: n}, s)
+	require.Empty(t, m.holds.items)
 }

@@ -12,14 +12,24 @@ import (
 	"time"
 )
 
-// Status is the state of a key: AVAILABLE to be acquired, or BLOCKED under a lease.
+// Status is the state of a key: AVAILABLE to be acquired, BLOCKED under a lease,
+// COOLING until a cool-down ends, or QUARANTINED until restored.
 type Status string
 
-// The two states of a key.
+// The states of a key.
 const (
 	Available Status = "AVAILABLE"
 	Blocked   Status = "BLOCKED"
+	// Cooling keys are not handed out until Key.CoolingUntil (an upstream throttled
+	// the key, or its last lease ran out and its holder may still be using it).
+	Cooling Status = "COOLING"
+	// Quarantined keys failed Options.QuarantineAfter times in a row and are not
+	// handed out until Restore.
+	Quarantined Status = "QUARANTINED"
 )
+
+// Statuses lists every state, in the order of the listing's indexes.
+var Statuses = []Status{Available, Blocked, Cooling, Quarantined}
 
 // Key is a snapshot of one key.
 type Key struct {
@@ -30,10 +40,14 @@ type Key struct {
 	// CreatedAt is when the key was generated.
 	CreatedAt time.Time
 	// ExpiresAt is the keep-alive deadline: the key is deleted for good at this instant
-	// unless KeepAlive moves it.
+	// unless KeepAlive moves it. Never for an imported key kept until deleted.
 	ExpiresAt time.Time
 	// Lease is the current lease; nil unless Status is Blocked.
 	Lease *Lease
+	// CoolingUntil is when a COOLING key's cool-down ends; nil in every other state.
+	CoolingUntil *time.Time
+	// Name is an imported key's label for people; "" for none.
+	Name string
 	// History tells how the key has been used, to spot keys whose leases keep running out.
 	History History
 }
@@ -53,6 +67,10 @@ type Lease struct {
 	ExpiresAt time.Time
 	// Holder says who took the lease, as the Acquire said it; "" when it did not.
 	Holder string
+	// Secret is the value the holder uses: an imported key's secret, or a generated
+	// key's id. It is set only in the answers of Acquire and Renew, the holder's own;
+	// "" wherever else a Lease is read.
+	Secret string
 }
 
 // History counts what happened to a key over its life.
@@ -63,6 +81,12 @@ type History struct {
 	LeasesExpired int64
 	// LastAcquiredAt is when the key was last acquired; zero if never.
 	LastAcquiredAt time.Time
+	// Failures counts the failures recorded on the key: unblocks that said so, and
+	// leases that ran out.
+	Failures int64
+	// ConsecutiveFailures counts the failures since the last unblock that recorded
+	// none (or Restore); at Options.QuarantineAfter the key is QUARANTINED.
+	ConsecutiveFailures int64
 }
 
 // LastAcquired is LastAcquiredAt, or nil if the key was never acquired.
@@ -75,9 +99,12 @@ func (h History) LastAcquired() *time.Time {
 
 // Stats counts the keys of a pool, or of every pool, by state.
 type Stats struct {
-	Total     int
-	Available int
-	Blocked   int
+	// Total counts the keys in every state.
+	Total       int
+	Available   int
+	Blocked     int
+	Cooling     int
+	Quarantined int
 	// Waiting counts the Acquires waiting now for a key (on a shared store: those
 	// waiting in this process).
 	Waiting int
@@ -86,10 +113,12 @@ type Stats struct {
 // Add returns the sums of s's and o's counts.
 func (s Stats) Add(o Stats) Stats {
 	return Stats{
-		Total:     s.Total + o.Total,
-		Available: s.Available + o.Available,
-		Blocked:   s.Blocked + o.Blocked,
-		Waiting:   s.Waiting + o.Waiting,
+		Total:       s.Total + o.Total,
+		Available:   s.Available + o.Available,
+		Blocked:     s.Blocked + o.Blocked,
+		Cooling:     s.Cooling + o.Cooling,
+		Quarantined: s.Quarantined + o.Quarantined,
+		Waiting:     s.Waiting + o.Waiting,
 	}
 }
 
@@ -116,10 +145,58 @@ type AcquireOptions struct {
 	Wait time.Duration
 }
 
+// UnblockOptions say how a lease ends, for UnblockWith. The zero value returns the key
+// to AVAILABLE and resets its consecutive failures, as Unblock does.
+type UnblockOptions struct {
+	// Cooldown, when set, sends the key to COOLING for that long instead of AVAILABLE,
+	// MinCooldown..Options.MaxCooldown.
+	Cooldown *time.Duration
+	// Failed records a failure of the key; at Options.QuarantineAfter consecutive ones
+	// the key goes to QUARANTINED (whatever Cooldown says). Without it the consecutive
+	// count starts again from zero.
+	Failed bool
+}
+
+// KeyInput is one key of an Import: a secret of the caller's and a label for people.
+type KeyInput struct {
+	// Secret is what the holder of a lease on the key uses, 1..MaxSecret bytes. It is
+	// shown only in the answers of Acquire and Renew.
+	Secret string
+	// Name is a label, at most MaxName bytes without control characters; "" for none.
+	Name string
+}
+
+// ImportOptions tune one Import call.
+type ImportOptions struct {
+	// Pool is the pool the keys join; "" means DefaultPool.
+	Pool string
+	// KeepAliveTTL, when set, subjects the keys to the keep-alive rule with this TTL
+	// (MinKeepAliveTTL..MaxKeepAliveTTL); nil keeps them until deleted.
+	KeepAliveTTL *time.Duration
+}
+
+// Never is the keep-alive deadline of an imported key kept until deleted: the last
+// second of year 9999, later than any deadline, so that clients that read a deadline
+// (and transports whose deadline is not nullable) need no case of their own.
+var Never = time.Date(9999, time.December, 31, 23, 59, 59, 0, time.UTC)
+
+// Limits on imported keys.
+const (
+	// MaxSecret is the longest secret an imported key may have, in bytes.
+	MaxSecret = 4096
+	// MaxName is the longest name of an imported key, in bytes.
+	MaxName = 128
+	// MinKeepAliveTTL and MaxKeepAliveTTL bound an Import's keep-alive TTL.
+	MinKeepAliveTTL = time.Second
+	MaxKeepAliveTTL = 366 * 24 * time.Hour
+)
+
 // Limits on per-request durations.
 const (
 	// MinLeaseTTL is the shortest lease a request may ask for.
 	MinLeaseTTL = time.Second
+	// MinCooldown is the shortest cool-down an unblock may ask for.
+	MinCooldown = time.Second
 	// MaxWait is the longest a request may wait for a free key.
 	MaxWait = 30 * time.Second
 )
@@ -214,8 +291,20 @@ type Store interface {
 	Acquire(ctx context.Context, opts AcquireOptions) (Key, error)
 	// Unblock returns a BLOCKED key to AVAILABLE. With a non-empty token, only the
 	// current lease's token is accepted (ELEASEMISMATCH otherwise). ENOTBLOCKED if the
-	// key is AVAILABLE, ENOTFOUND if there is no such key.
+	// key is not BLOCKED, ENOTFOUND if there is no such key. It is UnblockWith with
+	// zero options.
 	Unblock(ctx context.Context, id, token string) (Key, error)
+	// UnblockWith ends the lease as Unblock does, then sends the key to COOLING or
+	// QUARANTINED, and counts a failure, as opts say.
+	UnblockWith(ctx context.Context, id, token string, opts UnblockOptions) (Key, error)
+	// Restore returns a COOLING or QUARANTINED key to AVAILABLE at once and resets its
+	// consecutive failures; ENOTHELDBACK for an AVAILABLE or BLOCKED key.
+	Restore(ctx context.Context, id string) (Key, error)
+	// Import makes an AVAILABLE key of each input, with an id of the store's. A secret
+	// already in the pool (or twice in keys) is EALREADYEXISTS, naming the position of
+	// the first duplicate, and imports nothing; so are more than Options.MaxGenerate
+	// keys and invalid inputs (EINVALID).
+	Import(ctx context.Context, keys []KeyInput, opts ImportOptions) ([]Key, error)
 	// Renew extends the live lease that token names to now plus ttl (nil: the default
 	// lease TTL), capped at the lease's AcquiredAt plus Options.MaxLeaseTTL. A lease that
 	// has run out is never renewed: ELEASEMISMATCH if another lease holds the key,
@@ -266,6 +355,14 @@ type Options struct {
 	// events a key in one step, and a smaller ring would cut subscribers that read
 	// promptly). A subscriber more than this many events behind is cut.
 	EventRetention int
+	// QuarantineAfter is how many consecutive failures send a key to QUARANTINED; 0
+	// never does.
+	QuarantineAfter int
+	// ExpiredLeaseCooldown is how long a key whose lease ran out cools before it is
+	// handed out again (its last holder may still be using it); 0 frees it at once.
+	ExpiredLeaseCooldown time.Duration
+	// MaxCooldown is the longest cool-down an unblock may ask for (1 h).
+	MaxCooldown time.Duration
 	// MaxWaiters bounds the Acquires that may wait for a key at once, in every pool
 	// together (1000). One more that would wait is refused at once with ETOOMANYWAITERS
 	// and changes nothing; one that finds a key free is served whatever the count.
@@ -283,6 +380,7 @@ const (
 	DefaultMaxGenerate    = 10000
 	DefaultMaxPools       = 1000
 	DefaultEventRetention = 1 << 16
+	DefaultMaxCooldown    = time.Hour
 	// DefaultMaxWaiters: a waiting Acquire holds a goroutine or two, its request and
 	// its connection (a file descriptor) for up to MaxWait; over HTTP that measured
 	// about 40 KB of RSS each, so 1000 waiters cost some 40 MB and 1000 descriptors,
@@ -313,6 +411,9 @@ func (o Options) WithDefaults() Options {
 	if o.MaxWaiters == 0 {
 		o.MaxWaiters = DefaultMaxWaiters
 	}
+	if o.MaxCooldown == 0 {
+		o.MaxCooldown = DefaultMaxCooldown
+	}
 	if o.Observer == nil {
 		o.Observer = NopObserver{}
 	}
@@ -321,8 +422,8 @@ func (o Options) WithDefaults() Options {
 
 // Observer hears of what the store does on its own, for metrics.
 type Observer interface {
-	// Expired is called once per automatic transition (EventReleased or EventExpired)
-	// with how late it was applied after its deadline.
+	// Expired is called once per automatic transition (EventReleased, EventRecovered
+	// or EventExpired) with how late it was applied after its deadline.
 	Expired(t EventType, lateness time.Duration)
 	// Waited is called when an Acquire that waited ends, served or not.
 	Waited(d time.Duration, served bool)

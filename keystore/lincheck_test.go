@@ -16,14 +16,15 @@ import (
 // TestMemoryLinearizable records a history of 16 concurrent clients on the in-memory
 // store, acquiring from and generating into two pools, and checks it against the
 // sequential model (keystore/lincheck): among other things, an acquire of one pool is
-// never given a key of the other. The clock stands still, so no deadline interferes.
+// never given a key of the other, and no key held back (COOLING, QUARANTINED) is
+// handed out until restored. The clock stands still, so no deadline interferes.
 func TestMemoryLinearizable(t *testing.T) {
 	m, err := keystore.NewMemory(clockwork.NewFakeClockAt(storetest.Start), lincheck.Options)
 	require.NoError(t, err)
 	defer m.Close()
 	h := lincheck.NewHistory()
 	start := time.Now()
-	h.Run(t, lincheck.Config{Stores: []keystore.Store{m}, Clients: 16, Calls: 400, Keys: 2, Pools: []string{keystore.DefaultPool, "b"}, Seed: 1})
+	h.Run(t, lincheck.Config{Stores: []keystore.Store{m}, Clients: 16, Calls: 400, Keys: 2, Pools: []string{keystore.DefaultPool, "b"}, Seed: 1, Held: true})
 	recorded := time.Since(start)
 	res := h.Check(t, time.Minute)
 	t.Logf("%s; recorded in %v, checked in %v", h.Summary(), recorded, time.Since(start)-recorded)

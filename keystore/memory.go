@@ -11,11 +11,35 @@ import (
 	"github.com/jonboulle/clockwork"
 )
 
-// The two deadlines of an entry: leases are ordered by a heap (their TTLs differ),
-// keep-alives by a queue (their TTL is the pool's).
+// The two deadlines of an entry: holds (leases and cool-downs) are ordered by a heap
+// (their lengths differ), keep-alives by a queue (their TTL is the pool's), or, for
+// imported keys with a TTL of their own, by a heap.
 const (
-	leaseDeadline     = 0 // when a BLOCKED key's lease runs out
-	keepAliveDeadline = 1 // when the key is deleted unless kept alive
+	holdDeadline      = 0 // when a BLOCKED key's lease runs out, or a COOLING key's cool-down ends
+	keepAliveDeadline = 1 // when the key is deleted unless kept alive; never for noDeadline
+)
+
+// noDeadline is the keep-alive deadline of a key kept until deleted.
+const noDeadline = math.MaxInt64
+
+// The states of an entry; stateFree holds no key.
+const (
+	stateFree uint8 = iota
+	stateAvailable
+	stateBlocked
+	stateCooling
+	stateQuarantined
+)
+
+// stateStatus is the Status of each state.
+var stateStatus = [...]Status{"", Available, Blocked, Cooling, Quarantined}
+
+// How a key is kept alive: for the pool's keep-alive TTL (the queue), for a TTL of its
+// own (the keep-alive heap; memory.imported holds the TTL), or not at all.
+const (
+	keepPool uint8 = iota
+	keepOwn
+	keepNone
 )
 
 // Bounds on the work of one lock hold.
@@ -31,29 +55,43 @@ const (
 // entry is one key. Times are nanoseconds on the store's monotonic timeline (see
 // memory.now). It holds no pointers (see heap.go).
 type entry struct {
-	created      int64    // when generated
-	deadline     [2]int64 // indexed by leaseDeadline, keepAliveDeadline
-	acquiredAt   int64    // start of the current (or last) lease
-	fence        int64    // fence of the current (or last) lease; its token derives from it
-	self         slot     // where the entry is in the slab
-	older, newer slot     // neighbours in the keep-alive queue
-	leaseIndex   int32    // position in the lease heap; -1 unless BLOCKED
-	availBucket  int32    // bucket of memory.avail; -1 unless AVAILABLE
-	availIndex   int32    // position in that bucket; -1 unless AVAILABLE
+	created    int64    // when generated or imported
+	deadline   [2]int64 // indexed by holdDeadline, keepAliveDeadline
+	acquiredAt int64    // start of the current (or last) lease
+	fence      int64    // fence of the current (or last) lease; its token derives from it
+	self       slot     // where the entry is in the slab
+	// older and newer are the neighbours in the keep-alive queue (keepPool); in the
+	// keep-alive heap (keepOwn), older is the key's position there.
+	older, newer slot
+	holdIndex    int32 // position in the hold heap; -1 unless BLOCKED or COOLING
+	availBucket  int32 // bucket of memory.avail; -1 unless AVAILABLE
+	availIndex   int32 // position in that bucket; -1 unless AVAILABLE
 
 	pool          int32 // index in memory.pools
 	timesAcquired uint32
 	leasesExpired uint32
+	failures      uint32
+	consecutive   uint32 // failures since the last unblock without one, or Restore
 	// gen counts the keys the entry's slot has held before this one; with the slot it
 	// makes the key's number, and so its id (see keyNumber).
-	gen uint32
-	pos uint32 // in its pool's listing order (mpool.at)
+	gen      uint32
+	pos      uint32 // in its pool's listing order (mpool.at)
+	state    uint8  // stateFree, stateAvailable, …
+	keep     uint8  // keepPool, keepOwn or keepNone
+	imported bool   // memory.imported holds its secret and name
 }
 
-func (e *entry) blocked() bool { return e.leaseIndex >= 0 }
+func (e *entry) blocked() bool { return e.state == stateBlocked }
 
-// live reports whether the entry holds a key, AVAILABLE or BLOCKED.
-func (e *entry) live() bool { return e.leaseIndex >= 0 || e.availIndex >= 0 }
+// live reports whether the entry holds a key, in any state.
+func (e *entry) live() bool { return e.state != stateFree }
+
+// importedKey is what the in-memory store keeps of an imported key beyond its entry.
+type importedKey struct {
+	secret, name string
+	digest       SecretDigest
+	keepAliveTTL int64 // for keepOwn
+}
 
 // keyNumber is the number behind e's key id: its slot and the slot's generation. No
 // two keys ever share one: a slot's generation grows with each key it holds, and a
@@ -75,8 +113,9 @@ func (m *memory) find(n uint64) *entry {
 }
 
 // memory is the in-memory Backend: a slab of keys found by their numbers, an indexed
-// min-heap of lease deadlines and a queue of keep-alive deadlines shared by every
-// pool, and for each pool a set of AVAILABLE keys for uniform picks that skip dead
+// min-heap of hold deadlines (leases and cool-downs), a queue of keep-alive deadlines
+// for the pools' TTL and a heap of those of imported keys with a TTL of their own,
+// shared by every pool, and for each pool a set of AVAILABLE keys for uniform picks that skip dead
 // keys (available.go) and the index of its keys by state that pages of List
 // walk (mpool.go). A background expirer sleeps until the earliest deadline and applies
 // due transitions in bounded batches; every request also settles the deadlines of the
@@ -93,10 +132,13 @@ type memory struct {
 	pools     []*mpool          // by index, as entries name them
 	poolIndex map[string]*mpool // by name
 	names     []string          // of pools, sorted
-	leases    leaseHeap
+	holds     deadlineHeap      // leases and cool-downs
 	keepAlive keepAliveQueue
-	holders   map[uint64]string // the holders of the leases that have one, by key number
-	wakeAt    int64             // the deadline the expirer sleeps until
+	keepOwn   deadlineHeap            // keep-alives of imported keys with a TTL of their own
+	holders   map[uint64]string       // the holders of the leases that have one, by key number
+	imported  map[uint64]*importedKey // by key number
+	hasher    *SecretHasher
+	wakeAt    int64 // the deadline the expirer sleeps until
 	// The events of the lock hold so far, published together before it ends (unlock),
 	// and the key numbers behind their ids.
 	pending     []Event
@@ -132,12 +174,15 @@ func openMemory(clock clockwork.Clock) func(Env) (Backend, *IDCodec, error) {
 			base:      clock.Now(),
 			poolIndex: map[string]*mpool{},
 			holders:   map[uint64]string{},
+			imported:  map[uint64]*importedKey{},
+			hasher:    NewSecretHasher(NewSecret()),
 			wakeAt:    math.MaxInt64,
 			kick:      make(chan struct{}, 1),
 			stop:      make(chan struct{}),
 			done:      make(chan struct{}),
 		}
-		m.leases.slab = &m.slab
+		m.holds = deadlineHeap{slab: &m.slab, which: holdDeadline}
+		m.keepOwn = deadlineHeap{slab: &m.slab, which: keepAliveDeadline}
 		m.keepAlive = keepAliveQueue{front: noSlot, back: noSlot, slab: &m.slab}
 		go m.expire()
 		return m, ids, nil
@@ -182,6 +227,76 @@ func (m *memory) Generate(ctx context.Context, pool string, count int) ([]Record
 	return recs, nil
 }
 
+// Import implements Backend.
+func (m *memory) Import(ctx context.Context, pool string, keys []KeyInput, keepAliveTTL time.Duration) ([]Record, error) {
+	// The digests cost the length of the secrets: computed before the lock.
+	digests := make([]SecretDigest, len(keys))
+	for i, k := range keys {
+		digests[i] = m.hasher.Digest(pool, k.Secret)
+	}
+	recs := make([]Record, len(keys))
+	m.mu.Lock()
+	defer m.unlock()
+	now := m.now()
+	held := m.poolIndex[pool]
+	seen := make(map[SecretDigest]struct{}, len(keys))
+	for i, d := range digests {
+		at, inPool := held.secret(d)
+		// A key whose keep-alive ran out holds its secret no more, applied or not.
+		inPool = inPool && m.settle(m.slab.get(at), now)
+		if _, again := seen[d]; inPool || again {
+			return nil, &DuplicateError{Index: i}
+		}
+		seen[d] = struct{}{}
+	}
+	p, err := m.makePool(pool)
+	if err != nil {
+		return nil, err
+	}
+	if p.bySecret == nil {
+		p.bySecret = make(map[SecretDigest]slot, len(keys))
+	}
+	keep, deadline := keepNone, int64(noDeadline)
+	switch {
+	case keepAliveTTL == m.opts.KeepAliveTTL:
+		keep, deadline = keepPool, now+int64(keepAliveTTL)
+	case keepAliveTTL > 0:
+		keep, deadline = keepOwn, now+int64(keepAliveTTL)
+	}
+	m.pending = slices.Grow(m.pending, len(keys))
+	m.pendingKeys = slices.Grow(m.pendingKeys, len(keys))
+	for i, k := range keys {
+		e := m.slab.alloc()
+		e.pool = p.idx
+		p.place(e)
+		e.created, e.deadline[keepAliveDeadline], e.keep, e.imported = now, deadline, keep, true
+		p.count++
+		m.imported[keyNumber(e)] = &importedKey{secret: k.Secret, name: k.Name, digest: digests[i], keepAliveTTL: int64(keepAliveTTL)}
+		p.bySecret[digests[i]] = e.self
+		switch keep {
+		case keepPool:
+			m.keepAlive.pushBack(e)
+		case keepOwn:
+			m.keepOwn.push(e)
+		}
+		m.emit(EventImported, e, now)
+		m.makeAvailable(e, now)
+		recs[i] = m.record(e)
+	}
+	m.noteDeadline(deadline)
+	m.serveWaiters(p, now)
+	return recs, nil
+}
+
+// secret returns the key of p, which may be nil, whose secret has digest d.
+func (p *mpool) secret(d SecretDigest) (slot, bool) {
+	if p == nil {
+		return noSlot, false
+	}
+	i, ok := p.bySecret[d]
+	return i, ok
+}
+
 // Acquire implements Backend.
 func (m *memory) Acquire(ctx context.Context, pool string, ttl time.Duration, holder string, w *Waiter) (Record, error) {
 	m.mu.Lock()
@@ -219,20 +334,25 @@ func (m *memory) Acquire(ctx context.Context, pool string, ttl time.Duration, ho
 		return Record{}, ErrNoKey
 	}
 	m.lease(e, now, int64(ttl), holder)
-	return m.record(e), nil
+	return m.leasedRecord(e), nil
 }
 
 // mayFree reports whether a key of p may be free at now although the picks found
 // none: an AVAILABLE key may still be alive, or a lease (of any pool: the heap is
-// shared) has run out.
+// shared) or a cool-down has run out.
 func (m *memory) mayFree(p *mpool, now int64) bool {
-	lease := m.leases.peek()
+	hold := m.holds.peek()
 	return p.avail != nil && p.avail.len() > 0 && p.availHorizon > now ||
-		lease != nil && lease.deadline[leaseDeadline] <= now
+		hold != nil && hold.deadline[holdDeadline] <= now
 }
 
 // Unblock implements Backend.
 func (m *memory) Unblock(ctx context.Context, n uint64, fence int64) (Record, error) {
+	return m.UnblockWith(ctx, n, fence, 0, false)
+}
+
+// UnblockWith implements Backend.
+func (m *memory) UnblockWith(ctx context.Context, n uint64, fence int64, cooldown time.Duration, failed bool) (Record, error) {
 	return m.update(n, func(e *entry, now int64) error {
 		if !e.blocked() {
 			return ErrNotBlocked
@@ -242,6 +362,26 @@ func (m *memory) Unblock(ctx context.Context, n uint64, fence int64) (Record, er
 		}
 		m.endLease(e)
 		m.emit(EventUnblocked, e, now)
+		m.afterLease(e, now, now, failed, int64(cooldown))
+		return nil
+	})
+}
+
+// Restore implements Backend.
+func (m *memory) Restore(ctx context.Context, n uint64) (Record, error) {
+	return m.update(n, func(e *entry, now int64) error {
+		switch e.state {
+		case stateCooling:
+			m.endCooling(e)
+		case stateQuarantined:
+			p := m.pools[e.pool]
+			p.leave(e, Quarantined)
+			p.quarantined--
+		default:
+			return ErrNotHeldBack
+		}
+		e.consecutive = 0
+		m.emit(EventRestored, e, now)
 		m.makeAvailable(e, now)
 		return nil
 	})
@@ -249,26 +389,41 @@ func (m *memory) Unblock(ctx context.Context, n uint64, fence int64) (Record, er
 
 // Renew implements Backend.
 func (m *memory) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (Record, error) {
-	return m.update(n, func(e *entry, now int64) error {
+	var secret string
+	rec, err := m.update(n, func(e *entry, now int64) error {
 		if !e.blocked() {
 			return ErrNotBlocked
 		}
 		if fence != e.fence {
 			return ErrLeaseMismatch
 		}
-		e.deadline[leaseDeadline] = min(now+int64(ttl), e.acquiredAt+int64(m.opts.MaxLeaseTTL))
-		m.leases.fix(int(e.leaseIndex))
-		m.noteDeadline(e.deadline[leaseDeadline])
+		e.deadline[holdDeadline] = min(now+int64(ttl), e.acquiredAt+int64(m.opts.MaxLeaseTTL))
+		m.holds.fixEntry(e)
+		m.noteDeadline(e.deadline[holdDeadline])
+		secret = m.secretOf(e)
 		return nil
 	})
+	if secret != "" {
+		rec.Ext.Secret = secret // an imported key's record has its Ext
+	}
+	return rec, err
 }
 
 // KeepAlive implements Backend.
 func (m *memory) KeepAlive(ctx context.Context, n uint64) (Record, error) {
 	return m.update(n, func(e *entry, now int64) error {
-		e.deadline[keepAliveDeadline] = now + int64(m.opts.KeepAliveTTL)
-		m.keepAlive.moveToBack(e)
-		if !e.blocked() {
+		switch e.keep {
+		case keepPool:
+			e.deadline[keepAliveDeadline] = now + int64(m.opts.KeepAliveTTL)
+			m.keepAlive.moveToBack(e)
+		case keepOwn:
+			e.deadline[keepAliveDeadline] = now + m.imported[keyNumber(e)].keepAliveTTL
+			m.keepOwn.fixEntry(e)
+			m.noteDeadline(e.deadline[keepAliveDeadline])
+		default:
+			return nil // kept until deleted
+		}
+		if e.state == stateAvailable {
 			p := m.pools[e.pool]
 			p.avail.remove(e) // to the bucket of its new deadline
 			p.avail.add(e, now)
@@ -390,17 +545,47 @@ func (m *memory) record(e *entry) Record {
 		Pos:           uint64(e.pos),
 		Pool:          m.pools[e.pool].name,
 		CreatedAt:     m.at(e.created),
-		ExpiresAt:     m.at(e.deadline[keepAliveDeadline]),
 		AcquiredAt:    m.at(e.acquiredAt),
 		TimesAcquired: int64(e.timesAcquired),
 		LeasesExpired: int64(e.leasesExpired),
 	}
-	if e.blocked() {
+	if e.failures > 0 || e.imported || e.state == stateCooling || e.state == stateQuarantined {
+		r.Ext = &RecordExt{Failures: int64(e.failures), ConsecutiveFailures: int64(e.consecutive)}
+	}
+	if r.ExpiresAt = Never; e.keep != keepNone {
+		r.ExpiresAt = m.at(e.deadline[keepAliveDeadline])
+	}
+	switch e.state {
+	case stateBlocked:
 		r.Fence = e.fence
-		r.LeaseExpiresAt = m.at(e.deadline[leaseDeadline])
+		r.LeaseExpiresAt = m.at(e.deadline[holdDeadline])
 		r.Holder = m.holders[r.N]
+	case stateCooling:
+		r.Ext.Status, r.Ext.CoolingUntil = Cooling, m.at(e.deadline[holdDeadline])
+	case stateQuarantined:
+		r.Ext.Status = Quarantined
+	}
+	if e.imported {
+		r.Ext.Name = m.imported[r.N].name
 	}
 	return r
+}
+
+// leasedRecord is record for the holder of e's lease: with the secret, if imported.
+func (m *memory) leasedRecord(e *entry) Record {
+	r := m.record(e)
+	if e.imported {
+		r.Ext.Secret = m.secretOf(e)
+	}
+	return r
+}
+
+// secretOf returns the secret of e if it was imported, else "".
+func (m *memory) secretOf(e *entry) string {
+	if !e.imported {
+		return ""
+	}
+	return m.imported[keyNumber(e)].secret
 }
 
 // The transitions below run under m.mu.
@@ -477,10 +662,11 @@ func (m *memory) lease(e *entry, now, ttl int64, holder string) {
 	e.fence = p.lastFence
 	e.acquiredAt = now
 	e.timesAcquired++
-	e.deadline[leaseDeadline] = now + ttl
-	m.leases.push(e)
+	e.state = stateBlocked
+	e.deadline[holdDeadline] = now + ttl
+	m.holds.push(e)
 	p.enter(e, Blocked)
-	m.noteDeadline(e.deadline[leaseDeadline])
+	m.noteDeadline(e.deadline[holdDeadline])
 	m.emit(EventAcquired, e, now)
 	if holder != "" {
 		m.holders[keyNumber(e)] = holder
@@ -490,9 +676,50 @@ func (m *memory) lease(e *entry, now, ttl int64, holder string) {
 
 // endLease takes BLOCKED e out of the leases.
 func (m *memory) endLease(e *entry) {
-	m.leases.remove(e)
+	m.holds.remove(e)
 	m.pools[e.pool].leave(e, Blocked)
 	delete(m.holders, keyNumber(e))
+	e.state = stateFree // until the caller says where it goes
+}
+
+// endCooling takes COOLING e out of the cool-downs.
+func (m *memory) endCooling(e *entry) {
+	p := m.pools[e.pool]
+	m.holds.remove(e)
+	p.leave(e, Cooling)
+	p.cooling--
+	e.state = stateFree // until the caller says where it goes
+}
+
+// afterLease sends e, whose lease ended at (now, or the lease's deadline), where the
+// contract's table says: a failure counted or the consecutive count reset, then
+// QUARANTINED at Options.QuarantineAfter consecutive failures, else COOLING until
+// at+cooldown if cooldown is not zero, else AVAILABLE. Callers then serveWaiters.
+func (m *memory) afterLease(e *entry, at, now int64, failed bool, cooldown int64) {
+	p := m.pools[e.pool]
+	if failed {
+		e.failures++
+		e.consecutive++
+	} else {
+		e.consecutive = 0
+	}
+	switch q := m.opts.QuarantineAfter; {
+	case failed && q > 0 && int64(e.consecutive) >= int64(q):
+		e.state = stateQuarantined
+		p.enter(e, Quarantined)
+		p.quarantined++
+		m.emit(EventQuarantined, e, at)
+	case cooldown > 0:
+		e.state = stateCooling
+		e.deadline[holdDeadline] = at + cooldown
+		m.holds.push(e)
+		p.enter(e, Cooling)
+		p.cooling++
+		m.emit(EventCooled, e, at)
+		m.noteDeadline(e.deadline[holdDeadline])
+	default:
+		m.makeAvailable(e, now)
+	}
 }
 
 // makeAvailable puts e, no longer leased, among the AVAILABLE keys. Callers then
@@ -504,6 +731,7 @@ func (m *memory) makeAvailable(e *entry, now int64) {
 		p.avail = newAvailableSet(&m.slab, int64(m.opts.KeepAliveTTL))
 	}
 	p.avail.add(e, now)
+	e.state = stateAvailable
 	p.enter(e, Available)
 	p.availHorizon = max(p.availHorizon, e.deadline[keepAliveDeadline])
 }
@@ -523,7 +751,7 @@ func (m *memory) serveWaiters(p *mpool, now int64) {
 		}
 		m.lease(e, now, int64(w.TTL), w.Holder)
 		m.publish() // before the waiter can answer
-		p.lane.Waiters.Serve(w, m.record(e))
+		p.lane.Waiters.Serve(w, m.leasedRecord(e))
 	}
 }
 
@@ -541,12 +769,29 @@ func (m *memory) takeAvailable(e *entry) {
 func (m *memory) remove(e *entry) {
 	p := m.pools[e.pool]
 	p.count--
-	if e.blocked() {
+	switch e.state {
+	case stateBlocked:
 		m.endLease(e)
-	} else {
+	case stateAvailable:
 		m.takeAvailable(e)
+	case stateCooling:
+		m.endCooling(e)
+	case stateQuarantined:
+		p.leave(e, Quarantined)
+		p.quarantined--
 	}
-	m.keepAlive.remove(e)
+	switch e.keep {
+	case keepPool:
+		m.keepAlive.remove(e)
+	case keepOwn:
+		m.keepOwn.remove(e)
+	}
+	if e.imported {
+		n := keyNumber(e)
+		delete(p.bySecret, m.imported[n].digest)
+		delete(m.imported, n)
+	}
+	e.state, e.imported = stateFree, false
 	p.unplace(e)
 	m.slab.release(e)
 	if p.count == 0 {
@@ -555,10 +800,11 @@ func (m *memory) remove(e *entry) {
 }
 
 // settle applies e's due transitions, in deadline order, and reports whether e still
-// exists. A lease and a keep-alive that end at the same instant end with the key.
+// exists. A hold and a keep-alive that end at the same instant end with the key. A
+// lease that ran out may start a cool-down that has ended too: at most two steps.
 func (m *memory) settle(e *entry, now int64) bool {
-	if e.blocked() && e.deadline[leaseDeadline] <= now && e.deadline[leaseDeadline] < e.deadline[keepAliveDeadline] {
-		m.releaseLease(e, now)
+	for e.holdIndex >= 0 && e.deadline[holdDeadline] <= now && e.deadline[holdDeadline] < e.deadline[keepAliveDeadline] {
+		m.endHold(e, now)
 	}
 	if e.deadline[keepAliveDeadline] <= now {
 		m.expireKey(e, now)
@@ -567,13 +813,33 @@ func (m *memory) settle(e *entry, now int64) bool {
 	return true
 }
 
-// releaseLease returns e, whose lease ran out, to AVAILABLE.
+// endHold applies the end of e's hold, due at now: a lease that ran out, or a
+// cool-down that ended.
+func (m *memory) endHold(e *entry, now int64) {
+	if e.state == stateCooling {
+		m.recoverKey(e, now)
+	} else {
+		m.releaseLease(e, now)
+	}
+}
+
+// releaseLease ends e's lease, which ran out: a failure, and the lock-delay of
+// Options.ExpiredLeaseCooldown.
 func (m *memory) releaseLease(e *entry, now int64) {
-	deadline := e.deadline[leaseDeadline]
+	deadline := e.deadline[holdDeadline]
 	m.endLease(e)
 	e.leasesExpired++
 	m.emit(EventReleased, e, deadline)
 	m.opts.Observer.Expired(EventReleased, time.Duration(now-deadline))
+	m.afterLease(e, deadline, now, true, int64(m.opts.ExpiredLeaseCooldown))
+}
+
+// recoverKey returns e, whose cool-down ended, to AVAILABLE.
+func (m *memory) recoverKey(e *entry, now int64) {
+	deadline := e.deadline[holdDeadline]
+	m.endCooling(e)
+	m.emit(EventRecovered, e, deadline)
+	m.opts.Observer.Expired(EventRecovered, time.Duration(now-deadline))
 	m.makeAvailable(e, now)
 }
 
@@ -588,14 +854,18 @@ func (m *memory) expireKey(e *entry, now int64) {
 // nextDue returns the entry with the earliest deadline of all and which deadline it
 // is; keep-alive first on a tie.
 func (m *memory) nextDue() (*entry, int) {
-	lease, keep := m.leases.peek(), m.keepAlive.first()
+	keep := m.keepAlive.first()
+	if own := m.keepOwn.peek(); own != nil && (keep == nil || own.deadline[keepAliveDeadline] < keep.deadline[keepAliveDeadline]) {
+		keep = own
+	}
+	hold := m.holds.peek()
 	switch {
-	case lease == nil && keep == nil:
+	case hold == nil && keep == nil:
 		return nil, 0
-	case lease == nil:
+	case hold == nil:
 		return keep, keepAliveDeadline
-	case keep == nil || lease.deadline[leaseDeadline] < keep.deadline[keepAliveDeadline]:
-		return lease, leaseDeadline
+	case keep == nil || hold.deadline[holdDeadline] < keep.deadline[keepAliveDeadline]:
+		return hold, holdDeadline
 	default:
 		return keep, keepAliveDeadline
 	}
@@ -608,8 +878,8 @@ func (m *memory) applyDue(now int64, limit int) int {
 		if e == nil || e.deadline[which] > now {
 			return done
 		}
-		if which == leaseDeadline {
-			m.releaseLease(e, now)
+		if which == holdDeadline {
+			m.endHold(e, now)
 			m.serveWaiters(m.pools[e.pool], now)
 		} else {
 			m.expireKey(e, now)
@@ -656,26 +926,35 @@ func (m *memory) noteDeadline(deadline int64) {
 	}
 }
 
+// expireBatch is one lock hold of the expirer: it applies up to expiryBatch due
+// transitions, in deadline order, serves the waiters, and returns how many it applied
+// and the deadline to sleep until (MaxInt64 for none).
+func (m *memory) expireBatch() (applied int, next int64) {
+	m.mu.Lock()
+	defer m.unlock()
+	now := m.now()
+	applied = m.applyDue(now, expiryBatch)
+	for _, p := range m.waitedPools() {
+		m.serveWaiters(p, now) // in case only dead keys were in the way before
+	}
+	next = math.MaxInt64
+	if e, which := m.nextDue(); e != nil {
+		next = e.deadline[which]
+	}
+	m.wakeAt = next
+	if applied == expiryBatch {
+		m.wakeAt = now // more is due: no kicks needed, we come straight back
+	}
+	return applied, next
+}
+
 // expire is the expirer: it sleeps until the earliest deadline (or a kick for an
 // earlier one), then applies what is due in batches, letting requests in between.
 func (m *memory) expire() {
 	defer close(m.done)
 	for {
-		m.mu.Lock()
-		now := m.now()
-		busy := m.applyDue(now, expiryBatch) == expiryBatch
-		for _, p := range m.waitedPools() {
-			m.serveWaiters(p, now) // in case only dead keys were in the way before
-		}
-		next := int64(math.MaxInt64)
-		if e, which := m.nextDue(); e != nil {
-			next = e.deadline[which]
-		}
-		m.wakeAt = next
-		if busy {
-			m.wakeAt = now // more is due: no kicks needed, we come straight back
-		}
-		m.unlock()
+		applied, next := m.expireBatch()
+		busy := applied == expiryBatch
 
 		if busy {
 			select {

@@ -744,6 +744,54 @@ func TestMemoryAcquireUniform(t *testing.T) {
 	require.Less(t, chi2, threshold, "counts %v", counts)
 }
 
+// TestMemoryAcquireUniformMixed: as TestMemoryAcquireUniform, over keys kept alive in
+// every way: generated (the pool's TTL), imported without keep-alive (no deadline) and
+// imported with a TTL far longer than the pool's, which the AVAILABLE set holds apart
+// from its ring of deadlines and must draw from together with it.
+func TestMemoryAcquireUniformMixed(t *testing.T) {
+	const (
+		free      = 21
+		rounds    = 42000
+		threshold = 65.42 // the 1-1e-6 quantile of chi-square with free-1 degrees of freedom
+	)
+	clock := clockwork.NewFakeClockAt(storetest.Start)
+	store, err := keystore.NewMemory(clock, keystore.Options{})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, store.Close()) }()
+	ctx := t.Context()
+	_, err = store.Generate(ctx, "", 10) // these die before the draws
+	require.NoError(t, err)
+	clock.Advance(keystore.DefaultKeepAliveTTL / 2)
+	_, err = store.Generate(ctx, "", free/3)
+	require.NoError(t, err)
+	var none, long []keystore.KeyInput
+	for i := range free / 3 {
+		none = append(none, keystore.KeyInput{Secret: fmt.Sprintf("none-%d", i)})
+		long = append(long, keystore.KeyInput{Secret: fmt.Sprintf("long-%d", i)})
+	}
+	_, err = store.Import(ctx, none, keystore.ImportOptions{})
+	require.NoError(t, err)
+	_, err = store.Import(ctx, long, keystore.ImportOptions{KeepAliveTTL: keystore.TTL(48 * time.Hour)})
+	require.NoError(t, err)
+	clock.Advance(keystore.DefaultKeepAliveTTL/2 + time.Millisecond)
+	counts := map[string]int{}
+	for range rounds {
+		k, err := store.Acquire(ctx, keystore.AcquireOptions{})
+		require.NoError(t, err)
+		counts[k.Lease.Secret]++
+		_, err = store.Unblock(ctx, k.ID, k.Lease.Token)
+		require.NoError(t, err)
+	}
+	require.Len(t, counts, free)
+	expected := float64(rounds) / free
+	var chi2 float64
+	for _, n := range counts {
+		chi2 += (float64(n) - expected) * (float64(n) - expected) / expected
+	}
+	t.Logf("chi-square %.2f with %d degrees of freedom (fails above %.2f)", chi2, free-1, threshold)
+	require.Less(t, chi2, threshold, "counts %v", counts)
+}
+
 // TestMemoryMillionIDs generates a million keys in batches of the largest size and
 // checks that no id repeats.
 func TestMemoryMillionIDs(t *testing.T) {

@@ -15,6 +15,12 @@ type mpool struct {
 	// it has passed, no AVAILABLE key is alive, whatever the expirer has yet to apply.
 	availHorizon int64
 	lastFence    int64
+	// cooling and quarantined count the keys in those states; the BLOCKED ones are the
+	// rest.
+	cooling, quarantined int
+	// bySecret finds an imported key by the keyed hash of its secret, so that a
+	// duplicate is refused in O(1).
+	bySecret map[SecretDigest]slot
 	// The listing order: each key has a position (entry.pos), the lowest free one when
 	// it is made, which it keeps while it lives. at finds a position's entry, free the
 	// positions without one, byState the positions of each state's keys, so a page of
@@ -22,22 +28,23 @@ type mpool struct {
 	// a transition flips two bits. About 4 bytes a key and a few bits.
 	at      []slot
 	free    bitset
-	byState [2]bitset
+	byState [len(stateStatus) - 1]bitset // by state - 1
 }
 
+// statusIndex is the index in mpool.byState of the keys in state s.
 func statusIndex(s Status) int {
-	if s == Blocked {
-		return 1
+	switch s {
+	case Blocked:
+		return int(stateBlocked) - 1
+	case Cooling:
+		return int(stateCooling) - 1
+	case Quarantined:
+		return int(stateQuarantined) - 1
 	}
-	return 0
+	return int(stateAvailable) - 1
 }
 
-func (e *entry) status() Status {
-	if e.blocked() {
-		return Blocked
-	}
-	return Available
-}
+func (e *entry) status() Status { return stateStatus[e.state] }
 
 // place gives e, a new key of p, its position.
 func (p *mpool) place(e *entry) {
@@ -45,8 +52,9 @@ func (p *mpool) place(e *entry) {
 	if pos < 0 {
 		pos = len(p.at)
 		p.at = append(p.at, e.self)
-		for _, b := range []*bitset{&p.free, &p.byState[0], &p.byState[1]} {
-			b.grow(len(p.at))
+		p.free.grow(len(p.at))
+		for i := range p.byState {
+			p.byState[i].grow(len(p.at))
 		}
 	} else {
 		p.free.remove(pos)
@@ -74,14 +82,15 @@ func (p *mpool) stats() Stats {
 	if p.avail != nil {
 		s.Available = p.avail.len()
 	}
-	s.Blocked = s.Total - s.Available
+	s.Cooling, s.Quarantined = p.cooling, p.quarantined
+	s.Blocked = s.Total - s.Available - s.Cooling - s.Quarantined
 	return s
 }
 
 // empty lets the structures of p, which holds no key now, go.
 func (p *mpool) empty() {
-	p.avail, p.availHorizon = nil, 0
-	p.at, p.free, p.byState = nil, bitset{}, [2]bitset{}
+	p.avail, p.availHorizon, p.bySecret = nil, 0, nil
+	p.at, p.free, p.byState = nil, bitset{}, [len(p.byState)]bitset{}
 }
 
 // list returns the slots of up to limit of p's keys in state s ("": any), in order

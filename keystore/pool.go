@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jonboulle/clockwork"
 
@@ -59,7 +62,8 @@ type Backend interface {
 	// Options.KeepAliveTTL, making the pool if need be (ErrTooManyPools beyond
 	// Options.MaxPools).
 	Generate(ctx context.Context, pool string, count int) ([]Record, error)
-	// Acquire leases a uniformly random live AVAILABLE key of pool for ttl, to holder.
+	// Acquire leases a uniformly random live AVAILABLE key of pool for ttl, to holder;
+	// its record carries the key's Secret if it was imported.
 	// With none free it returns ErrNoKey, and if w is not nil it first queues w in the
 	// pool's lane (WaitQueue.Push) in the same atomic step, or has queued it before the
 	// step (WaitQueue.Join), so that a key freed after the step goes to the waiters (see
@@ -69,8 +73,23 @@ type Backend interface {
 	// Unblock returns key n to AVAILABLE. fence 0 accepts any lease; another fence
 	// only the current lease's.
 	Unblock(ctx context.Context, n uint64, fence int64) (Record, error)
+	// UnblockWith ends the lease of key n as Unblock does, then counts a failure if
+	// failed (resetting the consecutive count otherwise) and sends the key to
+	// QUARANTINED at Options.QuarantineAfter consecutive failures, else to COOLING for
+	// cooldown if it is not zero, else to AVAILABLE.
+	UnblockWith(ctx context.Context, n uint64, fence int64, cooldown time.Duration, failed bool) (Record, error)
+	// Restore returns COOLING or QUARANTINED key n to AVAILABLE and resets its
+	// consecutive failures; ErrNotHeldBack in any other state.
+	Restore(ctx context.Context, n uint64) (Record, error)
+	// Import makes an AVAILABLE key of each input in pool (making the pool if need be),
+	// kept alive for keepAliveTTL, or until deleted if it is zero. A secret that the
+	// pool holds, or that an earlier input repeats, is a *DuplicateError naming the
+	// first such input, and nothing is imported. The secrets are found by a keyed hash
+	// (SecretDigest), in O(1) each.
+	Import(ctx context.Context, pool string, keys []KeyInput, keepAliveTTL time.Duration) ([]Record, error)
 	// Renew moves the deadline of the lease with fence to now+ttl, capped at its
-	// AcquiredAt plus Options.MaxLeaseTTL.
+	// AcquiredAt plus Options.MaxLeaseTTL; its record carries the key's Secret if it
+	// was imported.
 	Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (Record, error)
 	// KeepAlive moves key n's keep-alive deadline to now plus Options.KeepAliveTTL.
 	KeepAlive(ctx context.Context, n uint64) (Record, error)
@@ -115,6 +134,26 @@ type Record struct {
 	LeasesExpired  int64
 	// Holder is the current lease's.
 	Holder string
+	// Ext holds what a key may have beyond a leased or free key: nil when it has none
+	// of it, so that the records of most keys (all of a Generate's) stay small.
+	Ext *RecordExt
+}
+
+// RecordExt is the part of a Record that keys held back, keys that failed and imported
+// keys have.
+type RecordExt struct {
+	// Status is COOLING or QUARANTINED; "" says AVAILABLE or BLOCKED as Fence does.
+	Status Status
+	// CoolingUntil is a COOLING key's end of cool-down.
+	CoolingUntil time.Time
+	// Failures and ConsecutiveFailures count the key's failures (History).
+	Failures            int64
+	ConsecutiveFailures int64
+	// Name is an imported key's label.
+	Name string
+	// Secret is an imported key's secret, in the records of Acquire and Renew (the
+	// Pool shows it in their answers only).
+	Secret string
 }
 
 // The failures of a backend's per-key steps, which the Pool words for clients.
@@ -123,7 +162,16 @@ var (
 	ErrNotBlocked    = errors.New("key not blocked")
 	ErrLeaseMismatch = errors.New("lease mismatch")
 	ErrTooManyPools  = errors.New("too many pools")
+	ErrNotHeldBack   = errors.New("key not held back")
 )
+
+// DuplicateError is a backend's refusal of an Import: the input at Index holds a
+// secret that the pool holds already, or that an earlier input repeats.
+type DuplicateError struct{ Index int }
+
+func (e *DuplicateError) Error() string {
+	return fmt.Sprintf("keys[%d]: secret held already", e.Index)
+}
 
 // Env is what a Pool gives the backend it is built on.
 type Env struct {
@@ -173,6 +221,12 @@ func (o Options) Validate() error {
 		return fmt.Errorf("max waiters must be at least 1, got %d", o.MaxWaiters)
 	case o.MaxPools < 1:
 		return fmt.Errorf("max pools must be at least 1, got %d", o.MaxPools)
+	case o.QuarantineAfter < 0:
+		return fmt.Errorf("quarantine-after must be at least 0, got %d", o.QuarantineAfter)
+	case o.ExpiredLeaseCooldown < 0:
+		return fmt.Errorf("expired-lease cool-down must be at least 0s, got %v", o.ExpiredLeaseCooldown)
+	case o.MaxCooldown < MinCooldown:
+		return fmt.Errorf("max cool-down must be at least %v, got %v", MinCooldown, o.MaxCooldown)
 	}
 	return nil
 }
@@ -187,10 +241,21 @@ func (p *Pool) Generate(ctx context.Context, pool string, count int) ([]Key, err
 		return nil, err
 	}
 	recs, err := p.backend.Generate(ctx, pool, count)
-	if errors.Is(err, ErrTooManyPools) {
+	return p.made(recs, err, pool)
+}
+
+// made builds the keys a Generate or Import made, or words its failure.
+func (p *Pool) made(recs []Record, err error, pool string) ([]Key, error) {
+	var dup *DuplicateError
+	switch {
+	case errors.Is(err, ErrTooManyPools):
 		return nil, Errorf(EINVALID, "there are %d pools, the most this server allows (-max-pools): pool %s cannot be made", p.opts.MaxPools, quoteName(pool))
-	}
-	if err != nil {
+	case errors.As(err, &dup):
+		// Never the secret itself: only where it was.
+		e := Errorf(EALREADYEXISTS, "keys[%d]: pool %s holds this secret already (or an earlier key of the request does): nothing was imported", dup.Index, quoteName(pool))
+		e.Index = dup.Index
+		return nil, e
+	case err != nil:
 		return nil, err
 	}
 	keys := make([]Key, len(recs))
@@ -198,6 +263,37 @@ func (p *Pool) Generate(ctx context.Context, pool string, count int) ([]Key, err
 		keys[i] = p.key(recs[i])
 	}
 	return keys, nil
+}
+
+// Import implements Store.
+func (p *Pool) Import(ctx context.Context, keys []KeyInput, opts ImportOptions) ([]Key, error) {
+	if len(keys) < 1 || len(keys) > p.opts.MaxGenerate {
+		return nil, Errorf(EINVALID, "keys must hold between 1 and %d keys, got %d", p.opts.MaxGenerate, len(keys))
+	}
+	for i, k := range keys {
+		if len(k.Secret) < 1 || len(k.Secret) > MaxSecret {
+			return nil, Errorf(EINVALID, "keys[%d]: a secret must be 1 to %d bytes, got %d", i, MaxSecret, len(k.Secret))
+		}
+		switch {
+		case len(k.Name) > MaxName:
+			return nil, Errorf(EINVALID, "keys[%d]: a name must be at most %d bytes, got %d", i, MaxName, len(k.Name))
+		case !utf8.ValidString(k.Name) || strings.ContainsFunc(k.Name, unicode.IsControl):
+			return nil, Errorf(EINVALID, "keys[%d]: a name must be text without control characters", i)
+		}
+	}
+	var keepAlive time.Duration
+	if opts.KeepAliveTTL != nil {
+		keepAlive = *opts.KeepAliveTTL
+		if keepAlive < MinKeepAliveTTL || keepAlive > MaxKeepAliveTTL {
+			return nil, Errorf(EINVALID, "keepAliveTTL must be between %v and %v, got %v", MinKeepAliveTTL, MaxKeepAliveTTL, keepAlive)
+		}
+	}
+	pool, err := PoolName(opts.Pool)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := p.backend.Import(ctx, pool, keys, keepAlive)
+	return p.made(recs, err, pool)
 }
 
 // leaseTTL checks a requested lease TTL; nil means the pool's default.
@@ -229,7 +325,7 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	}
 	if opts.Wait == 0 {
 		rec, err := p.backend.Acquire(ctx, pool, ttl, opts.Holder, nil)
-		return p.keyOr(rec, err, "")
+		return p.leasedOr(rec, err, "")
 	}
 	if err := p.waitStopped(); err != nil {
 		return Key{}, err
@@ -244,7 +340,7 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 		if errors.Is(err, ErrNoKey) {
 			return Key{}, Errorf(ETOOMANYWAITERS, "no key is available, and %d acquires are waiting already, the most this server allows: retry later", p.opts.MaxWaiters)
 		}
-		return p.keyOr(rec, err, "")
+		return p.leasedOr(rec, err, "")
 	}
 	defer p.waitSlots.Add(-1)
 	// The timer exists before the backend may queue the waiter, so that whoever sees
@@ -255,7 +351,7 @@ func (p *Pool) Acquire(ctx context.Context, opts AcquireOptions) (Key, error) {
 	w := newWaiter(ctx, pool, ttl, opts.Holder)
 	rec, err := p.backend.Acquire(ctx, pool, ttl, opts.Holder, w)
 	if !errors.Is(err, ErrNoKey) {
-		return p.keyOr(rec, err, "")
+		return p.leasedOr(rec, err, "")
 	}
 	key, err := p.wait(ctx, w, timer, opts.Wait)
 	p.opts.Observer.Waited(p.clock.Since(start), err == nil)
@@ -284,7 +380,7 @@ func (p *Pool) wait(ctx context.Context, w *Waiter, timer clockwork.Timer, d tim
 	select {
 	case rec, served := <-w.got:
 		if served {
-			return p.key(rec), nil
+			return p.leased(rec), nil
 		}
 		// Given up, which happens only once its client has left.
 		err = context.Cause(ctx)
@@ -304,7 +400,7 @@ func (p *Pool) wait(ctx context.Context, w *Waiter, timer clockwork.Timer, d tim
 	if !handed {
 		return Key{}, err
 	}
-	key := p.key(rec)
+	key := p.leased(rec)
 	if ctx.Err() == nil && p.waitStopped() == nil {
 		return key, nil
 	}
@@ -331,6 +427,18 @@ func (p *Pool) StopWaiting() { p.stopOnce.Do(func() { close(p.stop) }) }
 
 // Unblock implements Store.
 func (p *Pool) Unblock(ctx context.Context, id, token string) (Key, error) {
+	return p.UnblockWith(ctx, id, token, UnblockOptions{})
+}
+
+// UnblockWith implements Store.
+func (p *Pool) UnblockWith(ctx context.Context, id, token string, opts UnblockOptions) (Key, error) {
+	var cooldown time.Duration
+	if opts.Cooldown != nil {
+		cooldown = *opts.Cooldown
+		if cooldown < MinCooldown || cooldown > p.opts.MaxCooldown {
+			return Key{}, Errorf(EINVALID, "cooldown must be between %v and %v, got %v", MinCooldown, p.opts.MaxCooldown, cooldown)
+		}
+	}
 	n, ok := p.ids.ParseKeyID(id)
 	if !ok {
 		return Key{}, notFound(id)
@@ -343,8 +451,19 @@ func (p *Pool) Unblock(ctx context.Context, id, token string) (Key, error) {
 			fence = -1
 		}
 	}
-	rec, err := p.backend.Unblock(ctx, n, fence)
+	var rec Record
+	var err error
+	if opts == (UnblockOptions{}) {
+		rec, err = p.backend.Unblock(ctx, n, fence)
+	} else {
+		rec, err = p.backend.UnblockWith(ctx, n, fence, cooldown, opts.Failed)
+	}
 	return p.keyOr(rec, err, id)
+}
+
+// Restore implements Store.
+func (p *Pool) Restore(ctx context.Context, id string) (Key, error) {
+	return p.byID(id, p.backend.Restore, ctx)
 }
 
 // Renew implements Store.
@@ -365,7 +484,7 @@ func (p *Pool) Renew(ctx context.Context, id, token string, ttl *time.Duration) 
 		fence = -1 // names no lease of this key: matches none
 	}
 	rec, err := p.backend.Renew(ctx, n, fence, d)
-	return p.keyOr(rec, err, id)
+	return p.leasedOr(rec, err, id)
 }
 
 // KeepAlive implements Store.
@@ -418,8 +537,32 @@ func (p *Pool) keyOr(rec Record, err error, id string) (Key, error) {
 		return Key{}, Errorf(ENOTBLOCKED, "key %s is not blocked", ShortID(id))
 	case errors.Is(err, ErrLeaseMismatch):
 		return Key{}, Errorf(ELEASEMISMATCH, "token does not match the current lease of key %s", ShortID(id))
+	case errors.Is(err, ErrNotHeldBack):
+		return Key{}, Errorf(ENOTHELDBACK, "key %s is neither COOLING nor QUARANTINED", ShortID(id))
 	}
 	return Key{}, err
+}
+
+// leasedOr is keyOr for the holder's own answers (Acquire, Renew): the lease carries
+// its secret.
+func (p *Pool) leasedOr(rec Record, err error, id string) (Key, error) {
+	if err != nil {
+		return p.keyOr(rec, err, id)
+	}
+	return p.leased(rec), nil
+}
+
+// leased builds the holder's view of a leased record: the key with the lease's secret,
+// the imported one or else the key's id.
+func (p *Pool) leased(r Record) Key {
+	k := p.key(r)
+	if k.Lease != nil {
+		k.Lease.Secret = k.ID
+		if r.Ext != nil && r.Ext.Secret != "" {
+			k.Lease.Secret = r.Ext.Secret
+		}
+	}
+	return k
 }
 
 func notFound(id string) error { return Errorf(ENOTFOUND, "no key %s", ShortID(id)) }
@@ -445,7 +588,18 @@ func (p *Pool) key(r Record) Key {
 	if r.TimesAcquired > 0 {
 		k.History.LastAcquiredAt = r.AcquiredAt
 	}
-	if r.Fence != 0 {
+	held := false
+	if x := r.Ext; x != nil {
+		k.Name = x.Name
+		k.History.Failures, k.History.ConsecutiveFailures = x.Failures, x.ConsecutiveFailures
+		switch x.Status {
+		case Cooling:
+			k.Status, k.CoolingUntil, held = Cooling, &x.CoolingUntil, true
+		case Quarantined:
+			k.Status, held = Quarantined, true
+		}
+	}
+	if r.Fence != 0 && !held {
 		k.Status = Blocked
 		k.Lease = &Lease{
 			KeyID:      id,
@@ -509,7 +663,7 @@ func (p *Pool) List(ctx context.Context, opts ListOptions) (Page, error) {
 	if first < 1 || first > MaxListFirst {
 		return Page{}, Errorf(EINVALID, "first must be between 1 and %d, got %d", MaxListFirst, opts.First)
 	}
-	if opts.Status != "" && opts.Status != Available && opts.Status != Blocked {
+	if opts.Status != "" && !slices.Contains(Statuses, opts.Status) {
 		return Page{}, Errorf(EINVALID, "unknown status %q", opts.Status)
 	}
 	if opts.Pool != "" {
@@ -573,6 +727,10 @@ func (s Stats) count(status Status) int {
 		return s.Available
 	case Blocked:
 		return s.Blocked
+	case Cooling:
+		return s.Cooling
+	case Quarantined:
+		return s.Quarantined
 	}
 	return s.Total
 }

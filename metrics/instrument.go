@@ -26,7 +26,7 @@ func (m *Metrics) Instrument(store keystore.Store, transport string) keystore.St
 }
 
 // instrumentedOps are the ops of instrumentedStore.ops, in index order.
-var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe}
+var instrumentedOps = [...]string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe, OpRestore, OpImport}
 
 const (
 	iGenerate = iota
@@ -41,6 +41,8 @@ const (
 	iList
 	iHistory
 	iSubscribe
+	iRestore
+	iImport
 )
 
 type instrumentedOp struct {
@@ -83,6 +85,28 @@ func (s *instrumentedStore) Unblock(ctx context.Context, id, token string) (keys
 	k, err := s.Store.Unblock(ctx, id, token)
 	s.done(iUnblock, start, err)
 	return k, err
+}
+
+// UnblockWith counts as an unblock: it is one, with options.
+func (s *instrumentedStore) UnblockWith(ctx context.Context, id, token string, opts keystore.UnblockOptions) (keystore.Key, error) {
+	start := time.Now()
+	k, err := s.Store.UnblockWith(ctx, id, token, opts)
+	s.done(iUnblock, start, err)
+	return k, err
+}
+
+func (s *instrumentedStore) Restore(ctx context.Context, id string) (keystore.Key, error) {
+	start := time.Now()
+	k, err := s.Store.Restore(ctx, id)
+	s.done(iRestore, start, err)
+	return k, err
+}
+
+func (s *instrumentedStore) Import(ctx context.Context, keys []keystore.KeyInput, opts keystore.ImportOptions) ([]keystore.Key, error) {
+	start := time.Now()
+	made, err := s.Store.Import(ctx, keys, opts)
+	s.done(iImport, start, err)
+	return made, err
 }
 
 func (s *instrumentedStore) Renew(ctx context.Context, id, token string, ttl *time.Duration) (keystore.Key, error) {

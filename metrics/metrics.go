@@ -46,10 +46,12 @@ const (
 	OpList      = "list"
 	OpHistory   = "history"
 	OpSubscribe = "subscribe"
+	OpRestore   = "restore"
+	OpImport    = "import"
 )
 
 // Ops lists every operation label.
-var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe}
+var Ops = []string{OpGenerate, OpAcquire, OpUnblock, OpRenew, OpKeepAlive, OpDelete, OpGet, OpStats, OpPools, OpList, OpHistory, OpSubscribe, OpRestore, OpImport}
 
 // OutcomeOK is the outcome label of an operation that succeeded; a failed one is labelled
 // with its error code (NOT_FOUND, LEASE_MISMATCH, …).
@@ -64,7 +66,7 @@ const OutcomeOK = "ok"
 var opOutcomes = map[string][]keystore.Code{
 	OpGenerate:  {keystore.EINVALID},
 	OpAcquire:   {keystore.ENOTFOUND, keystore.EINVALID},
-	OpUnblock:   {keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH},
+	OpUnblock:   {keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.EINVALID},
 	OpRenew:     {keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.EINVALID},
 	OpKeepAlive: {keystore.ENOTFOUND},
 	OpDelete:    {keystore.ENOTFOUND},
@@ -74,6 +76,8 @@ var opOutcomes = map[string][]keystore.Code{
 	OpPools:     {},
 	OpList:      {keystore.EINVALID},
 	OpSubscribe: {keystore.EINVALID, keystore.ECOMPACTED},
+	OpRestore:   {keystore.ENOTFOUND, keystore.ENOTHELDBACK},
+	OpImport:    {keystore.EINVALID, keystore.EALREADYEXISTS},
 }
 
 // anyOpOutcomes are the codes every operation can return: a store that cannot be reached
@@ -100,7 +104,8 @@ type Metrics struct {
 	renewals     prometheus.Counter
 	released     prometheus.Counter
 	expired      prometheus.Counter
-	lateness     [2]prometheus.Observer // released, expired
+	recovered    prometheus.Counter
+	lateness     [3]prometheus.Observer // released, expired, recovered
 	subscribers  prometheus.Gauge
 	slowCuts     prometheus.Counter
 	waiters      prometheus.Gauge
@@ -168,13 +173,18 @@ func New() *Metrics {
 	})
 	lateness := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "keypool_expiry_lateness_seconds",
-		Help:    "How long after its deadline an automatic transition was applied, by event (RELEASED, EXPIRED).",
+		Help:    "How long after its deadline an automatic transition was applied, by event (RELEASED, EXPIRED, RECOVERED).",
 		Buckets: latenessBuckets,
 	}, []string{"event"})
-	m.lateness = [2]prometheus.Observer{
+	m.lateness = [3]prometheus.Observer{
 		lateness.WithLabelValues(string(keystore.EventReleased)),
 		lateness.WithLabelValues(string(keystore.EventExpired)),
+		lateness.WithLabelValues(string(keystore.EventRecovered)),
 	}
+	m.recovered = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_cooldowns_ended_total",
+		Help: "Cool-downs that ended and returned their key to AVAILABLE (event RECOVERED).",
+	})
 	m.subscribers = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keypool_subscribers",
 		Help: "Live event subscriptions.",
@@ -253,7 +263,7 @@ func New() *Metrics {
 		buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.operations, m.requests, m.renewals, m.released, m.expired, lateness,
+		m.operations, m.requests, m.renewals, m.released, m.expired, m.recovered, lateness,
 		m.subscribers, m.slowCuts, m.waiters, wait,
 		m.fanFrames, m.fanBytes, m.fanWrites, m.fanCoalesced, m.fanEncodes, m.fanStalls, m.fanQueued,
 		keysCollector{m},
@@ -281,6 +291,9 @@ func (m *Metrics) Expired(t keystore.EventType, lateness time.Duration) {
 	case keystore.EventExpired:
 		m.expired.Inc()
 		m.lateness[1].Observe(lateness.Seconds())
+	case keystore.EventRecovered:
+		m.recovered.Inc()
+		m.lateness[2].Observe(lateness.Seconds())
 	}
 }
 
@@ -326,7 +339,7 @@ const statsTimeout = 2 * time.Second
 
 // The pool label's values are bounded by -max-pools.
 var (
-	keysDesc        = prometheus.NewDesc("keypool_keys", "Keys by pool and state (AVAILABLE, BLOCKED), read from the store at scrape time.", []string{"pool", "state"}, nil)
+	keysDesc        = prometheus.NewDesc("keypool_keys", "Keys by pool and state (AVAILABLE, BLOCKED, COOLING, QUARANTINED), read from the store at scrape time.", []string{"pool", "state"}, nil)
 	poolWaitersDesc = prometheus.NewDesc("keypool_pool_acquire_waiters", "Acquire calls waiting now for a free key of the pool, in this process.", []string{"pool"}, nil)
 )
 
@@ -355,6 +368,8 @@ func (c keysCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range pools {
 		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Available), p.Name, string(keystore.Available))
 		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Blocked), p.Name, string(keystore.Blocked))
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Cooling), p.Name, string(keystore.Cooling))
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(p.Stats.Quarantined), p.Name, string(keystore.Quarantined))
 		ch <- prometheus.MustNewConstMetric(poolWaitersDesc, prometheus.GaugeValue, float64(p.Stats.Waiting), p.Name)
 	}
 }

@@ -276,7 +276,7 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 	want := map[string][]string{
 		"generate":  {"BAD_USER_INPUT"},
 		"acquire":   {"NOT_FOUND", "BAD_USER_INPUT"},
-		"unblock":   {"NOT_FOUND", "NOT_BLOCKED", "LEASE_MISMATCH"},
+		"unblock":   {"NOT_FOUND", "NOT_BLOCKED", "LEASE_MISMATCH", "BAD_USER_INPUT"},
 		"renew":     {"NOT_FOUND", "NOT_BLOCKED", "LEASE_MISMATCH", "BAD_USER_INPUT"},
 		"keepalive": {"NOT_FOUND"},
 		"delete":    {"NOT_FOUND"},
@@ -286,6 +286,8 @@ func TestOnlyPossibleOutcomesArePreCreated(t *testing.T) {
 		"list":      {"BAD_USER_INPUT"},
 		"history":   {"BAD_USER_INPUT"},
 		"subscribe": {"BAD_USER_INPUT", "EVENTS_COMPACTED"},
+		"restore":   {"NOT_FOUND", "NOT_HELD_BACK"},
+		"import":    {"BAD_USER_INPUT", "ALREADY_EXISTS"},
 	}
 	wantSeries := map[string]bool{}
 	for op, codes := range want {

@@ -44,8 +44,8 @@ func TestHistory(t *testing.T) {
 	tick(2)
 
 	type sample struct {
-		At                                 time.Time
-		Total, Available, Blocked, Waiting int
+		At                                                       time.Time
+		Total, Available, Blocked, Cooling, Quarantined, Waiting int
 	}
 	type history struct{ Samples []sample }
 	got := expect[history](t, p.do("GET", "/v1/history", ""), 200, "").Samples

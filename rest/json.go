@@ -51,6 +51,18 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	} else {
 		b = append(b, "null"...)
 	}
+	b = append(b, `,"coolingUntil":`...)
+	if k.CoolingUntil == nil {
+		b = append(b, "null"...)
+	} else {
+		b = wire.AppendTime(b, *k.CoolingUntil)
+	}
+	b = append(b, `,"name":`...)
+	if k.Name == "" {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, k.Name)
+	}
 	b = append(b, `,"history":{"timesAcquired":`...)
 	b = strconv.AppendInt(b, k.History.TimesAcquired, 10)
 	b = append(b, `,"leasesExpired":`...)
@@ -61,6 +73,10 @@ func appendKey(b []byte, k *keystore.Key) []byte {
 	} else {
 		b = wire.AppendTime(b, k.History.LastAcquiredAt)
 	}
+	b = append(b, `,"failures":`...)
+	b = strconv.AppendInt(b, k.History.Failures, 10)
+	b = append(b, `,"consecutiveFailures":`...)
+	b = strconv.AppendInt(b, k.History.ConsecutiveFailures, 10)
 	return append(b, "}}"...)
 }
 
@@ -79,9 +95,16 @@ func appendLeaseFields(b []byte, l *keystore.Lease) []byte {
 	b = wire.AppendTime(b, l.ExpiresAt)
 	b = append(b, `,"holder":`...)
 	if l.Holder == "" {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, l.Holder)
+	}
+	// Set only in the holder's own answers (acquire, renew).
+	b = append(b, `,"secret":`...)
+	if l.Secret == "" {
 		return append(b, "null"...)
 	}
-	return appendString(b, l.Holder)
+	return appendString(b, l.Secret)
 }
 
 // appendLease appends the lease that k holds, with k as its "key".
@@ -140,6 +163,10 @@ func appendStatsFields(b []byte, s keystore.Stats) []byte {
 	b = strconv.AppendInt(b, int64(s.Available), 10)
 	b = append(b, `,"blocked":`...)
 	b = strconv.AppendInt(b, int64(s.Blocked), 10)
+	b = append(b, `,"cooling":`...)
+	b = strconv.AppendInt(b, int64(s.Cooling), 10)
+	b = append(b, `,"quarantined":`...)
+	b = strconv.AppendInt(b, int64(s.Quarantined), 10)
 	b = append(b, `,"waiting":`...)
 	return strconv.AppendInt(b, int64(s.Waiting), 10)
 }

@@ -111,6 +111,8 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("POST /v1/keys/{id}/unblock", http.HandlerFunc(h.unblock))
 	route("POST /v1/keys/{id}/keepalive", http.HandlerFunc(h.keepAlive))
 	route("POST /v1/keys/{id}/renew", http.HandlerFunc(h.renew))
+	route("POST /v1/keys/{id}/restore", http.HandlerFunc(h.restore))
+	route("POST /v1/keys/import", http.HandlerFunc(h.importKeys))
 	route("GET /v1/keys", http.HandlerFunc(h.list))
 	route("GET /v1/stats", http.HandlerFunc(h.stats))
 	route("GET /v1/pools", http.HandlerFunc(h.pools))
@@ -127,6 +129,7 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("/v1/keys/{id}/unblock", methodNotAllowed("POST"))
 	route("/v1/keys/{id}/keepalive", methodNotAllowed("POST"))
 	route("/v1/keys/{id}/renew", methodNotAllowed("POST"))
+	route("/v1/keys/{id}/restore", methodNotAllowed("POST"))
 	route("/v1/stats", methodNotAllowed("GET, HEAD"))
 	route("/v1/pools", methodNotAllowed("GET, HEAD"))
 	route("/v1/history", methodNotAllowed("GET, HEAD"))
@@ -267,9 +270,12 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// unblockRequest is the optional body of POST /v1/keys/{id}/unblock.
+// unblockRequest is the optional body of POST /v1/keys/{id}/unblock: cooldown is a Go
+// duration, empty for none.
 type unblockRequest struct {
-	Token string `json:"token"`
+	Token    string `json:"token"`
+	Cooldown string `json:"cooldown"`
+	Failed   bool   `json:"failed"`
 }
 
 func (h *handler) unblock(w http.ResponseWriter, r *http.Request) {
@@ -277,8 +283,61 @@ func (h *handler) unblock(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(h, w, r, &req) {
 		return
 	}
-	k, err := h.store.Unblock(r.Context(), r.PathValue("id"), req.Token)
+	opts := keystore.UnblockOptions{Failed: req.Failed}
+	if req.Cooldown != "" {
+		d, err := wire.ParseDuration("cooldown", req.Cooldown)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		opts.Cooldown = &d
+	}
+	k, err := h.store.UnblockWith(r.Context(), r.PathValue("id"), req.Token, opts)
 	h.writeKey(w, r, &k, err)
+}
+
+func (h *handler) restore(w http.ResponseWriter, r *http.Request) {
+	k, err := h.store.Restore(r.Context(), r.PathValue("id"))
+	h.writeKey(w, r, &k, err)
+}
+
+// importRequest is the body of POST /v1/keys/import; keepAliveTTL is a Go duration,
+// empty to keep the keys until deleted.
+type importRequest struct {
+	Pool         string      `json:"pool"`
+	Keys         []importKey `json:"keys"`
+	KeepAliveTTL string      `json:"keepAliveTTL"`
+}
+
+type importKey struct {
+	Secret string `json:"secret"`
+	Name   string `json:"name"`
+}
+
+func (h *handler) importKeys(w http.ResponseWriter, r *http.Request) {
+	var req importRequest
+	if !decodeBody(h, w, r, &req) {
+		return
+	}
+	opts := keystore.ImportOptions{Pool: req.Pool}
+	if req.KeepAliveTTL != "" {
+		d, err := wire.ParseDuration("keepAliveTTL", req.KeepAliveTTL)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		opts.KeepAliveTTL = &d
+	}
+	in := make([]keystore.KeyInput, len(req.Keys))
+	for i, k := range req.Keys {
+		in[i] = keystore.KeyInput{Secret: k.Secret, Name: k.Name}
+	}
+	keys, err := h.store.Import(r.Context(), in, opts)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	writeKeys(w, http.StatusCreated, keys)
 }
 
 func (h *handler) keepAlive(w http.ResponseWriter, r *http.Request) {
@@ -478,6 +537,11 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 			h.logger.Error("internal error", "method", r.Method, "path", redact.Path(r.URL.Path), "err", err)
 		}
 		code, message = keystore.EINTERNAL, wire.InternalMessage
+	}
+	var dup *keystore.Error
+	if code == keystore.EALREADYEXISTS && errors.As(err, &dup) {
+		wire.WriteRESTDuplicate(w, message, dup.Index)
+		return
 	}
 	writeErrorStatus(w, status, code, message)
 }

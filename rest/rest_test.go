@@ -106,10 +106,14 @@ type (
 		ExpiresAt time.Time  `json:"expiresAt"`
 		Lease     *leaseJSON `json:"lease"`
 		History   struct {
-			TimesAcquired  int64      `json:"timesAcquired"`
-			LeasesExpired  int64      `json:"leasesExpired"`
-			LastAcquiredAt *time.Time `json:"lastAcquiredAt"`
+			TimesAcquired       int64      `json:"timesAcquired"`
+			LeasesExpired       int64      `json:"leasesExpired"`
+			LastAcquiredAt      *time.Time `json:"lastAcquiredAt"`
+			Failures            int64      `json:"failures"`
+			ConsecutiveFailures int64      `json:"consecutiveFailures"`
 		} `json:"history"`
+		CoolingUntil *time.Time `json:"coolingUntil"`
+		Name         *string    `json:"name"`
 	}
 	leaseJSON struct {
 		Token      string    `json:"token"`
@@ -118,6 +122,7 @@ type (
 		ExpiresAt  time.Time `json:"expiresAt"`
 		AcquiredAt time.Time `json:"acquiredAt"`
 		Holder     *string   `json:"holder"`
+		Secret     *string   `json:"secret"`
 		Key        *keyJSON  `json:"key"`
 	}
 	keysJSON struct {
@@ -128,10 +133,12 @@ type (
 		NextCursor *string   `json:"nextCursor"`
 	}
 	statsJSON struct {
-		Total     int `json:"total"`
-		Available int `json:"available"`
-		Blocked   int `json:"blocked"`
-		Waiting   int `json:"waiting"`
+		Total       int `json:"total"`
+		Available   int `json:"available"`
+		Blocked     int `json:"blocked"`
+		Cooling     int `json:"cooling"`
+		Quarantined int `json:"quarantined"`
+		Waiting     int `json:"waiting"`
 	}
 	poolsJSON struct {
 		Pools []struct {
@@ -189,7 +196,7 @@ func TestWireFormat(t *testing.T) {
 	var raw struct{ Keys []map[string]any }
 	json.Unmarshal(w.Body.Bytes(), &raw)
 	k := raw.Keys[0]
-	want := fmt.Sprintf(`{"keys":[{"id":%q,"pool":"default","status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null}}]}`, k["id"])
+	want := fmt.Sprintf(`{"keys":[{"id":%q,"pool":"default","status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"coolingUntil":null,"name":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null,"failures":0,"consecutiveFailures":0}}]}`, k["id"])
 	if got := w.Body.String(); got != want {
 		t.Fatalf("generate body\n got %s\nwant %s", got, want)
 	}
@@ -199,8 +206,8 @@ func TestWireFormat(t *testing.T) {
 		Fence int64
 	}
 	json.Unmarshal(w.Body.Bytes(), &lease)
-	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"fence64":"%d","acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z","holder":null`, lease.Token, lease.Fence, lease.Fence)
-	want = fmt.Sprintf(`{%s,"key":{"id":%q,"pool":"default","status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{%s},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:00:00.123456789Z"}}}`, leaseFields, k["id"], leaseFields)
+	leaseFields := fmt.Sprintf(`"token":%q,"fence":%d,"fence64":"%d","acquiredAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:01:00.123456789Z","holder":null,"secret":%q`, lease.Token, lease.Fence, lease.Fence, k["id"])
+	want = fmt.Sprintf(`{%s,"key":{"id":%q,"pool":"default","status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z","expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{%s},"coolingUntil":null,"name":null,"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:00:00.123456789Z","failures":0,"consecutiveFailures":0}}}`, leaseFields, k["id"], leaseFields)
 	if got := w.Body.String(); got != want {
 		t.Fatalf("acquire body\n got %s\nwant %s", got, want)
 	}
@@ -655,4 +662,52 @@ func TestPoolsHoldersAndListing(t *testing.T) {
 	if len(blocked.Keys) != 1 || blocked.Keys[0].ID != l.Key.ID || blocked.NextCursor != nil {
 		t.Fatalf("blocked %+v", blocked)
 	}
+}
+
+// TestHeldBackAndImported: unblock with a cool-down and a failure, restore, import with
+// a duplicate (409 with its index), and the secret in the acquire answer only.
+func TestHeldBackAndImported(t *testing.T) {
+	p := newPoolWith(t, keystore.Options{QuarantineAfter: 2})
+	const secret = "sk-live-rest-0123456789"
+	keys := expect[keysJSON](t, p.do("POST", "/v1/keys/import", `{"pool":"vendor","keys":[{"secret":"`+secret+`","name":"team A"}]}`), 201, "").Keys
+	if len(keys) != 1 || keys[0].Name == nil || *keys[0].Name != "team A" || keys[0].Pool != "vendor" || !keys[0].ExpiresAt.Equal(keystore.Never) {
+		t.Fatalf("imported %+v", keys)
+	}
+	w := p.do("POST", "/v1/keys/import", `{"pool":"vendor","keys":[{"secret":"other"},{"secret":"`+secret+`"}]}`)
+	var dup struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+			Index   *int   `json:"index"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &dup); err != nil || w.Code != 409 || dup.Error.Code != "ALREADY_EXISTS" || dup.Error.Index == nil || *dup.Error.Index != 1 {
+		t.Fatalf("duplicate: %d %s", w.Code, w.Body)
+	}
+	if strings.Contains(w.Body.String(), secret) {
+		t.Fatalf("the error repeats the secret: %s", w.Body)
+	}
+
+	lease := expect[leaseJSON](t, p.do("POST", "/v1/keys/acquire?pool=vendor", ""), 200, "")
+	if lease.Secret == nil || *lease.Secret != secret {
+		t.Fatalf("acquire answered secret %v", lease.Secret)
+	}
+	if got := p.do("GET", "/v1/keys/"+lease.Key.ID, ""); strings.Contains(got.Body.String(), secret) {
+		t.Fatalf("GET shows the secret: %s", got.Body)
+	}
+	k := expect[keyJSON](t, p.do("POST", "/v1/keys/"+lease.Key.ID+"/unblock", `{"token":"`+lease.Token+`","cooldown":"30s","failed":true}`), 200, "")
+	if k.Status != "COOLING" || k.CoolingUntil == nil || k.History.Failures != 1 || k.History.ConsecutiveFailures != 1 {
+		t.Fatalf("after a cool-down: %+v", k)
+	}
+	expect[errorBody](t, p.do("POST", "/v1/keys/acquire?pool=vendor", ""), 404, "NOT_FOUND")
+	s := expect[statsJSON](t, p.do("GET", "/v1/stats?pool=vendor", ""), 200, "")
+	if s.Cooling != 1 || s.Total != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	k = expect[keyJSON](t, p.do("POST", "/v1/keys/"+k.ID+"/restore", ""), 200, "")
+	if k.Status != "AVAILABLE" || k.History.ConsecutiveFailures != 0 {
+		t.Fatalf("restored: %+v", k)
+	}
+	expect[errorBody](t, p.do("POST", "/v1/keys/"+k.ID+"/restore", ""), 409, "NOT_HELD_BACK")
+	expect[errorBody](t, p.do("POST", "/v1/keys/"+k.ID+"/unblock", `{"cooldown":"0s"}`), 400, "BAD_USER_INPUT")
 }

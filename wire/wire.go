@@ -42,6 +42,9 @@ var statuses = map[keystore.Code]int{
 	keystore.EINVALID:        http.StatusBadRequest,
 	keystore.EUNAVAILABLE:    http.StatusServiceUnavailable,
 	keystore.ETOOMANYWAITERS: http.StatusTooManyRequests,
+	keystore.ENOTHELDBACK:    http.StatusConflict,
+	keystore.EALREADYEXISTS:  http.StatusConflict,
+	keystore.ENOTCONFIGURED:  http.StatusBadRequest,
 	CodeBadRequest:           http.StatusBadRequest,
 	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	CodeTooLarge:             http.StatusRequestEntityTooLarge,
@@ -150,10 +153,20 @@ type restError struct {
 type restErrorFields struct {
 	Code    keystore.Code `json:"code"`
 	Message string        `json:"message"`
+	// Index is ALREADY_EXISTS's position of the first duplicate.
+	Index *int `json:"index,omitempty"`
+}
+
+// WriteRESTDuplicate answers an ALREADY_EXISTS error: as WriteRESTError, with the
+// error's "index".
+func WriteRESTDuplicate(w http.ResponseWriter, message string, index int) {
+	body := restErrorOf(keystore.EALREADYEXISTS, message)
+	body.Error.Index = &index
+	WriteJSON(w, MediaJSON, Status(keystore.EALREADYEXISTS), body)
 }
 
 func restErrorOf(code keystore.Code, message string) restError {
-	return restError{restErrorFields{code, message}}
+	return restError{restErrorFields{Code: code, Message: message}}
 }
 
 // WriteGraphQLError answers a GraphQL request refused before it ran, in mediaType

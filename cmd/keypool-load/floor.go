@@ -50,7 +50,7 @@ func (floorMutation) AcquireKey(context.Context, *string, *time.Duration, *time.
 	return model.NewLease(floorKey), nil
 }
 
-func (floorMutation) UnblockKey(context.Context, string, *string) (*model.Key, error) {
+func (floorMutation) UnblockKey(context.Context, string, *string, *time.Duration, *bool) (*model.Key, error) {
 	k := floorKey
 	k.Status, k.Lease = keystore.Available, nil
 	return model.NewKey(k), nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -130,10 +131,60 @@ func runAcquire(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 
 func runUnblock(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	token := fs.String("token", "", "end the key's lease only if it is this one (LEASE_MISMATCH otherwise)")
+	cooldown := fs.Duration("cooldown", 0, "send the key to COOLING for this long (1s up to the server's -max-cooldown) instead of AVAILABLE")
+	failed := fs.Bool("failed", false, "record a failure of the key (at the server's -quarantine-after in a row it is QUARANTINED)")
+	return simpleCommand{
+		nargs: 1,
+		check: func([]string) string {
+			if given(fs, "cooldown") && *cooldown <= 0 {
+				return "-cooldown must be positive"
+			}
+			return ""
+		},
+		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
+			return c.UnblockKeyWith(ctx, args[0], *token, client.UnblockOptions{Cooldown: *cooldown, Failed: *failed})
+		},
+	}.run(e, g, fs, args)
+}
+
+func runRestore(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	return simpleCommand{
 		nargs: 1,
 		do: func(ctx context.Context, c *client.Client, args []string) (any, error) {
-			return c.UnblockKey(ctx, args[0], *token)
+			return c.RestoreKey(ctx, args[0])
+		},
+	}.run(e, g, fs, args)
+}
+
+// runImport imports the secrets that standard input holds, one a line (blank lines
+// skipped), never from the arguments, which other users of the machine can read.
+func runImport(e *env, g *globals, fs *flag.FlagSet, args []string) int {
+	var opts client.ImportOptions
+	poolFlag(fs, &opts.Pool, "the pool to put the keys in, made if need be")
+	fs.DurationVar(&opts.KeepAliveTTL, "keepalive-ttl", 0, "subject the keys to the keep-alive rule with this TTL (default: kept until deleted)")
+	var secrets []client.KeyInput
+	return simpleCommand{
+		check: func([]string) string {
+			if given(fs, "keepalive-ttl") && opts.KeepAliveTTL <= 0 {
+				return "-keepalive-ttl must be positive"
+			}
+			sc := bufio.NewScanner(e.stdin)
+			sc.Buffer(make([]byte, 0, 8192), 1<<20)
+			for sc.Scan() {
+				if line := strings.TrimRight(sc.Text(), "\r"); strings.TrimSpace(line) != "" {
+					secrets = append(secrets, client.KeyInput{Secret: line})
+				}
+			}
+			switch {
+			case sc.Err() != nil:
+				return "reading standard input: " + sc.Err().Error()
+			case len(secrets) == 0:
+				return "no secrets on standard input (one a line)"
+			}
+			return ""
+		},
+		do: func(ctx context.Context, c *client.Client, _ []string) (any, error) {
+			return c.ImportKeys(ctx, secrets, opts)
 		},
 	}.run(e, g, fs, args)
 }
@@ -211,7 +262,7 @@ func runPools(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 // reads them a page at a time.
 func runKeys(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	pool := fs.String("pool", "", "only this pool's keys (default: every pool, by name)")
-	status := fs.String("status", "", "only keys in this state: AVAILABLE or BLOCKED (default: every key)")
+	status := fs.String("status", "", "only keys in this state: AVAILABLE, BLOCKED, COOLING or QUARANTINED (default: every key)")
 	args, code, ok := parseInterspersed(e, fs, args)
 	if !ok {
 		return code

@@ -19,6 +19,10 @@ import (
 // exit before it is killed.
 const defaultGrace = 10 * time.Second
 
+// defaultCooldown is how long a key released by -cooldown-on cools: long enough for
+// an upstream's per-minute quota to come back.
+const defaultCooldown = time.Minute
+
 // releaseTimeout bounds the unblock once the command has ended (or could not start).
 // The client would retry an unreachable server until the lease ran out, an hour with
 // -ttl 1h, and keypoolctl would outlive its command by that long; a key left BLOCKED
@@ -38,6 +42,8 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	var f leaseFlags
 	f.register(fs)
 	grace := fs.Duration("grace", defaultGrace, "how long CMD has to exit after SIGTERM, if the lease is lost, before it is killed")
+	cooldownOn := fs.Int("cooldown-on", -1, "an exit status of CMD that means the upstream throttled the key (75, EX_TEMPFAIL, say): the key is released into COOLING for -cooldown")
+	cooldown := fs.Duration("cooldown", defaultCooldown, "how long a key released by -cooldown-on cools")
 	if code, ok := parse(e, fs, args); !ok {
 		return code
 	}
@@ -47,6 +53,12 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	}
 	if msg := f.check(fs); msg != "" {
 		return usageError(e, fs, "%s", msg)
+	}
+	switch {
+	case given(fs, "cooldown-on") && (*cooldownOn < 0 || *cooldownOn > 255):
+		return usageError(e, fs, "-cooldown-on must be an exit status, 0 to 255")
+	case *cooldown <= 0:
+		return usageError(e, fs, "-cooldown must be positive")
 	}
 	c, code, ok := connect(e, g)
 	if !ok {
@@ -70,7 +82,8 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
 	cmd.Env = append(os.Environ(),
-		"KEYPOOL_KEY="+lease.KeyID(),
+		"KEYPOOL_KEY="+lease.Secret(),
+		"KEYPOOL_KEY_ID="+lease.KeyID(),
 		"KEYPOOL_LEASE_TOKEN="+lease.Token(),
 		"KEYPOOL_LEASE_FENCE="+strconv.FormatInt(lease.Fence(), 10),
 	)
@@ -108,7 +121,11 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			if lostLease == nil {
 				return exitLeaseLost
 			}
-			err = unblock(lease)
+			var opts []client.ReleaseOption
+			if status == *cooldownOn {
+				opts = append(opts, client.Cooldown(*cooldown))
+			}
+			err = unblock(lease, opts...)
 			if errors.Is(err, client.ErrLeaseLost) {
 				fmt.Fprintf(e.stderr, "keypoolctl: %s, before %s's exit was seen\n", describe(g, err), argv[0])
 				return exitLeaseLost
@@ -186,11 +203,12 @@ func release(e *env, g *globals, lease *client.Lease) {
 	}
 }
 
-// unblock ends the lease and unblocks the key, giving up after releaseTimeout.
-func unblock(lease *client.Lease) error {
+// unblock ends the lease and unblocks the key (as opts say), giving up after
+// releaseTimeout.
+func unblock(lease *client.Lease, opts ...client.ReleaseOption) error {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	return lease.Release(ctx)
+	return lease.Release(ctx, opts...)
 }
 
 // notFreed says that the key could not be unblocked, and until when it stays BLOCKED.

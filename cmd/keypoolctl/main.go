@@ -72,7 +72,9 @@ type command struct {
 var commands = map[string]command{
 	"generate":  {"N [-pool P]", "create N new keys; prints them", "", runGenerate},
 	"acquire":   {"[-pool P] [-holder H] [-ttl D] [-wait D]", "lease a free key (nothing renews it); prints the lease", "", runAcquire},
-	"unblock":   {"ID [-token T]", "end a key's lease (only lease T's, if given); prints the key", "", runUnblock},
+	"unblock":   {"ID [-token T] [-cooldown D] [-failed]", "end a key's lease (only lease T's, if given), to COOLING with -cooldown; prints the key", "", runUnblock},
+	"restore":   {"ID", "bring a COOLING or QUARANTINED key back to AVAILABLE; prints the key", "", runRestore},
+	"import":    {"[-pool P] [-keepalive-ttl D] < SECRETS", "import keys of your own, one secret a line from standard input; prints the keys (without secrets)", "", runImport},
 	"renew":     {"ID -token T [-ttl D]", "extend lease T of a key; prints the lease", "", runRenew},
 	"keepalive": {"ID", "move a key's keep-alive deadline; prints the key", "", runKeepAlive},
 	"delete":    {"ID", "delete a key; prints its id", "", runDelete},
@@ -81,7 +83,7 @@ var commands = map[string]command{
 	"pools":     {"", "print every pool with its counts", "", runPools},
 	"keys":      {"[-pool P] [-status S]", "print keys, one JSON object a line", "", runKeys},
 	"events":    {"[-pool P] [-types T,...] [-after N]", "print a pool's events, one JSON object a line, until interrupted", eventsHelp, runEvents},
-	"lease":     {"[-pool P] [-holder H] [-ttl D] [-wait D] [-grace D] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
+	"lease":     {"[-pool P] [-holder H] [-ttl D] [-wait D] [-grace D] [-cooldown-on N [-cooldown D]] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
 }
 
 const eventsHelp = `Each event is a line {"seq":N,"type":T,"keyId":ID,"at":TIME}; an interrupt (SIGINT,
@@ -91,8 +93,12 @@ last seq printed, so that no event is missed or printed twice; it says so on std
 -after N it first replays the retained events after seq N. Another coded error ends it.`
 
 const leaseHelp = `Acquires a key (waiting up to -wait for one to come free), then runs CMD with, in its
-environment, KEYPOOL_KEY (the key), KEYPOOL_LEASE_TOKEN and KEYPOOL_LEASE_FENCE (a number that
+environment, KEYPOOL_KEY (the lease's secret: an imported key's secret, a generated key's id),
+KEYPOOL_KEY_ID (the key's id), KEYPOOL_LEASE_TOKEN and KEYPOOL_LEASE_FENCE (a number that
 grows with every lease: pass it to systems that should refuse a holder whose lease is gone).
+With -cooldown-on N, CMD exiting with status N says "the upstream throttled this key": the
+key is released into COOLING for -cooldown (1m by default) instead of AVAILABLE; 75
+(EX_TEMPFAIL) is a fitting N.
 The lease is renewed while CMD runs, so CMD may run far longer than -ttl. CMD keeps the
 terminal: Ctrl-C and Ctrl-\ reach it from the terminal, once, and keypoolctl lives on. SIGTERM
 and SIGHUP are forwarded to CMD, and so are SIGINT and SIGQUIT when keypoolctl is not in the

@@ -817,3 +817,49 @@ func TestEventsTypes(t *testing.T) {
 	require.NoError(t, r.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, r.wait(t))
 }
+
+// TestImportedKeys: import reads secrets from standard input (never the arguments) and
+// prints the keys without them; lease hands the command the secret in KEYPOOL_KEY and
+// the id in KEYPOOL_KEY_ID; with -cooldown-on, the status the command names releases
+// the key into COOLING; unblock -cooldown -failed and restore work on the key.
+func TestImportedKeys(t *testing.T) {
+	ts := newTestServer(t)
+	const secret = "sk-live-ctl-0123456789"
+	cmd := keypoolctl(ts.url, "import", "-pool", "vendor")
+	cmd.Stdin = strings.NewReader(secret + "\r\n\n")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), stderr.String())
+	assert.NotContains(t, stdout.String(), secret, "the printed keys show no secret")
+	var keys []client.Key
+	require.NoError(t, json.Unmarshal([]byte(stdout.String()), &keys))
+	require.Len(t, keys, 1)
+	id := keys[0].ID
+	r := ctl(t, ts.url, "import")
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, "no secrets on standard input")
+
+	r = ctl(t, ts.url, "lease", "-pool", "vendor", "-cooldown-on", "75", "-cooldown", "1h", "--", "sh", "-c", `echo "$KEYPOOL_KEY $KEYPOOL_KEY_ID"; exit 75`)
+	require.Equal(t, 75, r.code, r.stderr)
+	assert.Equal(t, secret+" "+id+"\n", r.stdout)
+	key := ts.key(t, id)
+	assert.Equal(t, keystore.Cooling, key.Status, "status 75 released it into COOLING")
+
+	var got client.Key
+	ctlIn(t, ts.url, "restore", id).decode(t, &got)
+	assert.Equal(t, client.Available, got.Status)
+	ctlIn(t, ts.url, "restore", id).failed(t, exitError, "NOT_HELD_BACK")
+
+	r = ctl(t, ts.url, "lease", "-pool", "vendor", "-cooldown-on", "75", "--", "true")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, keystore.Available, ts.key(t, id).Status, "another status frees it")
+
+	lease, err := ts.store.Acquire(context.Background(), keystore.AcquireOptions{Pool: "vendor"})
+	require.NoError(t, err)
+	ctlIn(t, ts.url, "unblock", id, "-token", lease.Lease.Token, "-cooldown", "30s", "-failed").decode(t, &got)
+	assert.Equal(t, client.Cooling, got.Status)
+	assert.Equal(t, 1, got.History.Failures)
+	r = ctlIn(t, ts.url, "unblock", id, "-cooldown", "0s")
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, "-cooldown must be positive")
+}

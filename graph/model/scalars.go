@@ -79,6 +79,9 @@ func UnmarshalBigInt(v any) (int64, error) {
 // Key is a key as GraphQL shows it: the domain's snapshot, with Key.lease.
 type Key struct{ keystore.Key }
 
+// NameOrNull is Key.name: null for a key without one.
+func (k *Key) NameOrNull() *string { return nullIfEmpty(k.Name) }
+
 // CurrentLease is Key.lease: the lease that holds the key, nil unless it is BLOCKED.
 func (k *Key) CurrentLease() *Lease {
 	if k.Lease == nil {
@@ -96,6 +99,10 @@ type Lease struct {
 
 // HolderOrNull is Lease.holder: null when the Acquire named none.
 func (l *Lease) HolderOrNull() *string { return nullIfEmpty(l.Holder) }
+
+// SecretOrNull is Lease.secret: set in the holder's own answers only (acquireKey,
+// renewLease), where the store put it.
+func (l *Lease) SecretOrNull() *string { return nullIfEmpty(l.Secret) }
 
 func nullIfEmpty(s string) *string {
 	if s == "" {

@@ -219,6 +219,9 @@ type Config struct {
 	TimedClients int
 	// Seed makes the choice of calls repeatable (not their interleaving).
 	Seed uint64
+	// Held adds the calls that hold keys back: unblocks with a cool-down or a failure,
+	// and restores.
+	Held bool
 }
 
 // Run seeds the pool with cfg.Keys keys, then lets cfg.Clients clients make their
@@ -352,6 +355,8 @@ func (c *client) next(t testing.TB) {
 	case r < 52 && len(c.held) > 0:
 		l := c.held[c.rng.IntN(len(c.held))]
 		c.renew(t, l.id, l.token, leaseRef{l.id, l.fence})
+	case r < 57 && c.w.cfg.Held && c.rng.IntN(2) == 0:
+		c.keyCall(t, Restore, c.w.anyKey(c.rng))
 	case r < 57:
 		c.unblock(t, c.w.anyKey(c.rng), "", leaseRef{fence: NoToken})
 	case r < 63:
@@ -403,12 +408,12 @@ func (c *client) answer(t testing.TB, k keystore.Key, err error) Output {
 			return Output{}
 		}
 		c.w.sawLease(k)
-		out := Output{Key: c.w.h.key(k.ID), Blocked: k.Status == keystore.Blocked}
+		out := Output{Key: c.w.h.key(k.ID), Blocked: k.Status == keystore.Blocked, Held: HeldOf(k.Status)}
 		if k.Lease != nil {
 			out.Fence = k.Lease.Fence
 		}
 		return out
-	case keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH:
+	case keystore.ENOTFOUND, keystore.ENOTBLOCKED, keystore.ELEASEMISMATCH, keystore.ENOTHELDBACK:
 		return Output{Code: code}
 	case keystore.EUNAVAILABLE:
 		return Output{Unknown: true}
@@ -468,8 +473,22 @@ func (c *client) unblock(t testing.TB, id, token string, ref leaseRef) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	in := Input{Kind: Unblock, Key: c.keyIndex(id), Fence: ref.fence, TokenKey: c.tokenKey(ref)}
+	var opts keystore.UnblockOptions
+	if c.w.cfg.Held {
+		// A third plain, a third cooling for longer than any run, a third failed (with
+		// a cool-down, half of them).
+		switch c.rng.IntN(6) {
+		case 0, 1:
+			in.Cooldown, opts.Cooldown = true, keystore.TTL(time.Hour)
+		case 2:
+			in.Failed, opts.Failed = true, true
+		case 3:
+			in.Failed, opts.Failed = true, true
+			in.Cooldown, opts.Cooldown = true, keystore.TTL(time.Hour)
+		}
+	}
 	start := c.w.h.now()
-	k, err := c.store.Unblock(ctx, id, token)
+	k, err := c.store.UnblockWith(ctx, id, token, opts)
 	end := c.w.h.now()
 	c.w.h.record(c.id, in, c.answer(t, k, err), start, end, settler(err))
 }
@@ -504,6 +523,8 @@ func (c *client) keyCall(t testing.TB, kind Kind, id string) {
 		k, err = c.store.Get(ctx, id)
 	case Delete:
 		err = c.store.Delete(ctx, id)
+	case Restore:
+		k, err = c.store.Restore(ctx, id)
 	}
 	end := c.w.h.now()
 	out := c.answer(t, k, err)
@@ -541,4 +562,4 @@ func (c *client) generate(t testing.TB, count int) {
 
 // Options are pool options for a checked run: leases and keep-alives that outlast any
 // run, so that no deadline passes (the model has none).
-var Options = keystore.Options{LeaseTTL: time.Hour, MaxLeaseTTL: 2 * time.Hour, KeepAliveTTL: 24 * time.Hour}
+var Options = keystore.Options{LeaseTTL: time.Hour, MaxLeaseTTL: 2 * time.Hour, KeepAliveTTL: 24 * time.Hour, QuarantineAfter: QuarantineAfter}

@@ -8,7 +8,10 @@
 // The model knows pools (an acquire takes a key of its own pool only; NOT_FOUND only
 // when no key of that pool is free; fences grow across each pool's leases), acquire, unblock with and without a token (NOT_BLOCKED, LEASE_MISMATCH), renew,
 // keep-alive, delete, get and generate, and NOT_FOUND for keys that are gone or never
-// were. Deadlines are outside it: the stores run on a clock that stands still, with
+// were; and the keys held back: an unblock with a cool-down sends a key to COOLING, one
+// that records a failure counts it, QuarantineAfter in a row send the key to
+// QUARANTINED, and restore brings either back (NOT_HELD_BACK for a key not held back).
+// Deadlines are outside it (no cool-down ends): the stores run on a clock that stands still, with
 // TTLs that never run out. A call answered UNAVAILABLE may or may not have taken
 // effect; the model allows both (and, for an Acquire, the store's freeing of the key
 // later, recorded as a Release).
@@ -43,9 +46,21 @@ const (
 	// Release is the store freeing, on its own, a key leased by an Acquire that was
 	// answered UNAVAILABLE (so nobody holds its token).
 	Release
+	// Restore returns a COOLING or QUARANTINED key to AVAILABLE.
+	Restore
 )
 
-var kindNames = [...]string{"acquire", "unblock", "renew", "keepAlive", "delete", "get", "generate", "release"}
+var kindNames = [...]string{"acquire", "unblock", "renew", "keepAlive", "delete", "get", "generate", "release", "restore"}
+
+// QuarantineAfter is the pool's -quarantine-after in checked runs (Options).
+const QuarantineAfter = 2
+
+// What holds a key back, in keyState.held and Output.Held.
+const (
+	notHeld uint8 = iota
+	cooling
+	quarantined
+)
 
 func (k Kind) String() string { return kindNames[k] }
 
@@ -79,6 +94,9 @@ type Input struct {
 	TokenKey int
 	Count    int
 	Pool     uint8
+	// Cooldown and Failed are an Unblock's options: a cool-down (that never ends in a
+	// checked run), a failure recorded.
+	Cooldown, Failed bool
 }
 
 // Seeded is a key that exists, AVAILABLE, before the history starts, and its pool.
@@ -98,6 +116,19 @@ type Output struct {
 	Blocked bool
 	Fence   int64
 	Keys    []int
+	// Held says whether the key returned is COOLING or QUARANTINED (HeldOf).
+	Held uint8
+}
+
+// HeldOf is the Output.Held of a key in state status.
+func HeldOf(status keystore.Status) uint8 {
+	switch status {
+	case keystore.Cooling:
+		return cooling
+	case keystore.Quarantined:
+		return quarantined
+	}
+	return notHeld
 }
 
 // keyState is one key of the model: fence 0 when AVAILABLE, the current lease's when
@@ -109,6 +140,8 @@ type keyState struct {
 	fence  int64
 	orphan bool
 	pool   uint8
+	held   uint8 // notHeld, cooling or quarantined; fence is 0 when held
+	fails  uint8 // consecutive failures
 }
 
 // state is the model's pool. It is never modified: steps build new states.
@@ -158,7 +191,7 @@ func (s state) pinned(k keyState, fence int64) state {
 
 func (s state) anyAvailable(pool uint8) bool {
 	for _, k := range s.keys {
-		if k.fence == 0 && k.pool == pool {
+		if k.fence == 0 && k.held == notHeld && k.pool == pool {
 			return true
 		}
 	}
@@ -198,6 +231,7 @@ func Model(initial []Seeded) porcupine.Model {
 				word(uint64(k.key))
 				word(uint64(k.fence))
 				word(uint64(k.pool))
+				word(uint64(k.held)<<8 | uint64(k.fails))
 			}
 			return h.Sum64()
 		},
@@ -206,10 +240,14 @@ func Model(initial []Seeded) porcupine.Model {
 			s := st.(state)
 			parts := make([]string, 0, len(s.keys))
 			for _, k := range s.keys {
-				switch k.fence {
-				case 0:
-					parts = append(parts, fmt.Sprintf("p%d/k%d free", k.pool, k.key))
-				case unknownFence:
+				switch {
+				case k.held == cooling:
+					parts = append(parts, fmt.Sprintf("p%d/k%d cooling", k.pool, k.key))
+				case k.held == quarantined:
+					parts = append(parts, fmt.Sprintf("p%d/k%d quarantined", k.pool, k.key))
+				case k.fence == 0:
+					parts = append(parts, fmt.Sprintf("p%d/k%d free (%d failures)", k.pool, k.key, k.fails))
+				case k.fence == unknownFence:
 					parts = append(parts, fmt.Sprintf("p%d/k%d leased(?)", k.pool, k.key))
 				default:
 					parts = append(parts, fmt.Sprintf("p%d/k%d leased f%d", k.pool, k.key, k.fence))
@@ -233,7 +271,7 @@ func step(s state, in Input, out Output) []any {
 	}
 	// Calls on one key answer NOT_FOUND exactly when the key is not there.
 	switch in.Kind {
-	case Unblock, Renew, KeepAlive, Delete, Get:
+	case Unblock, Renew, KeepAlive, Delete, Get, Restore:
 		if i < 0 {
 			return when(out.Code == keystore.ENOTFOUND, s)
 		}
@@ -259,13 +297,17 @@ func step(s state, in Input, out Output) []any {
 		}
 		j := s.find(out.Key)
 		switch {
-		case j >= 0 && s.keys[j].fence == 0 && s.keys[j].pool == in.Pool:
+		case j >= 0 && s.keys[j].fence == 0 && s.keys[j].held == notHeld && s.keys[j].pool == in.Pool:
 		case j < 0 && s.phantoms[in.Pool] > 0:
 			s.phantoms[in.Pool]--
 		default:
 			return nil // a key held, or of another pool
 		}
-		s = s.with(keyState{key: out.Key, fence: out.Fence, pool: in.Pool})
+		var fails uint8
+		if j >= 0 {
+			fails = s.keys[j].fails
+		}
+		s = s.with(keyState{key: out.Key, fence: out.Fence, pool: in.Pool, fails: fails})
 		s.lastFence[in.Pool] = out.Fence
 		return []any{s}
 
@@ -280,7 +322,8 @@ func step(s state, in Input, out Output) []any {
 		case in.Fence != NoToken && k.fence == unknownFence && out.Code == keystore.ELEASEMISMATCH:
 			return []any{s} // the lease nobody was told of is not this token's
 		}
-		return when(out.Code == "" && out.Key == k.key && !out.Blocked, s.with(keyState{key: k.key, pool: k.pool}))
+		after := unblocked(k, in)
+		return when(out.Code == "" && out.Key == k.key && !out.Blocked && out.Held == after.held, s.with(after))
 
 	case Renew:
 		switch {
@@ -310,10 +353,17 @@ func step(s state, in Input, out Output) []any {
 			// Now it is told: the fence of the lease nobody was given.
 			return when(out.Blocked && out.Fence > 0, s.pinned(k, out.Fence))
 		case k.fence == 0:
-			return when(!out.Blocked, s)
+			return when(!out.Blocked && out.Held == k.held, s)
 		default:
 			return when(out.Blocked && out.Fence == k.fence, s)
 		}
+
+	case Restore:
+		if k.held == notHeld {
+			return when(out.Code == keystore.ENOTHELDBACK, s)
+		}
+		return when(out.Code == "" && out.Key == k.key && !out.Blocked && out.Held == notHeld,
+			s.with(keyState{key: k.key, pool: k.pool}))
 
 	case Delete:
 		return when(out.Code == "", s.without(k.key))
@@ -340,6 +390,21 @@ func step(s state, in Input, out Output) []any {
 	return nil
 }
 
+// unblocked is leased key k once an unblock with in's options has ended its lease.
+func unblocked(k keyState, in Input) keyState {
+	next := keyState{key: k.key, pool: k.pool}
+	switch {
+	case in.Failed && k.fails+1 >= QuarantineAfter:
+		next.held, next.fails = quarantined, k.fails+1
+	case in.Failed:
+		next.fails = k.fails + 1
+	}
+	if in.Cooldown && next.held == notHeld {
+		next.held = cooling
+	}
+	return next
+}
+
 // unknownStep returns the states after a call answered UNAVAILABLE: as if it never
 // happened, or as if it took effect (with an answer nobody saw).
 func unknownStep(s state, in Input) []any {
@@ -358,6 +423,10 @@ func unknownStep(s state, in Input) []any {
 	case Unblock:
 		if i >= 0 && s.keys[i].fence != 0 &&
 			(in.Fence == NoToken || in.TokenKey == in.Key && (s.keys[i].fence == in.Fence || s.keys[i].fence == unknownFence)) {
+			next = append(next, s.with(unblocked(s.keys[i], in)))
+		}
+	case Restore:
+		if i >= 0 && s.keys[i].held != notHeld {
 			next = append(next, s.with(keyState{key: in.Key, pool: s.keys[i].pool}))
 		}
 	case Delete:
@@ -389,6 +458,12 @@ func describe(in, out any) string {
 		call = fmt.Sprintf("generate(p%d, %d)", i.Pool, i.Count)
 	case Unblock, Renew, Release:
 		call = fmt.Sprintf("%s(k%d, %s)", i.Kind, i.Key, token(i.Fence))
+		if i.Cooldown {
+			call = strings.TrimSuffix(call, ")") + ", cool-down)"
+		}
+		if i.Failed {
+			call = strings.TrimSuffix(call, ")") + ", failed)"
+		}
 	default:
 		call = fmt.Sprintf("%s(k%d)", i.Kind, i.Key)
 	}
@@ -403,6 +478,10 @@ func describe(in, out any) string {
 		return call + " -> ok"
 	case o.Blocked:
 		return fmt.Sprintf("%s -> k%d leased f%d", call, o.Key, o.Fence)
+	case o.Held == cooling:
+		return fmt.Sprintf("%s -> k%d cooling", call, o.Key)
+	case o.Held == quarantined:
+		return fmt.Sprintf("%s -> k%d quarantined", call, o.Key)
 	default:
 		return fmt.Sprintf("%s -> k%d free", call, o.Key)
 	}

@@ -26,6 +26,9 @@ var (
 	unblockKey = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f, TokenKey: k} }
 	getKey     = func(k int) Input { return Input{Kind: Get, Key: k} }
 	acquireIn  = func(p uint8) Input { return Input{Kind: Acquire, Key: NoKey, Pool: p} }
+	coolKey    = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f, TokenKey: k, Cooldown: true} }
+	failKey    = func(k int, f int64) Input { return Input{Kind: Unblock, Key: k, Fence: f, TokenKey: k, Failed: true} }
+	held       = func(k int, h uint8) Output { return Output{Key: k, Held: h} }
 )
 
 // TestModel: the model accepts the histories a correct pool can give and refuses the
@@ -119,6 +122,41 @@ func TestModel(t *testing.T) {
 		{"a key of a generate of unknown outcome into another pool", []int{}, []porcupine.Operation{
 			op(0, 0, -1, Input{Kind: Generate, Count: 1, Pool: 1}, unknown),
 			op(1, 2, 3, acquireIn(0), leased(7, 1)),
+		}, false},
+		{"a COOLING key is not handed out", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, coolKey(0, 1), held(0, cooling)),
+			op(1, 4, 5, acquire, leased(0, 2)),
+		}, false},
+		{"NOT_FOUND while the only key cools; restored, it is handed out", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, coolKey(0, 1), held(0, cooling)),
+			op(1, 4, 5, acquire, code(keystore.ENOTFOUND)),
+			op(1, 6, 7, Input{Kind: Restore, Key: 0}, free(0)),
+			op(1, 8, 9, acquire, leased(0, 2)),
+		}, true},
+		{"quarantined at the second failure in a row, not the first", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, failKey(0, 1), free(0)),
+			op(0, 4, 5, acquire, leased(0, 2)),
+			op(0, 6, 7, failKey(0, 2), held(0, quarantined)),
+			op(1, 8, 9, getKey(0), held(0, quarantined)),
+		}, true},
+		{"quarantined at the first failure", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, failKey(0, 1), held(0, quarantined)),
+		}, false},
+		{"an unblock without a failure resets the count", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, acquire, leased(0, 1)),
+			op(0, 2, 3, failKey(0, 1), free(0)),
+			op(0, 4, 5, acquire, leased(0, 2)),
+			op(0, 6, 7, unblockKey(0, 2), free(0)),
+			op(0, 8, 9, acquire, leased(0, 3)),
+			op(0, 10, 11, failKey(0, 3), held(0, quarantined)),
+		}, false},
+		{"restore of a free key is NOT_HELD_BACK", []int{0}, []porcupine.Operation{
+			op(0, 0, 1, Input{Kind: Restore, Key: 0}, code(keystore.ENOTHELDBACK)),
+			op(1, 2, 3, Input{Kind: Restore, Key: 0}, free(0)),
 		}, false},
 	}
 	for _, c := range cases {

@@ -12,10 +12,10 @@ import (
 
 const (
 	keyJSON = `{"id":"Zx9_-aQ3kLmN0pRsTuVwXy","pool":"default","status":"AVAILABLE","createdAt":"2026-11-24T13:00:00.123456789Z",` +
-		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null}}`
-	leaseFields = `"token":"Tk4_pQ2rS7uVwXyZ01aB3c","fence":7,"fence64":"7","acquiredAt":"2026-11-24T13:01:00.25Z","expiresAt":"2026-11-24T13:02:00.25Z","holder":null`
+		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":null,"coolingUntil":null,"name":null,"history":{"timesAcquired":0,"leasesExpired":0,"lastAcquiredAt":null,"failures":0,"consecutiveFailures":0}}`
+	leaseFields = `"token":"Tk4_pQ2rS7uVwXyZ01aB3c","fence":7,"fence64":"7","acquiredAt":"2026-11-24T13:01:00.25Z","expiresAt":"2026-11-24T13:02:00.25Z","holder":null,"secret":null`
 	blockedJSON = `{"id":"Zx9_-aQ3kLmN0pRsTuVwXy","pool":"default","status":"BLOCKED","createdAt":"2026-11-24T13:00:00.123456789Z",` +
-		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{` + leaseFields + `},"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:01:00.25Z"}}`
+		`"expiresAt":"2026-11-24T13:05:00.123456789Z","lease":{` + leaseFields + `},"coolingUntil":null,"name":null,"history":{"timesAcquired":1,"leasesExpired":0,"lastAcquiredAt":"2026-11-24T13:01:00.25Z","failures":0,"consecutiveFailures":0}}`
 	leaseJSON = `{` + leaseFields + `,"key":` + blockedJSON + `}`
 )
 
@@ -71,7 +71,7 @@ func TestCheckAccepts(t *testing.T) {
 		"unblock, conflict":    {method: "POST", target: "/v1/keys/x/unblock", contentType: "application/json", body: `{"token":"t"}`, status: 409, answer: errorJSON("LEASE_MISMATCH")},
 		"renew":                {method: "POST", target: "/v1/keys/x/renew", contentType: "application/json", body: `{"token":"t","ttl":"1m30s"}`, status: 200, answer: leaseJSON},
 		"renew, ttl null":      {method: "POST", target: "/v1/keys/x/renew", contentType: "application/json", body: `{"token":"t","ttl":null}`, status: 200, answer: leaseJSON},
-		"stats":                {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blocked":0,"waiting":0}`},
+		"stats":                {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blocked":0,"cooling":0,"quarantined":0,"waiting":0}`},
 		"no route":             {method: "GET", target: "/v1/nope", status: 404, answer: errorJSON("NOT_FOUND")},
 		"no route, too large":  {method: "POST", target: "/v1/nope", status: 413, answer: errorJSON("REQUEST_TOO_LARGE")},
 		"wrong method":         {method: "PUT", target: "/v1/keys", status: 405, header: map[string]string{"Allow": "POST"}, answer: errorJSON("METHOD_NOT_ALLOWED")},
@@ -105,7 +105,7 @@ func TestCheckRefuses(t *testing.T) {
 	for name, c := range map[string]exchange{
 		"undocumented status":         {method: "POST", target: "/v1/keys", status: 200, answer: `{"keys":[` + keyJSON + `]}`},
 		"a field renamed":             {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blockd":0,"waiting":0}`},
-		"a field added":               {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blocked":0,"waiting":0,"extra":1}`},
+		"a field added":               {method: "GET", target: "/v1/stats", status: 200, answer: `{"total":1,"available":1,"blocked":0,"cooling":0,"quarantined":0,"waiting":0,"extra":1}`},
 		"a field missing":             {method: "GET", target: "/v1/keys/x", status: 200, answer: strings.Replace(keyJSON, `"lease":null,`, "", 1)},
 		"a time not in UTC":           {method: "GET", target: "/v1/keys/x", status: 200, answer: strings.Replace(keyJSON, "13:00:00.123456789Z", "14:00:00.123456789+01:00", 1)},
 		"a bad status value":          {method: "GET", target: "/v1/keys/x", status: 200, answer: strings.Replace(keyJSON, "AVAILABLE", "FREE", 1)},

@@ -20,12 +20,14 @@
   var STABLE_MS = 10000;         // a connection up this long resets the backoff
 
   var STATS_QUERY =
-    'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked waiting } }';
-  var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked waiting } } }';
+    'query DashboardStats($pool: String) { stats(pool: $pool) { total available blocked cooling quarantined waiting } }';
+  // The counts shown, by stats field, in the cards and the pools' table.
+  var COUNTS = ['total', 'available', 'blocked', 'cooling', 'quarantined', 'waiting'];
+  var POOLS_QUERY = 'query DashboardPools { pools { name stats { total available blocked cooling quarantined waiting } } }';
   var HISTORY_QUERY = 'query DashboardHistory($pool: String, $since: Time) {' +
     ' history(pool: $pool, since: $since) { at total available blocked } }';
-  var KEY_FIELDS = 'id pool status createdAt expiresAt lease { holder fence acquiredAt expiresAt }' +
-    ' history { timesAcquired leasesExpired lastAcquiredAt }';
+  var KEY_FIELDS = 'id pool status name createdAt expiresAt coolingUntil lease { holder fence acquiredAt expiresAt }' +
+    ' history { timesAcquired leasesExpired lastAcquiredAt failures consecutiveFailures }';
   var KEYS_QUERY = 'query DashboardKeys($pool: String, $status: KeyStatus, $after: String) {' +
     ' keys(pool: $pool, status: $status, first: 50, after: $after) { nodes { ' + KEY_FIELDS + ' }' +
     ' pageInfo { endCursor hasNextPage } } }';
@@ -34,6 +36,7 @@
     ' generateKeys(pool: $pool, count: $count) { id } }';
   var RELEASE_MUTATION = 'mutation DashboardRelease($id: ID!) { unblockKey(id: $id) { ' + KEY_FIELDS + ' } }';
   var DELETE_MUTATION = 'mutation DashboardDelete($id: ID!) { deleteKey(id: $id) }';
+  var RESTORE_MUTATION = 'mutation DashboardRestore($id: ID!) { restoreKey(id: $id) { ' + KEY_FIELDS + ' } }';
   var EVENTS_SUBSCRIPTION =
     'subscription DashboardKeyEvents($pool: String, $after: Int) {' +
     ' keyEvents(pool: $pool, after: $after) { seq type keyId pool at holder } }';
@@ -59,6 +62,8 @@
     total: document.getElementById('count-total'),
     available: document.getElementById('count-available'),
     blocked: document.getElementById('count-blocked'),
+    cooling: document.getElementById('count-cooling'),
+    quarantined: document.getElementById('count-quarantined'),
     waiting: document.getElementById('count-waiting'),
     shareBlocked: document.getElementById('share-blocked'),
     store: document.getElementById('store'),
@@ -81,6 +86,7 @@
     keyFields: document.getElementById('key-fields'),
     keyMessage: document.getElementById('key-message'),
     keyRelease: document.getElementById('key-release'),
+    keyRestore: document.getElementById('key-restore'),
     keyDelete: document.getElementById('key-delete'),
     keyClose: document.getElementById('key-close'),
   };
@@ -158,7 +164,7 @@
     el.feed.replaceChildren();
     el.feedEmpty.hidden = false;
     el.lastSeq.textContent = '';
-    [el.total, el.available, el.blocked, el.waiting].forEach(function (o) { o.textContent = '–'; });
+    [el.total, el.available, el.blocked, el.cooling, el.quarantined, el.waiting].forEach(function (o) { o.textContent = '–'; });
     el.shareBlocked.textContent = '';
     drawChart(Date.now());
     loadHistory();
@@ -232,7 +238,7 @@
       th.append(button);
       tr.append(th);
       var cells = {};
-      ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+      COUNTS.forEach(function (n) {
         var td = document.createElement('td');
         td.className = n;
         td.textContent = numberFormat.format(p.stats[n]);
@@ -279,7 +285,7 @@
   // says that an acquire started or stopped waiting: stats is asked again every
   // STATS_REFRESH_MS for waiting (which also mends any drift).
 
-  var counts = null;             // {total, available, blocked, waiting} once known
+  var counts = null;             // {total, available, blocked, cooling, quarantined, waiting} once known
   var lastSeq = null;            // seq of the last event seen in pool's stream, for resuming
   var statsFailures = 0;
 
@@ -288,7 +294,7 @@
     return graphql(STATS_QUERY, 'DashboardStats', { pool: asked }).then(function (data) {
       if (asked !== pool) return; // selectPool has asked for the new pool's
       var s = data.stats;
-      counts = { total: s.total, available: s.available, blocked: s.blocked, waiting: s.waiting };
+      counts = { total: s.total, available: s.available, blocked: s.blocked, cooling: s.cooling, quarantined: s.quarantined, waiting: s.waiting };
       statsFailures = 0;
       scheduleRender();
     }, function (err) {
@@ -325,7 +331,20 @@
     }
     switch (ev.type) {
       case 'GENERATED':
+      case 'IMPORTED':
         counts.total++;
+        counts.available++;
+        break;
+      case 'COOLED': // after UNBLOCKED or RELEASED, which counted it AVAILABLE
+        counts.available--;
+        counts.cooling++;
+        break;
+      case 'QUARANTINED':
+        counts.available--;
+        counts.quarantined++;
+        break;
+      case 'RECOVERED':
+        counts.cooling--;
         counts.available++;
         break;
       case 'ACQUIRED':
@@ -345,9 +364,11 @@
       default:
         requestStats();
     }
-    if (counts.available < 0 || counts.blocked < 0 || counts.total < 0) {
+    if (counts.available < 0 || counts.blocked < 0 || counts.cooling < 0 || counts.quarantined < 0 || counts.total < 0) {
       counts.available = Math.max(0, counts.available);
       counts.blocked = Math.max(0, counts.blocked);
+      counts.cooling = Math.max(0, counts.cooling);
+      counts.quarantined = Math.max(0, counts.quarantined);
       counts.total = Math.max(0, counts.total);
       requestStats();
     }
@@ -578,7 +599,7 @@
     renderQueued = false;
     drawFeed();
     if (!counts) return;
-    ['total', 'available', 'blocked', 'waiting'].forEach(function (n) {
+    COUNTS.forEach(function (n) {
       var text = numberFormat.format(counts[n]);
       el[n].textContent = text;
       if (selectedCells) selectedCells[n].textContent = text;
@@ -722,13 +743,16 @@
     shownKey = k;
     var rows = [
       ['State', k.status],
+      ['Name', k.name || ''],
       ['Pool', k.pool],
+      ['Cooling until', k.coolingUntil ? dateTime(k.coolingUntil) : ''],
       ['Holder', k.lease ? k.lease.holder || '(none named)' : ''],
       ['Leased for', leasedFor(k)],
       ['Lease ends', k.lease ? dateTime(k.lease.expiresAt) : ''],
       ['Fence', k.lease ? String(k.lease.fence) : ''],
       ['Times acquired', numberFormat.format(k.history.timesAcquired)],
       ['Leases run out', numberFormat.format(k.history.leasesExpired) + (keyFlags(k).length ? ' — ' + flagText('expiring') : '')],
+      ['Failures', numberFormat.format(k.history.failures) + ' (' + numberFormat.format(k.history.consecutiveFailures) + ' in a row)'],
       ['Last acquired', k.history.lastAcquiredAt ? dateTime(k.history.lastAcquiredAt) : 'never'],
       ['Created', dateTime(k.createdAt)],
       ['Deleted unless kept alive by', dateTime(k.expiresAt)],
@@ -756,6 +780,7 @@
   function updateActions() {
     var known = shownKey && shownKey.status;
     el.keyRelease.disabled = !known || shownKey.status !== 'BLOCKED';
+    el.keyRestore.disabled = !known || (shownKey.status !== 'COOLING' && shownKey.status !== 'QUARANTINED');
     el.keyDelete.disabled = !known;
   }
 
@@ -780,6 +805,16 @@
       afterAction();
     }, function (err) {
       setKeyMessage('Could not release: ' + err.message);
+    });
+  });
+  el.keyRestore.addEventListener('click', function () {
+    var id = shownKey.id;
+    graphql(RESTORE_MUTATION, 'DashboardRestore', { id: id }).then(function (data) {
+      if (shownKey && shownKey.id === id) showKey(data.restoreKey);
+      setKeyMessage('Restored: the key is handed out again.');
+      afterAction();
+    }, function (err) {
+      setKeyMessage('Could not restore: ' + err.message);
     });
   });
   el.keyDelete.addEventListener('click', function () {

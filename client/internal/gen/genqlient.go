@@ -76,6 +76,10 @@ type GetPoolsPoolsPoolStats struct {
 	Available int `json:"available"`
 	// Keys held under a lease.
 	Blocked int `json:"blocked"`
+	// Keys cooling down.
+	Cooling int `json:"cooling"`
+	// Keys quarantined.
+	Quarantined int `json:"quarantined"`
 	// Acquires waiting now for a key to come free (with a Redis store: those waiting on this server).
 	Waiting int `json:"waiting"`
 }
@@ -88,6 +92,12 @@ func (v *GetPoolsPoolsPoolStats) GetAvailable() int { return v.Available }
 
 // GetBlocked returns GetPoolsPoolsPoolStats.Blocked, and is useful for accessing the field via an interface.
 func (v *GetPoolsPoolsPoolStats) GetBlocked() int { return v.Blocked }
+
+// GetCooling returns GetPoolsPoolsPoolStats.Cooling, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetCooling() int { return v.Cooling }
+
+// GetQuarantined returns GetPoolsPoolsPoolStats.Quarantined, and is useful for accessing the field via an interface.
+func (v *GetPoolsPoolsPoolStats) GetQuarantined() int { return v.Quarantined }
 
 // GetWaiting returns GetPoolsPoolsPoolStats.Waiting, and is useful for accessing the field via an interface.
 func (v *GetPoolsPoolsPoolStats) GetWaiting() int { return v.Waiting }
@@ -121,6 +131,10 @@ type GetStatsStats struct {
 	Available int `json:"available"`
 	// Keys held under a lease.
 	Blocked int `json:"blocked"`
+	// Keys cooling down.
+	Cooling int `json:"cooling"`
+	// Keys quarantined.
+	Quarantined int `json:"quarantined"`
 	// Acquires waiting now for a key to come free (with a Redis store: those waiting on this server).
 	Waiting int `json:"waiting"`
 }
@@ -134,8 +148,25 @@ func (v *GetStatsStats) GetAvailable() int { return v.Available }
 // GetBlocked returns GetStatsStats.Blocked, and is useful for accessing the field via an interface.
 func (v *GetStatsStats) GetBlocked() int { return v.Blocked }
 
+// GetCooling returns GetStatsStats.Cooling, and is useful for accessing the field via an interface.
+func (v *GetStatsStats) GetCooling() int { return v.Cooling }
+
+// GetQuarantined returns GetStatsStats.Quarantined, and is useful for accessing the field via an interface.
+func (v *GetStatsStats) GetQuarantined() int { return v.Quarantined }
+
 // GetWaiting returns GetStatsStats.Waiting, and is useful for accessing the field via an interface.
 func (v *GetStatsStats) GetWaiting() int { return v.Waiting }
+
+// ImportKeysResponse is returned by ImportKeys on success.
+type ImportKeysResponse struct {
+	// Makes a key of each secret, with an id of the server's. Imported keys are kept until deleted unless
+	// keepAliveTTL is given. A secret the pool holds already (or that keys holds twice) is ALREADY_EXISTS with
+	// extensions.index, and nothing is imported. At most -max-generate keys a request.
+	ImportKeys []KeyFields `json:"importKeys"`
+}
+
+// GetImportKeys returns ImportKeysResponse.ImportKeys, and is useful for accessing the field via an interface.
+func (v *ImportKeysResponse) GetImportKeys() []KeyFields { return v.ImportKeys }
 
 // KeepAliveResponse is returned by KeepAlive on success.
 type KeepAliveResponse struct {
@@ -162,6 +193,16 @@ const (
 	KeyEventTypeDeleted KeyEventType = "DELETED"
 	// The key was not kept alive in time and was deleted for good.
 	KeyEventTypeExpired KeyEventType = "EXPIRED"
+	// The key went to COOLING (after UNBLOCKED or RELEASED).
+	KeyEventTypeCooled KeyEventType = "COOLED"
+	// The key's cool-down ended and it became AVAILABLE again.
+	KeyEventTypeRecovered KeyEventType = "RECOVERED"
+	// The key went to QUARANTINED (after UNBLOCKED or RELEASED).
+	KeyEventTypeQuarantined KeyEventType = "QUARANTINED"
+	// The key was returned to AVAILABLE by restoreKey.
+	KeyEventTypeRestored KeyEventType = "RESTORED"
+	// The key was created by importKeys.
+	KeyEventTypeImported KeyEventType = "IMPORTED"
 )
 
 var AllKeyEventType = []KeyEventType{
@@ -171,6 +212,11 @@ var AllKeyEventType = []KeyEventType{
 	KeyEventTypeReleased,
 	KeyEventTypeDeleted,
 	KeyEventTypeExpired,
+	KeyEventTypeCooled,
+	KeyEventTypeRecovered,
+	KeyEventTypeQuarantined,
+	KeyEventTypeRestored,
+	KeyEventTypeImported,
 }
 
 // KeyEventsKeyEventsKeyEvent includes the requested fields of the GraphQL type KeyEvent.
@@ -184,7 +230,7 @@ type KeyEventsKeyEventsKeyEvent struct {
 	Type KeyEventType `json:"type"`
 	// The key it happened to.
 	KeyId string `json:"keyId"`
-	// When it happened; for RELEASED and EXPIRED, the deadline that passed.
+	// When it happened; for RELEASED, RECOVERED and EXPIRED (and a COOLED or QUARANTINED after RELEASED), the deadline that passed.
 	At time.Time `json:"at"`
 	// Names the pool's stream of events: it changes when the pool's events start again from seq 1 (an in-memory
 	// server restarted, a Redis pool made anew). Pass it as stream with after to resume, so that a stream that has
@@ -240,10 +286,15 @@ type KeyFields struct {
 	Status KeyStatus `json:"status"`
 	// When the key was generated.
 	CreatedAt time.Time `json:"createdAt"`
-	// The keep-alive deadline: the key is deleted for good at this instant unless keepAlive moves it.
+	// The keep-alive deadline: the key is deleted for good at this instant unless keepAlive moves it. For a key
+	// imported without keepAliveTTL, kept until deleted: 9999-12-31T23:59:59Z.
 	ExpiresAt time.Time `json:"expiresAt"`
 	// The current lease; null unless the key is BLOCKED.
 	Lease *KeyFieldsLease `json:"lease"`
+	// When a COOLING key's cool-down ends; null in every other state.
+	CoolingUntil *time.Time `json:"coolingUntil"`
+	// An imported key's name, a label for people; null for none.
+	Name *string `json:"name"`
 	// How the key has been used over its life.
 	History KeyFieldsHistoryKeyHistory `json:"history"`
 }
@@ -266,6 +317,12 @@ func (v *KeyFields) GetExpiresAt() time.Time { return v.ExpiresAt }
 // GetLease returns KeyFields.Lease, and is useful for accessing the field via an interface.
 func (v *KeyFields) GetLease() *KeyFieldsLease { return v.Lease }
 
+// GetCoolingUntil returns KeyFields.CoolingUntil, and is useful for accessing the field via an interface.
+func (v *KeyFields) GetCoolingUntil() *time.Time { return v.CoolingUntil }
+
+// GetName returns KeyFields.Name, and is useful for accessing the field via an interface.
+func (v *KeyFields) GetName() *string { return v.Name }
+
 // GetHistory returns KeyFields.History, and is useful for accessing the field via an interface.
 func (v *KeyFields) GetHistory() KeyFieldsHistoryKeyHistory { return v.History }
 
@@ -280,6 +337,10 @@ type KeyFieldsHistoryKeyHistory struct {
 	LeasesExpired int `json:"leasesExpired"`
 	// When the key was last acquired; null if never.
 	LastAcquiredAt *time.Time `json:"lastAcquiredAt"`
+	// Failures recorded on the key: unblockKey with failed, and leases that ran out.
+	Failures int `json:"failures"`
+	// Failures since the last unblockKey without failed (or restoreKey); at -quarantine-after the key is QUARANTINED.
+	ConsecutiveFailures int `json:"consecutiveFailures"`
 }
 
 // GetTimesAcquired returns KeyFieldsHistoryKeyHistory.TimesAcquired, and is useful for accessing the field via an interface.
@@ -290,6 +351,12 @@ func (v *KeyFieldsHistoryKeyHistory) GetLeasesExpired() int { return v.LeasesExp
 
 // GetLastAcquiredAt returns KeyFieldsHistoryKeyHistory.LastAcquiredAt, and is useful for accessing the field via an interface.
 func (v *KeyFieldsHistoryKeyHistory) GetLastAcquiredAt() *time.Time { return v.LastAcquiredAt }
+
+// GetFailures returns KeyFieldsHistoryKeyHistory.Failures, and is useful for accessing the field via an interface.
+func (v *KeyFieldsHistoryKeyHistory) GetFailures() int { return v.Failures }
+
+// GetConsecutiveFailures returns KeyFieldsHistoryKeyHistory.ConsecutiveFailures, and is useful for accessing the field via an interface.
+func (v *KeyFieldsHistoryKeyHistory) GetConsecutiveFailures() int { return v.ConsecutiveFailures }
 
 // KeyFieldsLease includes the requested fields of the GraphQL type Lease.
 // The GraphQL type's documentation follows.
@@ -323,6 +390,20 @@ func (v *KeyFieldsLease) GetExpiresAt() time.Time { return v.ExpiresAt }
 // GetHolder returns KeyFieldsLease.Holder, and is useful for accessing the field via an interface.
 func (v *KeyFieldsLease) GetHolder() *string { return v.Holder }
 
+// A key of one's own, for importKeys.
+type KeyInput struct {
+	// What a holder of the key uses (an upstream's API key): shown only in acquireKey's and renewLease's answers.
+	Secret string `json:"secret"`
+	// A label for people.
+	Name *string `json:"name"`
+}
+
+// GetSecret returns KeyInput.Secret, and is useful for accessing the field via an interface.
+func (v *KeyInput) GetSecret() string { return v.Secret }
+
+// GetName returns KeyInput.Name, and is useful for accessing the field via an interface.
+func (v *KeyInput) GetName() *string { return v.Name }
+
 // The state of a key.
 type KeyStatus string
 
@@ -331,11 +412,17 @@ const (
 	KeyStatusAvailable KeyStatus = "AVAILABLE"
 	// The key is held under a lease until the lease is unblocked or runs out.
 	KeyStatusBlocked KeyStatus = "BLOCKED"
+	// The key is not handed out until coolingUntil (unblockKey with a cooldown, or -expired-lease-cooldown).
+	KeyStatusCooling KeyStatus = "COOLING"
+	// The key failed -quarantine-after times in a row and is not handed out until restoreKey.
+	KeyStatusQuarantined KeyStatus = "QUARANTINED"
 )
 
 var AllKeyStatus = []KeyStatus{
 	KeyStatusAvailable,
 	KeyStatusBlocked,
+	KeyStatusCooling,
+	KeyStatusQuarantined,
 }
 
 // LeaseFields includes the GraphQL fields of Lease requested by the fragment LeaseFields.
@@ -353,6 +440,9 @@ type LeaseFields struct {
 	ExpiresAt time.Time `json:"expiresAt"`
 	// Who took the lease, as acquireKey's holder said; null when it said nothing.
 	Holder *string `json:"holder"`
+	// The value the holder uses: an imported key's secret, or a generated key's id. Set only in the answers of
+	// acquireKey and renewLease (the holder's own); null wherever else a lease is read.
+	Secret *string `json:"secret"`
 	// The key this lease holds, as it was when the lease was read.
 	Key KeyFields `json:"key"`
 }
@@ -371,6 +461,9 @@ func (v *LeaseFields) GetExpiresAt() time.Time { return v.ExpiresAt }
 
 // GetHolder returns LeaseFields.Holder, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetHolder() *string { return v.Holder }
+
+// GetSecret returns LeaseFields.Secret, and is useful for accessing the field via an interface.
+func (v *LeaseFields) GetSecret() *string { return v.Secret }
 
 // GetKey returns LeaseFields.Key, and is useful for accessing the field via an interface.
 func (v *LeaseFields) GetKey() KeyFields { return v.Key }
@@ -433,10 +526,19 @@ type RenewLeaseResponse struct {
 // GetRenewLease returns RenewLeaseResponse.RenewLease, and is useful for accessing the field via an interface.
 func (v *RenewLeaseResponse) GetRenewLease() LeaseFields { return v.RenewLease }
 
+// RestoreKeyResponse is returned by RestoreKey on success.
+type RestoreKeyResponse struct {
+	// Returns a COOLING or QUARANTINED key to AVAILABLE at once and resets its consecutiveFailures. NOT_HELD_BACK for a key in another state.
+	RestoreKey KeyFields `json:"restoreKey"`
+}
+
+// GetRestoreKey returns RestoreKeyResponse.RestoreKey, and is useful for accessing the field via an interface.
+func (v *RestoreKeyResponse) GetRestoreKey() KeyFields { return v.RestoreKey }
+
 // UnblockKeyResponse is returned by UnblockKey on success.
 type UnblockKeyResponse struct {
-	// Returns a BLOCKED key to AVAILABLE. With a token, only the current lease's token is accepted
-	// (LEASE_MISMATCH otherwise, and nothing changes). NOT_BLOCKED if the key is AVAILABLE.
+	// Returns a BLOCKED key to AVAILABLE, or with cooldown to COOLING. With a token, only the current lease's token
+	// is accepted (LEASE_MISMATCH otherwise, and nothing changes). NOT_BLOCKED if the key is not BLOCKED.
 	UnblockKey KeyFields `json:"unblockKey"`
 }
 
@@ -498,6 +600,22 @@ type __GetStatsInput struct {
 
 // GetPool returns __GetStatsInput.Pool, and is useful for accessing the field via an interface.
 func (v *__GetStatsInput) GetPool() *string { return v.Pool }
+
+// __ImportKeysInput is used internally by genqlient
+type __ImportKeysInput struct {
+	Pool         *string    `json:"pool,omitempty"`
+	Keys         []KeyInput `json:"keys"`
+	KeepAliveTTL *string    `json:"keepAliveTTL,omitempty"`
+}
+
+// GetPool returns __ImportKeysInput.Pool, and is useful for accessing the field via an interface.
+func (v *__ImportKeysInput) GetPool() *string { return v.Pool }
+
+// GetKeys returns __ImportKeysInput.Keys, and is useful for accessing the field via an interface.
+func (v *__ImportKeysInput) GetKeys() []KeyInput { return v.Keys }
+
+// GetKeepAliveTTL returns __ImportKeysInput.KeepAliveTTL, and is useful for accessing the field via an interface.
+func (v *__ImportKeysInput) GetKeepAliveTTL() *string { return v.KeepAliveTTL }
 
 // __KeepAliveInput is used internally by genqlient
 type __KeepAliveInput struct {
@@ -567,10 +685,20 @@ func (v *__RenewLeaseInput) GetToken() string { return v.Token }
 // GetTtl returns __RenewLeaseInput.Ttl, and is useful for accessing the field via an interface.
 func (v *__RenewLeaseInput) GetTtl() *string { return v.Ttl }
 
+// __RestoreKeyInput is used internally by genqlient
+type __RestoreKeyInput struct {
+	Id string `json:"id"`
+}
+
+// GetId returns __RestoreKeyInput.Id, and is useful for accessing the field via an interface.
+func (v *__RestoreKeyInput) GetId() string { return v.Id }
+
 // __UnblockKeyInput is used internally by genqlient
 type __UnblockKeyInput struct {
-	Id    string  `json:"id"`
-	Token *string `json:"token,omitempty"`
+	Id       string  `json:"id"`
+	Token    *string `json:"token,omitempty"`
+	Cooldown *string `json:"cooldown,omitempty"`
+	Failed   *bool   `json:"failed,omitempty"`
 }
 
 // GetId returns __UnblockKeyInput.Id, and is useful for accessing the field via an interface.
@@ -578,6 +706,12 @@ func (v *__UnblockKeyInput) GetId() string { return v.Id }
 
 // GetToken returns __UnblockKeyInput.Token, and is useful for accessing the field via an interface.
 func (v *__UnblockKeyInput) GetToken() *string { return v.Token }
+
+// GetCooldown returns __UnblockKeyInput.Cooldown, and is useful for accessing the field via an interface.
+func (v *__UnblockKeyInput) GetCooldown() *string { return v.Cooldown }
+
+// GetFailed returns __UnblockKeyInput.Failed, and is useful for accessing the field via an interface.
+func (v *__UnblockKeyInput) GetFailed() *bool { return v.Failed }
 
 // The mutation executed by AcquireKey.
 const AcquireKey_Operation = `
@@ -592,6 +726,7 @@ fragment LeaseFields on Lease {
 	acquiredAt
 	expiresAt
 	holder
+	secret
 	key {
 		... KeyFields
 	}
@@ -609,10 +744,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -702,10 +841,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -757,10 +900,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -799,6 +946,8 @@ query GetPools {
 			total
 			available
 			blocked
+			cooling
+			quarantined
 			waiting
 		}
 	}
@@ -833,6 +982,8 @@ query GetStats ($pool: String) {
 		total
 		available
 		blocked
+		cooling
+		quarantined
 		waiting
 	}
 }
@@ -852,6 +1003,67 @@ func GetStats(
 	}
 
 	data_ = &GetStatsResponse{}
+	resp_ := &graphql.Response{Data: data_}
+
+	err_ = client_.MakeRequest(
+		ctx_,
+		req_,
+		resp_,
+	)
+
+	return data_, err_
+}
+
+// The mutation executed by ImportKeys.
+const ImportKeys_Operation = `
+mutation ImportKeys ($pool: String, $keys: [KeyInput!]!, $keepAliveTTL: Duration) {
+	importKeys(pool: $pool, keys: $keys, keepAliveTTL: $keepAliveTTL) {
+		... KeyFields
+	}
+}
+fragment KeyFields on Key {
+	id
+	pool
+	status
+	createdAt
+	expiresAt
+	lease {
+		token
+		fence64
+		acquiredAt
+		expiresAt
+		holder
+	}
+	coolingUntil
+	name
+	history {
+		timesAcquired
+		leasesExpired
+		lastAcquiredAt
+		failures
+		consecutiveFailures
+	}
+}
+`
+
+func ImportKeys(
+	ctx_ context.Context,
+	client_ graphql.Client,
+	pool *string,
+	keys []KeyInput,
+	keepAliveTTL *string,
+) (data_ *ImportKeysResponse, err_ error) {
+	req_ := &graphql.Request{
+		OpName: "ImportKeys",
+		Query:  ImportKeys_Operation,
+		Variables: &__ImportKeysInput{
+			Pool:         pool,
+			Keys:         keys,
+			KeepAliveTTL: keepAliveTTL,
+		},
+	}
+
+	data_ = &ImportKeysResponse{}
 	resp_ := &graphql.Response{Data: data_}
 
 	err_ = client_.MakeRequest(
@@ -883,10 +1095,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -1010,10 +1226,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -1062,6 +1282,7 @@ fragment LeaseFields on Lease {
 	acquiredAt
 	expiresAt
 	holder
+	secret
 	key {
 		... KeyFields
 	}
@@ -1079,10 +1300,14 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -1116,10 +1341,10 @@ func RenewLease(
 	return data_, err_
 }
 
-// The mutation executed by UnblockKey.
-const UnblockKey_Operation = `
-mutation UnblockKey ($id: ID!, $token: ID) {
-	unblockKey(id: $id, token: $token) {
+// The mutation executed by RestoreKey.
+const RestoreKey_Operation = `
+mutation RestoreKey ($id: ID!) {
+	restoreKey(id: $id) {
 		... KeyFields
 	}
 }
@@ -1136,10 +1361,71 @@ fragment KeyFields on Key {
 		expiresAt
 		holder
 	}
+	coolingUntil
+	name
 	history {
 		timesAcquired
 		leasesExpired
 		lastAcquiredAt
+		failures
+		consecutiveFailures
+	}
+}
+`
+
+func RestoreKey(
+	ctx_ context.Context,
+	client_ graphql.Client,
+	id string,
+) (data_ *RestoreKeyResponse, err_ error) {
+	req_ := &graphql.Request{
+		OpName: "RestoreKey",
+		Query:  RestoreKey_Operation,
+		Variables: &__RestoreKeyInput{
+			Id: id,
+		},
+	}
+
+	data_ = &RestoreKeyResponse{}
+	resp_ := &graphql.Response{Data: data_}
+
+	err_ = client_.MakeRequest(
+		ctx_,
+		req_,
+		resp_,
+	)
+
+	return data_, err_
+}
+
+// The mutation executed by UnblockKey.
+const UnblockKey_Operation = `
+mutation UnblockKey ($id: ID!, $token: ID, $cooldown: Duration, $failed: Boolean) {
+	unblockKey(id: $id, token: $token, cooldown: $cooldown, failed: $failed) {
+		... KeyFields
+	}
+}
+fragment KeyFields on Key {
+	id
+	pool
+	status
+	createdAt
+	expiresAt
+	lease {
+		token
+		fence64
+		acquiredAt
+		expiresAt
+		holder
+	}
+	coolingUntil
+	name
+	history {
+		timesAcquired
+		leasesExpired
+		lastAcquiredAt
+		failures
+		consecutiveFailures
 	}
 }
 `
@@ -1149,13 +1435,17 @@ func UnblockKey(
 	client_ graphql.Client,
 	id string,
 	token *string,
+	cooldown *string,
+	failed *bool,
 ) (data_ *UnblockKeyResponse, err_ error) {
 	req_ := &graphql.Request{
 		OpName: "UnblockKey",
 		Query:  UnblockKey_Operation,
 		Variables: &__UnblockKeyInput{
-			Id:    id,
-			Token: token,
+			Id:       id,
+			Token:    token,
+			Cooldown: cooldown,
+			Failed:   failed,
 		},
 	}
 
