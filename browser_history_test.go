@@ -88,6 +88,7 @@ func TestBrowserDashboardKeys(t *testing.T) {
 	})()`)
 	waitFor[bool](b, "the store's health", `document.getElementById('store').textContent === 'memory store · ready'`)
 	waitFor[bool](b, "the share under lease", `document.getElementById('share-blocked').textContent === '50% of the keys'`)
+	waitFor[bool](b, "the pool's utilisation", `document.querySelector('#pools tr[data-pool="crawl"] th').title === 'crawl: 50% blocked'`)
 
 	// Generate three from the page: the pool has five, listed, counted, in the feed.
 	b.do("generate 3 keys", chromedp.SetValue(chromedp.CSS("#generate-count"), "3"), chromedp.Click(chromedp.CSS(`#generate button`)))

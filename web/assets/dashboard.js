@@ -65,7 +65,7 @@
     cooling: document.getElementById('count-cooling'),
     quarantined: document.getElementById('count-quarantined'),
     waiting: document.getElementById('count-waiting'),
-    shareBlocked: document.getElementById('share-blocked'),
+    shares: ['blocked', 'cooling', 'quarantined'].map(function (n) { return document.getElementById('share-' + n); }),
     store: document.getElementById('store'),
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
@@ -165,7 +165,7 @@
     el.feedEmpty.hidden = false;
     el.lastSeq.textContent = '';
     [el.total, el.available, el.blocked, el.cooling, el.quarantined, el.waiting].forEach(function (o) { o.textContent = '–'; });
-    el.shareBlocked.textContent = '';
+    el.shares.forEach(function (o) { o.textContent = ''; });
     drawChart(Date.now());
     loadHistory();
     loadKeys(true);
@@ -246,10 +246,17 @@
         tr.append(td);
       });
       tr.dataset.flags = poolFlags(p.stats).join(' ');
-      // Utilisation: the share under lease, as a bar behind the pool's name.
-      var used = p.stats.total ? Math.round(p.stats.blocked / p.stats.total * 100) : 0;
-      th.style.setProperty('--used', used + '%');
-      th.title = p.name + ': ' + used + '% blocked' + (tr.dataset.flags ? '; ' + poolFlags(p.stats).map(flagText).join(', ') : '');
+      // Utilisation: the shares blocked, cooling and quarantined, as a bar of three
+      // colours behind the pool's name.
+      var shares = [], end = 0;
+      ['blocked', 'cooling', 'quarantined'].forEach(function (n) {
+        var share = p.stats.total ? p.stats[n] / p.stats.total * 100 : 0;
+        end += share;
+        th.style.setProperty('--' + n + '-end', end + '%');
+        if (share) shares.push(Math.round(share) + '% ' + n);
+      });
+      th.title = p.name + ': ' + (shares.join(', ') || 'none held') +
+        (tr.dataset.flags ? '; ' + poolFlags(p.stats).map(flagText).join(', ') : '');
       if (p.name === pool) {
         tr.className = 'selected';
         tr.setAttribute('aria-current', 'true');
@@ -605,7 +612,9 @@
       if (selectedCells) selectedCells[n].textContent = text;
     });
     // Utilisation: the share of the pool under lease.
-    el.shareBlocked.textContent = counts.total ? Math.round(counts.blocked / counts.total * 100) + '% of the keys' : '';
+    ['blocked', 'cooling', 'quarantined'].forEach(function (n, i) {
+      el.shares[i].textContent = counts.total ? Math.round(counts[n] / counts.total * 100) + '% of the keys' : '';
+    });
   }
 
   // ---- the store's health ------------------------------------------------------------
