@@ -283,15 +283,12 @@ func (h *handler) unblock(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(h, w, r, &req) {
 		return
 	}
-	opts := keystore.UnblockOptions{Failed: req.Failed}
-	if req.Cooldown != "" {
-		d, err := wire.ParseDuration("cooldown", req.Cooldown)
-		if err != nil {
-			h.writeError(w, r, err)
-			return
-		}
-		opts.Cooldown = &d
+	cooldown, err := optionalDuration("cooldown", req.Cooldown)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
 	}
+	opts := keystore.UnblockOptions{Cooldown: cooldown, Failed: req.Failed}
 	k, err := h.store.UnblockWith(r.Context(), r.PathValue("id"), req.Token, opts)
 	h.writeKey(w, r, &k, err)
 }
@@ -319,15 +316,12 @@ func (h *handler) importKeys(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(h, w, r, &req) {
 		return
 	}
-	opts := keystore.ImportOptions{Pool: req.Pool}
-	if req.KeepAliveTTL != "" {
-		d, err := wire.ParseDuration("keepAliveTTL", req.KeepAliveTTL)
-		if err != nil {
-			h.writeError(w, r, err)
-			return
-		}
-		opts.KeepAliveTTL = &d
+	keepAliveTTL, err := optionalDuration("keepAliveTTL", req.KeepAliveTTL)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
 	}
+	opts := keystore.ImportOptions{Pool: req.Pool, KeepAliveTTL: keepAliveTTL}
 	in := make([]keystore.KeyInput, len(req.Keys))
 	for i, k := range req.Keys {
 		in[i] = keystore.KeyInput{Secret: k.Secret, Name: k.Name}
@@ -357,14 +351,10 @@ func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(h, w, r, &req) {
 		return
 	}
-	var ttl *time.Duration
-	if req.TTL != "" {
-		d, err := wire.ParseDuration("ttl", req.TTL)
-		if err != nil {
-			h.writeError(w, r, err)
-			return
-		}
-		ttl = &d
+	ttl, err := optionalDuration("ttl", req.TTL)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
 	}
 	k, err := h.store.Renew(r.Context(), r.PathValue("id"), req.Token, ttl)
 	if err != nil {
@@ -548,4 +538,17 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 
 func writeErrorStatus(w http.ResponseWriter, status int, code keystore.Code, message string) {
 	wire.WriteRESTError(w, status, code, message)
+}
+
+// optionalDuration parses the duration called name that a body may leave out: nil
+// when s is empty.
+func optionalDuration(name, s string) (*time.Duration, error) {
+	if s == "" {
+		return nil, nil
+	}
+	d, err := wire.ParseDuration(name, s)
+	if err != nil {
+		return nil, err
+	}
+	return &d, nil
 }

@@ -84,9 +84,8 @@ const MaxBodyBytes = 1 << 20
 // over the limit is an error of code CodeTooLarge; one that cannot be read, the
 // reader's error.
 func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	tooLarge := keystore.Errorf(CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
 	if r.ContentLength > MaxBodyBytes {
-		return nil, tooLarge
+		return nil, errTooLarge()
 	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
@@ -94,11 +93,15 @@ func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	}
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, tooLarge
+			return nil, errTooLarge()
 		}
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func errTooLarge() error {
+	return keystore.Errorf(CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
 }
 
 // Prefers reports whether h's Accept header names want before any of others (a
