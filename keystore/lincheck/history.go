@@ -222,6 +222,8 @@ type Config struct {
 	// Held adds the calls that hold keys back: unblocks with a cool-down or a failure,
 	// and restores.
 	Held bool
+	// Seeded, if set, is called once the pools are seeded, before the first call.
+	Seeded func()
 }
 
 // Run seeds the pool with cfg.Keys keys, then lets cfg.Clients clients make their
@@ -248,6 +250,9 @@ func (h *History) Run(t testing.TB, cfg Config) {
 			}
 		}
 		h.Seed(keys, uint8(i))
+	}
+	if cfg.Seeded != nil {
+		cfg.Seeded()
 	}
 	w := &workload{h: h, cfg: cfg, tokens: map[leaseRef]string{}}
 	w.live.Store(int64(cfg.Keys * len(cfg.Pools)))

@@ -197,16 +197,6 @@ func (s *sentinelSet) url() string {
 		s.sentinels[1].addr(), s.sentinels[2].addr())
 }
 
-// primaryAddr asks the sentinels where the primary is now.
-func (s *sentinelSet) primaryAddr() string {
-	for _, sentinel := range s.sentinels {
-		if a, err := sentinel.do("SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterSet).AsStrSlice(); err == nil && len(a) == 2 {
-			return a[0] + ":" + a[1]
-		}
-	}
-	return ""
-}
-
 // failOver kills the primary (SIGKILL) and waits until the sentinels have promoted
 // the replica and the replica takes writes; then it restarts the old primary as a
 // replica of the new one, and waits until it has caught up, so that WAIT can be
@@ -215,9 +205,17 @@ func (s *sentinelSet) failOver() {
 	s.t.Helper()
 	old := s.primary
 	old.kill()
+	// Every sentinel must know of the promotion before the old primary comes back
+	// (empty, for it had no persistence): a sentinel still of the old mind would turn
+	// the promoted replica into a replica of it, and Redis would lose everything.
 	waitUntil(s.t, 60*time.Second, "the sentinels promote the replica", func() bool {
-		return s.primaryAddr() == s.replica.addr() &&
-			strings.Contains(must(s.replica.do("INFO", "replication").ToString())(s.t), "role:master")
+		for _, sentinel := range s.sentinels {
+			a, err := sentinel.do("SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterSet).AsStrSlice()
+			if err != nil || len(a) != 2 || a[0]+":"+a[1] != s.replica.addr() {
+				return false
+			}
+		}
+		return strings.Contains(must(s.replica.do("INFO", "replication").ToString())(s.t), "role:master")
 	})
 	old.args = append(old.args, "--replicaof", "127.0.0.1", strconv.Itoa(s.replica.port))
 	old.start()
@@ -226,6 +224,16 @@ func (s *sentinelSet) failOver() {
 		return err == nil && strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online")
 	})
 	s.primary, s.replica = s.replica, old
+}
+
+// replOffset reads a replication offset (field of INFO replication) of r.
+func replOffset(t testing.TB, r *tcpRedis, field string) int64 {
+	info := must(r.do("INFO", "replication").ToString())(t)
+	m := regexp.MustCompile(field + `:(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		t.Fatalf("no %s in INFO replication of %s", field, r.addr())
+	}
+	return must(strconv.ParseInt(m[1], 10, 64))(t)
 }
 
 // waitUntil polls cond every 50 ms for at most d.
@@ -365,9 +373,22 @@ func failoverRun(t *testing.T, seed uint64, options ...Option) (porcupine.CheckR
 	h := lincheck.NewHistory()
 	replicas := linReplicasAt(t, []string{set.url(), set.url()}, h, options...)
 	done := make(chan struct{})
+	seeded := make(chan struct{})
 	var after atomic.Int64
 	go func() {
 		defer close(done)
+		// The failover must lose requests of the load, not the pools themselves (a
+		// store that finds its pool gone stops for good): the replica has what the
+		// seeding wrote before the link is held.
+		select {
+		case <-seeded:
+		case <-t.Context().Done(): // Run failed before it seeded
+			return
+		}
+		written := replOffset(t, set.primary, "master_repl_offset")
+		waitUntil(t, 30*time.Second, "the replica has the seeded pools", func() bool {
+			return replOffset(t, set.replica, "slave_repl_offset") >= written
+		})
 		// Real-time spells of load, not a stand-in for the pool's clock.
 		time.Sleep(300 * time.Millisecond)
 		set.link.hold()
@@ -390,7 +411,7 @@ func failoverRun(t *testing.T, seed uint64, options ...Option) (porcupine.CheckR
 	// of unknown outcome are enough for the check to weigh (each may or may not have
 	// happened), and more make it slow.
 	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 4, Calls: 100000, Until: done, Keys: 4,
-		Pools: []string{keystore.DefaultPool, "b"}, Seed: seed})
+		Pools: []string{keystore.DefaultPool, "b"}, Seed: seed, Seeded: func() { close(seeded) }})
 	<-done
 	require.NotZero(t, after.Load(), "the stores did not follow the failover")
 	for _, r := range replicas {
