@@ -25,10 +25,11 @@ type mpool struct {
 	// it is made, which it keeps while it lives. at finds a position's entry, free the
 	// positions without one, byState the positions of each state's keys, so a page of
 	// one state finds its keys in O(log64 n) each, never walking keys of another, and
-	// a transition flips two bits. About 4 bytes a key and a few bits.
+	// a transition flips two bits in one cache line. About 4 bytes a key and a few
+	// bits.
 	at      []slot
-	free    bitset
-	byState [len(stateStatus) - 1]bitset // by state - 1
+	free    bitsets // one set
+	byState bitsets // a set per state, by state - 1
 }
 
 // statusIndex is the index in mpool.byState of the keys in state s.
@@ -48,16 +49,14 @@ func (e *entry) status() Status { return stateStatus[e.state] }
 
 // place gives e, a new key of p, its position.
 func (p *mpool) place(e *entry) {
-	pos := p.free.next(0)
+	pos := p.free.next(0, 0)
 	if pos < 0 {
 		pos = len(p.at)
 		p.at = append(p.at, e.self)
 		p.free.grow(len(p.at))
-		for i := range p.byState {
-			p.byState[i].grow(len(p.at))
-		}
+		p.byState.grow(len(p.at))
 	} else {
-		p.free.remove(pos)
+		p.free.remove(0, pos)
 		p.at[pos] = e.self
 	}
 	e.pos = uint32(pos)
@@ -66,12 +65,12 @@ func (p *mpool) place(e *entry) {
 // unplace frees the position of e, which has left every state.
 func (p *mpool) unplace(e *entry) {
 	p.at[e.pos] = noSlot
-	p.free.add(int(e.pos))
+	p.free.add(0, int(e.pos))
 }
 
 // enter and leave move e into and out of state s in the listing's index.
-func (p *mpool) enter(e *entry, s Status) { p.byState[statusIndex(s)].add(int(e.pos)) }
-func (p *mpool) leave(e *entry, s Status) { p.byState[statusIndex(s)].remove(int(e.pos)) }
+func (p *mpool) enter(e *entry, s Status) { p.byState.add(statusIndex(s), int(e.pos)) }
+func (p *mpool) leave(e *entry, s Status) { p.byState.remove(statusIndex(s), int(e.pos)) }
 
 // stats counts the keys of p, which may be nil (a pool never made).
 func (p *mpool) stats() Stats {
@@ -90,7 +89,9 @@ func (p *mpool) stats() Stats {
 // empty lets the structures of p, which holds no key now, go.
 func (p *mpool) empty() {
 	p.avail, p.availHorizon, p.bySecret = nil, 0, nil
-	p.at, p.free, p.byState = nil, bitset{}, [len(p.byState)]bitset{}
+	p.at = nil
+	p.free.reset()
+	p.byState.reset()
 }
 
 // list returns the slots of up to limit of p's keys in state s ("": any), in order
@@ -98,9 +99,9 @@ func (p *mpool) empty() {
 func (p *mpool) list(s Status, from, limit int) (slots []slot, after int) {
 	for len(slots) < limit {
 		pos := -1
-		for i := range p.byState {
+		for i := range p.byState.sets {
 			if s == "" || statusIndex(s) == i {
-				if next := p.byState[i].next(from); next >= 0 && (pos < 0 || next < pos) {
+				if next := p.byState.next(i, from); next >= 0 && (pos < 0 || next < pos) {
 					pos = next
 				}
 			}
@@ -123,7 +124,8 @@ func (m *memory) makePool(name string) (*mpool, error) {
 	if len(m.pools) >= m.opts.MaxPools {
 		return nil, ErrTooManyPools
 	}
-	p := &mpool{name: name, idx: int32(len(m.pools)), lane: m.lanes.Made(name)}
+	p := &mpool{name: name, idx: int32(len(m.pools)), lane: m.lanes.Made(name),
+		free: newBitsets(1), byState: newBitsets(len(stateStatus) - 1)}
 	m.pools = append(m.pools, p)
 	m.poolIndex[name] = p
 	i, _ := slices.BinarySearch(m.names, name)

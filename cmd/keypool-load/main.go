@@ -11,7 +11,7 @@
 //
 //	go run ./cmd/keypool-load                      # 1e3 keys, 8 connections, 10 s per target
 //	go run ./cmd/keypool-load -keys 10000000       # the same cycle on a pool of 1e7
-//	go run ./cmd/keypool-load -compare-keys 10000000   # 1e3, then 1e7, and their quotients
+//	go run ./cmd/keypool-load -compare-keys 10000000   # 1e3 and 1e7, each pair back to back, and their quotients
 //	go run ./cmd/keypool-load -storm 1000000       # 1e6 more keys expire together mid-run (Go driver)
 //	go run ./cmd/keypool-load -soak 10m            # mixed load at half the REST maximum (Go driver)
 //
@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&cfg.rounds, "rounds", 1, "run the targets this many times in turn and also print each ratio's median over the rounds (with -storm: the storm's p99.9 ratio): on a noisy machine, ratios within a round move together")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent connections, each alternating acquire and unblock")
 	fs.IntVar(&cfg.keys, "keys", 1000, "keys in the pool during the run")
-	fs.IntVar(&cfg.compareKeys, "compare-keys", 0, "then run again on a fresh pool of this many keys, and print each target's ratio to plain and p99 there over those at -keys (wrk only)")
+	fs.IntVar(&cfg.compareKeys, "compare-keys", 0, "also start a keypool with this many keys, drive each keypool target against it right after the one with -keys, and print the medians of each pair's quotients of rate and p99 (wrk only)")
 	fs.IntVar(&cfg.storm, "storm", 0, "extra keys whose keep-alive deadlines all fall in the middle of the GraphQL and REST runs")
 	fs.DurationVar(&cfg.soak, "soak", 0, "instead of the comparison: mixed REST load at half the measured maximum rate for this long, reporting RSS and goroutines")
 	fs.StringVar(&targets, "targets", "plain,gqlgen,mux,graphql,rest", "comma-separated targets, in order (gqlgen and mux: gqlgen's and net/http ServeMux's floors, wrk only)")
@@ -108,33 +108,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		cfg.driver = "go"
 	}
 	cfg.targets = strings.Split(targets, ",")
-	small, err := measure(ctx, cfg, out)
-	if err != nil || cfg.compareKeys == 0 {
-		return err
+	if cfg.compareKeys > 0 && cfg.driver != "wrk" {
+		return fmt.Errorf("-compare-keys needs -driver wrk")
 	}
-	large := cfg
-	large.keys = cfg.compareKeys
-	big, err := measure(ctx, large, out)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "%d keys vs %d, medians of the rounds:", large.keys, cfg.keys)
-	for _, target := range cfg.targets {
-		a, b := small[target], big[target]
-		if target == "plain" || a.ratio == 0 || b.ratio == 0 {
-			continue
-		}
-		fmt.Fprintf(out, " %s rate %.2f (%.2f/%.2f of plain), p99 %.2fx (%v/%v);", target, b.ratio/a.ratio, b.ratio, a.ratio,
-			float64(b.p99)/float64(a.p99), b.p99.Round(10*time.Microsecond), a.p99.Round(10*time.Microsecond))
-	}
-	fmt.Fprintln(out)
-	return nil
-}
-
-// medians are one target's medians over the rounds of a wrk run.
-type medians struct {
-	ratio float64 // req/s over plain's in the same round
-	p99   time.Duration
+	return measure(ctx, cfg, out)
 }
 
 // result is what one target sustained.
@@ -160,12 +137,11 @@ type sample struct {
 
 func (r result) rate() float64 { return float64(r.requests) / r.elapsed.Seconds() }
 
-// measure runs cfg and reports it to out; with wrk it also returns each target's
-// medians.
-func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians, error) {
+// measure runs cfg and reports it to out.
+func measure(ctx context.Context, cfg config, out io.Writer) error {
 	dir, err := os.MkdirTemp("", "keypool-load")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer os.RemoveAll(dir)
 
@@ -175,76 +151,63 @@ func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians
 		build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
-			return nil, fmt.Errorf("building keypool: %w", err)
+			return fmt.Errorf("building keypool: %w", err)
 		}
 	}
-	keepAliveTTL := time.Hour
-	if cfg.storm > 0 {
-		// Storm keys are generated just before each measured keypool target and all
-		// expire stormTTL later, mid-run; a keeper keeps the cycling pool alive.
-		keepAliveTTL = stormTTL
-	}
-	keypoolAddr, err := harness.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	server := pinned(ctx, cfg, serverCPUs, bin, append([]string{"-addr", keypoolAddr, "-keepalive-ttl", keepAliveTTL.String(),
-		"-max-generate", "10000", "-log-format", "json"}, strings.Fields(cfg.serverArgs)...)...)
-	server.Stderr = os.Stderr
-	if err := server.Start(); err != nil {
-		return nil, fmt.Errorf("starting keypool: %w", err)
-	}
-	defer harness.StopProcess(server, 5*time.Second)
-	base := "http://" + keypoolAddr
-	if err := harness.WaitUp(ctx, base+"/healthz"); err != nil {
-		return nil, fmt.Errorf("keypool did not come up: %w", err)
-	}
-
 	client := newClient(cfg.concurrency)
-	pool, err := seed(ctx, client, base, cfg.keys)
+	server, err := startKeypool(ctx, cfg, client, bin, cfg.keys)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	defer harness.StopProcess(server.cmd, 5*time.Second)
+	base, pool := server.base, server.ids
 	if cfg.storm > 0 {
 		go keepPoolAlive(ctx, client, base, pool)
 	}
 	// The plain handler answers the size of a REST acquire, the larger of the two replies.
 	sample, err := post(ctx, client, base+"/v1/keys/acquire", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	lease, err := parseLease(sample)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	unblocked, err := post(ctx, client, base+"/v1/keys/"+lease.Key.ID+"/unblock", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// ServeMux's floor replays these two answers.
 	if err := os.WriteFile(filepath.Join(dir, acquireAnswer), sample, 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, unblockAnswer), unblocked, 0o644); err != nil {
-		return nil, err
+		return err
 	}
 
 	if cfg.soak > 0 {
-		return nil, soak(ctx, cfg, client, base, pool, out)
+		return soak(ctx, cfg, client, base, pool, out)
 	}
 
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	plain, plainURL, err := startHelper(ctx, cfg, self, "-serve-plain", "-plain-size", fmt.Sprint(len(sample)))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer harness.StopProcess(plain, 5*time.Second)
 
 	if cfg.driver == "wrk" {
-		return measureWrk(ctx, cfg, dir, out, server.Process.Pid, base, plain.Process.Pid, plainURL, self, len(sample))
+		var big *keypoolProc
+		if cfg.compareKeys > 0 {
+			if big, err = startKeypool(ctx, cfg, client, bin, cfg.compareKeys); err != nil {
+				return err
+			}
+			defer harness.StopProcess(big.cmd, 5*time.Second)
+		}
+		return measureWrk(ctx, cfg, dir, out, server, big, plain.Process.Pid, plainURL, self, len(sample))
 	}
 	fmt.Fprintf(out, "keypool-load: %d clients, %v per target after %v warm-up, %d keys in the pool, %d-byte replies, GOMAXPROCS %d\n",
 		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, len(sample), runtime.GOMAXPROCS(0))
@@ -254,7 +217,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians
 		for _, target := range cfg.targets {
 			cycle, err := cycleFor(target, base, plainURL)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if cfg.warmup > 0 {
 				drive(ctx, client, cfg.concurrency, cfg.warmup, cycle)
@@ -264,7 +227,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians
 			if cfg.storm > 0 && target != "plain" {
 				generated := time.Now()
 				if err := generate(ctx, client, base, cfg.storm, cfg.concurrency); err != nil {
-					return nil, err
+					return err
 				}
 				// The storm's deadlines span the generation; its window runs until two
 				// seconds after the last, time enough to drain a million.
@@ -282,7 +245,7 @@ func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians
 				stormRatios[target] = append(stormRatios[target], float64(in.p999)/float64(before.p999))
 			}
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return ctx.Err()
 			}
 		}
 		if cfg.rounds > 1 {
@@ -293,7 +256,45 @@ func measure(ctx context.Context, cfg config, out io.Writer) (map[string]medians
 	if len(stormRatios) > 0 {
 		printMedians(out, fmt.Sprintf("p99.9 in the storm / before it, median over %d rounds:", cfg.rounds), cfg.targets, stormRatios)
 	}
-	return nil, nil
+	return nil
+}
+
+// keypoolProc is a keypool server under test, with the ids of the keys seeded.
+type keypoolProc struct {
+	cmd  *exec.Cmd
+	base string
+	keys int
+	ids  []string
+}
+
+// startKeypool starts the keypool binary bin and seeds its pool with keys keys.
+func startKeypool(ctx context.Context, cfg config, client *http.Client, bin string, keys int) (*keypoolProc, error) {
+	keepAliveTTL := time.Hour
+	if cfg.storm > 0 {
+		// Storm keys are generated just before each measured keypool target and all
+		// expire stormTTL later, mid-run; a keeper keeps the cycling pool alive.
+		keepAliveTTL = stormTTL
+	}
+	addr, err := harness.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cmd := pinned(ctx, cfg, serverCPUs, bin, append([]string{"-addr", addr, "-keepalive-ttl", keepAliveTTL.String(),
+		"-max-generate", "10000", "-log-format", "json"}, strings.Fields(cfg.serverArgs)...)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting keypool: %w", err)
+	}
+	p := &keypoolProc{cmd: cmd, base: "http://" + addr, keys: keys}
+	if err := harness.WaitUp(ctx, p.base+"/healthz"); err != nil {
+		harness.StopProcess(cmd, 5*time.Second)
+		return nil, fmt.Errorf("keypool did not come up: %w", err)
+	}
+	if p.ids, err = seed(ctx, client, p.base, keys); err != nil {
+		harness.StopProcess(cmd, 5*time.Second)
+		return nil, err
+	}
+	return p, nil
 }
 
 // stormTTL is the keep-alive TTL of a storm run: long enough to generate a million keys

@@ -103,18 +103,27 @@ func writeScript(dir string) (string, error) {
 	return path, os.WriteFile(path, cycleScript, 0o644)
 }
 
-// measureWrk drives every target with wrk, each after a warm-up, reports, and returns
-// each target's medians over the rounds.
-func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keypoolPID int, keypool string,
-	plainPID int, plain, self string, replySize int) (map[string]medians, error) {
+// measureWrk drives every target with wrk, each after a warm-up, and reports. With
+// big, a keypool whose pool holds -compare-keys keys, each keypool target is driven
+// against big right after it is driven against server, and each such pair's quotients
+// are reported: the two runs of a pair are seconds apart, so that a noisy machine's
+// drift, which moves rates by more than the pool's size does, falls on both.
+func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, server, big *keypoolProc,
+	plainPID int, plain, self string, replySize int) error {
 	script, err := writeScript(dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	runs := map[string]wrkRun{
 		"plain":   {target: "plain", url: plain, script: "plain", pid: plainPID},
-		"graphql": {target: "graphql", url: keypool, script: "graphql", pid: keypoolPID},
-		"rest":    {target: "rest", url: keypool, script: "rest", pid: keypoolPID},
+		"graphql": {target: "graphql", url: server.base, script: "graphql", pid: server.cmd.Process.Pid},
+		"rest":    {target: "rest", url: server.base, script: "rest", pid: server.cmd.Process.Pid},
+	}
+	twin := func(target string) string { return fmt.Sprintf("%s@%d", target, big.keys) }
+	if big != nil {
+		for _, target := range []string{"graphql", "rest"} {
+			runs[twin(target)] = wrkRun{target: twin(target), url: big.base, script: target, pid: big.cmd.Process.Pid}
+		}
 	}
 	for _, floor := range []struct {
 		target, script string
@@ -127,7 +136,7 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 		}
 		cmd, url, err := startHelper(ctx, cfg, self, floor.args...)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer harness.StopProcess(cmd, 5*time.Second)
 		runs[floor.target] = wrkRun{target: floor.target, url: url, script: floor.script, pid: cmd.Process.Pid}
@@ -136,26 +145,38 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 	if cfg.pin {
 		placement = "servers on CPU " + serverCPUs + ", wrk on the others"
 	}
-	fmt.Fprintf(out, "keypool-load: wrk, %d connections (one per thread), %v per target after %v warm-up, %d keys in the pool, %d-byte replies, %d CPUs, %s\n",
-		cfg.concurrency, cfg.duration, cfg.warmup, cfg.keys, replySize, runtime.NumCPU(), placement)
+	pools := fmt.Sprintf("%d keys in the pool", cfg.keys)
+	var targets []string // in the order driven
+	for _, target := range cfg.targets {
+		targets = append(targets, target)
+		if _, ok := runs[target]; !ok {
+			return fmt.Errorf("unknown target %q (plain, gqlgen, mux, graphql, rest)", target)
+		}
+		if big != nil && (target == "graphql" || target == "rest") {
+			targets = append(targets, twin(target))
+		}
+	}
+	if big != nil {
+		pools += fmt.Sprintf(" (%d in the @%d targets')", big.keys, big.keys)
+	}
+	fmt.Fprintf(out, "keypool-load: wrk, %d connections (one per thread), %v per target after %v warm-up, %s, %d-byte replies, %d CPUs, %s\n",
+		cfg.concurrency, cfg.duration, cfg.warmup, pools, replySize, runtime.NumCPU(), placement)
 	ratios := map[string][]float64{} // by target, one a round
+	rates := map[string][]float64{}
 	p99s := map[string][]time.Duration{}
 	for round := range max(cfg.rounds, 1) {
 		var results []result
-		for _, target := range cfg.targets {
-			run, ok := runs[target]
-			if !ok {
-				return nil, fmt.Errorf("unknown target %q (plain, gqlgen, mux, graphql, rest)", target)
-			}
+		for _, target := range targets {
+			run := runs[target]
 			run.connect = cfg.concurrency
 			if cfg.warmup >= time.Second {
 				if _, err := driveWrk(ctx, cfg, script, run, cfg.warmup); err != nil {
-					return nil, err
+					return err
 				}
 			}
 			r, err := driveWrk(ctx, cfg, script, run, cfg.duration)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			results = append(results, r)
 		}
@@ -173,11 +194,12 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 			if plain > 0 {
 				ratios[r.target] = append(ratios[r.target], r.rate()/plain)
 			}
+			rates[r.target] = append(rates[r.target], r.rate())
 			p99s[r.target] = append(p99s[r.target], r.p99)
 		}
 	}
 	if cfg.rounds > 1 {
-		printMedians(out, fmt.Sprintf("median over %d rounds, vs plain (each round's own plain run):", cfg.rounds), cfg.targets, ratios)
+		printMedians(out, fmt.Sprintf("median over %d rounds, vs plain (each round's own plain run):", cfg.rounds), targets, ratios)
 		beyond := map[string][]float64{} // keypool's ratio over its framework's floor, a round at a time
 		for over, floor := range map[string]string{"graphql": "gqlgen", "rest": "mux"} {
 			for i := range min(len(ratios[over]), len(ratios[floor])) {
@@ -188,16 +210,33 @@ func measureWrk(ctx context.Context, cfg config, dir string, out io.Writer, keyp
 			printMedians(out, "median vs its framework's floor (graphql/gqlgen, rest/mux):", []string{"graphql", "rest"}, beyond)
 		}
 	}
-	if rss, err := harness.ProcessRSS(keypoolPID); err == nil {
-		fmt.Fprintf(out, "keypool RSS after the run: %.1f MiB (%.0f B per key)\n", float64(rss)/(1<<20), float64(rss)/float64(max(cfg.keys, 1)))
-	}
-	all := map[string]medians{}
-	for _, target := range cfg.targets {
-		if len(p99s[target]) > 0 {
-			all[target] = medians{ratio: median(ratios[target]), p99: median(p99s[target])}
+	for _, p := range []*keypoolProc{server, big} {
+		if p == nil {
+			continue
+		}
+		if rss, err := harness.ProcessRSS(p.cmd.Process.Pid); err == nil {
+			fmt.Fprintf(out, "keypool RSS after the run, %d keys: %.1f MiB (%.0f B per key)\n", p.keys, float64(rss)/(1<<20), float64(rss)/float64(max(p.keys, 1)))
 		}
 	}
-	return all, nil
+	if big != nil {
+		// Each pair's quotients, a round at a time, then their medians.
+		rate, p99 := map[string][]float64{}, map[string][]float64{}
+		var compared []string
+		for _, target := range cfg.targets {
+			if len(p99s[twin(target)]) == 0 {
+				continue
+			}
+			compared = append(compared, target)
+			for i := range p99s[target] {
+				rate[target] = append(rate[target], rates[twin(target)][i]/rates[target][i])
+				p99[target] = append(p99[target], float64(p99s[twin(target)][i])/float64(p99s[target][i]))
+			}
+		}
+		title := fmt.Sprintf("%d keys vs %d, each pair back to back, median of %d rounds:", big.keys, cfg.keys, max(cfg.rounds, 1))
+		printMedians(out, title+" rate", compared, rate)
+		printMedians(out, title+" p99", compared, p99)
+	}
+	return nil
 }
 
 // printMedians prints, after title, the median and range of each target's ratios.
