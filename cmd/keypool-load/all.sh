@@ -20,7 +20,7 @@ load -pin=false -rounds 5 -duration 5s -warmup 1s
 echo "== the same, pinned (servers on CPU 0, wrk on the others)"
 load -rounds 5 -duration 5s -warmup 1s
 echo "== 1e3 and 1e7 keys, back to back"
-load -pin=false -rounds 5 -duration 5s -warmup 1s -targets plain,graphql,rest -compare-keys 10000000
+load -pin=false -rounds 15 -duration 5s -warmup 1s -targets plain,graphql,rest -compare-keys 10000000
 echo "== an expiry storm of 1e6 keys at 32 clients"
 load -pin=false -storm 1000000 -concurrency 32 -targets graphql,rest -rounds 3
 echo "== fan-out: requests under 1,000 subscribers (issue 17), and keypool against a raw broadcast"
