@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,6 +150,33 @@ func TestBrowserDashboardKeys(t *testing.T) {
 	waitFor[bool](b, "its panel", `document.getElementById('key-panel').open &&
 		document.querySelector('#key-fields dd[data-field="State"]')?.textContent === 'AVAILABLE'`)
 	b.do("close the panel", chromedp.Click(chromedp.CSS("#key-close")))
+
+	// The feed's filter shows the events of one key; Pause holds new events back
+	// until Resume.
+	const visible = `[...document.querySelectorAll('#feed li')].filter(li => !li.hidden)`
+	b.do("filter the feed by the released key", chromedp.SendKeys(chromedp.ID("feed-filter"), strings.ToLower(held)))
+	waitFor[bool](b, "only its events", `(() => {
+		const shown = `+visible+`;
+		return shown.length >= 2 && shown.length < document.querySelectorAll('#feed li').length &&
+			shown.every(li => li.querySelector('button.key').dataset.id === `+strconv.Quote(held)+`);
+	})()`)
+	b.do("clear the filter", chromedp.Evaluate[chromedp.Void](`(() => {
+		const f = document.getElementById('feed-filter');
+		f.value = '';
+		f.dispatchEvent(new Event('input'));
+	})()`))
+	waitFor[bool](b, "every event shown", visible+`.length === document.querySelectorAll('#feed li').length`)
+	generated := eval[int](b, `document.querySelectorAll('#feed .type.GENERATED').length`)
+	b.do("pause the feed", chromedp.Click(chromedp.ID("feed-pause")))
+	server.generateKeysIn(t, "crawl", 2)
+	waitFor[bool](b, "two events held back", `document.getElementById('feed-pause').textContent === 'Resume (2 new)' &&
+		document.getElementById('count-total').textContent === '6'`)
+	if n := eval[int](b, `document.querySelectorAll('#feed .type.GENERATED').length`); n != generated {
+		t.Fatalf("the paused feed drew events: %d GENERATED, %d before", n, generated)
+	}
+	b.do("resume the feed", chromedp.Click(chromedp.ID("feed-pause")))
+	waitFor[bool](b, "the held events drawn", fmt.Sprintf(`document.querySelectorAll('#feed .type.GENERATED').length === %d &&
+		document.getElementById('feed-pause').textContent === 'Pause'`, generated+2))
 	if *docsScreenshots {
 		b.docsPhoneScreenshot("dashboard-phone")
 	}

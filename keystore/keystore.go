@@ -333,6 +333,10 @@ type Store interface {
 	Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error)
 	// Ready reports whether the store can serve requests (EUNAVAILABLE when not).
 	Ready(ctx context.Context) error
+	// Replicas counts the servers that serve these pools now, this one included: 1
+	// for an in-memory store; for a Redis store, the replicas of its namespace heard
+	// from within the last few seconds.
+	Replicas(ctx context.Context) (int, error)
 	// Close stops the store's background work and ends every subscription.
 	Close() error
 }

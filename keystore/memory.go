@@ -529,6 +529,9 @@ func (m *memory) Ready(context.Context) error {
 	}
 }
 
+// Replicas implements Backend: an in-memory pool has one server, this one.
+func (m *memory) Replicas(ctx context.Context) (int, error) { return 1, m.Ready(ctx) }
+
 // Close implements Backend.
 func (m *memory) Close() error {
 	m.closeOnce.Do(func() {

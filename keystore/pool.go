@@ -110,6 +110,8 @@ type Backend interface {
 	CatchUp(ctx context.Context, pool string) error
 	// Ready reports whether the backend can serve requests.
 	Ready(ctx context.Context) error
+	// Replicas counts the servers that serve these pools now, this one included.
+	Replicas(ctx context.Context) (int, error)
 	// Close stops the backend's background work.
 	Close() error
 }
@@ -764,6 +766,9 @@ func (p *Pool) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 
 // Ready implements Store.
 func (p *Pool) Ready(ctx context.Context) error { return p.backend.Ready(ctx) }
+
+// Replicas implements Store.
+func (p *Pool) Replicas(ctx context.Context) (int, error) { return p.backend.Replicas(ctx) }
 
 // Close implements Store: waiting Acquires end with EUNAVAILABLE, the backend stops,
 // and every subscription ends.

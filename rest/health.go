@@ -61,10 +61,18 @@ func Readyz(store keystore.Store, kind string, logger *slog.Logger) http.Handler
 			if err != nil {
 				status = http.StatusServiceUnavailable
 			}
+			replicas := 0
+			if err == nil {
+				replicas, _ = store.Replicas(ctx) // 0, left out, if it cannot be counted
+			}
 			writeJSON(w, status, func(b []byte) []byte {
 				b = strconv.AppendBool(append(b, `{"ready":`...), err == nil)
 				b = appendString(append(b, `,"store":`...), kind)
-				return append(appendString(append(b, `,"reason":`...), message), '}')
+				b = appendString(append(b, `,"reason":`...), message)
+				if replicas > 0 {
+					b = strconv.AppendInt(append(b, `,"replicas":`...), int64(replicas), 10)
+				}
+				return append(b, '}')
 			})
 		case err == nil:
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")

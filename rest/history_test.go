@@ -77,11 +77,12 @@ func TestReadyzJSON(t *testing.T) {
 		return w
 	}
 	type readiness struct {
-		Ready  bool
-		Store  string
-		Reason string
+		Ready    bool
+		Store    string
+		Reason   string
+		Replicas int
 	}
-	if got := expect[readiness](t, ask(rest.Readyz(p.store, "memory", nil)), 200, ""); got != (readiness{Ready: true, Store: "memory"}) {
+	if got := expect[readiness](t, ask(rest.Readyz(p.store, "memory", nil)), 200, ""); got != (readiness{Ready: true, Store: "memory", Replicas: 1}) {
 		t.Fatalf("ready: %+v", got)
 	}
 	p.store.Close()

@@ -96,9 +96,11 @@ func (s *Store) watchLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(s.healthEvery)
 	defer tick.Stop()
+	s.beat()
 	for {
 		select {
 		case <-tick.C:
+			s.beat()
 		case <-s.healthKick:
 		case <-s.ctx.Done():
 			return

@@ -58,6 +58,9 @@ const layoutVersion = "2"
 //	pools    HASH    the registry: pool name -> pool index (1, 2, … in order of making)
 //	made     STREAM  entry <index>-0 {p: name} per pool made, in order: replicas follow
 //	                 it to learn of new pools, and read it to find a pool by index
+//	replicas HASH    replica id -> when it last said it is there (ms of Redis's TIME),
+//	                 every few seconds, so that replicas can count each other
+//	                 (replicas.go)
 //
 // The first replica writes layout, secret, id and clock in one step (scriptSetup). The
 // registry only grows (a pool once made stays, with its counters), so replicas cache

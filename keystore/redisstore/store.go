@@ -1022,6 +1022,7 @@ func (s *Store) Ready(ctx context.Context) error {
 func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.leave()
 		s.cancel()
 		s.rdb.Close() // also ends a blocked XREAD
 		s.wg.Wait()

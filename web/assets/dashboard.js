@@ -70,6 +70,8 @@
     feed: document.getElementById('feed'),
     feedEmpty: document.getElementById('feed-empty'),
     lastSeq: document.getElementById('last-seq'),
+    feedFilter: document.getElementById('feed-filter'),
+    feedPause: document.getElementById('feed-pause'),
     chart: document.getElementById('chart'),
     chartTitle: document.getElementById('chart-title'),
     pools: document.getElementById('pools'),
@@ -161,6 +163,8 @@
     lastSeq = null;
     samples = [];
     pendingFeed = [];
+    held = 0;
+    if (paused) el.feedPause.textContent = 'Resume';
     el.feed.replaceChildren();
     el.feedEmpty.hidden = false;
     el.lastSeq.textContent = '';
@@ -543,19 +547,48 @@
   //
   // Bursts (generateKeys of thousands) arrive faster than the page can draw, so
   // events queue and are drawn once per frame; only the newest FEED_MAX matter.
+  // Paused, the feed stands still and the events wait (the newest FEED_MAX of
+  // them) until it resumes; the counts and the chart go on. The filter shows the
+  // events whose type, key or holder contains its text, and hides the others.
 
   var pendingFeed = [];
+  var paused = false;
+  var held = 0; // events that arrived while paused
 
   function pushFeed(ev) {
     pendingFeed.push(ev);
     if (pendingFeed.length > FEED_MAX) pendingFeed.splice(0, pendingFeed.length - FEED_MAX);
+    if (paused) {
+      held++;
+      el.feedPause.textContent = 'Resume (' + numberFormat.format(held) + ' new)';
+      return;
+    }
     scheduleRender();
   }
 
+  el.feedPause.addEventListener('click', function () {
+    paused = !paused;
+    el.feedPause.setAttribute('aria-pressed', String(paused));
+    el.feedPause.textContent = paused ? 'Resume' : 'Pause';
+    held = 0;
+    if (!paused) scheduleRender();
+  });
+
+  function feedText() { return el.feedFilter.value.trim().toLowerCase(); }
+
+  function showIfMatches(li, text) { li.hidden = text !== '' && li.dataset.text.indexOf(text) < 0; }
+
+  el.feedFilter.addEventListener('input', function () {
+    var text = feedText();
+    for (var li = el.feed.firstElementChild; li; li = li.nextElementSibling) showIfMatches(li, text);
+  });
+
   var timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
 
-  function feedItem(ev) {
+  function feedItem(ev, text) {
     var li = document.createElement('li');
+    li.dataset.text = [ev.type, ev.keyId, ev.holder || ''].join(' ').toLowerCase();
+    showIfMatches(li, text);
     var when = new Date(ev.at);
     var time = document.createElement('time');
     time.dateTime = ev.at;
@@ -581,9 +614,10 @@
   }
 
   function drawFeed() {
-    if (!pendingFeed.length) return;
+    if (!pendingFeed.length || paused) return;
     var frag = document.createDocumentFragment();
-    for (var i = pendingFeed.length - 1; i >= 0; i--) frag.append(feedItem(pendingFeed[i]));
+    var text = feedText();
+    for (var i = pendingFeed.length - 1; i >= 0; i--) frag.append(feedItem(pendingFeed[i], text));
     pendingFeed = [];
     el.feed.prepend(frag);
     while (el.feed.childElementCount > FEED_MAX) el.feed.lastElementChild.remove();
@@ -627,7 +661,9 @@
       return res.json();
     }).then(function (r) {
       el.store.dataset.ready = String(r.ready);
-      el.store.textContent = r.store + (r.ready ? ' store · ready' : ' store · not ready: ' + r.reason);
+      // A Redis store's replicas are the servers that follow its pools' streams.
+      var replicas = r.store !== 'memory' && r.replicas ? ' · ' + r.replicas + (r.replicas === 1 ? ' replica' : ' replicas') : '';
+      el.store.textContent = r.store + (r.ready ? ' store · ready' + replicas : ' store · not ready: ' + r.reason);
     }, function () {
       el.store.dataset.ready = 'false';
       el.store.textContent = 'server unreachable';
