@@ -204,24 +204,9 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
-		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...)
-		cmd = append(cmd, args...)
-		b.Logf("redis-benchmark %s", strings.Join(cmd, " "))
-		cpu0 := redisCPU(b, srv)
-		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
-		cpu := redisCPU(b, srv) - cpu0
-		if err != nil {
-			b.Fatalf("redis-benchmark: %v\n%s", err, out)
-		}
-		// --csv prints a header line, then "test","rps",…
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		fields := strings.Split(lines[len(lines)-1], ",")
-		rps, err := strconv.ParseFloat(strings.Trim(fields[1], `"`), 64)
-		if err != nil {
-			b.Fatalf("redis-benchmark output %q: %v", out, err)
-		}
-		perCall := float64(cpu.Microseconds()) / float64(n)
+		call := append(append([]string{"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...), args...)
+		b.Logf("redis-benchmark -c %d -n %d %s", clients, n, strings.Join(call, " "))
+		rps, perCall := runRedisBenchmark(b, srv, rdb, clients, n, call...)
 		b.Logf("%s: %.0f calls/s, Redis CPU %.1f µs/call", name, rps, perCall)
 		return rps, perCall
 	}
@@ -364,27 +349,8 @@ func versusLua(b *testing.B, clients int) {
 	}
 	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
 	lua := func(name string, n int, args ...string) (rate, cpu float64) {
-		cmd := append([]string{"-s", srv.sock, "-n", strconv.Itoa(n), "-c", strconv.Itoa(clients), "-r", "100000", "--csv",
-			"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...)
-		cmd = append(cmd, args...)
-		cpu0, failed0 := redisCPU(b, srv), failedScripts(b, rdb)
-		out, err := exec.Command("redis-benchmark", cmd...).CombinedOutput()
-		used := redisCPU(b, srv) - cpu0
-		if err != nil {
-			b.Fatalf("redis-benchmark: %v\n%s", err, out)
-		}
-		// redis-benchmark counts an error reply as a call like any other.
-		if failed := failedScripts(b, rdb) - failed0; failed > 0 {
-			b.Fatalf("%d of redis-benchmark's %d %s calls failed: %s", failed, n, name,
-				must(rdb.do("INFO", "errorstats").ToString())(b))
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		fields := strings.Split(lines[len(lines)-1], ",")
-		rate, err = strconv.ParseFloat(strings.Trim(fields[1], `"`), 64)
-		if err != nil {
-			b.Fatalf("redis-benchmark output %q: %v", out, err)
-		}
-		return rate, float64(used.Microseconds()) / float64(n)
+		call := append(append([]string{"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...), args...)
+		return runRedisBenchmark(b, srv, rdb, clients, n, call...)
 	}
 	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(luaCommon(pool), " "))
 	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench:default}:leases").AsInt64())(b) }
