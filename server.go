@@ -23,6 +23,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/keypool/keypool/auth"
 	"github.com/keypool/keypool/gcfloor"
 	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/keystore"
@@ -72,6 +73,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	metricSet.WatchStore(store)
 	go store.RecordHistory(ctx)
 
+	if cfg.AuthFile != "" {
+		if cfg.guard, err = auth.NewGuard(cfg.AuthFile, metricSet.AuthFailed); err != nil {
+			return fmt.Errorf("-auth-file: %v", err)
+		}
+		stopReloads := reloadOnHangup(cfg.guard, logger)
+		defer stopReloads()
+	}
+
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("-addr: %v", err)
@@ -79,6 +88,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// What net/http refuses before any handler (a bad %-escape in a path, a malformed
 	// header) is answered in JSON too; websockets still get the plain TCP connection.
 	ln = middleware.ServerRefusals(ln)
+	if cfg.guard == nil && !isLoopback(ln.Addr()) {
+		logger.Warn("access control is off and the server listens beyond loopback: anyone who reaches it may lease, import and delete keys; see -auth-file",
+			"addr", ln.Addr().String())
+	}
 
 	streams := newStreamTracker()
 	srv := &http.Server{
@@ -143,6 +156,42 @@ func openStore(cfg config, observer keystore.Observer, logger *slog.Logger) (*ke
 		return nil, fmt.Errorf("-store: %w", err)
 	}
 	return store, nil
+}
+
+// reloadOnHangup rereads the auth file at every SIGHUP until stop is called. A file
+// that cannot be read keeps the tokens in force, and says why in the log (never a
+// token, nor its hash).
+func reloadOnHangup(guard *auth.Guard, logger *slog.Logger) (stop func()) {
+	hangups := make(chan os.Signal, 1)
+	signal.Notify(hangups, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hangups:
+				tokens, err := guard.Reload()
+				if err != nil {
+					logger.Error("-auth-file not reread: the tokens in force stay", "err", err)
+					continue
+				}
+				logger.Info("-auth-file reread", "tokens", tokens.Len())
+			}
+		}
+	})
+	return func() {
+		signal.Stop(hangups)
+		close(done)
+		wg.Wait()
+	}
+}
+
+// isLoopback reports whether addr is reachable from this machine only.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 func newLogger(format string, level slog.Level, w io.Writer) *slog.Logger {
