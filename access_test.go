@@ -105,7 +105,7 @@ var restOps = map[string]struct {
 	"importKeys":   {least: auth.Admin, method: "POST", path: "/v1/keys/import", body: `{"pool":"acl","keys":[{"secret":"s"}]}`},
 	"deleteKey":    {least: auth.Admin, method: "DELETE", path: "/v1/keys/nope"},
 	"restoreKey":   {least: auth.Admin, method: "POST", path: "/v1/keys/nope/restore"},
-	"acquireKey":   {least: auth.Client, method: "POST", path: "/v1/keys/acquire", body: `{"pool":"empty"}`},
+	"acquireKey":   {least: auth.Client, method: "POST", path: "/v1/keys/acquire?pool=empty"},
 	"unblockKey":   {least: auth.Client, method: "POST", path: "/v1/keys/nope/unblock", body: `{}`},
 	"renewLease":   {least: auth.Client, method: "POST", path: "/v1/keys/nope/renew", body: `{"token":"t"}`},
 	"keepAlive":    {least: auth.Client, method: "POST", path: "/v1/keys/nope/keepalive"},
@@ -388,7 +388,7 @@ func TestAccessWebsocket(t *testing.T) {
 		assert.Equal(t, "error", msg.Type)
 		assert.Contains(t, string(msg.Payload), `"FORBIDDEN"`)
 		require.NoError(t, wsjson.Write(context.Background(), conn, map[string]any{"id": "s", "type": "subscribe",
-			"payload": map[string]any{"query": `subscription { keyEvents(pool: "ws") { type } }`}}))
+			"payload": map[string]any{"query": `subscription { keyEvents(pool: "ws", after: 0) { type } }`}}))
 		assert.Equal(t, `{"total":0}`, statsOf(t, s, testTokens[auth.Admin], "ws"))
 		s.send(t, "POST", "/v1/keys", testTokens[auth.Admin], `{"pool":"ws"}`)
 		msg = readWS(t, conn)
@@ -401,7 +401,7 @@ func TestAccessWebsocket(t *testing.T) {
 func TestAccessSSE(t *testing.T) {
 	s := startServer(t, "-auth-file", writeAuthFile(t))
 	open := func(token string) *http.Response {
-		body, _ := json.Marshal(map[string]any{"query": `subscription { keyEvents(pool: "sse") { type } }`})
+		body, _ := json.Marshal(map[string]any{"query": `subscription { keyEvents(pool: "sse", after: 0) { type } }`})
 		req, err := http.NewRequest("POST", s.url+"/graphql", bytes.NewReader(body))
 		require.NoError(t, err)
 		req.Header.Set("Content-Type", "application/json")
@@ -442,4 +442,102 @@ func sha256Hex(s string) string { return auth.Digest(s) }
 
 func urlQueryEscape(s string) string {
 	return strings.NewReplacer("{", "%7B", "}", "%7D", `"`, "%22", ":", "%3A", ",", "%2C").Replace(s)
+}
+
+// TestAccessHolders: with access control on, a lease's holder is the token's name, its
+// token is shown to its holder and admins only, and only an admin may unblock or renew
+// another name's lease; a token scoped to pools acts on those pools only.
+func TestAccessHolders(t *testing.T) {
+	other, scoped := "other-token-5e5e", "scoped-token-b0b0"
+	s := startServer(t, "-auth-file", writeAuthFile(t,
+		"other-app client "+auth.Digest(other), "scoped-app client "+auth.Digest(scoped)+" build,ci"))
+	admin, client, viewer := testTokens[auth.Admin], testTokens[auth.Client], testTokens[auth.Viewer]
+	gql := func(t *testing.T, token, query string, vars map[string]any) (int, string) {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"query": query, "variables": vars})
+		status, _, data := s.send(t, "POST", "/graphql", token, string(body))
+		return status, string(data)
+	}
+	status, data := gql(t, admin, `mutation { a: generateKeys(count: 1) { id } b: generateKeys(count: 2, pool: "build") { id } }`, nil)
+	require.Equal(t, http.StatusOK, status, data)
+
+	t.Run("holder", func(t *testing.T) {
+		_, data := gql(t, client, `mutation { acquireKey(holder: "someone-else") { token } }`, nil)
+		assert.Contains(t, data, "BAD_USER_INPUT")
+		_, data = gql(t, client, `mutation { acquireKey(holder: "client-app") { holder } }`, nil)
+		assert.Contains(t, data, `"holder":"client-app"`, "naming itself is fine")
+		_, data = gql(t, client, `mutation { unblockKey(id: "x") { id } }`, nil) // nothing to free: NOT_FOUND
+		assert.Contains(t, data, "NOT_FOUND")
+	})
+
+	t.Run("leases of another name", func(t *testing.T) {
+		code, _, body := s.send(t, "POST", "/v1/keys/acquire?pool=build", client, "")
+		require.Equal(t, http.StatusOK, code, "%s", body)
+		var lease struct {
+			Token  string `json:"token"`
+			Holder string `json:"holder"`
+			Key    struct {
+				ID string `json:"id"`
+			} `json:"key"`
+		}
+		require.NoError(t, json.Unmarshal(body, &lease), "%s", body)
+		require.Equal(t, "client-app", lease.Holder, "%s", body)
+		require.NotEmpty(t, lease.Token)
+		id, token := lease.Key.ID, lease.Token
+
+		leaseToken := func(who string) string {
+			_, data := gql(t, who, `query($id: ID!) { key(id: $id) { lease { token } } }`, map[string]any{"id": id})
+			var out struct {
+				Data struct{ Key struct{ Lease struct{ Token string } } }
+			}
+			require.NoError(t, json.Unmarshal([]byte(data), &out), data)
+			return out.Data.Key.Lease.Token
+		}
+		assert.Equal(t, token, leaseToken(client), "its holder sees the token")
+		assert.Equal(t, token, leaseToken(admin), "an admin sees the token")
+		assert.Empty(t, leaseToken(viewer), "a viewer does not")
+		assert.Empty(t, leaseToken(other), "another client does not")
+		code, _, body = s.send(t, "GET", "/v1/keys?pool=build", viewer, "")
+		require.Equal(t, http.StatusOK, code)
+		assert.NotContains(t, string(body), token, "nor in a list")
+
+		code, _, body = s.send(t, "POST", "/v1/keys/"+id+"/renew", other, `{"token":"`+token+`"}`)
+		assert.Equal(t, http.StatusForbidden, code, "%s", body)
+		code, _, body = s.send(t, "POST", "/v1/keys/"+id+"/unblock", other, `{}`)
+		assert.Equal(t, http.StatusForbidden, code, "%s", body)
+		code, _, body = s.send(t, "POST", "/v1/keys/"+id+"/renew", client, `{"token":"`+token+`"}`)
+		assert.Equal(t, http.StatusOK, code, "%s", body)
+		code, _, body = s.send(t, "POST", "/v1/keys/"+id+"/unblock", admin, `{}`)
+		assert.Equal(t, http.StatusOK, code, "an admin may: %s", body)
+	})
+
+	t.Run("scoped to pools", func(t *testing.T) {
+		_, data := gql(t, scoped, `mutation { acquireKey { token } }`, nil)
+		assert.Contains(t, data, `"FORBIDDEN"`, "the default pool is not the token's")
+		_, data = gql(t, scoped, `mutation { acquireKey(pool: "build") { holder } }`, nil)
+		assert.Contains(t, data, `"holder":"scoped-app"`)
+		_, data = gql(t, scoped, `{ stats { total } }`, nil)
+		assert.Contains(t, data, `"FORBIDDEN"`, "every pool at once is not the token's")
+		_, data = gql(t, scoped, `{ stats(pool: "build") { total } }`, nil)
+		assert.Contains(t, data, `"total":2`)
+		_, data = gql(t, scoped, `{ pools { name } }`, nil)
+		assert.Contains(t, data, `"build"`)
+		assert.NotContains(t, data, `"default"`, "only its pools are listed")
+		code, _, body := s.send(t, "GET", "/v1/keys?pool=default", scoped, "")
+		assert.Equal(t, http.StatusForbidden, code, "%s", body)
+		code, _, body = s.send(t, "GET", "/v1/keys", admin, "")
+		require.Equal(t, http.StatusOK, code)
+		var page struct {
+			Keys []struct{ ID, Pool string } `json:"keys"`
+		}
+		require.NoError(t, json.Unmarshal(body, &page), "%s", body)
+		for _, k := range page.Keys {
+			code, _, _ := s.send(t, "GET", "/v1/keys/"+k.ID, scoped, "")
+			if k.Pool == "build" {
+				assert.Equal(t, http.StatusOK, code)
+			} else {
+				assert.Equal(t, http.StatusForbidden, code)
+			}
+		}
+	})
 }

@@ -21,6 +21,9 @@ func newHandler(store keystore.Store, cfg config, logger *slog.Logger, m *metric
 	if cfg.guard != nil {
 		graphOpts.WebsocketInit = cfg.guard.WebsocketInit
 	}
+	if cfg.guard != nil {
+		store = auth.Store(store) // the rules on pools and leases, for every transport
+	}
 	mux.Handle("/graphql", graph.NewServer(m.Instrument(store, metrics.GraphQL), graphOpts))
 	rest.Mount(mux, m.Instrument(store, metrics.REST), logger, func(h http.Handler) http.Handler {
 		return middleware.JSONBodies(middleware.RESTError, h)
