@@ -488,7 +488,9 @@ func TestAccessHolders(t *testing.T) {
 		leaseToken := func(who string) string {
 			_, data := gql(t, who, `query($id: ID!) { key(id: $id) { lease { token } } }`, map[string]any{"id": id})
 			var out struct {
-				Data struct{ Key struct{ Lease struct{ Token string } } }
+				Data struct {
+					Key struct{ Lease struct{ Token string } }
+				}
 			}
 			require.NoError(t, json.Unmarshal([]byte(data), &out), data)
 			return out.Data.Key.Lease.Token
