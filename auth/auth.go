@@ -19,37 +19,26 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/keypool/keypool/auth/tokenfile"
 )
 
-// Role is what a token may do: each role may do what the roles below it may.
-type Role int8
+// Role is what a token may do (tokenfile.Role).
+type Role = tokenfile.Role
 
 // The roles, least first. None is the role of a request that carries no known token.
 const (
-	None Role = iota
-	Viewer
-	Client
-	Admin
+	None   = tokenfile.None
+	Viewer = tokenfile.Viewer
+	Client = tokenfile.Client
+	Admin  = tokenfile.Admin
 )
 
-var roleNames = [...]string{None: "none", Viewer: "viewer", Client: "client", Admin: "admin"}
-
-func (r Role) String() string {
-	if r < 0 || int(r) >= len(roleNames) {
-		return fmt.Sprintf("Role(%d)", r)
-	}
-	return roleNames[r]
-}
-
 // ParseRole reads admin, client or viewer.
-func ParseRole(s string) (Role, bool) {
-	for r := Viewer; r <= Admin; r++ {
-		if roleNames[r] == s {
-			return r, true
-		}
-	}
-	return None, false
-}
+func ParseRole(s string) (Role, bool) { return tokenfile.ParseRole(s) }
+
+// Digest is the hex SHA-256 of a token, as the file holds it.
+func Digest(token string) string { return tokenfile.Digest(token) }
 
 // Principal is who a request acts for: a token's name, role and pools.
 type Principal struct {
@@ -166,12 +155,6 @@ func Parse(r io.Reader) (*Tokens, error) {
 		return nil, err
 	}
 	return t, nil
-}
-
-// Digest is the hex SHA-256 of a token, as the file holds it.
-func Digest(tok string) string {
-	sum := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(sum[:])
 }
 
 // lookup finds the principal of tok, comparing its digest with every line's in
