@@ -3,7 +3,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -34,12 +37,33 @@ func TestAccessReload(t *testing.T) {
 		"payload": map[string]any{"Authorization": "Bearer " + viewer}}))
 	require.Equal(t, "connection_ack", readWS(t, conn).Type)
 
+	sseBody, _ := json.Marshal(map[string]any{"query": `subscription { keyEvents { type } }`})
+	req, err := http.NewRequest("POST", s.url+"/graphql", bytes.NewReader(sseBody))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+viewer)
+	sse, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer sse.Body.Close()
+	require.Equal(t, http.StatusOK, sse.StatusCode)
+	sseEnded := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, sse.Body)
+		sseEnded <- err
+	}()
+
 	require.NoError(t, os.WriteFile(path, []byte("broken line\n"), 0o600))
 	hangup(t)
 	require.Eventually(t, func() bool { return strings.Contains(s.logs.String(), "not reread") }, 10*time.Second, 10*time.Millisecond)
 	assert.Contains(t, s.logs.String(), "line 1", "the log says why")
 	status, _, _ := s.send(t, "GET", "/v1/stats", viewer, "")
 	assert.Equal(t, http.StatusOK, status, "a bad file keeps the tokens in force")
+	select {
+	case <-sseEnded:
+		t.Error("a bad file ended a kept token's stream")
+	default:
+	}
 
 	fresh := "fresh-token-0c0c"
 	require.NoError(t, os.WriteFile(path, []byte("fresh viewer "+auth.Digest(fresh)+"\n"), 0o600))
@@ -49,6 +73,13 @@ func TestAccessReload(t *testing.T) {
 	assert.Equal(t, http.StatusUnauthorized, status, "a removed token is refused")
 	status, _, _ = s.send(t, "GET", "/v1/stats", fresh, "")
 	assert.Equal(t, http.StatusOK, status, "a new token is taken")
+
+	select {
+	case err := <-sseEnded:
+		assert.NoError(t, err, "the SSE stream of the removed token ended cleanly")
+	case <-time.After(10 * time.Second):
+		t.Error("the SSE stream of the removed token goes on")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

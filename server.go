@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -233,7 +232,7 @@ func newStreamTracker() *streamTracker {
 
 func (s *streamTracker) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !isStream(r) {
+		if !middleware.IsStream(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -245,11 +244,6 @@ func (s *streamTracker) wrap(next http.Handler) http.Handler {
 		defer stop()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
-}
-
-// isStream reports whether r opens a websocket or an SSE stream.
-func isStream(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
 func (s *streamTracker) enter() {

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/99designs/gqlgen/graphql/handler/transport"
 
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/middleware"
 	"github.com/keypool/keypool/wire"
 )
 
@@ -43,7 +43,7 @@ func (g *Guard) Handler(open func(*http.Request) bool, refuse Refuser, next http
 			return
 		}
 		ctx := WithPrincipal(r.Context(), p)
-		if isStream(r) {
+		if middleware.IsStream(r) {
 			var stop func()
 			ctx, stop = Bind(ctx, p)
 			defer stop()
@@ -63,11 +63,6 @@ func Require(op string, refuse Refuser, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// isStream reports whether r opens a websocket or an SSE stream.
-func isStream(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
 // ErrNoToken is WebsocketInit's error for a connection_init without a known token.
