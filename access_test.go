@@ -241,7 +241,7 @@ func checkAccess(t *testing.T, role, least auth.Role, status int, header http.He
 // to the same rules: GET queries, persisted queries sent by hash alone, aliased and
 // mixed operations (refused whole, nothing done), introspection, /metrics, the pages.
 func TestAccessHiddenPaths(t *testing.T) {
-	s := startServer(t, "-auth-file", writeAuthFile(t))
+	s := startServer(t, "-auth-file", writeAuthFile(t), "-log-level", "debug") // a log line per request
 	viewer, client, admin := testTokens[auth.Viewer], testTokens[auth.Client], testTokens[auth.Admin]
 
 	t.Run("GET query", func(t *testing.T) {
@@ -327,6 +327,7 @@ func TestAccessHiddenPaths(t *testing.T) {
 		assert.Equal(t, http.StatusUnauthorized, status, "a route that is not open needs a token, even to be told it is not there")
 	})
 
+	assert.Contains(t, s.logs.String(), "/v1/stats", "the requests were logged")
 	assert.NotContains(t, s.logs.String(), viewer, "no token in the log")
 	assert.NotContains(t, s.logs.String(), auth.Digest(viewer), "no token's hash in the log")
 }
