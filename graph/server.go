@@ -57,8 +57,9 @@ func init() {
 	// and validation failures are: gqlgen's transports answer them with a status of
 	// their own, which httpTransport then mends.
 	for _, code := range []string{string(wire.CodeBadRequest), string(wire.CodeMethodNotAllowed),
-		string(wire.CodeOperationLimit), string(wire.CodeForbidden), string(wire.CodeUnauthenticated), codeComplexity, errcode.ParseFailed, errcode.ValidationFailed,
-		"PERSISTED_QUERY_NOT_FOUND"} {
+		string(wire.CodeOperationLimit), codeComplexity, errcode.ParseFailed, errcode.ValidationFailed,
+		"PERSISTED_QUERY_NOT_FOUND",
+		string(wire.CodeForbidden), string(wire.CodeUnauthenticated)} { // access control's refusals
 		errcode.RegisterErrorType(code, errcode.KindProtocol)
 	}
 }
