@@ -544,3 +544,25 @@ func TestAccessHolders(t *testing.T) {
 		}
 	})
 }
+
+// TestAccessFileAtStart: -auth-file (or KEYPOOL_AUTH_FILE) that does not read stops the
+// server at start with an error naming the flag and the line, never a hash.
+func TestAccessFileAtStart(t *testing.T) {
+	cfg, err := parseConfig(nil, func(k string) string { return map[string]string{"KEYPOOL_AUTH_FILE": "/etc/tokens"}[k] }, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "/etc/tokens", cfg.AuthFile)
+
+	bad := filepath.Join(t.TempDir(), "tokens")
+	hash := auth.Digest("x")
+	require.NoError(t, os.WriteFile(bad, []byte("ops admin "+hash+"\nci boss "+hash+"\n"), 0o600))
+	for _, path := range []string{bad, filepath.Join(t.TempDir(), "missing")} {
+		err := run(context.Background(), []string{"keypool", "-addr", "127.0.0.1:0", "-auth-file", path},
+			func(string) string { return "" }, io.Discard, io.Discard, nil)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "-auth-file")
+		assert.NotContains(t, err.Error(), hash)
+	}
+	err = run(context.Background(), []string{"keypool", "-addr", "127.0.0.1:0", "-auth-file", bad},
+		func(string) string { return "" }, io.Discard, io.Discard, nil)
+	assert.Contains(t, err.Error(), "line 2 (ci)")
+}

@@ -64,6 +64,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	gcfloor.Set(uint64(cfg.GCHeapFloor) << 20)
 
 	metricSet := metrics.New()
+	if cfg.AuthFile != "" { // before the store: a bad file stops the server with nothing to undo
+		if cfg.guard, err = auth.NewGuard(cfg.AuthFile, metricSet.AuthFailed); err != nil {
+			return fmt.Errorf("-auth-file: %v", err)
+		}
+		stopReloads := reloadOnHangup(cfg.guard, logger)
+		defer stopReloads()
+	}
 	store, err := openStore(cfg, metricSet, logger)
 	if err != nil {
 		return err
@@ -71,14 +78,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer store.Close()
 	metricSet.WatchStore(store)
 	go store.RecordHistory(ctx)
-
-	if cfg.AuthFile != "" {
-		if cfg.guard, err = auth.NewGuard(cfg.AuthFile, metricSet.AuthFailed); err != nil {
-			return fmt.Errorf("-auth-file: %v", err)
-		}
-		stopReloads := reloadOnHangup(cfg.guard, logger)
-		defer stopReloads()
-	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
