@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keypool/keypool/auth"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/middleware"
 	"github.com/keypool/keypool/redact"
@@ -41,6 +42,10 @@ type config struct {
 	AllowedHosts     middleware.Hosts
 	ReadTimeout      time.Duration
 	IdleTimeout      time.Duration
+	// AuthFile (-auth-file): the tokens of access control; "" leaves it off.
+	AuthFile string
+	// guard is AuthFile read, set by run; nil with access control off.
+	guard *auth.Guard
 	// ShowVersion (-version): print the version and exit; nothing else is checked.
 	ShowVersion bool
 }
@@ -79,6 +84,7 @@ var envVars = map[string]string{
 	"allowed-hosts":          "KEYPOOL_ALLOWED_HOSTS",
 	"read-timeout":           "KEYPOOL_READ_TIMEOUT",
 	"idle-timeout":           "KEYPOOL_IDLE_TIMEOUT",
+	"auth-file":              "KEYPOOL_AUTH_FILE",
 }
 
 // parseConfig reads args (without the program name) and the environment through
@@ -107,6 +113,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Var(&cfg.AllowedHosts, "allowed-hosts", "comma-separated host names browsers may reach the server by (*.example.com for subdomains, * for any); loopback names and IP addresses always work")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", defaultReadTimeout, "longest a client may take to send a request's headers, and again its body (streams are not cut)")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", defaultIdleTimeout, "longest a keep-alive connection may wait for its next request")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "file of tokens, a line NAME ROLE SHA256HEX [POOLS] each (keypoolctl token makes them): every API route then needs Authorization: Bearer TOKEN; SIGHUP rereads it. Empty: no access control")
 	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version (module version, VCS revision and time, Go version) and exit")
 	fs.VisitAll(func(f *flag.Flag) {
 		if env, ok := envVars[f.Name]; ok {

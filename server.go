@@ -16,13 +16,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/keypool/keypool/auth"
 	"github.com/keypool/keypool/gcfloor"
 	"github.com/keypool/keypool/internal/buildinfo"
 	"github.com/keypool/keypool/keystore"
@@ -64,6 +64,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	gcfloor.Set(uint64(cfg.GCHeapFloor) << 20)
 
 	metricSet := metrics.New()
+	if cfg.AuthFile != "" { // before the store: a bad file stops the server with nothing to undo
+		if cfg.guard, err = auth.NewGuard(cfg.AuthFile, metricSet.AuthFailed); err != nil {
+			return fmt.Errorf("-auth-file: %v", err)
+		}
+		stopReloads := reloadOnHangup(cfg.guard, logger)
+		defer stopReloads()
+	}
 	store, err := openStore(cfg, metricSet, logger)
 	if err != nil {
 		return err
@@ -79,6 +86,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// What net/http refuses before any handler (a bad %-escape in a path, a malformed
 	// header) is answered in JSON too; websockets still get the plain TCP connection.
 	ln = middleware.ServerRefusals(ln)
+	if cfg.guard == nil && !isLoopback(ln.Addr()) {
+		logger.Warn("access control is off and the server listens beyond loopback: anyone who reaches it may lease, import and delete keys; see -auth-file",
+			"addr", ln.Addr().String())
+	}
 
 	streams := newStreamTracker()
 	srv := &http.Server{
@@ -145,6 +156,42 @@ func openStore(cfg config, observer keystore.Observer, logger *slog.Logger) (*ke
 	return store, nil
 }
 
+// reloadOnHangup rereads the auth file at every SIGHUP until stop is called. A file
+// that cannot be read keeps the tokens in force, and says why in the log (never a
+// token, nor its hash).
+func reloadOnHangup(guard *auth.Guard, logger *slog.Logger) (stop func()) {
+	hangups := make(chan os.Signal, 1)
+	signal.Notify(hangups, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hangups:
+				tokens, err := guard.Reload()
+				if err != nil {
+					logger.Error("-auth-file not reread: the tokens in force stay", "err", err)
+					continue
+				}
+				logger.Info("-auth-file reread", "tokens", tokens.Len())
+			}
+		}
+	})
+	return func() {
+		signal.Stop(hangups)
+		close(done)
+		wg.Wait()
+	}
+}
+
+// isLoopback reports whether addr is reachable from this machine only.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}
+
 func newLogger(format string, level slog.Level, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
@@ -184,7 +231,7 @@ func newStreamTracker() *streamTracker {
 
 func (s *streamTracker) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !isStream(r) {
+		if !middleware.IsStream(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -196,11 +243,6 @@ func (s *streamTracker) wrap(next http.Handler) http.Handler {
 		defer stop()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
-}
-
-// isStream reports whether r opens a websocket or an SSE stream.
-func isStream(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
 func (s *streamTracker) enter() {

@@ -17,6 +17,7 @@ package client
 //go:generate go tool genqlient
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"iter"
@@ -41,6 +42,7 @@ type Client struct {
 	ownsHTTP   bool // the client made httpClient, so Close may close its connections
 	gql        graphql.Client
 	clock      clockwork.Clock
+	token      string // sent as Authorization: Bearer, if not ""
 }
 
 // Option tunes New.
@@ -51,6 +53,35 @@ type Option func(*Client)
 // ownership of hc: Close leaves it alone.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Client) { c.httpClient, c.ownsHTTP = hc, false }
+}
+
+// WithToken makes the client send token with every request, WebSocket handshakes
+// included, as "Authorization: Bearer TOKEN": what a server with access control on
+// (-auth-file) asks for. A client given WithHTTPClient too keeps that client as it is
+// and sends through a copy of it.
+func WithToken(token string) Option {
+	return func(c *Client) { c.token = token }
+}
+
+// bearer adds the Authorization header to every request that has none.
+type bearer struct {
+	base  http.RoundTripper
+	value string
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Authorization") == "" {
+		r = r.Clone(r.Context()) // a RoundTripper must not change the request
+		r.Header.Set("Authorization", b.value)
+	}
+	return b.base.RoundTrip(r)
+}
+
+// CloseIdleConnections passes Close's call on to the transport.
+func (b bearer) CloseIdleConnections() {
+	if c, ok := b.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // WithClock sets the clock by which Lease schedules renewals and judges expiry
@@ -81,6 +112,11 @@ func New(server string, opts ...Option) (*Client, error) {
 	}
 	for _, opt := range opts {
 		opt(c)
+	}
+	if c.token != "" {
+		hc := *c.httpClient
+		hc.Transport = bearer{base: cmp.Or[http.RoundTripper](hc.Transport, http.DefaultTransport), value: "Bearer " + c.token}
+		c.httpClient = &hc
 	}
 	c.gql = graphql.NewClient(c.endpoint, c.httpClient)
 	return c, nil

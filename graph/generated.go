@@ -750,6 +750,11 @@ application/json), METHOD_NOT_ALLOWED (405 with Allow: another method, or a muta
 (413: a body over 1 MiB) and FORBIDDEN (403: a websocket from another origin). A websocket runs at
 most 100 operations at once (one more gets OPERATION_LIMIT_EXCEEDED), must send connection_init
 within 10s (else close 4408) and is closed after 2 minutes without an operation.
+With access control on (the server's -auth-file), every request needs Authorization: Bearer TOKEN
+(a websocket: in connection_init's payload, {"Authorization":"Bearer TOKEN"}, else close 4403):
+without a known token UNAUTHENTICATED (401); an operation with a root field the token's role may
+not run is FORBIDDEN (403) and runs none of its fields; a pool the token may not act on, or a
+lease of another name, is FORBIDDEN too.
 """
 schema {
   query: Query
@@ -837,7 +842,10 @@ type KeyHistory {
 The right, granted by acquireKey, to use a key until expiresAt.
 """
 type Lease {
-  "Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now."
+  """
+  Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now.
+  With access control on, shown only to the lease's holder and to admins; others read "".
+  """
   token: ID!
   "A fencing token: it grows with every lease the pool grants, so a later lease always has a larger fence."
   fence: Int!

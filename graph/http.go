@@ -106,6 +106,8 @@ func (a *answerWriter) finish() {
 	case code == wire.CodeMethodNotAllowed:
 		w.Header().Set("Allow", "POST")
 		status = http.StatusMethodNotAllowed
+	case code == wire.CodeForbidden || code == wire.CodeUnauthenticated: // access control
+		status = wire.Status(code)
 	case code == wire.CodeBadRequest || mediaType == wire.MediaGraphQLResponse:
 		status = http.StatusBadRequest
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/99designs/gqlgen/graphql/errcode"
 	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
@@ -45,6 +46,10 @@ type ServerOptions struct {
 	// FanoutWorkers bounds the subscriptions that encode events at once; 0 means
 	// fanout.New's default.
 	FanoutWorkers int
+	// WebsocketInit, if set, turns access control on: it authenticates a websocket's
+	// connection_init (auth.Guard.WebsocketInit), and every operation's root fields
+	// are checked against auth's rules before any runs.
+	WebsocketInit transport.WebsocketInitFunc
 }
 
 func init() {
@@ -53,7 +58,8 @@ func init() {
 	// their own, which httpTransport then mends.
 	for _, code := range []string{string(wire.CodeBadRequest), string(wire.CodeMethodNotAllowed),
 		string(wire.CodeOperationLimit), codeComplexity, errcode.ParseFailed, errcode.ValidationFailed,
-		"PERSISTED_QUERY_NOT_FOUND"} {
+		"PERSISTED_QUERY_NOT_FOUND",
+		string(wire.CodeForbidden), string(wire.CodeUnauthenticated)} { // access control's refusals
 		errcode.RegisterErrorType(code, errcode.KindProtocol)
 	}
 }
@@ -88,6 +94,9 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		func(hash, query string, _ context.Context) int { return len(hash) + len(query) })})
 	exec.Use(extension.FixedComplexityLimit(ComplexityLimit))
 	exec.Use(operationChecks{docs: docs})
+	if opts.WebsocketInit != nil {
+		exec.Use(accessCheck{})
+	}
 	exec.AroundRootFields(writeKeyLists)
 	exec.SetErrorPresenter(errorPresenter(logger))
 	exec.SetRecoverFunc(recoverFunc(logger))
@@ -103,6 +112,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 			keepAlive:    KeepAlivePingInterval,
 			logger:       logger,
 			fanout:       fan,
+			init:         opts.WebsocketInit,
 		},
 		sse: sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
 	}

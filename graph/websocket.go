@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/coder/websocket"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
@@ -33,6 +34,7 @@ const (
 const (
 	closeInvalidMessage websocket.StatusCode = 4400
 	closeUnauthorized   websocket.StatusCode = 4401
+	closeForbidden      websocket.StatusCode = 4403
 	closeInitTimeout    websocket.StatusCode = 4408
 	closeDuplicateID    websocket.StatusCode = 4409
 	closeTooManyInits   websocket.StatusCode = 4429
@@ -64,6 +66,10 @@ type websocketTransport struct {
 	keepAlive    time.Duration // legacy graphql-ws: ka messages
 	logger       *slog.Logger
 	fanout       *fanout.Fanout
+	// init, if set, decides on connection_init's payload (access control): an error
+	// closes the socket with 4403; its context is the operations' and, when it ends
+	// before the socket (a token removed), closes the socket with 4403 too.
+	init transport.WebsocketInitFunc
 }
 
 func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
@@ -104,6 +110,7 @@ func (t websocketTransport) Do(w http.ResponseWriter, r *http.Request, exec grap
 		header:   r.Header,
 		ctx:      ctx,
 		cancel:   cancel,
+		opBase:   ctx,
 		ops:      map[string]*socketOp{},
 		idleFrom: time.Now(),
 	}
@@ -208,6 +215,7 @@ type socket struct {
 	header http.Header
 	ctx    context.Context // ends when the socket closes or the server shuts down
 	cancel context.CancelFunc
+	opBase context.Context // the operations' context: ctx, or what init made of it
 
 	closing  atomic.Bool  // a close has begun: nothing more is written but the close
 	acked    atomic.Bool  // connection_init was answered
@@ -282,6 +290,7 @@ func (c *socket) handle(msg inbound) {
 			c.closeWith(closeTooManyInits, "Too many initialisation requests")
 		case len(msg.Payload) > 0 && json.Unmarshal(msg.Payload, &payload) != nil:
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
+		case c.opts.init != nil && !c.initialise(msg.Payload):
 		default:
 			c.lastPong.Store(time.Now().UnixNano())
 			c.acked.Store(true)
@@ -309,6 +318,25 @@ func (c *socket) handle(msg inbound) {
 	default:
 		c.closeWith(closeInvalidMessage, "Invalid message received")
 	}
+}
+
+// initialise runs the transport's init on connection_init's payload, and reports
+// whether the socket may go on (else it is closing with 4403).
+func (c *socket) initialise(raw json.RawMessage) bool {
+	var payload transport.InitPayload
+	_ = json.Unmarshal(raw, &payload) // handle has checked it is an object, or nothing
+	ctx, _, err := c.opts.init(c.ctx, payload)
+	if err != nil {
+		c.closeWith(closeForbidden, "Forbidden: "+err.Error())
+		return false
+	}
+	c.opBase = ctx
+	context.AfterFunc(ctx, func() {
+		if c.ctx.Err() == nil { // not the socket's own end, but the token's
+			c.closeWith(closeForbidden, "Forbidden: the token was removed")
+		}
+	})
+	return true
 }
 
 // subscribe starts an operation, or refuses it with one error message. It runs on
@@ -345,7 +373,7 @@ func (c *socket) subscribe(id string, payload json.RawMessage) {
 		return
 	}
 
-	ctx := graphql.StartOperationTrace(c.ctx)
+	ctx := graphql.StartOperationTrace(c.opBase)
 	opCtx, errs := c.exec.CreateOperationContext(ctx, params)
 	if errs != nil {
 		resp := c.exec.DispatchError(graphql.WithOperationContext(ctx, opCtx), errs)

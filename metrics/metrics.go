@@ -109,6 +109,7 @@ type Metrics struct {
 	subscribers  prometheus.Gauge
 	slowCuts     prometheus.Counter
 	waiters      prometheus.Gauge
+	authFailures prometheus.Counter
 	waitServed   prometheus.Observer
 	waitUnserved prometheus.Observer
 
@@ -193,6 +194,10 @@ func New() *Metrics {
 		Name: "keypool_slow_consumer_cuts_total",
 		Help: "Subscriptions ended with SLOW_CONSUMER for falling behind the event ring.",
 	})
+	m.authFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keypool_auth_failures_total",
+		Help: "Requests and websockets refused for a missing or unknown token (access control on).",
+	})
 	m.waiters = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keypool_acquire_waiters",
 		Help: "Acquire calls waiting for a free key now.",
@@ -264,12 +269,15 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.operations, m.requests, m.renewals, m.released, m.expired, m.recovered, lateness,
-		m.subscribers, m.slowCuts, m.waiters, wait,
+		m.subscribers, m.slowCuts, m.waiters, wait, m.authFailures,
 		m.fanFrames, m.fanBytes, m.fanWrites, m.fanCoalesced, m.fanEncodes, m.fanStalls, m.fanQueued,
 		keysCollector{m},
 	)
 	return m
 }
+
+// AuthFailed counts one request or websocket refused for a missing or unknown token.
+func (m *Metrics) AuthFailed() { m.authFailures.Inc() }
 
 // Registry returns the registry every keypool collector is on, for tests and for adding more.
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }

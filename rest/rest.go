@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keypool/keypool/auth"
 	"github.com/keypool/keypool/internal/bufpool"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/redact"
@@ -104,21 +105,15 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	}
 	h := &handler{store: store, logger: logger}
 	route := func(pattern string, serve http.Handler) { mux.Handle(pattern, wrap(limitBody(serve))) }
-	route("POST /v1/keys", http.HandlerFunc(h.generate))
-	route("POST /v1/keys/acquire", http.HandlerFunc(h.acquire))
-	route("GET /v1/keys/{id}", http.HandlerFunc(h.get))
-	route("DELETE /v1/keys/{id}", http.HandlerFunc(h.delete))
-	route("POST /v1/keys/{id}/unblock", http.HandlerFunc(h.unblock))
-	route("POST /v1/keys/{id}/keepalive", http.HandlerFunc(h.keepAlive))
-	route("POST /v1/keys/{id}/renew", http.HandlerFunc(h.renew))
-	route("POST /v1/keys/{id}/restore", http.HandlerFunc(h.restore))
-	route("POST /v1/keys/import", http.HandlerFunc(h.importKeys))
-	route("GET /v1/keys", http.HandlerFunc(h.list))
-	route("GET /v1/stats", http.HandlerFunc(h.stats))
-	route("GET /v1/pools", http.HandlerFunc(h.pools))
-	route("GET /v1/history", http.HandlerFunc(h.history))
-	route("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
-	route("GET /v1/docs", http.HandlerFunc(serveDocs))
+	// Each route runs the operation of the GraphQL root field of its name, and is
+	// allowed to the roles auth's rules allow that operation (Operations).
+	for pattern, op := range Operations {
+		if op.Name != "" {
+			route(pattern, h.allow(op.Name, op.serve(h)))
+		} else {
+			route(pattern, op.serve(h))
+		}
+	}
 
 	// ServeMux answers a wrong method with a plain-text 405; these method-less patterns
 	// are less specific than the routes above, so they catch exactly the wrong methods
@@ -138,6 +133,52 @@ func Mount(mux *http.ServeMux, store keystore.Store, logger *slog.Logger, wrap f
 	route("/v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeErrorStatus(w, http.StatusNotFound, keystore.ENOTFOUND, "no such route: "+r.Method+" "+redact.Path(r.URL.Path))
 	}))
+}
+
+// Operation is what a REST route does: the OpenAPI operationId of the route, and the
+// name of the operation (GraphQL's root field) it runs, as auth's rules name it; ""
+// for the documents that need no token.
+type Operation struct {
+	ID    string
+	Name  string
+	serve func(h *handler) http.Handler
+}
+
+func served(f func(h *handler, w http.ResponseWriter, r *http.Request)) func(h *handler) http.Handler {
+	return func(h *handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { f(h, w, r) })
+	}
+}
+
+// Operations are the /v1 routes, by pattern.
+var Operations = map[string]Operation{
+	"POST /v1/keys":                {"generateKeys", "generateKeys", served((*handler).generate)},
+	"POST /v1/keys/acquire":        {"acquireKey", "acquireKey", served((*handler).acquire)},
+	"GET /v1/keys/{id}":            {"getKey", "key", served((*handler).get)},
+	"DELETE /v1/keys/{id}":         {"deleteKey", "deleteKey", served((*handler).delete)},
+	"POST /v1/keys/{id}/unblock":   {"unblockKey", "unblockKey", served((*handler).unblock)},
+	"POST /v1/keys/{id}/keepalive": {"keepAlive", "keepAlive", served((*handler).keepAlive)},
+	"POST /v1/keys/{id}/renew":     {"renewLease", "renewLease", served((*handler).renew)},
+	"POST /v1/keys/{id}/restore":   {"restoreKey", "restoreKey", served((*handler).restore)},
+	"POST /v1/keys/import":         {"importKeys", "importKeys", served((*handler).importKeys)},
+	"GET /v1/keys":                 {"listKeys", "keys", served((*handler).list)},
+	"GET /v1/stats":                {"getStats", "stats", served((*handler).stats)},
+	"GET /v1/pools":                {"listPools", "pools", served((*handler).pools)},
+	"GET /v1/history":              {"getHistory", "history", served((*handler).history)},
+	"GET /v1/openapi.json":         {"getOpenAPI", "", func(*handler) http.Handler { return http.HandlerFunc(serveOpenAPI) }},
+	"GET /v1/docs":                 {"getDocs", "", func(*handler) http.Handler { return http.HandlerFunc(serveDocs) }},
+}
+
+// allow refuses a request whose token's role may not run op (auth.Allow), in REST's
+// error shape; with access control off it lets every request through.
+func (h *handler) allow(op string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := auth.Allow(r.Context(), op); err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // limitBody refuses a body over MaxBodyBytes with 413 before any route runs, also on

@@ -26,8 +26,11 @@ const (
 	CodeMethodNotAllowed keystore.Code = "METHOD_NOT_ALLOWED"
 	// CodeTooLarge: a request body over the 1 MiB limit.
 	CodeTooLarge keystore.Code = "REQUEST_TOO_LARGE"
-	// CodeForbidden: a request a browser sent from a page of another origin.
+	// CodeForbidden: a request a browser sent from a page of another origin, or one
+	// that the token's role may not make (access control).
 	CodeForbidden keystore.Code = "FORBIDDEN"
+	// CodeUnauthenticated: with access control on, a request without a known token.
+	CodeUnauthenticated keystore.Code = "UNAUTHENTICATED"
 	// CodeUnsupportedMediaType: a request body not declared as JSON.
 	CodeUnsupportedMediaType keystore.Code = "UNSUPPORTED_MEDIA_TYPE"
 	// CodeOperationLimit: one websocket operation more than a socket may run at once.
@@ -49,6 +52,7 @@ var statuses = map[keystore.Code]int{
 	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	CodeTooLarge:             http.StatusRequestEntityTooLarge,
 	CodeForbidden:            http.StatusForbidden,
+	CodeUnauthenticated:      http.StatusUnauthorized,
 	CodeUnsupportedMediaType: http.StatusUnsupportedMediaType,
 }
 

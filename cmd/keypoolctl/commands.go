@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keypool/keypool/auth/tokenfile"
 	"github.com/keypool/keypool/client"
 )
 
@@ -298,5 +299,30 @@ func runKeys(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 			return exitError
 		}
 	}
+	return exitOK
+}
+
+func runToken(e *env, _ *globals, fs *flag.FlagSet, args []string) int {
+	args, code, ok := parseInterspersed(e, fs, args)
+	if !ok {
+		return code
+	}
+	if len(args) != 2 && len(args) != 3 {
+		return usageError(e, fs, "token needs NAME and ROLE, and may take POOLS")
+	}
+	role, ok := tokenfile.ParseRole(args[1])
+	if !ok {
+		return usageError(e, fs, "the role must be admin, client or viewer, not %q", args[1])
+	}
+	pools := ""
+	if len(args) == 3 {
+		pools = args[2]
+	}
+	token, line, err := tokenfile.New(args[0], role, pools)
+	if err != nil {
+		return usageError(e, fs, "%v", err)
+	}
+	fmt.Fprintln(e.stdout, token)
+	fmt.Fprintln(e.stdout, line)
 	return exitOK
 }

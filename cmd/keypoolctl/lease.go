@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -81,7 +83,8 @@ func runLease(e *env, g *globals, fs *flag.FlagSet, args []string) int {
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
-	cmd.Env = append(os.Environ(),
+	// The command gets the lease, not keypoolctl's own token to the server.
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "KEYPOOL_TOKEN=") }),
 		"KEYPOOL_KEY="+lease.Secret(),
 		"KEYPOOL_KEY_ID="+lease.KeyID(),
 		"KEYPOOL_LEASE_TOKEN="+lease.Token(),

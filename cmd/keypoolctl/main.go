@@ -51,12 +51,14 @@ type env struct {
 
 // globals are the flags every command takes, before or after its name.
 type globals struct {
-	server  string
-	timeout time.Duration
+	server    string
+	timeout   time.Duration
+	tokenFile string
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.server, "server", g.server, "the keypool server's base URL (env KEYPOOL_SERVER)")
+	fs.StringVar(&g.tokenFile, "token-file", g.tokenFile, "a file holding the token to send, for a server with access control on (else env KEYPOOL_TOKEN)")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long one request may take (an acquire's -wait is added)")
 }
 
@@ -83,8 +85,15 @@ var commands = map[string]command{
 	"pools":     {"", "print every pool with its counts", "", runPools},
 	"keys":      {"[-pool P] [-status S]", "print keys, one JSON object a line", "", runKeys},
 	"events":    {"[-pool P] [-types T,...] [-after N]", "print a pool's events, one JSON object a line, until interrupted", eventsHelp, runEvents},
+	"token":     {"NAME ROLE [POOLS]", "make a new random token for the server's -auth-file: prints the token, then its line for the file", tokenHelp, runToken},
 	"lease":     {"[-pool P] [-holder H] [-ttl D] [-wait D] [-grace D] [-cooldown-on N [-cooldown D]] -- CMD [ARGS...]", "run CMD while holding a key for it", leaseHelp, runLease},
 }
+
+const tokenHelp = `ROLE is admin, client or viewer; POOLS, a comma-separated list of pools the token
+acts on (every pool when left out). The first line printed is the token: give it to its user
+(KEYPOOL_TOKEN or -token-file). The second is its line for the server's -auth-file, which holds
+only the token's SHA-256: add it to the file, and send the server SIGHUP. Nothing is sent to
+the server.`
 
 const eventsHelp = `Each event is a line {"seq":N,"type":T,"keyId":ID,"at":TIME}; an interrupt (SIGINT,
 SIGTERM) ends the command with status 0. When the connection is lost, or the server cuts a
@@ -276,9 +285,23 @@ func describe(g *globals, err error) string {
 	}
 }
 
-// connect returns a client of the server -server names.
+// connect returns a client of the server -server names, sending the token of
+// -token-file or KEYPOOL_TOKEN, if any.
 func connect(e *env, g *globals) (*client.Client, int, bool) {
-	c, err := client.New(g.server)
+	token := e.getenv("KEYPOOL_TOKEN")
+	if g.tokenFile != "" {
+		data, err := os.ReadFile(g.tokenFile)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "keypoolctl: -token-file: %v\n", err)
+			return nil, exitUsage, false
+		}
+		token = strings.TrimSpace(string(data))
+	}
+	var opts []client.Option
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
+	}
+	c, err := client.New(g.server, opts...)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "keypoolctl: -server: %v\n", err)
 		return nil, exitUsage, false

@@ -97,16 +97,23 @@
 
   // ---- requests ---------------------------------------------------------------
 
-  // graphql posts one query and resolves to its data, or rejects.
-  function graphql(query, operationName, variables) {
+  // graphql posts one query and resolves to its data, or rejects. With access
+  // control on, it sends the tab's token (token.js), and asks for one on a 401.
+  var RETRY = {};
+  function graphql(query, operationName, variables, retried) {
+    var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
+    var sent = keypoolToken.authorization();
+    if (sent) headers.Authorization = sent;
     return fetch(ENDPOINT, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      headers: headers,
       body: JSON.stringify({ query: query, operationName: operationName, variables: variables || {} }),
       cache: 'no-store',
     }).then(function (res) {
+      if (res.status === 401 && !retried && keypoolToken.retryAfter(sent)) return RETRY;
       return res.json();
     }).then(function (body) {
+      if (body === RETRY) return graphql(query, operationName, variables, true);
       if (!body || !body.data || body.errors && body.errors.length) {
         throw new Error(body && body.errors && body.errors[0] ? body.errors[0].message : 'no data');
       }
@@ -424,8 +431,9 @@
       return;
     }
     socket.ws = ws;
+    var sent = keypoolToken.authorization();
     ws.onopen = function () {
-      send(ws, { type: 'connection_init', payload: {} });
+      send(ws, { type: 'connection_init', payload: sent ? { Authorization: sent } : {} });
       socket.ackTimer = setTimeout(function () { ws.close(4408, 'Connection initialisation timeout'); }, ACK_TIMEOUT_MS);
     };
     ws.onmessage = function (msg) {
@@ -461,10 +469,14 @@
           break;
       }
     };
-    ws.onclose = function () {
+    ws.onclose = function (ev) {
       clearTimeout(socket.ackTimer);
       if (ws !== socket.ws) return;
       socket.ws = null;
+      if (ev.code === 4403 && !keypoolToken.retryAfter(sent)) { // access control: no token given
+        setStatus('offline');
+        return;
+      }
       if (socket.liveSince && Date.now() - socket.liveSince >= STABLE_MS) socket.attempt = 0;
       socket.liveSince = 0;
       reconnectLater();

@@ -10,10 +10,30 @@
   // The UMD bundle carries @graphiql/toolkit's fetcher with the graphql-ws
   // client built in: subscriptions go over graphql-transport-ws to the same
   // endpoint, everything else is a POST.
-  var baseFetcher = GraphiQL.createFetcher({
-    url: location.origin + path,
-    subscriptionUrl: wsScheme + '//' + location.host + path,
-  });
+  // With access control on, the tab's token (token.js) goes as a header, and in
+  // connection_init's payload: one fetcher per token, made when first needed.
+  var fetchers = {};
+  function baseFetcher(params, opts) {
+    var sent = keypoolToken.authorization();
+    if (!fetchers[sent]) {
+      fetchers[sent] = GraphiQL.createFetcher({
+        url: location.origin + path,
+        subscriptionUrl: wsScheme + '//' + location.host + path,
+        headers: sent ? { Authorization: sent } : undefined,
+        wsConnectionParams: sent ? { Authorization: sent } : undefined,
+      });
+    }
+    var result = fetchers[sent](params, opts);
+    if (!result || typeof result.then !== 'function') return result; // a subscription
+    // Answered UNAUTHENTICATED (a 401): ask for a token, and send it once more.
+    return result.then(function (body) {
+      var code = body && body.errors && body.errors[0] && body.errors[0].extensions && body.errors[0].extensions.code;
+      if (code === 'UNAUTHENTICATED' && !(opts && opts.keypoolRetried) && keypoolToken.retryAfter(sent)) {
+        return baseFetcher(params, Object.assign({}, opts, { keypoolRetried: true }));
+      }
+      return body;
+    });
+  }
 
   // The fetcher takes the WebSocket only when operationName names a
   // subscription of the document. GraphiQL fills operationName in a moment after

@@ -364,6 +364,7 @@ func (v *KeyFieldsHistoryKeyHistory) GetConsecutiveFailures() int { return v.Con
 // The right, granted by acquireKey, to use a key until expiresAt.
 type KeyFieldsLease struct {
 	// Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now.
+	// With access control on, shown only to the lease's holder and to admins; others read "".
 	Token string `json:"token"`
 	// fence as a BigInt, exact in every client past 2^31.
 	Fence64 string `json:"fence64"`
@@ -431,6 +432,7 @@ var AllKeyStatus = []KeyStatus{
 // The right, granted by acquireKey, to use a key until expiresAt.
 type LeaseFields struct {
 	// Names this lease: unblockKey and renewLease with a token succeed only for the lease that holds the key now.
+	// With access control on, shown only to the lease's holder and to admins; others read "".
 	Token string `json:"token"`
 	// fence as a BigInt, exact in every client past 2^31.
 	Fence64 string `json:"fence64"`
