@@ -235,7 +235,8 @@ func TestMemoryHealth(t *testing.T) {
 }
 
 // TestReplicasAgreeOnSettings: each replica used to apply its own lease, keep-alive and
-// max lease TTLs to the shared pools. The first replica records them with the
+// max lease TTLs to the shared pools (and would its own quarantine and cool-down
+// settings). The first replica records them with the
 // namespace; a replica whose own differ refuses to start, naming the flag.
 func TestReplicasAgreeOnSettings(t *testing.T) {
 	srv := startRedis(t)
@@ -250,6 +251,9 @@ func TestReplicasAgreeOnSettings(t *testing.T) {
 		{"-lease-ttl", func(o *keystore.Options) { o.LeaseTTL = 40 * time.Second }},
 		{"-keepalive-ttl", func(o *keystore.Options) { o.KeepAliveTTL = 2 * time.Minute }},
 		{"-max-lease-ttl", func(o *keystore.Options) { o.MaxLeaseTTL = 20 * time.Minute }},
+		{"-quarantine-after", func(o *keystore.Options) { o.QuarantineAfter = 3 }},
+		{"-expired-lease-cooldown", func(o *keystore.Options) { o.ExpiredLeaseCooldown = time.Second }},
+		{"-max-cooldown", func(o *keystore.Options) { o.MaxCooldown = time.Minute }},
 	} {
 		opts := base
 		c.opts(&opts)
