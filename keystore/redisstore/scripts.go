@@ -125,8 +125,8 @@ const layoutVersion = "3"
 // request generation ("dry" for a read that must write nothing, see below), then its
 // own arguments from ARGV[8], so that redis-benchmark can
 // drive it with "EVALSHA sha 1 {ns:p}:meta args…". Replies are arrays {status, now, …}
-// of integers, ending with a string where a key's holder is part of them; status 1 for
-// success or one of the codes below.
+// of integers, ending with strings where a key's holder, name or sealed secret are part
+// of them; status 1 for success or one of the codes below.
 //
 // Every pool script first refuses to act on a pool other than the one the replica knows
 // (the pool id differs or is missing: Redis lost the namespace, and perhaps a new one
