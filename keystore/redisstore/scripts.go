@@ -747,8 +747,9 @@ return done({1, now})
 // Reply {1, now, total, available, blocked, cooling, quarantined}. Exact when the
 // request batch applied every due transition; in a storm that it could not finish,
 // total is still exact (live keys of the keep-alive set), blocked and cooling count
-// the holds that have not ended and quarantined the keys QUARANTINED, which may
-// include keys whose keep-alive has passed until the expirer reaches them.
+// the holds that have not ended (a lease that ran out within the lock-delay counts as
+// cooling, even if it will quarantine the key) and quarantined the keys QUARANTINED,
+// which may include keys whose keep-alive has passed until the expirer reaches them.
 var scriptStats = newDryScript(prelude + `
 local _, next = apply_due(` + requestBatch + `)
 local total = redis.call('ZCARD', ALIVE)
@@ -758,7 +759,12 @@ if next < 0 or next > now then
 end
 total = total - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
 local blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
-local cooling = math.min(total - blocked, redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf'))
+-- Cooling: the cool-downs that have not ended, and the leases that ran out within the
+-- lock-delay of -expired-lease-cooldown (unless they reached -quarantine-after).
+local cooling = redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
+local _, elc = held()
+if elc > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - elc), I(now)) end
+cooling = math.min(total - blocked, cooling)
 local quarantined = math.min(total - blocked - cooling, redis.call('ZCARD', QUAR))
 return done({1, now, total, total - blocked - cooling - quarantined, blocked, cooling, quarantined})
 `)
