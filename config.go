@@ -1,17 +1,20 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/keypool/keypool/auth"
 	"github.com/keypool/keypool/keystore"
+	"github.com/keypool/keypool/keystore/redisstore"
 	"github.com/keypool/keypool/middleware"
 	"github.com/keypool/keypool/redact"
 )
@@ -35,13 +38,19 @@ type config struct {
 	// RedisMinReplicas (-redis-min-replicas): Redis replicas that must confirm each
 	// request (WAIT) before it is answered.
 	RedisMinReplicas int
-	LogFormat        string
-	CORSOrigins      middleware.Origins
-	LogLevel         slog.Level
-	GCHeapFloor      int // MiB
-	AllowedHosts     middleware.Hosts
-	ReadTimeout      time.Duration
-	IdleTimeout      time.Duration
+	// SecretsKeyFile (-secrets-key-file) and SecretsKeyText (-secrets-key) give the key
+	// that seals imported secrets in Redis; SecretsKey is that key, read and checked by
+	// parseConfig.
+	SecretsKeyFile string
+	SecretsKeyText secretsKeyText
+	SecretsKey     []byte
+	LogFormat      string
+	CORSOrigins    middleware.Origins
+	LogLevel       slog.Level
+	GCHeapFloor    int // MiB
+	AllowedHosts   middleware.Hosts
+	ReadTimeout    time.Duration
+	IdleTimeout    time.Duration
 	// AuthFile (-auth-file): the tokens of access control; "" leaves it off.
 	AuthFile string
 	// guard is AuthFile read, set by run; nil with access control off.
@@ -77,6 +86,8 @@ var envVars = map[string]string{
 	"max-cooldown":           "KEYPOOL_MAX_COOLDOWN",
 	"store":                  "KEYPOOL_STORE",
 	"redis-min-replicas":     "KEYPOOL_REDIS_MIN_REPLICAS",
+	"secrets-key-file":       "KEYPOOL_SECRETS_KEY_FILE",
+	"secrets-key":            "KEYPOOL_SECRETS_KEY",
 	"log-format":             "KEYPOOL_LOG_FORMAT",
 	"cors-origins":           "KEYPOOL_CORS_ORIGINS",
 	"log-level":              "KEYPOOL_LOG_LEVEL",
@@ -106,6 +117,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.DurationVar(&cfg.MaxCooldown, "max-cooldown", keystore.DefaultMaxCooldown, "longest cool-down an unblockKey may ask for")
 	fs.StringVar(&cfg.Store, "store", "memory", "where keys live: memory, or redis://host:port/db")
 	fs.IntVar(&cfg.RedisMinReplicas, "redis-min-replicas", 0, "Redis replicas that must confirm each request (WAIT) before it is answered, so that a failover to one loses no answered lease; one not confirmed in time is UNAVAILABLE (may or may not have been applied)")
+	fs.StringVar(&cfg.SecretsKeyFile, "secrets-key-file", "", "file holding the key that seals imported secrets in Redis: 32 random bytes in base64 (openssl rand -base64 32); every replica needs the same one, and it never goes to Redis")
+	fs.Var(&cfg.SecretsKeyText, "secrets-key", "the key that seals imported secrets in Redis, in base64, for tests: prefer -secrets-key-file")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe log level: debug (adds a line per HTTP request), info, warn or error")
 	fs.IntVar(&cfg.GCHeapFloor, "gc-heap-floor", DefaultGCHeapFloor, "MiB the heap may grow by between garbage collections, or an eighth of the live heap when more; 0 (or GOGC set) for Go's default pacing")
@@ -155,7 +168,55 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return cfg, cfg.validate()
+	if err := cfg.validate(); err != nil {
+		return config{}, err
+	}
+	var err error
+	cfg.SecretsKey, err = cfg.loadSecretsKey()
+	return cfg, err
+}
+
+// secretsKeyText holds -secrets-key as given. Its Set never fails, so that no error
+// (the flag package's name a bad value) shows the key; loadSecretsKey checks it.
+type secretsKeyText struct{ text string }
+
+func (k *secretsKeyText) String() string {
+	if k == nil || k.text == "" {
+		return ""
+	}
+	return "(set)"
+}
+
+func (k *secretsKeyText) Set(v string) error {
+	k.text = v
+	return nil
+}
+
+// loadSecretsKey reads the secrets key from -secrets-key-file or -secrets-key (one of
+// them, with a Redis store): 32 bytes in base64. nil when neither is given. Its errors
+// name the flag, never the key.
+func (c config) loadSecretsKey() ([]byte, error) {
+	text, flagName := c.SecretsKeyText.text, "-secrets-key"
+	switch {
+	case c.SecretsKeyFile != "" && text != "":
+		return nil, errors.New("-secrets-key-file: give the secrets key once, not also with -secrets-key")
+	case c.SecretsKeyFile != "":
+		b, err := os.ReadFile(c.SecretsKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-secrets-key-file: %v", err)
+		}
+		text, flagName = string(b), "-secrets-key-file"
+	case text == "":
+		return nil, nil
+	}
+	if c.Store == "memory" {
+		return nil, fmt.Errorf("%s: needs a Redis -store (the memory store keeps imported secrets in its own memory only)", flagName)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
+	if err != nil || len(key) != redisstore.SecretsKeySize {
+		return nil, fmt.Errorf("%s: must be %d bytes in base64 (openssl rand -base64 %d)", flagName, redisstore.SecretsKeySize, redisstore.SecretsKeySize)
+	}
+	return key, nil
 }
 
 // validate checks values that parse but make no sense.
@@ -197,14 +258,6 @@ func (c config) validate() error {
 		return fmt.Errorf("-log-format: must be text or json, got %q", c.LogFormat)
 	}
 	if c.Store != "memory" {
-		// Until the Redis scripts keep cool-downs (issue 28), a Redis pool would ignore
-		// these: refused rather than silently not kept.
-		switch {
-		case c.QuarantineAfter != 0:
-			return errors.New("-quarantine-after: not supported with a Redis store yet")
-		case c.ExpiredLeaseCooldown != 0:
-			return errors.New("-expired-lease-cooldown: not supported with a Redis store yet")
-		}
 		u, err := url.Parse(c.Store)
 		redisURL := (u != nil && (u.Scheme == "redis" || u.Scheme == "rediss") && u.Host != "") ||
 			(u != nil && u.Scheme == "unix" && u.Path != "")

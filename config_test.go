@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -107,6 +111,52 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 			IdleTimeout:          30 * time.Second,
 		}, cfg)
 	})
+	t.Run("cool-downs and quarantine with a Redis store", func(t *testing.T) {
+		cfg, err := parseConfig([]string{"-store", "redis://localhost:6379/0", "-quarantine-after", "3", "-expired-lease-cooldown", "5s"}, envOf(nil), io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, 3, cfg.QuarantineAfter)
+		assert.Equal(t, 5*time.Second, cfg.ExpiredLeaseCooldown)
+	})
+	t.Run("the secrets key, from a file or inline, with a Redis store", func(t *testing.T) {
+		key := bytes.Repeat([]byte{7}, 32)
+		text := base64.StdEncoding.EncodeToString(key)
+		file := filepath.Join(t.TempDir(), "key")
+		require.NoError(t, os.WriteFile(file, []byte(text+"\n"), 0o600))
+		redis := []string{"-store", "redis://localhost:6379/0"}
+		cfg, err := parseConfig(append(redis, "-secrets-key-file", file), envOf(nil), io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, key, cfg.SecretsKey)
+		cfg, err = parseConfig(redis, envOf(map[string]string{"KEYPOOL_SECRETS_KEY": text}), io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, key, cfg.SecretsKey)
+		cfg, err = parseConfig(redis, envOf(nil), io.Discard)
+		require.NoError(t, err)
+		assert.Nil(t, cfg.SecretsKey)
+	})
+	t.Run("a bad secrets key is named by its flag, never shown", func(t *testing.T) {
+		short := base64.StdEncoding.EncodeToString([]byte("sixteen bytes!!!"))
+		file := filepath.Join(t.TempDir(), "key")
+		require.NoError(t, os.WriteFile(file, []byte(short), 0o600))
+		redis := []string{"-store", "redis://localhost:6379/0"}
+		for _, c := range []struct {
+			args []string
+			env  map[string]string
+			flag string
+		}{
+			{append(redis, "-secrets-key", short), nil, "-secrets-key"},
+			{redis, map[string]string{"KEYPOOL_SECRETS_KEY": "not base64 at all " + short}, "-secrets-key"},
+			{append(redis, "-secrets-key-file", file), nil, "-secrets-key-file"},
+			{append(redis, "-secrets-key-file", filepath.Join(t.TempDir(), "none")), nil, "-secrets-key-file"},
+			{append(redis, "-secrets-key-file", file, "-secrets-key", short), nil, "-secrets-key-file"},
+			{[]string{"-secrets-key", short}, nil, "-secrets-key"}, // the memory store
+		} {
+			_, err := parseConfig(c.args, envOf(c.env), io.Discard)
+			require.Error(t, err, "%v %v", c.args, c.env)
+			assert.True(t, strings.HasPrefix(err.Error(), c.flag+":"), err.Error())
+			assert.NotContains(t, err.Error(), short)
+			assert.NotContains(t, err.Error(), "\n", "one line")
+		}
+	})
 	t.Run("flags alone", func(t *testing.T) {
 		cfg, err := parseConfig([]string{"-lease-ttl", "300ms"}, envOf(nil), io.Discard)
 		require.NoError(t, err)
@@ -152,8 +202,6 @@ func TestConfigBadValues(t *testing.T) {
 		{"quarantine-after from env", nil, map[string]string{"KEYPOOL_QUARANTINE_AFTER": "often"}, "-quarantine-after"},
 		{"negative expired-lease cool-down", []string{"-expired-lease-cooldown", "-1s"}, nil, "-expired-lease-cooldown"},
 		{"max cool-down under a second", nil, map[string]string{"KEYPOOL_MAX_COOLDOWN": "500ms"}, "-max-cooldown"},
-		{"quarantine on Redis, not yet", []string{"-quarantine-after", "3", "-store", "redis://localhost:6379/0"}, nil, "-quarantine-after"},
-		{"lock-delay on Redis, not yet", []string{"-expired-lease-cooldown", "5s", "-store", "redis://localhost:6379/0"}, nil, "-expired-lease-cooldown"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(tc.args, envOf(tc.env), io.Discard)

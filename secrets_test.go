@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -19,9 +21,19 @@ const importedSecret = "sk-live-IMPORTED-9f8e7d6c5b4a39281706"
 // secret (in variables and written into a query), and uses the key every way there is
 // (acquire, renew, cool-down, quarantine, restore, a refused duplicate, listings, REST,
 // events, /metrics). The secret must be in the holder's answers (acquire, renew) and in
-// nothing else: no log line, no event, no metric, no key or keys answer, no error.
+// nothing else: no log line, no event, no metric, no key or keys answer, no error. So
+// on either store (keystore/redisstore's tests grep what Redis holds and sees).
 func TestImportedSecretNotLeaked(t *testing.T) {
-	s := startServer(t, "-log-level", "debug", "-quarantine-after", "2", "-expired-lease-cooldown", "1s")
+	t.Run("memory", func(t *testing.T) { testImportedSecretNotLeaked(t) })
+	t.Run("redis", func(t *testing.T) {
+		sock := startPasswordRedis(t, storeSecret)
+		key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+		testImportedSecretNotLeaked(t, "-store", "unix://:"+storeSecret+"@"+sock+"?db=0", "-secrets-key", key)
+	})
+}
+
+func testImportedSecretNotLeaked(t *testing.T, store ...string) {
+	s := startServer(t, append([]string{"-log-level", "debug", "-quarantine-after", "2", "-expired-lease-cooldown", "1s"}, store...)...)
 	events := s.subscribe(t, `subscription { keyEvents(pool: "vendor") { seq stream type keyId pool at holder } }`)
 	var leaked []string // what must not hold the secret
 	keep := func(what string, b []byte) { leaked = append(leaked, what+": "+string(b)) }

@@ -148,8 +148,11 @@ func openStore(cfg config, observer keystore.Observer, logger *slog.Logger) (*ke
 	// A shared pool in Redis (redis://, rediss:// or unix://), on Redis's clock.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts, redisstore.WithLogger(logger),
-		redisstore.WithMinReplicas(cfg.RedisMinReplicas))
+	options := []redisstore.Option{redisstore.WithLogger(logger), redisstore.WithMinReplicas(cfg.RedisMinReplicas)}
+	if cfg.SecretsKey != nil {
+		options = append(options, redisstore.WithSecretsKey(cfg.SecretsKey))
+	}
+	store, err := redisstore.New(ctx, cfg.Store, clockwork.NewRealClock(), opts, options...)
 	if err != nil {
 		return nil, fmt.Errorf("-store: %w", err)
 	}

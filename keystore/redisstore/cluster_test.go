@@ -142,7 +142,7 @@ func TestClusterLinearizable(t *testing.T) {
 	h := lincheck.NewHistory()
 	replicas := linReplicasAt(t, []string{clusterURL(nodes), clusterURL(nodes)}, h)
 	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 4, Calls: 200, Keys: 4,
-		Pools: []string{keystore.DefaultPool, "b"}, Seed: 5})
+		Pools: []string{keystore.DefaultPool, "b"}, Seed: 5, Held: true})
 	res := h.Check(t, time.Minute)
 	t.Logf("%s", h.Summary())
 	require.Equal(t, porcupine.Ok, res)

@@ -235,7 +235,8 @@ func TestMemoryHealth(t *testing.T) {
 }
 
 // TestReplicasAgreeOnSettings: each replica used to apply its own lease, keep-alive and
-// max lease TTLs to the shared pools. The first replica records them with the
+// max lease TTLs to the shared pools (and would its own quarantine and cool-down
+// settings). The first replica records them with the
 // namespace; a replica whose own differ refuses to start, naming the flag.
 func TestReplicasAgreeOnSettings(t *testing.T) {
 	srv := startRedis(t)
@@ -250,6 +251,9 @@ func TestReplicasAgreeOnSettings(t *testing.T) {
 		{"-lease-ttl", func(o *keystore.Options) { o.LeaseTTL = 40 * time.Second }},
 		{"-keepalive-ttl", func(o *keystore.Options) { o.KeepAliveTTL = 2 * time.Minute }},
 		{"-max-lease-ttl", func(o *keystore.Options) { o.MaxLeaseTTL = 20 * time.Minute }},
+		{"-quarantine-after", func(o *keystore.Options) { o.QuarantineAfter = 3 }},
+		{"-expired-lease-cooldown", func(o *keystore.Options) { o.ExpiredLeaseCooldown = time.Second }},
+		{"-max-cooldown", func(o *keystore.Options) { o.MaxCooldown = time.Minute }},
 	} {
 		opts := base
 		c.opts(&opts)
@@ -264,4 +268,51 @@ func TestReplicasAgreeOnSettings(t *testing.T) {
 			t.Fatalf("a replica with another %s: %v, which does not name the flag", c.flag, err)
 		}
 	}
+}
+
+// TestFullRedisReadsKeysHeldBack: while Redis is full, reads show the keys held back as
+// they are once their due transitions apply, writing nothing: a lease that ran out is
+// COOLING for the lock-delay from its deadline, with its failure counted; a cool-down
+// that ended reads AVAILABLE; a quarantined key stays so.
+func TestFullRedisReadsKeysHeldBack(t *testing.T) {
+	srv := startRedis(t)
+	rdb := srv.client()
+	defer rdb.Close()
+	ctx := context.Background()
+	clock := newFakeClock()
+	start := clock.Now()
+	st := openStore(t, srv, clock, keystore.Options{ExpiredLeaseCooldown: 10 * time.Second, QuarantineAfter: 2},
+		withHealthEvery(testHealthEvery))
+	// One key at a time, so that each acquire takes the key just made.
+	quarantined := must(st.Generate(ctx, "", 1))(t)[0]
+	for range 2 {
+		k := must(st.Acquire(ctx, keystore.AcquireOptions{}))(t)
+		must(st.UnblockWith(ctx, k.ID, k.Lease.Token, keystore.UnblockOptions{Failed: true}))(t)
+	}
+	must(st.Generate(ctx, "", 1))(t)
+	cooled := must(st.Acquire(ctx, keystore.AcquireOptions{}))(t)
+	must(st.UnblockWith(ctx, cooled.ID, cooled.Lease.Token, keystore.UnblockOptions{Cooldown: keystore.TTL(2 * time.Second)}))(t)
+	must(st.Generate(ctx, "", 1))(t)
+	leased := must(st.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(2 * time.Second)}))(t)
+
+	must(rdb.do("CONFIG", "SET", "maxmemory", "100kb").ToString())(t)
+	require.Eventually(t, func() bool { return st.Ready(ctx) != nil }, 5*time.Second, 5*time.Millisecond)
+	before := snapshot(t, rdb)
+	clock.Advance(3 * time.Second)
+
+	got := must(st.Get(ctx, leased.ID))(t)
+	require.Equal(t, keystore.Cooling, got.Status)
+	require.NotNil(t, got.CoolingUntil)
+	require.True(t, got.CoolingUntil.Equal(start.Add(12*time.Second)), "cooling until %v", got.CoolingUntil)
+	require.EqualValues(t, 1, got.History.Failures)
+	require.EqualValues(t, 1, got.History.LeasesExpired)
+	require.Equal(t, keystore.Available, must(st.Get(ctx, cooled.ID))(t).Status)
+	require.Equal(t, keystore.Quarantined, must(st.Get(ctx, quarantined.ID))(t).Status)
+	require.Equal(t, keystore.Stats{Total: 3, Available: 1, Cooling: 1, Quarantined: 1}, must(st.Stats(ctx, ""))(t))
+	for status, want := range map[keystore.Status]string{keystore.Available: cooled.ID, keystore.Cooling: leased.ID, keystore.Quarantined: quarantined.ID} {
+		page := must(st.List(ctx, keystore.ListOptions{Status: status, First: 10}))(t)
+		require.Len(t, page.Keys, 1, status)
+		require.Equal(t, want, page.Keys[0].ID, status)
+	}
+	require.Equal(t, before, snapshot(t, rdb), "reads wrote to a full Redis")
 }

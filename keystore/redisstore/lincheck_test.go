@@ -119,7 +119,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}()
 	start := time.Now()
 	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 8, Calls: 1000 * rounds, Until: done, Keys: 4, Pools: []string{keystore.DefaultPool, "b"},
-		Timeout: 300 * time.Millisecond, TimedClients: 2, Seed: 7})
+		Timeout: 300 * time.Millisecond, TimedClients: 2, Seed: 7, Held: true})
 	<-done
 	recorded := time.Since(start)
 	// Every acquire of unknown outcome is resolved before the history is checked, so

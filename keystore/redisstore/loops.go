@@ -242,7 +242,8 @@ func (s *Store) readLoop(lastIDs map[*rpool]string) {
 				}
 				p.lane.Events.Publish(ev)
 				switch ev.Type {
-				case keystore.EventGenerated, keystore.EventUnblocked, keystore.EventReleased:
+				case keystore.EventGenerated, keystore.EventImported, keystore.EventUnblocked, keystore.EventReleased,
+					keystore.EventRecovered, keystore.EventRestored:
 					freed = true
 				}
 				if d, ok := field(msg, "d"); ok {

@@ -17,7 +17,8 @@ import (
 
 // TestLayoutRefused: a replica refuses, with one line naming the layout, a namespace
 // that another layout wrote: layout 1 (before pools), which kept one pool under the
-// namespace's own tag and stored no version, and a later one. It writes nothing there.
+// namespace's own tag and stored no version, layout 2 (before cool-downs and imported
+// keys), and a later one. It writes nothing there.
 func TestLayoutRefused(t *testing.T) {
 	srv := startRedis(t)
 	rdb := srv.client()
@@ -27,8 +28,10 @@ func TestLayoutRefused(t *testing.T) {
 	must(rdb.do("SET", "{old}:secret", strings.Repeat("s", keystore.SecretSize)).ToString())(t)
 	must(rdb.do("SET", "{old}:pool", "0123456789abcdef01234567").ToString())(t)
 	must(rdb.do("ZADD", "{old}:alive", "1", "1").AsInt64())(t)
-	must(rdb.do("SET", "{later}:layout", "3").ToString())(t)
-	for ns, layout := range map[string]string{"old": "1", "later": "3"} {
+	// Layout 2 (before cool-downs and imported keys) and a later one.
+	must(rdb.do("SET", "{before}:layout", "2").ToString())(t)
+	must(rdb.do("SET", "{later}:layout", "4").ToString())(t)
+	for ns, layout := range map[string]string{"old": "1", "before": "2", "later": "4"} {
 		_, err := New(ctx, srv.url(), newFakeClock(), keystore.Options{}, WithNamespace(ns))
 		require.Error(t, err, "a replica joined a namespace of layout %s", layout)
 		msg := err.Error()
@@ -39,7 +42,8 @@ func TestLayoutRefused(t *testing.T) {
 	}
 	require.EqualValues(t, 0, must(rdb.do("EXISTS", "{old}:layout", "{old}:id", "{old:default}:meta").AsInt64())(t),
 		"the refusing replica wrote into the old namespace")
-	require.Equal(t, "3", must(rdb.do("GET", "{later}:layout").ToString())(t))
+	require.Equal(t, "2", must(rdb.do("GET", "{before}:layout").ToString())(t))
+	require.Equal(t, "4", must(rdb.do("GET", "{later}:layout").ToString())(t))
 
 	// A namespace this layout made records its version, and so does each pool.
 	s := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "current")

@@ -26,14 +26,17 @@ func TestMain(m *testing.M) {
 // countingObserver counts what a replica's Observer hears.
 type countingObserver struct {
 	keystore.NopObserver
-	released, expired atomic.Int64
-	waiting           atomic.Int64
+	released, recovered, expired atomic.Int64
+	waiting                      atomic.Int64
 }
 
 func (o *countingObserver) Expired(t keystore.EventType, _ time.Duration) {
-	if t == keystore.EventReleased {
+	switch t {
+	case keystore.EventReleased:
 		o.released.Add(1)
-	} else {
+	case keystore.EventRecovered:
+		o.recovered.Add(1)
+	default:
 		o.expired.Add(1)
 	}
 }

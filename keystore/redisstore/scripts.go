@@ -36,8 +36,9 @@ func (s *script) Hash() string { return s.sha }
 
 // layoutVersion is the version of the Redis layout below, stored with the namespace and
 // with each pool: a replica refuses a namespace of another layout. Layout 1 (keypool
-// before named pools) kept one pool under the namespace's own tag and stored no version.
-const layoutVersion = "2"
+// before named pools) kept one pool under the namespace's own tag and stored no version;
+// layout 2 had no keys held back and no imported keys.
+const layoutVersion = "3"
 
 // The Redis layout. A namespace ns (default "keypool") has keys of its own under the
 // hash tag {ns}, and each pool p of it has keys under a hash tag of its own, {ns:p}, so
@@ -73,23 +74,36 @@ const layoutVersion = "2"
 //
 //	meta     HASH    id (the pool's id, derived from the secret and the name: it names
 //	                 the pool's event stream and is checked by every script), index,
-//	                 name, layout, and the pool's counters: keyseq behind its key
-//	                 numbers, fence behind its lease fences and tokens, seq behind its
-//	                 event seqs. Counters outlive the pool's keys.
+//	                 name, layout, qa and elc (-quarantine-after and
+//	                 -expired-lease-cooldown, which replicas agree on), and the pool's
+//	                 counters: keyseq behind its key numbers, fence behind its lease
+//	                 fences and tokens, seq behind its event seqs. Counters outlive the
+//	                 pool's keys.
 //	avail    ZSET    numbers of the AVAILABLE keys, scored by number: a pick is a
 //	                 uniform random rank (ZRANGE r r, O(log n)), and pages of List
 //	                 are ranges by score
 //	blocked  ZSET    numbers of the BLOCKED keys, scored by number, for List
 //	leases   ZSET    numbers of the BLOCKED keys, scored by lease deadline
-//	alive    ZSET    numbers of every key, scored by keep-alive deadline
+//	cooling  ZSET    numbers of the COOLING keys, scored by number, for List
+//	cools    ZSET    numbers of the COOLING keys, scored by the end of the cool-down
+//	quarantined
+//	         ZSET    numbers of the QUARANTINED keys, scored by number
+//	alive    ZSET    numbers of every key, scored by keep-alive deadline (FOREVER,
+//	                 2^53-1, for a key kept until deleted)
+//	secrets  HASH    the imported keys' secrets by digest (a keyed hash, never the
+//	                 secret) -> key number, for the duplicate check
 //	k:<n>    HASH    one key: c created, e keep-alive deadline, f fence of the current
-//	                 lease (0 when AVAILABLE), la acquired at, ld lease deadline,
+//	                 lease (0 unless BLOCKED), la acquired at, ld lease deadline,
 //	                 n times acquired, x leases expired, h the holder of the lease that
-//	                 f names ("" for none); a missing field is 0
+//	                 f names ("" for none), cu end of cool-down (0 unless COOLING), q 1
+//	                 if QUARANTINED, fl failures, cf consecutive failures; an imported
+//	                 key also nm its name, s its sealed secret, sd its secret's digest
+//	                 and kt its own keep-alive TTL (none: the pool's, or, with e
+//	                 FOREVER, none at all); a missing field is 0 or ""
 //	events:<id>
 //	         STREAM  entry <seq>-0 per event: t type, k key number, at; d the deadline an
-//	                 ACQUIRED or GENERATED set; h the holder on ACQUIRED; by and ap
-//	                 (replica, applied at) on RELEASED and EXPIRED. Named by the pool id,
+//	                 ACQUIRED, GENERATED or COOLED set; h the holder on ACQUIRED; by and
+//	                 ap (replica, applied at) on RELEASED, RECOVERED and EXPIRED. Named by the pool id,
 //	                 so that a replica of a lost namespace never reads the events of
 //	                 the one made after it.
 //	replies:<replica>
@@ -114,8 +128,8 @@ const layoutVersion = "2"
 // request generation ("dry" for a read that must write nothing, see below), then its
 // own arguments from ARGV[8], so that redis-benchmark can
 // drive it with "EVALSHA sha 1 {ns:p}:meta args…". Replies are arrays {status, now, …}
-// of integers, ending with a string where a key's holder is part of them; status 1 for
-// success or one of the codes below.
+// of integers, ending with strings where a key's holder, name or sealed secret are part
+// of them; status 1 for success or one of the codes below.
 //
 // Every pool script first refuses to act on a pool other than the one the replica knows
 // (the pool id differs or is missing: Redis lost the namespace, and perhaps a new one
@@ -145,6 +159,10 @@ local RETENTION = ARGV[3]
 local BY = ARGV[4]
 local META = P .. 'meta'
 local AVAIL, BLOCKED, LEASES, ALIVE = P .. 'avail', P .. 'blocked', P .. 'leases', P .. 'alive'
+local COOLING, QUAR, COOLS = P .. 'cooling', P .. 'quarantined', P .. 'cools'
+local SECRETS = P .. 'secrets'
+-- FOREVER is the keep-alive deadline of a key kept until deleted (the Store's forever).
+local FOREVER = 2^53 - 1
 local STREAM = P .. 'events:' .. ARGV[5]
 local REPLIES = P .. 'replies:' .. BY
 local SLOT, GEN = ARGV[6], tonumber(ARGV[7])
@@ -155,12 +173,18 @@ local function I(x) return string.format('%d', x) end
 -- num reads an integer field; a key's hash leaves out the fields that are still 0.
 local function num(x) return tonumber(x) or 0 end
 
--- A reply is kept as its integers joined by commas, then its string, if any, after a
--- '|' (integers have none, so the first '|' ends them).
+-- A reply is kept as its integers joined by commas, then its strings, if any, after a
+-- '|' (integers have none, so the first '|' ends them), each ended by a newline (no
+-- string of a reply holds a control character).
 local function encode(r)
   local parts, text = {}, ''
   for i = 1, #r do
-    if type(r[i]) == 'string' then text = '|' .. r[i] else parts[#parts + 1] = I(r[i]) end
+    if type(r[i]) == 'string' then
+      if text == '' then text = '|' end
+      text = text .. r[i] .. '\n'
+    else
+      parts[#parts + 1] = I(r[i])
+    end
   end
   return table.concat(parts, ',') .. text
 end
@@ -170,7 +194,9 @@ local function decode(rec)
   local ints = rec
   if bar then ints = string.sub(rec, 1, bar - 1) end
   for part in string.gmatch(ints, '[^,]+') do r[#r + 1] = tonumber(part) end
-  if bar then r[#r + 1] = string.sub(rec, bar + 1) end
+  if bar then
+    for text in string.gmatch(string.sub(rec, bar + 1), '([^\n]*)\n') do r[#r + 1] = text end
+  end
   return r
 end
 -- recorded returns the generation and the reply recorded in a slot, or nil.
@@ -195,44 +221,114 @@ local function emit(typ, n, at, ...)
     't', typ, 'k', n, 'at', I(at), ...)
 end
 
-local function expire_key(n, deadline)
-  redis.call('DEL', P .. 'k:' .. n)
+-- held returns the pool's -quarantine-after and -expired-lease-cooldown (in script
+-- time), which every replica shares (scriptInitPool records them with the pool).
+local QA, ELC
+local function held()
+  if not QA then
+    local v = redis.call('HMGET', META, 'qa', 'elc')
+    QA, ELC = num(v[1]), num(v[2])
+  end
+  return QA, ELC
+end
+
+-- drop removes key n from every structure of the pool.
+local function drop(n)
+  local h = P .. 'k:' .. n
+  local digest = redis.call('HGET', h, 'sd')
+  if digest then redis.call('HDEL', SECRETS, digest) end
+  redis.call('DEL', h)
   redis.call('ZREM', AVAIL, n)
   redis.call('ZREM', BLOCKED, n)
   redis.call('ZREM', LEASES, n)
   redis.call('ZREM', ALIVE, n)
+  redis.call('ZREM', COOLING, n)
+  redis.call('ZREM', COOLS, n)
+  redis.call('ZREM', QUAR, n)
+end
+
+local function expire_key(n, deadline)
+  drop(n)
   emit('EXPIRED', n, deadline, 'by', BY, 'ap', I(now))
 end
 
--- free returns the BLOCKED key n to AVAILABLE.
-local function free(n)
+-- end_lease takes the BLOCKED key n out of the leases; the caller says where it goes.
+local function end_lease(n)
   redis.call('HSET', P .. 'k:' .. n, 'f', 0)
   redis.call('ZREM', LEASES, n)
   redis.call('ZREM', BLOCKED, n)
-  redis.call('ZADD', AVAIL, n, n)
+end
+
+-- after_lease sends key n, whose lease ended at (now, or the lease's deadline), where
+-- the contract's table says: a failure counted (failed true) or the consecutive count
+-- reset (false; nil leaves the counts as they are), then QUARANTINED at
+-- -quarantine-after consecutive failures, else COOLING until at+cooldown if cooldown
+-- is not zero, else AVAILABLE.
+local function after_lease(n, at, failed, cooldown)
+  local h = P .. 'k:' .. n
+  local cf = 0
+  if failed then
+    redis.call('HINCRBY', h, 'fl', 1)
+    cf = redis.call('HINCRBY', h, 'cf', 1)
+  elseif failed == false then
+    redis.call('HDEL', h, 'cf')
+  end
+  local qa = held()
+  if failed and qa > 0 and cf >= qa then
+    redis.call('HSET', h, 'q', 1)
+    redis.call('ZADD', QUAR, n, n)
+    emit('QUARANTINED', n, at)
+  elseif cooldown > 0 then
+    local cu = at + cooldown
+    redis.call('HSET', h, 'cu', I(cu))
+    redis.call('ZADD', COOLING, n, n)
+    redis.call('ZADD', COOLS, I(cu), n)
+    emit('COOLED', n, at, 'd', I(cu))
+  else
+    redis.call('ZADD', AVAIL, n, n)
+  end
 end
 
 local function release(n, deadline)
-  free(n)
+  end_lease(n)
   redis.call('HINCRBY', P .. 'k:' .. n, 'x', 1)
   emit('RELEASED', n, deadline, 'by', BY, 'ap', I(now))
+  local _, elc = held()
+  after_lease(n, deadline, true, elc)
 end
 
--- unblock returns the BLOCKED key n to AVAILABLE at a client's request.
-local function unblock(n)
-  free(n)
+-- unblock ends the lease of the BLOCKED key n at a client's request; failed and
+-- cooldown as after_lease takes them.
+local function unblock(n, failed, cooldown)
+  end_lease(n)
   emit('UNBLOCKED', n, now)
+  after_lease(n, now, failed, cooldown)
+end
+
+-- recover returns the COOLING key n, whose cool-down ended at deadline, to AVAILABLE.
+local function recover(n, deadline)
+  redis.call('HDEL', P .. 'k:' .. n, 'cu')
+  redis.call('ZREM', COOLING, n)
+  redis.call('ZREM', COOLS, n)
+  redis.call('ZADD', AVAIL, n, n)
+  emit('RECOVERED', n, deadline, 'by', BY, 'ap', I(now))
 end
 
 -- settle applies the due transitions of key n, in deadline order, and reports whether
--- it still exists. A lease and a keep-alive that end at one instant end with the key.
--- A dry read only tells whether the key would still exist.
+-- it still exists. A hold (lease or cool-down) and a keep-alive that end at one
+-- instant end with the key. A lease that ran out may start a cool-down that has ended
+-- too. A dry read only tells whether the key would still exist.
 local function settle(n)
-  local v = redis.call('HMGET', P .. 'k:' .. n, 'e', 'f', 'ld')
+  local h = P .. 'k:' .. n
+  local v = redis.call('HMGET', h, 'e', 'f', 'ld', 'cu')
   if not v[1] then return false end
-  local e, f, ld = tonumber(v[1]), num(v[2]), num(v[3])
+  local e, f, ld, cu = tonumber(v[1]), num(v[2]), num(v[3]), num(v[4])
   if DRY then return e > now end
-  if f ~= 0 and ld <= now and ld < e then release(n, ld) end
+  if f ~= 0 and ld <= now and ld < e then
+    release(n, ld)
+    cu = num(redis.call('HGET', h, 'cu'))
+  end
+  if cu ~= 0 and cu <= now and cu < e then recover(n, cu) end
   if e <= now then
     expire_key(n, e)
     return false
@@ -255,33 +351,69 @@ local function apply_due(limit)
   local applied = 0
   while true do
     local ln, ls = head(LEASES)
+    local cn, cs = head(COOLS)
     local kn, ks = head(ALIVE)
-    local n, d, lease = kn, ks, false
-    if ls and (not ks or ls < ks) then n, d, lease = ln, ls, true end
+    local hn, hs, lease = ln, ls, true
+    if cs and (not ls or cs < ls) then hn, hs, lease = cn, cs, false end
+    local n, d, hold = kn, ks, false
+    if hs and (not ks or hs < ks) then n, d, hold = hn, hs, true end
     if not n then return applied, -1 end
     if d > now or applied >= limit then return applied, d end
-    if lease then release(n, d) else expire_key(n, d) end
+    if not hold then expire_key(n, d) elseif lease then release(n, d) else recover(n, d) end
     applied = applied + 1
   end
 end
 
--- seen turns a key's fields {c, e, f, la, ld, n, x, h}, read by a dry read, into what
--- they would be once its due lease ended (as release would leave them).
+-- FIELDS are the fields of a key that a reply reads, in order; seen turns them, read
+-- by a dry read, into what they would be once the key's due holds ended (as settle
+-- would leave them).
+local FIELDS = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm'}
 local function seen(v)
-  if DRY and num(v[3]) ~= 0 and num(v[5]) <= now and num(v[5]) < num(v[2]) then
-    v[3], v[7] = '0', I(num(v[7]) + 1)
+  if not DRY then return v end
+  local e = num(v[2])
+  if num(v[3]) ~= 0 and num(v[5]) <= now and num(v[5]) < e then
+    local qa, elc = held()
+    v[3], v[7], v[10], v[11] = '0', I(num(v[7]) + 1), I(num(v[10]) + 1), I(num(v[11]) + 1)
+    if qa > 0 and num(v[11]) >= qa then
+      v[9] = '1'
+    elseif elc > 0 then
+      v[8] = I(num(v[5]) + elc)
+    end
   end
+  if num(v[8]) ~= 0 and num(v[8]) <= now and num(v[8]) < e then v[8] = '0' end
   return v
 end
 
--- reply is key n as the Store reads it: {1, now, n, c, e, f, la, ld, times acquired,
--- leases expired, holder}; the holder is the current lease's only.
-local function reply(n)
-  local v = seen(redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h'))
-  local f = num(v[3])
-  local holder = ''
-  if f ~= 0 and v[8] then holder = v[8] end
-  return {1, now, tonumber(n), num(v[1]), num(v[2]), f, num(v[4]), num(v[5]), num(v[6]), num(v[7]), holder}
+-- read returns the fields of key n as a reply shows them.
+local function read(n)
+  return seen(redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS)))
+end
+
+-- ints are the integers of a key's fields as a reply gives them: {n, c, e, f, la, ld,
+-- times acquired, leases expired, cooling until, quarantined, failures, consecutive
+-- failures}, appended to out.
+local function ints(out, n, v)
+  out[#out + 1] = tonumber(n)
+  for i = 1, 11 do out[#out + 1] = num(v[i]) end
+  return out
+end
+
+-- holder_of is the holder of the current lease of a key's fields ("" for none).
+local function holder_of(v)
+  if num(v[3]) ~= 0 and v[12] then return v[12] end
+  return ''
+end
+
+-- reply is key n as the Store reads it: {1, now, the integers of ints, holder, name},
+-- then, when secret, the key's sealed secret ("" for a generated key); the holder is
+-- the current lease's only.
+local function reply(n, secret)
+  local v = read(n)
+  local out = ints({1, now}, n, v)
+  out[#out + 1] = holder_of(v)
+  out[#out + 1] = v[13] or ''
+  if secret then out[#out + 1] = redis.call('HGET', P .. 'k:' .. n, 's') or '' end
+  return out
 end
 
 -- The pool this replica knows is gone (Redis lost the namespace, and perhaps a new one
@@ -310,6 +442,8 @@ const (
 	statusStale       = -8  // a stale copy of a request its replica gave up on
 	statusReset       = -9  // the pool or namespace is not the one the replica knows
 	statusForeignKeys = -10 // a new pool's hash tag holds keys this store did not write
+	statusNotHeldBack = -11
+	statusDuplicate   = -12 // a secret held already: the index of the first follows
 )
 
 // The bounds of keystore, as Lua text.
@@ -319,30 +453,47 @@ var (
 	maxLocalText = strconv.FormatUint(maxLocal, 10)
 )
 
-// ARGV[8] pool index, ARGV[9] pool name. Reply {1, now}. It writes the meta hash of a
-// registered pool if it is not there yet; it refuses a pool whose id differs (the
-// namespace was lost and made anew), and a new pool whose hash tag already holds keys
-// (which this store did not write: a namespace named like this pool's tag?).
+// ARGV[8] pool index, ARGV[9] pool name, ARGV[10] -quarantine-after, ARGV[11]
+// -expired-lease-cooldown in script time. Reply {1, now}. It writes the meta hash of a
+// registered pool if it is not there yet, and the two settings if they changed; it
+// refuses a pool whose id differs (the namespace was lost and made anew), and a new
+// pool whose hash tag already holds keys (which this store did not write: a namespace
+// named like this pool's tag?).
 var scriptInitPool = newScript(common + `
 local id = redis.call('HGET', META, 'id')
 if id == ARGV[5] then
   if redis.call('HGET', META, 'layout') ~= '` + layoutVersion + `' then return {-10, now} end
+  -- The settings every replica agreed on at its start: new values once all replicas
+  -- restart with them. (Written only if they differ: a replica learns pools while Redis
+  -- is full too.)
+  local v = redis.call('HMGET', META, 'qa', 'elc')
+  if v[1] ~= ARGV[10] or v[2] ~= ARGV[11] then redis.call('HSET', META, 'qa', ARGV[10], 'elc', ARGV[11]) end
   return {1, now}
 end
 if id then return {-9, now} end
-if redis.call('EXISTS', AVAIL, BLOCKED, LEASES, ALIVE) > 0 then return {-10, now} end
-redis.call('HSET', META, 'id', ARGV[5], 'index', ARGV[8], 'name', ARGV[9], 'layout', '` + layoutVersion + `')
+if redis.call('EXISTS', AVAIL, BLOCKED, LEASES, ALIVE, COOLING, COOLS, QUAR, SECRETS) > 0 then return {-10, now} end
+redis.call('HSET', META, 'id', ARGV[5], 'index', ARGV[8], 'name', ARGV[9], 'layout', '` + layoutVersion + `',
+  'qa', ARGV[10], 'elc', ARGV[11])
 return {1, now}
 `)
 
+// reserveSource is what the scripts that make keys begin with: reserve takes count key
+// numbers of the pool and returns the first, or nil if the pool's numbers would run out.
+var reserveSource = prelude + `
+local function reserve(count)
+  if num(redis.call('HGET', META, 'keyseq')) + count > ` + maxLocalText + ` then return nil end
+  return redis.call('HINCRBY', META, 'keyseq', count) - count + 1
+end
+`
+
 // ARGV[8] count, ARGV[9] keep-alive TTL. Reply {1, now, first key number, keep-alive
 // deadline}, or {-6, now} if the pool's key numbers would run out.
-var scriptGenerate = newScript(prelude + `
+var scriptGenerate = newScript(reserveSource + `
 local count = tonumber(ARGV[8])
 local e = now + tonumber(ARGV[9])
-if num(redis.call('HGET', META, 'keyseq')) + count > ` + maxLocalText + ` then return done({-6, now}) end
-local last = redis.call('HINCRBY', META, 'keyseq', count)
-local first = last - count + 1
+local first = reserve(count)
+if not first then return done({-6, now}) end
+local last = first + count - 1
 local seq = redis.call('HINCRBY', META, 'seq', count) - count
 local c, d = I(now), I(e)
 -- The sets take their members in bulk, a chunk at a time (Lua's unpack has a limit).
@@ -366,6 +517,47 @@ for i = first, last do
 end
 flush()
 return done({1, now, first, e})
+`)
+
+// ARGV[8] count. Reply {1, now, first key number}: count key numbers reserved for an
+// import, or {-6, now} if the pool's key numbers would run out.
+var scriptReserve = newScript(reserveSource + `
+local first = reserve(tonumber(ARGV[8]))
+if not first then return done({-6, now}) end
+return done({1, now, first})
+`)
+
+// ARGV[8] the first of the key numbers reserved, ARGV[9] count, ARGV[10] keep-alive TTL
+// (0: kept until deleted), then for each key from ARGV[11] on, its secret's digest, its
+// name ("" for none) and its sealed secret. Reply {1, now, keep-alive deadline}, or
+// {-12, now, index} for the first key (from 0) whose digest the pool holds (a key
+// whose keep-alive has passed holds it no more) or an earlier key repeats: then
+// nothing is imported.
+var scriptImport = newScript(prelude + `
+local first, count, ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local seen = {}
+for i = 0, count - 1 do
+  local d = ARGV[11 + 3 * i]
+  local held_by = redis.call('HGET', SECRETS, d)
+  if seen[d] or (held_by and settle(held_by)) then return done({-12, now, i}) end
+  seen[d] = true
+end
+local e = FOREVER
+if ttl > 0 then e = now + ttl end
+local c, ed = I(now), I(e)
+for i = 0, count - 1 do
+  local n = I(first + i)
+  local d, name = ARGV[11 + 3 * i], ARGV[12 + 3 * i]
+  local h = P .. 'k:' .. n
+  redis.call('HSET', h, 'c', c, 'e', ed, 's', ARGV[13 + 3 * i], 'sd', d)
+  if name ~= '' then redis.call('HSET', h, 'nm', name) end
+  if ttl > 0 then redis.call('HSET', h, 'kt', I(ttl)) end
+  redis.call('HSET', SECRETS, d, n)
+  redis.call('ZADD', ALIVE, ed, n)
+  redis.call('ZADD', AVAIL, n, n)
+  if ttl > 0 then emit('IMPORTED', n, now, 'd', ed) else emit('IMPORTED', n, now) end
+end
+return done({1, now, e})
 `)
 
 // ARGV[8] lease TTL, ARGV[9] a random integer below 2^52, ARGV[10] how many free keys
@@ -420,7 +612,8 @@ if reserve > 0 then
     free = redis.call('ZCARD', AVAIL)
   else
     free = redis.call('ZCARD', ALIVE) - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
-    free = free - math.min(free, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
+    free = free - redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf') - redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
+    free = free - redis.call('ZCARD', QUAR)
   end
   if free <= reserve then return done({-1, now}) end
 end
@@ -439,7 +632,7 @@ local function take(n)
   else
     emit('ACQUIRED', n, now, 'd', I(ld))
   end
-  return done(reply(n))
+  return done(reply(n, true))
 end
 
 local function rank(z, r) return redis.call('ZRANGE', z, r, r)[1] end
@@ -450,7 +643,7 @@ if settled then
   return take(rank(AVAIL, rand_below(m)))
 end
 
-local leases_due = redis.call('ZCOUNT', LEASES, '-inf', I(now)) > 0
+local leases_due = redis.call('ZCOUNT', LEASES, '-inf', I(now)) > 0 or redis.call('ZCOUNT', COOLS, '-inf', I(now)) > 0
 for i = 1, ` + maxPicks + ` do
   if i % 2 == 1 and not leases_due then
     local m = redis.call('ZCARD', AVAIL)
@@ -464,20 +657,18 @@ for i = 1, ` + maxPicks + ` do
     local live = redis.call('ZCARD', ALIVE) - dead
     if live <= 0 then return done({-1, now}) end
     local n = rank(ALIVE, dead + rand_below(live))
-    local v = redis.call('HMGET', P .. 'k:' .. n, 'f', 'ld')
-    if num(v[1]) == 0 then return take(n) end
-    local ld = tonumber(v[2])
-    if ld <= now then
-      release(n, ld)
-      return take(n)
-    end
+    -- A live key: settle ends its due holds only, and it is taken if that leaves it
+    -- AVAILABLE.
+    settle(n)
+    if redis.call('ZSCORE', AVAIL, n) then return take(n) end
   end
 end
 return done({-4, now})
 `
 
 // ARGV[8] key number, ARGV[9] fence the caller's token names (0: no token, -1: a token
-// that names no lease).
+// that names no lease), ARGV[10] cool-down in script time (absent: 0), ARGV[11] "1" if
+// the lease failed.
 var scriptUnblock = newScript(unblockSource)
 
 const unblockSource = prelude + `
@@ -487,7 +678,7 @@ local f = num(redis.call('HGET', P .. 'k:' .. n, 'f'))
 if f == 0 then return done({-2, now}) end
 local want = tonumber(ARGV[9])
 if want ~= 0 and want ~= f then return done({-3, now}) end
-unblock(n)
+unblock(n, ARGV[11] == '1', tonumber(ARGV[10]) or 0)
 return done(reply(n))
 `
 
@@ -503,14 +694,17 @@ if tonumber(ARGV[9]) ~= f then return done({-3, now}) end
 local ld = math.min(now + tonumber(ARGV[10]), tonumber(v[2]) + tonumber(ARGV[11]))
 redis.call('HSET', h, 'ld', I(ld))
 redis.call('ZADD', LEASES, I(ld), n)
-return done(reply(n))
+return done(reply(n, true))
 `)
 
-// ARGV[8] key number, ARGV[9] keep-alive TTL.
+// ARGV[8] key number, ARGV[9] the pool's keep-alive TTL, for keys without one of their
+// own (kt). A key kept until deleted stays so.
 var scriptKeepAlive = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
-local e = now + tonumber(ARGV[9])
+local v = redis.call('HMGET', P .. 'k:' .. n, 'e', 'kt')
+if tonumber(v[1]) >= FOREVER then return done(reply(n)) end
+local e = now + (tonumber(v[2]) or tonumber(ARGV[9]))
 redis.call('HSET', P .. 'k:' .. n, 'e', I(e))
 redis.call('ZADD', ALIVE, I(e), n)
 return done(reply(n))
@@ -523,71 +717,109 @@ if not settle(n) then return done({-1, now}) end
 return done(reply(n))
 `)
 
+// ARGV[8] key number. A COOLING or QUARANTINED key to AVAILABLE, its consecutive
+// failures reset; -11 for a key in another state.
+var scriptRestore = newScript(prelude + `
+local n = I(tonumber(ARGV[8]))
+if not settle(n) then return done({-1, now}) end
+local h = P .. 'k:' .. n
+local v = redis.call('HMGET', h, 'cu', 'q')
+if num(v[1]) ~= 0 then
+  redis.call('ZREM', COOLING, n)
+  redis.call('ZREM', COOLS, n)
+elseif num(v[2]) ~= 0 then
+  redis.call('ZREM', QUAR, n)
+else
+  return done({-11, now})
+end
+redis.call('HDEL', h, 'cu', 'q', 'cf')
+redis.call('ZADD', AVAIL, n, n)
+emit('RESTORED', n, now)
+return done(reply(n))
+`)
+
 // ARGV[8] key number. Reply {1, now}.
 var scriptDelete = newScript(prelude + `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
-redis.call('DEL', P .. 'k:' .. n)
-redis.call('ZREM', AVAIL, n)
-redis.call('ZREM', BLOCKED, n)
-redis.call('ZREM', LEASES, n)
-redis.call('ZREM', ALIVE, n)
+drop(n)
 emit('DELETED', n, now)
 return done({1, now})
 `)
 
-// Reply {1, now, total, available, blocked}. Exact when the request batch applied
-// every due transition; in a storm that it could not finish, total is still exact
-// (live keys of the keep-alive set) and blocked counts the leases that have not run
-// out, which may include keys whose keep-alive has passed until the expirer reaches them.
+// Reply {1, now, total, available, blocked, cooling, quarantined}. Exact when the
+// request batch applied every due transition; in a storm that it could not finish,
+// total is still exact (live keys of the keep-alive set), blocked and cooling count
+// the holds that have not ended (a lease that ran out within the lock-delay counts as
+// cooling, even if it will quarantine the key) and quarantined the keys QUARANTINED,
+// which may include keys whose keep-alive has passed until the expirer reaches them.
 var scriptStats = newDryScript(prelude + `
 local _, next = apply_due(` + requestBatch + `)
-local total, blocked = redis.call('ZCARD', ALIVE), redis.call('ZCARD', LEASES)
+local total = redis.call('ZCARD', ALIVE)
 if next < 0 or next > now then
-  return done({1, now, total, redis.call('ZCARD', AVAIL), blocked})
+  return done({1, now, total, redis.call('ZCARD', AVAIL), redis.call('ZCARD', LEASES),
+    redis.call('ZCARD', COOLING), redis.call('ZCARD', QUAR)})
 end
 total = total - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
-blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
-return done({1, now, total, total - blocked, blocked})
+local blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
+-- Cooling: the cool-downs that have not ended, and the leases that ran out within the
+-- lock-delay of -expired-lease-cooldown (unless they reached -quarantine-after).
+local cooling = redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
+local _, elc = held()
+if elc > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - elc), I(now)) end
+cooling = math.min(total - blocked, cooling)
+local quarantined = math.min(total - blocked - cooling, redis.call('ZCARD', QUAR))
+return done({1, now, total, total - blocked - cooling - quarantined, blocked, cooling, quarantined})
 `)
 
-// ARGV[8] status (0 any, 1 AVAILABLE, 2 BLOCKED), ARGV[9] the least key number,
-// ARGV[10] the most keys to return, ARGV[11] the most keys to look at. Reply {1, now,
-// resume, count, then count records of 10 integers (as reply's), then their count
-// holders}: the keys of that status from the number on, in order, as they are once
-// their due transitions are applied (a lease that ran out lists as AVAILABLE, a key
-// whose keep-alive passed not at all). resume is -1 when the keys listed are all there
-// are, or when count reached the most; else the number to go on from, for a next call:
-// a page never looks at more keys than ARGV[11], though in a storm the expirer has yet
-// to reach most of the candidates may be dead keys, each deleted as it is looked at.
+// ARGV[8] status (0 any, 1 AVAILABLE, 2 BLOCKED, 3 COOLING, 4 QUARANTINED), ARGV[9]
+// the least key number, ARGV[10] the most keys to return, ARGV[11] the most keys to
+// look at. Reply {1, now, resume, count, then count records of 12 integers (as
+// reply's), then their count holders, then their count names}: the keys of that
+// status from the number on, in order, as they are once their due transitions are
+// applied (a lease that ran out lists as AVAILABLE, COOLING or QUARANTINED as it
+// ends, a key whose keep-alive passed not at all). resume is -1 when the keys listed
+// are all there are, or when count reached the most; else the number to go on from,
+// for a next call: a page never looks at more keys than ARGV[11], though in a storm
+// the expirer has yet to reach most of the candidates may be dead keys, each deleted
+// as it is looked at.
 //
-// The keys come from the AVAILABLE and BLOCKED sets by score (ZRANGE BYSCORE LIMIT,
-// O(log n + the page)): a page of one status never looks at keys of the other.
+// The keys come from the sets of each state by score (ZRANGE BYSCORE LIMIT, O(log n +
+// the page)): a page of one status never looks at keys of another.
 var scriptList = newDryScript(prelude + `
 apply_due(` + requestBatch + `)
 local status, from = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, budget = tonumber(ARGV[10]), tonumber(ARGV[11])
+local SETS = {AVAIL, BLOCKED, COOLING, QUAR}
 local function range(z, k)
   return redis.call('ZRANGE', z, I(from), '+inf', 'BYSCORE', 'LIMIT', 0, k)
 end
--- (A dry read looks at the BLOCKED keys for AVAILABLE ones too: a lease that has run
--- out is still there.)
+-- (A dry read looks at every set but BLOCKED's for the keys of a state other than
+-- BLOCKED: a hold that has ended is still where it was.)
 local function candidates(k)
-  if status == 1 and not DRY then return range(AVAIL, k) end
-  if status == 2 then return range(BLOCKED, k) end
-  -- The first k of the two, merged in order of number.
-  local a, b, ns = range(AVAIL, k), range(BLOCKED, k), {}
-  local i, j = 1, 1
-  while #ns < k and (a[i] or b[j]) do
-    if not b[j] or a[i] and tonumber(a[i]) < tonumber(b[j]) then
-      ns[#ns + 1], i = a[i], i + 1
-    else
-      ns[#ns + 1], j = b[j], j + 1
+  if status ~= 0 and (status == 2 or not DRY) then return range(SETS[status], k) end
+  -- The first k of the sets, merged in order of number.
+  local lists, at, ns = {}, {}, {}
+  for i, z in ipairs(SETS) do lists[i], at[i] = range(z, k), 1 end
+  while #ns < k do
+    local best
+    for i = 1, #SETS do
+      local m = lists[i][at[i]]
+      if m and (not best or tonumber(m) < tonumber(lists[best][at[best]])) then best = i end
     end
+    if not best then break end
+    ns[#ns + 1], at[best] = lists[best][at[best]], at[best] + 1
   end
   return ns
 end
-local recs, holders = {}, {}
+-- state is the status code of a key's fields.
+local function state(v)
+  if num(v[3]) ~= 0 then return 2 end
+  if num(v[8]) ~= 0 then return 3 end
+  if num(v[9]) ~= 0 then return 4 end
+  return 1
+end
+local recs, holders, names = {}, {}, {}
 local resume = -1
 while #holders < limit do
   local ns = candidates(limit - #holders)
@@ -601,21 +833,15 @@ while #holders < limit do
     from = tonumber(n) + 1
     -- One read of the key, unless a deadline of it is due: then settle it, and read
     -- what is left.
-    local v = redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h')
-    local e, f, ld = tonumber(v[2]), num(v[3]), num(v[5])
-    if e and (e <= now or f ~= 0 and ld <= now) then
-      if settle(n) then
-        v = seen(redis.call('HMGET', P .. 'k:' .. n, 'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'h'))
-        f = num(v[3])
-      else
-        e = nil
-      end
+    local v = redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS))
+    local e, f, ld, cu = tonumber(v[2]), num(v[3]), num(v[5]), num(v[8])
+    if e and (e <= now or f ~= 0 and ld <= now or cu ~= 0 and cu <= now) then
+      if settle(n) then v = read(n) else e = nil end
     end
-    if e and (status == 0 or (status == 2) == (f ~= 0)) then
-      local i = #recs
-      recs[i + 1], recs[i + 2], recs[i + 3], recs[i + 4] = tonumber(n), num(v[1]), num(v[2]), f
-      recs[i + 5], recs[i + 6], recs[i + 7], recs[i + 8] = num(v[4]), num(v[5]), num(v[6]), num(v[7])
-      holders[#holders + 1] = (f ~= 0 and v[8]) or ''
+    if e and (status == 0 or status == state(v)) then
+      ints(recs, n, v)
+      holders[#holders + 1] = holder_of(v)
+      names[#names + 1] = v[13] or ''
     end
   end
   if resume >= 0 then break end
@@ -623,6 +849,7 @@ end
 local out = {1, now, resume, #holders}
 for _, v in ipairs(recs) do out[#out + 1] = v end
 for _, h in ipairs(holders) do out[#out + 1] = h end
+for _, name in ipairs(names) do out[#out + 1] = name end
 return out
 `)
 
@@ -650,7 +877,7 @@ if g == gen then
   if ARGV[10] == '1' and r[1] == 1 then
     local n, fence = I(r[3]), r[6]
     if settle(n) and num(redis.call('HGET', P .. 'k:' .. n, 'f')) == fence then
-      unblock(n)
+      unblock(n, nil, 0)
       freed = {-7, now, r[3], fence}
     end
   end
@@ -728,7 +955,9 @@ return out
 `)
 
 // ARGV[3], ARGV[4], … pairs of a setting's name and this replica's value of it. Reply
-// {1, then the value recorded for each setting}: this replica's own where none was.
+// {1, then the value recorded for each setting}: this replica's own where none was,
+// unless its own is "" (none, as a replica without a secrets key has): that is never
+// recorded, and reads as "" while nothing is.
 var scriptSettings = newScript(nsPrelude + `
 local SETTINGS = NS .. 'settings'
 local out = {1}
@@ -736,7 +965,7 @@ for i = 3, #ARGV, 2 do
   local v = redis.call('HGET', SETTINGS, ARGV[i])
   if not v then
     v = ARGV[i + 1]
-    redis.call('HSET', SETTINGS, ARGV[i], v)
+    if v ~= '' then redis.call('HSET', SETTINGS, ARGV[i], v) end
   end
   out[#out + 1] = v
 end
@@ -751,44 +980,50 @@ return {1}
 // scriptSet is the scripts a Store runs; tests swap one for a broken one to show
 // that the linearizability check catches it.
 type scriptSet struct {
-	generate, acquire, unblock, renew, keepAlive, get, delete, stats, list, expire, resolve, check, initPool *script
-	setup, register, lookup, registry, nsCheck, settings                                                     *script
+	generate, reserve, importKeys, acquire, unblock, restore, renew, keepAlive, get, delete, stats, list, expire, resolve, check, initPool *script
+	setup, register, lookup, registry, nsCheck, settings                                                                                   *script
 }
 
 func (set scriptSet) all() []*script {
-	return []*script{set.generate, set.acquire, set.unblock, set.renew, set.keepAlive, set.get, set.delete,
+	return []*script{set.generate, set.reserve, set.importKeys, set.acquire, set.unblock, set.restore, set.renew, set.keepAlive, set.get, set.delete,
 		set.stats, set.list, set.expire, set.resolve, set.check, set.initPool,
 		set.setup, set.register, set.lookup, set.registry, set.nsCheck, set.settings}
 }
 
 var defaultScripts = scriptSet{
-	generate:  scriptGenerate,
-	acquire:   scriptAcquire,
-	unblock:   scriptUnblock,
-	renew:     scriptRenew,
-	keepAlive: scriptKeepAlive,
-	get:       scriptGet,
-	delete:    scriptDelete,
-	stats:     scriptStats,
-	list:      scriptList,
-	expire:    scriptExpire,
-	resolve:   scriptResolve,
-	check:     scriptCheck,
-	initPool:  scriptInitPool,
-	setup:     scriptSetup,
-	register:  scriptRegister,
-	lookup:    scriptLookup,
-	registry:  scriptRegistry,
-	nsCheck:   scriptNSCheck,
-	settings:  scriptSettings,
+	generate:   scriptGenerate,
+	reserve:    scriptReserve,
+	importKeys: scriptImport,
+	acquire:    scriptAcquire,
+	unblock:    scriptUnblock,
+	restore:    scriptRestore,
+	renew:      scriptRenew,
+	keepAlive:  scriptKeepAlive,
+	get:        scriptGet,
+	delete:     scriptDelete,
+	stats:      scriptStats,
+	list:       scriptList,
+	expire:     scriptExpire,
+	resolve:    scriptResolve,
+	check:      scriptCheck,
+	initPool:   scriptInitPool,
+	setup:      scriptSetup,
+	register:   scriptRegister,
+	lookup:     scriptLookup,
+	registry:   scriptRegistry,
+	nsCheck:    scriptNSCheck,
+	settings:   scriptSettings,
 }
 
 // scripts lists the pool scripts by name, for the benchmarks that run them by hand
 // (bench_test.go); the Store loads and runs its scriptSet.
 var scripts = map[string]*script{
 	"generate":  scriptGenerate,
+	"reserve":   scriptReserve,
+	"import":    scriptImport,
 	"acquire":   scriptAcquire,
 	"unblock":   scriptUnblock,
+	"restore":   scriptRestore,
 	"renew":     scriptRenew,
 	"keepalive": scriptKeepAlive,
 	"get":       scriptGet,

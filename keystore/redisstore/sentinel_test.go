@@ -411,7 +411,7 @@ func failoverRun(t *testing.T, seed uint64, options ...Option) (porcupine.CheckR
 	// of unknown outcome are enough for the check to weigh (each may or may not have
 	// happened), and more make it slow.
 	h.Run(t, lincheck.Config{Stores: asStores(replicas), Clients: 4, Calls: 100000, Until: done, Keys: 4,
-		Pools: []string{keystore.DefaultPool, "b"}, Seed: seed, Seeded: func() { close(seeded) }})
+		Pools: []string{keystore.DefaultPool, "b"}, Seed: seed, Seeded: func() { close(seeded) }, Held: true})
 	<-done
 	require.NotZero(t, after.Load(), "the stores did not follow the failover")
 	for _, r := range replicas {

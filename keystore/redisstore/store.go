@@ -154,6 +154,7 @@ type config struct {
 	log        *slog.Logger
 	health     time.Duration
 	replicas   int
+	secretsKey []byte
 }
 
 // WithMinReplicas has every request of a pool confirmed by n Redis replicas (WAIT)
@@ -203,6 +204,7 @@ type Store struct {
 	nsID       string
 	secret     []byte
 	ids        *keystore.IDCodec
+	sealer     *sealer // nil without a secrets key
 	lanes      *keystore.Lanes
 	reg        registry
 	replica    string // tags the transitions this replica applies, for its Observer
@@ -330,6 +332,13 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	if err != nil {
 		return nil, err
 	}
+	var seal *sealer
+	if cfg.secretsKey != nil {
+		if seal, err = newSealer(cfg.secretsKey); err != nil {
+			rdb.Close()
+			return nil, err
+		}
+	}
 	if cluster && cfg.replicas > 0 {
 		rdb.Close()
 		return nil, errors.New("redis store: -redis-min-replicas is not supported on a Redis Cluster (WAIT confirms one node's writes)")
@@ -340,6 +349,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		clock:       clock,
 		clientTime:  cfg.clientTime,
 		opts:        opts,
+		sealer:      seal,
 		namespace:   cfg.namespace,
 		nsPrefix:    "{" + cfg.namespace + "}:",
 		lanes:       env.Lanes,
@@ -531,12 +541,21 @@ func unavailable(err error) error {
 }
 
 // sharedSettings are the settings that change what the pools do, which every replica of
-// a namespace must share, each by the flag that sets it and as this replica has it.
-func sharedSettings(o keystore.Options) [][2]string {
+// a namespace must share, each by the flag that sets it and as this replica has it:
+// the last is the secrets key's check value ("" without a key).
+func (s *Store) sharedSettings() [][2]string {
+	o, check := s.opts, ""
+	if s.sealer != nil {
+		check = s.sealer.check
+	}
 	return [][2]string{
 		{"-lease-ttl", o.LeaseTTL.String()},
 		{"-keepalive-ttl", o.KeepAliveTTL.String()},
 		{"-max-lease-ttl", o.MaxLeaseTTL.String()},
+		{"-quarantine-after", strconv.Itoa(o.QuarantineAfter)},
+		{"-expired-lease-cooldown", o.ExpiredLeaseCooldown.String()},
+		{"-max-cooldown", o.MaxCooldown.String()},
+		{secretsKeyFlag, check},
 	}
 }
 
@@ -545,7 +564,7 @@ func sharedSettings(o keystore.Options) [][2]string {
 // know), and refuses to start, naming the flag, if one of its own differs from the
 // recorded one.
 func (s *Store) agreeOnSettings(ctx context.Context) error {
-	mine := sharedSettings(s.opts)
+	mine := s.sharedSettings()
 	own := make([]any, 0, 2*len(mine))
 	for _, kv := range mine {
 		own = append(own, kv[0], kv[1])
@@ -559,12 +578,33 @@ func (s *Store) agreeOnSettings(ctx context.Context) error {
 		return fmt.Errorf("redis store: bad reply to the settings' check (%v)", err)
 	}
 	for i, kv := range mine {
+		if kv[0] == secretsKeyFlag {
+			if err := s.agreeOnSecretsKey(kv[1], recorded[i]); err != nil {
+				return err
+			}
+			continue
+		}
 		if recorded[i] != kv[1] {
 			return fmt.Errorf("redis store: %s is %s on this replica, but %s on the replicas of namespace %q (recorded in %ssettings): "+
 				"start every replica with the same %s", kv[0], kv[1], recorded[i], s.namespace, s.nsPrefix, kv[0])
 		}
 	}
 	return nil
+}
+
+// agreeOnSecretsKey refuses to start a replica whose secrets key is not the one whose
+// check value the namespace recorded (the first replica with a key recorded its own),
+// or that has none where one is recorded: it could not open the secrets sealed so.
+func (s *Store) agreeOnSecretsKey(mine, recorded string) error {
+	switch {
+	case recorded == "" || recorded == mine:
+		return nil
+	case mine == "":
+		return fmt.Errorf("redis store: the imported secrets of namespace %q are sealed under a secrets key (its check value is recorded in %ssettings), and this replica has none: "+
+			"start every replica with the same %s", s.namespace, s.nsPrefix, secretsKeyFlag)
+	}
+	return fmt.Errorf("redis store: %s on this replica is not the secrets key of the replicas of namespace %q (its check value, recorded in %ssettings, differs): "+
+		"start every replica with the same %s", secretsKeyFlag, s.namespace, s.nsPrefix, secretsKeyFlag)
 }
 
 // agreeOnClock sets the unit and base of script times, the same for every replica of
@@ -621,12 +661,18 @@ func (s *Store) at(v int64) time.Time { return s.base.Add(time.Duration(v) * s.u
 func (s *Store) units(d time.Duration) int64 { return int64(d / s.unit) }
 
 // recordInts is how many integers of a key reply record a key: {n, c, e, f, la, ld,
-// timesAcquired, leasesExpired}.
-const recordInts = 8
+// timesAcquired, leasesExpired, coolingUntil, quarantined, failures,
+// consecutiveFailures}.
+const recordInts = 12
 
-// record decodes a key of p from v, {n, c, e, f, la, ld, timesAcquired,
-// leasesExpired}, and its holder.
-func (s *Store) record(p *rpool, v []int64, holder string) keystore.Record {
+// forever is the keep-alive deadline, in script time, of a key kept until deleted:
+// later than any other (2^53-1, the largest integer a Lua number and a sorted set's
+// score hold exactly).
+const forever = 1<<53 - 1
+
+// record decodes a key of p from v (recordInts integers, as recordInts says), its
+// holder and its name.
+func (s *Store) record(p *rpool, v []int64, holder, name string) keystore.Record {
 	r := keystore.Record{
 		N:             p.keyN(v[0]),
 		Pool:          p.name,
@@ -638,19 +684,48 @@ func (s *Store) record(p *rpool, v []int64, holder string) keystore.Record {
 		LeasesExpired: v[7],
 	}
 	r.Pos = r.N // pages go by key number, the score of the pool's sets
+	if v[2] >= forever {
+		r.ExpiresAt = keystore.Never
+	}
 	if r.Fence != 0 {
 		r.LeaseExpiresAt = s.at(v[5])
 		r.Holder = holder
 	}
+	coolingUntil, quarantined, failures, consecutive := v[8], v[9], v[10], v[11]
+	if coolingUntil != 0 || quarantined != 0 || failures != 0 || consecutive != 0 || name != "" {
+		r.Ext = &keystore.RecordExt{Failures: failures, ConsecutiveFailures: consecutive, Name: name}
+		switch {
+		case coolingUntil != 0:
+			r.Ext.Status, r.Ext.CoolingUntil = keystore.Cooling, s.at(coolingUntil)
+		case quarantined != 0:
+			r.Ext.Status = keystore.Quarantined
+		}
+	}
 	return r
 }
 
-// keyReply decodes a script's key reply {1, now, n, …, holder}.
-func (s *Store) keyReply(p *rpool, res []int64, strs []string) (keystore.Record, error) {
-	if len(res) != 2+recordInts || len(strs) != 1 {
-		return keystore.Record{}, fmt.Errorf("redis store: bad key reply %v %q", res, strs)
+// keyReply decodes a script's key reply {1, now, n, …, holder, name}, and, for the
+// holder's answers (withSecret), the key's sealed secret after them.
+func (s *Store) keyReply(p *rpool, res []int64, strs []string, withSecret bool) (keystore.Record, error) {
+	want := 2
+	if withSecret {
+		want = 3
 	}
-	return s.record(p, res[2:], strs[0]), nil
+	if len(res) != 2+recordInts || len(strs) != want {
+		return keystore.Record{}, fmt.Errorf("redis store: bad key reply of %d integers and %d strings", len(res), len(strs))
+	}
+	r := s.record(p, res[2:], strs[0], strs[1])
+	if withSecret && strs[2] != "" {
+		secret, err := s.open(p, r.N, strs[2])
+		if err != nil {
+			return keystore.Record{}, err
+		}
+		if r.Ext == nil {
+			r.Ext = &keystore.RecordExt{}
+		}
+		r.Ext.Secret = secret
+	}
+	return r, nil
 }
 
 // keyError maps the per-key status codes.
@@ -662,6 +737,8 @@ func keyError(status int64) error {
 		return keystore.ErrNotBlocked
 	case statusMismatch:
 		return keystore.ErrLeaseMismatch
+	case statusNotHeldBack:
+		return keystore.ErrNotHeldBack
 	}
 	return fmt.Errorf("redis store: unknown script status %d", status)
 }
@@ -683,7 +760,7 @@ func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystor
 		return nil, err
 	}
 	if res[0] == statusExhausted {
-		return nil, fmt.Errorf("redis store: pool %q has used up its %d key numbers", pool, int64(maxLocal))
+		return nil, errExhausted(pool)
 	}
 	if len(res) != 4 {
 		return nil, fmt.Errorf("redis store: bad generate reply %v", res)
@@ -695,6 +772,11 @@ func (s *Store) Generate(ctx context.Context, pool string, count int) ([]keystor
 		recs[i] = keystore.Record{N: p.keyN(first + int64(i)), Pool: pool, CreatedAt: s.at(now), ExpiresAt: s.at(expires)}
 	}
 	return recs, nil
+}
+
+// errExhausted refuses new keys in a pool whose key numbers have run out.
+func errExhausted(pool string) error {
+	return fmt.Errorf("redis store: pool %q has used up its %d key numbers", pool, int64(maxLocal))
 }
 
 // Acquire implements keystore.Backend.
@@ -771,7 +853,7 @@ func (s *Store) acquireOnce(ctx context.Context, pool string, ttl time.Duration,
 			}
 			continue
 		}
-		r, err := s.keyReply(p, res, strs)
+		r, err := s.keyReply(p, res, strs, true)
 		if err == nil {
 			s.wakeBy(p, s.units(r.LeaseExpiresAt.Sub(s.base)))
 		}
@@ -781,6 +863,12 @@ func (s *Store) acquireOnce(ctx context.Context, pool string, ttl time.Duration,
 
 // keyOp runs a per-key script on key n and decodes its key reply.
 func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n uint64, args ...any) (*rpool, keystore.Record, error) {
+	return s.keyOpSecret(ctx, script, kind, n, false, args...)
+}
+
+// keyOpSecret is keyOp for a script whose reply carries the sealed secret when
+// withSecret says so.
+func (s *Store) keyOpSecret(ctx context.Context, script *script, kind requestKind, n uint64, withSecret bool, args ...any) (*rpool, keystore.Record, error) {
 	p, err := s.poolOf(ctx, n)
 	if err != nil || p == nil {
 		return nil, keystore.Record{}, cmp.Or(err, keystore.ErrNoKey)
@@ -792,19 +880,37 @@ func (s *Store) keyOp(ctx context.Context, script *script, kind requestKind, n u
 	if res[0] != statusOK {
 		return p, keystore.Record{}, keyError(res[0])
 	}
-	r, err := s.keyReply(p, res, strs)
+	r, err := s.keyReply(p, res, strs, withSecret)
 	return p, r, err
 }
 
 // Unblock implements keystore.Backend.
 func (s *Store) Unblock(ctx context.Context, n uint64, fence int64) (keystore.Record, error) {
-	_, r, err := s.keyOp(ctx, s.scripts.unblock, mutation, n, fence)
+	return s.UnblockWith(ctx, n, fence, 0, false)
+}
+
+// UnblockWith implements keystore.Backend.
+func (s *Store) UnblockWith(ctx context.Context, n uint64, fence int64, cooldown time.Duration, failed bool) (keystore.Record, error) {
+	f := 0
+	if failed {
+		f = 1
+	}
+	p, r, err := s.keyOp(ctx, s.scripts.unblock, mutation, n, fence, s.units(cooldown), f)
+	if err == nil && r.Ext != nil && r.Ext.Status == keystore.Cooling {
+		s.wakeBy(p, s.units(r.Ext.CoolingUntil.Sub(s.base)))
+	}
+	return r, err
+}
+
+// Restore implements keystore.Backend.
+func (s *Store) Restore(ctx context.Context, n uint64) (keystore.Record, error) {
+	_, r, err := s.keyOp(ctx, s.scripts.restore, mutation, n)
 	return r, err
 }
 
 // Renew implements keystore.Backend.
 func (s *Store) Renew(ctx context.Context, n uint64, fence int64, ttl time.Duration) (keystore.Record, error) {
-	p, r, err := s.keyOp(ctx, s.scripts.renew, mutation, n, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
+	p, r, err := s.keyOpSecret(ctx, s.scripts.renew, mutation, n, true, fence, s.units(ttl), s.units(s.opts.MaxLeaseTTL))
 	if err == nil {
 		s.wakeBy(p, s.units(r.LeaseExpiresAt.Sub(s.base)))
 	}
@@ -856,10 +962,11 @@ func (s *Store) Stats(ctx context.Context, pool string) (keystore.Stats, error) 
 }
 
 func statsOf(res []int64) (keystore.Stats, error) {
-	if len(res) != 5 {
+	if len(res) != 7 {
 		return keystore.Stats{}, fmt.Errorf("redis store: bad stats reply %v", res)
 	}
-	return keystore.Stats{Total: int(res[2]), Available: int(res[3]), Blocked: int(res[4])}, nil
+	return keystore.Stats{Total: int(res[2]), Available: int(res[3]), Blocked: int(res[4]),
+		Cooling: int(res[5]), Quarantined: int(res[6])}, nil
 }
 
 // Pools implements keystore.Backend: the pools of the registry, the stats of each read
@@ -913,7 +1020,7 @@ func (s *Store) each(pools []*rpool, f func(i int, p *rpool)) {
 }
 
 // Status codes of List's script.
-var listStatus = map[keystore.Status]int{"": 0, keystore.Available: 1, keystore.Blocked: 2}
+var listStatus = map[keystore.Status]int{"": 0, keystore.Available: 1, keystore.Blocked: 2, keystore.Cooling: 3, keystore.Quarantined: 4}
 
 // List implements keystore.Backend. Each script looks at a bounded number of keys; in
 // a storm of dead keys the expirer has yet to reach, the page takes several.
@@ -939,15 +1046,16 @@ func (s *Store) List(ctx context.Context, pool string, status keystore.Status, f
 	recs := make([]keystore.Record, 0, limit)
 	for len(recs) < limit {
 		want := limit - len(recs)
-		res, holders, err := s.run(ctx, p, s.scripts.list, readOnly, code, local, want, want+listSlack)
+		res, strs, err := s.run(ctx, p, s.scripts.list, readOnly, code, local, want, want+listSlack)
 		if err != nil {
 			return nil, err
 		}
-		if len(res) < 4 || len(res) != 4+recordInts*int(res[3]) || len(holders) != int(res[3]) {
-			return nil, fmt.Errorf("redis store: bad list reply of %d integers and %d strings", len(res), len(holders))
+		if len(res) < 4 || len(res) != 4+recordInts*int(res[3]) || len(strs) != 2*int(res[3]) {
+			return nil, fmt.Errorf("redis store: bad list reply of %d integers and %d strings", len(res), len(strs))
 		}
-		for i := range holders {
-			recs = append(recs, s.record(p, res[4+recordInts*i:4+recordInts*(i+1)], holders[i]))
+		count := int(res[3])
+		for i := range count {
+			recs = append(recs, s.record(p, res[4+recordInts*i:4+recordInts*(i+1)], strs[i], strs[count+i]))
 		}
 		if local = res[2]; local < 0 {
 			break
