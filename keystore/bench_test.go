@@ -350,29 +350,43 @@ func (p *schedProbe) worst() time.Duration {
 // keys are BLOCKED under leases that outlive them, so the loopers only ever acquire
 // survivors and the storm is the expirer's alone; in "available" they are AVAILABLE,
 // so that, once dead, they are a thousand to one among the keys an Acquire may pick.
+// BenchmarkExpiryStorm's storms: 1e6 keep-alive deadlines of BLOCKED keys, or of
+// AVAILABLE ones, or 1e6 cool-downs (of keys that stay alive) ending at one instant.
 func BenchmarkExpiryStorm(b *testing.B) {
-	b.Run("blocked", func(b *testing.B) { benchExpiryStorm(b, true) })
-	b.Run("available", func(b *testing.B) { benchExpiryStorm(b, false) })
+	b.Run("blocked", func(b *testing.B) { benchExpiryStorm(b, "blocked") })
+	b.Run("available", func(b *testing.B) { benchExpiryStorm(b, "available") })
+	b.Run("cooling", func(b *testing.B) { benchExpiryStorm(b, "cooling") })
 }
 
-func benchExpiryStorm(b *testing.B, blocked bool) {
+func benchExpiryStorm(b *testing.B, storming string) {
 	const storm, survivors, loopers = 1_000_000, 1_000, 2
 	for b.Loop() {
 		b.StopTimer()
 		ctx := context.Background()
 		clock := clockwork.NewFakeClockAt(storetest.Start)
-		store, err := keystore.NewMemory(clock, keystore.Options{})
+		opts := keystore.Options{}
+		if storming == "cooling" {
+			opts.KeepAliveTTL = time.Hour // the storm is of cool-downs alone
+		}
+		store, err := keystore.NewMemory(clock, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
 		generate(b, store, storm)
-		for i := 0; blocked && i < storm; i++ {
-			if _, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(10 * time.Minute)}); err != nil {
+		cooldown := 5 * time.Minute // every cool-down ends at Start+5m
+		for i := 0; storming != "available" && i < storm; i++ {
+			k, err := store.Acquire(ctx, keystore.AcquireOptions{TTL: keystore.TTL(10 * time.Minute)})
+			if err != nil {
 				b.Fatal(err)
+			}
+			if storming == "cooling" {
+				if _, err := store.UnblockWith(ctx, k.ID, k.Lease.Token, keystore.UnblockOptions{Cooldown: &cooldown}); err != nil {
+					b.Fatal(err)
+				}
 			}
 		}
 		clock.Advance(time.Minute)
-		generate(b, store, survivors) // alive until Start+6m
+		generate(b, store, survivors) // alive until Start+6m at least
 
 		var (
 			stop      atomic.Bool
@@ -423,7 +437,7 @@ func benchExpiryStorm(b *testing.B, blocked bool) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if s.Total == survivors {
+			if storming == "cooling" && s.Cooling == 0 || storming != "cooling" && s.Total == survivors {
 				break
 			}
 			if time.Since(start) > time.Minute {
@@ -452,7 +466,7 @@ func benchExpiryStorm(b *testing.B, blocked bool) {
 		b.ReportMetric(float64(failures.Load()), "failed-acquires")
 		b.StartTimer()
 	}
-	rerun(b, "a storm of 1e6 keep-alive expiries: time to drain (drain-ms), longest and p99 Acquire meanwhile (target max < 5 ms)")
+	rerun(b, "a storm of 1e6 keep-alive expiries or cool-downs ending: time to drain (drain-ms), longest and p99 Acquire meanwhile (target max < 5 ms)")
 }
 
 // BenchmarkExpiryLateness measures how late RELEASED events arrive on the real clock:
