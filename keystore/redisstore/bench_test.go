@@ -118,7 +118,7 @@ func logCommandStats(b *testing.B, srv *redisServer) {
 	defer rdb.Close()
 	text := must(rdb.do("INFO", "commandstats").ToString())(b)
 	for _, line := range strings.Split(text, "\n") {
-		if strings.HasPrefix(line, "cmdstat_evalsha:") || strings.HasPrefix(line, "cmdstat_xread:") {
+		if strings.HasPrefix(line, "cmdstat_fcall:") || strings.HasPrefix(line, "cmdstat_xread:") {
 			b.Log(strings.TrimSpace(line))
 		}
 	}
@@ -162,7 +162,7 @@ func reportCPU(b *testing.B, srv *redisServer, redis0, go0 time.Duration) {
 }
 
 // BenchmarkLuaDirect drives the same acquire and unblock scripts with redis-benchmark
-// (EVALSHA, no Go in the path) on a pool of 1e5 keys, and measures Redis's memory per
+// (FCALL, no Go in the path) on a pool of 1e5 keys, and measures Redis's memory per
 // key. It runs once whatever -benchtime says; it logs every command it runs.
 //
 //	go test -run '^$' -bench 'LuaDirect' -benchtime 1x -v ./keystore/redisstore
@@ -204,7 +204,7 @@ func BenchmarkLuaDirect(b *testing.B) {
 	b.ReportMetric(float64(withoutStream-before)/benchKeys, "B/key")
 
 	run := func(name string, n, clients int, args ...string) (float64, float64) {
-		call := append(append([]string{"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...), args...)
+		call := append(append([]string{"FCALL", defaultLibrary.fn(scripts[name], false)}, luaCommon(pool)...), args...)
 		b.Logf("redis-benchmark -c %d -n %d %s", clients, n, strings.Join(call, " "))
 		rps, perCall := runRedisBenchmark(b, srv, rdb, clients, n, call...)
 		b.Logf("%s: %.0f calls/s, Redis CPU %.1f µs/call", name, rps, perCall)
@@ -257,7 +257,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	// they would push the scripts out of the log.
 	must(rdb.do("CONFIG", "SET", "slowlog-log-slower-than", "100").ToString())(b)
 	must(rdb.do("CONFIG", "SET", "slowlog-max-len", "100000").ToString())(b)
-	slowest := func(sha string) (time.Duration, int) {
+	slowest := func(fn string) (time.Duration, int) {
 		entries := must(rdb.do("SLOWLOG", "GET", "-1").ToArray())(b)
 		var longest time.Duration
 		n := 0
@@ -265,7 +265,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 			// id, timestamp, duration in µs, arguments, …
 			fields := must(e.ToArray())(b)
 			args := must(fields[3].AsStrSlice())(b)
-			if len(args) > 1 && strings.EqualFold(args[0], "evalsha") && args[1] == sha {
+			if len(args) > 1 && strings.EqualFold(args[0], "fcall") && args[1] == fn {
 				longest = max(longest, time.Duration(must(fields[2].AsInt64())(b))*time.Microsecond)
 				n++
 			}
@@ -280,7 +280,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 		must(s.Generate(ctx, "", keystore.DefaultMaxGenerate))(b)
 	}
 	generateCPU := (redisCPU(b, srv) - cpu0) / (benchKeys / keystore.DefaultMaxGenerate)
-	generate, calls := slowest(scriptGenerate.Hash())
+	generate, calls := slowest(defaultLibrary.fn(scriptGenerate, false))
 	b.Logf("Generate(%d): longest script %v (%d over 100µs), Redis CPU %v per call",
 		keystore.DefaultMaxGenerate, generate, calls, generateCPU)
 
@@ -293,7 +293,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 	elapsed := b.Elapsed()
 	b.StopTimer()
 	stormCPU := redisCPU(b, srv) - cpu0
-	batch, batches := slowest(scriptExpire.Hash())
+	batch, batches := slowest(defaultLibrary.fn(scriptExpire, false))
 	b.Logf("storm of %d: applied in %v, longest expirer script %v (%d over 100µs), Redis CPU %v (%v per batch of %d)",
 		benchKeys, elapsed, batch, batches, stormCPU, stormCPU/time.Duration(max(batches, 1)), expiryBatch)
 	b.ReportMetric(float64(stormCPU.Microseconds())/benchKeys, "redis-cpu-µs/expiry")
@@ -305,7 +305,7 @@ func BenchmarkExpiryStorm(b *testing.B) {
 
 // BenchmarkVersusLua compares, in one run on one redis-server, acquire+unblock cycles
 // through the Store (c goroutines) with redis-benchmark driving the same two scripts
-// at the same concurrency (c connections; EVALSHA, no Go in the path), for c = 16 and
+// at the same concurrency (c connections; FCALL, no Go in the path), for c = 16 and
 // c = 1, on a pool of 1e5 keys, scripts on Redis's TIME. The two take turns, three
 // rounds each (b.N/3 Store cycles a round), so that the load other programs put on
 // the machine falls on both alike; it reports the median of the rounds' ratios: of
@@ -349,10 +349,10 @@ func versusLua(b *testing.B, clients int) {
 	}
 	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
 	lua := func(name string, n int, args ...string) (rate, cpu float64) {
-		call := append(append([]string{"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...), args...)
+		call := append(append([]string{"FCALL", defaultLibrary.fn(scripts[name], false)}, luaCommon(pool)...), args...)
 		return runRedisBenchmark(b, srv, rdb, clients, n, call...)
 	}
-	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA %s ARGS…", clients, strings.Join(luaCommon(pool), " "))
+	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv FCALL FUNCTION %s ARGS…", clients, strings.Join(luaCommon(pool), " "))
 	blocked := func() int64 { return must(rdb.do("ZCARD", "{bench:default}:leases").AsInt64())(b) }
 
 	var rateRatios, cpuRatios, oldRateRatios, oldCPURatios []float64
@@ -421,11 +421,11 @@ func versusLua(b *testing.B, clients int) {
 	b.ReportMetric(median(oldCPURatios), "redis-cpu-ratio-old")
 }
 
-// failedScripts returns how many EVALSHA calls Redis has answered with an error.
+// failedScripts returns how many FCALL calls Redis has answered with an error.
 func failedScripts(b *testing.B, rdb *admin) int64 {
 	text := must(rdb.do("INFO", "commandstats").ToString())(b)
 	for _, line := range strings.Split(text, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:"); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_fcall:"); ok {
 			for _, kv := range strings.Split(rest, ",") {
 				if v, ok := strings.CutPrefix(kv, "failed_calls="); ok {
 					return must(strconv.ParseInt(v, 10, 64))(b)

@@ -127,7 +127,7 @@ func lostReply(t *testing.T) (*redisServer, *faultProxy, testStore) {
 func TestLostReplyAcquire(t *testing.T) {
 	_, px, s := lostReply(t)
 	ctx := context.Background()
-	px.loseReplyTo(scriptAcquire.Hash())
+	px.loseReplyTo(defaultLibrary.fn(scriptAcquire, false))
 	k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")
 	require.Equal(t, keystore.Stats{Total: 2, Available: 1, Blocked: 1}, must(s.Stats(ctx, ""))(t))
@@ -139,7 +139,7 @@ func TestLostReplyAcquire(t *testing.T) {
 func TestLostReplyGenerate(t *testing.T) {
 	_, px, s := lostReply(t)
 	ctx := context.Background()
-	px.loseReplyTo(scriptGenerate.Hash())
+	px.loseReplyTo(defaultLibrary.fn(scriptGenerate, false))
 	keys := must(s.Generate(ctx, "", 2))(t)
 	require.Len(t, keys, 2)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")
@@ -152,7 +152,7 @@ func TestLostReplyUnblock(t *testing.T) {
 	_, px, s := lostReply(t)
 	ctx := context.Background()
 	k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
-	px.loseReplyTo(scriptUnblock.Hash())
+	px.loseReplyTo(defaultLibrary.fn(scriptUnblock, false))
 	got := must(s.Unblock(ctx, k.ID, k.Lease.Token))(t)
 	require.Equal(t, keystore.Available, got.Status)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")

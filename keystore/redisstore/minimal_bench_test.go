@@ -43,29 +43,32 @@ func runRedisBenchmark(b *testing.B, srv *redisServer, rdb *admin, clients, n in
 // The minimal lease design that issue 28 measures keypool's scripts against: a set of
 // AVAILABLE key numbers, a sorted set of lease deadlines, a fence counter and a hash a
 // key, and nothing else (no request slots, no pool check, no events, no keep-alive, no
-// listing order, no counters).
-const (
-	minimalAcquire = `
-local n = redis.call('SRANDMEMBER', KEYS[1])
-if not n then return {0} end
-redis.call('SREM', KEYS[1], n)
-redis.call('ZADD', KEYS[2], ARGV[1], n)
-local f = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[4] .. n, 'f', f)
-return {1, tonumber(n), f}`
-	minimalUnblock = `
-local n = tonumber(ARGV[1])
-if redis.call('ZREM', KEYS[2], n) == 0 then return {0} end
-redis.call('SADD', KEYS[1], n)
-redis.call('HSET', KEYS[4] .. n, 'f', 0)
-return {1}`
-)
+// listing order, no counters). Its two scripts are a Redis Functions library, called as
+// keypool's are.
+const minimalLibrary = `#!lua name=minimal
+redis.register_function('minimal_acquire', function(KEYS, ARGV)
+  local n = redis.call('SRANDMEMBER', KEYS[1])
+  if not n then return {0} end
+  redis.call('SREM', KEYS[1], n)
+  redis.call('ZADD', KEYS[2], ARGV[1], n)
+  local f = redis.call('INCR', KEYS[3])
+  redis.call('HSET', KEYS[4] .. n, 'f', f)
+  return {1, tonumber(n), f}
+end)
+redis.register_function('minimal_unblock', function(KEYS, ARGV)
+  local n = tonumber(ARGV[1])
+  if redis.call('ZREM', KEYS[2], n) == 0 then return {0} end
+  redis.call('SADD', KEYS[1], n)
+  redis.call('HSET', KEYS[4] .. n, 'f', 0)
+  return {1}
+end)
+`
 
 // minimalKeys are the minimal design's keys, under a hash tag of their own.
 var minimalKeys = []string{"4", "{min}:avail", "{min}:leases", "{min}:fence", "{min}:k:"}
 
 // BenchmarkVersusMinimal drives keypool's acquire and unblock scripts and the minimal
-// design's with redis-benchmark (EVALSHA, 16 connections, no Go in the path), taking
+// design's with redis-benchmark (FCALL, 16 connections, no Go in the path), taking
 // turns versusRounds times, each on a pool of benchKeys keys: an acquire round that
 // leases every key, then an unblock round of benchKeys/4 random key numbers (most of
 // them BLOCKED), as BenchmarkVersusLua does. It reports the median over the rounds of
@@ -93,8 +96,7 @@ func BenchmarkVersusMinimal(b *testing.B) {
 		b.Fatal(err)
 	}
 	pool := must(rdb.do("HGET", "{bench:default}:meta", "id").ToString())(b)
-	acquireSHA := must(rdb.do("SCRIPT", "LOAD", minimalAcquire).ToString())(b)
-	unblockSHA := must(rdb.do("SCRIPT", "LOAD", minimalUnblock).ToString())(b)
+	must(rdb.do("FUNCTION", "LOAD", minimalLibrary).ToString())(b)
 	fillMinimal := func() {
 		must(rdb.do("DEL", "{min}:avail", "{min}:leases").AsInt64())(b)
 		for from := 0; from < benchKeys; from += 10000 {
@@ -106,14 +108,14 @@ func BenchmarkVersusMinimal(b *testing.B) {
 		}
 	}
 	keypool := func(name string, n int, args ...string) (float64, float64) {
-		call := append(append([]string{"EVALSHA", scripts[name].Hash()}, luaCommon(pool)...), args...)
+		call := append(append([]string{"FCALL", defaultLibrary.fn(scripts[name], false)}, luaCommon(pool)...), args...)
 		return runRedisBenchmark(b, srv, rdb, clients, n, call...)
 	}
-	minimal := func(sha string, n int, arg string) (float64, float64) {
-		call := append(append([]string{"EVALSHA", sha}, minimalKeys...), arg)
+	minimal := func(fn string, n int, arg string) (float64, float64) {
+		call := append(append([]string{"FCALL", fn}, minimalKeys...), arg)
 		return runRedisBenchmark(b, srv, rdb, clients, n, call...)
 	}
-	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv EVALSHA SHA KEYS… ARGS…", clients)
+	b.Logf("redis-benchmark -s SOCKET -n N -c %d -r 100000 --csv FCALL FUNCTION KEYS… ARGS…", clients)
 	var rates, cpus []float64
 	for round := range versusRounds {
 		if round > 0 {
@@ -122,11 +124,11 @@ func BenchmarkVersusMinimal(b *testing.B) {
 		fillMinimal()
 		acquire, acquireCPU := keypool("acquire", benchKeys, "60000000", "__rand_int__")
 		unblock, unblockCPU := keypool("unblock", benchKeys/4, "__rand_int__", "0")
-		minAcquire, minAcquireCPU := minimal(acquireSHA, benchKeys, "60000000")
+		minAcquire, minAcquireCPU := minimal("minimal_acquire", benchKeys, "60000000")
 		if left := must(rdb.do("SCARD", "{min}:avail").AsInt64())(b); left != 0 {
 			b.Fatalf("the minimal acquire round left %d keys AVAILABLE", left)
 		}
-		minUnblock, minUnblockCPU := minimal(unblockSHA, benchKeys/4, "__rand_int__")
+		minUnblock, minUnblockCPU := minimal("minimal_unblock", benchKeys/4, "__rand_int__")
 		rate, minRate := 1/(1/acquire+1/unblock), 1/(1/minAcquire+1/minUnblock)
 		cpu, minCPU := acquireCPU+unblockCPU, minAcquireCPU+minUnblockCPU
 		b.Logf("round %d: keypool acquire %.0f/s (%.1f µs), unblock %.0f/s (%.1f µs), %.0f cycles/s; "+

@@ -109,7 +109,7 @@ func (s *Store) learn(ctx context.Context, name string, index uint64) (*rpool, e
 		heard:  math.MaxInt64,
 	}
 	p.stream = prefix + "events:" + p.id
-	msgs, _, err := s.send(ctx, s.scripts.initPool, p.keys, s.args(p, nil, index, name, s.opts.QuarantineAfter, s.units(s.opts.ExpiredLeaseCooldown)), true, s.minReplicas > 0)
+	msgs, _, err := s.send(ctx, s.fn(s.scripts.initPool), p.keys, s.args(p, nil, index, name, s.opts.QuarantineAfter, s.units(s.opts.ExpiredLeaseCooldown)), true, s.minReplicas > 0)
 	if err != nil {
 		return nil, s.unavailable(err, false, readOnly)
 	}

@@ -17,8 +17,8 @@ import (
 
 // TestLayoutRefused: a replica refuses, with one line naming the layout, a namespace
 // that another layout wrote: layout 1 (before pools), which kept one pool under the
-// namespace's own tag and stored no version, layout 2 (before cool-downs and imported
-// keys), and a later one. It writes nothing there.
+// namespace's own tag and stored no version, layout 3 (before the pools' due and
+// replies packed by cmsgpack), and a later one. It writes nothing there.
 func TestLayoutRefused(t *testing.T) {
 	srv := startRedis(t)
 	rdb := srv.client()
@@ -28,10 +28,10 @@ func TestLayoutRefused(t *testing.T) {
 	must(rdb.do("SET", "{old}:secret", strings.Repeat("s", keystore.SecretSize)).ToString())(t)
 	must(rdb.do("SET", "{old}:pool", "0123456789abcdef01234567").ToString())(t)
 	must(rdb.do("ZADD", "{old}:alive", "1", "1").AsInt64())(t)
-	// Layout 2 (before cool-downs and imported keys) and a later one.
-	must(rdb.do("SET", "{before}:layout", "2").ToString())(t)
-	must(rdb.do("SET", "{later}:layout", "4").ToString())(t)
-	for ns, layout := range map[string]string{"old": "1", "before": "2", "later": "4"} {
+	// Layout 3 and a later one.
+	must(rdb.do("SET", "{before}:layout", "3").ToString())(t)
+	must(rdb.do("SET", "{later}:layout", "5").ToString())(t)
+	for ns, layout := range map[string]string{"old": "1", "before": "3", "later": "5"} {
 		_, err := New(ctx, srv.url(), newFakeClock(), keystore.Options{}, WithNamespace(ns))
 		require.Error(t, err, "a replica joined a namespace of layout %s", layout)
 		msg := err.Error()
@@ -42,8 +42,8 @@ func TestLayoutRefused(t *testing.T) {
 	}
 	require.EqualValues(t, 0, must(rdb.do("EXISTS", "{old}:layout", "{old}:id", "{old:default}:meta").AsInt64())(t),
 		"the refusing replica wrote into the old namespace")
-	require.Equal(t, "2", must(rdb.do("GET", "{before}:layout").ToString())(t))
-	require.Equal(t, "4", must(rdb.do("GET", "{later}:layout").ToString())(t))
+	require.Equal(t, "3", must(rdb.do("GET", "{before}:layout").ToString())(t))
+	require.Equal(t, "5", must(rdb.do("GET", "{later}:layout").ToString())(t))
 
 	// A namespace this layout made records its version, and so does each pool.
 	s := openNamespace(t, srv, newFakeClock(), keystore.Options{}, "current")
@@ -254,11 +254,11 @@ func TestHolderSurvivesLostReply(t *testing.T) {
 	_, px, s := lostReply(t)
 	ctx := context.Background()
 	holder := "job|42, step:3 — ünïcode"
-	px.loseReplyTo(scriptAcquire.Hash())
+	px.loseReplyTo(defaultLibrary.fn(scriptAcquire, false))
 	k := must(s.Acquire(ctx, keystore.AcquireOptions{Holder: holder}))(t)
 	require.EqualValues(t, 1, px.dropped.Load(), "replies lost")
 	require.Equal(t, holder, k.Lease.Holder)
-	px.loseReplyTo(scriptRenew.Hash())
+	px.loseReplyTo(defaultLibrary.fn(scriptRenew, false))
 	renewed := must(s.Renew(ctx, k.ID, k.Lease.Token, nil))(t)
 	require.EqualValues(t, 2, px.dropped.Load(), "replies lost")
 	require.Equal(t, holder, renewed.Lease.Holder)
@@ -324,21 +324,21 @@ func TestBacklogAcquire(t *testing.T) {
 	require.Equal(t, keystore.Stats{Total: backlog + 1, Blocked: backlog + 1}, must(s.Stats(ctx, "leased"))(t))
 
 	// Nothing else runs scripts now (the loops are stopped).
-	before := evalshaCalls(t, srv)
+	before := fcallCalls(t, srv)
 	got = must(s.Acquire(ctx, keystore.AcquireOptions{Pool: "crowded"}))(t)
 	require.Equal(t, hidden.ID, got.ID)
-	t.Logf("the acquire in the crowded pool ran the script %d times", evalshaCalls(t, srv)-before)
+	t.Logf("the acquire in the crowded pool ran the script %d times", fcallCalls(t, srv)-before)
 	_, err = s.Acquire(ctx, keystore.AcquireOptions{Pool: "crowded"})
 	wantCode(t, err, keystore.ENOTFOUND)
 }
 
-// evalshaCalls returns how many EVALSHA calls Redis has run.
-func evalshaCalls(t testing.TB, srv *redisServer) int64 {
+// fcallCalls returns how many FCALL calls Redis has run.
+func fcallCalls(t testing.TB, srv *redisServer) int64 {
 	rdb := srv.client()
 	defer rdb.Close()
 	text := must(rdb.do("INFO", "commandstats").ToString())(t)
 	for _, line := range strings.Split(text, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:calls="); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_fcall:calls="); ok {
 			n, _, _ := strings.Cut(rest, ",")
 			return must(strconv.ParseInt(n, 10, 64))(t)
 		}
@@ -441,9 +441,9 @@ func TestBacklogList(t *testing.T) {
 	}
 	live = append(live, must(s.Generate(ctx, "", 2))(t)...)
 	clock.Advance(30 * time.Second) // the keys between have expired; none was deleted
-	before := evalshaCalls(t, srv)
+	before := fcallCalls(t, srv)
 	page := must(s.List(ctx, keystore.ListOptions{First: first}))(t)
-	scripts := evalshaCalls(t, srv) - before
+	scripts := fcallCalls(t, srv) - before
 	var got, want []string
 	for _, k := range page.Keys {
 		got = append(got, k.ID)

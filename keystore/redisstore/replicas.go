@@ -10,7 +10,7 @@ import (
 // namespace's hash {ns}:replicas (replica id -> Redis's TIME in ms), so that any of
 // them can count the others: those heard from within replicasHeard. The count costs
 // O(replicas), and entries not heard from are dropped as it counts.
-var scriptReplicas = newScript(`
+var scriptReplicas = plainFn("replicas", `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], now) end
@@ -34,7 +34,7 @@ func (s *Store) replicas(ctx context.Context, beat bool) (int, error) {
 	if beat {
 		me = s.replica
 	}
-	msgs, _, err := s.send(ctx, scriptReplicas, []string{s.nsPrefix + "replicas"},
+	msgs, _, err := s.send(ctx, s.fn(s.scripts.replicas), []string{s.nsPrefix + "replicas"},
 		[]string{strconv.FormatInt(s.replicasHeard(), 10), me}, false, false)
 	if err != nil {
 		return 0, s.unavailable(err, false, readOnly)

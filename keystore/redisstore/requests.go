@@ -139,10 +139,10 @@ func (s *Store) run(ctx context.Context, p *rpool, script *script, kind requestK
 	if dry {
 		args[6] = "dry"
 	}
-	msgs, sent, err := s.send(ctx, script, p.keys, args, true, s.minReplicas > 0)
+	msgs, sent, err := s.send(ctx, s.lib.fn(script, dry), p.keys, args, true, s.minReplicas > 0)
 	if err != nil && script.dry && !dry && outOfMemory(err) {
 		args[6] = "dry"
-		msgs, sent, err = s.send(ctx, script, p.keys, args, true, s.minReplicas > 0)
+		msgs, sent, err = s.send(ctx, s.lib.fn(script, true), p.keys, args, true, s.minReplicas > 0)
 	}
 	if req != nil {
 		if err != nil && sent && failure(err) != failedScript {
@@ -207,7 +207,7 @@ func (s *Store) runNSMessages(ctx context.Context, script *script, own ...any) (
 	for _, v := range own {
 		args = append(args, arg(v))
 	}
-	msgs, sent, err := s.send(ctx, script, s.nsKeys, args, true, s.minReplicas > 0)
+	msgs, sent, err := s.send(ctx, s.fn(script), s.nsKeys, args, true, s.minReplicas > 0)
 	if err != nil {
 		return nil, s.unavailable(err, sent, readOnly)
 	}
@@ -236,11 +236,15 @@ func (s *Store) nsStatus(msgs []rueidis.RedisMessage) ([]rueidis.RedisMessage, e
 	return msgs, nil
 }
 
-// send runs a script, sending it again while it fails for want of Redis (for up to
-// retryFor, or until ctx ends, when retry is set) and reports whether any attempt may
-// have reached Redis and run. A script that fails at run time is not sent again. With
-// confirm, a run counts only once Options.MinReplicas replicas have it (exec).
-func (s *Store) send(ctx context.Context, script *script, keys, args []string, retry, confirm bool) (res []rueidis.RedisMessage, sent bool, err error) {
+// fn is the name of script's function in the Store's library.
+func (s *Store) fn(script *script) string { return s.lib.fn(script, false) }
+
+// send runs function fn of the Store's library, sending it again while it fails for
+// want of Redis (for up to retryFor, or until ctx ends, when retry is set) and reports
+// whether any attempt may have reached Redis and run. A script that fails at run time
+// is not sent again. With confirm, a run counts only once Options.MinReplicas replicas
+// have it (exec).
+func (s *Store) send(ctx context.Context, fn string, keys, args []string, retry, confirm bool) (res []rueidis.RedisMessage, sent bool, err error) {
 	deadline := time.Now().Add(retryFor)
 	pause := retryMinBackoff
 	for {
@@ -248,7 +252,7 @@ func (s *Store) send(ctx context.Context, script *script, keys, args []string, r
 			return nil, sent, ctx.Err()
 		}
 		started := time.Now()
-		res, err = s.exec(ctx, script, keys, args, confirm)
+		res, err = s.exec(ctx, fn, keys, args, confirm)
 		if err == nil {
 			s.answered(started)
 			return res, true, nil
@@ -289,38 +293,39 @@ var errNotConfirmed = errors.New("redis store: not confirmed by enough Redis rep
 // replicaWait bounds one WAIT for the replicas.
 const replicaWait = 500 * time.Millisecond
 
-// exec runs a script once. With confirm, it also waits (WAIT) until minReplicas
-// replicas have everything the script wrote or read: on the same connection, the
-// script, then a PUBLISH, which Redis propagates to its replicas whatever the script
-// did (a read, or a replay of a recorded reply, writes nothing of its own, and Redis
-// answers WAIT for a connection's own last propagated write), then the WAIT. The
-// client sends WAIT, a blocking command, and the commands with it on a connection of
-// their own, so no other caller's request comes between them.
-func (s *Store) exec(ctx context.Context, script *script, keys, args []string, confirm bool) ([]rueidis.RedisMessage, error) {
+// exec runs function fn once, loading the library first where Redis does not have it
+// (a Redis restarted empty, or a cluster shard added since).
+func (s *Store) exec(ctx context.Context, fn string, keys, args []string, confirm bool) ([]rueidis.RedisMessage, error) {
+	res, err := s.execLoaded(ctx, fn, keys, args, confirm)
+	if functionMissing(err) {
+		if err := s.loadLibrary(ctx); err != nil {
+			return nil, err
+		}
+		res, err = s.execLoaded(ctx, fn, keys, args, confirm)
+	}
+	return res, err
+}
+
+// execLoaded runs function fn once. With confirm, it also waits (WAIT) until
+// minReplicas replicas have everything the script wrote or read: on the same
+// connection, the script, then a PUBLISH, which Redis propagates to its replicas
+// whatever the script did (a read, or a replay of a recorded reply, writes nothing of
+// its own, and Redis answers WAIT for a connection's own last propagated write), then
+// the WAIT. The client sends WAIT, a blocking command, and the commands with it on a
+// connection of their own, so no other caller's request comes between them.
+func (s *Store) execLoaded(ctx context.Context, fn string, keys, args []string, confirm bool) ([]rueidis.RedisMessage, error) {
+	c := s.rdb
+	run := c.B().Fcall().Function(fn).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 	if !confirm {
-		return script.lua.Exec(ctx, s.rdb, keys, args).ToArray()
+		return c.Do(ctx, run).ToArray()
 	}
 	// A bound of its own: WAIT sends the three on a dedicated connection, which the
 	// client does not drop for silence as it does a pipelined one.
 	ctx, cancel := context.WithTimeout(ctx, replicaWait+ioTimeout)
 	defer cancel()
-	c := s.rdb
-	// The client recycles a command once sent: each call builds its own.
-	multi := func(src bool) []rueidis.Completed {
-		run := c.B().Evalsha().Sha1(script.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
-		if src {
-			run = c.B().Eval().Script(script.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
-		}
-		return []rueidis.Completed{run,
-			c.B().Publish().Channel(s.nsPrefix + "confirm").Message("").Build(),
-			c.B().Wait().Numreplicas(int64(s.minReplicas)).Timeout(replicaWait.Milliseconds()).Build()}
-	}
-	res := c.DoMulti(ctx, multi(false)...)
-	if err := res[0].Error(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		// A Redis that does not have the script yet (a replica promoted since it was
-		// loaded): send its source.
-		res = c.DoMulti(ctx, multi(true)...)
-	}
+	res := c.DoMulti(ctx, run,
+		c.B().Publish().Channel(s.nsPrefix+"confirm").Message("").Build(),
+		c.B().Wait().Numreplicas(int64(s.minReplicas)).Timeout(replicaWait.Milliseconds()).Build())
 	msgs, err := res[0].ToArray()
 	if err != nil {
 		return nil, err
@@ -336,6 +341,40 @@ func (s *Store) exec(ctx context.Context, script *script, keys, args []string, c
 		return nil, errNotConfirmed
 	}
 	return msgs, nil
+}
+
+// functionMissing tells whether Redis refused a call for want of the function.
+func functionMissing(err error) bool {
+	rerr := (*rueidis.RedisError)(nil)
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR Function not found")
+}
+
+// errLoad: the library could not be loaded, so nothing ran.
+var errLoad = errors.New("redis store: cannot load the scripts' library")
+
+// loadLibrary loads the Store's library into every primary Redis the client knows (a
+// replica has its primary's; on a cluster, every shard needs it), replacing a library
+// of the same name (the same text). A replica refuses it as read-only: that is fine.
+func (s *Store) loadLibrary(ctx context.Context) error {
+	loaded := false
+	var first error
+	for _, node := range s.rdb.Nodes() {
+		err := node.Do(ctx, node.B().FunctionLoad().Replace().FunctionCode(s.lib.src).Build()).Error()
+		switch rerr := (*rueidis.RedisError)(nil); {
+		case err == nil:
+			loaded = true
+		case errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "READONLY"):
+		case first == nil:
+			first = err
+		}
+	}
+	if !loaded {
+		if first == nil {
+			first = errors.New("no primary Redis known")
+		}
+		return fmt.Errorf("%w: %w", errLoad, first)
+	}
+	return nil
 }
 
 // How an attempt failed.
@@ -354,7 +393,7 @@ const (
 
 // refusals are the error replies with which Redis refuses a command before running
 // it: sending it again later is safe and may succeed.
-var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS", "CLUSTERDOWN", "NOSCRIPT"}
+var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS", "CLUSTERDOWN"}
 
 // failure tells how an attempt failed. Only what is certain counts as not sent: an
 // error reply of Redis that refuses before running, or a connection that could not be
@@ -363,6 +402,9 @@ var refusals = []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN",
 func failure(err error) failureKind {
 	if errors.Is(err, errNotConfirmed) {
 		return failedLost
+	}
+	if errors.Is(err, errLoad) || functionMissing(err) {
+		return failedNotSent
 	}
 	if rerr := (*rueidis.RedisError)(nil); errors.As(err, &rerr) {
 		msg := rerr.Error()
@@ -462,7 +504,7 @@ func (s *Store) resolveLoop() {
 			if r.kind == acquisition {
 				acquire = 1
 			}
-			msgs, _, err := s.send(s.ctx, s.scripts.resolve, r.pool.keys, s.args(r.pool, nil, r.slot, r.gen, acquire), true, s.minReplicas > 0)
+			msgs, _, err := s.send(s.ctx, s.fn(s.scripts.resolve), r.pool.keys, s.args(r.pool, nil, r.slot, r.gen, acquire), true, s.minReplicas > 0)
 			var res []int64
 			if err == nil {
 				if res, _, err = parseReply(msgs); err == nil {

@@ -3,42 +3,100 @@ package redisstore
 import (
 	"crypto/sha1"
 	"encoding/hex"
+	"fmt"
 	"strconv"
-
-	"github.com/redis/rueidis"
+	"strings"
 
 	"github.com/keypool/keypool/keystore"
 )
 
-// script is a Lua script and its SHA1, by which redis-benchmark calls it.
+// script is one function of the Store's Redis Functions library: its name in the
+// library, how it begins (kind) and its Lua body, which takes KEYS and ARGV.
 type script struct {
-	lua *rueidis.Lua
-	src string
-	sha string
-	// dry: a read that can also run dry, writing nothing (while Redis is full).
+	name string
+	kind scriptKind
+	body string
+	// dry: a read that can also run dry, writing nothing (while Redis is full): the
+	// library holds it a second time, flagged no-writes, which Redis runs while out of
+	// memory.
 	dry bool
+	// flags: its Redis Functions flags. Redis refuses a function without no-writes or
+	// allow-oom while out of memory, before it runs.
+	flags string
 }
 
-func newScript(src string) *script {
-	sum := sha1.Sum([]byte(src))
-	return &script{lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
-}
+// How a script begins.
+type scriptKind string
 
-// newDryScript is newScript for a read that can run dry.
-func newDryScript(src string) *script {
-	s := newScript(src)
-	s.dry = true
+const (
+	// poolScript: the pool scripts' common arguments, the pool check, a request sent
+	// again answered from its record, and the pool's counters written back at the end.
+	poolScript scriptKind = "pool"
+	// stateScript: the pool scripts' common arguments only.
+	stateScript scriptKind = "state"
+	// nsScript: the namespace scripts' arguments and the namespace check.
+	nsScript scriptKind = "ns"
+	// plainScript: nothing.
+	plainScript scriptKind = "plain"
+)
+
+func poolFn(name, body string) *script { return &script{name: name, kind: poolScript, body: body} }
+func readFn(name, body string) *script {
+	return &script{name: name, kind: poolScript, body: body, dry: true}
+}
+func nsFn(name, body string) *script    { return &script{name: name, kind: nsScript, body: body} }
+func plainFn(name, body string) *script { return &script{name: name, kind: plainScript, body: body} }
+
+// withFlags gives s Redis Functions flags: "'no-writes'" for a script that never
+// writes, "'allow-oom'" for one that writes only what is missing (a few fields, once),
+// so that both run while Redis is out of memory.
+func (s *script) withFlags(flags string) *script {
+	s.flags = flags
 	return s
 }
 
-// Hash returns the script's SHA1.
-func (s *script) Hash() string { return s.sha }
+// library is a scriptSet as one Redis Functions library (FUNCTION LOAD): the helpers
+// are made once, when Redis loads it, not at every call as a script's would be. Its
+// name and its functions' names carry a hash of its text, so that replicas of two
+// versions of keypool (or a test's broken script) never call each other's.
+type library struct {
+	name   string
+	src    string
+	prefix string
+}
+
+// fn is the name of script's function in l; dry, of its no-writes copy.
+func (l *library) fn(s *script, dry bool) string {
+	if dry {
+		return l.prefix + s.name + "_dry"
+	}
+	return l.prefix + s.name
+}
+
+func newLibrary(set scriptSet) *library {
+	var b strings.Builder
+	b.WriteString(libraryBase)
+	for _, s := range set.all() {
+		fmt.Fprintf(&b, "\ndo -- %s\nlocal f = %s(function(KEYS, ARGV)\n%s\nend)\n", s.name, s.kind, s.body)
+		fmt.Fprintf(&b, "redis.register_function{function_name = V .. '%s', callback = f, flags = {%s}}\n", s.name, s.flags)
+		if s.dry {
+			fmt.Fprintf(&b, "redis.register_function{function_name = V .. '%s_dry', callback = f, flags = {'no-writes'}}\n", s.name)
+		}
+		b.WriteString("end\n")
+	}
+	sum := sha1.Sum([]byte(b.String()))
+	hash := hex.EncodeToString(sum[:6])
+	l := &library{name: "keypool_" + hash, prefix: "kp" + hash + "_"}
+	l.src = "#!lua name=" + l.name + "\nlocal V = '" + l.prefix + "'\n" + b.String()
+	return l
+}
 
 // layoutVersion is the version of the Redis layout below, stored with the namespace and
 // with each pool: a replica refuses a namespace of another layout. Layout 1 (keypool
 // before named pools) kept one pool under the namespace's own tag and stored no version;
-// layout 2 had no keys held back and no imported keys.
-const layoutVersion = "3"
+// layout 2 had no keys held back and no imported keys; layout 3 kept no lower bound of
+// a pool's deadlines (due) and recorded replies as text.
+const layoutVersion = "4"
 
 // The Redis layout. A namespace ns (default "keypool") has keys of its own under the
 // hash tag {ns}, and each pool p of it has keys under a hash tag of its own, {ns:p}, so
@@ -63,22 +121,24 @@ const layoutVersion = "3"
 //	                 every few seconds, so that replicas can count each other
 //	                 (replicas.go)
 //
-// The first replica writes layout, secret, id and clock in one step (scriptSetup). The
+// The first replica writes layout, secret, id and clock in one step (setup). The
 // registry only grows (a pool once made stays, with its counters), so replicas cache
-// it. A pool is made in two steps: registered (scriptRegister, which enforces
-// MaxPools), then its meta hash written (scriptInitPool, run again harmlessly by every
-// replica that learns of the pool, so that a replica that stops in between leaves
-// nothing half made).
+// it. A pool is made in two steps: registered (register, which enforces MaxPools),
+// then its meta hash written (initpool, run again harmlessly by every replica that
+// learns of the pool, so that a replica that stops in between leaves nothing half
+// made).
 //
 // A pool, {ns:p}:
 //
 //	meta     HASH    id (the pool's id, derived from the secret and the name: it names
 //	                 the pool's event stream and is checked by every script), index,
 //	                 name, layout, qa and elc (-quarantine-after and
-//	                 -expired-lease-cooldown, which replicas agree on), and the pool's
+//	                 -expired-lease-cooldown, which replicas agree on), the pool's
 //	                 counters: keyseq behind its key numbers, fence behind its lease
-//	                 fences and tokens, seq behind its event seqs. Counters outlive the
-//	                 pool's keys.
+//	                 fences and tokens, seq behind its event seqs (counters outlive the
+//	                 pool's keys), and due, a lower bound of the earliest deadline in
+//	                 leases, cools and alive (2^53 when there is none; absent or 0:
+//	                 unknown), so that a request finds nothing due without looking
 //	avail    ZSET    numbers of the AVAILABLE keys, scored by number: a pick is a
 //	                 uniform random rank (ZRANGE r r, O(log n)), and pages of List
 //	                 are ranges by score
@@ -108,8 +168,9 @@ const layoutVersion = "3"
 //	                 the one made after it.
 //	replies:<replica>
 //	         HASH    the replies of one replica's requests in this pool, one field per
-//	                 request slot: "<gen>:<reply>" (see below); it expires when the
-//	                 replica stops running its expirer for longer than any lease lasts
+//	                 request slot: the request's generation and its reply, packed by
+//	                 cmsgpack (see below); it expires when the replica stops running
+//	                 its expirer for longer than any lease lasts
 //
 // Key numbers within a pool count from 1 (keyseq); a key's id encrypts its pool's index
 // above its number (Store.keyN), so that any replica finds a key's pool from its id
@@ -126,10 +187,10 @@ const layoutVersion = "3"
 // number, such as "T": read Redis's TIME), ARGV[3] stream length (approximate MAXLEN),
 // ARGV[4] replica id, ARGV[5] pool id, ARGV[6] request slot ("" for none) and ARGV[7]
 // request generation ("dry" for a read that must write nothing, see below), then its
-// own arguments from ARGV[8], so that redis-benchmark can
-// drive it with "EVALSHA sha 1 {ns:p}:meta args…". Replies are arrays {status, now, …}
-// of integers, ending with strings where a key's holder, name or sealed secret are part
-// of them; status 1 for success or one of the codes below.
+// own arguments from ARGV[8], so that redis-benchmark can drive it with
+// "FCALL name 1 {ns:p}:meta args…". Replies are arrays {status, now, …} of integers,
+// ending with strings where a key's holder, name or sealed secret are part of them;
+// status 1 for success or one of the codes below.
 //
 // Every pool script first refuses to act on a pool other than the one the replica knows
 // (the pool id differs or is missing: Redis lost the namespace, and perhaps a new one
@@ -148,88 +209,150 @@ const layoutVersion = "3"
 // nothing: it applies no due transition but answers as if it had (a lease whose
 // deadline has passed reads as ended, a key whose keep-alive has passed as gone), and
 // records no reply. Stats is then counted as in a storm of due transitions.
-const common = `
-local P = ARGV[1]
-local now = tonumber(ARGV[2])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local RETENTION = ARGV[3]
-local BY = ARGV[4]
-local META = P .. 'meta'
-local AVAIL, BLOCKED, LEASES, ALIVE = P .. 'avail', P .. 'blocked', P .. 'leases', P .. 'alive'
-local COOLING, QUAR, COOLS = P .. 'cooling', P .. 'quarantined', P .. 'cools'
-local SECRETS = P .. 'secrets'
--- FOREVER is the keep-alive deadline of a key kept until deleted (the Store's forever).
-local FOREVER = 2^53 - 1
-local STREAM = P .. 'events:' .. ARGV[5]
-local REPLIES = P .. 'replies:' .. BY
-local SLOT, GEN = ARGV[6], tonumber(ARGV[7])
-local DRY = ARGV[7] == 'dry'
+//
+// The library's helpers keep the state of one call in its upvalues, set as the call
+// begins: Redis runs one function at a time.
+const libraryBase = `
+-- FOREVER is the keep-alive deadline of a key kept until deleted (the Store's forever);
+-- NONE is the pool's due when it has no deadline at all.
+local FOREVER, NONE = 2^53 - 1, 2^53
+
+-- The state of the call: its arguments, the pool's keys (cached: they follow from
+-- the arguments), and the pool's counters, read as it begins and written back once at
+-- its end if they changed (dirty).
+local P, POOL, BY, now, RETENTION, SLOT, GEN, DRY
+local META, AVAIL, BLOCKED, LEASES, ALIVE, COOLING, QUAR, COOLS, SECRETS, STREAM, REPLIES
+local FENCE, SEQ, DUE, QA, ELC, dirty
 
 -- I formats an integer for Redis; tostring would turn 16 digits into 1.764e+15.
 local function I(x) return string.format('%d', x) end
 -- num reads an integer field; a key's hash leaves out the fields that are still 0.
 local function num(x) return tonumber(x) or 0 end
 
--- A reply is kept as its integers joined by commas, then its strings, if any, after a
--- '|' (integers have none, so the first '|' ends them), each ended by a newline (no
--- string of a reply holds a control character).
-local function encode(r)
-  local parts, text = {}, ''
-  for i = 1, #r do
-    if type(r[i]) == 'string' then
-      if text == '' then text = '|' end
-      text = text .. r[i] .. '\n'
-    else
-      parts[#parts + 1] = I(r[i])
-    end
+-- begin reads the common arguments of a pool script.
+local function begin(ARGV)
+  if ARGV[1] ~= P or ARGV[4] ~= BY or ARGV[5] ~= POOL then
+    P, BY, POOL = ARGV[1], ARGV[4], ARGV[5]
+    META = P .. 'meta'
+    AVAIL, BLOCKED, LEASES, ALIVE = P .. 'avail', P .. 'blocked', P .. 'leases', P .. 'alive'
+    COOLING, QUAR, COOLS = P .. 'cooling', P .. 'quarantined', P .. 'cools'
+    SECRETS = P .. 'secrets'
+    STREAM = P .. 'events:' .. POOL
+    REPLIES = P .. 'replies:' .. BY
   end
-  return table.concat(parts, ',') .. text
-end
-local function decode(rec)
-  local r = {}
-  local bar = string.find(rec, '|', 1, true)
-  local ints = rec
-  if bar then ints = string.sub(rec, 1, bar - 1) end
-  for part in string.gmatch(ints, '[^,]+') do r[#r + 1] = tonumber(part) end
-  if bar then
-    for text in string.gmatch(string.sub(rec, bar + 1), '([^\n]*)\n') do r[#r + 1] = text end
+  now = tonumber(ARGV[2])
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
-  return r
+  RETENTION, SLOT, GEN, DRY = ARGV[3], ARGV[6], tonumber(ARGV[7]), ARGV[7] == 'dry'
 end
+
 -- recorded returns the generation and the reply recorded in a slot, or nil.
 local function recorded(slot)
   local rec = redis.call('HGET', REPLIES, slot)
   if not rec then return nil, nil end
-  local sep = string.find(rec, ':', 1, true)
-  return tonumber(string.sub(rec, 1, sep - 1)), decode(string.sub(rec, sep + 1))
+  return cmsgpack.unpack(rec)
 end
+
+-- record records r as the reply of generation gen in slot.
+local function record(slot, gen, r)
+  redis.call('HSET', REPLIES, slot, cmsgpack.pack(gen, r))
+end
+
 -- done records r as the reply of this request, if it has a slot, and returns it.
 local function done(r)
-  if SLOT ~= '' then redis.call('HSET', REPLIES, SLOT, I(GEN) .. ':' .. encode(r)) end
+  if SLOT ~= '' then record(SLOT, GEN, r) end
   return r
 end
-`
 
-// prelude is what every pool script but scriptInitPool begins with.
-const prelude = common + `
-local function emit(typ, n, at, ...)
-  local seq = redis.call('HINCRBY', META, 'seq', 1)
-  redis.call('XADD', STREAM, 'MAXLEN', '~', RETENTION, I(seq) .. '-0',
-    't', typ, 'k', n, 'at', I(at), ...)
+-- open begins a pool script: its arguments, the pool check, its counters, and a
+-- request sent again. It returns the reply to give at once, if any.
+local function open(ARGV)
+  begin(ARGV)
+  local m = redis.call('HMGET', META, 'id', 'fence', 'seq', 'due', 'qa', 'elc')
+  -- The pool this replica knows is gone (Redis lost the namespace, and perhaps a new
+  -- one was made since, whose key numbers and fences start over under another
+  -- secret): act on nothing.
+  if m[1] ~= POOL then return {-9, now} end
+  FENCE, SEQ, DUE, QA, ELC, dirty = num(m[2]), num(m[3]), num(m[4]), num(m[5]), num(m[6]), false
+  -- A request sent again: answer what it answered the first time, without running it.
+  if SLOT ~= '' then
+    local gen, first = recorded(SLOT)
+    if gen == GEN then return first end
+    if gen and gen > GEN then return {-8, now} end
+  end
+  return nil
 end
 
--- held returns the pool's -quarantine-after and -expired-lease-cooldown (in script
--- time), which every replica shares (scriptInitPool records them with the pool).
-local QA, ELC
-local function held()
-  if not QA then
-    local v = redis.call('HMGET', META, 'qa', 'elc')
-    QA, ELC = num(v[1]), num(v[2])
+-- The wrappers of the kinds of scripts (scriptKind).
+local function pool(f)
+  return function(KEYS, ARGV)
+    local early = open(ARGV)
+    if early then return early end
+    local r = f(KEYS, ARGV)
+    if dirty and not DRY then
+      redis.call('HSET', META, 'fence', I(FENCE), 'seq', I(SEQ), 'due', I(DUE))
+    end
+    return r
   end
-  return QA, ELC
+end
+local function state(f)
+  return function(KEYS, ARGV)
+    begin(ARGV)
+    return f(KEYS, ARGV)
+  end
+end
+local NS, POOLS, MADE
+local function ns(f)
+  return function(KEYS, ARGV)
+    NS = ARGV[1]
+    POOLS, MADE = NS .. 'pools', NS .. 'made'
+    if redis.call('GET', NS .. 'id') ~= ARGV[2] then return {-9} end
+    return f(KEYS, ARGV)
+  end
+end
+local function plain(f) return f end
+
+local function emit(typ, n, at, ...)
+  SEQ, dirty = SEQ + 1, true
+  redis.call('XADD', STREAM, 'MAXLEN', '~', RETENTION, I(SEQ) .. '-0', 't', typ, 'k', n, 'at', I(at), ...)
+end
+
+-- lower notes a deadline d added to leases, cools or alive: due is a lower bound of
+-- them all.
+local function lower(d)
+  if d < DUE then DUE, dirty = d, true end
+end
+
+-- The fields of a key that a reply reads, in order, then kt, then s (read only where
+-- a reply gives the secret): fields(n) reads them, FIELDS' indexes name them.
+local FIELDS = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm', 'kt', 's'}
+local FC, FE, FF, FLA, FLD, FN, FX, FCU, FQ, FFL, FCF, FH, FNM, FKT, FS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+local FIELDS_NO_SECRET = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm', 'kt'}
+local function fields(n, secret)
+  if secret then return redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS)) end
+  return redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS_NO_SECRET))
+end
+
+-- put writes fields of key n, given as pairs of an index in FIELDS and a value, both to
+-- Redis and to v, the key's fields as read.
+local function put(n, v, changes)
+  local args = {}
+  for i = 1, #changes, 2 do
+    v[changes[i]] = changes[i + 1]
+    args[i], args[i + 1] = FIELDS[changes[i]], changes[i + 1]
+  end
+  redis.call('HSET', P .. 'k:' .. n, unpack(args))
+end
+
+-- status is the status code of a key's fields: 1 AVAILABLE, 2 BLOCKED, 3 COOLING, 4
+-- QUARANTINED.
+local function status(v)
+  if num(v[FF]) ~= 0 then return 2 end
+  if num(v[FCU]) ~= 0 then return 3 end
+  if num(v[FQ]) ~= 0 then return 4 end
+  return 1
 end
 
 -- drop removes key n from every structure of the pool.
@@ -252,88 +375,105 @@ local function expire_key(n, deadline)
   emit('EXPIRED', n, deadline, 'by', BY, 'ap', I(now))
 end
 
--- end_lease takes the BLOCKED key n out of the leases; the caller says where it goes.
-local function end_lease(n)
-  redis.call('HSET', P .. 'k:' .. n, 'f', 0)
+-- after_lease sends the BLOCKED key n (fields v), whose lease ended at (now, or the
+-- lease's deadline), where the contract's table says: a failure counted (failed true)
+-- or the consecutive count reset (false; nil leaves the counts as they are), then
+-- QUARANTINED at -quarantine-after consecutive failures, else COOLING until
+-- at+cooldown if cooldown is not zero, else AVAILABLE. changes are the changes of the
+-- key's fields so far (put's), to which it adds its own.
+local function after_lease(n, v, at, failed, cooldown, changes)
   redis.call('ZREM', LEASES, n)
   redis.call('ZREM', BLOCKED, n)
-end
-
--- after_lease sends key n, whose lease ended at (now, or the lease's deadline), where
--- the contract's table says: a failure counted (failed true) or the consecutive count
--- reset (false; nil leaves the counts as they are), then QUARANTINED at
--- -quarantine-after consecutive failures, else COOLING until at+cooldown if cooldown
--- is not zero, else AVAILABLE.
-local function after_lease(n, at, failed, cooldown)
-  local h = P .. 'k:' .. n
-  local cf = 0
+  local k = #changes
+  local cf = num(v[FCF])
   if failed then
-    redis.call('HINCRBY', h, 'fl', 1)
-    cf = redis.call('HINCRBY', h, 'cf', 1)
-  elseif failed == false then
-    redis.call('HDEL', h, 'cf')
+    cf = cf + 1
+    changes[k + 1], changes[k + 2], changes[k + 3], changes[k + 4] = FFL, I(num(v[FFL]) + 1), FCF, I(cf)
+  elseif failed == false and cf ~= 0 then
+    changes[k + 1], changes[k + 2] = FCF, '0'
   end
-  local qa = held()
-  if failed and qa > 0 and cf >= qa then
-    redis.call('HSET', h, 'q', 1)
+  k = #changes
+  if failed and QA > 0 and cf >= QA then
+    changes[k + 1], changes[k + 2] = FQ, '1'
     redis.call('ZADD', QUAR, n, n)
     emit('QUARANTINED', n, at)
   elseif cooldown > 0 then
     local cu = at + cooldown
-    redis.call('HSET', h, 'cu', I(cu))
+    changes[k + 1], changes[k + 2] = FCU, I(cu)
     redis.call('ZADD', COOLING, n, n)
     redis.call('ZADD', COOLS, I(cu), n)
+    lower(cu)
     emit('COOLED', n, at, 'd', I(cu))
   else
     redis.call('ZADD', AVAIL, n, n)
   end
+  put(n, v, changes)
 end
 
-local function release(n, deadline)
-  end_lease(n)
-  redis.call('HINCRBY', P .. 'k:' .. n, 'x', 1)
+-- release ends the lease of key n (fields v, or nil to read them), which ran out at
+-- deadline.
+local function release(n, deadline, v)
+  v = v or fields(n)
   emit('RELEASED', n, deadline, 'by', BY, 'ap', I(now))
-  local _, elc = held()
-  after_lease(n, deadline, true, elc)
+  after_lease(n, v, deadline, true, ELC, {FF, '0', FX, I(num(v[FX]) + 1)})
 end
 
--- unblock ends the lease of the BLOCKED key n at a client's request; failed and
--- cooldown as after_lease takes them.
-local function unblock(n, failed, cooldown)
-  end_lease(n)
+-- unblock ends the lease of the BLOCKED key n (fields v) at a client's request; failed
+-- and cooldown as after_lease takes them.
+local function unblock(n, v, failed, cooldown)
   emit('UNBLOCKED', n, now)
-  after_lease(n, now, failed, cooldown)
+  after_lease(n, v, now, failed, cooldown, {FF, '0'})
 end
 
--- recover returns the COOLING key n, whose cool-down ended at deadline, to AVAILABLE.
-local function recover(n, deadline)
+-- recover returns the COOLING key n (fields v, if read), whose cool-down ended at
+-- deadline, to AVAILABLE.
+local function recover(n, deadline, v)
   redis.call('HDEL', P .. 'k:' .. n, 'cu')
+  if v then v[FCU] = false end
   redis.call('ZREM', COOLING, n)
   redis.call('ZREM', COOLS, n)
   redis.call('ZADD', AVAIL, n, n)
   emit('RECOVERED', n, deadline, 'by', BY, 'ap', I(now))
 end
 
--- settle applies the due transitions of key n, in deadline order, and reports whether
--- it still exists. A hold (lease or cool-down) and a keep-alive that end at one
--- instant end with the key. A lease that ran out may start a cool-down that has ended
--- too. A dry read only tells whether the key would still exist.
-local function settle(n)
-  local h = P .. 'k:' .. n
-  local v = redis.call('HMGET', h, 'e', 'f', 'ld', 'cu')
-  if not v[1] then return false end
-  local e, f, ld, cu = tonumber(v[1]), num(v[2]), num(v[3]), num(v[4])
-  if DRY then return e > now end
-  if f ~= 0 and ld <= now and ld < e then
-    release(n, ld)
-    cu = num(redis.call('HGET', h, 'cu'))
+-- seen turns the fields of a key, read by a dry read, into what they would be once the
+-- key's due holds ended (as settle would leave them).
+local function seen(v)
+  local e = num(v[FE])
+  if num(v[FF]) ~= 0 and num(v[FLD]) <= now and num(v[FLD]) < e then
+    v[FF], v[FX], v[FFL], v[FCF] = '0', I(num(v[FX]) + 1), I(num(v[FFL]) + 1), I(num(v[FCF]) + 1)
+    if QA > 0 and num(v[FCF]) >= QA then
+      v[FQ] = '1'
+    elseif ELC > 0 then
+      v[FCU] = I(num(v[FLD]) + ELC)
+    end
   end
-  if cu ~= 0 and cu <= now and cu < e then recover(n, cu) end
+  if num(v[FCU]) ~= 0 and num(v[FCU]) <= now and num(v[FCU]) < e then v[FCU] = '0' end
+  return v
+end
+
+-- settle applies the due transitions of key n, in deadline order, and returns its
+-- fields as they are then (with the secret if secret), or nil if the key is gone. A
+-- hold (lease or cool-down) and a keep-alive that end at one instant end with the
+-- key. A lease that ran out may start a cool-down that has ended too. A dry read
+-- changes nothing and returns the fields as they would be.
+local function settle(n, secret)
+  local v = fields(n, secret)
+  local e = tonumber(v[FE])
+  if not e then return nil end
+  if DRY then
+    if e > now then return seen(v) end
+    return nil
+  end
+  local ld = num(v[FLD])
+  if num(v[FF]) ~= 0 and ld <= now and ld < e then release(n, ld, v) end
+  local cu = num(v[FCU])
+  if cu ~= 0 and cu <= now and cu < e then recover(n, cu, v) end
   if e <= now then
     expire_key(n, e)
-    return false
+    return nil
   end
-  return true
+  return v
 end
 
 local function head(z)
@@ -345,8 +485,13 @@ end
 -- apply_due applies up to limit due transitions of the pool in deadline order,
 -- keep-alive first on a tie, each one popped from its sorted set as it is applied, so
 -- no two callers ever apply one transition twice. It returns how many it applied and
--- the earliest deadline left (-1 if none). A dry read applies none.
+-- the earliest deadline left, or a lower bound of it (-1 if none): nothing is due
+-- while the pool's due is in the future. A dry read applies none.
 local function apply_due(limit)
+  if DUE > now then
+    if DUE >= NONE then return 0, -1 end
+    return 0, DUE
+  end
   if DRY then limit = 0 end
   local applied = 0
   while true do
@@ -357,36 +502,13 @@ local function apply_due(limit)
     if cs and (not ls or cs < ls) then hn, hs, lease = cn, cs, false end
     local n, d, hold = kn, ks, false
     if hs and (not ks or hs < ks) then n, d, hold = hn, hs, true end
+    if not n then d = NONE end
+    if d ~= DUE then DUE, dirty = d, true end
     if not n then return applied, -1 end
     if d > now or applied >= limit then return applied, d end
     if not hold then expire_key(n, d) elseif lease then release(n, d) else recover(n, d) end
     applied = applied + 1
   end
-end
-
--- FIELDS are the fields of a key that a reply reads, in order; seen turns them, read
--- by a dry read, into what they would be once the key's due holds ended (as settle
--- would leave them).
-local FIELDS = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm'}
-local function seen(v)
-  if not DRY then return v end
-  local e = num(v[2])
-  if num(v[3]) ~= 0 and num(v[5]) <= now and num(v[5]) < e then
-    local qa, elc = held()
-    v[3], v[7], v[10], v[11] = '0', I(num(v[7]) + 1), I(num(v[10]) + 1), I(num(v[11]) + 1)
-    if qa > 0 and num(v[11]) >= qa then
-      v[9] = '1'
-    elseif elc > 0 then
-      v[8] = I(num(v[5]) + elc)
-    end
-  end
-  if num(v[8]) ~= 0 and num(v[8]) <= now and num(v[8]) < e then v[8] = '0' end
-  return v
-end
-
--- read returns the fields of key n as a reply shows them.
-local function read(n)
-  return seen(redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS)))
 end
 
 -- ints are the integers of a key's fields as a reply gives them: {n, c, e, f, la, ld,
@@ -400,32 +522,23 @@ end
 
 -- holder_of is the holder of the current lease of a key's fields ("" for none).
 local function holder_of(v)
-  if num(v[3]) ~= 0 and v[12] then return v[12] end
+  if num(v[FF]) ~= 0 and v[FH] then return v[FH] end
   return ''
 end
 
--- reply is key n as the Store reads it: {1, now, the integers of ints, holder, name},
--- then, when secret, the key's sealed secret ("" for a generated key); the holder is
--- the current lease's only.
-local function reply(n, secret)
-  local v = read(n)
+-- reply is key n (fields v) as the Store reads it: {1, now, the integers of ints,
+-- holder, name}, then, when secret, the key's sealed secret ("" for a generated key);
+-- the holder is the current lease's only.
+local function reply(n, v, secret)
   local out = ints({1, now}, n, v)
   out[#out + 1] = holder_of(v)
-  out[#out + 1] = v[13] or ''
-  if secret then out[#out + 1] = redis.call('HGET', P .. 'k:' .. n, 's') or '' end
+  out[#out + 1] = v[FNM] or ''
+  if secret then
+    local s = v[FS]
+    if s == nil then s = redis.call('HGET', P .. 'k:' .. n, 's') end
+    out[#out + 1] = s or ''
+  end
   return out
-end
-
--- The pool this replica knows is gone (Redis lost the namespace, and perhaps a new one
--- was made since, whose key numbers and fences start over under another secret): act
--- on nothing.
-if redis.call('HGET', META, 'id') ~= ARGV[5] then return {-9, now} end
-
--- A request sent again: answer what it answered the first time, without running it.
-if SLOT ~= '' then
-  local gen, first = recorded(SLOT)
-  if gen == GEN then return first end
-  if gen and gen > GEN then return {-8, now} end
 end
 `
 
@@ -459,9 +572,9 @@ var (
 // refuses a pool whose id differs (the namespace was lost and made anew), and a new
 // pool whose hash tag already holds keys (which this store did not write: a namespace
 // named like this pool's tag?).
-var scriptInitPool = newScript(common + `
+var scriptInitPool = (&script{name: "initpool", kind: stateScript, body: `
 local id = redis.call('HGET', META, 'id')
-if id == ARGV[5] then
+if id == POOL then
   if redis.call('HGET', META, 'layout') ~= '` + layoutVersion + `' then return {-10, now} end
   -- The settings every replica agreed on at its start: new values once all replicas
   -- restart with them. (Written only if they differ: a replica learns pools while Redis
@@ -472,14 +585,14 @@ if id == ARGV[5] then
 end
 if id then return {-9, now} end
 if redis.call('EXISTS', AVAIL, BLOCKED, LEASES, ALIVE, COOLING, COOLS, QUAR, SECRETS) > 0 then return {-10, now} end
-redis.call('HSET', META, 'id', ARGV[5], 'index', ARGV[8], 'name', ARGV[9], 'layout', '` + layoutVersion + `',
+redis.call('HSET', META, 'id', POOL, 'index', ARGV[8], 'name', ARGV[9], 'layout', '` + layoutVersion + `',
   'qa', ARGV[10], 'elc', ARGV[11])
 return {1, now}
-`)
+`}).withFlags("'allow-oom'")
 
 // reserveSource is what the scripts that make keys begin with: reserve takes count key
 // numbers of the pool and returns the first, or nil if the pool's numbers would run out.
-var reserveSource = prelude + `
+var reserveSource = `
 local function reserve(count)
   if num(redis.call('HGET', META, 'keyseq')) + count > ` + maxLocalText + ` then return nil end
   return redis.call('HINCRBY', META, 'keyseq', count) - count + 1
@@ -488,13 +601,12 @@ end
 
 // ARGV[8] count, ARGV[9] keep-alive TTL. Reply {1, now, first key number, keep-alive
 // deadline}, or {-6, now} if the pool's key numbers would run out.
-var scriptGenerate = newScript(reserveSource + `
+var scriptGenerate = poolFn("generate", reserveSource+`
 local count = tonumber(ARGV[8])
 local e = now + tonumber(ARGV[9])
 local first = reserve(count)
 if not first then return done({-6, now}) end
 local last = first + count - 1
-local seq = redis.call('HINCRBY', META, 'seq', count) - count
 local c, d = I(now), I(e)
 -- The sets take their members in bulk, a chunk at a time (Lua's unpack has a limit).
 local alive, avail = {}, {}
@@ -507,8 +619,7 @@ end
 for i = first, last do
   local n = I(i)
   redis.call('HSET', P .. 'k:' .. n, 'c', c, 'e', d)
-  seq = seq + 1
-  redis.call('XADD', STREAM, 'MAXLEN', '~', RETENTION, I(seq) .. '-0', 't', 'GENERATED', 'k', n, 'at', c, 'd', d)
+  emit('GENERATED', n, now, 'd', d)
   alive[#alive + 1] = d
   alive[#alive + 1] = n
   avail[#avail + 1] = n
@@ -516,12 +627,13 @@ for i = first, last do
   if #alive == 2000 then flush() end
 end
 flush()
+lower(e)
 return done({1, now, first, e})
 `)
 
 // ARGV[8] count. Reply {1, now, first key number}: count key numbers reserved for an
 // import, or {-6, now} if the pool's key numbers would run out.
-var scriptReserve = newScript(reserveSource + `
+var scriptReserve = poolFn("reserve", reserveSource+`
 local first = reserve(tonumber(ARGV[8]))
 if not first then return done({-6, now}) end
 return done({1, now, first})
@@ -533,14 +645,14 @@ return done({1, now, first})
 // {-12, now, index} for the first key (from 0) whose digest the pool holds (a key
 // whose keep-alive has passed holds it no more) or an earlier key repeats: then
 // nothing is imported.
-var scriptImport = newScript(prelude + `
+var scriptImport = poolFn("import", `
 local first, count, ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local seen = {}
+local given = {}
 for i = 0, count - 1 do
   local d = ARGV[11 + 3 * i]
   local held_by = redis.call('HGET', SECRETS, d)
-  if seen[d] or (held_by and settle(held_by)) then return done({-12, now, i}) end
-  seen[d] = true
+  if given[d] or (held_by and settle(held_by)) then return done({-12, now, i}) end
+  given[d] = true
 end
 local e = FOREVER
 if ttl > 0 then e = now + ttl end
@@ -557,6 +669,7 @@ for i = 0, count - 1 do
   redis.call('ZADD', AVAIL, n, n)
   if ttl > 0 then emit('IMPORTED', n, now, 'd', ed) else emit('IMPORTED', n, now) end
 end
+lower(e)
 return done({1, now, e})
 `)
 
@@ -576,9 +689,9 @@ return done({1, now, e})
 // the live keys of the keep-alive set, rejecting keys under a lease that has not run
 // out. The random ranks come from ARGV[9], then from SHA1s of it, by rejection, so that
 // none is biased.
-var scriptAcquire = newScript(acquireSource)
+var scriptAcquire = poolFn("acquire", acquireSource)
 
-var acquireSource = prelude + `
+var acquireSource = `
 local ttl = tonumber(ARGV[8])
 local reserve = tonumber(ARGV[10]) or 0
 local holder = ARGV[11] or ''
@@ -618,21 +731,21 @@ if reserve > 0 then
   if free <= reserve then return done({-1, now}) end
 end
 
-local function take(n)
-  local h = P .. 'k:' .. n
-  local fence = redis.call('HINCRBY', META, 'fence', 1)
+-- take leases the AVAILABLE key n (fields v).
+local function take(n, v)
+  FENCE, dirty = FENCE + 1, true
   local ld = now + ttl
-  redis.call('HSET', h, 'f', I(fence), 'la', I(now), 'ld', I(ld), 'h', holder)
-  redis.call('HINCRBY', h, 'n', 1)
+  put(n, v, {FF, I(FENCE), FLA, I(now), FLD, I(ld), FH, holder, FN, I(num(v[FN]) + 1)})
   redis.call('ZREM', AVAIL, n)
   redis.call('ZADD', BLOCKED, n, n)
   redis.call('ZADD', LEASES, I(ld), n)
+  lower(ld)
   if holder ~= '' then
     emit('ACQUIRED', n, now, 'd', I(ld), 'h', holder)
   else
     emit('ACQUIRED', n, now, 'd', I(ld))
   end
-  return done(reply(n, true))
+  return done(reply(n, v, true))
 end
 
 local function rank(z, r) return redis.call('ZRANGE', z, r, r)[1] end
@@ -640,7 +753,8 @@ local function rank(z, r) return redis.call('ZRANGE', z, r, r)[1] end
 if settled then
   local m = redis.call('ZCARD', AVAIL)
   if m == 0 then return done({-1, now}) end
-  return take(rank(AVAIL, rand_below(m)))
+  local n = rank(AVAIL, rand_below(m))
+  return take(n, fields(n, true))
 end
 
 local leases_due = redis.call('ZCOUNT', LEASES, '-inf', I(now)) > 0 or redis.call('ZCOUNT', COOLS, '-inf', I(now)) > 0
@@ -649,8 +763,9 @@ for i = 1, ` + maxPicks + ` do
     local m = redis.call('ZCARD', AVAIL)
     if m == 0 then return done({-1, now}) end -- nothing AVAILABLE and no lease has run out
     local n = rank(AVAIL, rand_below(m))
-    local e = tonumber(redis.call('HGET', P .. 'k:' .. n, 'e'))
-    if e > now then return take(n) end
+    local v = fields(n, true)
+    local e = tonumber(v[FE])
+    if e > now then return take(n, v) end
     expire_key(n, e)
   else
     local dead = redis.call('ZCOUNT', ALIVE, '-inf', I(now))
@@ -659,8 +774,8 @@ for i = 1, ` + maxPicks + ` do
     local n = rank(ALIVE, dead + rand_below(live))
     -- A live key: settle ends its due holds only, and it is taken if that leaves it
     -- AVAILABLE.
-    settle(n)
-    if redis.call('ZSCORE', AVAIL, n) then return take(n) end
+    local v = settle(n, true)
+    if v and status(v) == 1 then return take(n, v) end
   end
 end
 return done({-4, now})
@@ -669,77 +784,80 @@ return done({-4, now})
 // ARGV[8] key number, ARGV[9] fence the caller's token names (0: no token, -1: a token
 // that names no lease), ARGV[10] cool-down in script time (absent: 0), ARGV[11] "1" if
 // the lease failed.
-var scriptUnblock = newScript(unblockSource)
+var scriptUnblock = poolFn("unblock", unblockSource)
 
-const unblockSource = prelude + `
+const unblockSource = `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-local f = num(redis.call('HGET', P .. 'k:' .. n, 'f'))
+local v = settle(n)
+if not v then return done({-1, now}) end
+local f = num(v[FF])
 if f == 0 then return done({-2, now}) end
 local want = tonumber(ARGV[9])
 if want ~= 0 and want ~= f then return done({-3, now}) end
-unblock(n, ARGV[11] == '1', tonumber(ARGV[10]) or 0)
-return done(reply(n))
+unblock(n, v, ARGV[11] == '1', tonumber(ARGV[10]) or 0)
+return done(reply(n, v))
 `
 
 // ARGV[8] key number, ARGV[9] fence, ARGV[10] TTL, ARGV[11] max lease TTL.
-var scriptRenew = newScript(prelude + `
+var scriptRenew = poolFn("renew", `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-local h = P .. 'k:' .. n
-local v = redis.call('HMGET', h, 'f', 'la')
-local f = num(v[1])
+local v = settle(n, true)
+if not v then return done({-1, now}) end
+local f = num(v[FF])
 if f == 0 then return done({-2, now}) end
 if tonumber(ARGV[9]) ~= f then return done({-3, now}) end
-local ld = math.min(now + tonumber(ARGV[10]), tonumber(v[2]) + tonumber(ARGV[11]))
-redis.call('HSET', h, 'ld', I(ld))
+local ld = math.min(now + tonumber(ARGV[10]), num(v[FLA]) + tonumber(ARGV[11]))
+put(n, v, {FLD, I(ld)})
 redis.call('ZADD', LEASES, I(ld), n)
-return done(reply(n, true))
+lower(ld)
+return done(reply(n, v, true))
 `)
 
 // ARGV[8] key number, ARGV[9] the pool's keep-alive TTL, for keys without one of their
 // own (kt). A key kept until deleted stays so.
-var scriptKeepAlive = newScript(prelude + `
+var scriptKeepAlive = poolFn("keepalive", `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-local v = redis.call('HMGET', P .. 'k:' .. n, 'e', 'kt')
-if tonumber(v[1]) >= FOREVER then return done(reply(n)) end
-local e = now + (tonumber(v[2]) or tonumber(ARGV[9]))
-redis.call('HSET', P .. 'k:' .. n, 'e', I(e))
+local v = settle(n)
+if not v then return done({-1, now}) end
+if num(v[FE]) >= FOREVER then return done(reply(n, v)) end
+local e = now + (tonumber(v[FKT]) or tonumber(ARGV[9]))
+put(n, v, {FE, I(e)})
 redis.call('ZADD', ALIVE, I(e), n)
-return done(reply(n))
+lower(e)
+return done(reply(n, v))
 `)
 
 // ARGV[8] key number.
-var scriptGet = newDryScript(prelude + `
+var scriptGet = readFn("get", `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-return done(reply(n))
+local v = settle(n)
+if not v then return done({-1, now}) end
+return done(reply(n, v))
 `)
 
 // ARGV[8] key number. A COOLING or QUARANTINED key to AVAILABLE, its consecutive
 // failures reset; -11 for a key in another state.
-var scriptRestore = newScript(prelude + `
+var scriptRestore = poolFn("restore", `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-local h = P .. 'k:' .. n
-local v = redis.call('HMGET', h, 'cu', 'q')
-if num(v[1]) ~= 0 then
+local v = settle(n)
+if not v then return done({-1, now}) end
+if num(v[FCU]) ~= 0 then
   redis.call('ZREM', COOLING, n)
   redis.call('ZREM', COOLS, n)
-elseif num(v[2]) ~= 0 then
+elseif num(v[FQ]) ~= 0 then
   redis.call('ZREM', QUAR, n)
 else
   return done({-11, now})
 end
-redis.call('HDEL', h, 'cu', 'q', 'cf')
+redis.call('HDEL', P .. 'k:' .. n, 'cu', 'q', 'cf')
+v[FCU], v[FQ], v[FCF] = false, false, false
 redis.call('ZADD', AVAIL, n, n)
 emit('RESTORED', n, now)
-return done(reply(n))
+return done(reply(n, v))
 `)
 
 // ARGV[8] key number. Reply {1, now}.
-var scriptDelete = newScript(prelude + `
+var scriptDelete = poolFn("delete", `
 local n = I(tonumber(ARGV[8]))
 if not settle(n) then return done({-1, now}) end
 drop(n)
@@ -753,8 +871,8 @@ return done({1, now})
 // the holds that have not ended (a lease that ran out within the lock-delay counts as
 // cooling, even if it will quarantine the key) and quarantined the keys QUARANTINED,
 // which may include keys whose keep-alive has passed until the expirer reaches them.
-var scriptStats = newDryScript(prelude + `
-local _, next = apply_due(` + requestBatch + `)
+var scriptStats = readFn("stats", `
+local _, next = apply_due(`+requestBatch+`)
 local total = redis.call('ZCARD', ALIVE)
 if next < 0 or next > now then
   return done({1, now, total, redis.call('ZCARD', AVAIL), redis.call('ZCARD', LEASES),
@@ -765,8 +883,7 @@ local blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+in
 -- Cooling: the cool-downs that have not ended, and the leases that ran out within the
 -- lock-delay of -expired-lease-cooldown (unless they reached -quarantine-after).
 local cooling = redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
-local _, elc = held()
-if elc > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - elc), I(now)) end
+if ELC > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - ELC), I(now)) end
 cooling = math.min(total - blocked, cooling)
 local quarantined = math.min(total - blocked - cooling, redis.call('ZCARD', QUAR))
 return done({1, now, total, total - blocked - cooling - quarantined, blocked, cooling, quarantined})
@@ -786,9 +903,9 @@ return done({1, now, total, total - blocked - cooling - quarantined, blocked, co
 //
 // The keys come from the sets of each state by score (ZRANGE BYSCORE LIMIT, O(log n +
 // the page)): a page of one status never looks at keys of another.
-var scriptList = newDryScript(prelude + `
-apply_due(` + requestBatch + `)
-local status, from = tonumber(ARGV[8]), tonumber(ARGV[9])
+var scriptList = readFn("list", `
+apply_due(`+requestBatch+`)
+local want, from = tonumber(ARGV[8]), tonumber(ARGV[9])
 local limit, budget = tonumber(ARGV[10]), tonumber(ARGV[11])
 local SETS = {AVAIL, BLOCKED, COOLING, QUAR}
 local function range(z, k)
@@ -797,7 +914,7 @@ end
 -- (A dry read looks at every set but BLOCKED's for the keys of a state other than
 -- BLOCKED: a hold that has ended is still where it was.)
 local function candidates(k)
-  if status ~= 0 and (status == 2 or not DRY) then return range(SETS[status], k) end
+  if want ~= 0 and (want == 2 or not DRY) then return range(SETS[want], k) end
   -- The first k of the sets, merged in order of number.
   local lists, at, ns = {}, {}, {}
   for i, z in ipairs(SETS) do lists[i], at[i] = range(z, k), 1 end
@@ -812,13 +929,6 @@ local function candidates(k)
   end
   return ns
 end
--- state is the status code of a key's fields.
-local function state(v)
-  if num(v[3]) ~= 0 then return 2 end
-  if num(v[8]) ~= 0 then return 3 end
-  if num(v[9]) ~= 0 then return 4 end
-  return 1
-end
 local recs, holders, names = {}, {}, {}
 local resume = -1
 while #holders < limit do
@@ -831,17 +941,14 @@ while #holders < limit do
     end
     budget = budget - 1
     from = tonumber(n) + 1
-    -- One read of the key, unless a deadline of it is due: then settle it, and read
-    -- what is left.
-    local v = redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS))
-    local e, f, ld, cu = tonumber(v[2]), num(v[3]), num(v[5]), num(v[8])
-    if e and (e <= now or f ~= 0 and ld <= now or cu ~= 0 and cu <= now) then
-      if settle(n) then v = read(n) else e = nil end
-    end
-    if e and (status == 0 or status == state(v)) then
+    -- One read of the key, unless a deadline of it is due: then settle it.
+    local v = fields(n)
+    local e, f, ld, cu = tonumber(v[FE]), num(v[FF]), num(v[FLD]), num(v[FCU])
+    if e and (e <= now or f ~= 0 and ld <= now or cu ~= 0 and cu <= now) then v = settle(n) end
+    if e and v and (want == 0 or want == status(v)) then
       ints(recs, n, v)
       holders[#holders + 1] = holder_of(v)
-      names[#names + 1] = v[13] or ''
+      names[#names + 1] = v[FNM] or ''
     end
   end
   if resume >= 0 then break end
@@ -854,9 +961,10 @@ return out
 `)
 
 // ARGV[8] batch size, ARGV[9] how long (ms) the replica's replies outlive its last
-// expirer run. Reply {1, now, applied, earliest deadline left or -1}. It also keeps
-// the replica's replies in the pool from expiring while the replica runs.
-var scriptExpire = newScript(prelude + `
+// expirer run. Reply {1, now, applied, earliest deadline left, or a lower bound of it,
+// or -1}. It also keeps the replica's replies in the pool from expiring while the
+// replica runs.
+var scriptExpire = poolFn("expire", `
 local applied, next = apply_due(tonumber(ARGV[8]))
 redis.call('PEXPIRE', REPLIES, ARGV[9])
 return {1, now, applied, next}
@@ -868,7 +976,7 @@ return {1, now, applied, next}
 // its way does nothing); if it was an acquire that ran and its lease still holds the
 // key, nobody has the lease's token, so the key is freed (UNBLOCKED). Reply {-7, now,
 // key number, fence} when a key was freed, else {-7, now}; the same when run again.
-var scriptResolve = newScript(prelude + `
+var scriptResolve = poolFn("resolve", `
 local slot, gen = ARGV[8], tonumber(ARGV[9])
 local g, r = recorded(slot)
 local freed = {-7, now}
@@ -876,37 +984,33 @@ if g == gen then
   if r[1] == -7 then return r end -- resolved before
   if ARGV[10] == '1' and r[1] == 1 then
     local n, fence = I(r[3]), r[6]
-    if settle(n) and num(redis.call('HGET', P .. 'k:' .. n, 'f')) == fence then
-      unblock(n, nil, 0)
+    local v = settle(n)
+    if v and num(v[FF]) == fence then
+      unblock(n, v, nil, 0)
       freed = {-7, now, r[3], fence}
     end
   end
 elseif g and g > gen then
   return freed
 end
-redis.call('HSET', REPLIES, slot, I(gen) .. ':' .. encode(freed))
+record(slot, gen, freed)
 return freed
 `)
 
 // Reply {1, now}: the pool is the one the replica knows.
-var scriptCheck = newScript(prelude + `
+var scriptCheck = poolFn("check", `
 return {1, now}
-`)
+`).withFlags("'no-writes'")
 
 // The namespace's scripts take KEYS[1] the namespace's id key, ARGV[1] the namespace's
-// key prefix "{ns}:", and, but for scriptSetup, ARGV[2] the namespace id the replica
-// knows, which they check first.
-const nsPrelude = `
-local NS = ARGV[1]
-local POOLS, MADE = NS .. 'pools', NS .. 'made'
-if redis.call('GET', NS .. 'id') ~= ARGV[2] then return {-9} end
-`
+// key prefix "{ns}:", and, but for setup, ARGV[2] the namespace id the replica knows,
+// which they check first.
 
 // ARGV[2] layout version, ARGV[3] a new secret, ARGV[4] its namespace id, ARGV[5] this
 // replica's clock. The first replica stores the four; every replica gets back {layout,
 // secret, id, clock} as stored. A namespace of another layout answers {layout} alone;
 // one that holds the keys of layout 1, which stored no version, answers {"1"}.
-var scriptSetup = newScript(`
+var scriptSetup = plainFn("setup", `
 local NS = ARGV[1]
 local layout = redis.call('GET', NS .. 'layout')
 if not layout then
@@ -921,11 +1025,11 @@ if not layout then
 end
 if layout ~= ARGV[2] then return {layout} end
 return {layout, redis.call('GET', NS .. 'secret'), redis.call('GET', NS .. 'id'), redis.call('GET', NS .. 'clock')}
-`)
+`).withFlags("'allow-oom'")
 
 // ARGV[3] pool name, ARGV[4] the most pools. Reply {1, index} of the pool, registered
 // now if it was not, or {-5} if MaxPools are registered already.
-var scriptRegister = newScript(nsPrelude + `
+var scriptRegister = nsFn("register", `
 local idx = redis.call('HGET', POOLS, ARGV[3])
 if idx then return {1, tonumber(idx)} end
 local count = redis.call('HLEN', POOLS)
@@ -937,13 +1041,13 @@ return {1, idx}
 `)
 
 // ARGV[3] pool name. Reply {1, index}, index 0 if no such pool was made.
-var scriptLookup = newScript(nsPrelude + `
+var scriptLookup = nsFn("lookup", `
 return {1, tonumber(redis.call('HGET', POOLS, ARGV[3])) or 0}
-`)
+`).withFlags("'no-writes'")
 
 // ARGV[3] a pool index. Reply {1, n, then n indexes, then their n names}: the pools
 // made after that index, in order.
-var scriptRegistry = newScript(nsPrelude + `
+var scriptRegistry = nsFn("registry", `
 local entries = redis.call('XRANGE', MADE, (tonumber(ARGV[3]) + 1) .. '-0', '+')
 local out, names = {1, #entries}, {}
 for _, e in ipairs(entries) do
@@ -952,13 +1056,13 @@ for _, e in ipairs(entries) do
 end
 for _, name in ipairs(names) do out[#out + 1] = name end
 return out
-`)
+`).withFlags("'no-writes'")
 
 // ARGV[3], ARGV[4], … pairs of a setting's name and this replica's value of it. Reply
 // {1, then the value recorded for each setting}: this replica's own where none was,
 // unless its own is "" (none, as a replica without a secrets key has): that is never
 // recorded, and reads as "" while nothing is.
-var scriptSettings = newScript(nsPrelude + `
+var scriptSettings = nsFn("settings", `
 local SETTINGS = NS .. 'settings'
 local out = {1}
 for i = 3, #ARGV, 2 do
@@ -970,24 +1074,24 @@ for i = 3, #ARGV, 2 do
   out[#out + 1] = v
 end
 return out
-`)
+`).withFlags("'allow-oom'")
 
 // Reply {1}: the namespace is the one the replica joined.
-var scriptNSCheck = newScript(nsPrelude + `
+var scriptNSCheck = nsFn("nscheck", `
 return {1}
-`)
+`).withFlags("'no-writes'")
 
-// scriptSet is the scripts a Store runs; tests swap one for a broken one to show
-// that the linearizability check catches it.
+// scriptSet is the scripts a Store runs, as one library; tests swap one for a broken
+// one to show that the linearizability check catches it.
 type scriptSet struct {
 	generate, reserve, importKeys, acquire, unblock, restore, renew, keepAlive, get, delete, stats, list, expire, resolve, check, initPool *script
-	setup, register, lookup, registry, nsCheck, settings                                                                                   *script
+	setup, register, lookup, registry, nsCheck, settings, replicas                                                                         *script
 }
 
 func (set scriptSet) all() []*script {
 	return []*script{set.generate, set.reserve, set.importKeys, set.acquire, set.unblock, set.restore, set.renew, set.keepAlive, set.get, set.delete,
 		set.stats, set.list, set.expire, set.resolve, set.check, set.initPool,
-		set.setup, set.register, set.lookup, set.registry, set.nsCheck, set.settings}
+		set.setup, set.register, set.lookup, set.registry, set.nsCheck, set.settings, set.replicas}
 }
 
 var defaultScripts = scriptSet{
@@ -1013,7 +1117,11 @@ var defaultScripts = scriptSet{
 	registry:   scriptRegistry,
 	nsCheck:    scriptNSCheck,
 	settings:   scriptSettings,
+	replicas:   scriptReplicas,
 }
+
+// defaultLibrary is defaultScripts' library.
+var defaultLibrary = newLibrary(defaultScripts)
 
 // scripts lists the pool scripts by name, for the benchmarks that run them by hand
 // (bench_test.go); the Store loads and runs its scriptSet.

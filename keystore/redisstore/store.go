@@ -210,7 +210,8 @@ type Store struct {
 	replica    string // tags the transitions this replica applies, for its Observer
 	retention  string // the streams' approximate MAXLEN
 	scripts    scriptSet
-	repliesTTL int64 // ms
+	lib        *library // scripts, as Redis Functions
+	repliesTTL int64    // ms
 
 	// Every lane this process has made (Lanes.OnNew), for the dispatcher and markLost.
 	lmu      sync.Mutex
@@ -362,6 +363,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 		serve:       make(chan struct{}, 1),
 		progress:    make(chan struct{}),
 		scripts:     defaultScripts,
+		lib:         defaultLibrary,
 		repliesTTL:  max(opts.MaxLeaseTTL, minRepliesTTL).Milliseconds(),
 		slots:       make(chan int, maxInFlight),
 		resolve:     make(chan struct{}, 1),
@@ -376,7 +378,7 @@ func newStore(ctx context.Context, rawURL string, env keystore.Env, options ...O
 	}
 	s.nsKeys = []string{s.nsPrefix + "id"}
 	if cfg.scripts != nil {
-		s.scripts = *cfg.scripts
+		s.scripts, s.lib = *cfg.scripts, newLibrary(*cfg.scripts)
 	}
 	for slot := range maxInFlight {
 		s.slots <- slot
@@ -469,18 +471,16 @@ func validate(o keystore.Options) error {
 // each pool's hub with the events its stream retains. It returns the stream ids the
 // reader goes on from.
 func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
-	c := s.rdb
-	for _, script := range s.scripts.all() {
-		if err := c.Do(ctx, c.B().ScriptLoad().Script(script.src).Build()).Error(); err != nil {
-			return nil, unavailable(err)
-		}
+	if err := s.loadLibrary(ctx); err != nil {
+		return nil, unavailable(err)
 	}
+	c := s.rdb
 	mine := "redis-us"
 	if s.clientTime {
 		mine = "client-ns:" + strconv.FormatInt(s.clock.Now().UnixNano(), 10)
 	}
 	secret := keystore.NewSecret()
-	msgs, _, err := s.send(ctx, s.scripts.setup, s.nsKeys,
+	msgs, _, err := s.send(ctx, s.fn(s.scripts.setup), s.nsKeys,
 		[]string{s.nsPrefix, layoutVersion, string(secret), namespaceID(secret), mine}, true, false)
 	if err != nil {
 		return nil, s.unavailable(err, false, readOnly)
@@ -1118,7 +1118,7 @@ func (s *Store) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	msgs, _, err := s.send(ctx, s.scripts.nsCheck, s.nsKeys, []string{s.nsPrefix, s.nsID}, false, false)
+	msgs, _, err := s.send(ctx, s.fn(s.scripts.nsCheck), s.nsKeys, []string{s.nsPrefix, s.nsID}, false, false)
 	if err != nil {
 		return s.unavailable(err, false, readOnly)
 	}
