@@ -448,7 +448,9 @@ func freeAll(b *testing.B, rdb *admin) {
 	const free = `
 local ns = redis.call('ZRANGE', KEYS[1], 0, 4999)
 for _, n in ipairs(ns) do
-  redis.call('HSET', KEYS[3] .. n, 'f', 0)
+  local v = {struct.unpack('` + keyFormat + `', redis.call('GET', KEYS[3] .. n))}
+  v[3] = 0 -- the fence: no lease
+  redis.call('SET', KEYS[3] .. n, struct.pack('` + keyFormat + `', unpack(v, 1, 16)))
   redis.call('ZADD', KEYS[2], n, n)
 end
 if #ns > 0 then

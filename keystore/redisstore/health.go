@@ -24,7 +24,7 @@ const healthEvery = 5 * time.Second
 // changes:
 //
 //   - evicting: maxmemory-policy is not noeviction, so Redis may evict any of the
-//     pools' keys (a counter, a key's hash, a lease) and the pools would go wrong
+//     pools' keys (a counter, a key, a lease) and the pools would go wrong
 //     silently;
 //   - full: Redis is out of memory (used_memory beyond maxmemory, with noeviction) and
 //     refuses writes.

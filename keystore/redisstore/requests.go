@@ -346,7 +346,7 @@ func (s *Store) execLoaded(ctx context.Context, fn string, keys, args []string, 
 // functionMissing tells whether Redis refused a call for want of the function.
 func functionMissing(err error) bool {
 	rerr := (*rueidis.RedisError)(nil)
-	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "ERR Function not found")
+	return errors.As(err, &rerr) && strings.HasPrefix(strings.TrimPrefix(rerr.Error(), "ERR "), "Function not found")
 }
 
 // errLoad: the library could not be loaded, so nothing ran.
@@ -375,6 +375,31 @@ func (s *Store) loadLibrary(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", errLoad, first)
 	}
 	return nil
+}
+
+// pruneLibraries deletes, best effort, the libraries of other keypool versions (whose
+// text differs from this one's), so that Redis holds one per version running, not
+// one per version ever run. A replica of another version still running loads its own
+// again at its next call (exec).
+func (s *Store) pruneLibraries(ctx context.Context) {
+	for _, node := range s.rdb.Nodes() {
+		libs, err := node.Do(ctx, node.B().FunctionList().Libraryname(libraryPrefix+"*").Build()).ToArray()
+		if err != nil {
+			continue
+		}
+		for _, lib := range libs {
+			info, err := lib.AsMap()
+			if err != nil {
+				continue
+			}
+			m := info["library_name"]
+			name, err := m.ToString()
+			if err != nil || !strings.HasPrefix(name, libraryPrefix) || name == s.lib.name {
+				continue
+			}
+			_ = node.Do(ctx, node.B().FunctionDelete().LibraryName(name).Build()).Error()
+		}
+	}
 }
 
 // How an attempt failed.

@@ -65,6 +65,9 @@ type library struct {
 	prefix string
 }
 
+// libraryPrefix begins the name of every keypool library.
+const libraryPrefix = "keypool_"
+
 // fn is the name of script's function in l; dry, of its no-writes copy.
 func (l *library) fn(s *script, dry bool) string {
 	if dry {
@@ -73,9 +76,13 @@ func (l *library) fn(s *script, dry bool) string {
 	return l.prefix + s.name
 }
 
-func newLibrary(set scriptSet) *library {
+func newLibrary(set scriptSet) *library { return newLibraryFrom(libraryBase, set) }
+
+// newLibraryFrom is newLibrary with helpers of its own (base), for benchmarks that
+// measure what a part of them costs.
+func newLibraryFrom(base string, set scriptSet) *library {
 	var b strings.Builder
-	b.WriteString(libraryBase)
+	b.WriteString(base)
 	for _, s := range set.all() {
 		fmt.Fprintf(&b, "\ndo -- %s\nlocal f = %s(function(KEYS, ARGV)\n%s\nend)\n", s.name, s.kind, s.body)
 		fmt.Fprintf(&b, "redis.register_function{function_name = V .. '%s', callback = f, flags = {%s}}\n", s.name, s.flags)
@@ -86,7 +93,7 @@ func newLibrary(set scriptSet) *library {
 	}
 	sum := sha1.Sum([]byte(b.String()))
 	hash := hex.EncodeToString(sum[:6])
-	l := &library{name: "keypool_" + hash, prefix: "kp" + hash + "_"}
+	l := &library{name: libraryPrefix + hash, prefix: "kp" + hash + "_"}
 	l.src = "#!lua name=" + l.name + "\nlocal V = '" + l.prefix + "'\n" + b.String()
 	return l
 }
@@ -133,12 +140,13 @@ const layoutVersion = "4"
 //	meta     HASH    id (the pool's id, derived from the secret and the name: it names
 //	                 the pool's event stream and is checked by every script), index,
 //	                 name, layout, qa and elc (-quarantine-after and
-//	                 -expired-lease-cooldown, which replicas agree on), the pool's
-//	                 counters: keyseq behind its key numbers, fence behind its lease
-//	                 fences and tokens, seq behind its event seqs (counters outlive the
-//	                 pool's keys), and due, a lower bound of the earliest deadline in
-//	                 leases, cools and alive (2^53 when there is none; absent or 0:
-//	                 unknown), so that a request finds nothing due without looking
+//	                 -expired-lease-cooldown, which replicas agree on), and the pool's
+//	                 counters, which outlive its keys: keyseq behind its key numbers,
+//	                 and ctr, three numbers packed by struct ('<ddd'): the fence behind
+//	                 its lease fences and tokens, the seq behind its event seqs, and
+//	                 due, a lower bound of the earliest deadline in leases, cools and
+//	                 alive (2^53 when there is none; absent or 0: unknown), so that a
+//	                 request finds nothing due without looking
 //	avail    ZSET    numbers of the AVAILABLE keys, scored by number: a pick is a
 //	                 uniform random rank (ZRANGE r r, O(log n)), and pages of List
 //	                 are ranges by score
@@ -152,14 +160,16 @@ const layoutVersion = "4"
 //	                 2^53-1, for a key kept until deleted)
 //	secrets  HASH    the imported keys' secrets by digest (a keyed hash, never the
 //	                 secret) -> key number, for the duplicate check
-//	k:<n>    HASH    one key: c created, e keep-alive deadline, f fence of the current
-//	                 lease (0 unless BLOCKED), la acquired at, ld lease deadline,
-//	                 n times acquired, x leases expired, h the holder of the lease that
-//	                 f names ("" for none), cu end of cool-down (0 unless COOLING), q 1
-//	                 if QUARANTINED, fl failures, cf consecutive failures; an imported
-//	                 key also nm its name, s its sealed secret, sd its secret's digest
-//	                 and kt its own keep-alive TTL (none: the pool's, or, with e
-//	                 FOREVER, none at all); a missing field is 0 or ""
+//	k:<n>    STRING  one key, its fields packed by struct (keyFormat), read and written
+//	                 whole: the numbers c created, e keep-alive deadline, f fence of
+//	                 the current lease (0 unless BLOCKED), la acquired at, ld lease
+//	                 deadline, n times acquired, x leases expired, cu end of cool-down
+//	                 (0 unless COOLING), q 1 if QUARANTINED, fl failures, cf
+//	                 consecutive failures, kt the key's own keep-alive TTL (0: the
+//	                 pool's, or, with e FOREVER, none at all), then the strings h the
+//	                 holder of the lease that f names ("" for none), and, for an
+//	                 imported key, nm its name, sd its secret's digest and s its sealed
+//	                 secret
 //	events:<id>
 //	         STREAM  entry <seq>-0 per event: t type, k key number, at; d the deadline an
 //	                 ACQUIRED, GENERATED or COOLED set; h the holder on ACQUIRED; by and
@@ -169,8 +179,8 @@ const layoutVersion = "4"
 //	replies:<replica>
 //	         HASH    the replies of one replica's requests in this pool, one field per
 //	                 request slot: the request's generation and its reply, packed by
-//	                 cmsgpack (see below); it expires when the replica stops running
-//	                 its expirer for longer than any lease lasts
+//	                 struct (see below); it expires when the replica stops running its
+//	                 expirer for longer than any lease lasts
 //
 // Key numbers within a pool count from 1 (keyseq); a key's id encrypts its pool's index
 // above its number (Store.keyN), so that any replica finds a key's pool from its id
@@ -220,13 +230,13 @@ local FOREVER, NONE = 2^53 - 1, 2^53
 -- The state of the call: its arguments, the pool's keys (cached: they follow from
 -- the arguments), and the pool's counters, read as it begins and written back once at
 -- its end if they changed (dirty).
-local P, POOL, BY, now, RETENTION, SLOT, GEN, DRY
+local P, POOL, BY, now, NOW, RETENTION, SLOT, GEN, DRY
 local META, AVAIL, BLOCKED, LEASES, ALIVE, COOLING, QUAR, COOLS, SECRETS, STREAM, REPLIES
 local FENCE, SEQ, DUE, QA, ELC, dirty
 
 -- I formats an integer for Redis; tostring would turn 16 digits into 1.764e+15.
 local function I(x) return string.format('%d', x) end
--- num reads an integer field; a key's hash leaves out the fields that are still 0.
+-- num reads an integer field of a hash, absent for 0.
 local function num(x) return tonumber(x) or 0 end
 
 -- begin reads the common arguments of a pool script.
@@ -240,24 +250,43 @@ local function begin(ARGV)
     STREAM = P .. 'events:' .. POOL
     REPLIES = P .. 'replies:' .. BY
   end
-  now = tonumber(ARGV[2])
+  now, NOW = tonumber(ARGV[2]), ARGV[2]
   if not now then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    NOW = nil
   end
   RETENTION, SLOT, GEN, DRY = ARGV[3], ARGV[6], tonumber(ARGV[7]), ARGV[7] == 'dry'
+end
+
+-- A reply is recorded packed by struct: its generation and how many numbers and
+-- strings it holds ('<dBB'), then them (a reply's numbers come first), in a format
+-- made once for each shape.
+local formats = {}
+local function format(ni, ns)
+  local f = formats[ni * 256 + ns]
+  if not f then
+    f = '<' .. string.rep('d', ni) .. string.rep('s', ns)
+    formats[ni * 256 + ns] = f
+  end
+  return f
 end
 
 -- recorded returns the generation and the reply recorded in a slot, or nil.
 local function recorded(slot)
   local rec = redis.call('HGET', REPLIES, slot)
   if not rec then return nil, nil end
-  return cmsgpack.unpack(rec)
+  local gen, ni, ns, at = struct.unpack('<dBB', rec)
+  local r = {struct.unpack(format(ni, ns), rec, at)}
+  r[#r] = nil -- where unpack stopped
+  return gen, r
 end
 
 -- record records r as the reply of generation gen in slot.
 local function record(slot, gen, r)
-  redis.call('HSET', REPLIES, slot, cmsgpack.pack(gen, r))
+  local ni = #r
+  while ni > 0 and type(r[ni]) == 'string' do ni = ni - 1 end
+  redis.call('HSET', REPLIES, slot, struct.pack('<dBB', gen, ni, #r - ni) .. struct.pack(format(ni, #r - ni), unpack(r)))
 end
 
 -- done records r as the reply of this request, if it has a slot, and returns it.
@@ -270,12 +299,14 @@ end
 -- request sent again. It returns the reply to give at once, if any.
 local function open(ARGV)
   begin(ARGV)
-  local m = redis.call('HMGET', META, 'id', 'fence', 'seq', 'due', 'qa', 'elc')
+  local m = redis.call('HMGET', META, 'id', 'ctr', 'qa', 'elc')
   -- The pool this replica knows is gone (Redis lost the namespace, and perhaps a new
   -- one was made since, whose key numbers and fences start over under another
   -- secret): act on nothing.
   if m[1] ~= POOL then return {-9, now} end
-  FENCE, SEQ, DUE, QA, ELC, dirty = num(m[2]), num(m[3]), num(m[4]), num(m[5]), num(m[6]), false
+  FENCE, SEQ, DUE = 0, 0, 0
+  if m[2] then FENCE, SEQ, DUE = struct.unpack('<ddd', m[2]) end
+  QA, ELC, dirty = num(m[3]), num(m[4]), false
   -- A request sent again: answer what it answered the first time, without running it.
   if SLOT ~= '' then
     local gen, first = recorded(SLOT)
@@ -292,7 +323,7 @@ local function pool(f)
     if early then return early end
     local r = f(KEYS, ARGV)
     if dirty and not DRY then
-      redis.call('HSET', META, 'fence', I(FENCE), 'seq', I(SEQ), 'due', I(DUE))
+      redis.call('HSET', META, 'ctr', struct.pack('<ddd', FENCE, SEQ, DUE))
     end
     return r
   end
@@ -314,9 +345,17 @@ local function ns(f)
 end
 local function plain(f) return f end
 
+-- nows is now as text.
+local function nows()
+  if not NOW then NOW = I(now) end
+  return NOW
+end
+
 local function emit(typ, n, at, ...)
   SEQ, dirty = SEQ + 1, true
-  redis.call('XADD', STREAM, 'MAXLEN', '~', RETENTION, I(SEQ) .. '-0', 't', typ, 'k', n, 'at', I(at), ...)
+  local ats
+  if at == now then ats = nows() else ats = I(at) end
+  redis.call('XADD', STREAM, 'MAXLEN', '~', RETENTION, I(SEQ) .. '-0', 't', typ, 'k', n, 'at', ats, ...)
 end
 
 -- lower notes a deadline d added to leases, cools or alive: due is a lower bound of
@@ -325,42 +364,42 @@ local function lower(d)
   if d < DUE then DUE, dirty = d, true end
 end
 
--- The fields of a key that a reply reads, in order, then kt, then s (read only where
--- a reply gives the secret): fields(n) reads them, FIELDS' indexes name them.
-local FIELDS = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm', 'kt', 's'}
-local FC, FE, FF, FLA, FLD, FN, FX, FCU, FQ, FFL, FCF, FH, FNM, FKT, FS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
-local FIELDS_NO_SECRET = {'c', 'e', 'f', 'la', 'ld', 'n', 'x', 'cu', 'q', 'fl', 'cf', 'h', 'nm', 'kt'}
-local function fields(n, secret)
-  if secret then return redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS)) end
-  return redis.call('HMGET', P .. 'k:' .. n, unpack(FIELDS_NO_SECRET))
+-- A key's fields, packed in one STRING by struct in the order of KEY (keyFormat):
+-- numbers, then strings; their indexes name them.
+local KEY = '` + keyFormat + `'
+local FC, FE, FF, FLA, FLD, FN, FX, FCU, FQ, FFL, FCF, FKT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
+local FH, FNM, FSD, FS = 13, 14, 15, 16
+
+-- fields returns the fields of key n, or nil if there is no such key; v[17] is the
+-- key's name in Redis.
+local function fields(n)
+  local name = P .. 'k:' .. n
+  local packed = redis.call('GET', name)
+  if not packed then return nil end
+  local v = {struct.unpack(KEY, packed)}
+  v[17] = name -- in place of where unpack stopped
+  return v
 end
 
--- put writes fields of key n, given as pairs of an index in FIELDS and a value, both to
--- Redis and to v, the key's fields as read.
-local function put(n, v, changes)
-  local args = {}
-  for i = 1, #changes, 2 do
-    v[changes[i]] = changes[i + 1]
-    args[i], args[i + 1] = FIELDS[changes[i]], changes[i + 1]
-  end
-  redis.call('HSET', P .. 'k:' .. n, unpack(args))
+-- store writes the fields v of a key, as fields read them.
+local function store(v)
+  redis.call('SET', v[17], struct.pack(KEY, unpack(v, 1, 16)))
 end
 
 -- status is the status code of a key's fields: 1 AVAILABLE, 2 BLOCKED, 3 COOLING, 4
 -- QUARANTINED.
 local function status(v)
-  if num(v[FF]) ~= 0 then return 2 end
-  if num(v[FCU]) ~= 0 then return 3 end
-  if num(v[FQ]) ~= 0 then return 4 end
+  if v[FF] ~= 0 then return 2 end
+  if v[FCU] ~= 0 then return 3 end
+  if v[FQ] ~= 0 then return 4 end
   return 1
 end
 
--- drop removes key n from every structure of the pool.
-local function drop(n)
-  local h = P .. 'k:' .. n
-  local digest = redis.call('HGET', h, 'sd')
-  if digest then redis.call('HDEL', SECRETS, digest) end
-  redis.call('DEL', h)
+-- drop removes key n (fields v, or nil to read them) from every structure of the pool.
+local function drop(n, v)
+  v = v or fields(n)
+  if v and v[FSD] ~= '' then redis.call('HDEL', SECRETS, v[FSD]) end
+  redis.call('DEL', P .. 'k:' .. n)
   redis.call('ZREM', AVAIL, n)
   redis.call('ZREM', BLOCKED, n)
   redis.call('ZREM', LEASES, n)
@@ -370,107 +409,103 @@ local function drop(n)
   redis.call('ZREM', QUAR, n)
 end
 
-local function expire_key(n, deadline)
-  drop(n)
-  emit('EXPIRED', n, deadline, 'by', BY, 'ap', I(now))
+local function expire_key(n, deadline, v)
+  drop(n, v)
+  emit('EXPIRED', n, deadline, 'by', BY, 'ap', nows())
 end
 
 -- after_lease sends the BLOCKED key n (fields v), whose lease ended at (now, or the
 -- lease's deadline), where the contract's table says: a failure counted (failed true)
 -- or the consecutive count reset (false; nil leaves the counts as they are), then
 -- QUARANTINED at -quarantine-after consecutive failures, else COOLING until
--- at+cooldown if cooldown is not zero, else AVAILABLE. changes are the changes of the
--- key's fields so far (put's), to which it adds its own.
-local function after_lease(n, v, at, failed, cooldown, changes)
+-- at+cooldown if cooldown is not zero, else AVAILABLE; and writes v.
+local function after_lease(n, v, at, failed, cooldown)
   redis.call('ZREM', LEASES, n)
   redis.call('ZREM', BLOCKED, n)
-  local k = #changes
-  local cf = num(v[FCF])
+  v[FF] = 0
   if failed then
-    cf = cf + 1
-    changes[k + 1], changes[k + 2], changes[k + 3], changes[k + 4] = FFL, I(num(v[FFL]) + 1), FCF, I(cf)
-  elseif failed == false and cf ~= 0 then
-    changes[k + 1], changes[k + 2] = FCF, '0'
+    v[FFL], v[FCF] = v[FFL] + 1, v[FCF] + 1
+  elseif failed == false then
+    v[FCF] = 0
   end
-  k = #changes
-  if failed and QA > 0 and cf >= QA then
-    changes[k + 1], changes[k + 2] = FQ, '1'
+  if failed and QA > 0 and v[FCF] >= QA then
+    v[FQ] = 1
     redis.call('ZADD', QUAR, n, n)
     emit('QUARANTINED', n, at)
   elseif cooldown > 0 then
-    local cu = at + cooldown
-    changes[k + 1], changes[k + 2] = FCU, I(cu)
+    v[FCU] = at + cooldown
+    local cu = I(v[FCU])
     redis.call('ZADD', COOLING, n, n)
-    redis.call('ZADD', COOLS, I(cu), n)
-    lower(cu)
-    emit('COOLED', n, at, 'd', I(cu))
+    redis.call('ZADD', COOLS, cu, n)
+    lower(v[FCU])
+    emit('COOLED', n, at, 'd', cu)
   else
     redis.call('ZADD', AVAIL, n, n)
   end
-  put(n, v, changes)
+  store(v)
 end
 
 -- release ends the lease of key n (fields v, or nil to read them), which ran out at
 -- deadline.
 local function release(n, deadline, v)
   v = v or fields(n)
-  emit('RELEASED', n, deadline, 'by', BY, 'ap', I(now))
-  after_lease(n, v, deadline, true, ELC, {FF, '0', FX, I(num(v[FX]) + 1)})
+  v[FX] = v[FX] + 1
+  emit('RELEASED', n, deadline, 'by', BY, 'ap', nows())
+  after_lease(n, v, deadline, true, ELC)
 end
 
 -- unblock ends the lease of the BLOCKED key n (fields v) at a client's request; failed
 -- and cooldown as after_lease takes them.
 local function unblock(n, v, failed, cooldown)
   emit('UNBLOCKED', n, now)
-  after_lease(n, v, now, failed, cooldown, {FF, '0'})
+  after_lease(n, v, now, failed, cooldown)
 end
 
--- recover returns the COOLING key n (fields v, if read), whose cool-down ended at
--- deadline, to AVAILABLE.
+-- recover returns the COOLING key n (fields v, or nil to read them), whose cool-down
+-- ended at deadline, to AVAILABLE.
 local function recover(n, deadline, v)
-  redis.call('HDEL', P .. 'k:' .. n, 'cu')
-  if v then v[FCU] = false end
+  v = v or fields(n)
+  v[FCU] = 0
+  store(v)
   redis.call('ZREM', COOLING, n)
   redis.call('ZREM', COOLS, n)
   redis.call('ZADD', AVAIL, n, n)
-  emit('RECOVERED', n, deadline, 'by', BY, 'ap', I(now))
+  emit('RECOVERED', n, deadline, 'by', BY, 'ap', nows())
 end
 
 -- seen turns the fields of a key, read by a dry read, into what they would be once the
 -- key's due holds ended (as settle would leave them).
 local function seen(v)
-  local e = num(v[FE])
-  if num(v[FF]) ~= 0 and num(v[FLD]) <= now and num(v[FLD]) < e then
-    v[FF], v[FX], v[FFL], v[FCF] = '0', I(num(v[FX]) + 1), I(num(v[FFL]) + 1), I(num(v[FCF]) + 1)
-    if QA > 0 and num(v[FCF]) >= QA then
-      v[FQ] = '1'
+  local e = v[FE]
+  if v[FF] ~= 0 and v[FLD] <= now and v[FLD] < e then
+    v[FF], v[FX], v[FFL], v[FCF] = 0, v[FX] + 1, v[FFL] + 1, v[FCF] + 1
+    if QA > 0 and v[FCF] >= QA then
+      v[FQ] = 1
     elseif ELC > 0 then
-      v[FCU] = I(num(v[FLD]) + ELC)
+      v[FCU] = v[FLD] + ELC
     end
   end
-  if num(v[FCU]) ~= 0 and num(v[FCU]) <= now and num(v[FCU]) < e then v[FCU] = '0' end
+  if v[FCU] ~= 0 and v[FCU] <= now and v[FCU] < e then v[FCU] = 0 end
   return v
 end
 
 -- settle applies the due transitions of key n, in deadline order, and returns its
--- fields as they are then (with the secret if secret), or nil if the key is gone. A
--- hold (lease or cool-down) and a keep-alive that end at one instant end with the
--- key. A lease that ran out may start a cool-down that has ended too. A dry read
--- changes nothing and returns the fields as they would be.
-local function settle(n, secret)
-  local v = fields(n, secret)
-  local e = tonumber(v[FE])
-  if not e then return nil end
+-- fields as they are then, or nil if the key is gone. A hold (lease or cool-down) and
+-- a keep-alive that end at one instant end with the key. A lease that ran out may
+-- start a cool-down that has ended too. A dry read changes nothing and returns the
+-- fields as they would be.
+local function settle(n)
+  local v = fields(n)
+  if not v then return nil end
+  local e = v[FE]
   if DRY then
     if e > now then return seen(v) end
     return nil
   end
-  local ld = num(v[FLD])
-  if num(v[FF]) ~= 0 and ld <= now and ld < e then release(n, ld, v) end
-  local cu = num(v[FCU])
-  if cu ~= 0 and cu <= now and cu < e then recover(n, cu, v) end
+  if v[FF] ~= 0 and v[FLD] <= now and v[FLD] < e then release(n, v[FLD], v) end
+  if v[FCU] ~= 0 and v[FCU] <= now and v[FCU] < e then recover(n, v[FCU], v) end
   if e <= now then
-    expire_key(n, e)
+    expire_key(n, e, v)
     return nil
   end
   return v
@@ -516,13 +551,13 @@ end
 -- failures}, appended to out.
 local function ints(out, n, v)
   out[#out + 1] = tonumber(n)
-  for i = 1, 11 do out[#out + 1] = num(v[i]) end
+  for i = 1, 11 do out[#out + 1] = v[i] end
   return out
 end
 
 -- holder_of is the holder of the current lease of a key's fields ("" for none).
 local function holder_of(v)
-  if num(v[FF]) ~= 0 and v[FH] then return v[FH] end
+  if v[FF] ~= 0 then return v[FH] end
   return ''
 end
 
@@ -532,15 +567,14 @@ end
 local function reply(n, v, secret)
   local out = ints({1, now}, n, v)
   out[#out + 1] = holder_of(v)
-  out[#out + 1] = v[FNM] or ''
-  if secret then
-    local s = v[FS]
-    if s == nil then s = redis.call('HGET', P .. 'k:' .. n, 's') end
-    out[#out + 1] = s or ''
-  end
+  out[#out + 1] = v[FNM]
+  if secret then out[#out + 1] = v[FS] end
   return out
 end
 `
+
+// keyFormat is how a key's fields are packed (struct): twelve numbers, four strings.
+const keyFormat = "<ddddddddddddssss"
 
 // Status codes of script replies.
 const (
@@ -607,7 +641,8 @@ local e = now + tonumber(ARGV[9])
 local first = reserve(count)
 if not first then return done({-6, now}) end
 local last = first + count - 1
-local c, d = I(now), I(e)
+local d = I(e)
+local packed = struct.pack(KEY, now, e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', '', '', '')
 -- The sets take their members in bulk, a chunk at a time (Lua's unpack has a limit).
 local alive, avail = {}, {}
 local function flush()
@@ -618,7 +653,7 @@ local function flush()
 end
 for i = first, last do
   local n = I(i)
-  redis.call('HSET', P .. 'k:' .. n, 'c', c, 'e', d)
+  redis.call('SET', P .. 'k:' .. n, packed)
   emit('GENERATED', n, now, 'd', d)
   alive[#alive + 1] = d
   alive[#alive + 1] = n
@@ -656,14 +691,11 @@ for i = 0, count - 1 do
 end
 local e = FOREVER
 if ttl > 0 then e = now + ttl end
-local c, ed = I(now), I(e)
+local ed = I(e)
 for i = 0, count - 1 do
   local n = I(first + i)
   local d, name = ARGV[11 + 3 * i], ARGV[12 + 3 * i]
-  local h = P .. 'k:' .. n
-  redis.call('HSET', h, 'c', c, 'e', ed, 's', ARGV[13 + 3 * i], 'sd', d)
-  if name ~= '' then redis.call('HSET', h, 'nm', name) end
-  if ttl > 0 then redis.call('HSET', h, 'kt', I(ttl)) end
+  store({now, e, 0, 0, 0, 0, 0, 0, 0, 0, 0, ttl, '', name, d, ARGV[13 + 3 * i], P .. 'k:' .. n})
   redis.call('HSET', SECRETS, d, n)
   redis.call('ZADD', ALIVE, ed, n)
   redis.call('ZADD', AVAIL, n, n)
@@ -724,8 +756,8 @@ if reserve > 0 then
   if settled then
     free = redis.call('ZCARD', AVAIL)
   else
-    free = redis.call('ZCARD', ALIVE) - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
-    free = free - redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf') - redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
+    free = redis.call('ZCARD', ALIVE) - redis.call('ZCOUNT', ALIVE, '-inf', nows())
+    free = free - redis.call('ZCOUNT', LEASES, '(' .. nows(), '+inf') - redis.call('ZCOUNT', COOLS, '(' .. nows(), '+inf')
     free = free - redis.call('ZCARD', QUAR)
   end
   if free <= reserve then return done({-1, now}) end
@@ -735,15 +767,17 @@ end
 local function take(n, v)
   FENCE, dirty = FENCE + 1, true
   local ld = now + ttl
-  put(n, v, {FF, I(FENCE), FLA, I(now), FLD, I(ld), FH, holder, FN, I(num(v[FN]) + 1)})
+  v[FF], v[FLA], v[FLD], v[FH], v[FN] = FENCE, now, ld, holder, v[FN] + 1
+  store(v)
   redis.call('ZREM', AVAIL, n)
   redis.call('ZADD', BLOCKED, n, n)
-  redis.call('ZADD', LEASES, I(ld), n)
+  local lds = I(ld)
+  redis.call('ZADD', LEASES, lds, n)
   lower(ld)
   if holder ~= '' then
-    emit('ACQUIRED', n, now, 'd', I(ld), 'h', holder)
+    emit('ACQUIRED', n, now, 'd', lds, 'h', holder)
   else
-    emit('ACQUIRED', n, now, 'd', I(ld))
+    emit('ACQUIRED', n, now, 'd', lds)
   end
   return done(reply(n, v, true))
 end
@@ -754,27 +788,26 @@ if settled then
   local m = redis.call('ZCARD', AVAIL)
   if m == 0 then return done({-1, now}) end
   local n = rank(AVAIL, rand_below(m))
-  return take(n, fields(n, true))
+  return take(n, fields(n))
 end
 
-local leases_due = redis.call('ZCOUNT', LEASES, '-inf', I(now)) > 0 or redis.call('ZCOUNT', COOLS, '-inf', I(now)) > 0
+local leases_due = redis.call('ZCOUNT', LEASES, '-inf', nows()) > 0 or redis.call('ZCOUNT', COOLS, '-inf', nows()) > 0
 for i = 1, ` + maxPicks + ` do
   if i % 2 == 1 and not leases_due then
     local m = redis.call('ZCARD', AVAIL)
     if m == 0 then return done({-1, now}) end -- nothing AVAILABLE and no lease has run out
     local n = rank(AVAIL, rand_below(m))
-    local v = fields(n, true)
-    local e = tonumber(v[FE])
-    if e > now then return take(n, v) end
-    expire_key(n, e)
+    local v = fields(n)
+    if v[FE] > now then return take(n, v) end
+    expire_key(n, v[FE], v)
   else
-    local dead = redis.call('ZCOUNT', ALIVE, '-inf', I(now))
+    local dead = redis.call('ZCOUNT', ALIVE, '-inf', nows())
     local live = redis.call('ZCARD', ALIVE) - dead
     if live <= 0 then return done({-1, now}) end
     local n = rank(ALIVE, dead + rand_below(live))
     -- A live key: settle ends its due holds only, and it is taken if that leaves it
     -- AVAILABLE.
-    local v = settle(n, true)
+    local v = settle(n)
     if v and status(v) == 1 then return take(n, v) end
   end
 end
@@ -790,7 +823,7 @@ const unblockSource = `
 local n = I(tonumber(ARGV[8]))
 local v = settle(n)
 if not v then return done({-1, now}) end
-local f = num(v[FF])
+local f = v[FF]
 if f == 0 then return done({-2, now}) end
 local want = tonumber(ARGV[9])
 if want ~= 0 and want ~= f then return done({-3, now}) end
@@ -801,13 +834,14 @@ return done(reply(n, v))
 // ARGV[8] key number, ARGV[9] fence, ARGV[10] TTL, ARGV[11] max lease TTL.
 var scriptRenew = poolFn("renew", `
 local n = I(tonumber(ARGV[8]))
-local v = settle(n, true)
+local v = settle(n)
 if not v then return done({-1, now}) end
-local f = num(v[FF])
+local f = v[FF]
 if f == 0 then return done({-2, now}) end
 if tonumber(ARGV[9]) ~= f then return done({-3, now}) end
-local ld = math.min(now + tonumber(ARGV[10]), num(v[FLA]) + tonumber(ARGV[11]))
-put(n, v, {FLD, I(ld)})
+local ld = math.min(now + tonumber(ARGV[10]), v[FLA] + tonumber(ARGV[11]))
+v[FLD] = ld
+store(v)
 redis.call('ZADD', LEASES, I(ld), n)
 lower(ld)
 return done(reply(n, v, true))
@@ -819,9 +853,11 @@ var scriptKeepAlive = poolFn("keepalive", `
 local n = I(tonumber(ARGV[8]))
 local v = settle(n)
 if not v then return done({-1, now}) end
-if num(v[FE]) >= FOREVER then return done(reply(n, v)) end
-local e = now + (tonumber(v[FKT]) or tonumber(ARGV[9]))
-put(n, v, {FE, I(e)})
+if v[FE] >= FOREVER then return done(reply(n, v)) end
+local e = now + tonumber(ARGV[9])
+if v[FKT] ~= 0 then e = now + v[FKT] end
+v[FE] = e
+store(v)
 redis.call('ZADD', ALIVE, I(e), n)
 lower(e)
 return done(reply(n, v))
@@ -841,16 +877,16 @@ var scriptRestore = poolFn("restore", `
 local n = I(tonumber(ARGV[8]))
 local v = settle(n)
 if not v then return done({-1, now}) end
-if num(v[FCU]) ~= 0 then
+if v[FCU] ~= 0 then
   redis.call('ZREM', COOLING, n)
   redis.call('ZREM', COOLS, n)
-elseif num(v[FQ]) ~= 0 then
+elseif v[FQ] ~= 0 then
   redis.call('ZREM', QUAR, n)
 else
   return done({-11, now})
 end
-redis.call('HDEL', P .. 'k:' .. n, 'cu', 'q', 'cf')
-v[FCU], v[FQ], v[FCF] = false, false, false
+v[FCU], v[FQ], v[FCF] = 0, 0, 0
+store(v)
 redis.call('ZADD', AVAIL, n, n)
 emit('RESTORED', n, now)
 return done(reply(n, v))
@@ -859,8 +895,9 @@ return done(reply(n, v))
 // ARGV[8] key number. Reply {1, now}.
 var scriptDelete = poolFn("delete", `
 local n = I(tonumber(ARGV[8]))
-if not settle(n) then return done({-1, now}) end
-drop(n)
+local v = settle(n)
+if not v then return done({-1, now}) end
+drop(n, v)
 emit('DELETED', n, now)
 return done({1, now})
 `)
@@ -878,12 +915,12 @@ if next < 0 or next > now then
   return done({1, now, total, redis.call('ZCARD', AVAIL), redis.call('ZCARD', LEASES),
     redis.call('ZCARD', COOLING), redis.call('ZCARD', QUAR)})
 end
-total = total - redis.call('ZCOUNT', ALIVE, '-inf', I(now))
-local blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. I(now), '+inf'))
+total = total - redis.call('ZCOUNT', ALIVE, '-inf', nows())
+local blocked = math.min(total, redis.call('ZCOUNT', LEASES, '(' .. nows(), '+inf'))
 -- Cooling: the cool-downs that have not ended, and the leases that ran out within the
 -- lock-delay of -expired-lease-cooldown (unless they reached -quarantine-after).
-local cooling = redis.call('ZCOUNT', COOLS, '(' .. I(now), '+inf')
-if ELC > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - ELC), I(now)) end
+local cooling = redis.call('ZCOUNT', COOLS, '(' .. nows(), '+inf')
+if ELC > 0 then cooling = cooling + redis.call('ZCOUNT', LEASES, '(' .. I(now - ELC), nows()) end
 cooling = math.min(total - blocked, cooling)
 local quarantined = math.min(total - blocked - cooling, redis.call('ZCARD', QUAR))
 return done({1, now, total, total - blocked - cooling - quarantined, blocked, cooling, quarantined})
@@ -943,12 +980,11 @@ while #holders < limit do
     from = tonumber(n) + 1
     -- One read of the key, unless a deadline of it is due: then settle it.
     local v = fields(n)
-    local e, f, ld, cu = tonumber(v[FE]), num(v[FF]), num(v[FLD]), num(v[FCU])
-    if e and (e <= now or f ~= 0 and ld <= now or cu ~= 0 and cu <= now) then v = settle(n) end
-    if e and v and (want == 0 or want == status(v)) then
+    if v and (v[FE] <= now or v[FF] ~= 0 and v[FLD] <= now or v[FCU] ~= 0 and v[FCU] <= now) then v = settle(n) end
+    if v and (want == 0 or want == status(v)) then
       ints(recs, n, v)
       holders[#holders + 1] = holder_of(v)
-      names[#names + 1] = v[FNM] or ''
+      names[#names + 1] = v[FNM]
     end
   end
   if resume >= 0 then break end
@@ -985,7 +1021,7 @@ if g == gen then
   if ARGV[10] == '1' and r[1] == 1 then
     local n, fence = I(r[3]), r[6]
     local v = settle(n)
-    if v and num(v[FF]) == fence then
+    if v and v[FF] == fence then
       unblock(n, v, nil, 0)
       freed = {-7, now, r[3], fence}
     end

@@ -2,12 +2,13 @@
 // server share one namespace of named pools.
 //
 // Each pool lives under a hash tag of its own ({ns:pool}), and each Store method is one
-// Lua script on one pool's keys, atomic inside Redis and O(1) or O(log n): sorted sets
-// of the AVAILABLE and the BLOCKED key numbers, scored by number (a uniform pick is a
-// random rank, a page of List a range by score), sorted sets of the lease and
-// keep-alive deadlines, a HASH per key, and a meta HASH with the pool's counters behind
-// key numbers, fences and event seqs, which outlive its keys, and a STREAM of the
-// pool's events. The namespace's own tag ({ns}) holds what the pools share: the layout
+// call of a Lua function on one pool's keys, atomic inside Redis and O(1) or O(log n):
+// sorted sets of the AVAILABLE and the BLOCKED key numbers, scored by number (a uniform
+// pick is a random rank, a page of List a range by score), sorted sets of the lease and
+// keep-alive deadlines, a STRING per key (its fields packed), and a meta HASH with the
+// pool's counters behind key numbers, fences and event seqs, which outlive its keys,
+// and a STREAM of the pool's events. The functions are one Redis Functions library
+// (scripts.go), loaded at start and again wherever Redis lacks it. The namespace's own tag ({ns}) holds what the pools share: the layout
 // version, the id secret, the clock, and the registry of pools, which only grows and
 // which replicas cache (see scripts.go for the layout). A key's id encrypts its pool's
 // index above its number within the pool, so any replica finds the pool of a key from
@@ -474,6 +475,7 @@ func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
 	if err := s.loadLibrary(ctx); err != nil {
 		return nil, unavailable(err)
 	}
+	s.pruneLibraries(ctx)
 	c := s.rdb
 	mine := "redis-us"
 	if s.clientTime {
@@ -1080,9 +1082,14 @@ func (s *Store) CatchUp(ctx context.Context, pool string) error {
 	if err != nil || p == nil {
 		return err // not made yet: no events
 	}
-	newest, err := s.rdb.Do(ctx, s.rdb.B().Hget().Key(p.prefix+"meta").Field("seq").Build()).AsInt64()
-	if err != nil && !rueidis.IsRedisNil(err) {
+	// The stream's newest entry: its id is the pool's newest seq.
+	last, err := s.rdb.Do(ctx, s.rdb.B().Xrevrange().Key(p.stream).End("+").Start("-").Count(1).Build()).AsXRange()
+	if err != nil {
 		return unavailable(err)
+	}
+	var newest int64
+	if len(last) == 1 {
+		newest, _ = strconv.ParseInt(strings.TrimSuffix(last[0].ID, "-0"), 10, 64)
 	}
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -220,6 +221,39 @@ func TestScriptErrorIsInternal(t *testing.T) {
 	srv.kill()
 	_, _, err = s.b.run(ctx, p, scriptUnblock, mutation, 1, 0)
 	wantCode(t, err, keystore.EUNAVAILABLE)
+}
+
+// TestLibraryLoadedAgain: a Redis that lost keypool's library (a restart without
+// persistence, FUNCTION FLUSH) has it loaded again by the first request that misses
+// it, which then runs; and a replica starting deletes the libraries of other keypool
+// versions, not its own nor anyone else's.
+func TestLibraryLoadedAgain(t *testing.T) {
+	srv := startRedis(t)
+	rdb := srv.client()
+	defer rdb.Close()
+	ctx := context.Background()
+	old := "#!lua name=" + libraryPrefix + "000000000000\nredis.register_function('kp000000000000_check', function() return 1 end)"
+	must(rdb.do("FUNCTION", "LOAD", old).ToString())(t)
+	must(rdb.do("FUNCTION", "LOAD", "#!lua name=theirs\nredis.register_function('theirs_f', function() return 1 end)").ToString())(t)
+	s := openStore(t, srv, newFakeClock(), keystore.Options{})
+	libraries := func() []string {
+		var names []string
+		for _, lib := range must(rdb.do("FUNCTION", "LIST").ToArray())(t) {
+			info := must(lib.AsMap())(t)
+			m := info["library_name"]
+			names = append(names, must(m.ToString())(t))
+		}
+		slices.Sort(names)
+		return names
+	}
+	require.Equal(t, []string{defaultLibrary.name, "theirs"}, libraries())
+
+	must(s.Generate(ctx, "", 2))(t)
+	must(rdb.do("FUNCTION", "FLUSH").ToString())(t)
+	require.Empty(t, libraries())
+	k := must(s.Acquire(ctx, keystore.AcquireOptions{}))(t)
+	require.NotNil(t, k.Lease)
+	require.Equal(t, []string{defaultLibrary.name}, libraries())
 }
 
 func TestNew(t *testing.T) {
