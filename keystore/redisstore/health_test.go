@@ -165,6 +165,10 @@ func TestFullRedisAnswersReadsWritingNothing(t *testing.T) {
 	// Let the expirer try its batches too.
 	clock.Advance(time.Second)
 	require.Equal(t, want, must(st.Stats(ctx, ""))(t))
+	// A replica that starts now (a restart) joins and reads too: it needs to write
+	// nothing, not even keypool's library, which Redis holds already.
+	late := openNamespace(t, srv, clock, keystore.Options{}, st.b.namespace)
+	require.Equal(t, want, must(late.Stats(ctx, ""))(t))
 	require.Equal(t, before, snapshot(t, rdb), "reads and refusals wrote to a full Redis")
 
 	must(rdb.do("CONFIG", "SET", "maxmemory", "0").ToString())(t)

@@ -467,14 +467,13 @@ func validate(o keystore.Options) error {
 	return nil
 }
 
-// start loads the scripts, sets up the namespace (or, after the first replica, checks
-// its layout and clock and reads its secret), learns the pools made so far, and fills
-// each pool's hub with the events its stream retains. It returns the stream ids the
-// reader goes on from.
+// start sets up the namespace (or, after the first replica, checks its layout and
+// clock and reads its secret), learns the pools made so far, and fills each pool's hub
+// with the events its stream retains. It returns the stream ids the reader goes on
+// from.
 func (s *Store) start(ctx context.Context) (map[*rpool]string, error) {
-	if err := s.loadLibrary(ctx); err != nil {
-		return nil, unavailable(err)
-	}
+	// The library is loaded by the first call that misses it (exec): a Redis that holds
+	// it already, full or not, needs no write.
 	s.pruneLibraries(ctx)
 	c := s.rdb
 	mine := "redis-us"
