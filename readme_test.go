@@ -16,11 +16,25 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// readmeCurlCommands are the curl commands of README.md's sh blocks, continuation lines
-// joined, exactly as written.
+// readmeCurlCommands are the curl commands of the sh blocks of README.md and of the
+// pages it links under docs/, continuation lines joined, exactly as written.
 func readmeCurlCommands(t *testing.T) []string {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	pages, err := filepath.Glob(filepath.Join("docs", "*.md"))
+	require.NoError(t, err)
+	require.NotEmpty(t, pages, "no docs/*.md pages")
+	var cmds []string
+	for _, page := range append([]string{"README.md"}, pages...) {
+		cmds = append(cmds, curlCommands(t, page)...)
+	}
+	return cmds
+}
+
+// curlCommands are the curl commands of one markdown file's sh blocks, continuation
+// lines joined, exactly as written.
+func curlCommands(t *testing.T, path string) []string {
+	t.Helper()
+	readme, err := os.ReadFile(path)
 	require.NoError(t, err)
 	var cmds []string
 	inSh, cmd := false, ""
@@ -45,19 +59,19 @@ func readmeCurlCommands(t *testing.T) []string {
 	return cmds
 }
 
-// TestREADMECurlCommands runs every curl command of README.md, as written, against the
-// real server: localhost:8080 (and the replicas' 8081, 8082) stand for the test's
+// TestREADMECurlCommands runs every curl command of README.md and docs/*.md, as
+// written, against the real server: localhost:8080 (and the replicas' 8081, 8082) stand for the test's
 // servers, KEY and TOKEN for a key leased just before. Each must work: curl succeeds,
 // nothing answers with an error, and the status it prints, if it prints one, is 2xx.
-// It keeps the README's promise that curl and scripts work as shown.
+// It keeps the docs' promise that curl and scripts work as shown.
 func TestREADMECurlCommands(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("curl not installed: apt-get install curl")
 	}
 	cmds := readmeCurlCommands(t)
-	require.GreaterOrEqual(t, len(cmds), 20, "the README's curl commands were not found")
+	require.GreaterOrEqual(t, len(cmds), 20, "the curl commands of README.md and docs/*.md were not found")
 
-	// -cors-origins as the README's CORS example starts the server.
+	// -cors-origins as the CORS example of docs/operations.md starts the server.
 	main := startServer(t, "-cors-origins", "https://app.example.com")
 	servers := map[string]*server{"localhost:8080": main}
 	var replicasSkipped string

@@ -148,13 +148,13 @@ func TestClusterLinearizable(t *testing.T) {
 	require.Equal(t, porcupine.Ok, res)
 }
 
-// TestREADMEClusterExample opens a store with the -store URL of README.md's Cluster
+// TestREADMEClusterExample opens a store with the -store URL of docs/redis.md's Cluster
 // example, its ports swapped for the test cluster's, and leases a key through it.
 func TestREADMEClusterExample(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/redis.md")
 	require.NoError(t, err)
 	m := regexp.MustCompile(`(?s)### Redis Cluster\n.*?-store '(redis://[^']*)'`).FindStringSubmatch(string(readme))
-	require.NotNil(t, m, "README.md has no Cluster example")
+	require.NotNil(t, m, "docs/redis.md has no Cluster example")
 	nodes := startCluster(t)
 	example := m[1]
 	for i, port := range []string{"7000", "7001", "7002"} {

@@ -446,14 +446,14 @@ func TestSentinelFailoverWithoutWaitLosesLeases(t *testing.T) {
 	require.Equal(t, porcupine.Illegal, res, "the check found nothing lost in a failover without WAIT")
 }
 
-// TestREADMESentinelExample opens a store with the -store URL of README.md's Sentinel
+// TestREADMESentinelExample opens a store with the -store URL of docs/redis.md's Sentinel
 // example, its sentinels' ports and master name swapped for the test's, and with the
 // example's -redis-min-replicas, and leases a key through it.
 func TestREADMESentinelExample(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/redis.md")
 	require.NoError(t, err)
 	m := regexp.MustCompile(`-redis-min-replicas (\d+) \\\n\s+-store '(redis://[^']*master_set=[^']*)'`).FindStringSubmatch(string(readme))
-	require.NotNil(t, m, "README.md has no Sentinel example")
+	require.NotNil(t, m, "docs/redis.md has no Sentinel example")
 	minReplicas, err := strconv.Atoi(m[1])
 	require.NoError(t, err)
 	set := startSentinels(t)
