@@ -79,7 +79,7 @@ func (l keyList) MarshalGQL(w io.Writer) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendObject(b, l.fields, &l.keys[i])
+		b = appendObject(b, &l.keys[i], l.fields)
 		if grower, ok := w.(interface{ Grow(int) }); ok && i == 0 {
 			// gqlgen gathers the whole answer in a bytes.Buffer: grown once, from the
 			// first key's size, rather than doubled over and over for a long list

@@ -18,93 +18,102 @@ import (
 // marshalers write it. Every object of such an answer is a view of one key: a Key,
 // its history, its lease, and the lease's key, which is the key itself.
 
-// objField is one response entry of an object, and for an object-valued field the
-// selection of that object.
+// objField is one response entry of an object: its response name, its field's
+// writer, and for an object-valued field the selection of that object.
 type objField struct {
 	alias string
-	value fieldValue
+	write fieldWriter
 	sub   []objField
 }
 
-type fieldValue uint8
+// fieldWriter appends a field's value, a view of k; sub is the selection of an
+// object-valued field.
+type fieldWriter func(b []byte, k *keystore.Key, sub []objField) []byte
 
-const (
-	keyID fieldValue = iota
-	keyPool
-	keyStatus
-	keyCreatedAt
-	keyExpiresAt
-	keyLease
-	keyHistory
-	keyTypename
-	keyCoolingUntil
-	keyName
-	historyTimesAcquired
-	historyLeasesExpired
-	historyLastAcquiredAt
-	historyFailures
-	historyConsecutiveFailures
-	historyTypename
-	leaseToken
-	leaseFence
-	leaseAcquiredAt
-	leaseExpiresAt
-	leaseKey
-	leaseTypename
-)
-
-// objType is an object type of the schema as the writers know it.
+// objType is an object type of the schema as the writers know it: a writer for each
+// field, and the type of each object-valued field.
 type objType struct {
-	implementors []string
-	fields       map[string]fieldValue
-	objects      map[fieldValue]*objType // the type of each object-valued field
+	name    string
+	fields  map[string]fieldWriter
+	objects map[string]*objType
 }
 
 var keyType, historyType, leaseType objType
 
 func init() {
-	keyType = objType{
-		implementors: []string{"Key"},
-		fields: map[string]fieldValue{
-			"id": keyID, "pool": keyPool, "status": keyStatus, "createdAt": keyCreatedAt, "expiresAt": keyExpiresAt,
-			"lease": keyLease, "history": keyHistory, "__typename": keyTypename,
-			"coolingUntil": keyCoolingUntil, "name": keyName,
+	keyType = objType{name: "Key", fields: map[string]fieldWriter{
+		"id":        func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.ID) },
+		"pool":      func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.Pool) },
+		"status":    func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, string(k.Status)) },
+		"createdAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.CreatedAt) },
+		"expiresAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.ExpiresAt) },
+		"lease": func(b []byte, k *keystore.Key, sub []objField) []byte {
+			if k.Lease == nil {
+				return append(b, "null"...)
+			}
+			return appendObject(b, k, sub)
 		},
-		objects: map[fieldValue]*objType{keyLease: &leaseType, keyHistory: &historyType},
-	}
-	historyType = objType{
-		implementors: []string{"KeyHistory"},
-		fields: map[string]fieldValue{
-			"timesAcquired": historyTimesAcquired, "leasesExpired": historyLeasesExpired,
-			"lastAcquiredAt": historyLastAcquiredAt, "__typename": historyTypename,
-			"failures": historyFailures, "consecutiveFailures": historyConsecutiveFailures,
+		"history": appendObject,
+		"coolingUntil": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			if k.CoolingUntil == nil {
+				return append(b, "null"...)
+			}
+			return wire.AppendTime(b, *k.CoolingUntil)
 		},
-	}
-	leaseType = objType{
-		implementors: []string{"Lease"},
-		fields: map[string]fieldValue{
-			"token": leaseToken, "fence": leaseFence, "acquiredAt": leaseAcquiredAt, "expiresAt": leaseExpiresAt,
-			"key": leaseKey, "__typename": leaseTypename,
+		"name": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			if k.Name == "" {
+				return append(b, "null"...)
+			}
+			return appendString(b, k.Name)
 		},
-		objects: map[fieldValue]*objType{leaseKey: &keyType},
-	}
+	}, objects: map[string]*objType{"lease": &leaseType, "history": &historyType}}
+	historyType = objType{name: "KeyHistory", fields: map[string]fieldWriter{
+		"timesAcquired": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			return strconv.AppendInt(b, k.History.TimesAcquired, 10)
+		},
+		"leasesExpired": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			return strconv.AppendInt(b, k.History.LeasesExpired, 10)
+		},
+		"lastAcquiredAt": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			if k.History.LastAcquiredAt.IsZero() {
+				return append(b, "null"...)
+			}
+			return wire.AppendTime(b, k.History.LastAcquiredAt)
+		},
+		"failures": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			return strconv.AppendInt(b, k.History.Failures, 10)
+		},
+		"consecutiveFailures": func(b []byte, k *keystore.Key, _ []objField) []byte {
+			return strconv.AppendInt(b, k.History.ConsecutiveFailures, 10)
+		},
+	}}
+	leaseType = objType{name: "Lease", fields: map[string]fieldWriter{
+		"token":      func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.Lease.Token) },
+		"fence":      func(b []byte, k *keystore.Key, _ []objField) []byte { return strconv.AppendInt(b, k.Lease.Fence, 10) },
+		"acquiredAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.Lease.AcquiredAt) },
+		"expiresAt":  func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.Lease.ExpiresAt) },
+		"key":        appendObject,
+	}, objects: map[string]*objType{"key": &keyType}}
 }
 
 // planObject resolves a selection of an object of type t to its response entries, in
 // order, and counts its fields (gqlgen's complexity of the selection: one a field); or
 // reports that it cannot write the selection exactly (a deferred fragment).
 func planObject(opCtx *graphql.OperationContext, sel ast.SelectionSet, t *objType) ([]objField, int, bool) {
-	collected := graphql.CollectFields(opCtx, sel, t.implementors)
+	collected := graphql.CollectFields(opCtx, sel, []string{t.name})
 	fields := make([]objField, 0, len(collected))
 	count := 0
 	for _, f := range collected {
-		value, ok := t.fields[f.Name]
+		write, ok := t.fields[f.Name]
+		if f.Name == "__typename" {
+			write, ok = appendTypename(t.name), true
+		}
 		if !ok || f.IsDeferred() {
 			return nil, 0, false
 		}
-		field := objField{alias: f.Alias, value: value}
+		field := objField{alias: f.Alias, write: write}
 		count++
-		if sub := t.objects[value]; sub != nil {
+		if sub := t.objects[f.Name]; sub != nil {
 			var n int
 			if field.sub, n, ok = planObject(opCtx, f.Selections, sub); !ok {
 				return nil, 0, false
@@ -116,75 +125,21 @@ func planObject(opCtx *graphql.OperationContext, sel ast.SelectionSet, t *objTyp
 	return fields, count, true
 }
 
+// appendTypename returns the writer of __typename in an object of type name.
+func appendTypename(name string) fieldWriter {
+	quoted := strconv.Quote(name)
+	return func(b []byte, _ *keystore.Key, _ []objField) []byte { return append(b, quoted...) }
+}
+
 // appendObject appends the object that fields select, every value a view of k.
-func appendObject(b []byte, fields []objField, k *keystore.Key) []byte {
+func appendObject(b []byte, k *keystore.Key, fields []objField) []byte {
 	b = append(b, '{')
 	for i, f := range fields {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = strconv.AppendQuote(b, f.alias) // a GraphQL name: nothing to escape
-		b = append(b, ':')
-		switch f.value {
-		case keyID:
-			b = appendString(b, k.ID)
-		case keyPool:
-			b = appendString(b, k.Pool)
-		case keyStatus:
-			b = appendString(b, string(k.Status))
-		case keyCreatedAt:
-			b = wire.AppendTime(b, k.CreatedAt)
-		case keyExpiresAt:
-			b = wire.AppendTime(b, k.ExpiresAt)
-		case keyLease:
-			if k.Lease == nil {
-				b = append(b, "null"...)
-			} else {
-				b = appendObject(b, f.sub, k)
-			}
-		case keyHistory, leaseKey:
-			b = appendObject(b, f.sub, k)
-		case keyTypename:
-			b = append(b, `"Key"`...)
-		case keyCoolingUntil:
-			if k.CoolingUntil == nil {
-				b = append(b, "null"...)
-			} else {
-				b = wire.AppendTime(b, *k.CoolingUntil)
-			}
-		case keyName:
-			if k.Name == "" {
-				b = append(b, "null"...)
-			} else {
-				b = appendString(b, k.Name)
-			}
-		case historyTimesAcquired:
-			b = strconv.AppendInt(b, k.History.TimesAcquired, 10)
-		case historyLeasesExpired:
-			b = strconv.AppendInt(b, k.History.LeasesExpired, 10)
-		case historyLastAcquiredAt:
-			if k.History.LastAcquiredAt.IsZero() {
-				b = append(b, "null"...)
-			} else {
-				b = wire.AppendTime(b, k.History.LastAcquiredAt)
-			}
-		case historyFailures:
-			b = strconv.AppendInt(b, k.History.Failures, 10)
-		case historyConsecutiveFailures:
-			b = strconv.AppendInt(b, k.History.ConsecutiveFailures, 10)
-		case historyTypename:
-			b = append(b, `"KeyHistory"`...)
-		case leaseToken:
-			b = appendString(b, k.Lease.Token)
-		case leaseFence:
-			b = strconv.AppendInt(b, k.Lease.Fence, 10)
-		case leaseAcquiredAt:
-			b = wire.AppendTime(b, k.Lease.AcquiredAt)
-		case leaseExpiresAt:
-			b = wire.AppendTime(b, k.Lease.ExpiresAt)
-		case leaseTypename:
-			b = append(b, `"Lease"`...)
-		}
+		b = f.write(append(b, ':'), k, f.sub)
 	}
 	return append(b, '}')
 }
