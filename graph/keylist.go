@@ -6,6 +6,7 @@ import (
 
 	"github.com/99designs/gqlgen/graphql"
 
+	"github.com/keypool/keypool/graph/model"
 	"github.com/keypool/keypool/keystore"
 )
 
@@ -32,15 +33,22 @@ type keyListOut struct {
 
 type keyListKey struct{}
 
-// takeKeyList hands keys to the root field's writer when one waits for them in ctx,
-// and reports whether it did.
-func takeKeyList(ctx context.Context, keys []keystore.Key) bool {
-	out, _ := ctx.Value(keyListKey{}).(*keyListOut)
-	if out == nil {
-		return false
+// keysOrError adapts a Store method's ([]Key, error) to generateKeys' and importKeys'
+// answer: the keys go to the root field's writer when one waits for them in ctx (and
+// gqlgen gets an empty list, which writeKeyLists replaces), else to gqlgen.
+func keysOrError(ctx context.Context, keys []keystore.Key, err error) ([]*model.Key, error) {
+	if err != nil {
+		return nil, err
 	}
-	out.keys, out.taken = keys, true
-	return true
+	if out, _ := ctx.Value(keyListKey{}).(*keyListOut); out != nil {
+		out.keys, out.taken = keys, true
+		return []*model.Key{}, nil
+	}
+	answer := make([]*model.Key, len(keys))
+	for i := range keys {
+		answer[i] = model.NewKey(keys[i])
+	}
+	return answer, nil
 }
 
 // writeKeyLists is the root field middleware that writes generateKeys' answer.
@@ -51,7 +59,7 @@ func writeKeyLists(ctx context.Context, next graphql.RootResolver) graphql.Marsh
 	if rfc == nil || parent == nil || opCtx == nil || parent.Object != "Mutation" || rfc.Field.Name != "generateKeys" && rfc.Field.Name != "importKeys" {
 		return next(ctx)
 	}
-	fields, _, ok := planObject(opCtx, rfc.Field.Selections, &keyType)
+	fields, ok := planObject(opCtx, rfc.Field.Selections, &keyType)
 	if !ok {
 		return next(ctx)
 	}

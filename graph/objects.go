@@ -97,32 +97,27 @@ func init() {
 }
 
 // planObject resolves a selection of an object of type t to its response entries, in
-// order, and counts its fields (gqlgen's complexity of the selection: one a field); or
-// reports that it cannot write the selection exactly (a deferred fragment).
-func planObject(opCtx *graphql.OperationContext, sel ast.SelectionSet, t *objType) ([]objField, int, bool) {
+// order; or reports that it cannot write the selection exactly (a deferred fragment).
+func planObject(opCtx *graphql.OperationContext, sel ast.SelectionSet, t *objType) ([]objField, bool) {
 	collected := graphql.CollectFields(opCtx, sel, []string{t.name})
 	fields := make([]objField, 0, len(collected))
-	count := 0
 	for _, f := range collected {
 		write, ok := t.fields[f.Name]
 		if f.Name == "__typename" {
 			write, ok = appendTypename(t.name), true
 		}
 		if !ok || f.IsDeferred() {
-			return nil, 0, false
+			return nil, false
 		}
 		field := objField{alias: f.Alias, write: write}
-		count++
 		if sub := t.objects[f.Name]; sub != nil {
-			var n int
-			if field.sub, n, ok = planObject(opCtx, f.Selections, sub); !ok {
-				return nil, 0, false
+			if field.sub, ok = planObject(opCtx, f.Selections, sub); !ok {
+				return nil, false
 			}
-			count += n
 		}
 		fields = append(fields, field)
 	}
-	return fields, count, true
+	return fields, true
 }
 
 // appendTypename returns the writer of __typename in an object of type name.

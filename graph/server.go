@@ -72,8 +72,9 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
 
 	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
-	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
-	cfg.Complexity.Mutation.ImportKeys = importKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
+	maxGenerate := orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate)
+	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	cfg.Complexity.Mutation.ImportKeys = importKeysComplexity(maxGenerate)
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	cfg.Complexity.Query.Keys = keysComplexity
 	cfg.Complexity.Query.History = historyComplexity
@@ -187,9 +188,14 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodPost {
-		body, err := readBody(w, r)
+		body, readErr := wire.ReadBody(w, r)
+		var err *gqlerror.Error
 		switch {
-		case err != nil || !isJSON(r):
+		case keystore.ErrorCode(readErr) == wire.CodeTooLarge:
+			err = coded(wire.CodeTooLarge, "%s", keystore.ErrorMessage(readErr))
+		case readErr != nil:
+			err = coded(wire.CodeBadRequest, "the request body could not be read")
+		case !isJSON(r):
 		case len(body) == 0:
 			err = coded(wire.CodeBadRequest, "the request has no body")
 		case len(body) < costlyBodyBytes:
@@ -215,18 +221,6 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		httpTransport{}.Do(w, r.WithContext(context.WithValue(ctx, plainHTTPKey{}, r.Method)), e.exec)
 	}
-}
-
-// readBody reads r's body within wire's limit.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) {
-	body, err := wire.ReadBody(w, r)
-	switch {
-	case err == nil:
-		return body, nil
-	case keystore.ErrorCode(err) == wire.CodeTooLarge:
-		return nil, coded(wire.CodeTooLarge, "%s", keystore.ErrorMessage(err))
-	}
-	return nil, coded(wire.CodeBadRequest, "the request body could not be read")
 }
 
 func orDefault[T int | time.Duration](v, fallback T) T {
