@@ -1,12 +1,12 @@
 package graph
 
 import (
-	"bytes"
 	"strconv"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
 
+	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
 	"github.com/keypool/keypool/wire"
 )
@@ -42,9 +42,9 @@ var keyType, historyType, leaseType objType
 
 func init() {
 	keyType = objType{name: "Key", fields: map[string]fieldWriter{
-		"id":        func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.ID) },
-		"pool":      func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.Pool) },
-		"status":    func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, string(k.Status)) },
+		"id":        func(b []byte, k *keystore.Key, _ []objField) []byte { return fanout.AppendString(b, k.ID) },
+		"pool":      func(b []byte, k *keystore.Key, _ []objField) []byte { return fanout.AppendString(b, k.Pool) },
+		"status":    func(b []byte, k *keystore.Key, _ []objField) []byte { return fanout.AppendString(b, string(k.Status)) },
 		"createdAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.CreatedAt) },
 		"expiresAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.ExpiresAt) },
 		"lease": func(b []byte, k *keystore.Key, sub []objField) []byte {
@@ -64,7 +64,7 @@ func init() {
 			if k.Name == "" {
 				return append(b, "null"...)
 			}
-			return appendString(b, k.Name)
+			return fanout.AppendString(b, k.Name)
 		},
 	}, objects: map[string]*objType{"lease": &leaseType, "history": &historyType}}
 	historyType = objType{name: "KeyHistory", fields: map[string]fieldWriter{
@@ -88,7 +88,7 @@ func init() {
 		},
 	}}
 	leaseType = objType{name: "Lease", fields: map[string]fieldWriter{
-		"token":      func(b []byte, k *keystore.Key, _ []objField) []byte { return appendString(b, k.Lease.Token) },
+		"token":      func(b []byte, k *keystore.Key, _ []objField) []byte { return fanout.AppendString(b, k.Lease.Token) },
 		"fence":      func(b []byte, k *keystore.Key, _ []objField) []byte { return strconv.AppendInt(b, k.Lease.Fence, 10) },
 		"acquiredAt": func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.Lease.AcquiredAt) },
 		"expiresAt":  func(b []byte, k *keystore.Key, _ []objField) []byte { return wire.AppendTime(b, k.Lease.ExpiresAt) },
@@ -137,24 +137,4 @@ func appendObject(b []byte, k *keystore.Key, fields []objField) []byte {
 		b = f.write(append(b, ':'), k, f.sub)
 	}
 	return append(b, '}')
-}
-
-// appendString appends s as gqlgen's string and ID marshalers write it: printable
-// ASCII other than a quote or a backslash as it is, anything else through them.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return appendMarshaled(b, graphql.MarshalString(s))
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
-
-// appendMarshaled appends what a gqlgen marshaler writes.
-func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
-	w := bytes.NewBuffer(b)
-	m.MarshalGQL(w)
-	return w.Bytes()
 }
