@@ -108,14 +108,12 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 		ws: websocketTransport{
 			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 			idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
-			writeTimeout: WebsocketWriteTimeout,
 			pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
-			keepAlive:    KeepAlivePingInterval,
 			logger:       logger,
 			fanout:       fan,
 			init:         opts.WebsocketInit,
 		},
-		sse: sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
+		sse: sseTransport{fanout: fan},
 	}
 }
 

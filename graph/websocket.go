@@ -57,13 +57,11 @@ const (
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
 //
-// Its fields are its timings (limits.go's, or shorter in tests).
+// Its timings are limits.go's, the first three shorter in tests.
 type websocketTransport struct {
 	initTimeout  time.Duration
 	idleTimeout  time.Duration
-	writeTimeout time.Duration
 	pingInterval time.Duration // graphql-transport-ws: ping, and drop after twice this
-	keepAlive    time.Duration // legacy graphql-ws: ka messages
 	logger       *slog.Logger
 	fanout       *fanout.Fanout
 	// init, if set, decides on connection_init's payload (access control): an error
@@ -459,7 +457,7 @@ func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error
 	if c.closing.Load() || op != nil && op.silenced.Load() {
 		return errSilenced
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.writeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), WebsocketWriteTimeout)
 	defer cancel()
 	if err := write(ctx); err != nil {
 		c.opts.logger.Debug("websocket write", "err", err)
@@ -524,7 +522,7 @@ func (k *socketSink) Flush(inTurn func(func()), stalled func()) error {
 			k.c.held.abandon()
 			return err
 		}
-		return k.c.held.release(k.c.opts.writeTimeout, stalled)
+		return k.c.held.release(WebsocketWriteTimeout, stalled)
 	})
 }
 
@@ -543,7 +541,7 @@ func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 func (c *socket) supervise() {
 	interval, beat := c.opts.pingInterval, "ping"
 	if c.legacy {
-		interval, beat = c.opts.keepAlive, "ka"
+		interval, beat = KeepAlivePingInterval, "ka"
 	}
 	// Each clock is looked at four times within its span: none runs late by more than
 	// a quarter of it.
