@@ -21,6 +21,7 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
@@ -103,7 +104,7 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetRecoverFunc(recoverFunc(logger))
 
 	return endpoint{
-		exec:        gatedExecutor{Executor: exec, gate: make(costGate, max(1, runtime.GOMAXPROCS(0)-1)), docs: docs},
+		exec:        gatedExecutor{Executor: exec, gate: semaphore.NewWeighted(int64(max(1, runtime.GOMAXPROCS(0)-1))), docs: docs},
 		widenOrigin: opts.CheckOrigin,
 		ws: websocketTransport{
 			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
@@ -198,11 +199,11 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			err = coded(wire.CodeBadRequest, "the request has no body")
 		case len(body) < costlyBodyBytes:
 			err = checkJSON(body)
-		case e.exec.gate.enter(r.Context()) != nil:
+		case e.exec.gate.Acquire(r.Context(), 1) != nil:
 			err = coded(wire.CodeBadRequest, "the request was cancelled")
 		default:
 			err = checkJSON(body)
-			e.exec.gate.leave()
+			e.exec.gate.Release(1)
 		}
 		if err != nil {
 			refuse(w, r, err)
