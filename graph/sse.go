@@ -119,12 +119,12 @@ func (st *sseStream) event(resp *graphql.Response) bool {
 	if err != nil {
 		return false
 	}
-	_, _ = st.Queue([][]byte{b})
+	st.Queue([][]byte{b})
 	return st.Flush(nil, nil) == nil
 }
 
 // Queue implements fanout.Sink.
-func (st *sseStream) Queue(payloads [][]byte) (int, error) {
+func (st *sseStream) Queue(payloads [][]byte) int {
 	const next, end = "event: next\ndata: ", "\n\n"
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -137,7 +137,7 @@ func (st *sseStream) Queue(payloads [][]byte) (int, error) {
 	for _, p := range payloads {
 		st.pending = append(append(append(st.pending, next...), p...), end...)
 	}
-	return len(st.pending) - before, nil
+	return len(st.pending) - before
 }
 
 // Flush implements fanout.Sink: the events go out in one write. An HTTP response cannot

@@ -282,13 +282,13 @@ func (c *socket) handle(msg inbound) {
 	}
 	switch t := msg.Type; {
 	case t == "connection_init":
-		var payload map[string]json.RawMessage
+		var payload transport.InitPayload
 		switch {
 		case c.acked.Load():
 			c.closeWith(closeTooManyInits, "Too many initialisation requests")
 		case len(msg.Payload) > 0 && json.Unmarshal(msg.Payload, &payload) != nil:
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
-		case c.opts.init != nil && !c.initialise(msg.Payload):
+		case c.opts.init != nil && !c.initialise(payload):
 		default:
 			c.lastPong.Store(time.Now().UnixNano())
 			c.acked.Store(true)
@@ -320,9 +320,7 @@ func (c *socket) handle(msg inbound) {
 
 // initialise runs the transport's init on connection_init's payload, and reports
 // whether the socket may go on (else it is closing with 4403).
-func (c *socket) initialise(raw json.RawMessage) bool {
-	var payload transport.InitPayload
-	_ = json.Unmarshal(raw, &payload) // handle has checked it is an object, or nothing
+func (c *socket) initialise(payload transport.InitPayload) bool {
 	ctx, _, err := c.opts.init(c.ctx, payload)
 	if err != nil {
 		c.closeWith(closeForbidden, "Forbidden: "+err.Error())
@@ -481,7 +479,7 @@ type socketSink struct {
 var socketNextPrefix = []byte(`{"payload":`)
 
 // Queue implements fanout.Sink: each payload becomes one message, written at Flush.
-func (k *socketSink) Queue(payloads [][]byte) (int, error) {
+func (k *socketSink) Queue(payloads [][]byte) int {
 	before := len(k.pending)
 	need := 0
 	for _, p := range payloads {
@@ -494,7 +492,7 @@ func (k *socketSink) Queue(payloads [][]byte) (int, error) {
 		k.pending = append(k.pending, k.suffix...)
 		k.ends = append(k.ends, len(k.pending))
 	}
-	return len(k.pending) - before, nil
+	return len(k.pending) - before
 }
 
 // Flush implements fanout.Sink: the library frames each message, in a turn, into the

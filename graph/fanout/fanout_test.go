@@ -27,7 +27,7 @@ type fakeSink struct {
 	flushes int
 }
 
-func (k *fakeSink) Queue(payloads [][]byte) (int, error) {
+func (k *fakeSink) Queue(payloads [][]byte) int {
 	n := k.busy.Add(1)
 	for m := k.maxBusy.Load(); n > m && !k.maxBusy.CompareAndSwap(m, n); m = k.maxBusy.Load() {
 	}
@@ -45,7 +45,7 @@ func (k *fakeSink) Queue(payloads [][]byte) (int, error) {
 		k.queued = append(k.queued, seq)
 		size += len(p)
 	}
-	return size, nil
+	return size
 }
 
 func (k *fakeSink) Flush(inTurn func(func()), _ func()) error {
