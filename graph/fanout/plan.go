@@ -96,9 +96,6 @@ type Plans struct {
 // (a deferred fragment).
 func (s *Plans) ForField(ctx context.Context) *Plan {
 	fc := graphql.GetFieldContext(ctx)
-	if fc == nil {
-		return nil
-	}
 	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, []string{"KeyEvent"})
 	fields := make([]planField, 0, len(collected))
 	var key strings.Builder
