@@ -171,7 +171,7 @@ const stallCheck = 250 * time.Millisecond
 
 // release writes what was held, and gives up once the client has taken nothing for
 // timeout. On a TCP connection, which a write that timed out leaves usable, it waits
-// in slices of stallCheck and calls stalled (if not nil) after each.
+// in slices of stallCheck and calls stalled after each.
 func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -179,7 +179,6 @@ func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	defer func() { c.buf = fanout.Recycle(c.buf) }()
 	defer c.Conn.SetWriteDeadline(time.Time{})
 	_, sliced := c.Conn.(*net.TCPConn)
-	sliced = sliced && stalled != nil
 	lastProgress := time.Now()
 	for written := 0; written < len(c.buf); {
 		deadline := lastProgress.Add(timeout)
