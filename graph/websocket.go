@@ -281,13 +281,13 @@ func (c *socket) handle(msg inbound) {
 	}
 	switch t := msg.Type; {
 	case t == "connection_init":
-		var payload transport.InitPayload
+		var payload map[string]json.RawMessage
 		switch {
 		case c.acked.Load():
 			c.closeWith(closeTooManyInits, "Too many initialisation requests")
 		case len(msg.Payload) > 0 && json.Unmarshal(msg.Payload, &payload) != nil:
 			c.closeWith(closeInvalidMessage, "connection_init payload must be an object")
-		case c.opts.init != nil && !c.initialise(payload):
+		case c.opts.init != nil && !c.initialise(msg.Payload):
 		default:
 			c.lastPong.Store(time.Now().UnixNano())
 			c.acked.Store(true)
@@ -319,7 +319,9 @@ func (c *socket) handle(msg inbound) {
 
 // initialise runs the transport's init on connection_init's payload, and reports
 // whether the socket may go on (else it is closing with 4403).
-func (c *socket) initialise(payload transport.InitPayload) bool {
+func (c *socket) initialise(raw json.RawMessage) bool {
+	var payload transport.InitPayload
+	_ = json.Unmarshal(raw, &payload) // handle has checked it is an object, or nothing
 	ctx, _, err := c.opts.init(c.ctx, payload)
 	if err != nil {
 		c.closeWith(closeForbidden, "Forbidden: "+err.Error())
