@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/keypool/keypool/auth"
@@ -25,14 +24,10 @@ var (
 func (accessCheck) ExtensionName() string                   { return "AccessControl" }
 func (accessCheck) Validate(graphql.ExecutableSchema) error { return nil }
 func (accessCheck) MutateOperationContext(ctx context.Context, oc *graphql.OperationContext) *gqlerror.Error {
-	root := "Query"
-	switch oc.Operation.Operation {
-	case ast.Mutation:
-		root = "Mutation"
-	case ast.Subscription:
-		root = "Subscription"
-	}
-	for _, f := range graphql.CollectFields(oc, oc.Operation.SelectionSet, []string{root}) {
+	// Any root type may be named: validation refused fragments on another root type
+	// than the operation's.
+	roots := []string{"Query", "Mutation", "Subscription"}
+	for _, f := range graphql.CollectFields(oc, oc.Operation.SelectionSet, roots) {
 		if err := auth.Allow(ctx, f.Name); err != nil {
 			return coded(keystore.ErrorCode(err), "%s", keystore.ErrorMessage(err))
 		}

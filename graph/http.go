@@ -26,13 +26,10 @@ import (
 //   - a mutation over GET is 405 with Allow: POST; another method 405 with Allow;
 //     a body that is not JSON 415; a subscription over plain HTTP 400;
 //   - every refusal is a coded JSON error.
-type httpTransport struct {
-	post transport.POST
-	get  transport.GET
-}
+type httpTransport struct{}
 
-func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
-	var serve graphql.Transport = t.post
+func (httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.GraphExecutor) {
+	var serve graphql.Transport = transport.POST{}
 	var err *gqlerror.Error
 	switch r.Method {
 	case http.MethodOptions:
@@ -40,7 +37,7 @@ func (t httpTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.G
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case http.MethodGet:
-		serve, err = t.get, checkQueryString(r.URL.RawQuery)
+		serve, err = transport.GET{}, checkQueryString(r.URL.RawQuery)
 	case http.MethodPost:
 		if !isJSON(r) {
 			err = coded(wire.CodeUnsupportedMediaType, "a POST body must be application/json")

@@ -72,7 +72,7 @@ const (
 	// (then closed with 1000, as an idle HTTP keep-alive connection is). A live
 	// subscription is an operation.
 	WebsocketIdleTimeout = 2 * time.Minute
-	// WebsocketWriteTimeout bounds one message's write to a client that does not read.
+	// WebsocketWriteTimeout bounds a write to a websocket or SSE client that does not read.
 	WebsocketWriteTimeout = time.Minute
 	// KeepAlivePingInterval is how often an idle legacy graphql-ws socket or SSE
 	// stream gets a keep-alive message, so that proxies do not time it out.

@@ -51,3 +51,15 @@ func keyOrError(key keystore.Key, err error) (*model.Key, error) {
 	}
 	return model.NewKey(key), nil
 }
+
+// pointersOrError adapts a Store method's ([]T, error) to a resolver's ([]*T, error).
+func pointersOrError[T any](values []T, err error) ([]*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*T, len(values))
+	for i := range values {
+		out[i] = &values[i]
+	}
+	return out, nil
+}

@@ -18,17 +18,7 @@ import (
 func (r *mutationResolver) GenerateKeys(ctx context.Context, count int64, pool *string) ([]*model.Key, error) {
 	// Exact wherever int has 64 bits; elsewhere saturated, which the pool refuses too.
 	keys, err := r.Store.Generate(ctx, orZero(pool), int(max(min(count, math.MaxInt), math.MinInt)))
-	if err != nil {
-		return nil, err
-	}
-	if takeKeyList(ctx, keys) {
-		return []*model.Key{}, nil // writeKeyLists writes them
-	}
-	out := make([]*model.Key, len(keys))
-	for i := range keys {
-		out[i] = model.NewKey(keys[i])
-	}
-	return out, nil
+	return keysOrError(ctx, keys, err)
 }
 
 // AcquireKey is the resolver for the acquireKey field.
@@ -60,17 +50,7 @@ func (r *mutationResolver) ImportKeys(ctx context.Context, pool *string, keys []
 		in[i] = *k
 	}
 	made, err := r.Store.Import(ctx, in, keystore.ImportOptions{Pool: orZero(pool), KeepAliveTTL: keepAliveTTL})
-	if err != nil {
-		return nil, err
-	}
-	if takeKeyList(ctx, made) {
-		return []*model.Key{}, nil // writeKeyLists writes them
-	}
-	out := make([]*model.Key, len(made))
-	for i := range made {
-		out[i] = model.NewKey(made[i])
-	}
-	return out, nil
+	return keysOrError(ctx, made, err)
 }
 
 // RenewLease is the resolver for the renewLease field.
@@ -118,24 +98,11 @@ func (r *queryResolver) Stats(ctx context.Context, pool *string) (*keystore.Stat
 
 // Pools is the resolver for the pools field.
 func (r *queryResolver) Pools(ctx context.Context) ([]*keystore.PoolStats, error) {
-	pools, err := r.Store.Pools(ctx)
-	out := make([]*keystore.PoolStats, len(pools))
-	for i := range pools {
-		out[i] = &pools[i]
-	}
-	return out, err
+	return pointersOrError(r.Store.Pools(ctx))
 }
 
 func (r *queryResolver) History(ctx context.Context, pool *string, since *time.Time) ([]*keystore.StatsSample, error) {
-	samples, err := r.Store.History(ctx, orZero(pool), orZero(since))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*keystore.StatsSample, len(samples))
-	for i := range samples {
-		out[i] = &samples[i]
-	}
-	return out, nil
+	return pointersOrError(r.Store.History(ctx, orZero(pool), orZero(since)))
 }
 
 // Keys is the resolver for the keys field.

@@ -21,6 +21,7 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/transport"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/keypool/keypool/graph/fanout"
 	"github.com/keypool/keypool/keystore"
@@ -72,8 +73,9 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	fan := fanout.New(opts.FanoutWorkers, opts.Fanout)
 
 	cfg := Config{Resolvers: &Resolver{Store: store, Plans: fan.Plans()}}
-	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
-	cfg.Complexity.Mutation.ImportKeys = importKeysComplexity(orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate))
+	maxGenerate := orDefault(opts.MaxGenerate, keystore.DefaultMaxGenerate)
+	cfg.Complexity.Mutation.GenerateKeys = generateKeysComplexity(maxGenerate)
+	cfg.Complexity.Mutation.ImportKeys = importKeysComplexity(maxGenerate)
 	cfg.Complexity.Mutation.AcquireKey = acquireKeyComplexity
 	cfg.Complexity.Query.Keys = keysComplexity
 	cfg.Complexity.Query.History = historyComplexity
@@ -102,19 +104,17 @@ func NewServer(store keystore.Store, opts ServerOptions) http.Handler {
 	exec.SetRecoverFunc(recoverFunc(logger))
 
 	return endpoint{
-		exec:        gatedExecutor{Executor: exec, gate: make(costGate, max(1, runtime.GOMAXPROCS(0)-1)), docs: docs},
+		exec:        gatedExecutor{Executor: exec, gate: semaphore.NewWeighted(int64(max(1, runtime.GOMAXPROCS(0)-1))), docs: docs},
 		widenOrigin: opts.CheckOrigin,
 		ws: websocketTransport{
 			initTimeout:  orDefault(opts.WebsocketInitTimeout, WebsocketInitTimeout),
 			idleTimeout:  orDefault(opts.WebsocketIdleTimeout, WebsocketIdleTimeout),
-			writeTimeout: WebsocketWriteTimeout,
 			pingInterval: orDefault(opts.PingPongInterval, PingPongInterval),
-			keepAlive:    KeepAlivePingInterval,
 			logger:       logger,
 			fanout:       fan,
 			init:         opts.WebsocketInit,
 		},
-		sse: sseTransport{keepAlive: KeepAlivePingInterval, writeTimeout: WebsocketWriteTimeout, fanout: fan},
+		sse: sseTransport{fanout: fan},
 	}
 }
 
@@ -187,18 +187,23 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodPost {
-		body, err := readBody(w, r)
+		body, readErr := wire.ReadBody(w, r)
+		var err *gqlerror.Error
 		switch {
-		case err != nil || !isJSON(r):
+		case keystore.ErrorCode(readErr) == wire.CodeTooLarge:
+			err = coded(wire.CodeTooLarge, "%s", keystore.ErrorMessage(readErr))
+		case readErr != nil:
+			err = coded(wire.CodeBadRequest, "the request body could not be read")
+		case !isJSON(r):
 		case len(body) == 0:
 			err = coded(wire.CodeBadRequest, "the request has no body")
 		case len(body) < costlyBodyBytes:
 			err = checkJSON(body)
-		case e.exec.gate.enter(r.Context()) != nil:
+		case e.exec.gate.Acquire(r.Context(), 1) != nil:
 			err = coded(wire.CodeBadRequest, "the request was cancelled")
 		default:
 			err = checkJSON(body)
-			e.exec.gate.leave()
+			e.exec.gate.Release(1)
 		}
 		if err != nil {
 			refuse(w, r, err)
@@ -215,18 +220,6 @@ func (e endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		httpTransport{}.Do(w, r.WithContext(context.WithValue(ctx, plainHTTPKey{}, r.Method)), e.exec)
 	}
-}
-
-// readBody reads r's body within wire's limit.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *gqlerror.Error) {
-	body, err := wire.ReadBody(w, r)
-	switch {
-	case err == nil:
-		return body, nil
-	case keystore.ErrorCode(err) == wire.CodeTooLarge:
-		return nil, coded(wire.CodeTooLarge, "%s", keystore.ErrorMessage(err))
-	}
-	return nil, coded(wire.CodeBadRequest, "the request body could not be read")
 }
 
 func orDefault[T int | time.Duration](v, fallback T) T {

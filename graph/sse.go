@@ -22,9 +22,7 @@ import (
 // It writes through the ResponseWriter alone (each write flushed, under a deadline),
 // so it is the same on HTTP/1.1 and HTTP/2.
 type sseTransport struct {
-	keepAlive    time.Duration
-	writeTimeout time.Duration
-	fanout       *fanout.Fanout
+	fanout *fanout.Fanout
 }
 
 // Supports takes a POST whose Accept header prefers an event stream: it names
@@ -55,11 +53,11 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	header.Set("Content-Type", "text/event-stream")
 	header.Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	st := &sseStream{w: w, rc: http.NewResponseController(w), writeTimeout: t.writeTimeout, fail: cancel}
+	st := &sseStream{w: w, rc: http.NewResponseController(w), fail: cancel}
 	if st.write([]byte(":\n\n")) != nil {
 		return
 	}
-	defer st.keepAlive(t.keepAlive)()
+	defer st.keepAlive(KeepAlivePingInterval)()
 
 	if opErr != nil {
 		if !st.event(exec.DispatchError(ctx, opErr)) {
@@ -71,13 +69,12 @@ func (t sseTransport) Do(w http.ResponseWriter, r *http.Request, exec graphql.Gr
 	_ = st.write([]byte("event: complete\ndata:\n\n"))
 }
 
-// sseStream is one SSE response being written: every write whole, flushed, under the
-// write timeout, one at a time.
+// sseStream is one SSE response being written: every write whole, flushed, under
+// WebsocketWriteTimeout, one at a time.
 type sseStream struct {
-	w            http.ResponseWriter
-	rc           *http.ResponseController
-	writeTimeout time.Duration
-	fail         context.CancelFunc // the client cannot be written to: stop
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	fail context.CancelFunc // the client cannot be written to: stop
 
 	mu      sync.Mutex
 	last    time.Time // of the last write
@@ -99,7 +96,7 @@ func (st *sseStream) writeLocked(b []byte) error {
 		return errStreamOver
 	}
 	st.last = time.Now()
-	err := st.rc.SetWriteDeadline(st.last.Add(st.writeTimeout))
+	err := st.rc.SetWriteDeadline(st.last.Add(WebsocketWriteTimeout))
 	if errors.Is(err, http.ErrNotSupported) {
 		err = nil
 	}
@@ -122,12 +119,12 @@ func (st *sseStream) event(resp *graphql.Response) bool {
 	if err != nil {
 		return false
 	}
-	_, _ = st.Queue([][]byte{b})
+	st.Queue([][]byte{b})
 	return st.Flush(nil, nil) == nil
 }
 
 // Queue implements fanout.Sink.
-func (st *sseStream) Queue(payloads [][]byte) (int, error) {
+func (st *sseStream) Queue(payloads [][]byte) int {
 	const next, end = "event: next\ndata: ", "\n\n"
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -140,7 +137,7 @@ func (st *sseStream) Queue(payloads [][]byte) (int, error) {
 	for _, p := range payloads {
 		st.pending = append(append(append(st.pending, next...), p...), end...)
 	}
-	return len(st.pending) - before, nil
+	return len(st.pending) - before
 }
 
 // Flush implements fanout.Sink: the events go out in one write. An HTTP response cannot

@@ -57,13 +57,11 @@ const (
 //   - graphql-transport-ws clients are pinged and dropped when they stop answering,
 //     legacy ones get keep-alive messages.
 //
-// Its fields are its timings (limits.go's, or shorter in tests).
+// Its timings are limits.go's, the first three shorter in tests.
 type websocketTransport struct {
 	initTimeout  time.Duration
 	idleTimeout  time.Duration
-	writeTimeout time.Duration
 	pingInterval time.Duration // graphql-transport-ws: ping, and drop after twice this
-	keepAlive    time.Duration // legacy graphql-ws: ka messages
 	logger       *slog.Logger
 	fanout       *fanout.Fanout
 	// init, if set, decides on connection_init's payload (access control): an error
@@ -173,7 +171,7 @@ const stallCheck = 250 * time.Millisecond
 
 // release writes what was held, and gives up once the client has taken nothing for
 // timeout. On a TCP connection, which a write that timed out leaves usable, it waits
-// in slices of stallCheck and calls stalled (if not nil) after each.
+// in slices of stallCheck and calls stalled after each.
 func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -181,7 +179,6 @@ func (c *heldConn) release(timeout time.Duration, stalled func()) error {
 	defer func() { c.buf = fanout.Recycle(c.buf) }()
 	defer c.Conn.SetWriteDeadline(time.Time{})
 	_, sliced := c.Conn.(*net.TCPConn)
-	sliced = sliced && stalled != nil
 	lastProgress := time.Now()
 	for written := 0; written < len(c.buf); {
 		deadline := lastProgress.Add(timeout)
@@ -459,7 +456,7 @@ func (c *socket) send(op *socketOp, write func(ctx context.Context) error) error
 	if c.closing.Load() || op != nil && op.silenced.Load() {
 		return errSilenced
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.writeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), WebsocketWriteTimeout)
 	defer cancel()
 	if err := write(ctx); err != nil {
 		c.opts.logger.Debug("websocket write", "err", err)
@@ -483,7 +480,7 @@ type socketSink struct {
 var socketNextPrefix = []byte(`{"payload":`)
 
 // Queue implements fanout.Sink: each payload becomes one message, written at Flush.
-func (k *socketSink) Queue(payloads [][]byte) (int, error) {
+func (k *socketSink) Queue(payloads [][]byte) int {
 	before := len(k.pending)
 	need := 0
 	for _, p := range payloads {
@@ -496,7 +493,7 @@ func (k *socketSink) Queue(payloads [][]byte) (int, error) {
 		k.pending = append(k.pending, k.suffix...)
 		k.ends = append(k.ends, len(k.pending))
 	}
-	return len(k.pending) - before, nil
+	return len(k.pending) - before
 }
 
 // Flush implements fanout.Sink: the library frames each message, in a turn, into the
@@ -524,7 +521,7 @@ func (k *socketSink) Flush(inTurn func(func()), stalled func()) error {
 			k.c.held.abandon()
 			return err
 		}
-		return k.c.held.release(k.c.opts.writeTimeout, stalled)
+		return k.c.held.release(WebsocketWriteTimeout, stalled)
 	})
 }
 
@@ -543,7 +540,7 @@ func (c *socket) closeWith(code websocket.StatusCode, reason string) {
 func (c *socket) supervise() {
 	interval, beat := c.opts.pingInterval, "ping"
 	if c.legacy {
-		interval, beat = c.opts.keepAlive, "ka"
+		interval, beat = KeepAlivePingInterval, "ka"
 	}
 	// Each clock is looked at four times within its span: none runs late by more than
 	// a quarter of it.

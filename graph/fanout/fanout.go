@@ -25,7 +25,7 @@ import (
 type Sink interface {
 	// Queue adds one message per payload (one response's JSON each) to what the next
 	// Flush writes, without waiting for the client, and returns the bytes it queued.
-	Queue(payloads [][]byte) (bytes int, err error)
+	Queue(payloads [][]byte) (bytes int)
 	// Flush writes what was queued within its write timeout. CPU work in proportion
 	// to the messages (framing them, say) it does inside inTurn, which runs it in a
 	// turn; while it waits for the client it calls stalled now and then (if it can),
@@ -108,20 +108,17 @@ func (f *Fanout) Deliver(ctx context.Context, sub *keystore.Subscription, p *Pla
 			payloads = append(payloads, p.Payload(ev))
 		}
 		clear(t.events[:n])
-		var size int
-		var err error
+		size := 0
 		if n > 0 {
-			size, err = sink.Queue(payloads)
+			size = sink.Queue(payloads)
 		}
 		clear(payloads)
 		f.turns <- t
 		if n > 0 {
-			if err == nil {
-				start := time.Now()
-				err = sink.Flush(f.inTurn, func() { sub.Read(nil) })
-				if time.Since(start) > stallAfter {
-					f.obs.FanoutStalled()
-				}
+			start := time.Now()
+			err := sink.Flush(f.inTurn, func() { sub.Read(nil) })
+			if time.Since(start) > stallAfter {
+				f.obs.FanoutStalled()
 			}
 			if err != nil {
 				return err

@@ -27,7 +27,7 @@ type fakeSink struct {
 	flushes int
 }
 
-func (k *fakeSink) Queue(payloads [][]byte) (int, error) {
+func (k *fakeSink) Queue(payloads [][]byte) int {
 	n := k.busy.Add(1)
 	for m := k.maxBusy.Load(); n > m && !k.maxBusy.CompareAndSwap(m, n); m = k.maxBusy.Load() {
 	}
@@ -45,7 +45,7 @@ func (k *fakeSink) Queue(payloads [][]byte) (int, error) {
 		k.queued = append(k.queued, seq)
 		size += len(p)
 	}
-	return size, nil
+	return size
 }
 
 func (k *fakeSink) Flush(inTurn func(func()), _ func()) error {
@@ -66,7 +66,7 @@ func (k *fakeSink) got() []int64 {
 
 // seqPlan is the plan of `keyEvents { seq }`.
 func seqPlan(f *Fanout) *Plan {
-	p := newPlan("seq", "keyEvents", []planField{{alias: "seq", value: fieldSeq}}, f.plans)
+	p := newPlan("seq", "keyEvents", []planField{{alias: "seq", value: eventFields["seq"]}}, f.plans)
 	p.refs = 1 << 20
 	return p
 }
@@ -153,14 +153,14 @@ func TestDeliverEnds(t *testing.T) {
 // with its cache nor queue a huge write in one turn.
 func TestPlansAreBoundedInBytes(t *testing.T) {
 	f := New(1, nil)
-	small := newPlan("a", "keyEvents", []planField{{"seq", fieldSeq}, {"type", fieldType}, {"keyId", fieldKeyID}, {"at", fieldAt}}, f.plans)
+	small := newPlan("a", "keyEvents", []planField{{"seq", eventFields["seq"]}, {"type", eventFields["type"]}, {"keyId", eventFields["keyId"]}, {"at", eventFields["at"]}}, f.plans)
 	require.Greater(t, small.turn, 1000, "a turn carries many events")
 	require.LessOrEqual(t, small.turn*small.largest, maxTurnBytes)
 	require.GreaterOrEqual(t, len(small.cache), 1<<14, "a ring's worth, or near it, for the usual selection")
 	require.True(t, len(small.cache)*(small.largest+48) <= planCacheBytes, "its cache holds %d", len(small.cache))
 	var fields []planField
 	for i := range 200 { // the complexity limit's worth of 256-byte aliases
-		fields = append(fields, planField{alias: fmt.Sprintf("%0256d", i), value: fieldKeyID})
+		fields = append(fields, planField{alias: fmt.Sprintf("%0256d", i), value: eventFields["keyId"]})
 	}
 	huge := newPlan("b", "keyEvents", fields, f.plans)
 	require.Greater(t, huge.largest, 50_000)

@@ -43,30 +43,23 @@ type eventField struct {
 	append func(b []byte, ev *keystore.Event) []byte
 }
 
-var (
-	fieldSeq   = &eventField{20, func(b []byte, ev *keystore.Event) []byte { return strconv.AppendInt(b, ev.Seq, 10) }}
-	fieldSeq64 = &eventField{22, func(b []byte, ev *keystore.Event) []byte {
+var eventFields = map[string]*eventField{
+	"seq": {20, func(b []byte, ev *keystore.Event) []byte { return strconv.AppendInt(b, ev.Seq, 10) }},
+	"seq64": {22, func(b []byte, ev *keystore.Event) []byte {
 		return append(strconv.AppendInt(append(b, '"'), ev.Seq, 10), '"')
-	}}
-	fieldType = &eventField{12, func(b []byte, ev *keystore.Event) []byte {
-		return appendMarshaled(b, graphql.MarshalString(string(ev.Type)))
-	}}
-	fieldKeyID  = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.KeyID)) }}
-	fieldAt     = &eventField{40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }}
-	fieldStream = &eventField{maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalID(ev.Stream)) }}
-	fieldPool   = &eventField{keystore.MaxPoolName + 2, func(b []byte, ev *keystore.Event) []byte { return appendMarshaled(b, graphql.MarshalString(ev.Pool)) }}
-	fieldHolder = &eventField{6*keystore.MaxHolder + 2, func(b []byte, ev *keystore.Event) []byte {
+	}},
+	"type":   {12, func(b []byte, ev *keystore.Event) []byte { return AppendString(b, string(ev.Type)) }},
+	"keyId":  {maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return AppendString(b, ev.KeyID) }},
+	"at":     {40, func(b []byte, ev *keystore.Event) []byte { return wire.AppendTime(b, ev.At) }},
+	"stream": {maxPayloadKeyID + 2, func(b []byte, ev *keystore.Event) []byte { return AppendString(b, ev.Stream) }},
+	"pool":   {keystore.MaxPoolName + 2, func(b []byte, ev *keystore.Event) []byte { return AppendString(b, ev.Pool) }},
+	"holder": {6*keystore.MaxHolder + 2, func(b []byte, ev *keystore.Event) []byte {
 		if ev.Holder == "" {
 			return append(b, "null"...)
 		}
-		return appendMarshaled(b, graphql.MarshalString(ev.Holder))
-	}}
-	fieldTypename = &eventField{10, func(b []byte, _ *keystore.Event) []byte { return append(b, `"KeyEvent"`...) }}
-)
-
-var eventFields = map[string]*eventField{
-	"seq": fieldSeq, "seq64": fieldSeq64, "type": fieldType, "keyId": fieldKeyID, "at": fieldAt, "stream": fieldStream,
-	"pool": fieldPool, "holder": fieldHolder, "__typename": fieldTypename,
+		return AppendString(b, ev.Holder)
+	}},
+	"__typename": {10, func(b []byte, _ *keystore.Event) []byte { return append(b, `"KeyEvent"`...) }},
 }
 
 type payload struct {
@@ -103,9 +96,6 @@ type Plans struct {
 // (a deferred fragment).
 func (s *Plans) ForField(ctx context.Context) *Plan {
 	fc := graphql.GetFieldContext(ctx)
-	if fc == nil {
-		return nil
-	}
 	collected := graphql.CollectFields(graphql.GetOperationContext(ctx), fc.Field.Selections, []string{"KeyEvent"})
 	fields := make([]planField, 0, len(collected))
 	var key strings.Builder
@@ -202,10 +192,19 @@ func (p *Plan) encode(ev *keystore.Event) []byte {
 	return b
 }
 
-func appendMarshaled(b []byte, m graphql.Marshaler) []byte {
-	w := bytes.NewBuffer(b)
-	m.MarshalGQL(w)
-	return w.Bytes()
+// AppendString appends s as gqlgen's String and ID marshalers write it: printable
+// ASCII other than a quote or a backslash as it is, anything else through them.
+func AppendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			w := bytes.NewBuffer(b)
+			graphql.MarshalString(s).MarshalGQL(w)
+			return w.Bytes()
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // maxTurnEvents bounds the events one turn delivers to one subscription (and
