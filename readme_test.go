@@ -191,3 +191,30 @@ func runStreamingCurl(t *testing.T, s *server, cmd string) {
 		}
 	}
 }
+
+// TestREADMEGoQuickStart builds and runs the Go program of README.md's quick start, as
+// written but for the server's address, against the real server: it must lease a key
+// and print its secret and fence, as the README says.
+func TestREADMEGoQuickStart(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(readme), "```go\n")
+	require.True(t, ok, "README.md has no Go program")
+	program, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	require.Contains(t, program, `client.New("http://localhost:8080")`)
+
+	s := startServer(t)
+	program = strings.ReplaceAll(program, "http://localhost:8080", s.url)
+	// In a directory of this module (go ./... skips names that begin with "_"), so that
+	// the program's import of the client package resolves to this tree.
+	dir, err := os.MkdirTemp(".", "_readme_go_")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "main.go"), []byte(program), 0o644))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "run", "./"+filepath.Base(dir)).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Regexp(t, `^calling the upstream with \S+ fence 1\n$`, string(out))
+}

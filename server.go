@@ -1,6 +1,6 @@
 // Command keypool serves a pool of API keys, leased out over GraphQL.
 //
-// Run it with `go run .`; see README.md for the flags.
+// Run it with `go run .`; see docs/configuration.md for the flags.
 package main
 
 //go:generate go tool gqlgen generate

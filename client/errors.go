@@ -19,7 +19,7 @@ type Code string
 
 func (c Code) Error() string { return string(c) }
 
-// The codes a keypool server answers with (see the README's "Errors" table).
+// The codes a keypool server answers with (see the "Errors" table of docs/api.md).
 const (
 	// ErrNotFound: no such key; or acquireKey found no free key.
 	ErrNotFound Code = "NOT_FOUND"

@@ -7,7 +7,7 @@ import (
 )
 
 // The limits of the GraphQL endpoint, every one in this one place and enforced for
-// every transport (README's Limits section lists them for users).
+// every transport (docs/api.md's Limits section lists them for users).
 //
 // The document limits bound what a request can make the server do before the
 // complexity limit can look at it: parsing, validation and the complexity walk

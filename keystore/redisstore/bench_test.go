@@ -510,11 +510,12 @@ func BenchmarkListPage(b *testing.B) {
 		if st.Total != n || st.Blocked != blocked {
 			b.Fatalf("stats %+v, want %d keys, %d BLOCKED", st, n, blocked)
 		}
-		// Cursors naming random keys of the pool, as a walk's pages name their last.
+		// Cursors naming random keys of the pool, as a walk's pages name their last (the
+		// pool, then the key's position: on Redis, its number).
 		cursors := make([]string, 1024)
 		for i := range cursors {
-			id := s.b.ids.KeyID(p.keyN(int64(1 + rand.IntN(n-200))))
-			cursors[i] = base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + id))
+			pos := p.keyN(int64(1 + rand.IntN(n-200)))
+			cursors[i] = base64.RawURLEncoding.EncodeToString([]byte(pool + "/" + strconv.FormatUint(pos, 10)))
 		}
 		page := func(name string, opts func(i int) keystore.ListOptions, want int) {
 			b.Run(fmt.Sprintf("keys=%d/%s", n, name), func(b *testing.B) {
