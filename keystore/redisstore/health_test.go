@@ -60,7 +60,7 @@ func wantRefused(t *testing.T, err error, reason string) {
 const testHealthEvery = 20 * time.Millisecond
 
 // TestEvictionPolicyRefusesChanges: with a maxmemory-policy other than noeviction,
-// Redis may evict any of the pools' keys (a counter, a key's hash) and the pools go
+// Redis may evict any of the pools' keys (a counter, a key) and the pools go
 // wrong silently. The store refuses changes from its first request, says why in Ready
 // and the log, still answers reads, and serves again by itself once the policy is
 // noeviction; a policy changed under a running store is noticed as well.

@@ -17,8 +17,8 @@ import (
 
 // TestLayoutRefused: a replica refuses, with one line naming the layout, a namespace
 // that another layout wrote: layout 1 (before pools), which kept one pool under the
-// namespace's own tag and stored no version, layout 3 (before the pools' due and
-// replies packed by cmsgpack), and a later one. It writes nothing there.
+// namespace's own tag and stored no version, layout 3 (a hash a key, before the pools'
+// due and the replies packed by struct), and a later one. It writes nothing there.
 func TestLayoutRefused(t *testing.T) {
 	srv := startRedis(t)
 	rdb := srv.client()

@@ -101,8 +101,8 @@ func newLibraryFrom(base string, set scriptSet) *library {
 // layoutVersion is the version of the Redis layout below, stored with the namespace and
 // with each pool: a replica refuses a namespace of another layout. Layout 1 (keypool
 // before named pools) kept one pool under the namespace's own tag and stored no version;
-// layout 2 had no keys held back and no imported keys; layout 3 kept no lower bound of
-// a pool's deadlines (due) and recorded replies as text.
+// layout 2 had no keys held back and no imported keys; layout 3 kept a key as a hash,
+// no lower bound of a pool's deadlines (due), and recorded replies as text.
 const layoutVersion = "4"
 
 // The Redis layout. A namespace ns (default "keypool") has keys of its own under the
